@@ -1,0 +1,5 @@
+import sys
+
+from mole_cli.main import main
+
+sys.exit(main())

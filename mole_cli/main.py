@@ -1,0 +1,61 @@
+"""Dispatch ``mole <subcommand>`` to the package that owns it.
+
+Each subcommand module exposes ``configure(parser)`` and ``run(args) -> int``. Modules are
+imported only when their subcommand runs, so ``mole broker`` or ``mole status`` never pay
+for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("broker.cli", "run the Majordomo broker"),
+    "status": ("broker.status_cli", "show the broker's services and workers"),
+    "worker": ("worker.cli", "run an expert worker for one base model"),
+    "models": ("worker.models_cli", "generate tiny offline models and adapters"),
+    "gating": ("gating.cli", "train and try the gating models"),
+    "frontend": ("frontend.cli", "run the HTTP frontend under gunicorn"),
+    "users": ("frontend.users_cli", "manage frontend users"),
+    "up": ("mole_cli.up", "run the whole stack on this machine"),
+    "classify": ("mole_cli.classify", "send one classification through the running stack"),
+    "keys": ("mole_cli.keys", "generate CURVE key pairs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mole", description="MoLE: mixture of language experts")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}")
+        parser.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    module_name, help_text = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            print(f"mole {name}: not available in this build", file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(prog=f"mole {name}", description=help_text)
+    module.configure(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

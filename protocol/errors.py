@@ -1,0 +1,124 @@
+"""Error codes of the bus and the exception types that carry them.
+
+Every request gets exactly one final outcome: the worker's reply or an error with one of
+the codes below and a message a person can act on. The broker and workers put the code in
+the reply header; the client library raises the matching exception, so callers catch
+causes (``DeadlineExceeded``) rather than parse strings. The frontend maps the same codes
+to HTTP statuses in one table (``frontend.errors``).
+
+Hierarchy (grouped by who gave up, as httpx groups by cause)::
+
+    MoleError
+    ├── MalformedMessage            frames that break RFC 18 (never sent as a reply)
+    └── RequestError                a request's final outcome was an error
+        ├── BadRequest              bad_request
+        ├── UnknownService          unknown_service
+        ├── NoWorker                no_worker
+        ├── Overloaded              overloaded
+        ├── DeadlineExceeded        deadline_exceeded
+        ├── WorkerLost              worker_lost
+        └── InternalError           internal
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_SERVICE = "unknown_service"
+    NO_WORKER = "no_worker"
+    OVERLOADED = "overloaded"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    WORKER_LOST = "worker_lost"
+    INTERNAL = "internal"
+
+
+class MoleError(Exception):
+    """Base of every exception this project's protocol layer raises."""
+
+
+class MalformedMessage(MoleError):
+    """A multipart message that does not follow RFC 18 or our envelope."""
+
+
+class RequestError(MoleError):
+    """A request ended with an error reply; ``code`` says which."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, request_id: str | None = None, details=None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+class BadRequest(RequestError):
+    """The request itself is wrong (payload, fields, size); resending it will not help."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class UnknownService(RequestError):
+    """The service name is not one the broker or worker can serve."""
+
+    code = ErrorCode.UNKNOWN_SERVICE
+
+
+class NoWorker(RequestError):
+    """No live worker of the service registered before the request's deadline."""
+
+    code = ErrorCode.NO_WORKER
+
+
+class Overloaded(RequestError):
+    """The service's queue is full; retry later."""
+
+    code = ErrorCode.OVERLOADED
+
+
+class DeadlineExceeded(RequestError):
+    """The request's deadline passed before a reply arrived."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class WorkerLost(RequestError):
+    """The worker holding the request died and no retry was possible in time."""
+
+    code = ErrorCode.WORKER_LOST
+
+
+class InternalError(RequestError):
+    """A bug or an unexpected failure in the broker or worker."""
+
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[str, type[RequestError]] = {
+    cls.code.value: cls
+    for cls in (
+        BadRequest,
+        UnknownService,
+        NoWorker,
+        Overloaded,
+        DeadlineExceeded,
+        WorkerLost,
+        InternalError,
+    )
+}
+
+
+def error_for_code(
+    code: str, message: str, *, request_id: str | None = None, details=None
+) -> RequestError:
+    """The exception for an error code; an unknown code becomes ``InternalError``."""
+    cls = _BY_CODE.get(code, InternalError)
+    if cls is InternalError and code != ErrorCode.INTERNAL.value:
+        message = f"[{code}] {message}"
+    return cls(message, request_id=request_id, details=details)
