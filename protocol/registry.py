@@ -307,7 +307,9 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
             try:
                 declared_codes = {language(x).code for x in declared}
             except KeyError as err:
-                raise RegistryError(f"{where}.supported_languages: unknown language {err}") from None
+                raise RegistryError(
+                    f"{where}.supported_languages: unknown language {err}"
+                ) from None
             if declared_codes != set(task.experts):
                 raise RegistryError(
                     f"{where}.supported_languages: {sorted(declared_codes)} does not match "
