@@ -1,7 +1,9 @@
 """MoLE's wire format and client library.
 
 Importing this package pulls in pyzmq and msgpack only (never torch, transformers or
-falcon), so any program can talk to the bus cheaply.
+falcon), so any program can talk to the bus cheaply. ``Client`` (blocking, thread-safe)
+and ``AsyncClient`` (asyncio) are imported on first use, so the broker and workers, which
+need only the framing, do not load the client machinery.
 """
 
 from protocol.errors import (
@@ -20,6 +22,9 @@ from protocol.errors import (
 )
 
 __all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientClosed",
     "BadRequest",
     "DeadlineExceeded",
     "ErrorCode",
@@ -33,3 +38,19 @@ __all__ = [
     "WorkerLost",
     "error_for_code",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Client":
+        from protocol.client import Client
+
+        return Client
+    if name == "AsyncClient":
+        from protocol.aio import AsyncClient
+
+        return AsyncClient
+    if name == "ClientClosed":
+        from protocol._pending import ClientClosed
+
+        return ClientClosed
+    raise AttributeError(f"module 'protocol' has no attribute {name!r}")

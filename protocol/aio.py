@@ -1,0 +1,269 @@
+"""asyncio Majordomo client: many requests in flight on one ``zmq.asyncio`` DEALER socket.
+
+The same design as :mod:`protocol.client`, with the event loop in place of the I/O thread:
+one reader task dispatches replies to futures by request id, one monitor task watches the
+connection and resends pending requests after a reconnection, and each request's own
+timer enforces its deadline. All of it runs on the loop that first used the client, so
+the socket is only ever touched from one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from protocol import mdp
+from protocol._pending import (
+    DEFAULT_DEADLINE_GRACE_S,
+    ClientClosed,
+    Correlator,
+    Pending,
+    check_timeout,
+    decode_payload,
+    new_routing_id,
+)
+from protocol.client import configure_socket
+from protocol.envelope import pack
+
+log = logging.getLogger("mole.client")
+
+_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+class _FutureSink:
+    """Sink of one awaited request: completes its future (on the loop's thread)."""
+
+    __slots__ = ("future", "timer")
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_partial(self, body: list[bytes]) -> None:
+        pass
+
+    def on_final(self, body: list[bytes]) -> None:
+        self._done()
+        if not self.future.done():
+            self.future.set_result(body)
+
+    def on_error(self, error: BaseException) -> None:
+        self._done()
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def _done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class _QueueSink:
+    """Sink of one streamed request: an asyncio queue of (kind, value)."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def on_partial(self, body: list[bytes]) -> None:
+        self.queue.put_nowait(("partial", body))
+
+    def on_final(self, body: list[bytes]) -> None:
+        self.queue.put_nowait(("final", body))
+
+    def on_error(self, error: BaseException) -> None:
+        self.queue.put_nowait(("error", error))
+
+
+class AsyncClient:
+    """An asyncio Majordomo client. Use it from one event loop; share it among tasks.
+
+    Arguments are those of :class:`protocol.client.Client`. The socket is created on first
+    use (or in ``async with``), on the running loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        context: zmq.asyncio.Context | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 3.0,
+        reconnect_interval: float = 0.1,
+        reconnect_interval_max: float = 1.0,
+        deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
+        routing_id: bytes | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout = check_timeout(timeout, 30.0)
+        self.routing_id = routing_id or new_routing_id()
+        self._context = context
+        self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
+                         reconnect_interval_max)
+        self._core = Correlator(url, deadline_grace=deadline_grace)
+        self._socket: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    async def request(self, service: str, payload: Any, timeout: float | None = None) -> Any:
+        """Send ``payload`` to ``service`` and return the decoded reply payload.
+
+        Raises:
+            RequestError: the subclass for the answer's error code (``DeadlineExceeded``
+                also when the client's own deadline passes).
+            ClientClosed: the client was closed meanwhile.
+        """
+        body = await self._call(service, [pack(payload)], timeout)
+        return decode_payload(body)
+
+    async def stream(
+        self, service: str, payload: Any, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Yield each PARTIAL reply payload, then the FINAL one; errors raise."""
+        timeout = check_timeout(timeout, self.timeout)
+        self._start()
+        sink = _QueueSink()
+        pending = await self._submit(service, [pack(payload)], timeout, sink)
+        finished = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.0, pending.expires - time.monotonic())):
+                        kind, value = await sink.queue.get()
+                except TimeoutError:
+                    if self._core.take(pending.request_id) is not None:
+                        finished = True
+                        raise self._core.deadline_error(pending) from None
+                    continue
+                if kind == "error":
+                    finished = True
+                    raise value
+                if kind == "final":
+                    finished = True
+                    yield decode_payload(value)
+                    return
+                yield decode_payload(value)
+        finally:
+            if not finished:
+                self._core.take(pending.request_id)
+
+    async def service_available(self, name: str, timeout: float | None = None) -> bool:
+        """Whether a live worker of ``name`` is registered (RFC 8 ``mmi.service``)."""
+        body = await self._call(mdp.MMI_SERVICE, [name.encode("utf-8")], timeout)
+        return decode_payload(body, raw=True) == b"200"
+
+    async def status(self, timeout: float | None = None) -> dict:
+        """The broker's ``mmi.status`` report."""
+        return decode_payload(await self._call(mdp.MMI_STATUS, [pack({})], timeout))
+
+    @property
+    def connected(self) -> bool:
+        return self._core.link.connected
+
+    @property
+    def pending(self) -> int:
+        return len(self._core)
+
+    async def close(self) -> None:
+        """Cancel the background tasks; pending requests raise :class:`ClientClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._core.fail_all(lambda p: ClientClosed(
+            f"client closed while request {p.request_id} to {p.service!r} was pending"))
+        if self._socket is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.disable_monitor()
+            self._monitor.close(0)
+            self._socket.close(0)
+
+    async def __aenter__(self) -> AsyncClient:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _start(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if self._socket is not None:
+            return
+        context = self._context or zmq.asyncio.Context.instance()
+        socket = context.socket(zmq.DEALER)
+        configure_socket(socket, self.routing_id, *self._options)
+        self._monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
+        socket.connect(self.url)
+        self._socket = socket
+        self._tasks = [
+            asyncio.create_task(self._read(), name="mole-client-read"),
+            asyncio.create_task(self._watch(), name="mole-client-monitor"),
+        ]
+
+    async def _submit(self, service: str, body: list[bytes], timeout: float, sink) -> Pending:
+        pending = self._core.open(service, body, timeout, sink)
+        await self._socket.send_multipart(self._core.frames(pending))
+        return pending
+
+    async def _call(self, service: str, body: list[bytes], timeout: float | None) -> list[bytes]:
+        timeout = check_timeout(timeout, self.timeout)
+        self._start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        sink = _FutureSink(future)
+        pending = await self._submit(service, body, timeout, sink)
+        sink.timer = loop.call_at(
+            loop.time() + (pending.expires - time.monotonic()), self._expire, pending
+        )
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._core.take(pending.request_id)  # forget it: a late answer is dropped
+            sink._done()
+            raise
+
+    def _expire(self, pending: Pending) -> None:
+        if self._core.take(pending.request_id) is not None:
+            pending.sink.on_error(self._core.deadline_error(pending))
+
+    async def _read(self) -> None:
+        socket = self._socket
+        dispatch = self._core.dispatch
+        while True:
+            frames = await socket.recv_multipart()
+            try:
+                dispatch(frames)
+            except Exception:  # a sink must never kill the reader
+                log.exception("error while dispatching a reply")
+
+    async def _watch(self) -> None:
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                log.info("lost the connection to the broker at %s", self.url)
+                self._core.link.down()
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._core.link.up():
+                resend = self._core.resend_frames()
+                log.info("reconnected to the broker at %s; resending %d pending request(s)",
+                         self.url, len(resend))
+                for frames in resend:
+                    await self._socket.send_multipart(frames)
