@@ -1,0 +1,137 @@
+"""Label scoring: the log-likelihood of every label after the prompt, for a mixed batch.
+
+The prompt is run once per request (``use_cache=True``) and its key/value cache is
+repeated per label, so each label continuation costs only its own tokens. Where every
+label of a request is a single token, the continuation pass is skipped: the prompt's last
+logits already hold every label's probability. Rows may use different adapters (peft's
+``adapter_names``) and have different prompt lengths: prompts are left-padded and given
+explicit position ids, so a request scores the same alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class ScoreRow:
+    """One request to score: its prompt tokens, adapter and the token ids of each label."""
+
+    prompt_ids: list[int]
+    labels: list[list[int]]
+    adapter: str | None = None  # loaded adapter name; None for the base model
+
+
+def accepts_position_ids(model) -> bool:
+    """Whether the underlying transformers model takes ``position_ids`` (Bloom uses ALiBi)."""
+    base = model
+    for attr in ("get_base_model",):
+        if hasattr(base, attr):
+            base = base.get_base_model()
+    return "position_ids" in inspect.signature(base.forward).parameters
+
+
+def _adapter_kwargs(model, adapters: list[str | None]) -> dict:
+    if not hasattr(model, "peft_config"):
+        return {}
+    return {"adapter_names": [a if a is not None else "__base__" for a in adapters]}
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def score_batch(
+    model, rows: list[ScoreRow], pad_id: int, *, use_positions: bool
+) -> list[list[float]]:
+    """Sum of token log-probabilities of each label of each row, given its prompt.
+
+    Args:
+        model: a causal LM (a PeftModel when rows name adapters).
+        rows: the batch; label lists may differ in size and length between rows.
+        pad_id: the token used to pad (never attended to).
+        use_positions: pass explicit ``position_ids`` (see :func:`accepts_position_ids`).
+
+    Returns:
+        For each row, one log-likelihood per label, in the row's label order.
+    """
+    device = _device(model)
+    n = len(rows)
+    width = max(len(r.prompt_ids) for r in rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        k = len(row.prompt_ids)
+        input_ids[i, width - k :] = torch.tensor(row.prompt_ids, dtype=torch.long)
+        mask[i, width - k :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    kwargs = _adapter_kwargs(model, [r.adapter for r in rows])
+    if use_positions:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    need_cont = any(len(label) > 1 for r in rows for label in r.labels)
+    out = model(
+        input_ids=input_ids, attention_mask=mask, use_cache=need_cont, logits_to_keep=1, **kwargs
+    )
+    first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    scores = [[float(first[i, label[0]]) for label in row.labels] for i, row in enumerate(rows)]
+    if not need_cont:
+        return scores
+
+    # Continuations: one row per (request, multi-token label), against the repeated cache.
+    pairs = [
+        (i, j) for i, r in enumerate(rows) for j, label in enumerate(r.labels) if len(label) > 1
+    ]
+    cont_width = max(len(rows[i].labels[j]) - 1 for i, j in pairs)
+    cont_ids = torch.full((len(pairs), cont_width), pad_id, dtype=torch.long)
+    cont_mask = torch.zeros((len(pairs), cont_width), dtype=torch.long)
+    for p, (i, j) in enumerate(pairs):
+        feed = rows[i].labels[j][:-1]
+        cont_ids[p, : len(feed)] = torch.tensor(feed, dtype=torch.long)
+        cont_mask[p, : len(feed)] = 1
+    index = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=device)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache.batch_select_indices(index)
+    full_mask = torch.cat([mask[index], cont_mask.to(device)], dim=-1)
+    kwargs = _adapter_kwargs(model, [rows[i].adapter for i, _ in pairs])
+    if use_positions:
+        start = mask[index].sum(-1, keepdim=True)
+        kwargs["position_ids"] = start + torch.arange(cont_width, device=device)[None, :]
+    cont = model(
+        input_ids=cont_ids.to(device), attention_mask=full_mask, cache=cache, use_cache=True,
+        **kwargs,
+    )
+    logp = torch.log_softmax(cont.logits.float(), dim=-1)
+    for p, (i, j) in enumerate(pairs):
+        targets = rows[i].labels[j][1:]
+        idx = torch.tensor(targets, dtype=torch.long, device=device)
+        steps = torch.arange(len(targets), device=device)
+        scores[i][j] += float(logp[p, steps, idx].sum())
+    return scores
+
+
+@torch.inference_mode()
+def score_full(model, row: ScoreRow) -> list[float]:
+    """Reference scorer: each label as a full prompt+label sequence, no cache, no padding.
+
+    Slow; used by tests to check :func:`score_batch`, and as a readable definition of it.
+    """
+    device = _device(model)
+    result = []
+    for label in row.labels:
+        ids = torch.tensor([row.prompt_ids + label], dtype=torch.long, device=device)
+        kwargs = _adapter_kwargs(model, [row.adapter])
+        logits = model(input_ids=ids, **kwargs).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        k = len(row.prompt_ids)
+        result.append(float(sum(logp[k - 1 + t, tok] for t, tok in enumerate(label))))
+    return result
+
+
+def probabilities(log_likelihoods: list[float]) -> list[float]:
+    """Softmax over a label set's sequence log-likelihoods."""
+    t = torch.tensor(log_likelihoods, dtype=torch.float64)
+    return torch.softmax(t, dim=0).tolist()
