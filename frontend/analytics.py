@@ -1,0 +1,151 @@
+"""Request analytics kept in SQLite: counts by language, task and model, latency percentiles.
+
+Only routing facts are stored (language, domain, task, model, outcome, latency,
+confidence), never the text of a request: texts may hold personal data.
+
+Rows are buffered in memory and written in one transaction at most every
+``flush_interval_s`` (and before every summary), so the hot path costs a list append;
+every gunicorn worker process writes the same WAL-mode file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    ts         REAL NOT NULL,
+    language   TEXT,
+    domain     TEXT,
+    task       TEXT,
+    model      TEXT,
+    ok         INTEGER NOT NULL,
+    error      TEXT,
+    latency_ms REAL NOT NULL,
+    confidence REAL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+"""
+
+#: Percentiles are computed over at most this many most recent requests.
+LATENCY_WINDOW = 10_000
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return round(sorted_values[index], 3)
+
+
+class Analytics:
+    """Thread-safe, fork-safe (connects lazily per process) analytics store."""
+
+    def __init__(self, path: str | os.PathLike, *, clock: Callable[[], float] = time.time,
+                 flush_interval_s: float = 1.0, retention_s: float = 30 * 86400) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._flush_interval = flush_interval_s
+        self._retention = retention_s
+        self._buffer: list[tuple] = []
+        self._buffer_lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self._last_flush = clock()
+        self._last_prune = 0.0
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
+                                   isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def record(self, *, ok: bool, latency_ms: float, language: str | None = None,
+               domain: str | None = None, task: str | None = None, model: str | None = None,
+               error: str | None = None, confidence: float | None = None) -> None:
+        """Note one classification's outcome (no text: only how it was routed)."""
+        now = self._clock()
+        row = (now, language, domain, task, model, int(ok), error, float(latency_ms),
+               confidence)
+        with self._buffer_lock:
+            self._buffer.append(row)
+            due = now - self._last_flush >= self._flush_interval or len(self._buffer) >= 1000
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._buffer_lock:
+            rows, self._buffer = self._buffer, []
+            self._last_flush = self._clock()
+        if not rows:
+            return
+        with self._db_lock:
+            db = self._db()
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            now = self._clock()
+            if now - self._last_prune > 3600:
+                db.execute("DELETE FROM events WHERE ts < ?", (now - self._retention,))
+                self._last_prune = now
+            db.execute("COMMIT")
+
+    def summary(self) -> dict[str, Any]:
+        """Totals, per-language/task/model counts and latency percentiles."""
+        self.flush()
+        with self._db_lock:
+            db = self._db()
+            total, errors, avg_conf = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(1 - ok), 0), AVG(confidence) FROM events"
+            ).fetchone()
+            groups = {}
+            for column in ("language", "task", "model"):
+                rows = db.execute(
+                    f"SELECT COALESCE({column}, 'unknown'), COUNT(*), SUM(1 - ok)"  # noqa: S608
+                    f" FROM events GROUP BY 1 ORDER BY 2 DESC"
+                ).fetchall()
+                groups[column] = {r[0]: {"requests": r[1], "errors": r[2]} for r in rows}
+            by_error = dict(db.execute(
+                "SELECT error, COUNT(*) FROM events WHERE ok = 0 GROUP BY 1"
+            ).fetchall())
+            latencies = sorted(r[0] for r in db.execute(
+                "SELECT latency_ms FROM events WHERE ok = 1 ORDER BY ts DESC LIMIT ?",
+                (LATENCY_WINDOW,),
+            ))
+        return {
+            "total_requests": total,
+            "total_errors": errors,
+            "error_rate": round(errors / total, 4) if total else 0.0,
+            "avg_confidence": None if avg_conf is None else round(avg_conf, 4),
+            "by_language": groups["language"],
+            "by_task": groups["task"],
+            "by_model": groups["model"],
+            "errors_by_code": by_error,
+            "latency_ms": {
+                "window": len(latencies),
+                "p50": _percentile(latencies, 0.50),
+                "p90": _percentile(latencies, 0.90),
+                "p99": _percentile(latencies, 0.99),
+                "mean": round(sum(latencies) / len(latencies), 3) if latencies else None,
+            },
+        }
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self._db_lock:
+                if self._conn is not None and self._pid == os.getpid():
+                    self._conn.close()
+                self._conn = None

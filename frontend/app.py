@@ -1,0 +1,128 @@
+"""The Falcon app factory. It takes every dependency as an argument: no globals, no env.
+
+``create_app`` wires resources to the objects it is given (tests pass a real SQLite user
+store in a temporary directory, real gating, a dispatcher on a real broker);
+``build_components`` makes those objects from :class:`~frontend.settings.Settings` for
+the real server (``frontend.wsgi``), in each gunicorn worker process after fork.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import falcon
+
+from frontend import errors
+from frontend.analytics import Analytics
+from frontend.classify import Classifier
+from frontend.dispatch import Dispatcher, dispatcher_for
+from frontend.gating_holder import GatingHolder
+from frontend.metrics import Metrics
+from frontend.middleware import Authenticator, RequestContext
+from frontend.openapi import openapi_document
+from frontend.passwords import PasswordHasher
+from frontend.resources import admin, auth, classify, health, root
+from frontend.settings import Settings, resolve_secret
+from frontend.tokens import TokenService
+from frontend.users import UserStore
+
+API = "/api/v1"
+
+
+@dataclass
+class Components:
+    """Everything the app is built from; ``close()`` releases it on worker exit."""
+
+    settings: Settings
+    dispatcher: Dispatcher
+    gating: GatingHolder
+    users: UserStore
+    analytics: Analytics
+    tokens: TokenService
+    metrics: Metrics
+
+    def close(self) -> None:
+        for part in (self.dispatcher, self.analytics, self.users):
+            try:
+                part.close()
+            except Exception:  # closing must go on for the others
+                pass
+
+
+def create_app(
+    components: Components,
+    *,
+    new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    clock: Callable[[], float] = time.monotonic,
+) -> falcon.App:
+    """Build the WSGI app from its parts."""
+    s = components.settings
+    metrics = components.metrics
+    classifier = Classifier(gating=components.gating, dispatcher=components.dispatcher,
+                            analytics=components.analytics, metrics=metrics,
+                            request_timeout_s=s.request_timeout_s,
+                            batch_concurrency=s.batch_concurrency, clock=clock)
+    app = falcon.App(
+        middleware=[
+            RequestContext(new_id, s.max_body_bytes, metrics),
+            Authenticator(components.tokens, components.users, cache_ttl_s=s.user_cache_ttl_s),
+        ],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    app.add_route("/", root.Root(s.version))
+    app.add_route(f"{API}/openapi.json", root.OpenAPI(openapi_document(s)))
+    app.add_route("/metrics", root.MetricsResource(metrics))
+    app.add_route(f"{API}/auth/register",
+                  auth.Register(components.users, enabled=s.allow_registration,
+                                max_body=s.max_body_bytes))
+    app.add_route(f"{API}/auth/token",
+                  auth.Token(components.users, components.tokens, max_body=s.max_body_bytes))
+    app.add_route(f"{API}/classify",
+                  classify.Classify(classifier, max_body=s.max_body_bytes,
+                                    max_chars=s.max_text_chars))
+    app.add_route(f"{API}/classify/batch",
+                  classify.ClassifyBatch(classifier, max_body=s.max_body_bytes,
+                                         max_chars=s.max_text_chars, limit=s.batch_limit))
+    app.add_route(f"{API}/classify/stats",
+                  classify.Stats(components.gating, components.dispatcher, components.analytics,
+                                 probe_timeout=s.broker_probe_timeout_s))
+    app.add_route(f"{API}/health", health.Health(s.version))
+    app.add_route(f"{API}/health/live", health.Live())
+    app.add_route(f"{API}/health/ready",
+                  health.Ready(components.gating, components.dispatcher,
+                               probe_timeout=s.broker_probe_timeout_s))
+    app.add_route(f"{API}/admin/workers",
+                  admin.Workers(components.dispatcher, timeout=s.broker_probe_timeout_s * 3))
+    app.add_route(f"{API}/admin/registry", admin.Registry(components.gating))
+    app.add_route(f"{API}/admin/registry/reload", admin.RegistryReload(components.gating))
+    app.classifier = classifier  # NOTE: kept so the worker-exit hook can stop its pool
+    return app
+
+
+def build_components(settings: Settings, *, gating: GatingHolder | None = None,
+                     dispatcher: Dispatcher | None = None) -> Components:
+    """The real parts, from settings. Call it in the process that serves (after fork).
+
+    Raises:
+        frontend.settings.SettingsError: the JWT secret is missing or unsafe.
+    """
+    secret = resolve_secret(settings)
+    if gating is None:
+        gating = GatingHolder(registry_path=settings.registry_path,
+                              stamp_path=settings.data_dir / "registry.reload")
+        gating.start()
+    return Components(
+        settings=settings,
+        dispatcher=dispatcher or dispatcher_for(settings.service_mode, settings.broker_url,
+                                                settings.request_timeout_s),
+        gating=gating,
+        users=UserStore(settings.users_db, PasswordHasher(settings.argon2_profile)),
+        analytics=Analytics(settings.analytics_db),
+        tokens=TokenService(secret, issuer=settings.jwt_issuer,
+                            ttl_seconds=settings.jwt_ttl_seconds),
+        metrics=Metrics(),
+    )

@@ -1,0 +1,227 @@
+"""Classification: validate the request, route it through gating, dispatch it, shape the answer.
+
+One deadline per HTTP request (``REQUEST_TIMEOUT_SECONDS``), shared by every stage and, for
+a batch, by every item: gating's time is taken from it and the broker request gets only
+what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from frontend.analytics import Analytics
+from frontend.dispatch import Dispatcher
+from frontend.errors import APIError, from_gating_error, from_request_error, validation
+from frontend.gating_holder import GatingHolder, NotReady
+from frontend.metrics import Metrics
+from protocol.errors import MoleError, RequestError
+
+log = logging.getLogger("mole.frontend.classify")
+
+_OPTION_NAMES = ("return_probabilities", "return_raw_response")
+
+
+def _string(item: dict, name: str, *, prefix: str, required: bool, limit: int) -> str | None:
+    value = item.get(name)
+    if value is None:
+        if required:
+            raise validation(prefix + name, "is required (a non-empty string)")
+        return None
+    if not isinstance(value, str):
+        raise validation(prefix + name, f"must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise validation(prefix + name, "must not be empty")
+    if len(value) > limit:
+        raise validation(prefix + name, f"is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]:
+    """Check one ClassifyRequest; returns the normalised fields.
+
+    Raises:
+        APIError: validation_error naming the field (``items[3].text`` in a batch).
+    """
+    if not isinstance(item, dict):
+        raise validation(prefix.rstrip(".") or "body", "must be a JSON object")
+    text = _string(item, "text", prefix=prefix, required=True, limit=max_chars)
+    description = _string(item, "description", prefix=prefix, required=True, limit=max_chars)
+    query = _string(item, "query", prefix=prefix, required=False, limit=max_chars)
+    product = _string(item, "product", prefix=prefix, required=False, limit=max_chars)
+    options = item.get("options") or {}
+    if not isinstance(options, dict):
+        raise validation(prefix + "options", "must be an object")
+    parsed_options = {}
+    for name in _OPTION_NAMES:
+        value = options.get(name, False)
+        if not isinstance(value, bool):
+            raise validation(f"{prefix}options.{name}", "must be true or false")
+        parsed_options[name] = value
+    return {"text": text, "description": description, "query": query, "product": product,
+            "options": parsed_options}
+
+
+class Classifier:
+    """Gating + dispatch + analytics for one process. Thread-safe."""
+
+    def __init__(self, *, gating: GatingHolder, dispatcher: Dispatcher, analytics: Analytics,
+                 metrics: Metrics, request_timeout_s: float, batch_concurrency: int = 32,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.gating = gating
+        self.dispatcher = dispatcher
+        self.analytics = analytics
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=batch_concurrency,
+                                        thread_name_prefix="batch")
+
+    def deadline(self) -> float:
+        return self._clock() + self.request_timeout_s
+
+    def classify(self, item: dict[str, Any], request_id: str, deadline: float) -> dict[str, Any]:
+        """Answer one parsed item, or raise APIError (recorded in analytics either way)."""
+        started = self._clock()
+        facts: dict[str, Any] = {}
+        try:
+            body = self._classify(item, request_id, deadline, started, facts)
+        except APIError as err:
+            self._record(facts, started, ok=False, error=err.code)
+            raise
+        self._record(facts, started, ok=True, confidence=body.get("confidence"))
+        return body
+
+    def _record(self, facts: dict, started: float, *, ok: bool, error: str | None = None,
+                confidence: Any = None) -> None:
+        latency_ms = (self._clock() - started) * 1000.0
+        conf = float(confidence) if isinstance(confidence, int | float) else None
+        try:
+            self.analytics.record(ok=ok, latency_ms=latency_ms, error=error, confidence=conf,
+                                  **facts)
+        except Exception:  # analytics must never fail a request
+            log.exception("could not record analytics")
+        self.metrics.classifications.labels(
+            facts.get("language") or "unknown", facts.get("task") or "unknown",
+            facts.get("model") or "unknown", "ok" if ok else (error or "error")).inc()
+
+    def _classify(self, item: dict[str, Any], request_id: str, deadline: float,
+                  started: float, facts: dict) -> dict[str, Any]:
+        try:
+            pipeline, _ = self.gating.get()
+        except NotReady as err:
+            raise APIError("not_ready", str(err)) from None
+        try:
+            routed = pipeline.route(item["text"], item["description"])
+        except MoleError as err:
+            raise from_gating_error(err) from None
+        expert = routed.expert
+        facts.update(language=routed.language.name, domain=routed.domain, task=routed.task,
+                     model=expert.base_model_key)
+        gated = self._clock()
+        remaining = deadline - gated
+        if remaining <= 0:
+            raise APIError("deadline_exceeded",
+                           "the request ran out of time in gating (REQUEST_TIMEOUT_SECONDS)")
+        payload: dict[str, Any] = {
+            "task": expert.task_key,
+            "language": expert.language.code,
+            "adapter": expert.adapter_name,
+            "text": item["text"],
+            "options": item["options"],
+        }
+        if item.get("query") is not None:
+            payload["query"] = item["query"]
+        if item.get("product") is not None:
+            payload["product"] = item["product"]
+        try:
+            reply = self.dispatcher.dispatch(expert, payload, remaining)
+        except RequestError as err:
+            raise from_request_error(err) from None
+        replied = self._clock()
+        self.metrics.dispatch_latency.labels(expert.base_model_key).observe(replied - gated)
+        return self._shape(item, request_id, routed, reply, started, gated, replied)
+
+    def _shape(self, item, request_id, routed, reply, started, gated, replied) -> dict[str, Any]:
+        expert = routed.expert
+        if not isinstance(reply, dict) or "result" not in reply:
+            raise APIError("internal", f"the worker for {expert.base_model_key} sent a reply "
+                           "without a result; is it a MoLE expert worker?")
+        result = reply.get("result")
+        if not isinstance(result, str):
+            result = json.dumps(result, ensure_ascii=False)
+        timings = {k: round(float(v), 3) for k, v in (getattr(routed, "timings", None) or {})
+                   .items() if isinstance(v, int | float)}
+        worker_timings = reply.get("timings") or {}
+        if isinstance(worker_timings, dict):
+            timings.update({k: v for k, v in worker_timings.items()
+                            if isinstance(v, int | float)})
+        timings["gating_ms"] = round((gated - started) * 1000.0, 3)
+        timings["dispatch_ms"] = round((replied - gated) * 1000.0, 3)
+        body: dict[str, Any] = {
+            "request_id": request_id,
+            "language": routed.language.name,
+            "language_confidence": _float_or_none(getattr(routed, "language_confidence", None)),
+            "domain": routed.domain,
+            "task": routed.task,
+            "result": result,
+            "confidence": _float_or_none(reply.get("confidence")),
+            "routing_path": routed.routing_path,
+            "processing_time_ms": round((self._clock() - started) * 1000.0, 3),
+            "worker_id": _str_or_none(reply.get("worker_id")),
+            "model": _str_or_none(reply.get("model")) or expert.base_model_key,
+            "adapter": _str_or_none(reply.get("adapter")) or expert.adapter_name,
+            "timings": timings,
+        }
+        if expert.kind == "extraction" or "entities" in reply:
+            entities = reply.get("entities") or []
+            body["entities"] = [e for e in entities if isinstance(e, dict)]
+        if item["options"]["return_probabilities"]:
+            probabilities = reply.get("probabilities")
+            body["probabilities"] = probabilities if isinstance(probabilities, dict) else None
+        if item["options"]["return_raw_response"]:
+            body["raw_response"] = _str_or_none(reply.get("raw_response"))
+        if "tiny_model" in reply:
+            body["tiny_model"] = bool(reply["tiny_model"])
+        if reply.get("truncated"):
+            body["truncated"] = True
+        return body
+
+    def classify_batch(self, items: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
+        """Every item concurrently on the shared client; one deadline for the whole batch."""
+        started = self._clock()
+        deadline = started + self.request_timeout_s
+
+        def one(index: int, item: dict[str, Any]) -> dict[str, Any]:
+            try:
+                result = self.classify(item, f"{request_id}-{index}", deadline)
+            except APIError as err:
+                return {"index": index, "ok": False,
+                        "error": {"code": err.code, "detail": err.detail}}
+            except Exception:
+                log.exception("batch item %d of request %s failed", index, request_id)
+                return {"index": index, "ok": False,
+                        "error": {"code": "internal_error", "detail": "internal error"}}
+            return {"index": index, "ok": True, "result": result}
+
+        futures = [self._pool.submit(one, i, item) for i, item in enumerate(items)]
+        results = [f.result() for f in futures]
+        ok = sum(1 for r in results if r["ok"])
+        return {"request_id": request_id, "results": results,
+                "total_processing_time_ms": round((self._clock() - started) * 1000.0, 3),
+                "successful": ok, "failed": len(results) - ok}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

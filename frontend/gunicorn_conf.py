@@ -1,0 +1,50 @@
+"""gunicorn configuration for ``mole frontend`` (threaded ``gthread`` workers).
+
+Why these choices:
+
+* ``gthread``: requests mostly wait on the broker, so threads per process give concurrency
+  cheaply, and the one thread-safe ZeroMQ client per process is shared by them.
+* no ``preload_app``: the app (ZeroMQ client, SQLite, gating models) is built in each
+  worker after fork, never in the master.
+* ``graceful_timeout``: on SIGTERM a worker finishes its in-flight requests first.
+* ``PROMETHEUS_MULTIPROC_DIR`` is created and emptied by the launcher before gunicorn
+  starts (not here); ``child_exit`` marks a dead worker's files so gauges stay right.
+
+Values come from the environment the launcher sets (``MOLE_FRONTEND_*``).
+"""
+
+from __future__ import annotations
+
+import os
+
+bind = os.environ.get("MOLE_FRONTEND_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("MOLE_FRONTEND_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("MOLE_FRONTEND_THREADS", "16"))
+preload_app = False
+timeout = int(os.environ.get("MOLE_FRONTEND_WORKER_TIMEOUT", "180"))
+graceful_timeout = int(os.environ.get("MOLE_FRONTEND_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+backlog = 2048
+limit_request_line = 8190
+limit_request_fields = 100
+accesslog = os.environ.get("MOLE_FRONTEND_ACCESS_LOG") or None  # "-" for stdout
+errorlog = "-"
+loglevel = os.environ.get("MOLE_FRONTEND_LOG_LEVEL", "info")
+proc_name = "mole-frontend"
+wsgi_app = "frontend.wsgi:app"
+
+
+def worker_exit(server, worker) -> None:
+    """Close this worker's client and databases once its last request is answered."""
+    import sys
+
+    module = sys.modules.get("frontend.wsgi")
+    if module is not None:
+        module.shutdown()
+
+
+def child_exit(server, worker) -> None:
+    from frontend.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)

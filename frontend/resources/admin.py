@@ -1,0 +1,89 @@
+"""Admin-only endpoints: live workers (broker status), the registry, registry reload."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+from frontend.errors import APIError, from_request_error
+from frontend.gating_holder import GatingHolder, NotReady
+from frontend.media import respond
+from protocol.errors import RequestError
+from protocol.registry import ExpertsRegistry, RegistryError
+
+log = logging.getLogger("mole.frontend.admin")
+
+
+def registry_view(registry: ExpertsRegistry) -> dict:
+    return {
+        "path": str(registry.path) if registry.path else None,
+        "base_models": sorted(registry.base_models),
+        "domains": registry.domains,
+        "languages": [lang.name for lang in registry.languages],
+        "tasks": [
+            {"task_key": key, "kind": t.kind, "labels": list(t.label_set),
+             "languages": sorted(lang.name for lang in t.languages),
+             "experts": {e.language.name: {"base_model_key": e.base_model_key,
+                                           "adapter_name": e.adapter_name}
+                         for e in t.experts.values()}}
+            for key, t in registry.tasks.items()
+        ],
+    }
+
+
+class Workers:
+    auth = "admin"
+
+    def __init__(self, dispatcher, *, timeout: float) -> None:
+        self._dispatcher = dispatcher
+        self._timeout = timeout
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            status = self._dispatcher.status(self._timeout)
+        except RequestError as err:
+            raise from_request_error(err) from None
+        respond(req, resp, {"mode": self._dispatcher.mode,
+                            "broker": status.get("broker"),
+                            "services": status.get("services", {}),
+                            "workers": status.get("workers", []),
+                            "counters": status.get("counters", {})})
+
+
+class Registry:
+    auth = "admin"
+
+    def __init__(self, gating: GatingHolder) -> None:
+        self._gating = gating
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            _, registry = self._gating.get()
+        except NotReady as err:
+            raise APIError("not_ready", str(err)) from None
+        respond(req, resp, registry_view(registry))
+
+
+class RegistryReload:
+    """Re-read the registry file; a bad file is refused and the old registry stays."""
+
+    auth = "admin"
+
+    def __init__(self, gating: GatingHolder) -> None:
+        self._gating = gating
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            registry = self._gating.reload()
+        except RegistryError as err:
+            message = str(err)
+            key = message.split(":", 1)[0] if ":" in message else None
+            raise APIError("invalid_registry", f"registry not reloaded, the old one stays in "
+                           f"force: {message}", field=key) from None
+        except Exception as err:
+            log.exception("registry reload failed")
+            raise APIError("invalid_registry", "registry not reloaded, the old one stays in "
+                           f"force: {type(err).__name__}: {err}") from None
+        log.info("registry reloaded by %s from %s", req.context.user.username, registry.path)
+        respond(req, resp, {"reloaded": True, **registry_view(registry)})

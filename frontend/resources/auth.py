@@ -1,0 +1,58 @@
+"""POST /api/v1/auth/register and POST /api/v1/auth/token (OAuth2 password form)."""
+
+from __future__ import annotations
+
+import falcon
+
+from frontend.errors import APIError
+from frontend.media import parse_body, parse_form, respond
+from frontend.tokens import TokenService
+from frontend.users import UserError, UserStore
+
+
+class Register:
+    auth = "public"
+
+    def __init__(self, users: UserStore, *, enabled: bool, max_body: int) -> None:
+        self._users = users
+        self._enabled = enabled
+        self._max_body = max_body
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not self._enabled:
+            raise APIError("registration_disabled", "registration is switched off on this "
+                           "server (MOLE_ALLOW_REGISTRATION=false); ask an administrator")
+        body = parse_body(req, self._max_body)
+        if not isinstance(body, dict):
+            raise APIError("validation_error", "body: must be an object with username and "
+                           "password", field="body")
+        try:
+            user = self._users.create(body.get("username"), body.get("password"))
+        except UserError as err:
+            raise APIError(err.code, str(err), field=err.field) from None
+        respond(req, resp, {"username": user.username, "disabled": False}, 201)
+
+
+class Token:
+    auth = "public"
+
+    def __init__(self, users: UserStore, tokens: TokenService, *, max_body: int) -> None:
+        self._users = users
+        self._tokens = tokens
+        self._max_body = max_body
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        form = parse_form(req, self._max_body)
+        grant = form.get("grant_type")
+        if grant not in (None, "", "password"):
+            raise APIError("validation_error", "grant_type: only 'password' is supported",
+                           field="grant_type")
+        for name in ("username", "password"):
+            if not form.get(name):
+                raise APIError("validation_error", f"{name}: is required", field=name)
+        user = self._users.authenticate(form["username"], form["password"])
+        if user is None:
+            raise APIError("invalid_credentials", "incorrect username or password")
+        resp.set_header("Cache-Control", "no-store")
+        respond(req, resp, {"access_token": self._tokens.issue(user.username),
+                            "token_type": "bearer", "expires_in": self._tokens.ttl_seconds})

@@ -1,0 +1,117 @@
+"""POST /api/v1/classify, POST /api/v1/classify/batch, GET /api/v1/classify/stats."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+
+from frontend.analytics import Analytics
+from frontend.classify import Classifier, parse_item
+from frontend.errors import APIError, validation
+from frontend.gating_holder import GatingHolder, NotReady
+from frontend.media import parse_body, respond
+
+log = logging.getLogger("mole.frontend")
+
+
+class Classify:
+    auth = "user"
+
+    def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int) -> None:
+        self._classifier = classifier
+        self._max_body = max_body
+        self._max_chars = max_chars
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        item = parse_item(parse_body(req, self._max_body), max_chars=self._max_chars)
+        request_id = req.context.request_id
+        body = self._classifier.classify(item, request_id, self._classifier.deadline())
+        respond(req, resp, body)
+
+
+class ClassifyBatch:
+    auth = "user"
+
+    def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int,
+                 limit: int) -> None:
+        self._classifier = classifier
+        self._max_body = max_body
+        self._max_chars = max_chars
+        self._limit = limit
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = parse_body(req, self._max_body)
+        if not isinstance(body, dict):
+            raise validation("body", "must be an object with an items list")
+        items = body.get("items")
+        if not isinstance(items, list) or not items:
+            raise validation("items", "must be a non-empty list of classify requests")
+        if len(items) > self._limit:
+            raise validation("items", f"has {len(items)} entries; the limit is {self._limit}")
+        parsed: list[Any] = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append(parse_item(item, max_chars=self._max_chars,
+                                         prefix=f"items[{index}]."))
+            except APIError as err:
+                parsed.append(err)
+        valid = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, APIError)]
+        answer = self._classifier.classify_batch([p for _, p in valid], req.context.request_id)
+        results: list[dict[str, Any] | None] = [None] * len(parsed)
+        for (index, _), result in zip(valid, answer["results"], strict=True):
+            results[index] = {**result, "index": index}
+        for index, item in enumerate(parsed):
+            if isinstance(item, APIError):
+                results[index] = {"index": index, "ok": False,
+                                  "error": {"code": item.code, "detail": item.detail}}
+        answer["results"] = results
+        answer["successful"] = sum(1 for r in results if r["ok"])
+        answer["failed"] = len(results) - answer["successful"]
+        respond(req, resp, answer)
+
+
+class Stats:
+    """Registry facts, live workers per model (broker status) and request analytics."""
+
+    auth = "user"
+
+    def __init__(self, gating: GatingHolder, dispatcher, analytics: Analytics, *,
+                 probe_timeout: float) -> None:
+        self._gating = gating
+        self._dispatcher = dispatcher
+        self._analytics = analytics
+        self._probe_timeout = probe_timeout
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            _, registry = self._gating.get()
+        except NotReady as err:
+            raise APIError("not_ready", str(err)) from None
+        domains = {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains}
+        models = sorted({e.base_model_key for t in registry.tasks.values()
+                         for e in t.experts.values()})
+        workers: dict[str, int] | None = None
+        broker_error = None
+        try:
+            status = self._dispatcher.status(self._probe_timeout)
+            services = status.get("services", {}) or {}
+            workers = {m: int((services.get(m) or {}).get("workers", 0)) for m in models}
+        except Exception as err:  # stats still answer without the broker
+            broker_error = f"{type(err).__name__}: {err}"
+        body = {
+            "total_domains": len(registry.domains),
+            "total_tasks": len(registry.tasks),
+            "supported_languages": len(registry.languages),
+            "all_languages": [lang.name for lang in registry.languages],
+            "domains": domains,
+            "tasks": {key: {"domain": t.domain, "task": t.name, "kind": t.kind,
+                            "languages": sorted(lang.name for lang in t.languages),
+                            "labels": list(t.label_set)}
+                      for key, t in registry.tasks.items()},
+            "live_workers": workers,
+            "broker_error": broker_error,
+            "analytics": self._analytics.summary(),
+        }
+        respond(req, resp, body)

@@ -1,0 +1,177 @@
+"""The user store: usernames, argon2id hashes and roles in SQLite.
+
+One connection per process, opened on first use (so a gunicorn master never holds one
+across ``fork``), shared by the worker's threads under a lock. SQLite in WAL mode lets the
+gunicorn worker processes read and write the same file.
+
+The admin role is granted only by ``mole users create --admin`` or the explicit
+``MOLE_BOOTSTRAP_ADMIN`` setting (both call :meth:`UserStore.create` with
+``admin=True``); registering over HTTP never grants it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from frontend.passwords import PasswordHasher
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    username      TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    is_admin      INTEGER NOT NULL DEFAULT 0,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL NOT NULL
+)
+"""
+
+
+class UserError(ValueError):
+    """A user operation was refused; ``code`` and ``field`` say why."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    is_admin: bool = False
+    disabled: bool = False
+
+
+def check_username(username: object) -> str:
+    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
+        raise UserError("validation_error",
+                        "username: 3 to 50 characters from A-Z a-z 0-9 _ . -", "username")
+    return username
+
+
+def check_password(password: object) -> str:
+    if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise UserError("validation_error",
+                        f"password: {PASSWORD_MIN} to {PASSWORD_MAX} characters", "password")
+    return password
+
+
+class UserStore:
+    """Users in one SQLite file. Thread-safe; fork-safe (opens lazily per process)."""
+
+    def __init__(self, path: str | os.PathLike, hasher: PasswordHasher) -> None:
+        self.path = Path(path)
+        self.hasher = hasher
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        # NOTE: called with self._lock held. A connection made before fork is never reused.
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
+                                   isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def create(self, username: str, password: str, *, admin: bool = False) -> User:
+        """Add a user.
+
+        Raises:
+            UserError: ``validation_error`` (bad username/password) or ``username_taken``.
+        """
+        check_username(username)
+        check_password(password)
+        password_hash = self.hasher.hash(password)
+        with self._lock:
+            try:
+                self._db().execute(
+                    "INSERT INTO users (username, password_hash, is_admin, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (username, password_hash, int(admin), time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise UserError("username_taken", f"username {username!r} is already taken",
+                                "username") from None
+        return User(username, admin, False)
+
+    def set_password(self, username: str, password: str) -> None:
+        check_password(password)
+        password_hash = self.hasher.hash(password)
+        with self._lock:
+            self._db().execute("UPDATE users SET password_hash=? WHERE username=?",
+                               (password_hash, username))
+
+    def set_flags(self, username: str, *, admin: bool | None = None,
+                  disabled: bool | None = None) -> None:
+        with self._lock:
+            db = self._db()
+            if admin is not None:
+                db.execute("UPDATE users SET is_admin=? WHERE username=?", (int(admin), username))
+            if disabled is not None:
+                db.execute("UPDATE users SET disabled=? WHERE username=?",
+                           (int(disabled), username))
+
+    def get(self, username: str) -> User | None:
+        with self._lock:
+            row = self._db().execute(
+                "SELECT username, is_admin, disabled FROM users WHERE username=?", (username,)
+            ).fetchone()
+        return None if row is None else User(row[0], bool(row[1]), bool(row[2]))
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user if the password matches and the account is enabled, else None."""
+        with self._lock:
+            row = self._db().execute(
+                "SELECT username, password_hash, is_admin, disabled FROM users WHERE username=?",
+                (username,),
+            ).fetchone()
+        ok = self.hasher.verify(row[1] if row else None, password)
+        if not ok or row is None or row[3]:
+            return None
+        return User(row[0], bool(row[2]), False)
+
+    def list(self) -> list[User]:
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT username, is_admin, disabled FROM users ORDER BY username"
+            ).fetchall()
+        return [User(r[0], bool(r[1]), bool(r[2])) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+def bootstrap_admin(store: UserStore, spec: str) -> User:
+    """Apply ``MOLE_BOOTSTRAP_ADMIN=user:password``: create the admin, or make it one.
+
+    Raises:
+        UserError: the spec is malformed or the name/password break the rules.
+    """
+    username, sep, password = spec.partition(":")
+    if not sep:
+        raise UserError("validation_error", "MOLE_BOOTSTRAP_ADMIN must be 'username:password'")
+    try:
+        return store.create(username, password, admin=True)
+    except UserError as err:
+        if err.code != "username_taken":
+            raise
+    store.set_password(username, password)
+    store.set_flags(username, admin=True, disabled=False)
+    return User(username, True, False)
