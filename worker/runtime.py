@@ -1,0 +1,414 @@
+"""The worker's connection to the broker: register, heartbeat, reconnect, serve slots.
+
+One thread owns the DEALER socket and never runs handler code: it registers (READY with
+the metadata frame), answers heartbeats, hands each REQUEST to :meth:`Handler.submit` and
+sends what handlers answer. Handlers answer from their own threads through a
+:class:`~worker.handler.Responder`, which puts the frames on a queue and wakes the socket
+thread over an inproc socket, so a batch that computes for a minute never delays a
+heartbeat and the broker never purges a busy worker.
+
+Robustness rules this module enforces, whatever the handler does:
+
+- at most ``handler.slots`` requests are with the handler at once; one more is answered
+  ``overloaded`` at once (a broker that follows our READY never sends it);
+- a body that is not our envelope, or whose payload is not msgpack, is answered
+  ``bad_request``; the worker keeps serving;
+- a request whose deadline has passed is not given to the handler (``deadline_exceeded``),
+  and one whose handler has not answered by its deadline is closed the same way, so its
+  slot comes back;
+- exactly one final per request: a second ``final``/``error`` is ignored and logged;
+- the broker silent for ``liveness`` heartbeat intervals, or a DISCONNECT from it, means a
+  new socket and a new READY after a back-off that doubles up to ``reconnect_max``;
+  answers to requests of the previous connection are dropped (that broker re-dispatches
+  them itself);
+- :meth:`WorkerRuntime.stop` sends DISCONNECT before closing.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket as socket_module
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from protocol import mdp
+from protocol._wake import Waker
+from protocol.envelope import (
+    ReplyHeader,
+    decode_request_header,
+    error_reply,
+    pack,
+    unpack,
+)
+from protocol.errors import ErrorCode, MalformedMessage
+from worker.handler import Handler, Responder, WorkRequest
+
+log = logging.getLogger("mole.worker")
+
+DEFAULT_HEARTBEAT_INTERVAL_S = 2.5
+DEFAULT_LIVENESS = 3
+
+
+def default_worker_id(service: str) -> str:
+    """``WORKER_ID`` from the environment, else ``<host>-<pid>``."""
+    return os.environ.get("WORKER_ID") or f"{socket_module.gethostname()}-{os.getpid()}"
+
+
+def _opaque_error(code: ErrorCode, message: str) -> list[bytes]:
+    """Error body for a request that did not use our envelope (docs/interfaces.md)."""
+    return [pack({"error": code.value, "message": message})]
+
+
+def _loose_request_id(frame: bytes) -> str:
+    """The id of a header we could not fully parse, so the error still correlates."""
+    try:
+        header = unpack(frame)
+        return str(header.get("id", "")) if isinstance(header, dict) else ""
+    except MalformedMessage:
+        return ""
+
+
+class _Responder(Responder):
+    """Sends one request's answers through the runtime; the first final wins."""
+
+    __slots__ = ("_runtime", "_generation", "ticket", "request_id", "deadline", "_lock",
+                 "done")
+
+    def __init__(self, runtime: WorkerRuntime, generation: int, ticket: bytes,
+                 request_id: str, deadline: float | None) -> None:
+        self._runtime = runtime
+        self._generation = generation
+        self.ticket = ticket
+        self.request_id = request_id
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self.done = False
+
+    def partial(self, payload: Any) -> None:
+        if self.done:
+            log.warning("request %s: partial after its final answer ignored", self.request_id)
+            return
+        try:
+            body = [ReplyHeader(self.request_id).encode(), pack(payload)]
+        except Exception as err:  # not msgpack-serialisable: skip it, keep the request
+            log.error("request %s: partial payload cannot be packed: %s", self.request_id, err)
+            return
+        self._runtime._post(self._generation, self.ticket, mdp.W_PARTIAL, body, None)
+
+    def final(self, payload: Any) -> None:
+        try:
+            body = [ReplyHeader(self.request_id).encode(), pack(payload)]
+        except Exception as err:
+            log.error("request %s: reply payload cannot be packed: %s", self.request_id, err)
+            body = error_reply(self.request_id, ErrorCode.INTERNAL,
+                               f"the worker produced a reply it cannot encode: {err}")
+        self._close(body, "final")
+
+    def error(self, code: ErrorCode | str, message: str, details: Any = None) -> None:
+        try:
+            body = error_reply(self.request_id, code, message, details)
+        except Exception:  # details not serialisable
+            body = error_reply(self.request_id, code, message)
+        self._close(body, "error")
+
+    def _close(self, body: list[bytes], what: str) -> bool:
+        with self._lock:
+            if self.done:
+                log.warning("request %s: second final answer (%s) ignored", self.request_id,
+                            what)
+                return False
+            self.done = True
+        self._runtime._post(self._generation, self.ticket, mdp.W_FINAL, body, self)
+        return True
+
+
+class WorkerRuntime:
+    """Connects one :class:`Handler` to the broker as a worker of ``service``.
+
+    Args:
+        broker_url: the broker's address.
+        service: the service to register (the base_model_key).
+        handler: what computes answers; ``handler.slots`` bounds concurrency.
+        worker_id: reported in READY's metadata (default ``WORKER_ID`` or host-pid).
+        heartbeat_interval, liveness: must match the broker's (defaults 2.5 s and 3).
+        reconnect_initial, reconnect_max: back-off between connections, in seconds.
+        context: ZeroMQ context (``zmq.Context.instance()`` by default).
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        service: str,
+        handler: Handler,
+        *,
+        worker_id: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        liveness: int = DEFAULT_LIVENESS,
+        reconnect_initial: float = 0.25,
+        reconnect_max: float = 8.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not service or service.startswith(mdp.MMI_PREFIX):
+            raise ValueError(f"cannot serve {service!r}: empty or reserved (mmi.*) name")
+        if len(service.encode("utf-8")) > mdp.MAX_SERVICE_LENGTH:
+            raise ValueError(f"service name longer than {mdp.MAX_SERVICE_LENGTH} bytes")
+        self.broker_url = broker_url
+        self.service = service
+        self.handler = handler
+        self.slots = max(1, int(getattr(handler, "slots", 1) or 1))
+        self.worker_id = worker_id or default_worker_id(service)
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self._context = context or zmq.Context.instance()
+        self._waker = Waker(self._context)
+        self._outbox: collections.deque = collections.deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._generation = 0
+        self._in_flight: dict[bytes, _Responder] = {}
+        self._last_sent = 0.0
+        # Counters, read by tests and by whoever embeds the runtime.
+        self.registrations = 0
+        self.served = 0
+        self.rejected = 0
+        self.heartbeats_sent = 0
+        self.connected = threading.Event()  # set while registered and hearing the broker
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> WorkerRuntime:
+        """Run in a background thread; returns at once."""
+        if self._thread is not None:
+            raise RuntimeError("runtime already started")
+        self._thread = threading.Thread(target=self.run, name=f"mole-worker-{self.service}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; blocks. Calls ``handler.start()`` and ``close()``."""
+        self.handler.start()
+        try:
+            self._connections()
+        finally:
+            self._waker.close()
+            try:
+                self.handler.close()
+            except Exception:
+                log.exception("handler close failed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Send DISCONNECT, close the socket and the handler. Safe from any thread."""
+        self._stop.set()
+        self._waker.wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def metadata(self) -> dict[str, Any]:
+        """READY's metadata frame: ours, then what the handler adds."""
+        meta: dict[str, Any] = {
+            "worker_id": self.worker_id,
+            "service": self.service,
+            "slots": self.slots,
+            "pid": os.getpid(),
+            "host": socket_module.gethostname(),
+        }
+        meta.update(self.handler.metadata() or {})
+        meta["slots"] = self.slots  # what the runtime enforces is what the broker is told
+        return meta
+
+    # ------------------------------------------------------------------ socket thread
+
+    def _connections(self) -> None:
+        backoff = self.reconnect_initial
+        while not self._stop.is_set():
+            heard = self._one_connection()
+            if self._stop.is_set():
+                return
+            backoff = self.reconnect_initial if heard else min(backoff * 2, self.reconnect_max)
+            log.info("worker %s: reconnecting to %s in %.2f s", self.worker_id,
+                     self.broker_url, backoff)
+            self._stop.wait(backoff)
+
+    def _one_connection(self) -> bool:
+        """One socket's life; returns whether the broker said anything on it."""
+        self._generation += 1
+        self._in_flight.clear()
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.broker_url)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._waker.socket, zmq.POLLIN)
+        self._send(sock, mdp.encode_worker(mdp.WorkerCommand.READY, service=self.service,
+                                           metadata=pack(self.metadata())))
+        self.registrations += 1
+        log.info("worker %s: READY for %r sent to %s (%d slots)", self.worker_id,
+                 self.service, self.broker_url, self.slots)
+        heard = False
+        silent_limit = self.heartbeat_interval * self.liveness
+        last_heard = time.monotonic()
+        next_expiry_scan = last_heard + 0.1
+        try:
+            while True:
+                now = time.monotonic()
+                wait = min(self._last_sent + self.heartbeat_interval, last_heard + silent_limit,
+                           next_expiry_scan) - now
+                events = dict(poller.poll(max(0, int(wait * 1000) + 1)))
+                if self._stop.is_set():
+                    self._send(sock, mdp.encode_worker(mdp.WorkerCommand.DISCONNECT))
+                    log.info("worker %s: DISCONNECT sent, stopping", self.worker_id)
+                    return heard
+                if self._waker.socket in events:
+                    self._waker.drain()
+                self._flush(sock)
+                if sock in events:
+                    for _ in range(1024):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        heard = True
+                        last_heard = time.monotonic()
+                        self.connected.set()
+                        if self._on_message(sock, frames) == "disconnect":
+                            log.warning("worker %s: the broker sent DISCONNECT",
+                                        self.worker_id)
+                            return heard
+                now = time.monotonic()
+                if now - last_heard >= silent_limit:
+                    log.warning("worker %s: broker silent for %.1f s; reconnecting",
+                                self.worker_id, now - last_heard)
+                    return heard
+                if now >= next_expiry_scan:
+                    self._expire(now)
+                    next_expiry_scan = now + 0.1
+                if now - self._last_sent >= self.heartbeat_interval:
+                    self._send(sock, [mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
+                    self.heartbeats_sent += 1
+        finally:
+            self.connected.clear()
+            sock.close(0)
+
+    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            sock.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0))
+        self._last_sent = time.monotonic()
+
+    def _flush(self, sock: zmq.Socket) -> None:
+        """Send what handlers queued; drop answers that belong to an older connection."""
+        outbox = self._outbox
+        while outbox:
+            generation, ticket, command, body, responder = outbox.popleft()
+            if generation != self._generation:
+                log.debug("dropping an answer for a request of an earlier connection")
+                continue
+            if responder is not None:  # a final: its slot is free again
+                if self._in_flight.get(ticket) is not responder:
+                    continue  # already closed by the runtime (deadline)
+                del self._in_flight[ticket]
+                self.served += 1
+            self._send(sock, [mdp.WORKER_HEADER, command, ticket, mdp.EMPTY, *body])
+
+    def _post(self, generation: int, ticket: bytes, command: bytes, body: list[bytes],
+              final_of: _Responder | None) -> None:
+        """Any thread: queue frames for the socket thread and wake it."""
+        self._outbox.append((generation, ticket, command, body, final_of))
+        self._waker.wake()
+
+    def _reply_now(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
+        self.rejected += 1
+        self._send(sock, [mdp.WORKER_HEADER, mdp.W_FINAL, ticket, mdp.EMPTY, *body])
+
+    def _on_message(self, sock: zmq.Socket, frames: list[bytes]) -> str | None:
+        try:
+            message = mdp.decode_worker(frames)
+        except MalformedMessage as err:
+            log.warning("worker %s: malformed message from the broker ignored: %s",
+                        self.worker_id, err)
+            return None
+        command = message.command
+        if command == mdp.WorkerCommand.REQUEST:
+            self._on_request(sock, message.client, message.body)
+        elif command == mdp.WorkerCommand.DISCONNECT:
+            return "disconnect"
+        elif command != mdp.WorkerCommand.HEARTBEAT:
+            log.warning("worker %s: unexpected %s from the broker ignored", self.worker_id,
+                        command.name)
+        return None
+
+    def _on_request(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
+        if not body:
+            self._reply_now(sock, ticket, _opaque_error(
+                ErrorCode.BAD_REQUEST, "empty request body; expected [header, payload]"))
+            return
+        try:
+            header = decode_request_header(body[0])
+        except MalformedMessage as err:
+            rid = _loose_request_id(body[0])
+            self._reply_now(sock, ticket, error_reply(rid, ErrorCode.BAD_REQUEST,
+                                                      f"bad request header: {err}"))
+            return
+        if header is None:
+            self._reply_now(sock, ticket, _opaque_error(
+                ErrorCode.BAD_REQUEST,
+                "request body is not a MoLE envelope: send [msgpack header, msgpack payload] "
+                "(see protocol/envelope.py)"))
+            return
+        rid = header.request_id
+        if len(body) != 2:
+            self._reply_now(sock, ticket, error_reply(
+                rid, ErrorCode.BAD_REQUEST,
+                f"request has {len(body) - 1} payload frames; expected exactly one"))
+            return
+        now = time.monotonic()
+        deadline = None if header.ttl_ms is None else now + header.ttl_ms / 1000.0
+        if deadline is not None and header.ttl_ms <= 0:
+            self._reply_now(sock, ticket, error_reply(
+                rid, ErrorCode.DEADLINE_EXCEEDED,
+                "the request's deadline had passed when it reached the worker"))
+            return
+        if ticket in self._in_flight:
+            log.warning("worker %s: duplicate ticket for request %s ignored", self.worker_id,
+                        rid)
+            return
+        if len(self._in_flight) >= self.slots:
+            self._reply_now(sock, ticket, error_reply(
+                rid, ErrorCode.OVERLOADED,
+                f"worker {self.worker_id} has all {self.slots} slots busy"))
+            return
+        try:
+            payload = unpack(body[1])
+        except MalformedMessage as err:
+            self._reply_now(sock, ticket, error_reply(rid, ErrorCode.BAD_REQUEST, str(err)))
+            return
+        responder = _Responder(self, self._generation, ticket, rid, deadline)
+        self._in_flight[ticket] = responder
+        request = WorkRequest(rid, payload, deadline, header.attempt, now)
+        try:
+            self.handler.submit(request, responder)
+        except Exception as err:
+            log.exception("worker %s: handler.submit failed for request %s", self.worker_id,
+                          rid)
+            responder.error(ErrorCode.INTERNAL, f"the worker's handler failed: {err}")
+
+    def _expire(self, now: float) -> None:
+        """Close requests whose handler missed their deadline, freeing their slots."""
+        for responder in [r for r in self._in_flight.values()
+                          if r.deadline is not None and r.deadline <= now]:
+            responder.error(ErrorCode.DEADLINE_EXCEEDED,
+                            f"worker {self.worker_id} did not finish before the deadline")
