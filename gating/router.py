@@ -1,0 +1,382 @@
+"""The task router: a Q-learning contextual bandit over hashed description features.
+
+As in the original MoLE, each domain has its own router whose actions are the domain's
+tasks in registry order; the reward is 1 when the routed task is the right one and 0
+otherwise; exploration is epsilon-greedy (epsilon decays linearly); and Q(s, a) is
+regressed to the reward (a one-step bandit, no bootstrapping). Unlike the original, the
+state is a sparse hashed n-gram vector (:mod:`gating.features`) and Q is linear per
+action, so routing costs tens of microseconds on the CPU and needs no torch.
+
+Online learning: :meth:`QRouter.feedback` applies one update for a routed request's
+reward; :meth:`QRouter.save` persists it.
+
+Artifact: a directory holding ``meta.json`` (format, feature spec, domains and their
+tasks, hyper-parameters, training report) and ``weights.npz`` (per domain: the non-zero
+rows of the weight matrix and the bias), a few hundred KB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
+from gating.features import FeatureSpec, Featurizer
+
+FORMAT = "mole-hashed-qrouter"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+WEIGHTS_FILE = "weights.npz"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    description: str
+    domain: str
+    task: str
+
+
+@dataclass(slots=True)
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 0.3
+    eps_start: float = 0.2
+    eps_end: float = 0.01
+    optimistic_init: float = 1.0  # Q starts at 1 so untried actions get tried
+    seed: int = 13
+
+    def to_dict(self) -> dict:
+        return {
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "eps_start": self.eps_start,
+            "eps_end": self.eps_end,
+            "optimistic_init": self.optimistic_init,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A routing decision: the task and the Q-value of every action."""
+
+    domain: str
+    task: str
+    q_values: dict[str, float]
+
+    @property
+    def confidence(self) -> float:
+        return self.q_values[self.task]
+
+
+@dataclass(slots=True)
+class _DomainQ:
+    tasks: list[str]
+    weights: np.ndarray  # float32 [dim, n_tasks]
+    bias: np.ndarray  # float32 [n_tasks]
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {t: i for i, t in enumerate(self.tasks)}
+
+    def q(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+        return val @ self.weights[idx] + self.bias
+
+    def update(self, idx: np.ndarray, val: np.ndarray, action: int, reward: float, lr: float):
+        err = reward - float(val @ self.weights[idx, action] + self.bias[action])
+        # np.add.at: a hashed index may repeat within one description
+        np.add.at(self.weights[:, action], idx, lr * err * val)
+        self.bias[action] += lr * err
+        return err
+
+
+class QRouter:
+    """Per-domain linear Q-routers over one shared featurizer. Thread-safe."""
+
+    def __init__(
+        self,
+        domains: dict[str, Sequence[str]],
+        *,
+        spec: FeatureSpec | None = None,
+        config: TrainConfig | None = None,
+        online_lr: float = 0.1,
+    ) -> None:
+        if not domains:
+            raise ValueError("a router needs at least one domain")
+        self.spec = spec or FeatureSpec()
+        self.config = config or TrainConfig()
+        self.online_lr = online_lr
+        self.featurize = Featurizer(self.spec)
+        self._q: dict[str, _DomainQ] = {}
+        for domain, tasks in domains.items():
+            tasks = list(tasks)
+            if not tasks or len(set(tasks)) != len(tasks):
+                raise ValueError(f"domain {domain!r}: tasks must be non-empty and distinct")
+            self._q[domain] = _DomainQ(
+                tasks,
+                np.zeros((self.spec.dim, len(tasks)), dtype=np.float32),
+                np.full(len(tasks), self.config.optimistic_init, dtype=np.float32),
+            )
+        self.report: dict = {}
+        self.path: Path | None = None
+        self.feedback_count = 0
+        self._lock = threading.RLock()
+
+    # -- queries ---------------------------------------------------------------------
+    @property
+    def domains(self) -> dict[str, list[str]]:
+        return {d: list(q.tasks) for d, q in self._q.items()}
+
+    def _domain(self, domain: str | None) -> tuple[str, _DomainQ]:
+        if domain is None:
+            if len(self._q) != 1:
+                raise UnknownDomain(
+                    "this router has several domains; name one",
+                    domain="",
+                    known=sorted(self._q),
+                )
+            domain = next(iter(self._q))
+        q = self._q.get(domain)
+        if q is None:
+            raise UnknownDomain(
+                f"the task router has no domain {domain!r}; known: {', '.join(sorted(self._q))}",
+                domain=domain,
+                known=sorted(self._q),
+            )
+        return domain, q
+
+    def route(self, description: str, domain: str | None = None) -> Route:
+        """The task with the highest Q for this description (argmax, no exploration)."""
+        if not isinstance(description, str) or not description.strip():
+            raise InvalidInput("description must be a non-empty string")
+        domain, q = self._domain(domain)
+        idx, val = self.featurize(description)
+        with self._lock:
+            values = q.q(idx, val)
+        best = int(np.argmax(values))
+        return Route(domain, q.tasks[best], {t: float(v) for t, v in zip(q.tasks, values)})
+
+    # -- learning ----------------------------------------------------------------------
+    def feedback(
+        self, description: str, task: str, reward: float, domain: str | None = None
+    ) -> float:
+        """Learn from a routed request: ``reward`` (1 right, 0 wrong) for choosing ``task``.
+
+        Returns the prediction error before the update. Call :meth:`save` to persist.
+        """
+        if not isinstance(description, str) or not description.strip():
+            raise InvalidInput("description must be a non-empty string")
+        if not isinstance(reward, int | float) or not 0.0 <= float(reward) <= 1.0:
+            raise InvalidInput(f"reward must be a number in [0, 1], got {reward!r}")
+        if domain is None:
+            owners = [d for d, q in self._q.items() if task in q.index]
+            if len(owners) == 1:
+                domain = owners[0]
+        domain, q = self._domain(domain)
+        if task not in q.index:
+            raise UnknownTask(
+                f"domain {domain!r} has no task {task!r}; known: {', '.join(q.tasks)}",
+                task=task,
+                known=list(q.tasks),
+            )
+        idx, val = self.featurize(description)
+        with self._lock:
+            err = q.update(idx, val, q.index[task], float(reward), self.online_lr)
+            self.feedback_count += 1
+        return err
+
+    def train(
+        self,
+        examples: Sequence[Example],
+        *,
+        validation: Sequence[Example] = (),
+        progress: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Epsilon-greedy bandit training: one action per example, reward 1 if correct.
+
+        Returns a report with the final training and validation accuracy.
+        """
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        for ex in examples:
+            self._check_example(ex)
+        feats = [self.featurize(ex.description) for ex in examples]
+        order = list(range(len(examples)))
+        total = max(1, cfg.epochs * len(examples))
+        step = 0
+        history = []
+        t0 = time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            rng.shuffle(order)
+            rewards = 0.0
+            for i in order:
+                ex = examples[i]
+                q = self._q[ex.domain]
+                idx, val = feats[i]
+                eps = cfg.eps_start + (cfg.eps_end - cfg.eps_start) * min(1.0, step / total)
+                with self._lock:
+                    if rng.random() < eps:
+                        action = rng.randrange(len(q.tasks))
+                    else:
+                        values = q.q(idx, val)
+                        top = np.flatnonzero(values == values.max())
+                        action = int(top[rng.randrange(len(top))])
+                    reward = 1.0 if q.tasks[action] == ex.task else 0.0
+                    q.update(idx, val, action, reward, cfg.lr)
+                rewards += reward
+                step += 1
+            row = {
+                "epoch": epoch,
+                "epochs": cfg.epochs,
+                "epsilon": round(eps, 4),
+                "mean_reward": round(rewards / max(1, len(examples)), 4),
+            }
+            if validation and (epoch == cfg.epochs or epoch % 5 == 0):
+                row["validation_accuracy"] = round(self.accuracy(validation), 4)
+            history.append(row)
+            if progress:
+                progress(row)
+        report = {
+            "examples": len(examples),
+            "train_accuracy": round(self.accuracy(examples), 4),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "config": cfg.to_dict(),
+        }
+        if validation:
+            report["validation_examples"] = len(validation)
+            report["validation_accuracy"] = round(self.accuracy(validation), 4)
+        self.report = report
+        return report
+
+    def _check_example(self, ex: Example) -> None:
+        if ex.domain not in self._q:
+            raise UnknownDomain(
+                f"training example for unknown domain {ex.domain!r}: {ex.description[:60]!r}",
+                domain=ex.domain,
+                known=sorted(self._q),
+            )
+        if ex.task not in self._q[ex.domain].index:
+            raise UnknownTask(
+                f"training example for unknown task {ex.domain}/{ex.task}: "
+                f"{ex.description[:60]!r}",
+                task=ex.task,
+                known=self._q[ex.domain].tasks,
+            )
+
+    def accuracy(self, examples: Iterable[Example]) -> float:
+        examples = list(examples)
+        if not examples:
+            return 0.0
+        hits = sum(self.route(ex.description, ex.domain).task == ex.task for ex in examples)
+        return hits / len(examples)
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike | None = None) -> Path:
+        """Write ``meta.json`` + ``weights.npz`` atomically (tmp + rename)."""
+        target = Path(directory) if directory is not None else self.path
+        if target is None:
+            raise ValueError("save() needs a directory for a router that was not loaded")
+        target.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        with self._lock:
+            for i, (_domain, q) in enumerate(self._q.items()):
+                rows = np.flatnonzero(np.any(q.weights != 0, axis=1)).astype(np.int32)
+                arrays[f"rows_{i}"] = rows
+                arrays[f"values_{i}"] = q.weights[rows].astype(np.float16)
+                arrays[f"bias_{i}"] = q.bias.copy()
+            meta = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "features": self.spec.to_dict(),
+                "domains": [{"name": d, "tasks": q.tasks} for d, q in self._q.items()],
+                "online_lr": self.online_lr,
+                "feedback_count": self.feedback_count,
+                "train": self.config.to_dict(),
+                "report": self.report,
+            }
+        tmp_w = target / (WEIGHTS_FILE + ".tmp.npz")
+        np.savez_compressed(tmp_w, **arrays)
+        tmp_m = target / (META_FILE + ".tmp")
+        tmp_m.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp_w, target / WEIGHTS_FILE)
+        os.replace(tmp_m, target / META_FILE)
+        self.path = target
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> QRouter:
+        """Read a router directory written by :meth:`save`.
+
+        Raises:
+            ArtifactError: missing files or a format this code does not read.
+        """
+        d = Path(directory)
+        try:
+            meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"task router not found: {d / META_FILE} (train one with `mole gating train`)"
+            ) from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise ArtifactError(f"{d / META_FILE}: unreadable ({err})") from err
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{d / META_FILE}: format {meta.get('format')!r} v{meta.get('format_version')}"
+                f" is not {FORMAT!r} v{FORMAT_VERSION}"
+            )
+        try:
+            spec = FeatureSpec.from_dict(meta["features"])
+            domains = {e["name"]: list(e["tasks"]) for e in meta["domains"]}
+            cfg = TrainConfig(**meta.get("train", {}))
+            router = cls(domains, spec=spec, config=cfg, online_lr=float(meta["online_lr"]))
+            with np.load(d / WEIGHTS_FILE) as npz:
+                for i, q in enumerate(router._q.values()):
+                    rows, values = npz[f"rows_{i}"], npz[f"values_{i}"]
+                    if values.shape != (len(rows), len(q.tasks)) or (
+                        len(rows) and rows.max() >= spec.dim
+                    ):
+                        raise ArtifactError(f"{d / WEIGHTS_FILE}: arrays of domain {i} mismatch")
+                    q.weights[rows] = values.astype(np.float32)
+                    q.bias[:] = npz[f"bias_{i}"]
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, OSError) as err:
+            raise ArtifactError(f"{d}: not a valid task router ({err!r})") from err
+        router.report = meta.get("report", {})
+        router.feedback_count = int(meta.get("feedback_count", 0))
+        router.path = d
+        return router
+
+
+def read_examples(path: str | os.PathLike) -> list[Example]:
+    """Read ``{description, domain, task}`` JSON lines; errors name the line."""
+    out: list[Example] = []
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InvalidInput(f"data file not found: {p}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InvalidInput(f"{p}:{n}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict):
+            raise InvalidInput(f"{p}:{n}: expected an object with description, domain, task")
+        for key in ("description", "domain", "task"):
+            if not isinstance(obj.get(key), str) or not obj[key].strip():
+                raise InvalidInput(f"{p}:{n}: {key!r} must be a non-empty string")
+        out.append(Example(obj["description"], obj["domain"], obj["task"]))
+    if not out:
+        raise InvalidInput(f"{p}: no examples")
+    return out
