@@ -19,6 +19,10 @@ class ModelLoadError(EngineError):
     """A base model, tokenizer, adapter or template could not be loaded; names what."""
 
 
+class EngineClosed(EngineError):
+    """The engine was closed (evicted from a pool) and holds no model any more."""
+
+
 class InvalidPayload(BadRequest):
     """A request payload the engine cannot serve; ``field`` names the culprit."""
 
