@@ -1,0 +1,93 @@
+"""A raw ROUTER socket that plays broker for client tests, one behaviour function per test.
+
+Real ZeroMQ on loopback, no broker logic: the behaviour sees each client REQUEST and
+returns the frames to send back (or nothing), so tests can reorder, drop, duplicate or
+garble replies, and close and rebind the socket to simulate a broker restart.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+
+import zmq
+
+from protocol import mdp
+from protocol.envelope import ReplyHeader, decode_request_header, error_reply
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Seen:
+    routing_id: bytes
+    service: str
+    request_id: str
+    ttl_ms: int | None
+    attempt: int
+    body: list[bytes]
+
+
+def final(seen: Seen, *payload: bytes) -> list[bytes]:
+    return [mdp.CLIENT_HEADER, mdp.CLIENT_FINAL, seen.service.encode(),
+            ReplyHeader(seen.request_id).encode(), *payload]
+
+
+def partial(seen: Seen, payload: bytes) -> list[bytes]:
+    return [mdp.CLIENT_HEADER, mdp.CLIENT_PARTIAL, seen.service.encode(),
+            ReplyHeader(seen.request_id).encode(), payload]
+
+
+def error(seen: Seen, code: str, message: str) -> list[bytes]:
+    return [mdp.CLIENT_HEADER, mdp.CLIENT_FINAL, seen.service.encode(),
+            *error_reply(seen.request_id, code, message)]
+
+
+def echo(seen: Seen) -> list[list[bytes]]:
+    return [final(seen, *seen.body)]
+
+
+class FakeBroker:
+    """ROUTER on ``port`` answering with ``behaviour(seen) -> [frames, ...]``."""
+
+    def __init__(self, behaviour=echo, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self.behaviour = behaviour
+        self.seen: list[Seen] = []
+        self.raw: list[list[bytes]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5), "fake broker did not start"
+
+    def _run(self) -> None:
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.bind(self.url)
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(20):
+                    continue
+                ident, *frames = sock.recv_multipart()
+                self.raw.append(frames)
+                message = mdp.decode_client(frames)
+                header = decode_request_header(message.body[0])
+                seen = Seen(ident, message.service, header.request_id, header.ttl_ms,
+                            header.attempt, message.body[1:])
+                self.seen.append(seen)
+                for reply in self.behaviour(seen) or []:
+                    sock.send_multipart([ident, *reply])
+        finally:
+            sock.close(0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
