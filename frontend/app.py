@@ -43,9 +43,12 @@ class Components:
     analytics: Analytics
     tokens: TokenService
     metrics: Metrics
+    classifier: Classifier | None = None  # set by create_app
 
     def close(self) -> None:
-        for part in (self.dispatcher, self.analytics, self.users):
+        for part in (self.classifier, self.dispatcher, self.analytics, self.users):
+            if part is None:
+                continue
             try:
                 part.close()
             except Exception:  # closing must go on for the others
@@ -99,7 +102,7 @@ def create_app(
                   admin.Workers(components.dispatcher, timeout=s.broker_probe_timeout_s * 3))
     app.add_route(f"{API}/admin/registry", admin.Registry(components.gating))
     app.add_route(f"{API}/admin/registry/reload", admin.RegistryReload(components.gating))
-    app.classifier = classifier  # NOTE: kept so the worker-exit hook can stop its pool
+    components.classifier = classifier  # NOTE: so Components.close() stops its batch pool
     return app
 
 

@@ -54,7 +54,12 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
         if length > limit:
             raise too_large
         return req.bounded_stream.read(length) if length else b""
-    data = req.bounded_stream.read(limit + 1)
+    # No Content-Length: only a chunked body has one. Falcon's bounded_stream would read
+    # nothing here, so read the server's stream (gunicorn de-chunks it), one byte past
+    # the limit at most.
+    if "chunked" not in (req.get_header("Transfer-Encoding") or "").lower():
+        return b""
+    data = req.stream.read(limit + 1)
     if len(data) > limit:
         raise too_large
     return data

@@ -102,8 +102,8 @@ class Authenticator:
         if resource is None:
             return
         level = getattr(resource, "auth", "user")
-        if level == "public" or req.method == "OPTIONS":
-            return
+        if level == "public" or not hasattr(resource, f"on_{req.method.lower()}"):
+            return  # public, or Falcon answers 405 / OPTIONS itself
         user = self.authenticate(req)
         req.context.user = user
         if level == "admin" and not user.is_admin:

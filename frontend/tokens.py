@@ -44,17 +44,21 @@ class TokenService:
                 self._secret,
                 algorithms=[ALGORITHM],
                 issuer=self.issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "iat", "sub", "iss"], "verify_iat": True},
+                # exp and iat are checked below against the injected clock (tests freeze
+                # time); PyJWT still requires them to be present.
+                options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False,
+                         "verify_iat": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token has expired; get a new one at /api/v1/auth/token") from None
         except jwt.InvalidTokenError as err:
             raise TokenError(f"invalid token: {err}") from None
-        # PyJWT checks exp against the real clock; check ours too so an injected clock
-        # (tests, frozen time) is honoured.
-        if claims["exp"] + self._leeway < self._clock():
+        exp, iat = claims["exp"], claims["iat"]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat)):
+            raise TokenError("invalid token: exp and iat must be numbers")
+        now = self._clock()
+        if exp + self._leeway < now:
             raise TokenError("token has expired; get a new one at /api/v1/auth/token")
+        if iat - self._leeway > now:
+            raise TokenError("invalid token: issued in the future")
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise TokenError("invalid token: sub must be a non-empty string")

@@ -20,5 +20,4 @@ app = create_app(components)
 
 def shutdown() -> None:
     """Release this worker's client, connections and batch pool (gunicorn worker_exit)."""
-    app.classifier.close()
     components.close()

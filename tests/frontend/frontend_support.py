@@ -1,0 +1,123 @@
+"""Helpers for the frontend tests: real SQLite in tmp_path, a real broker process, real
+worker processes (the fixed-answer test double under the real worker runtime), real
+gating, and the app built by the factory with those parts (no monkeypatching)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from falcon import testing
+
+from frontend.analytics import Analytics
+from frontend.app import Components, create_app
+from frontend.dispatch import BrokerDispatcher
+from frontend.gating_holder import GatingHolder
+from frontend.metrics import Metrics
+from frontend.passwords import PasswordHasher
+from frontend.settings import Settings
+from frontend.tokens import TokenService
+from frontend.users import UserStore
+
+REPO = Path(__file__).resolve().parents[2]
+FIXED_WORKER = Path(__file__).resolve().parent / "fixed_worker.py"
+SECRET = "test-secret-" + "k" * 40
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def child(args: list[str], log: Path, env: dict[str, str] | None = None
+          ) -> Iterator[subprocess.Popen]:
+    """A child process, stopped (by its pid) when the block ends."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env=env or child_env())
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as err:  # keep polling; report the last failure
+            last_error = err
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last_error})")
+
+
+def broker_available() -> bool:
+    return (REPO / "broker" / "__main__.py").exists()
+
+
+def make_settings(tmp_path: Path, **changes) -> Settings:
+    base = Settings(data_dir=tmp_path / "frontend", jwt_secret=SECRET, argon2_profile="cheap",
+                    request_timeout_s=10.0, broker_probe_timeout_s=1.0, user_cache_ttl_s=0.0)
+    return base.with_(**changes)
+
+
+def make_components(settings: Settings, *, hasher: PasswordHasher, gating: GatingHolder,
+                    broker_url: str) -> Components:
+    return Components(
+        settings=settings,
+        dispatcher=BrokerDispatcher(broker_url, default_timeout=settings.request_timeout_s),
+        gating=gating,
+        users=UserStore(settings.users_db, hasher),
+        analytics=Analytics(settings.analytics_db, flush_interval_s=0.0),
+        tokens=TokenService(SECRET, issuer=settings.jwt_issuer,
+                            ttl_seconds=settings.jwt_ttl_seconds),
+        metrics=Metrics(),
+    )
+
+
+class Api:
+    """A falcon.testing client with helpers for tokens."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.app = create_app(components)
+        self.client = testing.TestClient(self.app)
+
+    def user(self, name: str = "alice", *, admin: bool = False) -> dict[str, str]:
+        """Create a user (admin through the store, as `mole users create --admin` does)
+        and return its Authorization header from the real token endpoint."""
+        if self.components.users.get(name) is None:
+            self.components.users.create(name, PASSWORD, admin=admin)
+        result = self.client.simulate_post(
+            "/api/v1/auth/token", body=f"username={name}&password={PASSWORD.replace(' ', '+')}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert result.status_code == 200, result.text
+        return {"Authorization": f"Bearer {result.json['access_token']}"}
+
+    def close(self) -> None:
+        self.components.close()
