@@ -260,6 +260,12 @@ def train_adapter(model, architecture: str, tokenizer, adapter_path: str, out_di
     peft_model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))
+    # peft writes target_modules from a set: sort it so output is byte-for-byte reproducible
+    config_path = out_dir / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    if isinstance(saved.get("target_modules"), list):
+        saved["target_modules"] = sorted(saved["target_modules"])
+    config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     peft_model.unload()  # leaves the base model as it was
 
 

@@ -1,0 +1,129 @@
+"""``mole worker``: load one base model and its adapters, warm up, then serve via the broker.
+
+The worker registers only after everything loaded and warmed up, so the broker never
+routes to a worker that cannot answer. Anything that cannot be loaded ends the process at
+once with exit code 2 and a message naming the model, file or adapter.
+
+Environment: ``WORKER_MODEL_KEY``, ``WORKER_ID``, ``MOLE_BROKER_URL``,
+``EXPERT_REGISTRY_PATH``, ``MOLE_MODELS_DIR``, ``MOLE_ADAPTERS_DIR``, ``MOLE_DEVICE``,
+``MOLE_FORCE_4BIT``, ``MOLE_KEEP_DTYPE``, ``MOLE_MAX_BATCH``, ``MOLE_BATCH_WAIT_MS``,
+``MOLE_MAX_INPUT_TOKENS``, ``MOLE_TORCH_THREADS``; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("mole.worker")
+
+DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--model-key", default=env("WORKER_MODEL_KEY"),
+                        help="base_model_key to serve (env WORKER_MODEL_KEY)")
+    parser.add_argument("--broker", default=env("MOLE_BROKER_URL", DEFAULT_BROKER_URL),
+                        help=f"broker address (env MOLE_BROKER_URL, default {DEFAULT_BROKER_URL})")
+    parser.add_argument("--registry", default=None,
+                        help="experts registry file (env EXPERT_REGISTRY_PATH)")
+    parser.add_argument("--worker-id", default=env("WORKER_ID"), help="id (env WORKER_ID)")
+    parser.add_argument("--models-dir", default=None,
+                        help="local base models by key (env MOLE_MODELS_DIR)")
+    parser.add_argument("--adapters-dir", default=None,
+                        help="adapters root (env MOLE_ADAPTERS_DIR)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:n] (env MOLE_DEVICE)")
+    parser.add_argument("--load-in-4bit", action="store_true", default=None,
+                        help="load nf4 even on CPU (env MOLE_FORCE_4BIT)")
+    parser.add_argument("--keep-dtype", action="store_true", default=None,
+                        help="keep float16 on CPU instead of float32 (env MOLE_KEEP_DTYPE)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="requests per forward pass (env MOLE_MAX_BATCH, default 16)")
+    parser.add_argument("--batch-wait-ms", type=float, default=None,
+                        help="batching window (env MOLE_BATCH_WAIT_MS, default 5)")
+    parser.add_argument("--max-input-tokens", type=int, default=None,
+                        help="prompt limit in tokens (env MOLE_MAX_INPUT_TOKENS, default 1024)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (env MOLE_TORCH_THREADS)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up requests")
+    parser.add_argument("--heartbeat-interval", type=float, default=2.5,
+                        help="seconds; must match the broker's")
+    parser.add_argument("--liveness", type=int, default=3,
+                        help="heartbeats missed before the broker counts as lost")
+    parser.add_argument("--log-level", default=env("MOLE_LOG_LEVEL", "INFO"))
+
+
+def settings_from_args(args: argparse.Namespace):
+    """EngineSettings from the environment, overridden by the flags that were given."""
+    from worker.engine.settings import EngineSettings
+
+    settings = EngineSettings()
+    if args.models_dir:
+        settings.models_dir = Path(args.models_dir).expanduser()
+    if args.adapters_dir:
+        settings.adapters_dir = Path(args.adapters_dir).expanduser()
+    if args.device:
+        settings.device = args.device
+    if args.load_in_4bit:
+        settings.force_4bit = True
+    if args.keep_dtype:
+        settings.keep_dtype = True
+    for name in ("max_batch", "batch_wait_ms", "max_input_tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(settings, name, value)
+    if args.threads:
+        settings.torch_threads = args.threads
+    if args.no_warmup:
+        settings.warmup = False
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=str(args.log_level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.model_key:
+        print("mole worker: --model-key (or WORKER_MODEL_KEY) is required", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from protocol.registry import RegistryError, load_registry
+    from worker.engine.batching import BatchingHandler
+    from worker.engine.engine import Engine
+    from worker.engine.errors import ModelLoadError
+    from worker.runtime import WorkerRuntime, default_worker_id
+
+    worker_id = args.worker_id or default_worker_id(args.model_key)
+    t0 = time.perf_counter()
+    try:
+        registry = load_registry(args.registry)
+        settings = settings_from_args(args)
+        engine = Engine.load(args.model_key, registry, settings, worker_id=worker_id)
+    except (ModelLoadError, RegistryError) as err:
+        log.error("cannot start worker for %s: %s", args.model_key, err)
+        print(f"mole worker: {err}", file=sys.stderr)
+        return 2
+    if engine.tiny:
+        log.warning("serving a TINY random-weight model: its predictions mean nothing")
+    log.info("ready in %.2f s: %s serves %s", time.perf_counter() - t0, args.model_key,
+             ", ".join(engine.metadata()["tasks"]))
+    handler = BatchingHandler(engine)
+    runtime = WorkerRuntime(args.broker, args.model_key, handler, worker_id=worker_id,
+                            heartbeat_interval=args.heartbeat_interval, liveness=args.liveness)
+
+    def _stop(signum, frame) -> None:
+        # Not stop() itself: a signal handler must not take the runtime's locks.
+        threading.Thread(target=runtime.stop, kwargs={"timeout": 0}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("worker %s registering %r with %s", worker_id, args.model_key, args.broker)
+    runtime.run()
+    return 0
