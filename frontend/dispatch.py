@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from protocol.errors import InternalError, RequestError
 from protocol.registry import ExpertSpec
 
 
@@ -86,7 +87,11 @@ class BrokerDispatcher:
 
 
 class MonolithicDispatcher:
-    """Dispatch to the in-process model pool (no broker). The pool is built on first use."""
+    """Dispatch to the in-process model pool (no broker). The pool is built on first use.
+
+    NOTE: ``ModelPool.infer`` takes no deadline; a request that runs past its deadline here
+    is answered late rather than cut (the lead wires deadlines into the pool).
+    """
 
     mode = "monolithic"
 
@@ -103,16 +108,26 @@ class MonolithicDispatcher:
                 else:
                     from worker.engine.pool import ModelPool  # torch: imported only here
 
-                    self._pool = ModelPool.from_env()
+                    max_resident = int(os.environ.get("MOLE_POOL_MAX_RESIDENT", "1"))
+                    self._pool = ModelPool(max_resident=max_resident,
+                                           worker_id=f"monolithic-{os.getpid()}")
             return self._pool
 
     def dispatch(self, expert: ExpertSpec, payload: dict[str, Any], timeout: float) -> Any:
-        return self.pool().infer(expert, payload, timeout=timeout)
+        try:
+            return self.pool().infer(expert.base_model_key, payload)
+        except RequestError:
+            raise
+        except Exception as err:  # a model that cannot load: one vocabulary for callers
+            raise InternalError(f"{type(err).__name__}: {err}") from err
 
     def status(self, timeout: float) -> dict[str, Any]:
         pool = self.pool()
-        describe = getattr(pool, "status", None)
-        return describe() if callable(describe) else {"services": {}, "workers": []}
+        resident = list(getattr(pool, "resident", []))
+        return {"broker": None,
+                "services": {key: {"workers": 1} for key in resident},
+                "workers": [{"id": f"monolithic-{os.getpid()}", "service": key}
+                            for key in resident]}
 
     def close(self) -> None:
         with self._lock:
