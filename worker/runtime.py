@@ -253,9 +253,9 @@ class WorkerRuntime:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.socket, zmq.POLLIN)
+        self.registrations += 1
         self._send(sock, mdp.encode_worker(mdp.WorkerCommand.READY, service=self.service,
                                            metadata=pack(self.metadata())))
-        self.registrations += 1
         log.info("worker %s: READY for %r sent to %s (%d slots)", self.worker_id,
                  self.service, self.broker_url, self.slots)
         heard = False
@@ -288,6 +288,7 @@ class WorkerRuntime:
                             log.warning("worker %s: the broker sent DISCONNECT",
                                         self.worker_id)
                             return heard
+                        self._flush(sock)  # an inline answer frees its slot at once
                 now = time.monotonic()
                 if now - last_heard >= silent_limit:
                     log.warning("worker %s: broker silent for %.1f s; reconnecting",

@@ -1,0 +1,284 @@
+"""Worker runtime against a raw ROUTER broker: registration, heartbeats while busy,
+reconnect, slots, bad payloads, deadlines, one final per request, clean stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from rawbroker import RawBroker, reply_of
+
+from protocol import mdp
+from protocol.envelope import RequestHeader, pack, unpack
+from protocol.errors import ErrorCode
+from worker.echo import EchoHandler
+from worker.handler import Handler, Responder, WorkRequest
+from worker.runtime import WorkerRuntime
+
+W = mdp.WorkerCommand
+HB = 0.1  # heartbeat interval used by every test here
+
+
+class BlockingHandler(Handler):
+    """Holds each request until the test releases it; records concurrency."""
+
+    def __init__(self, slots: int = 1) -> None:
+        self.slots = slots
+        self.release = threading.Event()
+        self.active = 0
+        self.max_active = 0
+        self.received: list[WorkRequest] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def submit(self, request: WorkRequest, responder: Responder) -> None:
+        self.received.append(request)
+        threading.Thread(target=self._work, args=(request, responder), daemon=True).start()
+
+    def _work(self, request, responder):
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        self.release.wait(30)
+        with self._lock:
+            self.active -= 1
+        responder.final({"done": request.payload})
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ScriptedHandler(Handler):
+    """Runs ``script(request, responder)`` inline: for misbehaving-handler tests."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+
+    def submit(self, request, responder):
+        self.script(request, responder)
+
+
+@pytest.fixture
+def broker():
+    raw = RawBroker(heartbeat_interval=HB)
+    yield raw
+    raw.stop()
+
+
+def _runtime(broker, handler, **kwargs):
+    kwargs.setdefault("heartbeat_interval", HB)
+    kwargs.setdefault("liveness", 3)
+    kwargs.setdefault("reconnect_initial", 0.05)
+    kwargs.setdefault("reconnect_max", 0.2)
+    return WorkerRuntime(broker.url, "svc/model-1", handler, worker_id="w-test", **kwargs)
+
+
+@pytest.fixture
+def running(broker):
+    started = []
+
+    def start(handler, **kwargs):
+        runtime = _runtime(broker, handler, **kwargs).start()
+        started.append(runtime)
+        ident, ready = broker.expect(W.READY)
+        return runtime, ident, ready
+
+    yield start
+    for runtime in started:
+        runtime.stop()
+
+
+def test_ready_carries_service_and_metadata(running):
+    _, _, ready = running(EchoHandler(slots=3, worker_id="w-test"))
+    assert ready.service == "svc/model-1"
+    meta = unpack(ready.metadata)
+    assert meta["slots"] == 3 and meta["worker_id"] == "w-test"
+    assert meta["tasks"] == ["echo"] and isinstance(meta["pid"], int)
+
+
+def test_echo_request_and_partials(broker, running):
+    _, ident, _ = running(EchoHandler(worker_id="w-test", partials=2))
+    broker.request(ident, b"ticket-1", {"x": 1}, request_id="r1")
+    kinds = []
+    while True:
+        _, message = broker.expect(W.PARTIAL, W.FINAL)
+        assert message.client == b"ticket-1"
+        header, payload = reply_of(message)
+        assert header.request_id == "r1" and header.ok
+        kinds.append(message.command)
+        if message.command == W.FINAL:
+            assert payload["echo"] == {"x": 1} and payload["worker_id"] == "w-test"
+            break
+    assert kinds == [W.PARTIAL, W.PARTIAL, W.FINAL]
+
+
+def test_heartbeats_flow_while_the_handler_blocks_past_the_liveness_window(broker, running):
+    handler = BlockingHandler()
+    runtime, ident, _ = running(handler)
+    broker.request(ident, b"t", "slow", ttl_ms=30000)
+    start = time.monotonic()
+    time.sleep(HB * 3 * 4)  # four liveness windows
+    handler.release.set()
+    _, message = broker.expect(W.FINAL)
+    assert reply_of(message)[1] == {"done": "slow"}
+    beats = [t for t in broker.heartbeats[ident] if t >= start]
+    assert len(beats) >= 6, beats  # ~12 expected; a loaded machine still sends many
+    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    assert max(gaps) < HB * 3, gaps  # never silent for a whole liveness window
+    assert runtime.registrations == 1
+
+
+def test_reconnects_when_the_broker_goes_silent(broker, running):
+    runtime, ident, _ = running(EchoHandler())
+    broker.silent = True
+    new_ident, ready = broker.expect(W.READY, timeout=10)
+    assert new_ident != ident and ready.service == "svc/model-1"
+    assert runtime.registrations >= 2
+
+
+def test_reregisters_after_disconnect(broker, running):
+    runtime, ident, _ = running(EchoHandler())
+    broker.disconnect(ident)
+    new_ident, _ = broker.expect(W.READY, timeout=10)
+    broker.request(new_ident, b"t2", "after", request_id="r2")
+    _, message = broker.expect(W.FINAL)
+    assert reply_of(message)[1]["echo"] == "after"
+
+
+def test_reregisters_after_broker_restart():
+    first = RawBroker(heartbeat_interval=HB)
+    runtime = _runtime(first, EchoHandler()).start()
+    try:
+        first.expect(W.READY)
+        first.stop()
+        second = RawBroker(port=first.port, heartbeat_interval=HB)
+        try:
+            ident, ready = second.expect(W.READY, timeout=10)
+            second.request(ident, b"t", "hello again")
+            _, message = second.expect(W.FINAL)
+            assert reply_of(message)[1]["echo"] == "hello again"
+        finally:
+            runtime.stop()
+            second.stop()
+    finally:
+        runtime.stop()
+
+
+def test_slots_are_honoured(broker, running):
+    handler = BlockingHandler(slots=2)
+    runtime, ident, ready = running(handler)
+    assert unpack(ready.metadata)["slots"] == 2
+    for i in range(3):
+        broker.request(ident, b"t%d" % i, i, request_id=f"r{i}", ttl_ms=30000)
+    _, rejected = broker.expect(W.FINAL)
+    header, _ = reply_of(rejected)
+    assert header.code == ErrorCode.OVERLOADED and header.request_id == "r2"
+    assert "2 slots" in header.message
+    handler.release.set()
+    finals = {broker.expect(W.FINAL)[1].client for _ in range(2)}
+    assert finals == {b"t0", b"t1"}
+    assert handler.max_active == 2 and runtime.in_flight == 0
+    broker.request(ident, b"t9", 9, request_id="r9")
+    assert reply_of(broker.expect(W.FINAL)[1])[1] == {"done": 9}
+
+
+@pytest.mark.parametrize(
+    "body, opaque, fragment",
+    [
+        ([b"plain text, not ours"], True, "not a MoLE envelope"),
+        ([], True, "empty request body"),
+        ([RequestHeader("r", 5000).encode(), b"\xc1\xc1"], False, "not valid msgpack"),
+        ([RequestHeader("r", 5000).encode()], False, "payload frames"),
+        ([RequestHeader("r", 5000).encode(), pack(1), pack(2)], False, "payload frames"),
+        ([pack({"v": 1, "id": "r", "ttl": "soon"}), pack(1)], False, "ttl"),
+    ],
+)
+def test_bad_payloads_get_bad_request_and_the_worker_keeps_serving(broker, running, body,
+                                                                  opaque, fragment):
+    handler = EchoHandler()
+    _, ident, _ = running(handler)
+    broker.request(ident, b"bad", None, body=body)
+    _, message = broker.expect(W.FINAL)
+    assert message.client == b"bad"
+    if opaque:
+        answer = unpack(message.body[0])
+        assert answer["error"] == "bad_request" and fragment in answer["message"]
+    else:
+        header, _ = reply_of(message)
+        assert header.code == ErrorCode.BAD_REQUEST and fragment in header.message
+        assert header.request_id == "r"
+    assert handler.handled == 0
+    broker.request(ident, b"good", "fine", request_id="ok")
+    _, message = broker.expect(W.FINAL)
+    assert reply_of(message)[1]["echo"] == "fine"
+
+
+def test_expired_request_is_not_given_to_the_handler(broker, running):
+    handler = EchoHandler()
+    _, ident, _ = running(handler)
+    broker.request(ident, b"t", "late", ttl_ms=0)
+    header, _ = reply_of(broker.expect(W.FINAL)[1])
+    assert header.code == ErrorCode.DEADLINE_EXCEEDED
+    assert handler.handled == 0
+
+
+def test_handler_missing_the_deadline_frees_its_slot(broker, running):
+    handler = BlockingHandler(slots=1)
+    runtime, ident, _ = running(handler)
+    broker.request(ident, b"t1", 1, request_id="r1", ttl_ms=300)
+    header, _ = reply_of(broker.expect(W.FINAL, timeout=5)[1])
+    assert header.code == ErrorCode.DEADLINE_EXCEEDED and header.request_id == "r1"
+    assert runtime.in_flight == 0
+    handler.release.set()  # its late final must not reach the wire
+    broker.request(ident, b"t2", 2, request_id="r2")
+    _, message = broker.expect(W.FINAL)
+    assert message.client == b"t2"
+
+
+def test_exactly_one_final_even_if_the_handler_answers_twice(broker, running):
+    def twice(request, responder):
+        responder.final("first")
+        responder.final("second")
+        responder.error("internal", "third")
+        responder.partial("after the end")
+
+    _, ident, _ = running(ScriptedHandler(twice))
+    broker.request(ident, b"t1", 1, request_id="r1")
+    broker.request(ident, b"t2", 2, request_id="r2")
+    first = broker.expect(W.FINAL)[1]
+    second = broker.expect(W.FINAL)[1]
+    assert (first.client, reply_of(first)[1]) == (b"t1", "first")
+    assert (second.client, reply_of(second)[1]) == (b"t2", "first")
+    time.sleep(HB * 2)
+    assert broker.inbox.empty()
+
+
+def test_handler_exceptions_and_unencodable_replies_become_internal(broker, running):
+    def bad(request, responder):
+        if request.payload == "raise":
+            raise RuntimeError("boom")
+        responder.final(object())  # msgpack cannot encode it
+
+    _, ident, _ = running(ScriptedHandler(bad))
+    broker.request(ident, b"t1", "raise", request_id="r1")
+    header, _ = reply_of(broker.expect(W.FINAL)[1])
+    assert header.code == ErrorCode.INTERNAL and "boom" in header.message
+    broker.request(ident, b"t2", "object", request_id="r2")
+    header, _ = reply_of(broker.expect(W.FINAL)[1])
+    assert header.code == ErrorCode.INTERNAL and header.request_id == "r2"
+
+
+def test_stop_sends_disconnect_and_closes_the_handler(broker):
+    handler = BlockingHandler()
+    runtime = _runtime(broker, handler).start()
+    broker.expect(W.READY)
+    runtime.stop()
+    broker.expect(W.DISCONNECT)
+    assert handler.closed
+    assert not runtime._thread.is_alive()
+
+
+def test_reserved_service_names_are_refused():
+    with pytest.raises(ValueError, match="reserved"):
+        WorkerRuntime("tcp://127.0.0.1:1", "mmi.service", EchoHandler())
