@@ -1,0 +1,266 @@
+"""HTTP classify throughput and p50/p99: MoLE against the design it replaces, in one run.
+
+MoLE:      wrk -> gunicorn (gthread, `python -m frontend`) -> broker -> worker process
+Legacy:    wrk -> gunicorn (gthread) HTTP coordinator -> HTTP worker (gunicorn gthread)
+           as it was (a new httpx-style client per call) and as fixed (one shared client)
+
+Every design verifies the JWT and runs the same real gating pipeline per request; the
+worker answers a fixed label after a fixed service time (0 and 20 ms by default):
+MoLE's is the fixed-answer test double (tests/frontend/fixed_worker.py) under the real
+worker runtime, the legacy one an HTTP endpoint. Frontend/coordinator process counts are
+equal (``--frontend-workers``), as are the workers' concurrent slots (``--worker-slots``);
+MoLE has one more process, the broker.
+
+    .venv/bin/python tests/benchmarks/bench_http.py [--duration 8] [--delays 0,0.02]
+        [--connections 1,8,32] [--frontend-workers 2] [--threads 16]
+
+Needs wrk (`apt-get install -y wrk`). Prints one table and the ratios the issue asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+SECRET = "bench-secret-" + "s" * 40
+TEXT = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
+DESCRIPTION = "Rate the sentiment of this financial statement"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH")) if p)
+    e.update({"HF_HUB_OFFLINE": "1", "JWT_SECRET_KEY": SECRET})
+    e.update(extra)
+    return e
+
+
+@contextmanager
+def proc(args: list[str], log: Path, environment: dict[str, str]):
+    with open(log, "wb") as out:
+        p = subprocess.Popen(args, cwd=REPO, env=environment, stdout=out,
+                             stderr=subprocess.STDOUT)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def wait_http(url: str, timeout: float, p: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise SystemExit(f"{url}: process exited ({p.returncode}); see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s; see {log}")
+
+
+def get_token(base: str) -> str:
+    form = urllib.parse.urlencode({"username": "bench", "password": "bench-password"}).encode()
+    req = urllib.request.Request(f"{base}/api/v1/auth/token", data=form, headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["access_token"]
+
+
+def lua_script(path: Path, token: str) -> Path:
+    body = json.dumps({"text": TEXT, "description": DESCRIPTION})
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+    )
+    return path
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+         "--timeout", "30s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": total,
+            "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(0) if errors else ""}
+
+
+def check_one(url: str, token: str) -> dict:
+    req = urllib.request.Request(url, data=json.dumps({"text": TEXT, "description": DESCRIPTION})
+                                 .encode(), headers={"Content-Type": "application/json",
+                                                     "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def measure(name: str, url: str, script: Path, conns: list[int], duration: float,
+            results: list, delay: float) -> None:
+    run_wrk(url, script, max(conns), min(2.0, duration))  # warm-up (connections, caches)
+    for c in conns:
+        r = run_wrk(url, script, c, duration)
+        r.update(design=name, connections=c, delay_ms=delay * 1000)
+        results.append(r)
+        print(f"  {name:<22} delay {delay * 1000:>4.0f} ms  c={c:<3} {r['rps']:>9.1f} req/s  "
+              f"p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms  "
+              f"non-2xx {r['non_2xx']} {r['socket_errors']}", flush=True)
+
+
+def bench_mole(args, delay: float, work: Path, results: list) -> None:
+    broker = f"tcp://127.0.0.1:{free_port()}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    data = work / f"mole-{delay}"
+    from protocol.registry import load_registry
+
+    services = sorted(load_registry().base_models)
+    worker_args = [PY, str(REPO / "tests" / "frontend" / "fixed_worker.py"), "--broker", broker,
+                   "--delay", str(delay), "--slots", str(args.worker_slots)]
+    for s in services:
+        worker_args += ["--service", s]
+    with ExitStack() as stack:
+        stack.enter_context(proc([PY, "-m", "broker", "--bind", broker], work / "broker.log",
+                                 env()))
+        stack.enter_context(proc(worker_args, work / "fixed_worker.log", env()))
+        log = work / "frontend.log"
+        fe = stack.enter_context(proc(
+            [PY, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker", broker,
+             "--workers", str(args.frontend_workers), "--threads", str(args.threads),
+             "--data-dir", str(data)], log,
+            env(MOLE_BOOTSTRAP_ADMIN="bench:bench-password", REQUEST_TIMEOUT_SECONDS="60")))
+        wait_http(f"{base}/api/v1/health/ready", 120, fe, log)
+        token = get_token(base)
+        url = f"{base}/api/v1/classify"
+        sample = check_one(url, token)
+        print(f"  mole sample: {sample['routing_path']} -> {sample['result']}", flush=True)
+        measure("mole", url, lua_script(work / "mole.lua", token), args.connections,
+                args.duration, results, delay)
+
+
+def bench_legacy(args, delay: float, work: Path, results: list, token: str) -> None:
+    wport = free_port()
+    gunicorn = [PY, "-m", "gunicorn", "-k", "gthread", "--log-level", "warning"]
+    with ExitStack() as stack:
+        wlog = work / "legacy_worker.log"
+        w = stack.enter_context(proc(
+            [*gunicorn, "-w", "1", "--threads", str(args.worker_slots), "-b",
+             f"127.0.0.1:{wport}", "tests.benchmarks.legacy_http.worker:app"], wlog,
+            env(LEGACY_DELAY_S=str(delay))))
+        wait_http(f"http://127.0.0.1:{wport}/health", 60, w, wlog)
+        for mode, name in (("per_call", "legacy (as it was)"), ("shared", "legacy (fixed)")):
+            cport = free_port()
+            clog = work / f"legacy_{mode}.log"
+            with proc([*gunicorn, "-w", str(args.frontend_workers), "--threads",
+                       str(args.threads), "-b", f"127.0.0.1:{cport}",
+                       "tests.benchmarks.legacy_http.coordinator:app"], clog,
+                      env(LEGACY_CLIENT_MODE=mode,
+                          LEGACY_WORKER_URL=f"http://127.0.0.1:{wport}")) as c:
+                base = f"http://127.0.0.1:{cport}"
+                wait_http(f"{base}/api/v1/health", 120, c, clog)
+                url = f"{base}/api/v1/classify"
+                check_one(url, token)
+                measure(name, url, lua_script(work / f"{mode}.lua", token), args.connections,
+                        args.duration, results, delay)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--delays", default="0,0.02", help="worker service times, seconds")
+    parser.add_argument("--connections", default="1,8,32")
+    parser.add_argument("--frontend-workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--worker-slots", type=int, default=32)
+    parser.add_argument("--designs", default="mole,legacy")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+    args.connections = [int(c) for c in args.connections.split(",")]
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(REPO))
+    from frontend.tokens import TokenService
+
+    token = TokenService(SECRET).issue("bench")  # same secret and issuer as every design
+    designs = args.designs.split(",")
+    results: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix="bench_http_"))
+    print(f"logs in {work}; {args.frontend_workers} frontend processes x {args.threads} "
+          f"threads; worker slots {args.worker_slots}; {args.duration:.0f} s per run")
+    for delay in (float(d) for d in args.delays.split(",")):
+        if "mole" in designs:
+            bench_mole(args, delay, work, results)
+        if "legacy" in designs:
+            bench_legacy(args, delay, work, results, token)
+    print()
+    print(f"{'design':<22}{'delay':>7}{'conns':>7}{'req/s':>11}{'p50 ms':>10}{'p99 ms':>10}"
+          f"{'non-2xx':>9}")
+    for r in results:
+        print(f"{r['design']:<22}{r['delay_ms']:>7.0f}{r['connections']:>7}{r['rps']:>11.1f}"
+              f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9}")
+    print()
+    by = {(r["design"], r["delay_ms"], r["connections"]): r for r in results}
+    for delay in sorted({r["delay_ms"] for r in results}):
+        for c in args.connections:
+            mole = by.get(("mole", delay, c))
+            for other in ("legacy (fixed)", "legacy (as it was)"):
+                base = by.get((other, delay, c))
+                if mole and base and base["rps"]:
+                    print(f"delay {delay:>3.0f} ms c={c:<3} mole / {other:<19} throughput "
+                          f"x{mole['rps'] / base['rps']:.2f}, p99 {mole['p99_ms']:.2f} vs "
+                          f"{base['p99_ms']:.2f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
