@@ -1,0 +1,190 @@
+"""`python -m frontend` (gunicorn, 2 gthread workers) in front of a real broker and real
+worker processes, over real HTTP: the whole API, metrics across processes, no broker
+connection in the gunicorn master, and graceful shutdown with a request in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from frontend_support import REPO, child_env, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+TEXT = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
+DESCRIPTION = "Rate the sentiment of this financial statement"
+
+
+def call(method: str, url: str, body=None, headers=None, form=False, timeout=30):
+    data = None
+    headers = dict(headers or {})
+    if body is not None and form:
+        data = urllib.parse.urlencode(body).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, dict(r.headers), (json.loads(raw) if raw.startswith(b"{")
+                                               else raw.decode())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
+    port = free_port()
+    data = tmp_path_factory.mktemp("gunicorn-data")
+    env = child_env(MOLE_BOOTSTRAP_ADMIN="admin:admin-password", MOLE_ARGON2_PROFILE="cheap",
+                    REQUEST_TIMEOUT_SECONDS="10")
+    env.pop("JWT_SECRET_KEY", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = logs_dir / "gunicorn.log"
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker",
+         broker_url, "--workers", "2", "--threads", "4", "--data-dir", str(data)],
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert proc.poll() is None, log.read_text()
+        return call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
+
+    try:
+        wait_for(ready, 120, "the frontend to be ready", interval=0.3)
+        yield {"base": base, "proc": proc, "data": data / "frontend", "log": log,
+               "broker_port": int(broker_url.rsplit(":", 1)[1])}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(40)
+        out.close()
+
+
+def token(base: str, username: str, password: str) -> dict[str, str]:
+    status, _, body = call("POST", f"{base}/api/v1/auth/token",
+                           {"username": username, "password": password}, form=True)
+    assert status == 200, body
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def test_the_api_over_real_http(server):
+    base = server["base"]
+    assert call("GET", f"{base}/")[2]["docs"] == "/api/v1/openapi.json"
+    status, _, body = call("POST", f"{base}/api/v1/auth/register",
+                           {"username": "httpuser", "password": "http-password"})
+    assert status == 201
+    user = token(base, "httpuser", "http-password")
+    status, headers, body = call("POST", f"{base}/api/v1/classify",
+                                 {"text": TEXT, "description": DESCRIPTION,
+                                  "options": {"return_probabilities": True}}, user)
+    assert status == 200, body
+    assert headers["X-Request-ID"] == body["request_id"]
+    assert body["language"] == "english" and body["domain"] == "finance"
+    assert body["routing_path"].startswith("english -> finance -> ")
+    assert body["worker_id"].startswith("fixed-") and body["tiny_model"] is True
+    assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-6
+    status, _, batch = call("POST", f"{base}/api/v1/classify/batch",
+                            {"items": [{"text": TEXT, "description": DESCRIPTION}] * 5
+                             + [{"text": "", "description": DESCRIPTION}]}, user)
+    assert status == 200 and batch["successful"] == 5 and batch["failed"] == 1
+    assert batch["results"][5]["error"]["code"] == "validation_error"
+    # admin: from MOLE_BOOTSTRAP_ADMIN; a registered user is refused
+    assert call("GET", f"{base}/api/v1/admin/workers", headers=user)[0] == 403
+    admin = token(base, "admin", "admin-password")
+    status, _, workers = call("GET", f"{base}/api/v1/admin/workers", headers=admin)
+    assert status == 200
+    assert any(w["id"].startswith("fixed-") for w in workers["workers"])
+    # the generated secret is private
+    assert (server["data"] / "jwt_secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_metrics_add_up_across_worker_processes(server):
+    base = server["base"]
+    user = token(base, "admin", "admin-password")
+    before = _classify_count(call("GET", f"{base}/metrics")[2])
+    for _ in range(12):  # a new connection each: both gunicorn workers get some
+        assert call("POST", f"{base}/api/v1/classify",
+                    {"text": TEXT, "description": DESCRIPTION}, user)[0] == 200
+    text = call("GET", f"{base}/metrics")[2]
+    assert _classify_count(text) == before + 12
+    pids = {line.split('pid="')[1].split('"')[0] for line in text.splitlines()
+            if 'pid="' in line}
+    assert len(pids) <= 2  # only live-gauge families carry pids; none expected otherwise
+
+
+def _classify_count(text: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("mole_http_requests_total{") and 'route="/api/v1/classify"' in line \
+                and 'status="200"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _broker_connection_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def test_the_gunicorn_master_holds_no_broker_connection(server):
+    master = server["proc"].pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert len(children) == 2
+    broker = _broker_connection_inodes(server["broker_port"])
+    assert not (_socket_inodes(master) & broker)
+    assert any(_socket_inodes(int(c)) & broker for c in children)
+
+
+def test_graceful_shutdown_finishes_the_request_in_flight(server):
+    base = server["base"]
+    user = token(base, "admin", "admin-password")
+    outcome = {}
+
+    def slow():
+        outcome["reply"] = call("POST", f"{base}/api/v1/classify",
+                                {"text": TEXT + " __sleep:1.5", "description": DESCRIPTION},
+                                user)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.5)
+    server["proc"].send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert outcome["reply"][0] == 200, outcome
+    assert server["proc"].wait(40) == 0
