@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -101,16 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m worker.echo",
         description="Run an ECHO worker (test/benchmark scaffolding: it classifies nothing).")
-    parser.add_argument("--broker", required=True, help="broker address, e.g. tcp://host:5555")
+    env = os.environ.get
+    parser.add_argument("--broker", default=env("MOLE_BROKER_URL"), required=not env(
+        "MOLE_BROKER_URL"), help="broker address, e.g. tcp://host:5555 (MOLE_BROKER_URL)")
     parser.add_argument("--service", required=True, help="service name to register")
     parser.add_argument("--slots", type=int, default=1, help="concurrent requests (default 1)")
     parser.add_argument("--delay", type=float, default=0.0, help="service time per request, s")
     parser.add_argument("--partials", type=int, default=0, help="PARTIAL replies per request")
     parser.add_argument("--worker-id", default=None, help="id reported to the broker")
-    parser.add_argument("--heartbeat-interval", type=float, default=DEFAULT_HEARTBEAT_INTERVAL_S,
-                        help="seconds; must match the broker's")
-    parser.add_argument("--liveness", type=int, default=DEFAULT_LIVENESS,
-                        help="heartbeats missed before the broker counts as lost")
+    parser.add_argument("--heartbeat-interval", type=float,
+                        default=float(env("MOLE_HEARTBEAT_INTERVAL") or
+                                      DEFAULT_HEARTBEAT_INTERVAL_S),
+                        help="seconds; must match the broker's (MOLE_HEARTBEAT_INTERVAL)")
+    parser.add_argument("--liveness", type=int,
+                        default=int(env("MOLE_HEARTBEAT_LIVENESS") or DEFAULT_LIVENESS),
+                        help="heartbeats missed before the broker counts as lost "
+                             "(MOLE_HEARTBEAT_LIVENESS)")
     parser.add_argument("--reconnect-max", type=float, default=8.0,
                         help="longest back-off between reconnection attempts, s")
     parser.add_argument("--log-level", default="INFO")

@@ -1,0 +1,246 @@
+"""Client library and worker runtime against a real broker process and echo workers.
+
+Everything here is real: ``python -m broker`` and ``python -m worker.echo`` processes on
+loopback, with 0.2 s heartbeats. Skipped until the broker package has its entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from busprocs import (
+    HEARTBEAT_INTERVAL,
+    LIVENESS,
+    Procs,
+    broker_available,
+    free_port,
+    kill,
+    wait_until,
+)
+
+from protocol import AsyncClient, Client
+from protocol.errors import BadRequest, DeadlineExceeded, NoWorker, Overloaded
+
+pytestmark = [
+    pytest.mark.skipif(not broker_available(), reason="broker/__main__.py not built yet"),
+    pytest.mark.timeout(120),
+]
+
+
+class Bus:
+    def __init__(self, tmp_path, **broker_env) -> None:
+        self.port = free_port()
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self.procs = Procs(tmp_path)
+        self.broker_env = broker_env
+        self.broker = self.procs.broker(self.port, **broker_env)
+        self.client = Client(self.url, timeout=10, heartbeat_interval=0.2,
+                             heartbeat_timeout=0.6)
+
+    def echo(self, service: str = "echo", wait: bool = True, **kwargs):
+        proc = self.procs.echo(self.url, service, **kwargs)
+        if wait:
+            self.wait_for_service(service)
+        return proc
+
+    def wait_for_service(self, service: str, timeout: float = 30.0) -> None:
+        ok = wait_until(lambda: self.client.service_available(service, timeout=1.0), timeout)
+        assert ok, f"{service} never registered:\n{self.procs.logs()}"
+
+    def workers(self, service: str) -> list[dict]:
+        return [w for w in self.client.status()["workers"] if w.get("service") == service]
+
+    def restart_broker(self) -> None:
+        kill(self.broker)
+        self.broker = self.procs.broker(self.port, **self.broker_env)
+
+    def close(self) -> None:
+        self.client.close()
+        self.procs.close()
+
+
+@pytest.fixture
+def bus(tmp_path):
+    made = []
+
+    def make(**broker_env) -> Bus:
+        bus = Bus(tmp_path / f"bus{len(made)}", **broker_env)
+        made.append(bus)
+        return bus
+
+    for i in range(3):
+        (tmp_path / f"bus{i}").mkdir()
+    yield make
+    for b in made:
+        b.close()
+
+
+def test_request_reply_service_available_and_status(bus):
+    b = bus()
+    b.echo("echo", slots=2, worker_id="echo-1")
+    reply = b.client.request("echo", {"text": "hello", "n": 1})
+    assert reply["echo"] == {"text": "hello", "n": 1} and reply["worker_id"] == "echo-1"
+    assert b.client.service_available("echo") is True
+    assert b.client.service_available("nobody-serves-this") is False
+    status = b.client.status()
+    [worker] = [w for w in status["workers"] if w["service"] == "echo"]
+    assert worker["slots"] == 2 and worker["metadata"]["worker_id"] == "echo-1"
+    assert status["services"]["echo"]["workers"] == 1
+
+
+def test_many_requests_in_flight_from_many_threads(bus):
+    b = bus()
+    b.echo("echo", slots=4, worker_id="a")
+    b.echo("echo", slots=4, worker_id="b")
+    assert wait_until(lambda: len(b.workers("echo")) == 2)
+    answered_by = []
+    errors = []
+
+    def caller(n):
+        try:
+            for i in range(25):
+                reply = b.client.request("echo", [n, i])
+                assert reply["echo"] == [n, i]
+                answered_by.append(reply["worker_id"])
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert len(answered_by) == 200
+    assert set(answered_by) == {"a", "b"}
+
+
+def test_many_requests_in_flight_from_asyncio_tasks(bus):
+    b = bus()
+    b.echo("echo", slots=8)
+
+    async def main():
+        async with AsyncClient(b.url, timeout=20) as client:
+            replies = await asyncio.gather(*[client.request("echo", i) for i in range(300)])
+            assert [r["echo"] for r in replies] == list(range(300))
+            parts = [p async for p in client.stream("echo", {"_echo": {"partials": 2}})]
+            assert [p.get("partial") for p in parts[:2]] == [0, 1]
+            assert "echo" in parts[-1]
+            assert await client.service_available("echo")
+
+    asyncio.run(main())
+
+
+def test_stream_partials_through_the_broker(bus):
+    b = bus()
+    b.echo("echo", partials=3)
+    parts = list(b.client.stream("echo", "x"))
+    assert [p["partial"] for p in parts[:3]] == [0, 1, 2]
+    assert parts[3]["echo"] == "x" and len(parts) == 4
+
+
+def test_error_codes_surface_as_exceptions(bus):
+    b = bus(MOLE_BROKER_QUEUE_LIMIT="1")
+    b.echo("slow", delay=3.0)
+    b.echo("echo")
+    # deadline: the worker takes 3 s, the request allows 0.5 s
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        b.client.request("slow", "x", timeout=0.5)
+    assert time.monotonic() - start < 2.0
+    # no worker: nobody registers "ghost" before the deadline
+    with pytest.raises(NoWorker):
+        b.client.request("ghost", "x", timeout=0.5)
+    # bad request, answered by the worker
+    with pytest.raises(BadRequest, match="nope"):
+        b.client.request("echo", {"_echo": {"error": "bad_request", "message": "nope"}})
+    # overloaded: the queue of a service without workers holds one request
+    outcomes = []
+
+    def call():
+        try:
+            b.client.request("ghost2", "x", timeout=2.0)
+        except Exception as err:
+            outcomes.append(type(err))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert Overloaded in outcomes, outcomes
+    assert b.client.request("echo", "still fine")["echo"] == "still fine"
+
+
+def test_broker_restart_while_requests_are_pending(bus):
+    b = bus()
+    b.echo("echo", slots=8, delay=1.0)
+    results, errors = [], []
+
+    def call(i):
+        try:
+            results.append(b.client.request("echo", i, timeout=20)["echo"])
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the requests are with the worker now
+    b.restart_broker()
+    for t in threads:
+        t.join(30)
+    assert not errors, f"{errors[:2]}\n{b.procs.logs()}"
+    assert sorted(results) == list(range(6))
+
+
+def test_broker_gone_for_good_gives_deadline_exceeded_not_a_hang(bus):
+    b = bus()
+    b.echo("echo")
+    assert b.client.request("echo", 1)["echo"] == 1
+    kill(b.broker)
+    assert wait_until(lambda: not b.client.connected, timeout=5)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="unreachable"):
+        b.client.request("echo", 2, timeout=1.0)
+    assert time.monotonic() - start < 3.0
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+def test_busy_worker_keeps_heartbeating_and_is_not_purged(bus):
+    b = bus()
+    b.echo("echo", worker_id="busy-1")
+    [before] = b.workers("echo")
+    window = HEARTBEAT_INTERVAL * LIVENESS
+    reply = b.client.request("echo", {"_echo": {"delay_s": window * 4}}, timeout=20)
+    assert reply["worker_id"] == "busy-1" and reply["attempt"] == 0
+    [after] = b.workers("echo")
+    assert after["id"] == before["id"]  # the same registration: never purged
+    assert b.client.status()["counters"].get("redispatched", 0) == 0
+
+
+def test_worker_reregisters_after_broker_restart(bus):
+    b = bus()
+    b.echo("echo", worker_id="phoenix")
+    b.restart_broker()
+    b.wait_for_service("echo")
+    assert b.client.request("echo", "back")["worker_id"] == "phoenix"
+
+
+def test_slots_are_honoured_through_the_broker(bus):
+    b = bus()
+    b.echo("echo", slots=2, delay=0.6)
+    start = time.monotonic()
+    threads = [threading.Thread(target=b.client.request, args=("echo", i)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    elapsed = time.monotonic() - start
+    assert elapsed >= 1.1  # 4 requests, 2 at a time, 0.6 s each: two rounds
+    assert b.workers("echo")[0]["slots"] == 2
