@@ -282,3 +282,27 @@ def test_stop_sends_disconnect_and_closes_the_handler(broker):
 def test_reserved_service_names_are_refused():
     with pytest.raises(ValueError, match="reserved"):
         WorkerRuntime("tcp://127.0.0.1:1", "mmi.service", EchoHandler())
+
+
+def test_answers_of_an_earlier_connection_are_dropped(broker, running):
+    handler = BlockingHandler(slots=1)
+    runtime, ident, _ = running(handler)
+    broker.request(ident, b"old", 1, request_id="r-old", ttl_ms=30000)
+    assert _wait(lambda: runtime.in_flight == 1)
+    broker.disconnect(ident)
+    new_ident, _ = broker.expect(W.READY, timeout=10)
+    handler.release.set()  # the old request finishes after the re-registration
+    broker.request(new_ident, b"new", 2, request_id="r-new")
+    _, message = broker.expect(W.FINAL)
+    assert message.client == b"new"
+    time.sleep(HB * 2)
+    assert broker.inbox.empty()  # the old answer never reached the new connection
+
+
+def _wait(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
