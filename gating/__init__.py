@@ -1,0 +1,30 @@
+"""Gating: which expert answers a request (language -> domain -> task -> expert).
+
+The default path needs numpy and fasttext-predict only; torch and transformers are
+imported lazily, by the XLM-R domain classifier and the encoder task router.
+"""
+
+from gating.errors import (
+    ArtifactError,
+    DomainWithoutTasks,
+    GatingError,
+    InvalidInput,
+    LanguageUncertain,
+    UnknownDomain,
+    UnknownTask,
+    UnsupportedLanguage,
+)
+from gating.pipeline import GatingPipeline, GatingResult
+
+__all__ = [
+    "ArtifactError",
+    "DomainWithoutTasks",
+    "GatingError",
+    "GatingPipeline",
+    "GatingResult",
+    "InvalidInput",
+    "LanguageUncertain",
+    "UnknownDomain",
+    "UnknownTask",
+    "UnsupportedLanguage",
+]

@@ -35,7 +35,7 @@ class FeatureSpec:
     """How descriptions become features; saved with a router so both sides agree."""
 
     n_bits: int = 18
-    char_ngrams: tuple[int, ...] = (2, 3, 4)
+    char_ngrams: tuple[int, ...] = (1, 2, 3, 4)
     word_ngrams: tuple[int, ...] = (1, 2)
 
     @property

@@ -121,7 +121,11 @@ class LanguageDetector:
     def _predict(self, text: str) -> list[tuple[str, float]]:
         with self._lock:
             labels, probs = self._model.predict(text, k=self.top_k)
-        return [(lab.removeprefix("__label__"), min(1.0, float(p))) for lab, p in zip(labels, probs)]
+        # probabilities can exceed 1 by rounding (1.00005): clamp
+        return [
+            (lab.removeprefix("__label__"), min(1.0, float(p)))
+            for lab, p in zip(labels, probs, strict=True)
+        ]
 
     def detect(self, text: str, description: str | None = None) -> Detection:
         """The language of ``text`` among the served ones.

@@ -46,7 +46,7 @@ class Example:
 
 @dataclass(slots=True)
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 60
     lr: float = 0.3
     eps_start: float = 0.2
     eps_end: float = 0.01
@@ -162,7 +162,8 @@ class QRouter:
         with self._lock:
             values = q.q(idx, val)
         best = int(np.argmax(values))
-        return Route(domain, q.tasks[best], {t: float(v) for t, v in zip(q.tasks, values)})
+        scores = {t: float(v) for t, v in zip(q.tasks, values, strict=True)}
+        return Route(domain, q.tasks[best], scores)
 
     # -- learning ----------------------------------------------------------------------
     def feedback(

@@ -1,0 +1,180 @@
+"""``mole gating``: train and try the gating models.
+
+Subcommands::
+
+    mole gating train [--data FILE.jsonl] [--heldout FILE.jsonl] [--out DIR]
+    mole gating route --text T --description D [--json]
+    mole gating feedback --description D --task TASK --reward 1 [--router DIR]
+    mole gating train-domain --data FILE.jsonl --encoder DIR --out DIR
+
+Errors are printed as ``error [code]: message`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+from gating.errors import GatingError
+from gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_TRAIN_DATA
+from protocol.errors import MoleError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="gating_command", metavar="SUBCOMMAND", required=True)
+
+    train = sub.add_parser("train", help="train the hashed Q-learning task router")
+    train.add_argument("--data", default=str(DEFAULT_TRAIN_DATA),
+                       help="JSON lines {description, domain, task} (default: %(default)s)")
+    train.add_argument("--heldout", action="append", default=None, metavar="FILE",
+                       help="held-out JSON lines to report accuracy on, repeatable (default: "
+                            "the shipped heldout*.jsonl when --data is the shipped "
+                            "train.jsonl, else a 10%% split of --data)")
+    train.add_argument("--out", default=None,
+                       help="router directory to write (default: the gating settings' "
+                            "router path, configs/gating/task_router)")
+    train.add_argument("--registry", default=None, help="experts registry (default: configs/)")
+    train.add_argument("--epochs", type=int, default=60)
+    train.add_argument("--lr", type=float, default=0.3)
+    train.add_argument("--seed", type=int, default=13)
+    train.add_argument("--min-accuracy", type=float, default=None,
+                       help="exit 1 (and do not save) when held-out accuracy is below this")
+
+    route = sub.add_parser("route", help="route one request and print the result")
+    route.add_argument("--text", required=True)
+    route.add_argument("--description", required=True)
+    route.add_argument("--registry", default=None)
+    route.add_argument("--router", default=None, help="router directory (default: settings)")
+    route.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    fb = sub.add_parser("feedback", help="reward the router for one routing and save it")
+    fb.add_argument("--description", required=True)
+    fb.add_argument("--task", required=True, help="task name (rating) or key (finance/rating)")
+    fb.add_argument("--reward", type=float, required=True, help="1 = right, 0 = wrong")
+    fb.add_argument("--router", default=None, help="router directory (default: settings)")
+
+    dom = sub.add_parser("train-domain", help="train the XLM-R domain classifier")
+    dom.add_argument("--data", required=True,
+                     help="JSON lines {text, domain} (optionally description)")
+    dom.add_argument("--encoder", required=True, help="local XLM-R model directory")
+    dom.add_argument("--out", required=True, help="directory to write domain_cls.pt into")
+    dom.add_argument("--epochs", type=int, default=30)
+    dom.add_argument("--model-name", default=None,
+                     help="model_name recorded in the artifact (default: the encoder path)")
+
+
+def _progress(row: dict) -> None:
+    parts = [f"{k}={v}" for k, v in row.items() if k not in ("epoch", "epochs")]
+    print(f"  epoch {row['epoch']:>3}/{row['epochs']}  " + "  ".join(parts), flush=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gating.router import QRouter, TrainConfig, read_examples
+    from gating.settings import load_settings
+    from protocol.registry import load_registry
+
+    registry = load_registry(args.registry)
+    examples = read_examples(args.data)
+    heldout_paths = args.heldout
+    if heldout_paths is None and str(args.data) == str(DEFAULT_TRAIN_DATA):
+        heldout_paths = [str(p) for p in DEFAULT_HELDOUT_DATA]
+    if heldout_paths:
+        train = examples
+        heldout = [ex for path in heldout_paths for ex in read_examples(path)]
+        source = ", ".join(heldout_paths)
+    else:
+        shuffled = examples[:]
+        random.Random(args.seed).shuffle(shuffled)
+        n = max(1, len(shuffled) // 10)
+        heldout, train = shuffled[:n], shuffled[n:]
+        source = f"10% split of {args.data}"
+    domains = {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains}
+    router = QRouter(domains, config=TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
+    print(f"training on {len(train)} descriptions ({args.data}); held out: {len(heldout)} "
+          f"({source}); domains: {domains}", flush=True)
+    report = router.train(train, validation=heldout, progress=_progress)
+    report["data"] = str(args.data)
+    report["heldout"] = source
+    router.report = report
+    acc = report["validation_accuracy"]
+    print(f"train accuracy {report['train_accuracy']:.4f}; held-out accuracy {acc:.4f} "
+          f"({len(heldout)} descriptions); {report['seconds']} s")
+    if args.min_accuracy is not None and acc < args.min_accuracy:
+        print(f"held-out accuracy {acc:.4f} < {args.min_accuracy}: not saved", file=sys.stderr)
+        return 1
+    out = args.out or load_settings().router_path
+    path = router.save(out)
+    print(f"saved router to {path}")
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from gating.pipeline import GatingPipeline
+
+    pipeline = GatingPipeline.load(args.registry, router=args.router)
+    result = pipeline.route(args.text, args.description)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        e = result.expert
+        print(result.routing_path)
+        print(f"  language  {result.language.name} ({result.language.code}) "
+              f"p={result.language_confidence:.3f}")
+        print(f"  task      {result.task_key}  Q={result.task_scores[result.task]:.3f}")
+        print(f"  expert    {e.base_model_key}  adapter {e.adapter_name} ({e.adapter_path})")
+        print("  timings   " + "  ".join(f"{k}={v:.3f}" for k, v in result.timings.items()))
+    return 0
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    from gating.router import QRouter
+    from gating.settings import load_settings
+
+    path = args.router or load_settings().router_path
+    router = QRouter.load(path)
+    domain, task = (args.task.split("/", 1) if "/" in args.task else (None, args.task))
+    before = router.route(args.description, domain).q_values.get(task)
+    router.feedback(args.description, task, args.reward, domain)
+    after = router.route(args.description, domain).q_values.get(task)
+    router.save(path)
+    print(f"Q({task}) {before:.3f} -> {after:.3f}; saved {path}")
+    return 0
+
+
+def _train_domain(args: argparse.Namespace) -> int:
+    from gating.domain import routing_prompt, train_domain_classifier
+    from gating.errors import InvalidInput
+
+    pairs = []
+    with open(args.data, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text, domain = obj["text"], obj["domain"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise InvalidInput(f"{args.data}:{n}: need an object with text and domain "
+                                   f"({err})") from None
+            desc = obj.get("description")
+            pairs.append((routing_prompt(desc, text) if desc else text, domain))
+    report = train_domain_classifier(pairs, encoder_dir=args.encoder, out_dir=args.out,
+                                     epochs=args.epochs, model_name=args.model_name,
+                                     progress=_progress)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {"train": _train, "route": _route, "feedback": _feedback,
+                "train-domain": _train_domain}
+    try:
+        return handlers[args.gating_command](args)
+    except GatingError as err:
+        print(f"error [{err.code}]: {err.message}", file=sys.stderr)
+        return 2
+    except MoleError as err:  # RegistryError and friends
+        print(f"error: {err}", file=sys.stderr)
+        return 2

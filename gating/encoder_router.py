@@ -1,0 +1,195 @@
+"""The original MoLE task router: fine-tuned XLM-R encoder + per-domain Q-network.
+
+Reads the original artifacts from one directory:
+
+* ``encoder.pth``: a state_dict whose keys are the encoder's, prefixed ``model.``;
+* ``router_<domain>.pth``: ``net.0.*``, ``net.2.*`` of
+  ``Sequential(Linear(H, H), ReLU, Linear(H, n_tasks))``, actions in registry order;
+* optionally ``qrouter_config.json`` (``{"encoder_name": ...}``, informational).
+
+The encoder's config and tokenizer come from a local directory (``encoder_dir``); nothing
+is fetched from the hub. Both files are read with ``torch.load(weights_only=True)``.
+Routing is argmax Q, like the original. :meth:`EncoderQRouter.feedback` updates the
+Q-network head (not the encoder) with one MSE step toward the reward; :meth:`save` writes
+the heads back in the same format.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
+from gating.router import Route
+from gating.xlmr import cls_embeddings, find_encoder_dir, import_torch, load_encoder, load_tokenizer
+
+ENCODER_FILE = "encoder.pth"
+
+
+def _router_file(domain: str) -> str:
+    return f"router_{domain}.pth"
+
+
+def _load_weights(path: Path) -> dict:
+    torch, _ = import_torch()
+    if not path.is_file():
+        raise ArtifactError(f"missing router artifact: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ArtifactError(f"{path}: not a weights-only state_dict ({err})") from err
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+class EncoderQRouter:
+    """XLM-R CLS -> Linear(H,H)-ReLU-Linear(H,n_tasks) per domain; argmax Q."""
+
+    def __init__(self, encoder, tokenizer, heads: dict, domains: dict[str, list[str]],
+                 *, max_len: int = 128, online_lr: float = 1e-3,
+                 directory: Path | None = None) -> None:
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.heads = heads
+        self._domains = domains
+        self.max_len = max_len
+        self.online_lr = online_lr
+        self.path = directory
+        self.feedback_count = 0
+        self._lock = threading.RLock()
+
+    @property
+    def domains(self) -> dict[str, list[str]]:
+        return {d: list(t) for d, t in self._domains.items()}
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        domains: dict[str, Sequence[str]],
+        *,
+        encoder_dir: str | os.PathLike | None = None,
+        max_len: int = 128,
+    ) -> EncoderQRouter:
+        """Load ``encoder.pth`` and one ``router_<domain>.pth`` per domain of ``domains``.
+
+        Args:
+            domains: domain -> task names in registry order (the Q-network's actions).
+        """
+        torch, _ = import_torch()
+        d = Path(directory)
+        state = _load_weights(d / ENCODER_FILE)
+        if not state or not all(k.startswith("model.") for k in state):
+            bad = next((k for k in state if not k.startswith("model.")), None)
+            raise ArtifactError(
+                f"{d / ENCODER_FILE}: keys must be prefixed 'model.' (found {bad!r})"
+            )
+        enc_dir = find_encoder_dir(encoder_dir, d / "encoder", d)
+        encoder = load_encoder(enc_dir, {k[len("model."):]: v for k, v in state.items()})
+        tokenizer = load_tokenizer(enc_dir)
+        hidden = encoder.config.hidden_size
+        heads = {}
+        for domain, tasks in domains.items():
+            path = d / _router_file(domain)
+            sd = _load_weights(path)
+            need = ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias")
+            missing = [k for k in need if k not in sd]
+            if missing:
+                raise ArtifactError(f"{path}: missing {missing}")
+            n_out = sd["net.2.weight"].shape[0]
+            if tuple(sd["net.0.weight"].shape) != (hidden, hidden) or sd["net.2.weight"].shape[
+                1
+            ] != hidden:
+                raise ArtifactError(
+                    f"{path}: net.0.weight {tuple(sd['net.0.weight'].shape)} / net.2.weight "
+                    f"{tuple(sd['net.2.weight'].shape)} do not fit hidden size {hidden}"
+                )
+            if n_out != len(tasks):
+                raise ArtifactError(
+                    f"{path}: {n_out} actions, but the registry's domain {domain!r} has "
+                    f"{len(tasks)} tasks ({', '.join(tasks)}); retrain the router"
+                )
+            net = torch.nn.Sequential(
+                torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out)
+            )
+            net.load_state_dict({k: sd[k].float() for k in need})
+            net.eval()
+            heads[domain] = net
+        return cls(encoder, tokenizer, heads, {k: list(v) for k, v in domains.items()},
+                   max_len=max_len, directory=d)
+
+    def _domain(self, domain: str | None) -> str:
+        if domain is None and len(self.heads) == 1:
+            return next(iter(self.heads))
+        if domain not in self.heads:
+            raise UnknownDomain(
+                f"the encoder router has no domain {domain!r}",
+                domain=str(domain),
+                known=sorted(self.heads),
+            )
+        return domain
+
+    def q_values(self, descriptions: list[str], domain: str | None = None):
+        torch, _ = import_torch()
+        domain = self._domain(domain)
+        h = cls_embeddings(self.encoder, self.tokenizer, descriptions, self.max_len)
+        with self._lock, torch.inference_mode():
+            return domain, self.heads[domain](h)
+
+    def route_batch(self, descriptions: Sequence[str], domain: str | None = None) -> list[Route]:
+        for desc in descriptions:
+            if not isinstance(desc, str) or not desc.strip():
+                raise InvalidInput("description must be a non-empty string")
+        if not descriptions:
+            return []
+        domain, q = self.q_values(list(descriptions), domain)
+        tasks = self._domains[domain]
+        out = []
+        for row in q.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(Route(domain, tasks[best], dict(zip(tasks, row, strict=True))))
+        return out
+
+    def route(self, description: str, domain: str | None = None) -> Route:
+        return self.route_batch([description], domain)[0]
+
+    def feedback(self, description: str, task: str, reward: float,
+                 domain: str | None = None) -> float:
+        """One MSE step of Q(s, task) toward ``reward`` on the head (encoder frozen)."""
+        torch, _ = import_torch()
+        if not isinstance(description, str) or not description.strip():
+            raise InvalidInput("description must be a non-empty string")
+        domain = self._domain(domain)
+        tasks = self._domains[domain]
+        if task not in tasks:
+            raise UnknownTask(f"domain {domain!r} has no task {task!r}", task=task, known=tasks)
+        h = cls_embeddings(self.encoder, self.tokenizer, [description], self.max_len)
+        with self._lock:
+            net = self.heads[domain]
+            with torch.enable_grad():
+                q = net(h)[0, tasks.index(task)]
+                loss = (q - float(reward)) ** 2
+                net.zero_grad()
+                loss.backward()
+                with torch.no_grad():
+                    for p in net.parameters():
+                        p -= self.online_lr * p.grad
+            self.feedback_count += 1
+        return float(reward) - float(q)
+
+    def save(self, directory: str | os.PathLike | None = None) -> Path:
+        """Write ``router_<domain>.pth`` files (the encoder is unchanged by feedback)."""
+        torch, _ = import_torch()
+        target = Path(directory) if directory is not None else self.path
+        if target is None:
+            raise ValueError("save() needs a directory")
+        target.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for domain, net in self.heads.items():
+                tmp = target / (_router_file(domain) + ".tmp")
+                torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
+                os.replace(tmp, target / _router_file(domain))
+        return target

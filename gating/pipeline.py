@@ -1,0 +1,282 @@
+"""The gating pipeline: text + task description -> language, domain, task, expert.
+
+Stages (each timed): language of the text (fastText, served languages only), domain
+(no model when the registry has one), task (Q-learning router over the description),
+expert selection (the registry). Every failure is a :class:`gating.errors.GatingError`
+with a ``code``; nothing falls back silently. ``route`` is thread-safe: the components
+guard their own state, and the pipeline keeps none per request.
+
+Usage as a library::
+
+    from gating import GatingPipeline
+    gating = GatingPipeline.load()
+    result = gating.route(text, description)
+    result.routing_path   # "english -> finance -> rating -> llama-2-7b-hf"
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gating.domain import DomainPrediction, SingleDomain, check_domain
+from gating.errors import ArtifactError, InvalidInput, UnsupportedLanguage
+from gating.language import Detection, LanguageDetector
+from gating.router import QRouter, Route
+from gating.selector import ExpertSelector
+from gating.settings import GatingSettings, load_settings
+from protocol.registry import ExpertSpec, ExpertsRegistry, Language, load_registry
+
+#: texts longer than this are cut for language detection only (bounded latency)
+MAX_DETECT_CHARS = 4000
+
+
+class TaskRouter(Protocol):
+    domains: dict[str, list[str]]
+
+    def route(self, description: str, domain: str | None = None) -> Route: ...
+
+    def feedback(
+        self, description: str, task: str, reward: float, domain: str | None = None
+    ) -> float: ...
+
+    def save(self, directory: str | os.PathLike | None = None) -> Path: ...
+
+
+class DomainClassifier(Protocol):
+    domains: list[str]
+
+    def predict(self, description: str, text: str) -> DomainPrediction: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GatingResult:
+    """Where a request goes and why."""
+
+    language: Language
+    language_confidence: float
+    domain: str
+    domain_confidence: float
+    task: str  # "rating"
+    task_key: str  # "finance/rating"
+    expert: ExpertSpec
+    routing_path: str
+    timings: dict[str, float]
+    domain_probabilities: dict[str, float] = field(default_factory=dict)
+    task_scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.expert
+        return {
+            "language": self.language.name,
+            "language_code": self.language.code,
+            "language_confidence": round(self.language_confidence, 4),
+            "domain": self.domain,
+            "domain_confidence": round(self.domain_confidence, 4),
+            "domain_probabilities": self.domain_probabilities,
+            "task": self.task,
+            "task_key": self.task_key,
+            "task_scores": {k: round(v, 4) for k, v in self.task_scores.items()},
+            "expert": {
+                "base_model_key": e.base_model_key,
+                "adapter_name": e.adapter_name,
+                "adapter_path": e.adapter_path,
+                "template_path": str(e.template_path),
+                "label_set": list(e.label_set),
+                "generation": e.generation,
+                "kind": e.kind,
+            },
+            "routing_path": self.routing_path,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput(f"{name} must not be empty")
+    return value
+
+
+class GatingPipeline:
+    """Language -> domain -> task -> expert. Build it with :meth:`load`."""
+
+    def __init__(
+        self,
+        registry: ExpertsRegistry,
+        detector: LanguageDetector,
+        domain_classifier: DomainClassifier,
+        router: TaskRouter,
+    ) -> None:
+        self.registry = registry
+        self.detector = detector
+        self.domain_classifier = domain_classifier
+        self.router = router
+        self.selector = ExpertSelector(registry)
+        self._check_router()
+
+    def _check_router(self) -> None:
+        """The router's actions must be each domain's tasks in registry order."""
+        for domain in self.registry.domains:
+            tasks = [t.name for t in self.registry.tasks_of_domain(domain)]
+            have = self.router.domains.get(domain)
+            if have is None:
+                raise ArtifactError(
+                    f"the task router has no domain {domain!r} (it has "
+                    f"{', '.join(self.router.domains) or 'none'}); retrain it with "
+                    "`mole gating train`"
+                )
+            if list(have) != tasks:
+                raise ArtifactError(
+                    f"the task router's actions for {domain!r} are {have}, but the registry's "
+                    f"tasks are {tasks} (registry order); retrain it with `mole gating train`"
+                )
+
+    @classmethod
+    def load(
+        cls,
+        registry: ExpertsRegistry | str | os.PathLike | None = None,
+        *,
+        settings: GatingSettings | None = None,
+        router: TaskRouter | str | os.PathLike | None = None,
+        detector: LanguageDetector | None = None,
+        domain_classifier: DomainClassifier | None = None,
+    ) -> GatingPipeline:
+        """Build the pipeline from the registry and the gating settings.
+
+        Args:
+            registry: an ExpertsRegistry, a path to one, or None for the default
+                (``EXPERT_REGISTRY_PATH`` or configs/experts_registry.json).
+            settings: default ``configs/gating/settings.json`` + ``MOLE_GATING_*``.
+            router: a router object or a router directory; default from settings (the
+                encoder router when ``encoder_router.dir`` is set, else the hashed one).
+            detector, domain_classifier: override the defaults (tests, embedding).
+
+        Raises:
+            RegistryError, ArtifactError: a file is missing or invalid (nothing is
+                degraded silently).
+        """
+        if not isinstance(registry, ExpertsRegistry):
+            registry = load_registry(registry)
+        settings = settings or load_settings()
+        if detector is None:
+            detector = LanguageDetector(
+                [lang.code for lang in registry.languages],
+                model_path=settings.language_model_path,
+                floor=settings.language_floor,
+                top_k=settings.language_top_k,
+                min_chars=settings.language_min_chars,
+            )
+        if domain_classifier is None:
+            domains = registry.domains
+            if len(domains) == 1:
+                domain_classifier = SingleDomain(domains[0])
+            elif settings.domain_model_dir is None:
+                raise ArtifactError(
+                    f"the registry has {len(domains)} domains ({', '.join(domains)}): set "
+                    "domain.model_dir in the gating settings (or MOLE_GATING_DOMAIN_DIR) to a "
+                    "directory with domain_cls.pt"
+                )
+            else:
+                from gating.domain import XLMRDomainClassifier
+
+                domain_classifier = XLMRDomainClassifier.load(
+                    settings.domain_model_dir, encoder_dir=settings.encoder_dir
+                )
+        if router is None and settings.encoder_router_dir is not None:
+            from gating.encoder_router import EncoderQRouter
+
+            router = EncoderQRouter.load(
+                settings.encoder_router_dir,
+                {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains},
+                encoder_dir=settings.encoder_dir,
+            )
+        elif router is None or isinstance(router, str | os.PathLike):
+            router = QRouter.load(router if router is not None else settings.router_path)
+        return cls(registry, detector, domain_classifier, router)
+
+    # -- stages ------------------------------------------------------------------------
+    def detect_language(self, text: str, description: str | None = None) -> Detection:
+        return self.detector.detect(text[:MAX_DETECT_CHARS], description)
+
+    def classify_domain(self, description: str, text: str) -> DomainPrediction:
+        pred = self.domain_classifier.predict(description, text)
+        check_domain(pred, self.registry.domains)
+        return pred
+
+    def route(self, text: str, description: str) -> GatingResult:
+        """Route one request. Thread-safe.
+
+        Raises:
+            InvalidInput: empty or non-string text/description.
+            UnsupportedLanguage, LanguageUncertain: see :mod:`gating.language`.
+            DomainWithoutTasks: the domain classifier chose a domain without tasks.
+            UnknownTask: the router's task is not in the registry (a stale router).
+        """
+        _check_text("text", text)
+        _check_text("description", description)
+        t0 = time.perf_counter()
+        detection = self.detect_language(text, description)
+        t1 = time.perf_counter()
+        dom = self.classify_domain(description, text)
+        t2 = time.perf_counter()
+        route = self.router.route(description, dom.domain)
+        t3 = time.perf_counter()
+        expert = self.selector.select(detection.language, dom.domain, route.task)
+        t4 = time.perf_counter()
+        lang = detection.language
+        path = f"{lang.name} -> {dom.domain} -> {route.task} -> {expert.base_model_key}"
+        return GatingResult(
+            language=detection.language,
+            language_confidence=detection.confidence,
+            domain=dom.domain,
+            domain_confidence=dom.confidence,
+            task=route.task,
+            task_key=f"{dom.domain}/{route.task}",
+            expert=expert,
+            routing_path=path,
+            timings={
+                "language_ms": (t1 - t0) * 1e3,
+                "domain_ms": (t2 - t1) * 1e3,
+                "task_ms": (t3 - t2) * 1e3,
+                "select_ms": (t4 - t3) * 1e3,
+                "total_ms": (t4 - t0) * 1e3,
+            },
+            domain_probabilities=dom.probabilities,
+            task_scores=route.q_values,
+        )
+
+    def select(self, language_name_or_code: str, task_key: str) -> ExpertSpec:
+        """Selection alone, for callers that already know the language and task."""
+        from protocol.registry import language
+
+        try:
+            lang = language(language_name_or_code)
+        except KeyError:
+            served = [lang.name for lang in self.registry.languages]
+            raise UnsupportedLanguage(
+                f"unknown language {language_name_or_code!r}; served: {', '.join(served)}",
+                language=language_name_or_code,
+                served=served,
+            ) from None
+        domain, _, task = task_key.rpartition("/")
+        if not domain:
+            domain = self.registry.task(task_key).domain
+        return self.selector.select(lang, domain, task)
+
+    # -- online learning ---------------------------------------------------------------
+    def feedback(
+        self, description: str, task: str, reward: float, domain: str | None = None
+    ) -> float:
+        """Reward the router for routing ``description`` to ``task`` (1 right, 0 wrong)."""
+        _check_text("description", description)
+        if "/" in task:
+            domain, task = task.split("/", 1)
+        return self.router.feedback(description, task, reward, domain)
+
+    def save_router(self, directory: str | os.PathLike | None = None) -> Path:
+        return self.router.save(directory)

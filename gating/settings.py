@@ -1,0 +1,88 @@
+"""Gating settings: ``configs/gating/settings.json``, then ``MOLE_GATING_*`` variables.
+
+One small function reads the environment; everything else takes plain values, so tests
+and the frontend can build a pipeline without touching either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gating.errors import ArtifactError
+
+CONFIGS_GATING = Path(__file__).resolve().parent.parent / "configs" / "gating"
+DEFAULT_SETTINGS_PATH = CONFIGS_GATING / "settings.json"
+DEFAULT_ROUTER_DIR = CONFIGS_GATING / "task_router"
+DEFAULT_TRAIN_DATA = CONFIGS_GATING.parent / "router_data" / "train.jsonl"
+#: written separately from train.jsonl and never used for training
+DEFAULT_HELDOUT_DATA = (
+    CONFIGS_GATING.parent / "router_data" / "heldout.jsonl",
+    CONFIGS_GATING.parent / "router_data" / "heldout_fresh.jsonl",
+)
+
+
+@dataclass(slots=True)
+class GatingSettings:
+    language_floor: float = 0.3
+    language_top_k: int = 10
+    language_min_chars: int = 12
+    language_model_path: Path | None = None
+    router_path: Path = DEFAULT_ROUTER_DIR
+    domain_model_dir: Path | None = None
+    encoder_router_dir: Path | None = None
+    encoder_dir: Path | None = None
+
+
+def _path(value, base: Path) -> Path | None:
+    if value in (None, ""):
+        return None
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else base / p
+
+
+def load_settings(
+    path: str | os.PathLike | None = None, env: dict[str, str] | None = None
+) -> GatingSettings:
+    """Read the settings file (default configs/gating/settings.json) and apply ``env``.
+
+    Raises:
+        ArtifactError: the file is unreadable or a value has the wrong type.
+    """
+    p = Path(path) if path is not None else DEFAULT_SETTINGS_PATH
+    env = os.environ if env is None else env
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"gating settings {p}: unreadable ({err})") from err
+    base = p.parent
+    lang = raw.get("language", {})
+    try:
+        s = GatingSettings(
+            language_floor=float(lang.get("floor", 0.3)),
+            language_top_k=int(lang.get("top_k", 10)),
+            language_min_chars=int(lang.get("min_chars", 12)),
+            language_model_path=_path(lang.get("model_path"), base),
+            router_path=_path(raw.get("router", {}).get("path"), base) or DEFAULT_ROUTER_DIR,
+            domain_model_dir=_path(raw.get("domain", {}).get("model_dir"), base),
+            encoder_router_dir=_path(raw.get("encoder_router", {}).get("dir"), base),
+            encoder_dir=_path(raw.get("encoder_dir"), base),
+        )
+        cwd = Path.cwd()
+        if env.get("MOLE_GATING_LANGUAGE_FLOOR"):
+            s.language_floor = float(env["MOLE_GATING_LANGUAGE_FLOOR"])
+        if env.get("MOLE_GATING_ROUTER"):
+            s.router_path = _path(env["MOLE_GATING_ROUTER"], cwd)
+        if env.get("MOLE_GATING_DOMAIN_DIR"):
+            s.domain_model_dir = _path(env["MOLE_GATING_DOMAIN_DIR"], cwd)
+        if env.get("MOLE_GATING_ENCODER_ROUTER_DIR"):
+            s.encoder_router_dir = _path(env["MOLE_GATING_ENCODER_ROUTER_DIR"], cwd)
+        if env.get("MOLE_GATING_ENCODER_DIR"):
+            s.encoder_dir = _path(env["MOLE_GATING_ENCODER_DIR"], cwd)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ArtifactError(f"gating settings {p}: bad value ({err})") from err
+    if not 0.0 <= s.language_floor < 1.0:
+        raise ArtifactError(f"gating settings: language floor {s.language_floor} not in [0, 1)")
+    return s
