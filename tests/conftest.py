@@ -5,3 +5,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---- tiny models (worker engine) -------------------------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random-weight models and adapters for every registry base model, generated once
+    per test session (a few seconds). Yields the directory holding ``models/`` and
+    ``adapters/``: point MOLE_MODELS_DIR / MOLE_ADAPTERS_DIR at them."""
+    from worker.tiny import generate
+
+    out = tmp_path_factory.mktemp("tiny")
+    generate(out)
+    return out
