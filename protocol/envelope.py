@@ -97,9 +97,10 @@ def decode_request_header(frame: bytes) -> RequestHeader | None:
         return None
     ttl = header.get("ttl")
     attempt = header.get("attempt", 0)
-    if ttl is not None and not isinstance(ttl, int):
+    # bool is a subclass of int in Python; ``"ttl": true`` is junk, not 1 ms.
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)):
         raise MalformedMessage("header ttl must be an integer number of milliseconds")
-    if not isinstance(attempt, int):
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
         raise MalformedMessage("header attempt must be an integer")
     return RequestHeader(str(header["id"]), ttl, attempt)
 

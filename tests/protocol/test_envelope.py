@@ -67,7 +67,8 @@ def test_foreign_bodies_are_not_request_headers(frame):
 @pytest.mark.parametrize(
     "header",
     [{"v": 1, "id": "x", "ttl": "soon"}, {"v": 1, "id": "x", "ttl": 1.5},
-     {"v": 1, "id": "x", "attempt": "2"}],
+     {"v": 1, "id": "x", "attempt": "2"}, {"v": 1, "id": "x", "ttl": True},
+     {"v": 1, "id": "x", "attempt": False}],
 )
 def test_request_header_with_bad_field_types(header):
     with pytest.raises(MalformedMessage):
