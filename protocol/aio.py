@@ -214,6 +214,9 @@ class AsyncClient:
         if self._closed:
             raise ClientClosed("the client is closed")
         if self._socket is not None:
+            if asyncio.get_running_loop() is not self._loop:
+                raise RuntimeError("an AsyncClient belongs to the event loop that first used "
+                                   "it; create one client per loop")
             return
         self._loop = asyncio.get_running_loop()
         context = self._context or zmq.Context.instance()

@@ -337,3 +337,14 @@ def test_async_close_fails_pending():
         asyncio.run(main())
     finally:
         broker.stop()
+
+
+def test_async_client_refuses_a_second_event_loop(broker):
+    client = AsyncClient(broker.url, timeout=5)
+
+    async def use():
+        return await client.request("svc", "x")
+
+    assert asyncio.run(use()) == "x"
+    with pytest.raises(RuntimeError, match="event loop"):
+        asyncio.run(use())
