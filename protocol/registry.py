@@ -76,8 +76,10 @@ def language(value: str) -> Language:
     """Resolve a language given as a name or ISO code (any case).
 
     Raises:
-        KeyError: the language is unknown to the project.
+        KeyError: the language is unknown to the project (or not a string).
     """
+    if not isinstance(value, str):
+        raise KeyError(value)
     key = value.strip().lower()
     if key in LANGUAGE_NAMES:
         return Language(key, LANGUAGE_NAMES[key])
@@ -187,6 +189,14 @@ class ExpertsRegistry:
         matches = [t for t in self.tasks.values() if t.name == task_key]
         if len(matches) == 1:
             return matches[0]
+        if len(matches) > 1:
+            raise UnknownExpert(
+                f"task name {task_key!r} is ambiguous; use one of: "
+                f"{', '.join(t.key for t in matches)}",
+                task=task_key,
+                language="",
+                served=[],
+            )
         raise UnknownExpert(
             f"unknown task {task_key!r}; known: {', '.join(self.tasks)}",
             task=task_key,
@@ -246,7 +256,7 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
         where = f"tasks.{task_key}"
         if not isinstance(spec, dict):
             raise RegistryError(f"{where}: expected object")
-        if task_key.count("/") != 1:
+        if task_key.count("/") != 1 or not all(task_key.split("/")):
             raise RegistryError(f"{where}: task keys are '<domain>/<task>'")
         domain, name = task_key.split("/")
         labels = _require(spec, "label_set", where, list)
@@ -254,7 +264,10 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
             raise RegistryError(f"{where}.label_set: must be a non-empty list of strings")
         if len(set(labels)) != len(labels):
             raise RegistryError(f"{where}.label_set: labels must be distinct")
-        generation = {**default_generation, **spec.get("generation", {})}
+        task_generation = spec.get("generation", {})
+        if not isinstance(task_generation, dict):
+            raise RegistryError(f"{where}.generation: expected object")
+        generation = {**default_generation, **task_generation}
         kind = spec.get("kind", "classification")
         if kind not in ("classification", "extraction"):
             raise RegistryError(f"{where}.kind: must be 'classification' or 'extraction'")
@@ -267,6 +280,9 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
             label_set=tuple(labels),
             generation=generation,
         )
+        default_bm = spec.get("base_model_key")
+        if default_bm is not None and default_bm not in base_models:
+            raise RegistryError(f"{where}.base_model_key: {default_bm!r} is not in base_models")
         mapping = _require(spec, "language_mapping", where, dict)
         if not mapping:
             raise RegistryError(f"{where}.language_mapping: must name at least one language")
@@ -286,6 +302,13 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
             bm = _require(merged, "base_model_key", ewhere, str)
             if bm not in base_models:
                 raise RegistryError(f"{ewhere}.base_model_key: {bm!r} is not in base_models")
+            adapter_path = _require(merged, "adapter_path", ewhere, str)
+            parts = Path(adapter_path).parts
+            if not adapter_path or Path(adapter_path).is_absolute() or ".." in parts:
+                raise RegistryError(
+                    f"{ewhere}.adapter_path: {adapter_path!r} must be a relative path under "
+                    "the adapters root (no leading '/', no '..')"
+                )
             template = Path(_require(merged, "template_path", ewhere, str))
             if not template.is_absolute():
                 template = configs_dir / template
@@ -297,12 +320,16 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
                 language=lang,
                 base_model_key=bm,
                 adapter_name=_require(merged, "adapter_name", ewhere, str),
-                adapter_path=_require(merged, "adapter_path", ewhere, str),
+                adapter_path=adapter_path,
                 template_path=template,
                 label_set=task.label_set,
                 generation=generation,
             )
         declared = spec.get("supported_languages")
+        if declared is not None and (
+            not isinstance(declared, list) or not all(isinstance(x, str) for x in declared)
+        ):
+            raise RegistryError(f"{where}.supported_languages: expected a list of strings")
         if declared is not None:
             try:
                 declared_codes = {language(x).code for x in declared}
