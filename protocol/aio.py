@@ -38,6 +38,7 @@ from protocol._pending import (
     new_routing_id,
 )
 from protocol.client import configure_socket
+from protocol.curve import CurveKeys
 from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
@@ -111,6 +112,7 @@ class AsyncClient:
         reconnect_interval_max: float = 1.0,
         deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
         routing_id: bytes | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
@@ -118,6 +120,7 @@ class AsyncClient:
         self._context = context
         self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
                          reconnect_interval_max)
+        self._curve = curve
         self._core = Correlator(url, deadline_grace=deadline_grace)
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
@@ -224,6 +227,8 @@ class AsyncClient:
             context = zmq.Context.shadow(context.underlying)
         socket = context.socket(zmq.DEALER)
         configure_socket(socket, self.routing_id, *self._options)
+        if self._curve is not None:
+            self._curve.apply(socket)
         self._monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
         socket.connect(self.url)
         self._socket = socket

@@ -38,6 +38,7 @@ from protocol._pending import (
     new_routing_id,
 )
 from protocol._wake import Waker
+from protocol.curve import CurveKeys
 from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
@@ -127,6 +128,7 @@ class Client:
         reconnect_interval, reconnect_interval_max: libzmq's reconnect back-off.
         deadline_grace: extra seconds to wait for the broker's own answer at a deadline.
         routing_id: this client's identity on the broker (random by default).
+        curve: CURVE keys when the broker requires encryption (see protocol.curve).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Client:
         reconnect_interval_max: float = 1.0,
         deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
         routing_id: bytes | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
@@ -150,6 +153,7 @@ class Client:
         self._outbox: collections.deque[list[bytes]] = collections.deque()
         self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
                          reconnect_interval_max)
+        self._curve = curve
         self._closing = False
         self._closed = False
         self._waker = Waker(self._context)
@@ -273,6 +277,8 @@ class Client:
         try:
             socket = self._context.socket(zmq.DEALER)
             configure_socket(socket, self.routing_id, *self._options)
+            if self._curve is not None:
+                self._curve.apply(socket)
             monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
             socket.connect(self.url)
         except BaseException as err:  # bad URL, bad options: surface in the constructor

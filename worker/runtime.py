@@ -38,6 +38,7 @@ import zmq
 
 from protocol import mdp
 from protocol._wake import Waker
+from protocol.curve import CurveKeys
 from protocol.envelope import (
     ReplyHeader,
     decode_request_header,
@@ -138,6 +139,7 @@ class WorkerRuntime:
         heartbeat_interval, liveness: must match the broker's (defaults 2.5 s and 3).
         reconnect_initial, reconnect_max: back-off between connections, in seconds.
         context: ZeroMQ context (``zmq.Context.instance()`` by default).
+        curve: CURVE keys when the broker requires encryption (see protocol.curve).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class WorkerRuntime:
         reconnect_initial: float = 0.25,
         reconnect_max: float = 8.0,
         context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         if not service or service.startswith(mdp.MMI_PREFIX):
             raise ValueError(f"cannot serve {service!r}: empty or reserved (mmi.*) name")
@@ -167,6 +170,7 @@ class WorkerRuntime:
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self._context = context or zmq.Context.instance()
+        self._curve = curve
         self._waker = Waker(self._context)
         self._outbox: collections.deque = collections.deque()
         self._stop = threading.Event()
@@ -249,6 +253,8 @@ class WorkerRuntime:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if self._curve is not None:
+            self._curve.apply(sock)
         sock.connect(self.broker_url)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)

@@ -55,7 +55,9 @@ def echo(seen: Seen) -> list[list[bytes]]:
 class FakeBroker:
     """ROUTER on ``port`` answering with ``behaviour(seen) -> [frames, ...]``."""
 
-    def __init__(self, behaviour=echo, port: int | None = None) -> None:
+    def __init__(self, behaviour=echo, port: int | None = None,
+                 curve_secret: bytes | None = None) -> None:
+        self.curve_secret = curve_secret
         self.port = port or free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.behaviour = behaviour
@@ -70,6 +72,9 @@ class FakeBroker:
     def _run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.linger = 0
+        if self.curve_secret is not None:
+            sock.curve_server = True
+            sock.curve_secretkey = self.curve_secret
         sock.bind(self.url)
         self._ready.set()
         try:
