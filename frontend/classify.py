@@ -53,7 +53,8 @@ def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]
     description = _string(item, "description", prefix=prefix, required=True, limit=max_chars)
     query = _string(item, "query", prefix=prefix, required=False, limit=max_chars)
     product = _string(item, "product", prefix=prefix, required=False, limit=max_chars)
-    options = item.get("options") or {}
+    options = item.get("options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise validation(prefix + "options", "must be an object")
     parsed_options = {}

@@ -38,10 +38,10 @@ def call(method: str, url: str, body=None, headers=None, form=False, timeout=30)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
-            return r.status, dict(r.headers), (json.loads(raw) if raw.startswith(b"{")
+            return r.status, r.headers, (json.loads(raw) if raw.startswith(b"{")
                                                else raw.decode())
     except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read())
+        return err.code, err.headers, json.loads(err.read())
 
 
 @pytest.fixture(scope="module")
