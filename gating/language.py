@@ -146,15 +146,31 @@ class LanguageDetector:
         ):
             sample = f"{_SPACE.sub(' ', description).strip()} {sample}"
             used_description = True
+        if not any(ch.isalpha() for ch in sample):
+            # fastText answers "english" for digits and punctuation; that is no evidence
+            raise LanguageUncertain(
+                "the text has no letters, so its language cannot be told; write it in one "
+                f"of: {', '.join(self.served_names)}",
+                candidate=None,
+                confidence=0.0,
+                floor=self.floor,
+                served=self.served_names,
+            )
         ranked = self._predict(sample)
         raw_label, raw_p = ranked[0] if ranked else ("unknown", 0.0)
 
         code, p = self._best_served(ranked)
         code, p = self._script_rule(sample, ranked, code, p)
-
+        served = self.served_names
+        if code is not None and self.served is not None and code not in self.served:
+            raise UnsupportedLanguage(
+                f"the text is in {_display(code)} (by its script), which is not served; "
+                f"served languages: {', '.join(served)}",
+                language=_display(code),
+                served=served,
+            )
         if code is not None and p >= self.floor:
             return Detection(language(code), p, raw_label, raw_p, used_description)
-        served = self.served_names
         if (
             raw_p >= self.floor
             and self.served is not None
@@ -189,15 +205,31 @@ class LanguageDetector:
     def _script_rule(
         self, sample: str, ranked: list[tuple[str, float]], code: str | None, p: float
     ) -> tuple[str | None, float]:
-        """Kana -> Japanese; Han with no kana -> Chinese (when that language is served)."""
-        has_kana = _KANA.search(sample) is not None
-        has_han = _HAN.search(sample) is not None
+        """Kana -> Japanese; Han with no kana -> Chinese.
+
+        Kana is decisive: a text with kana is Japanese even where Japanese is not served
+        (then it is refused as such). Han alone is only a lean: when Chinese is not served
+        but Japanese is, a kanji-only text is read as Japanese.
+        """
+        n_kana = len(_KANA.findall(sample))
+        n_han = len(_HAN.findall(sample))
+        has_kana, has_han = n_kana > 0, n_han > 0
         if not (has_kana or has_han):
             return code, p
+        letters = sum(ch.isalpha() for ch in sample) or 1
+        # share of the letters written in Han/kana: fastText can be lost on a short
+        # all-kanji text (it said "english 0.12" for one), the script is not
+        script_share = min(1.0, (n_kana + n_han) / letters)
         cjk_mass = min(1.0, sum(q for label, q in ranked if label in _CJK_LABELS))
+        if script_share >= 0.5:
+            cjk_mass = max(cjk_mass, script_share)
         if code not in ("zh", "ja") and cjk_mass < max(p, self.floor):
             return code, p  # e.g. a Latin-script text quoting one kanji
         target = "ja" if has_kana else "zh"
         if self.served is not None and target not in self.served:
-            return code, p
+            if has_kana:
+                return target, 0.0  # Japanese, and not served: refused below
+            if "ja" in self.served:
+                return "ja", cjk_mass
+            return target, 0.0
         return target, cjk_mass

