@@ -61,8 +61,9 @@ class TinySize:
     max_positions: int = 2048
 
 
+#: every dimension a multiple of 64: bitsandbytes' CPU nf4 kernels need whole blocks
 SIZES: dict[str, TinySize] = {
-    "test": TinySize(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=352, vocab=3000),
+    "test": TinySize(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=384, vocab=3000),
     "bench": TinySize(hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1408, vocab=3000),
 }
 

@@ -1,0 +1,110 @@
+"""The batching handler: requests that arrive together are computed together, each
+answered exactly once, a bad or expired one alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from enginehelpers import REGISTRY, load_engine, payload_for
+
+from worker.engine.batching import BatchingHandler
+from worker.handler import Responder, WorkRequest
+
+
+class Recorder(Responder):
+    """Collects the one answer of a request (the runtime's seam, without a socket)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answers: list[tuple] = []
+
+    def partial(self, payload) -> None:
+        self.answers.append(("partial", payload))
+
+    def final(self, payload) -> None:
+        self.answers.append(("final", payload))
+        self.done.set()
+
+    def error(self, code, message, details=None) -> None:
+        self.answers.append(("error", str(code), message))
+        self.done.set()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models):
+    return load_engine(tiny_models, "llama-2-7b-hf")
+
+
+def _submit_all(handler, payloads, deadline=None):
+    recorders = []
+    started = time.perf_counter()
+    for i, payload in enumerate(payloads):
+        rec = Recorder()
+        handler.submit(WorkRequest(f"r{i}", payload, deadline=deadline), rec)
+        recorders.append(rec)
+    submit_s = time.perf_counter() - started
+    for rec in recorders:
+        assert rec.done.wait(60), "a request was never answered"
+    return recorders, submit_s
+
+
+def test_concurrent_requests_are_batched_with_mixed_adapters(engine):
+    experts = [REGISTRY.resolve("finance/rating", c) for c in ("en", "de", "fr")]
+    payloads = [payload_for(experts[i % 3], f"Review number {i}: profits were up {i}%.")
+                for i in range(12)]
+    handler = BatchingHandler(engine, max_batch=8, batch_wait_ms=200)
+    handler.start()
+    try:
+        recorders, submit_s = _submit_all(handler, payloads)
+    finally:
+        handler.close()
+    assert submit_s < 1.0  # submit() only enqueues
+    assert handler.largest_batch > 1 and handler.batches < 12
+    for payload, rec in zip(payloads, recorders, strict=True):
+        assert len(rec.answers) == 1 and rec.answers[0][0] == "final"
+        reply = rec.answers[0][1]
+        alone = engine.infer(payload)
+        assert reply["label"] == alone["label"]
+        for label, p in alone["probabilities"].items():
+            assert abs(reply["probabilities"][label] - p) < 1e-5
+        assert reply["timings"]["batch_size"] >= 1
+
+
+def test_a_bad_request_fails_alone(engine):
+    good = payload_for(REGISTRY.resolve("finance/rating", "en"))
+    payloads = [good, {"task": "finance/rating", "language": "tr", "text": "x"}, good,
+                {"task": "finance/rating", "language": "en", "text": ""}, "junk"]
+    handler = BatchingHandler(engine, max_batch=8, batch_wait_ms=200)
+    handler.start()
+    try:
+        recorders, _ = _submit_all(handler, payloads)
+    finally:
+        handler.close()
+    kinds = [rec.answers[0][0] for rec in recorders]
+    assert kinds == ["final", "error", "final", "error", "error"]
+    assert recorders[1].answers[0][1] == "bad_request" and "language" in recorders[1].answers[0][2]
+    assert "text" in recorders[3].answers[0][2]
+    assert "payload" in recorders[4].answers[0][2]
+
+
+def test_expired_requests_are_not_computed(engine):
+    handler = BatchingHandler(engine, max_batch=4, batch_wait_ms=1)
+    handler.start()
+    try:
+        recorders, _ = _submit_all(handler, [payload_for(REGISTRY.resolve("finance/rating",
+                                                                          "en"))] * 3,
+                                   deadline=time.monotonic() - 1.0)
+    finally:
+        handler.close()
+    assert all(rec.answers[0][:2] == ("error", "deadline_exceeded") for rec in recorders)
+    assert handler.batches == 0
+
+
+def test_metadata_names_tasks_languages_adapters(engine):
+    meta = BatchingHandler(engine).metadata()
+    assert meta["tasks"] == ["finance/rating"]
+    assert meta["languages"] == ["de", "en", "fr"]
+    assert meta["adapters"] == ["fin-sentiment-de", "fin-sentiment-en", "fin-sentiment-fr"]
+    assert meta["tiny_model"] is True and meta["max_batch"] >= 1
