@@ -274,7 +274,7 @@ def train_domain_classifier(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         score = accuracy(val_idx or train_idx, protos)
         if score > best[0]:  # prototypes are refreshed when validation improves
             protos = prototypes(train_idx)

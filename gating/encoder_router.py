@@ -115,7 +115,7 @@ class EncoderQRouter:
             net = torch.nn.Sequential(
                 torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out)
             )
-            net.load_state_dict({k: sd[k].float() for k in need})
+            net.load_state_dict({k[len("net."):]: sd[k].float() for k in need})
             net.eval()
             heads[domain] = net
         return cls(encoder, tokenizer, heads, {k: list(v) for k, v in domains.items()},
@@ -178,7 +178,7 @@ class EncoderQRouter:
                     for p in net.parameters():
                         p -= self.online_lr * p.grad
             self.feedback_count += 1
-        return float(reward) - float(q)
+        return float(reward) - float(q.detach())
 
     def save(self, directory: str | os.PathLike | None = None) -> Path:
         """Write ``router_<domain>.pth`` files (the encoder is unchanged by feedback)."""
@@ -190,6 +190,7 @@ class EncoderQRouter:
         with self._lock:
             for domain, net in self.heads.items():
                 tmp = target / (_router_file(domain) + ".tmp")
-                torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
+                state = {f"net.{k}": v.detach().clone() for k, v in net.state_dict().items()}
+                torch.save(state, tmp)
                 os.replace(tmp, target / _router_file(domain))
         return target
