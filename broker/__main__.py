@@ -1,0 +1,7 @@
+"""``python -m broker``: the same as ``mole broker``."""
+
+import sys
+
+from broker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""``mole broker``: run the Majordomo broker in the foreground.
+
+Settings come from defaults, then ``MOLE_*`` environment variables (see
+``broker.settings.ENV_VARS``), then these flags. SIGTERM or SIGINT stops it cleanly: workers
+get DISCONNECT, waiting requests get an error reply, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``mole broker``'s flags to ``parser``."""
+    parser.add_argument("--bind", default=None,
+                        help=f"ZeroMQ endpoint to bind (env MOLE_BROKER_BIND, default "
+                             f"{DEFAULT_BIND}); tcp://127.0.0.1:* picks a free port")
+    parser.add_argument("--heartbeat-interval", type=float, default=None, metavar="SECONDS",
+                        help="heartbeat interval (env MOLE_HEARTBEAT_INTERVAL, default 2.5)")
+    parser.add_argument("--liveness", type=int, default=None, metavar="N",
+                        help="missed heartbeats before a worker is purged "
+                             "(env MOLE_HEARTBEAT_LIVENESS, default 3)")
+    parser.add_argument("--queue-limit", type=int, default=None, metavar="N",
+                        help="waiting requests per service before 'overloaded' "
+                             "(env MOLE_BROKER_QUEUE_LIMIT, default 1000)")
+    parser.add_argument("--total-queue-limit", type=int, default=None, metavar="N",
+                        help="waiting requests over all services "
+                             "(env MOLE_BROKER_TOTAL_QUEUE_LIMIT, default 100000)")
+    parser.add_argument("--default-deadline", type=float, default=None, metavar="SECONDS",
+                        help="deadline of requests without a ttl "
+                             "(env MOLE_BROKER_DEFAULT_DEADLINE, default 30)")
+    parser.add_argument("--max-attempts", type=int, default=None, metavar="N",
+                        help="dispatches per request before 'worker_lost' "
+                             "(env MOLE_BROKER_MAX_ATTEMPTS, default 3)")
+    parser.add_argument("--max-message-bytes", type=int, default=None, metavar="BYTES",
+                        help="largest accepted message (env MOLE_BROKER_MAX_MESSAGE_BYTES, "
+                             "default 16 MiB)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default INFO; nothing is logged per message at INFO)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the broker until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad settings."""
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from broker.core import Broker  # after logging is set up; keeps --help cheap
+
+    try:
+        settings = with_overrides(
+            settings_from_env(),
+            bind=args.bind,
+            heartbeat_interval=args.heartbeat_interval,
+            liveness=args.liveness,
+            queue_limit=args.queue_limit,
+            total_queue_limit=args.total_queue_limit,
+            default_deadline=args.default_deadline,
+            max_attempts=args.max_attempts,
+            max_message_bytes=args.max_message_bytes,
+        ).validated()
+    except SettingsError as err:
+        print(f"mole broker: {err}", file=sys.stderr)
+        return 2
+    broker = Broker(settings)
+    try:
+        broker.bind()
+    except Exception as err:  # zmq.ZMQError: address in use, bad endpoint...
+        print(f"mole broker: cannot bind {settings.bind}: {err}", file=sys.stderr)
+        broker.close()
+        return 1
+
+    def _stop(signum, _frame):
+        logging.getLogger("mole.broker").info("%s received: shutting down",
+                                              signal.Signals(signum).name)
+        broker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    broker.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m broker", description="run the MoLE broker")
+    configure(parser)
+    return run(parser.parse_args(argv))

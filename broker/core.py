@@ -1,0 +1,831 @@
+"""The Majordomo (MDP/0.2, RFC 18) broker loop: one ROUTER socket, clients and workers.
+
+Reads top to bottom as: socket setup, the loop (poll, drain, timers), then one handler per
+kind of message, then dispatch, purge, timers and shutdown.
+
+What it guarantees (DESIGN.md "Broker behaviour", docs/interfaces.md):
+
+* every request gets exactly one final answer: the worker's reply or a broker error reply
+  (``no_worker``, ``deadline_exceeded``, ``overloaded``, ``worker_lost``, ``bad_request``,
+  ``internal``);
+* a worker sees an opaque *ticket* in the client-address frame; the broker maps it back to
+  the client, so a reply for a request that is already answered, or from a purged worker,
+  is recognised and dropped;
+* dispatch is O(1) in the number of services and workers (see ``broker.state``); heartbeat
+  and expiry work is proportional to the number of workers, through a deque of heartbeat
+  due times and an ordered dict of workers by last activity (no scan per message);
+* a malformed message is logged (rate-limited), counted, and never crashes the loop or
+  leaks a worker slot.
+
+Hot-path habits taken from the field notes: frames are sent with a loop of
+``send(frame, SNDMORE)``, the socket is drained with ``NOBLOCK`` until ``zmq.Again`` on each
+wake-up, payload frames are received and forwarded as ``zmq.Frame`` objects (no copy), and
+nothing is logged per message.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import zmq
+
+from broker.ratelog import RateLimitedLog
+from broker.settings import BrokerSettings
+from broker.state import Request, Service, Worker, service_status, worker_status
+from protocol import mdp
+from protocol.envelope import MAX_HEADER_BYTES, VERSION, ReplyHeader, pack
+from protocol.errors import ErrorCode
+
+log = logging.getLogger("mole.broker")
+
+BROKER_VERSION = "0.1.0"
+
+C_HDR = mdp.CLIENT_HEADER
+W_HDR = mdp.WORKER_HEADER
+C_REQUEST = mdp.CLIENT_REQUEST
+C_PARTIAL = mdp.CLIENT_PARTIAL
+C_FINAL = mdp.CLIENT_FINAL
+W_READY = mdp.W_READY
+W_REQUEST = mdp.W_REQUEST
+W_PARTIAL = mdp.W_PARTIAL
+W_FINAL = mdp.W_FINAL
+W_HEARTBEAT = mdp.W_HEARTBEAT
+W_DISCONNECT = mdp.W_DISCONNECT
+EMPTY = b""
+MMI_PREFIX = mdp.MMI_PREFIX.encode()
+MMI_SERVICE = mdp.MMI_SERVICE.encode()
+MMI_STATUS = mdp.MMI_STATUS.encode()
+
+SNDMORE = zmq.SNDMORE
+NOBLOCK = zmq.NOBLOCK
+RCVMORE = zmq.RCVMORE
+FIRST = zmq.SNDMORE | zmq.NOBLOCK
+
+#: Messages handled per wake-up before timers get a turn (keeps deadlines and heartbeats
+#: on time under a flood).
+DRAIN_BATCH = 1000
+#: Longest sleep of the loop: how soon a stop request (SIGTERM) is noticed when idle.
+MAX_POLL_MS = 200
+#: Frames received as ``bytes`` (protocol header, command, service/ticket, empty/header);
+#: later frames are payload and stay ``zmq.Frame`` objects.
+COPIED_FRAMES = 4
+#: msgpack of the key/value ``"ok": false`` in a reply header: a cheap pre-check before
+#: decoding a reply header to count errors.
+_OK_FALSE = b"\xa2ok\xc2"
+_COMMAND_NAMES = {bytes([c]): c.name for c in mdp.WorkerCommand}
+
+
+class Broker:
+    """The broker: bind it, then :meth:`run` it until :meth:`stop` (or a signal) ends it.
+
+    Args:
+        settings: tuning, see :class:`broker.settings.BrokerSettings`.
+        context: the ZeroMQ context (a new one by default).
+        clock: monotonic seconds; injected so tests can reason about time.
+    """
+
+    def __init__(self, settings: BrokerSettings, *, context: zmq.Context | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings.validated()
+        self._ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self._clock = clock
+        self.socket: zmq.Socket | None = None
+        self.endpoint: str | None = None
+        self.started = clock()
+        self.broker_id = os.urandom(4).hex()
+        self._ticket_prefix = bytes.fromhex(self.broker_id)
+        self._ticket_seq = 0
+        self._stopping = False
+        self.workers: dict[bytes, Worker] = {}
+        self.services: dict[bytes, Service] = {}
+        self.requests: dict[bytes, Request] = {}  # ticket -> live (unanswered) request
+        self.by_key: dict[tuple[bytes, str], Request] = {}  # (client, request id) -> request
+        self.queued_total = 0
+        self._deadlines: list[tuple[float, bytes]] = []  # heap; stale entries skipped
+        self._releases: list[tuple[float, bytes, bytes]] = []  # (when, worker, ticket)
+        self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
+        self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
+        self.counters: dict[str, Any] = {
+            "requests": 0, "replies": 0, "errors_by_code": {}, "malformed": 0,
+            "protocol_errors": 0, "redispatched": 0, "late_replies": 0, "duplicates": 0,
+            "dropped_sends": 0, "workers_registered": 0, "workers_purged": 0,
+            "internal_errors": 0, "unknown_worker_messages": 0,
+        }
+        self._warn = RateLimitedLog(log)
+
+    # ------------------------------------------------------------------ socket and loop
+
+    def bind(self) -> str:
+        """Create the ROUTER socket and bind it; return the bound endpoint."""
+        s = self.settings
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> EHOSTUNREACH, not loss
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its routing id
+        sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, s.hwm)
+        sock.setsockopt(zmq.RCVHWM, s.hwm)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.bind(s.bind)
+        self.socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("broker %s listening on %s (heartbeat %.2fs x %d, queue limit %d)",
+                 self.broker_id, self.endpoint, s.heartbeat_interval, s.liveness, s.queue_limit)
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Ask the loop to shut down (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; then disconnect workers, answer waiting requests, close."""
+        if self.socket is None:
+            self.bind()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        clock = self._clock
+        try:
+            while not self._stopping:
+                if poller.poll(self._poll_timeout_ms(clock())):
+                    self._drain()
+                self._run_timers(clock())
+        finally:
+            self._shutdown()
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+        if self._own_ctx:
+            self._ctx.term()
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        due = now + MAX_POLL_MS / 1000
+        if self._heartbeats:
+            due = min(due, self._heartbeats[0][0])
+        if self._activity:
+            first = next(iter(self._activity.values()))
+            due = min(due, first.last_seen + self.settings.expiry)
+        if self._deadlines:
+            due = min(due, self._deadlines[0][0])
+        if self._releases:
+            due = min(due, self._releases[0][0])
+        return max(0, int((due - now) * 1000) + 1)
+
+    def _drain(self) -> None:
+        """Handle up to DRAIN_BATCH messages, receiving until the socket is empty."""
+        sock = self.socket
+        recv = sock.recv
+        getopt = sock.getsockopt
+        limit = self.settings.max_message_bytes
+        for _ in range(DRAIN_BATCH):
+            try:
+                identity = recv(NOBLOCK)
+            except zmq.Again:
+                return
+            frames: list = []
+            size = 0
+            address = None
+            while getopt(RCVMORE):
+                if len(frames) < COPIED_FRAMES:
+                    if len(frames) == 2 and frames[1] == W_READY and frames[0] == W_HDR:
+                        frame = recv(copy=False)  # a READY: learn the peer's address
+                        address = _peer_address(frame)
+                        frame = frame.bytes
+                    else:
+                        frame = recv()
+                else:
+                    frame = recv(copy=False)
+                size += len(frame)
+                frames.append(frame)
+            try:
+                if size > limit:
+                    self._oversized(identity, frames, size)
+                elif len(frames) >= 3 and frames[0] == C_HDR:
+                    self._on_client(identity, frames)
+                elif len(frames) >= 2 and frames[0] == W_HDR:
+                    self._on_worker(identity, frames, address)
+                else:
+                    self._malformed(identity, "neither an MDPC02 nor an MDPW02 message",
+                                    frames)
+            except Exception:  # a bug must not take the broker down; count and go on
+                self.counters["internal_errors"] += 1
+                log.exception("internal error handling a message from %s", identity.hex())
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, identity: bytes, frames: list) -> bool:
+        """Send one message to a peer; False when it is gone or its queue is full."""
+        send = self.socket.send
+        try:
+            send(identity, FIRST)
+        except zmq.Again:
+            self.counters["dropped_sends"] += 1
+            return False
+        except zmq.ZMQError as err:
+            if err.errno != errno.EHOSTUNREACH:
+                raise
+            self.counters["dropped_sends"] += 1
+            return False
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            send(frame, SNDMORE if i < last else 0, copy=False)
+        return True
+
+    def _send_client(self, req: Request, command: bytes, body: list) -> None:
+        self._send(req.client, [C_HDR, command, req.service.name_bytes, *body])
+
+    def _answer_error(self, req: Request, code: ErrorCode, message: str) -> None:
+        """Finish ``req`` with a broker error reply (its one final answer)."""
+        if req.header is not None:
+            body = [ReplyHeader(req.request_id, False, code.value, message).encode()]
+        else:
+            body = [pack({"error": code.value, "message": message})]
+        self._finish(req)
+        req.service.errors += 1
+        self._count_error(code)
+        self._send_client(req, C_FINAL, body)
+
+    def _count_error(self, code: ErrorCode | str) -> None:
+        by_code = self.counters["errors_by_code"]
+        by_code[str(code)] = by_code.get(str(code), 0) + 1
+
+    def _finish(self, req: Request) -> None:
+        """Mark ``req`` answered and forget it (its worker slot is freed separately)."""
+        req.done = True
+        self.requests.pop(req.ticket, None)
+        if req.request_id is not None:
+            key = (req.client, req.request_id)
+            if self.by_key.get(key) is req:
+                del self.by_key[key]
+        self.counters["replies"] += 1
+
+    def _reply_direct(self, client: bytes, service: bytes, header: dict | None,
+                      code: ErrorCode, message: str) -> None:
+        """Error answer to a message that never became a tracked request."""
+        if header is not None:
+            body = ReplyHeader(str(header["id"]), False, code.value, message).encode()
+        else:
+            body = pack({"error": code.value, "message": message})
+        self._count_error(code)
+        self._send(client, [C_HDR, C_FINAL, service, body])
+
+    # ------------------------------------------------------------------ clients
+
+    def _on_client(self, client: bytes, frames: list) -> None:
+        if frames[1] != C_REQUEST:
+            return self._malformed(client, f"client command {bytes(frames[1][:4])!r} "
+                                   "(a client may only send REQUEST 0x01)", frames)
+        if len(frames) < 4:
+            return self._malformed(client, "client REQUEST without a body", frames)
+        service_name = frames[2]
+        body = frames[3:]
+        header = None
+        deadline_s = self.settings.default_deadline
+        if len(body) >= 2:
+            header = _request_header(body[0])
+            if header is _BAD_HEADER:
+                return self._bad_header(client, service_name, body[0])
+            if header is not None:
+                ttl = header.get("ttl")
+                if ttl is not None:
+                    deadline_s = min(ttl / 1000.0, self.settings.max_deadline)
+        if service_name.startswith(MMI_PREFIX):
+            return self._on_mmi(client, service_name, body, header)
+        service = self.services.get(service_name)
+        if service is None:
+            if len(service_name) > mdp.MAX_SERVICE_LENGTH or not _utf8(service_name):
+                self._malformed(client, "service name is not UTF-8 of at most "
+                                f"{mdp.MAX_SERVICE_LENGTH} bytes", frames)
+                return self._reply_direct(client, service_name, header, ErrorCode.BAD_REQUEST,
+                                          "service name must be UTF-8, at most "
+                                          f"{mdp.MAX_SERVICE_LENGTH} bytes")
+            service = self.services[service_name] = Service(bytes(service_name))
+        counters = self.counters
+        counters["requests"] += 1
+        request_id = None
+        if header is not None:
+            request_id = str(header["id"])
+            if (client, request_id) in self.by_key:
+                counters["duplicates"] += 1  # the first copy is still live: it will answer
+                return None
+        now = self._clock()
+        self._ticket_seq += 1
+        ticket = self._ticket_prefix + self._ticket_seq.to_bytes(8, "big")
+        req = Request(ticket, client, service, request_id, header, body, now + deadline_s, now)
+        if request_id is not None:
+            self.by_key[(client, request_id)] = req
+        if deadline_s <= 0:
+            return self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
+                                      "request arrived with no time left (ttl <= 0)")
+        self.requests[ticket] = req
+        available = service.available
+        if available and not service.queue:
+            identity, worker = available.popitem(last=False)
+            if self._assign(worker, req):
+                if len(worker.in_flight) < worker.slots:
+                    available[identity] = worker
+                heapq.heappush(self._deadlines, (req.deadline, ticket))
+                return None
+            # the worker was gone: _assign queued the request and purged the worker
+        elif not self._enqueue(req, front=False):
+            return None
+        heapq.heappush(self._deadlines, (req.deadline, ticket))
+        self._dispatch(service)
+        return None
+
+    def _bad_header(self, client: bytes, service: bytes, frame: bytes) -> None:
+        self.counters["malformed"] += 1
+        self._warn.log(logging.WARNING, "request header from client %s has bad field types",
+                       client.hex())
+        try:
+            header = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        except Exception:
+            header = None
+        self._reply_direct(client, service, header, ErrorCode.BAD_REQUEST,
+                           "request header fields 'ttl' and 'attempt' must be integers")
+
+    def _enqueue(self, req: Request, *, front: bool) -> bool:
+        """Put ``req`` in its service's queue; answer ``overloaded`` when it is full.
+
+        Re-dispatched requests (``front``) skip the bound: they were admitted already.
+        """
+        service = req.service
+        if not front:
+            if len(service.queue) >= self.settings.queue_limit:
+                self._answer_error(req, ErrorCode.OVERLOADED,
+                                   f"service {service.name!r} has {len(service.queue)} "
+                                   "requests waiting (the queue limit); retry later")
+                return False
+            if self.queued_total >= self.settings.total_queue_limit:
+                self._answer_error(req, ErrorCode.OVERLOADED,
+                                   f"the broker has {self.queued_total} requests waiting "
+                                   "(its total queue limit); retry later")
+                return False
+        service.queue[req.ticket] = req
+        if front:
+            service.queue.move_to_end(req.ticket, last=False)
+        self.queued_total += 1
+        return True
+
+    # ------------------------------------------------------------------ MMI (RFC 8)
+
+    def _on_mmi(self, client: bytes, service: bytes, body: list, header: dict | None) -> None:
+        if service == MMI_SERVICE:
+            name = body[1] if header is not None else body[0]
+            known = self.services.get(bytes(name))
+            answer = b"200" if known is not None and known.workers else b"404"
+        elif service == MMI_STATUS:
+            answer = pack(self.status())
+        else:
+            answer = b"501"
+        if header is not None:
+            reply = [ReplyHeader(str(header["id"])).encode(), answer]
+        else:
+            reply = [answer]
+        self._send(client, [C_HDR, C_FINAL, service, *reply])
+
+    def status(self) -> dict[str, Any]:
+        """The ``mmi.status`` document (format in docs/interfaces.md)."""
+        now = self._clock()
+        s = self.settings
+        counters = dict(self.counters)
+        counters["errors_by_code"] = dict(self.counters["errors_by_code"])
+        counters["queued"] = self.queued_total
+        counters["live_requests"] = len(self.requests)
+        return {
+            "broker": {
+                "id": self.broker_id, "version": BROKER_VERSION, "endpoint": self.endpoint,
+                "uptime_s": round(now - self.started, 3),
+                "heartbeat_interval_s": s.heartbeat_interval, "liveness": s.liveness,
+                "queue_limit": s.queue_limit, "default_deadline_s": s.default_deadline,
+                "max_message_bytes": s.max_message_bytes, "pid": os.getpid(),
+            },
+            "services": {svc.name: service_status(svc) for svc in self.services.values()},
+            "workers": [worker_status(w, now) for w in self.workers.values()],
+            "counters": counters,
+        }
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_worker(self, identity: bytes, frames: list, address: str | None) -> None:
+        command = frames[1]
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_seen = self._clock()
+            self._activity.move_to_end(identity)
+        if command == W_FINAL or command == W_PARTIAL:
+            if len(frames) < 4 or not frames[2] or frames[3] != EMPTY:
+                return self._violation(identity, worker, f"{_COMMAND_NAMES[command]} needs "
+                                       "a client address frame and an empty frame", frames)
+            if worker is None:
+                return self._unknown_worker(identity, command)
+            return self._on_reply(worker, frames, command == W_FINAL)
+        if command == W_HEARTBEAT:
+            if len(frames) != 2:
+                return self._violation(identity, worker, "HEARTBEAT with extra frames", frames)
+            if worker is None:
+                return self._unknown_worker(identity, command)
+            return None
+        if command == W_READY:
+            return self._on_ready(identity, worker, frames, address)
+        if command == W_DISCONNECT:
+            if worker is not None:
+                log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
+                self._purge(worker, "it sent DISCONNECT", send_disconnect=False)
+            return None
+        if command == W_REQUEST:
+            return self._violation(identity, worker, "a worker may not send REQUEST", frames)
+        return self._violation(identity, worker,
+                               f"unknown worker command {bytes(command[:4])!r}", frames)
+
+    def _on_reply(self, worker: Worker, frames: list, final: bool) -> None:
+        ticket = frames[2]
+        if final:
+            req = worker.in_flight.pop(ticket, None)
+        else:
+            req = worker.in_flight.get(ticket)
+        if req is None:
+            self.counters["late_replies"] += 1  # not (or no longer) this worker's request
+            return None
+        body = frames[4:]
+        if final:
+            service = worker.service
+            service.in_flight -= 1
+            if not req.done:
+                self._finish(req)
+                worker.served += 1
+                service.served += 1
+                if body and len(body[0]) <= MAX_HEADER_BYTES and _OK_FALSE in _frame_bytes(body[0]):
+                    self._count_worker_error(service, body[0])
+                self._send(req.client, [C_HDR, C_FINAL, service.name_bytes, *body])
+            else:
+                self.counters["late_replies"] += 1
+            if len(worker.in_flight) == worker.slots - 1:  # it was full: free again
+                service.available[worker.identity] = worker
+            if service.queue:
+                self._dispatch(service)
+        elif not req.done:
+            self._send(req.client, [C_HDR, C_PARTIAL, req.service.name_bytes, *body])
+        return None
+
+    def _count_worker_error(self, service: Service, frame) -> None:
+        try:
+            header = msgpack.unpackb(_frame_bytes(frame), raw=False, strict_map_key=False)
+        except Exception:
+            return
+        if isinstance(header, dict) and header.get("ok") is False:
+            service.errors += 1
+            self._count_error(str(header.get("code", ErrorCode.INTERNAL.value)))
+
+    def _on_ready(self, identity: bytes, worker: Worker | None, frames: list,
+                  address: str | None) -> None:
+        if worker is not None:
+            return self._violation(identity, worker, "READY from an already registered worker",
+                                   frames)
+        if not 3 <= len(frames) <= 4:
+            return self._violation(identity, None, "READY needs a service frame and at most "
+                                   "one metadata frame", frames)
+        name = frames[2]
+        if not name or len(name) > mdp.MAX_SERVICE_LENGTH or not _utf8(name):
+            return self._violation(identity, None, "READY service name must be UTF-8 of 1 to "
+                                   f"{mdp.MAX_SERVICE_LENGTH} bytes", frames)
+        if name.startswith(MMI_PREFIX):
+            return self._violation(identity, None, f"a worker may not register {name!r}: "
+                                   "mmi.* services belong to the broker", frames)
+        metadata: dict = {}
+        slots = 1
+        if len(frames) == 4:
+            try:
+                metadata = msgpack.unpackb(frames[3], raw=False, strict_map_key=False)
+            except Exception:
+                metadata = None
+            if not isinstance(metadata, dict):
+                return self._violation(identity, None, "READY metadata frame is not a msgpack "
+                                       "map", frames)
+            raw_slots = metadata.get("slots", 1)
+            if (not isinstance(raw_slots, int) or isinstance(raw_slots, bool)
+                    or not 1 <= raw_slots <= self.settings.max_slots):
+                return self._violation(identity, None, "READY metadata 'slots' must be an "
+                                       f"integer from 1 to {self.settings.max_slots}", frames)
+            slots = raw_slots
+        service = self.services.get(name)
+        if service is None:
+            service = self.services[name] = Service(bytes(name))
+        now = self._clock()
+        worker = Worker(identity, service, slots, metadata, address, now)
+        self.workers[identity] = worker
+        self._activity[identity] = worker
+        self._heartbeats.append((now + self.settings.heartbeat_interval, worker))
+        service.workers[identity] = worker
+        service.available[identity] = worker
+        self.counters["workers_registered"] += 1
+        log.info("worker %s registered for %r with %d slot(s) from %s", worker.worker_id,
+                 service.name, slots, address or "unknown address")
+        self._dispatch(service)
+        return None
+
+    def _unknown_worker(self, identity: bytes, command: bytes) -> None:
+        """RFC 18: anything but READY from an unregistered worker gets DISCONNECT.
+
+        This is also how workers learn that the broker restarted: they reconnect and
+        send READY again.
+        """
+        self.counters["unknown_worker_messages"] += 1
+        self._warn.log(logging.DEBUG, "%s from unregistered worker %s: sent DISCONNECT",
+                       _COMMAND_NAMES.get(command, "?"), identity.hex())
+        self._send(identity, [W_HDR, W_DISCONNECT])
+
+    def _violation(self, identity: bytes, worker: Worker | None, reason: str,
+                   frames: list) -> None:
+        """A worker broke the protocol: count, log, purge it, and send DISCONNECT."""
+        self.counters["protocol_errors"] += 1
+        self.counters["malformed"] += 1
+        self._warn.log(logging.WARNING, "protocol violation by worker %s: %s (%s); "
+                       "sent DISCONNECT", identity.hex(), reason, _describe(frames))
+        if worker is not None:
+            self._purge(worker, f"protocol violation: {reason}", send_disconnect=False)
+        self._send(identity, [W_HDR, W_DISCONNECT])
+
+    def _malformed(self, identity: bytes, reason: str, frames: list) -> None:
+        self.counters["malformed"] += 1
+        self._warn.log(logging.WARNING, "malformed message from %s: %s (%s)", identity.hex(),
+                       reason, _describe(frames))
+        worker = self.workers.get(identity)
+        if worker is not None:  # a registered worker that sent garbage broke the protocol
+            self.counters["protocol_errors"] += 1
+            self._purge(worker, f"malformed message: {reason}", send_disconnect=True)
+
+    def _oversized(self, identity: bytes, frames: list, size: int) -> None:
+        limit = self.settings.max_message_bytes
+        self._malformed(identity, f"message of {size} bytes exceeds the limit of {limit}",
+                        frames[:3])
+        if (len(frames) >= 3 and frames[0] == C_HDR and frames[1] == C_REQUEST
+                and self.workers.get(identity) is None):
+            header = _request_header(frames[3]) if len(frames) >= 5 else None
+            if header is _BAD_HEADER:
+                header = None
+            self._reply_direct(identity, frames[2], header, ErrorCode.BAD_REQUEST,
+                               f"request of {size} bytes exceeds the broker's limit of "
+                               f"{limit} bytes (MOLE_BROKER_MAX_MESSAGE_BYTES)")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _assign(self, worker: Worker, req: Request) -> bool:
+        """Send ``req`` to ``worker``; on failure queue it at the front and purge the worker.
+
+        The caller has taken the worker out of ``service.available`` and puts it back when
+        it still has a free slot.
+        """
+        body = req.body
+        if req.dispatches and req.header is not None:
+            body = [self._fresh_header(req), *body[1:]]
+        send = self.socket.send
+        try:
+            send(worker.identity, FIRST)
+        except zmq.ZMQError as err:  # gone (EHOSTUNREACH) or its pipe is full (EAGAIN)
+            if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            req.worker = None
+            self._enqueue(req, front=True)
+            self._purge(worker, "it is unreachable", send_disconnect=False, dispatch=False)
+            return False
+        send(W_HDR, SNDMORE)
+        send(W_REQUEST, SNDMORE)
+        send(req.ticket, SNDMORE)
+        send(EMPTY, SNDMORE)
+        last = len(body) - 1
+        for i, frame in enumerate(body):
+            send(frame, SNDMORE if i < last else 0, copy=False)
+        req.dispatches += 1
+        req.worker = worker
+        worker.in_flight[req.ticket] = req
+        worker.service.in_flight += 1
+        return True
+
+    def _fresh_header(self, req: Request) -> bytes:
+        """Our header with the time left and the attempt number as of this dispatch."""
+        header = dict(req.header)
+        header["ttl"] = max(1, int((req.deadline - self._clock()) * 1000))
+        header["attempt"] = int(header.get("attempt", 0)) + req.dispatches
+        return pack(header)
+
+    def _dispatch(self, service: Service) -> None:
+        """Give waiting requests to free workers of ``service`` until one side runs out."""
+        queue = service.queue
+        available = service.available
+        while queue and available:
+            _, req = queue.popitem(last=False)
+            self.queued_total -= 1
+            if req.done:
+                continue
+            identity, worker = available.popitem(last=False)
+            if self._assign(worker, req) and len(worker.in_flight) < worker.slots:
+                available[identity] = worker
+
+    # ------------------------------------------------------------------ purge
+
+    def _purge(self, worker: Worker, reason: str, *, send_disconnect: bool,
+               dispatch: bool = True) -> None:
+        """Forget ``worker``; re-dispatch its requests or answer them ``worker_lost``."""
+        if not worker.alive:
+            return
+        worker.alive = False
+        identity = worker.identity
+        service = worker.service
+        self.workers.pop(identity, None)
+        self._activity.pop(identity, None)
+        service.workers.pop(identity, None)
+        service.available.pop(identity, None)
+        self.counters["workers_purged"] += 1
+        now = self._clock()
+        redispatched = lost = 0
+        for req in reversed(list(worker.in_flight.values())):
+            service.in_flight -= 1
+            if req.done:
+                continue
+            req.worker = None
+            req.lost = True
+            if req.dispatches < self.settings.max_attempts and req.deadline > now:
+                self._enqueue(req, front=True)
+                redispatched += 1
+            else:
+                lost += 1
+                self._answer_error(req, ErrorCode.WORKER_LOST,
+                                   f"worker {worker.worker_id} of {service.name!r} was lost "
+                                   f"({reason}) after {req.dispatches} attempt(s)")
+        worker.in_flight.clear()
+        self.counters["redispatched"] += redispatched
+        log.info("worker %s of %r purged: %s; %d request(s) re-dispatched, %d lost",
+                 worker.worker_id, service.name, reason, redispatched, lost)
+        if send_disconnect:
+            self._send(identity, [W_HDR, W_DISCONNECT])
+        if dispatch:
+            self._dispatch(service)
+        if service.idle():
+            self.services.pop(service.name_bytes, None)
+
+    # ------------------------------------------------------------------ timers
+
+    def _run_timers(self, now: float) -> None:
+        s = self.settings
+        # heartbeats: each worker once per interval, spread by registration time
+        beats = self._heartbeats
+        while beats and beats[0][0] <= now:
+            _, worker = beats.popleft()
+            if not worker.alive:
+                continue
+            if self._send(worker.identity, [W_HDR, W_HEARTBEAT]):
+                beats.append((now + s.heartbeat_interval, worker))
+            else:
+                self._purge(worker, "it is unreachable", send_disconnect=False)
+        # expiry: the least recently heard-from workers are at the front
+        activity = self._activity
+        expiry = s.expiry
+        while activity:
+            worker = next(iter(activity.values()))
+            if worker.last_seen + expiry > now:
+                break
+            self._purge(worker, f"silent for {now - worker.last_seen:.2f}s",
+                        send_disconnect=True)
+        # deadlines
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, ticket = heapq.heappop(heap)
+            req = self.requests.get(ticket)
+            if req is None or req.deadline != deadline:
+                continue
+            self._expire(req, now)
+        if len(heap) > 4096 and len(heap) > 4 * len(self.requests):
+            self._compact_deadlines()
+        # slots held for requests answered at their deadline, whose reply never came
+        releases = self._releases
+        while releases and releases[0][0] <= now:
+            _, identity, ticket = heapq.heappop(releases)
+            worker = self.workers.get(identity)
+            if worker is None or ticket not in worker.in_flight:
+                continue
+            del worker.in_flight[ticket]
+            worker.service.in_flight -= 1
+            if len(worker.in_flight) == worker.slots - 1:
+                worker.service.available[identity] = worker
+            self._dispatch(worker.service)
+
+    def _expire(self, req: Request, now: float) -> None:
+        service = req.service
+        worker = req.worker
+        if worker is None:  # still waiting in the queue
+            if service.queue.pop(req.ticket, None) is not None:
+                self.queued_total -= 1
+            waited = now - req.received_at
+            if req.lost:
+                self._answer_error(req, ErrorCode.WORKER_LOST,
+                                   f"the worker holding this request for {service.name!r} was "
+                                   f"lost and no other worker took it within {waited:.1f}s")
+            elif not service.workers:
+                self._answer_error(req, ErrorCode.NO_WORKER,
+                                   f"no worker of service {service.name!r} registered within "
+                                   f"the deadline ({waited:.1f}s)")
+            else:
+                self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
+                                   f"all {len(service.workers)} worker(s) of {service.name!r} "
+                                   f"stayed busy until the deadline ({waited:.1f}s)")
+        else:
+            self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
+                               f"worker {worker.worker_id} of {service.name!r} did not answer "
+                               "before the deadline")
+            heapq.heappush(self._releases, (now + self.settings.release_grace,
+                                            worker.identity, req.ticket))
+        if service.idle():
+            self.services.pop(service.name_bytes, None)
+
+    def _compact_deadlines(self) -> None:
+        requests = self.requests
+        self._deadlines = [
+            entry for entry in self._deadlines
+            if (req := requests.get(entry[1])) is not None and req.deadline == entry[0]
+        ]
+        heapq.heapify(self._deadlines)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        """Tell workers DISCONNECT and give every unanswered request an error."""
+        if self.socket is None:
+            return
+        for worker in list(self.workers.values()):
+            self._send(worker.identity, [W_HDR, W_DISCONNECT])
+        answered = 0
+        for req in list(self.requests.values()):
+            if req.done:
+                continue
+            answered += 1
+            if req.worker is None:
+                self._answer_error(req, ErrorCode.NO_WORKER,
+                                   "the broker is shutting down; retry when it is back")
+            else:
+                self._answer_error(req, ErrorCode.WORKER_LOST,
+                                   "the broker is shutting down; the request may or may not "
+                                   "have been processed")
+        log.info("broker shutting down: %d worker(s) disconnected, %d request(s) answered "
+                 "with an error", len(self.workers), answered)
+        self.close()
+
+
+# ---------------------------------------------------------------------- helpers
+
+#: Marker: the frame is our header but a field has the wrong type.
+_BAD_HEADER: dict = {}
+
+
+def _request_header(frame) -> dict | None:
+    """Our request header as a dict, None for an opaque body, _BAD_HEADER when invalid."""
+    data = _frame_bytes(frame)
+    if not data or len(data) > MAX_HEADER_BYTES or data[0] & 0xF0 != 0x80:
+        return None  # not a msgpack fixmap: an opaque RFC 18 body
+    try:
+        header = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if not isinstance(header, dict) or header.get("v") != VERSION or "id" not in header:
+        return None
+    ttl = header.get("ttl")
+    attempt = header.get("attempt", 0)
+    if (ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool))) or (
+            not isinstance(attempt, int) or isinstance(attempt, bool)):
+        return _BAD_HEADER
+    return header
+
+
+def _frame_bytes(frame) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    try:
+        return frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError, UnicodeDecodeError):
+        return None
+
+
+def _describe(frames: list) -> str:
+    """A short, safe description of a message's frames for a log line."""
+    shown = [repr(f[:16] if isinstance(f, bytes) else bytes(f.buffer[:16])) for f in frames[:4]]
+    more = f", +{len(frames) - 4} more" if len(frames) > 4 else ""
+    return f"{len(frames)} frame(s): {', '.join(shown)}{more}"

@@ -1,0 +1,127 @@
+"""The broker's settings: defaults, then ``MOLE_*`` environment variables, then flags.
+
+One small function reads the environment (:func:`settings_from_env`); everything else
+takes a :class:`BrokerSettings`, so tests build one directly with short heartbeats.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+DEFAULT_BIND = "tcp://*:5555"
+
+
+class SettingsError(ValueError):
+    """A setting (flag or environment variable) has a value the broker cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Everything that tunes the broker. Times are seconds, sizes bytes.
+
+    Attributes:
+        bind: ZeroMQ endpoint of the one ROUTER socket (clients and workers share it).
+        heartbeat_interval: how often the broker heartbeats each worker, and how often it
+            expects to hear from each worker.
+        liveness: heartbeats a worker may miss before it is purged; a worker is dead after
+            ``heartbeat_interval * liveness`` of silence.
+        queue_limit: requests that may wait per service; one more is ``overloaded`` at once.
+        total_queue_limit: requests that may wait over all services together (a bound
+            against clients inventing service names).
+        default_deadline: deadline of a request that carries no ``ttl`` (opaque RFC 18
+            bodies, or our header without one).
+        max_deadline: longest deadline the broker honours; longer ``ttl`` values are cut.
+        max_attempts: dispatches a request may get (the first one included) before a lost
+            worker turns it into ``worker_lost``.
+        max_message_bytes: largest message (all frames together) the broker accepts; also
+            set as ``ZMQ_MAXMSGSIZE`` so a bigger single frame drops that peer's connection.
+        max_slots: most concurrent requests one worker may ask for in its READY metadata.
+        hwm: ZeroMQ send/receive high-water mark per peer, in messages.
+        release_grace: how long after a request's deadline the broker still keeps its slot
+            on the worker reserved, waiting for the (late) reply, before freeing it.
+    """
+
+    bind: str = DEFAULT_BIND
+    heartbeat_interval: float = 2.5
+    liveness: int = 3
+    queue_limit: int = 1000
+    total_queue_limit: int = 100_000
+    default_deadline: float = 30.0
+    max_deadline: float = 3600.0
+    max_attempts: int = 3
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_slots: int = 1024
+    hwm: int = 100_000
+    release_grace: float = 10.0
+
+    @property
+    def expiry(self) -> float:
+        """Seconds of silence after which a worker is purged."""
+        return self.heartbeat_interval * self.liveness
+
+    def validated(self) -> BrokerSettings:
+        """Return self after checking every value; raise :class:`SettingsError` otherwise."""
+        if not self.bind:
+            raise SettingsError("bind endpoint is empty; give e.g. --bind tcp://*:5555")
+        positive = ("heartbeat_interval", "default_deadline", "max_deadline")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be > 0 (got {getattr(self, name)!r})")
+        at_least_one = (
+            "liveness", "queue_limit", "total_queue_limit", "max_attempts",
+            "max_message_bytes", "max_slots", "hwm",
+        )
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1 (got {getattr(self, name)!r})")
+        if self.release_grace < 0:
+            raise SettingsError(f"release_grace must be >= 0 (got {self.release_grace!r})")
+        return self
+
+
+#: environment variable -> settings field. The heartbeat pair is shared with workers.
+ENV_VARS: dict[str, str] = {
+    "MOLE_BROKER_BIND": "bind",
+    "MOLE_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "MOLE_HEARTBEAT_LIVENESS": "liveness",
+    "MOLE_BROKER_QUEUE_LIMIT": "queue_limit",
+    "MOLE_BROKER_TOTAL_QUEUE_LIMIT": "total_queue_limit",
+    "MOLE_BROKER_DEFAULT_DEADLINE": "default_deadline",
+    "MOLE_BROKER_MAX_DEADLINE": "max_deadline",
+    "MOLE_BROKER_MAX_ATTEMPTS": "max_attempts",
+    "MOLE_BROKER_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "MOLE_BROKER_MAX_SLOTS": "max_slots",
+}
+
+_TYPES = {f.name: f.type for f in fields(BrokerSettings)}
+
+
+def _convert(name: str, raw: str, source: str):
+    kind = _TYPES[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as err:
+        raise SettingsError(f"{source}={raw!r} is not a valid {kind}") from err
+    return raw
+
+
+def settings_from_env(env: Mapping[str, str] | None = None,
+                      base: BrokerSettings | None = None) -> BrokerSettings:
+    """Defaults overridden by the ``MOLE_*`` variables set in ``env`` (os.environ if None)."""
+    env = os.environ if env is None else env
+    values = {}
+    for var, name in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is not None and raw != "":
+            values[name] = _convert(name, raw, var)
+    return replace(base or BrokerSettings(), **values)
+
+
+def with_overrides(settings: BrokerSettings, **overrides) -> BrokerSettings:
+    """``settings`` with every override that is not None applied (flags over env)."""
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,133 @@
+"""The broker's bookkeeping records: a request, a worker, a service.
+
+Plain ``__slots__`` classes rather than dataclasses: the broker creates one
+:class:`Request` per message on its hot path, and these stay small and cheap. The broker
+loop (``broker.core``) is the only code that mutates them; :mod:`broker.status` reads them.
+
+Structures that keep dispatch O(1) in the number of services and workers:
+
+* ``Service.available`` is an insertion-ordered dict of the workers with a free slot:
+  dispatch pops the first and, if it still has a free slot, puts it back at the end
+  (round robin weighted by slots).
+* ``Service.queue`` is an insertion-ordered dict of waiting requests keyed by ticket:
+  popping the oldest, putting a re-dispatched request back at the front, and removing one
+  whose deadline passed are all O(1).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+
+class Request:
+    """One client request, from its arrival until its one final answer.
+
+    ``body`` holds the frames after the service frame, as received (the payload frames
+    stay ``zmq.Frame`` objects, forwarded without copying). ``header`` is our decoded
+    request header, or None for an opaque RFC 18 body.
+    """
+
+    __slots__ = (
+        "ticket", "client", "service", "request_id", "header", "body", "deadline",
+        "dispatches", "worker", "done", "lost", "received_at",
+    )
+
+    def __init__(self, ticket: bytes, client: bytes, service: Service, request_id: str | None,
+                 header: dict | None, body: list, deadline: float, now: float) -> None:
+        self.ticket = ticket
+        self.client = client
+        self.service = service
+        self.request_id = request_id
+        self.header = header
+        self.body = body
+        self.deadline = deadline
+        self.dispatches = 0
+        self.worker: Worker | None = None
+        self.done = False  # answered (by the worker or the broker): later replies are dropped
+        self.lost = False  # was on a worker that was purged
+        self.received_at = now
+
+
+class Worker:
+    """A registered worker: one ROUTER peer that sent READY for one service."""
+
+    __slots__ = (
+        "identity", "service", "slots", "in_flight", "served", "last_seen", "metadata",
+        "address", "worker_id", "registered_at", "alive",
+    )
+
+    def __init__(self, identity: bytes, service: Service, slots: int, metadata: dict,
+                 address: str | None, now: float) -> None:
+        self.identity = identity
+        self.service = service
+        self.slots = slots
+        self.in_flight: dict[bytes, Request] = {}
+        self.served = 0
+        self.last_seen = now
+        self.metadata = metadata
+        self.address = address
+        wid = metadata.get("worker_id")
+        self.worker_id = str(wid) if wid not in (None, "") else identity.hex()
+        self.registered_at = now
+        self.alive = True
+
+    @property
+    def free(self) -> bool:
+        return len(self.in_flight) < self.slots
+
+
+class Service:
+    """A service name (a base_model_key), its workers and its waiting requests."""
+
+    __slots__ = ("name", "name_bytes", "workers", "available", "queue", "in_flight", "served",
+                 "errors")
+
+    def __init__(self, name_bytes: bytes) -> None:
+        self.name_bytes = name_bytes
+        self.name = name_bytes.decode("utf-8")
+        self.workers: dict[bytes, Worker] = {}
+        self.available: OrderedDict[bytes, Worker] = OrderedDict()
+        self.queue: OrderedDict[bytes, Request] = OrderedDict()
+        self.in_flight = 0
+        self.served = 0
+        self.errors = 0
+
+    def idle(self) -> bool:
+        """True when nothing refers to this service and no worker ever served it.
+
+        Such entries are dropped, so clients asking for names nobody serves cannot grow
+        the broker's tables without bound; their errors stay in the global counters.
+        """
+        return not self.workers and not self.queue and self.in_flight == 0 and self.served == 0
+
+    def slots(self) -> int:
+        return sum(w.slots for w in self.workers.values())
+
+
+def worker_status(worker: Worker, now: float) -> dict[str, Any]:
+    """One worker's row of ``mmi.status``."""
+    return {
+        "id": worker.worker_id,
+        "identity": worker.identity.hex(),
+        "service": worker.service.name,
+        "address": worker.address,
+        "slots": worker.slots,
+        "in_flight": len(worker.in_flight),
+        "served": worker.served,
+        "last_heartbeat_s": round(max(0.0, now - worker.last_seen), 3),
+        "registered_s": round(max(0.0, now - worker.registered_at), 3),
+        "metadata": worker.metadata,
+    }
+
+
+def service_status(service: Service) -> dict[str, Any]:
+    """One service's row of ``mmi.status``."""
+    return {
+        "workers": len(service.workers),
+        "slots": service.slots(),
+        "in_flight": service.in_flight,
+        "queue_depth": len(service.queue),
+        "served": service.served,
+        "errors": service.errors,
+    }
