@@ -108,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
         engine = Engine.load(args.model_key, registry, settings, worker_id=worker_id)
     except (ModelLoadError, RegistryError) as err:
         log.error("cannot start worker for %s: %s", args.model_key, err)
-        print(f"mole worker: {err}", file=sys.stderr)
         return 2
     if engine.tiny:
         log.warning("serving a TINY random-weight model: its predictions mean nothing")

@@ -139,14 +139,19 @@ def load_base_model(
     log.info("loading base model %s from %s%s on %s", spec.key, source,
              " (tiny random-weight model: predictions mean nothing)" if tiny else "", device)
 
+    check_adapters(experts, settings)  # fail before spending minutes on the base model
     t0 = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as err:
+        if local:
+            raise ModelLoadError(
+                f"base model {spec.key!r}: cannot load the tokenizer from {source}: {err}"
+            ) from err
         raise ModelLoadError(
-            f"base model {spec.key!r}: tokenizer not found at {source!r}"
-            + ("" if local else " in the local HF cache (set MOLE_MODELS_DIR or download "
-                                "the model first)") + f": {err}"
+            f"base model {spec.key!r}: {source!r} is not a local directory and is not in the "
+            f"local Hugging Face cache (nothing is downloaded at run time): put a copy in "
+            f"MOLE_MODELS_DIR/{spec.key}/ or pre-download {source!r}"
         ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -179,28 +184,40 @@ def load_base_model(
     return loaded
 
 
-def _load_adapters(loaded: LoadedModel, experts: list[ExpertSpec], settings: EngineSettings):
-    from peft import PeftModel
-
+def _adapters_by_path(experts: list[ExpertSpec]) -> dict[str, list[str]]:
     by_path: dict[str, list[str]] = {}
     for expert in experts:
         by_path.setdefault(expert.adapter_path, []).append(expert.adapter_name)
-    if not by_path:
-        return
-    if settings.adapters_dir is None:
+    return by_path
+
+
+def check_adapters(experts: list[ExpertSpec], settings: EngineSettings) -> None:
+    """Raise ModelLoadError naming the first adapter whose directory is missing."""
+    by_path = _adapters_by_path(experts)
+    if by_path and settings.adapters_dir is None:
         raise ModelLoadError(
             f"adapters {', '.join(sorted(by_path))} are needed but no adapters directory is "
             "set (MOLE_ADAPTERS_DIR or --adapters-dir)"
         )
-    model = loaded.model
-    for index, (adapter_path, names) in enumerate(sorted(by_path.items())):
-        directory = settings.adapters_dir / adapter_path
-        config = directory / "adapter_config.json"
+    for adapter_path, names in sorted(by_path.items()):
+        config = settings.adapters_dir / adapter_path / "adapter_config.json"
         if not config.is_file():
             raise ModelLoadError(
                 f"adapter {adapter_path!r} (for {', '.join(sorted(set(names)))}): "
                 f"{config} not found"
             )
+
+
+def _load_adapters(loaded: LoadedModel, experts: list[ExpertSpec], settings: EngineSettings):
+    from peft import PeftModel
+
+    by_path = _adapters_by_path(experts)
+    if not by_path:
+        return
+    check_adapters(experts, settings)
+    model = loaded.model
+    for index, (adapter_path, names) in enumerate(sorted(by_path.items())):
+        directory = settings.adapters_dir / adapter_path
         key = _adapter_key(adapter_path, index)
         t0 = time.perf_counter()
         try:

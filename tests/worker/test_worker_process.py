@@ -1,0 +1,168 @@
+"""``python -m worker`` as a real process on tiny models: it registers only when loaded,
+serves real requests over ZeroMQ, and fails fast naming what it cannot load."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from protocol import mdp
+from protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "llama-2-7b-hf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(tiny: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MOLE_MODELS_DIR=str(tiny / "models"), MOLE_ADAPTERS_DIR=str(tiny / "adapters"),
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MOLE_TORCH_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+def spawn_worker(tiny: Path, url: str, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "--broker", url, "--heartbeat-interval", "0.5", *args],
+        cwd=ROOT, env=worker_env(tiny, **env), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def test_worker_registers_after_loading_and_serves_over_zeromq(tiny_models):
+    """A raw ROUTER socket plays the broker's part of RFC 18, heartbeats included."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = free_port()
+    router.bind(f"tcp://127.0.0.1:{port}")
+    proc = spawn_worker(tiny_models, f"tcp://127.0.0.1:{port}", "--model-key", KEY,
+                        WORKER_ID="w-test")
+    try:
+        assert router.poll(120_000), "worker never sent READY"
+        ident, *frames = router.recv_multipart()
+        ready = mdp.decode_worker(frames)
+        assert ready.command == mdp.WorkerCommand.READY and ready.service == KEY
+        meta = msgpack.unpackb(ready.metadata, raw=False)
+        assert meta["worker_id"] == "w-test" and meta["tiny_model"] is True
+        assert meta["tasks"] == ["finance/rating"] and set(meta["languages"]) == {"en", "de",
+                                                                                   "fr"}
+        payloads = {
+            "en": {"task": "finance/rating", "language": "en", "text": "Great results!",
+                   "options": {"return_probabilities": True}},
+            "de": {"task": "finance/rating", "adapter": "fin-sentiment-de",
+                   "text": "Schlechte Zahlen."},
+            "bad": {"task": "finance/news", "language": "en", "text": "x"},
+        }
+        for rid, payload in payloads.items():
+            body = [RequestHeader(rid, 30_000).encode(), pack(payload)]
+            router.send_multipart([ident, *mdp.encode_worker(
+                mdp.WorkerCommand.REQUEST, client=f"ticket-{rid}".encode(), body=body)])
+        replies = {}
+        deadline = time.monotonic() + 60
+        while len(replies) < len(payloads) and time.monotonic() < deadline:
+            router.send_multipart([ident, mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
+            if router.poll(200):
+                _, *frames = router.recv_multipart()
+                message = mdp.decode_worker(frames)
+                if message.command == mdp.WorkerCommand.FINAL:
+                    header = decode_reply_header(message.body[0])
+                    assert message.client == f"ticket-{header.request_id}".encode()
+                    body = unpack(message.body[1]) if len(message.body) > 1 else None
+                    replies[header.request_id] = (header, body)
+        assert set(replies) == set(payloads)
+        header, body = replies["en"]
+        assert header.ok and body["result"] in {"1", "2", "3", "4", "5"}
+        assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-6
+        assert body["worker_id"] == "w-test" and body["tiny_model"] is True
+        assert replies["de"][1]["adapter"] == "fin-sentiment-de"
+        bad = replies["bad"][0]
+        assert not bad.ok and bad.code == "bad_request" and "task" in bad.message
+    finally:
+        log = stop(proc)
+        router.close(0)
+    assert "loading base model" in log and "adapter" in log and "warm-up done" in log
+    assert proc.returncode == 0, log
+
+
+@pytest.mark.skipif(importlib.util.find_spec("broker.__main__") is None,
+                    reason="the broker package (python -m broker) is not in this build yet")
+def test_worker_serves_through_a_real_broker_process(tiny_models):
+    from protocol import Client
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = subprocess.Popen([sys.executable, "-m", "broker", "--bind", url], cwd=ROOT,
+                              env=worker_env(tiny_models), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    worker = spawn_worker(tiny_models, url, "--model-key", "llama-3.1-8b-instruct",
+                          "--heartbeat-interval", "2.5")
+    try:
+        with Client(url, timeout=120.0) as client:
+            reply = client.request("llama-3.1-8b-instruct", {
+                "task": "finance/esci", "language": "ja", "query": "イヤホン",
+                "product": "ワイヤレスイヤホン", "options": {"return_probabilities": True},
+            }, timeout=120.0)
+            assert reply["result"] in {"E", "S", "C", "I"} and reply["tiny_model"] is True
+            assert reply["adapter"] == "fin-esci-ja"
+            with pytest.raises(Exception) as err:
+                client.request("llama-3.1-8b-instruct",
+                               {"task": "finance/esci", "language": "de", "text": "x"},
+                               timeout=30.0)
+            assert getattr(err.value, "code", None) == "bad_request"
+            workers = client.status()["workers"]
+            assert any(w["metadata"].get("tiny_model") for w in workers)
+    finally:
+        stop(worker)
+        stop(broker)
+
+
+@pytest.mark.parametrize("case", ["model", "adapter", "key"])
+def test_worker_fails_fast_naming_what_is_missing(tiny_models, tmp_path, case):
+    url = f"tcp://127.0.0.1:{free_port()}"
+    env: dict[str, str] = {}
+    key = "bloomz-7b1"
+    if case == "model":
+        env["MOLE_MODELS_DIR"] = str(tmp_path)  # no local copy, and no HF cache entry
+    elif case == "adapter":
+        env["MOLE_ADAPTERS_DIR"] = str(tmp_path)
+    else:
+        key = "no-such-model"
+    proc = spawn_worker(tiny_models, url, "--model-key", key, **env)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert proc.returncode == 2, out
+    expected = {"model": "bigscience/bloomz-7b1",
+                "adapter": "finance/sentiment_analysis/bloomz-7b1",
+                "key": "no-such-model"}[case]
+    assert expected in out
