@@ -48,3 +48,4 @@ def child_exit(server, worker) -> None:
     from frontend.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
+

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -120,7 +121,7 @@ def _ms(text: str) -> float:
 def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
     threads = min(connections, 2)
     out = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
          "--timeout", "30s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
@@ -167,8 +168,8 @@ def bench_mole(args, delay: float, work: Path, results: list) -> None:
     for s in services:
         worker_args += ["--service", s]
     with ExitStack() as stack:
-        stack.enter_context(proc([PY, "-m", "broker", "--bind", broker], work / "broker.log",
-                                 env()))
+        stack.enter_context(proc([*shlex.split(args.broker_cmd), "--bind", broker],
+                                 work / "broker.log", env()))
         stack.enter_context(proc(worker_args, work / "fixed_worker.log", env()))
         log = work / "frontend.log"
         fe = stack.enter_context(proc(
@@ -220,6 +221,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--worker-slots", type=int, default=32)
     parser.add_argument("--designs", default="mole,legacy")
+    parser.add_argument("--broker-cmd", default=f"{PY} -m broker",
+                        help="command that runs a broker (gets --bind URL appended)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
