@@ -84,12 +84,14 @@ def _train(args: argparse.Namespace) -> int:
         train = examples
         heldout = [ex for path in heldout_paths for ex in read_examples(path)]
         source = ", ".join(heldout_paths)
-    else:
+    elif len(examples) >= 20:
         shuffled = examples[:]
         random.Random(args.seed).shuffle(shuffled)
-        n = max(1, len(shuffled) // 10)
+        n = len(shuffled) // 10
         heldout, train = shuffled[:n], shuffled[n:]
         source = f"10% split of {args.data}"
+    else:
+        train, heldout, source = examples, [], "none (fewer than 20 examples)"
     domains = {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains}
     router = QRouter(domains, config=TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
     print(f"training on {len(train)} descriptions ({args.data}); held out: {len(heldout)} "
@@ -98,11 +100,13 @@ def _train(args: argparse.Namespace) -> int:
     report["data"] = str(args.data)
     report["heldout"] = source
     router.report = report
-    acc = report["validation_accuracy"]
-    print(f"train accuracy {report['train_accuracy']:.4f}; held-out accuracy {acc:.4f} "
-          f"({len(heldout)} descriptions); {report['seconds']} s")
-    if args.min_accuracy is not None and acc < args.min_accuracy:
-        print(f"held-out accuracy {acc:.4f} < {args.min_accuracy}: not saved", file=sys.stderr)
+    acc = report.get("validation_accuracy")
+    shown = f"{acc:.4f} ({len(heldout)} descriptions)" if acc is not None else "n/a"
+    print(f"train accuracy {report['train_accuracy']:.4f}; held-out accuracy {shown}; "
+          f"{report['seconds']} s")
+    if args.min_accuracy is not None and (acc is None or acc < args.min_accuracy):
+        print(f"held-out accuracy {shown} is under {args.min_accuracy}: not saved",
+              file=sys.stderr)
         return 1
     out = args.out or load_settings().router_path
     path = router.save(out)

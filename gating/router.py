@@ -207,8 +207,11 @@ class QRouter:
         """
         cfg = self.config
         rng = random.Random(cfg.seed)
-        for ex in examples:
+        if not examples:
+            raise InvalidInput("no training examples")
+        for ex in list(examples) + list(validation):
             self._check_example(ex)
+        eps = cfg.eps_start
         feats = [self.featurize(ex.description) for ex in examples]
         order = list(range(len(examples)))
         total = max(1, cfg.epochs * len(examples))

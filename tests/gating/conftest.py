@@ -7,7 +7,6 @@ predictions mean nothing: tests use it to check formats and arithmetic, not qual
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 # NOTE: tests/ (on sys.path under pytest) holds a ``gating`` directory without
 # __init__.py, which Python would import as an empty namespace package; the repository
 # root goes first so the real package wins (as tests/protocol/conftest.py does).
-sys.path.insert(0, str(Path(__file__).parent))  # po_samples
+sys.path.insert(0, str(Path(__file__).parent))  # po_samples, tiny_xlmr
 ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT in sys.path:
     sys.path.remove(ROOT)
@@ -26,7 +25,6 @@ for _name in ("gating", "protocol"):
     if _module is not None and getattr(_module, "__file__", None) is None:
         del sys.modules[_name]
 
-from gating.settings import DEFAULT_TRAIN_DATA  # noqa: E402
 from protocol.registry import load_registry  # noqa: E402
 
 #: one financial sentence per served language (40+ characters)
@@ -74,38 +72,6 @@ def detector(pipeline):
 @pytest.fixture(scope="session")
 def tiny_xlmr(tmp_path_factory) -> Path:
     """A local tiny random XLM-R directory (config, weights, tokenizer)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+    from tiny_xlmr import build_tiny_xlmr
 
-    out = tmp_path_factory.mktemp("tiny-xlmr")
-    texts = [json.loads(line)["description"] for line in DEFAULT_TRAIN_DATA.open(encoding="utf-8")]
-    texts += list(SENTENCES.values())
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>",
-        model_max_length=128,
-    )
-    config = XLMRobertaConfig(
-        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=132, pad_token_id=fast.pad_token_id,
-        bos_token_id=0, eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    XLMRobertaModel(config).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
+    return build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"), extra_texts=SENTENCES.values())
