@@ -178,11 +178,13 @@ def test_error_codes_surface_as_exceptions(bus):
 def test_broker_restart_while_requests_are_pending(bus):
     b = bus()
     b.echo("echo", slots=8, delay=1.0)
-    results, errors = [], []
+    results, attempts, errors = [], [], []
 
     def call(i):
         try:
-            results.append(b.client.request("echo", i, timeout=20)["echo"])
+            reply = b.client.request("echo", i, timeout=20)
+            results.append(reply["echo"])
+            attempts.append(reply["attempt"])
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -195,6 +197,7 @@ def test_broker_restart_while_requests_are_pending(bus):
         t.join(30)
     assert not errors, f"{errors[:2]}\n{b.procs.logs()}"
     assert sorted(results) == list(range(6))
+    assert min(attempts) >= 1  # every answer came from a resend to the new broker
 
 
 def test_broker_gone_for_good_gives_deadline_exceeded_not_a_hang(bus):
