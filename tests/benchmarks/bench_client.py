@@ -142,7 +142,8 @@ def main() -> int:
                 time.sleep(0.5)
             else:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "broker", "--bind", url], env=env, cwd=ROOT))
+                    [sys.executable, "-m", "broker", "--bind", url, "--log-level", "WARNING"],
+                    env=env, cwd=ROOT))
                 for i in range(args.workers):
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "worker.echo", "--broker", url, "--service",

@@ -66,13 +66,14 @@ class Procs:
                            _env(**env))
 
     def echo(self, url: str, service: str, *, slots: int = 1, delay: float = 0.0,
-             partials: int = 0, worker_id: str | None = None) -> subprocess.Popen:
+             partials: int = 0, worker_id: str | None = None,
+             env: dict[str, str] | None = None) -> subprocess.Popen:
         args = ["-m", "worker.echo", "--broker", url, "--service", service,
                 "--slots", str(slots), "--delay", str(delay), "--partials", str(partials),
                 "--reconnect-max", "0.5", "--log-level", "WARNING"]
         if worker_id:
             args += ["--worker-id", worker_id]
-        return self._spawn("echo", args, _env())
+        return self._spawn("echo", args, _env(**(env or {})))
 
     def logs(self) -> str:
         for log in self._logs:

@@ -247,3 +247,13 @@ def test_slots_are_honoured_through_the_broker(bus):
     elapsed = time.monotonic() - start
     assert elapsed >= 1.1  # 4 requests, 2 at a time, 0.6 s each: two rounds
     assert b.workers("echo")[0]["slots"] == 2
+
+
+def test_sigterm_makes_the_echo_worker_disconnect_at_once(bus):
+    slow = {"MOLE_HEARTBEAT_INTERVAL": "5", "MOLE_HEARTBEAT_LIVENESS": "3"}
+    b = bus(**slow)
+    proc = b.echo("echo", env=slow)
+    proc.terminate()
+    assert proc.wait(10) == 0
+    # purging by silence would take 15 s; DISCONNECT removes it at once
+    assert wait_until(lambda: not b.client.service_available("echo", timeout=1.0), timeout=3)
