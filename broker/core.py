@@ -579,14 +579,15 @@ class Broker:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _assign(self, worker: Worker, req: Request) -> bool:
+    def _assign(self, worker: Worker, req: Request, *, waited: bool = False) -> bool:
         """Send ``req`` to ``worker``; on failure queue it at the front and purge the worker.
 
         The caller has taken the worker out of ``service.available`` and puts it back when
-        it still has a free slot.
+        it still has a free slot. A request that ``waited`` in the queue (or is being
+        re-dispatched) gets a fresh header: the time it has left, and its attempt number.
         """
         body = req.body
-        if req.dispatches and req.header is not None:
+        if (waited or req.dispatches) and req.header is not None:
             body = [self._fresh_header(req), *body[1:]]
         send = self.socket.send
         try:
@@ -628,7 +629,7 @@ class Broker:
             if req.done:
                 continue
             identity, worker = available.popitem(last=False)
-            if self._assign(worker, req) and len(worker.in_flight) < worker.slots:
+            if self._assign(worker, req, waited=True) and len(worker.in_flight) < worker.slots:
                 available[identity] = worker
 
     # ------------------------------------------------------------------ purge

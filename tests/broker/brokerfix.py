@@ -1,0 +1,88 @@
+"""Shared helpers of the broker tests: a real ``python -m broker`` process, raw workers and
+raw clients (``tests/support/peers.py``), all cleaned up by :meth:`Bus.close`.
+
+Importing it makes ``broker``/``protocol`` resolve to the packages (not to same-named
+directories under ``tests/``, which Python would import as empty namespace packages).
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+for _name in ("protocol", "worker", "broker"):
+    _module = sys.modules.get(_name)
+    if _module is not None and getattr(_module, "__file__", None) is None:
+        del sys.modules[_name]
+
+from tests.support.peers import (  # noqa: E402
+    BrokerProcess,
+    RawClient,
+    start_worker,
+    stop_process,
+    wait_until,
+)
+
+#: Short heartbeats: a silent worker is purged after HEARTBEAT * LIVENESS = 0.6 s.
+HEARTBEAT = 0.2
+LIVENESS = 3
+
+
+class Bus:
+    """One test's broker processes, raw worker processes and raw clients; all cleaned up."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.brokers: list[BrokerProcess] = []
+        self.workers = []
+        self.clients: list[RawClient] = []
+
+    def broker(self, *flags: str, bind: str = "tcp://127.0.0.1:*",
+               env: dict[str, str] | None = None) -> BrokerProcess:
+        proc = BrokerProcess(self.tmp_path / f"broker{len(self.brokers)}.log", bind=bind,
+                             flags=["--heartbeat-interval", str(HEARTBEAT), "--liveness",
+                                    str(LIVENESS), *flags], env=env)
+        self.brokers.append(proc)
+        proc.start()
+        return proc
+
+    def worker(self, endpoint: str, service: str, **kwargs):
+        kwargs.setdefault("heartbeat", HEARTBEAT)
+        kwargs.setdefault("liveness", LIVENESS)
+        proc = start_worker(endpoint, service, log_path=self.tmp_path /
+                            f"worker{len(self.workers)}.log", **kwargs)
+        self.workers.append(proc)
+        return proc
+
+    def client(self, endpoint: str, **kwargs) -> RawClient:
+        client = RawClient(endpoint, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for proc in self.workers:
+            stop_process(proc)
+        for broker in self.brokers:
+            broker.stop()
+
+
+def workers_of(client: RawClient, service: str) -> list[dict]:
+    return [w for w in client.status()["workers"] if w["service"] == service]
+
+
+def wait_workers(client: RawClient, service: str, count: int, timeout: float = 20.0) -> list:
+    """Wait until exactly ``count`` workers of ``service`` are registered; return them."""
+    seen: list = []
+
+    def check() -> bool:
+        seen[:] = workers_of(client, service)
+        return len(seen) == count
+
+    assert wait_until(check, timeout), f"expected {count} worker(s) of {service}: {seen}"
+    return seen
+
+
+__all__ = ["HEARTBEAT", "LIVENESS", "Bus", "wait_until", "wait_workers", "workers_of"]

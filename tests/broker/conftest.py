@@ -1,0 +1,11 @@
+"""Fixtures for broker tests (helpers live in ``brokerfix``)."""
+
+import pytest
+from brokerfix import Bus
+
+
+@pytest.fixture
+def bus(tmp_path):
+    made = Bus(tmp_path)
+    yield made
+    made.close()

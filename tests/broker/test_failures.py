@@ -1,0 +1,139 @@
+"""Failures with real processes: SIGKILL/SIGSTOP workers, broker restart, broker SIGTERM.
+
+Heartbeats are 0.2 s with liveness 3, so a silent worker is purged after about 0.6 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+import zmq
+from brokerfix import HEARTBEAT, LIVENESS, Bus, wait_until, wait_workers, workers_of
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _hold_one_request(bus: Bus, url: str, service: str, delay: float):
+    """Start worker A, give it one request and wait until it holds it; then start B."""
+    client = bus.client(url)
+    a = bus.worker(url, service, delay=delay, worker_id="w-a")
+    wait_workers(client, service, 1)
+    rid = client.send(service, "precious", ttl_ms=30_000)
+    assert wait_until(lambda: workers_of(client, service)[0]["in_flight"] == 1, 10)
+    bus.worker(url, service, worker_id="w-b")
+    wait_workers(client, service, 2)
+    return client, a, rid
+
+
+def test_sigkilled_worker_request_is_answered_once_by_another(bus):
+    url = bus.broker().endpoint
+    client, a, rid = _hold_one_request(bus, url, "crashy", delay=30.0)
+    a.send_signal(signal.SIGKILL)
+    reply = client.recv_final(10)
+    assert reply is not None and reply.ok and reply.request_id == rid
+    assert reply.payload["worker"] == "w-b" and reply.payload["attempt"] == 1
+    assert client.recv(1.0) is None  # exactly one final
+    status = client.status()
+    assert status["counters"]["redispatched"] == 1
+    assert [w["id"] for w in status["workers"]] == ["w-b"]
+
+
+def test_sigstopped_worker_is_purged_and_its_request_redispatched(bus):
+    url = bus.broker().endpoint
+    client, a, rid = _hold_one_request(bus, url, "hangs", delay=1.5)
+    stopped_at = time.monotonic()
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        reply = client.recv_final(10)
+        waited = time.monotonic() - stopped_at
+        assert reply is not None and reply.ok and reply.request_id == rid
+        assert reply.payload["worker"] == "w-b"
+        # purged after the liveness window (0.6 s), not before
+        assert waited >= HEARTBEAT * (LIVENESS - 1)
+        assert [w["id"] for w in workers_of(client, "hangs")] == ["w-b"]
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    # A wakes up to the DISCONNECT the broker sent when it purged it, drops its work and
+    # registers again; the client never sees a second final
+    assert client.recv(2.0) is None
+    wait_workers(client, "hangs", 2)
+    assert client.status()["counters"]["workers_purged"] == 1
+
+
+def test_lost_worker_after_max_attempts_is_worker_lost(bus):
+    url = bus.broker("--max-attempts", "1").endpoint
+    client, a, rid = _hold_one_request(bus, url, "fragile", delay=30.0)
+    a.send_signal(signal.SIGKILL)
+    reply = client.recv_final(10)
+    assert reply is not None and reply.request_id == rid
+    assert reply.code == "worker_lost" and "after 1 attempt" in reply.header["msg"]
+    assert client.recv(0.5) is None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_broker_restart_workers_reregister_and_retries_succeed(bus):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    first = bus.broker(bind=url)
+    client = bus.client(url, identity=b"client-keeps-its-id")
+    bus.worker(url, "steady", worker_id="w-1")
+    bus.worker(url, "steady", worker_id="w-2")
+    wait_workers(client, "steady", 2)
+    assert client.call("steady", "before").ok
+
+    first.signal(signal.SIGKILL)
+    first.wait()
+    rid = client.send("steady", "during", ttl_ms=1000)  # lost with the broker
+    second = bus.broker(bind=url)
+    assert second.pid != first.pid
+    reply = None
+    for _ in range(20):  # the client retries the same request id until it is answered
+        reply = client.recv_final(1.5)
+        if reply is not None and reply.ok:
+            break
+        client.send("steady", "during", ttl_ms=1000, request_id=rid)
+    assert reply is not None and reply.ok and reply.request_id == rid
+    assert reply.payload["echo"] == "during"
+    wait_workers(client, "steady", 2)  # both re-registered with the new broker
+    assert client.status()["broker"]["pid"] == second.pid
+
+
+def test_sigterm_disconnects_workers_answers_waiting_requests_and_exits_0(bus):
+    broker = bus.broker()
+    url = broker.endpoint
+    client = bus.client(url)
+    ctx = zmq.Context.instance()
+    worker = ctx.socket(zmq.DEALER)
+    worker.setsockopt(zmq.LINGER, 0)
+    worker.connect(url)
+    worker.send_multipart([b"MDPW02", b"\x01", b"busy"])
+    wait_workers(client, "busy", 1)
+    held = client.send("busy", "in flight", ttl_ms=30_000)
+    assert worker.poll(5000)
+    assert worker.recv_multipart()[1] == b"\x02"  # the worker holds it and never answers
+    waiting = client.send("nobody", "queued", ttl_ms=30_000)
+    assert wait_until(lambda: client.status()["services"]["nobody"]["queue_depth"] == 1, 5)
+
+    broker.signal(signal.SIGTERM)
+    assert broker.wait(10) == 0
+    replies = {r.request_id: r for r in (client.recv_final(5), client.recv_final(5)) if r}
+    assert set(replies) == {held, waiting}
+    assert replies[waiting].code == "no_worker"
+    assert replies[held].code == "worker_lost"
+    assert all("shutting down" in r.header["msg"] for r in replies.values())
+    got = []
+    while worker.poll(2000):
+        got.append(worker.recv_multipart())
+        if got[-1] == [b"MDPW02", b"\x06"]:
+            break
+    assert got and got[-1] == [b"MDPW02", b"\x06"]  # DISCONNECT
+    worker.close(0)
+    assert "SIGTERM received" in broker.log()
