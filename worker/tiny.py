@@ -15,6 +15,7 @@ Layout (docs/interfaces.md)::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -310,6 +311,9 @@ def generate(
     spec = SIZES[size]
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     tokenizer = build_tokenizer(spec.vocab)
+    # Encoding with padding changes a fast tokenizer's saved state: train with a copy so
+    # every model directory gets the same tokenizer files, whatever the order.
+    train_tokenizer = copy.deepcopy(tokenizer)
     summary: dict[str, Any] = {"models": {}, "adapters": []}
     for key in wanted:
         t0 = time.perf_counter()
@@ -332,7 +336,7 @@ def generate(
         for adapter_path in adapter_paths:
             t1 = time.perf_counter()
             adapter_dir = out / "adapters" / adapter_path
-            train_adapter(model, architecture, tokenizer, adapter_path, adapter_dir)
+            train_adapter(model, architecture, train_tokenizer, adapter_path, adapter_dir)
             _write_marker(adapter_dir, {"base_model_key": key, "adapter_path": adapter_path})
             summary["adapters"].append(adapter_path)
             log(f"  adapter {adapter_path} ({time.perf_counter() - t1:.2f} s)")
