@@ -58,7 +58,13 @@ class FeatureSpec:
         )
 
 
+#: descriptions are a sentence or two; longer input is cut so a route stays cheap
+MAX_CHARS = 2000
+
+
 def normalize(text: str) -> str:
+    """Lower-cased NFKC with collapsed spaces; lone surrogates become U+FFFD."""
+    text = text[:MAX_CHARS].encode("utf-8", "replace").decode("utf-8")
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 

@@ -137,14 +137,17 @@ class LanguageDetector:
         """
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("text must be a non-empty string")
-        sample = _SPACE.sub(" ", text).strip()
+        # NOTE: fastText takes UTF-8; a lone surrogate (legal in a Python str, e.g. from a
+        # JSON "\ud800" escape) would make predict() raise TypeError
+        sample = _SPACE.sub(" ", text.encode("utf-8", "replace").decode("utf-8")).strip()
         used_description = False
         if (
             len(sample.replace(" ", "")) < self.min_chars
             and isinstance(description, str)
             and description.strip()
         ):
-            sample = f"{_SPACE.sub(' ', description).strip()} {sample}"
+            desc = description.encode("utf-8", "replace").decode("utf-8")
+            sample = f"{_SPACE.sub(' ', desc).strip()} {sample}"
             used_description = True
         if not any(ch.isalpha() for ch in sample):
             # fastText answers "english" for digits and punctuation; that is no evidence

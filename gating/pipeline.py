@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gating.domain import DomainPrediction, SingleDomain, check_domain
-from gating.errors import ArtifactError, InvalidInput, UnsupportedLanguage
+from gating.errors import ArtifactError, InvalidInput, UnknownTask, UnsupportedLanguage
 from gating.language import Detection, LanguageDetector
 from gating.router import QRouter, Route
 from gating.selector import ExpertSelector
 from gating.settings import GatingSettings, load_settings
-from protocol.registry import ExpertSpec, ExpertsRegistry, Language, load_registry
+from protocol.registry import (
+    ExpertSpec,
+    ExpertsRegistry,
+    Language,
+    UnknownExpert,
+    load_registry,
+)
 
 #: texts longer than this are cut for language detection only (bounded latency)
 MAX_DETECT_CHARS = 4000
@@ -265,7 +271,12 @@ class GatingPipeline:
             ) from None
         domain, _, task = task_key.rpartition("/")
         if not domain:
-            domain = self.registry.task(task_key).domain
+            try:
+                domain = self.registry.task(task_key).domain
+            except UnknownExpert as err:
+                raise UnknownTask(
+                    str(err), task=task_key, known=list(self.registry.tasks)
+                ) from err
         return self.selector.select(lang, domain, task)
 
     # -- online learning ---------------------------------------------------------------

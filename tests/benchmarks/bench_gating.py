@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from conftest import DESCRIPTIONS, SENTENCES  # noqa: E402
+from gating_samples import DESCRIPTIONS, SENTENCES  # noqa: E402
 
 from gating import GatingPipeline  # noqa: E402
 

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DESCRIPTIONS, SENTENCES
+from gating_samples import DESCRIPTIONS, SENTENCES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gating import (
     ArtifactError,
@@ -86,6 +88,20 @@ def test_a_language_the_task_does_not_serve_is_refused(pipeline, task, code):
     assert e.language == language(code).name
     assert sorted(e.served) == sorted(language(c).name for c in TABLE[task])
     assert "english" in e.served  # never a silent fallback to it
+
+
+def test_selection_errors(pipeline):
+    with pytest.raises(UnknownTask) as err:
+        pipeline.select("en", "summarise")
+    assert err.value.code == "unknown_task"
+    with pytest.raises(UnknownTask):
+        pipeline.select("en", "finance/summarise")
+    with pytest.raises(UnsupportedLanguage) as err:
+        pipeline.select("klingon", "finance/rating")
+    assert len(err.value.served) == 12
+    with pytest.raises(UnsupportedLanguage) as err:
+        pipeline.select("portuguese", "finance/rating")
+    assert err.value.task == "finance/rating"
 
 
 def test_routing_path_example(pipeline):
@@ -232,3 +248,33 @@ def test_default_path_imports_neither_torch_nor_transformers():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_hostile_input_is_routed_or_refused_never_a_crash(pipeline):
+    cases = [
+        ("Die Bank hat ihre Gebühren erhöht \ud800 und das ist schlecht", "Rate \udfff it 1-5"),
+        ("\x00\x00 Die Bank hat ihre Gebühren erhöht und das ist schlecht", "Rate it 1-5"),
+        ("x" * 1_000_000, "Rate it"),
+        ("Die Bank hat ihre Gebühren erhöht und das ist schlecht", "R" * 1_000_000),
+        ("\u200b\u200b\u200b", "Rate"),
+    ]
+    for text, desc in cases:
+        try:
+            result = pipeline.route(text, desc)
+        except GatingError as err:
+            assert err.code and err.message
+        else:
+            assert result.timings["total_ms"] < 1000
+    ok = pipeline.route(cases[0][0], cases[0][1])
+    assert ok.language.code == "de"
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=300), description=st.text(max_size=120))
+def test_any_unicode_routes_or_raises_a_gating_error(pipeline, text, description):
+    try:
+        result = pipeline.route(text, description)
+    except GatingError as err:
+        assert isinstance(err.code, str) and err.message
+    else:
+        assert result.expert.language == result.language

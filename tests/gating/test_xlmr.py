@@ -9,7 +9,7 @@ import copy
 import json
 
 import pytest
-from conftest import DESCRIPTIONS, SENTENCES
+from gating_samples import DESCRIPTIONS, SENTENCES
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
