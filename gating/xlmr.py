@@ -9,10 +9,16 @@ here may reach the hub.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from gating.errors import ArtifactError
+
+# NOTE: a fast tokenizer called with padding/truncation arguments mutates its Rust-side
+# settings, and concurrent calls can fail with "Already borrowed"; tokenising is cheap next
+# to the encoder, so one lock serialises it and the forward passes still run in parallel.
+_TOKENIZE_LOCK = threading.Lock()
 
 
 def import_torch():
@@ -90,13 +96,14 @@ def cls_embeddings(model, tokenizer, texts: list[str], max_len: int, batch_size:
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[i : i + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_len,
-                return_tensors="pt",
-            )
+            with _TOKENIZE_LOCK:
+                enc = tokenizer(
+                    texts[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_len,
+                    return_tensors="pt",
+                )
             hidden = model(**enc).last_hidden_state
             out.append(hidden[:, 0, :].float())
     return torch.cat(out) if out else torch.zeros(0, model.config.hidden_size)

@@ -1,4 +1,5 @@
-"""Labelled sentences in the 12 served languages, read from Django's gettext catalogs.
+"""Labelled sentences in the 12 served languages (and a few unserved ones), read from
+Django's gettext catalogs.
 
 Django's wheel ships translations of the same UI strings in many languages; a
 translation's ``msgstr`` is a real sentence written by a native speaker, labelled by the
@@ -26,6 +27,13 @@ LOCALES = {
     "da": "da",
     "pl": "pl",
     "tr": "tr",
+    # languages the registry does not serve (for refusal tests)
+    "pt": "pt",
+    "nb": "nb",
+    "ca": "ca",
+    "ro": "ro",
+    "ru": "ru",
+    "id": "id",
 }
 
 _PLACEHOLDER = re.compile(r"%\([^)]*\)[sdfr]|%[sdfr]|\{[^}]*\}|<[^>]+>|&[a-z]+;")

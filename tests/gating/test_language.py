@@ -40,6 +40,24 @@ def test_accuracy_on_labelled_sentences_in_all_served_languages(detector):
     assert min(per_language.values()) >= 0.85, per_language
 
 
+def test_unserved_languages_are_mostly_refused(detector):
+    """Sentences in languages nobody serves are refused, not mapped to a served language.
+
+    The rest are fastText's own mistakes (Portuguese read as Spanish, Norwegian as
+    Danish), which restricting to served languages can only add a little to.
+    """
+    refused = total = 0
+    for code in ("pt", "nb", "ca", "ro", "ru", "id"):
+        for text in po_samples.sentences(code, min_chars=30, limit=60):
+            total += 1
+            try:
+                detector.detect(text)
+            except (UnsupportedLanguage, LanguageUncertain):
+                refused += 1
+    print(f"refused {refused}/{total} sentences in unserved languages")
+    assert refused / total >= 0.75
+
+
 def test_result_fields(detector, registry):
     d = detector.detect("Die Bank hat ihre Gebühren für Girokonten deutlich erhöht.")
     assert d.language == language("german")

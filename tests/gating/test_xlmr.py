@@ -93,6 +93,18 @@ def test_domain_cls_original_format_matches_the_formula(tiny_xlmr, tmp_path):
     assert clf.predict(*pairs[0]) == preds[0]
 
 
+def test_domain_classifier_is_thread_safe(tiny_xlmr, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _save(_domain_artifact(["finance", "general"]), tmp_path / "domain_cls.pt")
+    clf = XLMRDomainClassifier.load(tmp_path, encoder_dir=tiny_xlmr)
+    jobs = [(DESCRIPTIONS[t], SENTENCES[c]) for t in DESCRIPTIONS for c in SENTENCES]
+    expected = [clf.predict(d, t).domain for d, t in jobs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda job: clf.predict(*job).domain, jobs))
+    assert got == expected
+
+
 class _NotATensor:
     """A pickled object that weights_only loading must refuse to build."""
 
