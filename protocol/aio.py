@@ -43,6 +43,10 @@ from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
 
+# Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
+_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_SEND_LAST = int(zmq.NOBLOCK)
+
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 256  # replies dispatched per callback before other callbacks get a turn
 
@@ -267,7 +271,7 @@ class AsyncClient:
         last = len(frames) - 1
         try:
             for i, frame in enumerate(frames):
-                socket.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0))
+                socket.send(frame, _SEND_MORE if i < last else _SEND_LAST)
         except zmq.Again:  # cannot happen with SNDHWM=0; the request is resent or expires
             log.warning("send queue full; a request will be retried or time out")
         if not self._check_scheduled:  # a send may have consumed the descriptor's edge

@@ -51,6 +51,10 @@ from worker.handler import Handler, Responder, WorkRequest
 
 log = logging.getLogger("mole.worker")
 
+# Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
+_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_SEND_LAST = int(zmq.NOBLOCK)
+
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.5
 DEFAULT_LIVENESS = 3
 
@@ -313,7 +317,7 @@ class WorkerRuntime:
     def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         last = len(frames) - 1
         for i, frame in enumerate(frames):
-            sock.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0))
+            sock.send(frame, _SEND_MORE if i < last else _SEND_LAST)
         self._last_sent = time.monotonic()
 
     def _flush(self, sock: zmq.Socket) -> None:
