@@ -14,7 +14,10 @@ MoLE has one more process, the broker.
     .venv/bin/python tests/benchmarks/bench_http.py [--duration 8] [--delays 0,0.02]
         [--connections 1,8,32] [--frontend-workers 2] [--threads 16]
 
-Needs wrk (`apt-get install -y wrk`). Prints one table and the ratios the issue asks for.
+All stacks of one service time run side by side; wrk runs are interleaved across designs
+and repeated (``--repeats``), and the table shows medians, so load from neighbours on a
+shared machine falls on every design alike. Needs wrk (`apt-get install -y wrk`). Prints
+one table and the ratios the issue asks for.
 """
 
 from __future__ import annotations
@@ -143,23 +146,11 @@ def check_one(url: str, token: str) -> dict:
         return json.loads(r.read())
 
 
-def measure(name: str, url: str, script: Path, conns: list[int], duration: float,
-            results: list, delay: float) -> None:
-    run_wrk(url, script, max(conns), min(2.0, duration))  # warm-up (connections, caches)
-    for c in conns:
-        r = run_wrk(url, script, c, duration)
-        r.update(design=name, connections=c, delay_ms=delay * 1000)
-        results.append(r)
-        print(f"  {name:<22} delay {delay * 1000:>4.0f} ms  c={c:<3} {r['rps']:>9.1f} req/s  "
-              f"p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms  "
-              f"non-2xx {r['non_2xx']} {r['socket_errors']}", flush=True)
-
-
-def bench_mole(args, delay: float, work: Path, results: list) -> None:
+def start_mole(args, delay: float, work: Path, stack: ExitStack) -> tuple[str, Path]:
+    """Broker, worker process and `python -m frontend`; returns the classify URL and script."""
     broker = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    data = work / f"mole-{delay}"
     from protocol.registry import load_registry
 
     services = sorted(load_registry().base_models)
@@ -167,49 +158,56 @@ def bench_mole(args, delay: float, work: Path, results: list) -> None:
                    "--delay", str(delay), "--slots", str(args.worker_slots)]
     for s in services:
         worker_args += ["--service", s]
-    with ExitStack() as stack:
-        stack.enter_context(proc([*shlex.split(args.broker_cmd), "--bind", broker],
-                                 work / "broker.log", env()))
-        stack.enter_context(proc(worker_args, work / "fixed_worker.log", env()))
-        log = work / "frontend.log"
-        fe = stack.enter_context(proc(
-            [PY, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker", broker,
-             "--workers", str(args.frontend_workers), "--threads", str(args.threads),
-             "--data-dir", str(data)], log,
-            env(MOLE_BOOTSTRAP_ADMIN="bench:bench-password", REQUEST_TIMEOUT_SECONDS="60")))
-        wait_http(f"{base}/api/v1/health/ready", 120, fe, log)
-        token = get_token(base)
-        url = f"{base}/api/v1/classify"
-        sample = check_one(url, token)
-        print(f"  mole sample: {sample['routing_path']} -> {sample['result']}", flush=True)
-        measure("mole", url, lua_script(work / "mole.lua", token), args.connections,
-                args.duration, results, delay)
+    tag = f"{delay * 1000:.0f}ms"
+    stack.enter_context(proc([*shlex.split(args.broker_cmd), "--bind", broker],
+                             work / f"broker-{tag}.log", env()))
+    stack.enter_context(proc(worker_args, work / f"fixed_worker-{tag}.log", env()))
+    log = work / f"frontend-{tag}.log"
+    fe = stack.enter_context(proc(
+        [PY, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker", broker,
+         "--workers", str(args.frontend_workers), "--threads", str(args.threads),
+         "--data-dir", str(work / f"mole-{tag}")], log,
+        env(MOLE_BOOTSTRAP_ADMIN="bench:bench-password", REQUEST_TIMEOUT_SECONDS="60")))
+    wait_http(f"{base}/api/v1/health/ready", 120, fe, log)
+    token = get_token(base)
+    url = f"{base}/api/v1/classify"
+    sample = check_one(url, token)
+    print(f"  mole sample: {sample['routing_path']} -> {sample['result']}", flush=True)
+    return url, lua_script(work / f"mole-{tag}.lua", token)
 
 
-def bench_legacy(args, delay: float, work: Path, results: list, token: str) -> None:
+def start_legacy(args, delay: float, work: Path, stack: ExitStack, token: str
+                 ) -> dict[str, tuple[str, Path]]:
+    """The legacy HTTP worker and both coordinator variants; name -> (URL, script)."""
     wport = free_port()
+    tag = f"{delay * 1000:.0f}ms"
     gunicorn = [PY, "-m", "gunicorn", "-k", "gthread", "--log-level", "warning"]
-    with ExitStack() as stack:
-        wlog = work / "legacy_worker.log"
-        w = stack.enter_context(proc(
-            [*gunicorn, "-w", "1", "--threads", str(args.worker_slots), "-b",
-             f"127.0.0.1:{wport}", "tests.benchmarks.legacy_http.worker:app"], wlog,
-            env(LEGACY_DELAY_S=str(delay))))
-        wait_http(f"http://127.0.0.1:{wport}/health", 60, w, wlog)
-        for mode, name in (("per_call", "legacy (as it was)"), ("shared", "legacy (fixed)")):
-            cport = free_port()
-            clog = work / f"legacy_{mode}.log"
-            with proc([*gunicorn, "-w", str(args.frontend_workers), "--threads",
-                       str(args.threads), "-b", f"127.0.0.1:{cport}",
-                       "tests.benchmarks.legacy_http.coordinator:app"], clog,
-                      env(LEGACY_CLIENT_MODE=mode,
-                          LEGACY_WORKER_URL=f"http://127.0.0.1:{wport}")) as c:
-                base = f"http://127.0.0.1:{cport}"
-                wait_http(f"{base}/api/v1/health", 120, c, clog)
-                url = f"{base}/api/v1/classify"
-                check_one(url, token)
-                measure(name, url, lua_script(work / f"{mode}.lua", token), args.connections,
-                        args.duration, results, delay)
+    wlog = work / f"legacy_worker-{tag}.log"
+    w = stack.enter_context(proc(
+        [*gunicorn, "-w", "1", "--threads", str(args.worker_slots), "-b",
+         f"127.0.0.1:{wport}", "tests.benchmarks.legacy_http.worker:app"], wlog,
+        env(LEGACY_DELAY_S=str(delay))))
+    wait_http(f"http://127.0.0.1:{wport}/health", 60, w, wlog)
+    targets = {}
+    for mode, name in (("per_call", "legacy (as it was)"), ("shared", "legacy (fixed)")):
+        cport = free_port()
+        clog = work / f"legacy_{mode}-{tag}.log"
+        c = stack.enter_context(proc(
+            [*gunicorn, "-w", str(args.frontend_workers), "--threads", str(args.threads),
+             "-b", f"127.0.0.1:{cport}", "tests.benchmarks.legacy_http.coordinator:app"],
+            clog, env(LEGACY_CLIENT_MODE=mode, LEGACY_WORKER_URL=f"http://127.0.0.1:{wport}")))
+        base = f"http://127.0.0.1:{cport}"
+        wait_http(f"{base}/api/v1/health", 120, c, clog)
+        url = f"{base}/api/v1/classify"
+        check_one(url, token)
+        targets[name] = (url, lua_script(work / f"{mode}-{tag}.lua", token))
+    return targets
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def main() -> int:
@@ -221,6 +219,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--worker-slots", type=int, default=32)
     parser.add_argument("--designs", default="mole,legacy")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per point")
     parser.add_argument("--broker-cmd", default=f"{PY} -m broker",
                         help="command that runs a broker (gets --bind URL appended)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
@@ -239,11 +238,38 @@ def main() -> int:
     print(f"logs in {work}; {args.frontend_workers} frontend processes x {args.threads} "
           f"threads; worker slots {args.worker_slots}; {args.duration:.0f} s per run")
     for delay in (float(d) for d in args.delays.split(",")):
-        if "mole" in designs:
-            bench_mole(args, delay, work, results)
-        if "legacy" in designs:
-            bench_legacy(args, delay, work, results, token)
+        with ExitStack() as stack:
+            targets: dict[str, tuple[str, Path]] = {}
+            if "mole" in designs:
+                targets["mole"] = start_mole(args, delay, work, stack)
+            if "legacy" in designs:
+                targets.update(start_legacy(args, delay, work, stack, token))
+            for url, script in targets.values():  # warm-up: connections, caches, JIT-free
+                run_wrk(url, script, max(args.connections), 2)
+            # Interleave designs and repeat, so a neighbour's load on this shared machine
+            # hits every design alike; report the median of the repeats.
+            runs: dict[tuple[str, int], list[dict]] = {}
+            for rep in range(args.repeats):
+                for c in args.connections:
+                    for name, (url, script) in targets.items():
+                        if name == "legacy (as it was)" and rep > 0:
+                            continue  # one run is plenty at ~40 req/s
+                        r = run_wrk(url, script, c, args.duration)
+                        runs.setdefault((name, c), []).append(r)
+                        print(f"  rep {rep} {name:<20} delay {delay * 1000:>3.0f} ms c={c:<3}"
+                              f"{r['rps']:>9.1f} req/s  p50 {r['p50_ms']:>8.2f}  p99 "
+                              f"{r['p99_ms']:>8.2f} ms  non-2xx {r['non_2xx']} "
+                              f"{r['socket_errors']}", flush=True)
+            for (name, c), rs in runs.items():
+                results.append({"design": name, "connections": c, "delay_ms": delay * 1000,
+                                "repeats": len(rs),
+                                "rps": median([r["rps"] for r in rs]),
+                                "p50_ms": median([r["p50_ms"] for r in rs]),
+                                "p99_ms": median([r["p99_ms"] for r in rs]),
+                                "non_2xx": sum(r["non_2xx"] for r in rs),
+                                "runs": rs})
     print()
+    print(f"medians of {args.repeats} interleaved runs of {args.duration:.0f} s")
     print(f"{'design':<22}{'delay':>7}{'conns':>7}{'req/s':>11}{'p50 ms':>10}{'p99 ms':>10}"
           f"{'non-2xx':>9}")
     for r in results:
