@@ -106,9 +106,10 @@ class Classifier:
                                   **facts)
         except Exception:  # analytics must never fail a request
             log.exception("could not record analytics")
-        self.metrics.classifications.labels(
-            facts.get("language") or "unknown", facts.get("task") or "unknown",
-            facts.get("model") or "unknown", "ok" if ok else (error or "error")).inc()
+        m = self.metrics
+        m.child(m.classifications, facts.get("language") or "unknown",
+                facts.get("task") or "unknown", facts.get("model") or "unknown",
+                "ok" if ok else (error or "error")).inc()
 
     def _classify(self, item: dict[str, Any], request_id: str, deadline: float,
                   started: float, facts: dict) -> dict[str, Any]:
@@ -144,7 +145,8 @@ class Classifier:
         except RequestError as err:
             raise from_request_error(err) from None
         replied = self._clock()
-        self.metrics.dispatch_latency.labels(expert.base_model_key).observe(replied - gated)
+        self.metrics.child(self.metrics.dispatch_latency, expert.base_model_key).observe(
+            replied - gated)
         return self._shape(item, request_id, routed, reply, started, gated, replied)
 
     def _shape(self, item, request_id, routed, reply, started, gated, replied) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from frontend.metrics import Metrics
 from frontend.tokens import TokenError, TokenService
 from frontend.users import User, UserStore
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class RequestContext:
     """Gives every request an id (echoed as ``X-Request-ID``) and bounds its body size."""
@@ -45,10 +47,12 @@ class RequestContext:
             route = req.uri_template or "unmatched"
             status = resp.status_code if hasattr(resp, "status_code") else int(
                 str(resp.status).split()[0])
-            self._metrics.http_requests.labels(req.method, route, str(status)).inc()
+            m = self._metrics
+            method = req.method if req.method in _METHODS else "OTHER"  # bounded labels
+            m.child(m.http_requests, method, route, str(status)).inc()
             started = getattr(req.context, "started", None)
             if started is not None:
-                self._metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+                m.child(m.http_latency, route).observe(time.perf_counter() - started)
 
 
 class Authenticator:
