@@ -45,7 +45,7 @@ log = logging.getLogger("mole.client")
 
 # Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)
+_SEND_LAST = int(zmq.NOBLOCK)  # also the flag of a non-blocking receive
 
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 256  # replies dispatched per callback before other callbacks get a turn
@@ -286,7 +286,7 @@ class AsyncClient:
         dispatch = self._core.dispatch
         for _ in range(_RECV_BURST):
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                frames = socket.recv_multipart(_SEND_LAST)
             except zmq.Again:
                 break
             try:

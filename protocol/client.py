@@ -45,7 +45,7 @@ log = logging.getLogger("mole.client")
 
 # Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)
+_SEND_LAST = int(zmq.NOBLOCK)  # also the flag of a non-blocking receive
 
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 1024  # messages read per wake-up before the outbox gets a turn
@@ -325,7 +325,7 @@ class Client:
             if socket in events:
                 for _ in range(_RECV_BURST):
                     try:
-                        frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                        frames = socket.recv_multipart(_SEND_LAST)
                     except zmq.Again:
                         break
                     dispatch(frames)

@@ -53,7 +53,7 @@ log = logging.getLogger("mole.worker")
 
 # Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
 _SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)
+_SEND_LAST = int(zmq.NOBLOCK)  # also the flag of a non-blocking receive
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.5
 DEFAULT_LIVENESS = 3
@@ -288,7 +288,7 @@ class WorkerRuntime:
                 if sock in events:
                     for _ in range(1024):
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                            frames = sock.recv_multipart(_SEND_LAST)
                         except zmq.Again:
                             break
                         heard = True
