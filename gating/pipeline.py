@@ -124,6 +124,13 @@ class GatingPipeline:
         self.router = router
         self.selector = ExpertSelector(registry)
         self._check_router()
+        unknown = [d for d in registry.domains if d not in domain_classifier.domains]
+        if unknown:
+            raise ArtifactError(
+                f"the domain classifier cannot predict {', '.join(unknown)} (its domains: "
+                f"{', '.join(domain_classifier.domains)}), so those tasks would be "
+                "unreachable; retrain it with `mole gating train-domain`"
+            )
 
     def _check_router(self) -> None:
         """The router's actions must be each domain's tasks in registry order."""

@@ -216,6 +216,14 @@ def test_pipeline_with_several_domains(tiny_xlmr, tmp_path, bias, expect):
     assert result.routing_path.startswith(f"german -> {expect} -> ")
 
 
+def test_classifier_must_know_every_registry_domain(tiny_xlmr, tmp_path):
+    _save(_domain_artifact(["finance", "general"]), tmp_path / "dom" / "domain_cls.pt")
+    settings = GatingSettings(domain_model_dir=tmp_path / "dom", encoder_dir=tiny_xlmr)
+    with pytest.raises(ArtifactError, match="cannot predict legal"):
+        GatingPipeline.load(_two_domain_registry(), settings=settings,
+                            router=_two_domain_router())
+
+
 class _Wrapper(torch.nn.Module):
     """The original's router module layout: ``self.net = Sequential(...)``."""
 
