@@ -157,6 +157,9 @@ def _validate(artifact: object, path: Path, hidden: int) -> None:
     ):
         raise ArtifactError(f"{path}: 'domains' must be a non-empty list of names")
     c = len(domains)
+    protos = artifact["prototypes_t"]
+    if isinstance(protos, torch.Tensor) and tuple(protos.shape) == (hidden, c) and c != hidden:
+        artifact["prototypes_t"] = protos.T.contiguous()  # tolerate a transposed [H x C] save
     head = artifact["classifier"]
     if not isinstance(head, dict) or "1.weight" not in head or "1.bias" not in head:
         raise ArtifactError(f"{path}: 'classifier' must hold '1.weight' and '1.bias'")

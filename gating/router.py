@@ -361,25 +361,43 @@ class QRouter:
 
 
 def read_examples(path: str | os.PathLike) -> list[Example]:
-    """Read ``{description, domain, task}`` JSON lines; errors name the line."""
-    out: list[Example] = []
+    """Read training examples; errors name the line (or item).
+
+    Formats: JSON lines ``{description, domain, task}`` (ours), or the original MoLE's
+    ``train_combined.json``, a JSON array of ``{prompt, domain, task, language?}``
+    (``prompt`` is read as the description).
+    """
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        content = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInput(f"data file not found: {p}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"{p}: unreadable ({err})") from None
+    rows: list[tuple[str, object]] = []
+    if content.lstrip().startswith("["):
         try:
-            obj = json.loads(line)
+            items = json.loads(content)
         except json.JSONDecodeError as err:
-            raise InvalidInput(f"{p}:{n}: not valid JSON ({err.msg})") from None
+            raise InvalidInput(f"{p}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        rows = [(f"{p}[{i}]", item) for i, item in enumerate(items)]
+    else:
+        for n, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{p}:{n}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise InvalidInput(f"{p}:{n}: not valid JSON ({err.msg})") from None
+    out: list[Example] = []
+    for where, obj in rows:
         if not isinstance(obj, dict):
-            raise InvalidInput(f"{p}:{n}: expected an object with description, domain, task")
+            raise InvalidInput(f"{where}: expected an object with description, domain, task")
+        if "description" not in obj and "prompt" in obj:
+            obj = {**obj, "description": obj["prompt"]}
         for key in ("description", "domain", "task"):
             if not isinstance(obj.get(key), str) or not obj[key].strip():
-                raise InvalidInput(f"{p}:{n}: {key!r} must be a non-empty string")
+                raise InvalidInput(f"{where}: {key!r} must be a non-empty string")
         out.append(Example(obj["description"], obj["domain"], obj["task"]))
     if not out:
         raise InvalidInput(f"{p}: no examples")

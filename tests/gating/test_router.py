@@ -181,3 +181,19 @@ def test_read_examples_names_the_line(tmp_path):
         read_examples(p)
     with pytest.raises(InvalidInput, match="not found"):
         read_examples(tmp_path / "none.jsonl")
+    p.write_text("\n\n")
+    with pytest.raises(InvalidInput, match="no examples"):
+        read_examples(p)
+
+
+def test_reads_the_original_train_combined_json(tmp_path):
+    p = tmp_path / "train_combined.json"
+    p.write_text(json.dumps([
+        {"prompt": "Rate the sentiment", "domain": "finance", "task": "rating", "language": "en"},
+        {"prompt": "Find PII", "domain": "finance", "task": "pii"},
+    ]))
+    assert read_examples(p) == [Example("Rate the sentiment", "finance", "rating"),
+                                Example("Find PII", "finance", "pii")]
+    p.write_text(json.dumps([{"prompt": "x", "domain": "finance"}]))
+    with pytest.raises(InvalidInput, match=r"train_combined.json\[0\]: 'task'"):
+        read_examples(p)

@@ -105,6 +105,20 @@ def test_domain_classifier_is_thread_safe(tiny_xlmr, tmp_path):
     assert got == expected
 
 
+def test_transposed_prototypes_are_tolerated(tiny_xlmr, tmp_path):
+    art = _domain_artifact(["finance", "general", "legal"])
+    straight = art["prototypes_t"].clone()
+    art["prototypes_t"] = straight.T.contiguous()  # [H x C]
+    _save(art, tmp_path / "domain_cls.pt")
+    clf = XLMRDomainClassifier.load(tmp_path, encoder_dir=tiny_xlmr)
+    art["prototypes_t"] = straight
+    _save(art, tmp_path / "b" / "domain_cls.pt")
+    ref = XLMRDomainClassifier.load(tmp_path / "b", encoder_dir=tiny_xlmr)
+    a = clf.predict(DESCRIPTIONS["news"], SENTENCES["fr"]).probabilities
+    b = ref.predict(DESCRIPTIONS["news"], SENTENCES["fr"]).probabilities
+    assert a == pytest.approx(b, abs=1e-6)
+
+
 class _NotATensor:
     """A pickled object that weights_only loading must refuse to build."""
 
