@@ -134,7 +134,11 @@ class Broker:
         sock.setsockopt(zmq.SNDHWM, s.hwm)
         sock.setsockopt(zmq.RCVHWM, s.hwm)
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.bind(s.bind)
+        try:
+            sock.bind(s.bind)
+        except zmq.ZMQError:
+            sock.close(0)
+            raise
         self.socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("broker %s listening on %s (heartbeat %.2fs x %d, queue limit %d)",
@@ -213,6 +217,9 @@ class Broker:
                     self._on_client(identity, frames)
                 elif len(frames) >= 2 and frames[0] == W_HDR:
                     self._on_worker(identity, frames, address)
+                elif frames and frames[0] in (C_HDR, W_HDR):
+                    self._malformed(identity, f"{len(frames)} frame(s) after the routing id is "
+                                    "too few for an MDP message", frames)
                 else:
                     self._malformed(identity, "neither an MDPC02 nor an MDPW02 message",
                                     frames)

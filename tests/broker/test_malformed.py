@@ -1,0 +1,260 @@
+"""Malformed and hostile messages against a live broker: each is logged and counted, the
+broker keeps serving, and no worker slot is lost (checked through ``mmi.status``).
+
+Includes a hypothesis test that feeds random multipart messages to the live socket.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+from brokerfix import Bus, wait_until, wait_workers, workers_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.peers import pack
+
+pytestmark = pytest.mark.timeout(180)
+
+MAX_BYTES = 65536
+GOOD = "good"
+DISCONNECT = [b"MDPW02", b"\x06"]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A broker with a 64 KiB message limit and one raw worker of ``good`` with 2 slots."""
+    bus = Bus(tmp_path_factory.mktemp("malformed"))
+    broker = bus.broker("--max-message-bytes", str(MAX_BYTES))
+    client = bus.client(broker.endpoint)
+    bus.worker(broker.endpoint, GOOD, slots=2, worker_id="w-good")
+    wait_workers(client, GOOD, 1)
+    yield bus, broker, client
+    bus.close()
+
+
+def _peer(url: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    return sock
+
+
+def _recv_command(sock: zmq.Socket, timeout: float = 5.0) -> list[bytes]:
+    """The next message to a worker socket other than the broker's HEARTBEATs."""
+    end = time.monotonic() + timeout
+    while sock.poll(max(0, int((end - time.monotonic()) * 1000))):
+        frames = sock.recv_multipart()
+        if frames != [b"MDPW02", b"\x05"]:
+            return frames
+    raise TimeoutError("no message from the broker")
+
+
+def _assert_healthy(client) -> dict:
+    """The broker still routes correctly and the good worker has both slots free."""
+    reply = client.call(GOOD, {"still": "alive"}, ttl_ms=10_000)
+    assert reply.ok and reply.payload["echo"] == {"still": "alive"}
+    status = client.status()
+    [row] = [w for w in status["workers"] if w["service"] == GOOD]
+    assert row["slots"] == 2 and row["in_flight"] == 0
+    assert status["services"][GOOD]["in_flight"] == 0
+    assert status["counters"]["internal_errors"] == 0
+    return status
+
+
+CLIENT_CASES = {
+    "one junk frame": [b"junk"],
+    "one empty frame": [b""],
+    "random frames": [b"\x00\xff\x00", b"\x01", b"good", b"x"],
+    "MDP/0.1 client header": [b"MDPC01", b"\x01", b"good", b"x"],
+    "unknown client command": [b"MDPC02", b"\x09", b"good", b"x"],
+    "FINAL sent by a client": [b"MDPC02", b"\x03", b"good", b"x"],
+    "header only": [b"MDPC02"],
+    "no service frame": [b"MDPC02", b"\x01"],
+    "REQUEST without body": [b"MDPC02", b"\x01", b"good"],
+    "worker header only": [b"MDPW02"],
+}
+
+
+@pytest.mark.parametrize("frames", CLIENT_CASES.values(), ids=CLIENT_CASES.keys())
+def test_malformed_client_message_is_counted_and_dropped(live, frames):
+    bus, broker, client = live
+    before = client.status()["counters"]["malformed"]
+    peer = _peer(broker.endpoint)
+    peer.send_multipart(frames)
+    assert wait_until(lambda: client.status()["counters"]["malformed"] == before + 1, 5)
+    assert not peer.poll(200)  # nothing to answer: it was not a request
+    peer.close(0)
+    _assert_healthy(client)
+
+
+ANSWERED_CASES = {
+    "service not UTF-8": ([b"MDPC02", b"\x01", b"\xff\xfe", b"x"], "UTF-8"),
+    "service too long": ([b"MDPC02", b"\x01", b"s" * 300, b"x"], "at most 255"),
+    "ttl not an integer": (
+        [b"MDPC02", b"\x01", b"good", pack({"v": 1, "id": "r1", "ttl": "soon"}), pack(1)],
+        "must be integers"),
+    "too big in total": (
+        [b"MDPC02", b"\x01", b"good", pack({"v": 1, "id": "r2"}), b"a" * 40_000,
+         b"b" * 40_000], "exceeds the broker's limit"),
+}
+
+
+@pytest.mark.parametrize("frames,text", ANSWERED_CASES.values(), ids=ANSWERED_CASES.keys())
+def test_bad_request_is_answered_with_bad_request(live, frames, text):
+    bus, broker, client = live
+    before = client.status()["counters"]["malformed"]
+    peer = _peer(broker.endpoint)
+    peer.send_multipart(frames)
+    assert peer.poll(5000)
+    reply = peer.recv_multipart()
+    assert reply[:2] == [b"MDPC02", b"\x03"] and reply[2] == frames[2]
+    body = __import__("msgpack").unpackb(reply[3], raw=False)
+    code = body.get("code") or body.get("error")
+    message = body.get("msg") or body.get("message")
+    assert code == "bad_request" and text in message
+    peer.close(0)
+    assert client.status()["counters"]["malformed"] == before + 1
+    _assert_healthy(client)
+
+
+def test_oversized_single_frame_drops_that_connection_only(live):
+    bus, broker, client = live
+    peer = _peer(broker.endpoint)
+    peer.send_multipart([b"MDPC02", b"\x01", b"good", b"x" * (MAX_BYTES + 1)])
+    assert not peer.poll(500)  # ZMQ_MAXMSGSIZE: libzmq cut the peer before the broker saw it
+    peer.close(0)
+    _assert_healthy(client)
+
+
+WORKER_CASES = {
+    "unknown worker command": [b"MDPW02", b"\x09"],
+    "READY without service": [b"MDPW02", b"\x01"],
+    "READY for mmi.service": [b"MDPW02", b"\x01", b"mmi.service"],
+    "READY for mmi.anything": [b"MDPW02", b"\x01", b"mmi.mine"],
+    "READY metadata not msgpack": [b"MDPW02", b"\x01", b"svc-x", b"\xc1\xc1"],
+    "READY metadata not a map": [b"MDPW02", b"\x01", b"svc-x", pack([1, 2])],
+    "READY zero slots": [b"MDPW02", b"\x01", b"svc-x", pack({"slots": 0})],
+    "READY too many slots": [b"MDPW02", b"\x01", b"svc-x", pack({"slots": 10**6})],
+    "READY with two extra frames": [b"MDPW02", b"\x01", b"svc-x", pack({}), b"more"],
+    "HEARTBEAT with extra frames": [b"MDPW02", b"\x05", b"extra"],
+    "FINAL without empty frame": [b"MDPW02", b"\x04", b"ticket"],
+    "FINAL with empty client": [b"MDPW02", b"\x04", b"", b"", b"body"],
+    "REQUEST sent by a worker": [b"MDPW02", b"\x02", b"x", b"", b"y"],
+}
+
+
+@pytest.mark.parametrize("frames", WORKER_CASES.values(), ids=WORKER_CASES.keys())
+def test_worker_protocol_violation_gets_disconnect(live, frames):
+    bus, broker, client = live
+    before = client.status()["counters"]
+    peer = _peer(broker.endpoint)
+    peer.send_multipart(frames)
+    assert peer.poll(5000)
+    assert peer.recv_multipart() == DISCONNECT
+    peer.close(0)
+    after = _assert_healthy(client)
+    assert after["counters"]["protocol_errors"] == before["protocol_errors"] + 1
+    assert after["counters"]["malformed"] == before["malformed"] + 1
+    assert not [w for w in after["workers"] if w["service"] != GOOD]  # nobody registered
+
+
+@pytest.mark.parametrize("frames", [[b"MDPW02", b"\x05"],
+                                    [b"MDPW02", b"\x04", b"old-ticket", b"", b"late"]],
+                         ids=["HEARTBEAT", "FINAL"])
+def test_unregistered_worker_gets_disconnect(live, frames):
+    bus, broker, client = live
+    before = client.status()["counters"]["unknown_worker_messages"]
+    peer = _peer(broker.endpoint)
+    peer.send_multipart(frames)
+    assert peer.poll(5000)
+    assert peer.recv_multipart() == DISCONNECT
+    peer.close(0)
+    after = _assert_healthy(client)
+    assert after["counters"]["unknown_worker_messages"] == before + 1
+
+
+@pytest.mark.parametrize("garbage", [[b"MDPW02", b"\x01", b"svc-hold"],  # READY twice
+                                     [b"MDPW02", b"\x09"],
+                                     [b"not", b"mdp"],
+                                     [b"MDPW02", b"\x04", b"ticket"]],
+                         ids=["READY twice", "unknown command", "not MDP", "short FINAL"])
+def test_registered_worker_breaking_protocol_is_purged_and_its_request_redispatched(
+        live, garbage):
+    bus, broker, client = live
+    service = "svc-hold"
+    bad = _peer(broker.endpoint)
+    bad.send_multipart([b"MDPW02", b"\x01", service.encode()])
+    wait_workers(client, service, 1)
+    rid = client.send(service, "keep me", ttl_ms=20_000)
+    assert _recv_command(bad)[1] == b"\x02"  # it holds the request now
+    helper = bus.worker(broker.endpoint, service, worker_id="w-helper")
+    wait_workers(client, service, 2)
+    bad.send_multipart(garbage)
+    assert _recv_command(bad) == DISCONNECT
+    bad.close(0)
+    reply = client.recv_final(10)
+    assert reply is not None and reply.ok and reply.request_id == rid
+    assert reply.payload["worker"] == "w-helper"
+    [row] = workers_of(client, service)
+    assert row["id"] == "w-helper" and row["in_flight"] == 0
+    helper.kill()
+    helper.wait(5)
+    wait_workers(client, service, 0)
+    _assert_healthy(client)
+
+
+def test_malformed_messages_are_logged_at_warning(bus):
+    broker = bus.broker()
+    client = bus.client(broker.endpoint)
+    peer = _peer(broker.endpoint)
+    peer.send_multipart([b"garbage", b"frames"])
+    peer.send_multipart([b"MDPW02", b"\x09"])
+    assert wait_until(lambda: client.status()["counters"]["malformed"] == 2, 5)
+    peer.close(0)
+    assert wait_until(lambda: "WARNING mole.broker: malformed message from" in broker.log(), 5)
+    assert "WARNING mole.broker: protocol violation by worker" in broker.log()
+    assert "b'garbage'" in broker.log()
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+_headers = st.sampled_from([b"MDPC02", b"MDPW02", b"MDPC01", b""]) | st.binary(max_size=8)
+_commands = st.sampled_from([bytes([i]) for i in range(8)]) | st.binary(max_size=3)
+_services = (st.sampled_from([b"fuzz", b"mmi.service", b"mmi.status", b"mmi.x", b""])
+             | st.binary(max_size=12).filter(lambda b: b != GOOD.encode()))
+_header_maps = st.fixed_dictionaries(
+    {"v": st.sampled_from([1, 2]), "id": st.text(max_size=8) | st.integers(-5, 5)},
+    optional={"ttl": st.integers(-(2**63), 2**64 - 1) | st.text(max_size=3) | st.none(),
+              "attempt": st.integers(-(2**63), 2**63 - 1) | st.booleans(),
+              "ok": st.booleans()})
+_int64 = st.integers(-(2**63), 2**63 - 1)
+_body_frames = (st.binary(max_size=64) | _header_maps.map(pack)
+                | st.dictionaries(st.text(max_size=4), _int64, max_size=3).map(pack))
+_messages = st.tuples(_headers, _commands, _services, st.lists(_body_frames, max_size=4),
+                      st.integers(1, 8)).map(lambda t: [t[0], t[1], t[2], *t[3]][: t[4]])
+
+
+def test_random_multipart_messages_never_break_the_broker(live):
+    bus, broker, client = live
+    peers = [_peer(broker.endpoint) for _ in range(4)]
+    started = time.monotonic()
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.integers(0, len(peers) - 1), _messages),
+                    min_size=1, max_size=5))
+    def feed(batch):
+        if time.monotonic() - started > 8:  # keep the run bounded on a loaded machine
+            return
+        for which, frames in batch:
+            peers[which].send_multipart(frames)
+
+    feed()
+    for peer in peers:
+        peer.close(0)
+    assert broker.proc.poll() is None
+    status = _assert_healthy(client)
+    assert status["counters"]["malformed"] > 0

@@ -1,0 +1,95 @@
+"""``mole status`` against a live broker (table, --json, --watch) and against nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from brokerfix import ROOT, wait_workers
+
+from broker import status_cli
+from tests.support.peers import child_env
+
+pytestmark = pytest.mark.timeout(120)
+MOLE = [sys.executable, "-m", "mole_cli"]
+
+
+def _args(*argv: str):
+    parser = __import__("argparse").ArgumentParser()
+    status_cli.configure(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture
+def running(bus):
+    broker = bus.broker()
+    client = bus.client(broker.endpoint)
+    bus.worker(broker.endpoint, "llama-2-7b-hf", slots=4, worker_id="w-llama")
+    wait_workers(client, "llama-2-7b-hf", 1)
+    assert client.call("llama-2-7b-hf", "warm").ok
+    return broker
+
+
+def test_table_shows_services_and_workers(running):
+    out, err = io.StringIO(), io.StringIO()
+    assert status_cli.run(_args("--broker", running.endpoint), out, err) == 0
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert lines[0].startswith("broker ") and running.endpoint in lines[0]
+    header = next(line for line in lines if line.startswith("SERVICE"))
+    assert header.split() == ["SERVICE", "WORKERS", "SLOTS", "IN", "FLIGHT", "QUEUED",
+                              "SERVED", "ERRORS"]
+    row = next(line for line in lines if line.startswith("llama-2-7b-hf"))
+    assert row.split() == ["llama-2-7b-hf", "1", "4", "0", "0", "1", "0"]
+    worker = next(line for line in lines if line.startswith("w-llama"))
+    cells = worker.split()
+    assert cells[:6] == ["w-llama", "llama-2-7b-hf", "127.0.0.1", "4", "0", "1"]
+    assert cells[6].endswith("s") and cells[7] == "ago" and "pid=" in worker
+    assert err.getvalue() == ""
+
+
+def test_json_is_the_status_document(running):
+    result = subprocess.run([*MOLE, "status", "--broker", running.endpoint, "--json"],
+                            cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["services"]["llama-2-7b-hf"]["served"] == 1
+    [worker] = status["workers"]
+    assert worker["id"] == "w-llama" and worker["slots"] == 4 and worker["in_flight"] == 0
+    assert {"id", "service", "address", "slots", "in_flight", "served", "last_heartbeat_s",
+            "metadata"} <= set(worker)
+    assert status["broker"]["heartbeat_interval_s"] == 0.2
+
+
+def test_no_broker_gives_a_clear_message_and_exit_1():
+    started = time.monotonic()
+    result = subprocess.run([*MOLE, "status", "--broker", "tcp://127.0.0.1:9",
+                             "--timeout", "0.5"], cwd=ROOT, env=child_env(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "no answer from the broker at tcp://127.0.0.1:9 within 0.5s" in result.stderr
+    assert "mole broker" in result.stderr and result.stdout == ""
+    assert time.monotonic() - started < 20
+
+
+def test_watch_refreshes_until_interrupted(running):
+    proc = subprocess.Popen([*MOLE, "status", "--broker", running.endpoint, "--watch",
+                             "--interval", "0.2"], cwd=ROOT, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out.count("SERVICE") >= 2  # refreshed at least once
+
+
+def test_bad_interval_is_refused():
+    err = io.StringIO()
+    assert status_cli.run(_args("--timeout", "0"), io.StringIO(), err) == 2
+    assert "--timeout" in err.getvalue()
