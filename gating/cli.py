@@ -13,9 +13,11 @@ Errors are printed as ``error [code]: message`` and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
+from pathlib import Path
 
 from gating.errors import GatingError
 from gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_TRAIN_DATA
@@ -65,6 +67,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="model_name recorded in the artifact (default: the encoder path)")
 
 
+def _shown(path: str | Path) -> str:
+    """A path relative to the working directory when it lies under it (for artifacts)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
 def _progress(row: dict) -> None:
     parts = [f"{k}={v}" for k, v in row.items() if k not in ("epoch", "epochs")]
     print(f"  epoch {row['epoch']:>3}/{row['epochs']}  " + "  ".join(parts), flush=True)
@@ -83,13 +94,13 @@ def _train(args: argparse.Namespace) -> int:
     if heldout_paths:
         train = examples
         heldout = [ex for path in heldout_paths for ex in read_examples(path)]
-        source = ", ".join(heldout_paths)
+        source = ", ".join(_shown(p) for p in heldout_paths)
     elif len(examples) >= 20:
         shuffled = examples[:]
         random.Random(args.seed).shuffle(shuffled)
         n = len(shuffled) // 10
         heldout, train = shuffled[:n], shuffled[n:]
-        source = f"10% split of {args.data}"
+        source = f"10% split of {_shown(args.data)}"
     else:
         train, heldout, source = examples, [], "none (fewer than 20 examples)"
     domains = {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains}
@@ -97,7 +108,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"training on {len(train)} descriptions ({args.data}); held out: {len(heldout)} "
           f"({source}); domains: {domains}", flush=True)
     report = router.train(train, validation=heldout, progress=_progress)
-    report["data"] = str(args.data)
+    report["data"] = _shown(args.data)
+    report["data_sha256"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
     report["heldout"] = source
     router.report = report
     acc = report.get("validation_accuracy")
