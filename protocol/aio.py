@@ -28,6 +28,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from protocol import mdp
+from protocol._frames import recv_frames, send_frames
 from protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     ClientClosed,
@@ -42,10 +43,6 @@ from protocol.curve import CurveKeys
 from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
-
-# Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
-_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)  # also the flag of a non-blocking receive
 
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 256  # replies dispatched per callback before other callbacks get a turn
@@ -267,11 +264,8 @@ class AsyncClient:
             pending.sink.on_error(self._core.deadline_error(pending))
 
     def _send(self, frames: list[bytes]) -> None:
-        socket = self._socket
-        last = len(frames) - 1
         try:
-            for i, frame in enumerate(frames):
-                socket.send(frame, _SEND_MORE if i < last else _SEND_LAST)
+            send_frames(self._socket, frames)
         except zmq.Again:  # cannot happen with SNDHWM=0; the request is resent or expires
             log.warning("send queue full; a request will be retried or time out")
         if not self._check_scheduled:  # a send may have consumed the descriptor's edge
@@ -285,9 +279,8 @@ class AsyncClient:
             return
         dispatch = self._core.dispatch
         for _ in range(_RECV_BURST):
-            try:
-                frames = socket.recv_multipart(_SEND_LAST)
-            except zmq.Again:
+            frames = recv_frames(socket)
+            if frames is None:
                 break
             try:
                 dispatch(frames)

@@ -28,6 +28,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from protocol import mdp
+from protocol._frames import recv_frames, send_frames
 from protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     ClientClosed,
@@ -42,10 +43,6 @@ from protocol.curve import CurveKeys
 from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
-
-# Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
-_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)  # also the flag of a non-blocking receive
 
 _MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 1024  # messages read per wake-up before the outbox gets a turn
@@ -324,9 +321,8 @@ class Client:
                 _send(socket, outbox.popleft())
             if socket in events:
                 for _ in range(_RECV_BURST):
-                    try:
-                        frames = socket.recv_multipart(_SEND_LAST)
-                    except zmq.Again:
+                    frames = recv_frames(socket)
+                    if frames is None:
                         break
                     dispatch(frames)
             if monitor in events:
@@ -351,10 +347,8 @@ class Client:
 
 
 def _send(socket: zmq.Socket, frames: list[bytes]) -> None:
-    """Send a multipart message without blocking (a loop of sends beats send_multipart)."""
-    last = len(frames) - 1
+    """Send a multipart message without blocking; never raises."""
     try:
-        for i, frame in enumerate(frames):
-            socket.send(frame, _SEND_MORE if i < last else _SEND_LAST)
+        send_frames(socket, frames)
     except zmq.Again:  # cannot happen with SNDHWM=0; the request is resent or expires
         log.warning("send queue full; a request will be retried or time out")

@@ -37,6 +37,7 @@ from typing import Any
 import zmq
 
 from protocol import mdp
+from protocol._frames import recv_frames, send_frames
 from protocol._wake import Waker
 from protocol.curve import CurveKeys
 from protocol.envelope import (
@@ -50,10 +51,6 @@ from protocol.errors import ErrorCode, MalformedMessage
 from worker.handler import Handler, Responder, WorkRequest
 
 log = logging.getLogger("mole.worker")
-
-# Plain ints: combining pyzmq's enum flags per frame costs more than the send itself.
-_SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_SEND_LAST = int(zmq.NOBLOCK)  # also the flag of a non-blocking receive
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.5
 DEFAULT_LIVENESS = 3
@@ -287,9 +284,8 @@ class WorkerRuntime:
                 self._flush(sock)
                 if sock in events:
                     for _ in range(1024):
-                        try:
-                            frames = sock.recv_multipart(_SEND_LAST)
-                        except zmq.Again:
+                        frames = recv_frames(sock)
+                        if frames is None:
                             break
                         heard = True
                         last_heard = time.monotonic()
@@ -315,9 +311,7 @@ class WorkerRuntime:
             sock.close(0)
 
     def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            sock.send(frame, _SEND_MORE if i < last else _SEND_LAST)
+        send_frames(sock, frames)
         self._last_sent = time.monotonic()
 
     def _flush(self, sock: zmq.Socket) -> None:
