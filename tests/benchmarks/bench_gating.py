@@ -139,7 +139,8 @@ def main() -> int:
 
     runs = [bench_cpu(args.rounds) for _ in range(args.repeat)]
     print(f"CPU gating latency (median of {args.repeat} runs; "
-          f"{runs[0]['route']['n']} routes per run; targets p50 <= 0.2 ms, p99 <= 1 ms)")
+          f"{runs[0]['route']['n']} routes per run; targets p50 <= 0.2 ms, p99 <= 1 ms; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"  {'stage':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for stage in ("language", "task", "select", "route"):
         p50 = statistics.median(r[stage]["p50_ms"] for r in runs)
