@@ -49,6 +49,14 @@ class FeatureSpec:
             "word_ngrams": list(self.word_ngrams),
         }
 
+    def __post_init__(self) -> None:
+        # NOTE: the weight matrix is dense [2**n_bits x n_tasks]: bound it (2**24 x 4 floats
+        # is 256 MiB) so a corrupt or hostile meta.json cannot ask for gigabytes
+        if not 8 <= self.n_bits <= 24:
+            raise ValueError(f"n_bits must be in [8, 24], got {self.n_bits}")
+        if any(n < 1 or n > 8 for n in self.char_ngrams + self.word_ngrams):
+            raise ValueError("n-gram sizes must be in [1, 8]")
+
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpec:
         return cls(

@@ -165,6 +165,11 @@ def test_bad_artifacts(tmp_path):
     (tmp_path / "meta.json").write_text("{broken")
     with pytest.raises(ArtifactError, match="unreadable"):
         QRouter.load(tmp_path)
+    meta = json.loads((DEFAULT_ROUTER_DIR / "meta.json").read_text())
+    meta["features"]["n_bits"] = 34  # would be a 64 GiB matrix
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="n_bits"):
+        QRouter.load(tmp_path)
     good = QRouter({"finance": TASKS}).save(tmp_path / "g")
     (good / "weights.npz").write_bytes(b"nope")
     with pytest.raises(ArtifactError):
