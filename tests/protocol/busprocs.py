@@ -22,7 +22,7 @@ PYTHON = sys.executable
 
 #: Short heartbeats so loss is noticed in well under a second in tests.
 HEARTBEAT_INTERVAL = 0.2
-LIVENESS = 3
+LIVENESS = 5
 
 
 def broker_available() -> bool:

@@ -220,7 +220,7 @@ def test_busy_worker_keeps_heartbeating_and_is_not_purged(bus):
     b.echo("echo", worker_id="busy-1")
     [before] = b.workers("echo")
     window = HEARTBEAT_INTERVAL * LIVENESS
-    reply = b.client.request("echo", {"_echo": {"delay_s": window * 4}}, timeout=20)
+    reply = b.client.request("echo", {"_echo": {"delay_s": window * 3}}, timeout=20)
     assert reply["worker_id"] == "busy-1" and reply["attempt"] == 0
     [after] = b.workers("echo")
     assert after["id"] == before["id"]  # the same registration: never purged
