@@ -31,22 +31,47 @@ def default_data_dir() -> Path:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where tiny models, logs and frontend state live "
-                             "(default: MOLE_DATA_DIR or ~/.cache/mole)")
-    parser.add_argument("--models", default="",
-                        help="comma-separated base_model_keys to start workers for "
-                             "(default: every base model in the registry)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where tiny models, logs and frontend state live "
+        "(default: MOLE_DATA_DIR or ~/.cache/mole)",
+    )
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated base_model_keys to start workers for "
+        "(default: every base model in the registry)",
+    )
     parser.add_argument("--registry", default=None, help="experts registry file")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--broker-port", type=int, default=5555)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--frontend-workers", type=int, default=2)
-    parser.add_argument("--real", action="store_true",
-                        help="load the registry's real HF models (needs them in the local HF "
-                             "cache or MOLE_MODELS_DIR, and a GPU to be useful)")
-    parser.add_argument("--monolithic", action="store_true",
-                        help="single process: gating and models inside the frontend, no broker")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="load the registry's real HF models (needs them in the local HF "
+        "cache or MOLE_MODELS_DIR, and a GPU to be useful)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="use base models from this directory (by key) instead of generating tiny ones",
+    )
+    parser.add_argument(
+        "--adapters-dir",
+        type=Path,
+        default=None,
+        help="adapters root for --models-dir (default: its sibling adapters/)",
+    )
+    parser.add_argument(
+        "--monolithic",
+        action="store_true",
+        help="single process: gating and models inside the frontend, no broker",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0)
 
 
@@ -114,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
     keys = [k.strip() for k in args.models.split(",") if k.strip()] or list(registry.base_models)
     unknown = [k for k in keys if k not in registry.base_models]
     if unknown:
-        print(f"mole up: unknown base model(s) {', '.join(unknown)}; the registry has: "
-              f"{', '.join(registry.base_models)}", file=sys.stderr)
+        print(
+            f"mole up: unknown base model(s) {', '.join(unknown)}; the registry has: "
+            f"{', '.join(registry.base_models)}",
+            file=sys.stderr,
+        )
         return 2
 
     env = {
@@ -124,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    if not args.real:
+    if args.models_dir is not None:
+        adapters = args.adapters_dir or args.models_dir.parent / "adapters"
+        env["MOLE_MODELS_DIR"] = str(args.models_dir.resolve())
+        env["MOLE_ADAPTERS_DIR"] = str(adapters.resolve())
+    elif not args.real:
         tiny = ensure_tiny_models(data_dir)
         env["MOLE_MODELS_DIR"] = str(tiny / "models")
         env["MOLE_ADAPTERS_DIR"] = str(tiny / "adapters")
@@ -158,8 +190,16 @@ def run(args: argparse.Namespace) -> int:
                 )
         supervisor.start(
             "frontend",
-            [*python, "frontend", "--bind", f"{args.host}:{args.http_port}",
-             "--broker", broker_url, "--workers", str(args.frontend_workers)],
+            [
+                *python,
+                "frontend",
+                "--bind",
+                f"{args.host}:{args.http_port}",
+                "--broker",
+                broker_url,
+                "--workers",
+                str(args.frontend_workers),
+            ],
             env,
         )
         _print_table(supervisor, broker_url, http_url, data_dir, args.monolithic)
@@ -172,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
             for child in supervisor.check():
                 code = child.process.returncode if child.process else None
                 if child.restart:
-                    _log(f"{child.name} exited ({code}); restarted "
-                         f"(see {child.log_path})")
+                    _log(f"{child.name} exited ({code}); restarted (see {child.log_path})")
                 else:
                     _log(f"{child.name} exited with {code}; see {child.log_path}")
                     return 1
@@ -184,12 +223,16 @@ def run(args: argparse.Namespace) -> int:
                     frontend_ready = _http_ready(f"{http_url}/api/v1/health/ready")
                 if not waiting and frontend_ready:
                     announced = True
-                    _log(f"ready in {time.monotonic() - started:.1f} s: {http_url} "
-                         f"(admin user {creds['username']}, password in "
-                         f"{data_dir / 'local-admin.json'})")
+                    _log(
+                        f"ready in {time.monotonic() - started:.1f} s: {http_url} "
+                        f"(admin user {creds['username']}, password in "
+                        f"{data_dir / 'local-admin.json'})"
+                    )
                 elif time.monotonic() > deadline:
-                    _log(f"not ready after {args.ready_timeout:.0f} s; waiting for: "
-                         f"{', '.join(waiting) or 'frontend'}; logs in {supervisor.log_dir}")
+                    _log(
+                        f"not ready after {args.ready_timeout:.0f} s; waiting for: "
+                        f"{', '.join(waiting) or 'frontend'}; logs in {supervisor.log_dir}"
+                    )
                     return 1
             time.sleep(0.5)
         _log("stopping")
@@ -199,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
         _log("all processes stopped")
 
 
-def _print_table(supervisor: Supervisor, broker_url: str, http_url: str, data_dir: Path,
-                 monolithic: bool) -> None:
+def _print_table(
+    supervisor: Supervisor, broker_url: str, http_url: str, data_dir: Path, monolithic: bool
+) -> None:
     _log(f"data directory {data_dir}")
     if not monolithic:
         _log(f"broker    {broker_url}")

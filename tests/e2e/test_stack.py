@@ -1,0 +1,243 @@
+"""End-to-end: ``mole up`` as a real process tree (broker, a worker per base model, gunicorn),
+driven over real HTTP exactly as a user would, on tiny offline models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from protocol.client import Client
+from protocol.registry import load_registry
+from tests.e2e.stack import Stack, http
+
+pytestmark = pytest.mark.slow
+
+README_TEXT = "Revenue increased by 20% year over year, exceeding analyst expectations."
+README_DESCRIPTION = "Classify the sentiment of this financial statement on a scale of 1-5."
+
+#: one text per served language, long enough for language identification
+TEXTS = {
+    "en": "The company's quarterly profit rose sharply thanks to strong demand.",
+    "de": "Der Quartalsgewinn des Unternehmens stieg dank starker Nachfrage deutlich.",
+    "fr": "Le bénéfice trimestriel de l'entreprise a fortement augmenté grâce à la demande.",
+    "es": "El beneficio trimestral de la empresa aumentó con fuerza gracias a la demanda.",
+    "it": "L'utile trimestrale dell'azienda è cresciuto molto grazie alla forte domanda.",
+    "nl": "De kwartaalwinst van het bedrijf steeg sterk dankzij de grote vraag.",
+    "sv": "Företagets kvartalsvinst steg kraftigt tack vare den starka efterfrågan.",
+    "da": "Virksomhedens kvartalsoverskud steg kraftigt takket være den store efterspørgsel.",
+    "pl": "Kwartalny zysk firmy mocno wzrósł dzięki silnemu popytowi na jej produkty.",
+    "tr": "Şirketin çeyreklik kârı güçlü talep sayesinde keskin bir şekilde arttı.",
+    "ja": "会社の四半期利益は旺盛な需要のおかげで大幅に増加しました。",
+    "zh": "由于需求强劲，公司的季度利润大幅增长。",
+}
+ESCI_TEXTS = {
+    "en": "Query: waterproof hiking boots for women Product: Women's waterproof leather "
+    "hiking boots with ankle support and a rubber sole",
+    "es": "Query: botas de montaña impermeables para mujer Product: Botas de montaña de cuero "
+    "impermeables para mujer con suela de goma y soporte para el tobillo",
+    "ja": "Query: 女性用の防水ハイキングブーツ Product: 足首をしっかり支える女性用の防水レザー"
+    "ハイキングブーツです。ゴム底で滑りにくいです。",
+}
+DESCRIPTIONS = {
+    "rating": "Rate the sentiment of this text from 1 (very negative) to 5 (very positive).",
+    "pii": "Extract the personal information (names, account numbers, addresses) in the text.",
+    "news": "Classify this financial news article into one of six topics.",
+    "esci": "Is the product an exact match, a substitute, a complement or irrelevant to the query?",
+}
+
+REGISTRY = load_registry()
+PAIRS = [(task.name, code) for task in REGISTRY.tasks.values() for code in task.experts]
+
+
+def _text(task: str, code: str) -> str:
+    return ESCI_TEXTS[code] if task == "esci" else TEXTS[code]
+
+
+def _descendants(pid: int) -> set[int]:
+    found, frontier = set(), [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = open(f"/proc/{parent}/task/{parent}/children").read().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_models, tmp_path_factory):
+    stack = Stack(
+        tmp_path_factory.mktemp("stack"), tiny_models, env={"REQUEST_TIMEOUT_SECONDS": "20"}
+    )
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        processes = _descendants(stack.process.pid)
+        code = stack.stop()
+        assert code == 0, "\n".join(stack.output[-20:])
+        time.sleep(0.5)
+        orphans = [p for p in processes if _alive(p)]
+        assert not orphans, f"processes left after mole up stopped: {orphans}"
+
+
+@pytest.fixture(scope="module")
+def token(stack):
+    user = {"username": "alice", "password": "correct-horse-42"}
+    reply = http("POST", f"{stack.url}/api/v1/auth/register", json_body=user)
+    assert reply.status == 201, reply.body
+    reply = http("POST", f"{stack.url}/api/v1/auth/token", form=user)
+    assert reply.status == 200, reply.body
+    assert reply.body["token_type"] == "bearer"
+    return reply.body["access_token"]
+
+
+def classify(stack, token, text, description, **options):
+    return http(
+        "POST",
+        f"{stack.url}/api/v1/classify",
+        token=token,
+        json_body={"text": text, "description": description, "options": options},
+    )
+
+
+def test_readme_sequence(stack, token):
+    reply = classify(stack, token, README_TEXT, README_DESCRIPTION)
+    assert reply.status == 200, reply.body
+    body = reply.body
+    assert body["language"] == "english"
+    assert body["domain"] == "finance"
+    assert body["task"] == "rating"
+    assert body["result"] in {"1", "2", "3", "4", "5"}
+    assert 0.0 < body["confidence"] <= 1.0
+    assert body["routing_path"] == "english -> finance -> rating -> llama-2-7b-hf"
+    assert body["model"] == "llama-2-7b-hf"
+    assert body["tiny_model"] is True
+    assert reply.headers.get("X-Request-ID") == body["request_id"]
+
+
+DISTRIBUTED_ANSWERS: dict[tuple[str, str], dict] = {}
+
+
+@pytest.mark.parametrize(("task", "code"), PAIRS, ids=[f"{t}-{c}" for t, c in PAIRS])
+def test_every_task_and_language_reaches_its_expert(stack, token, task, code):
+    expert = REGISTRY.resolve(task, code)
+    reply = classify(stack, token, _text(task, code), DESCRIPTIONS[task], return_probabilities=True)
+    assert reply.status == 200, reply.body
+    body = reply.body
+    assert body["task"] == task
+    assert body["language"] == expert.language.name
+    assert body["model"] == expert.base_model_key
+    assert body["routing_path"].endswith(f"-> {expert.base_model_key}")
+    assert body["worker_id"]
+    if task == "pii":
+        entities = json.loads(body["result"])
+        assert isinstance(entities, list)
+        assert isinstance(body["entities"], list)
+    else:
+        assert body["result"] in expert.label_set
+        assert set(body["probabilities"]) == set(expert.label_set)
+        assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-4
+    DISTRIBUTED_ANSWERS[(task, code)] = body
+
+
+def test_monolithic_mode_gives_the_same_answers(stack, tiny_models, tmp_path_factory):
+    if len(DISTRIBUTED_ANSWERS) < len(PAIRS):
+        pytest.skip("needs the distributed answers of the previous test")
+    mono = Stack(tmp_path_factory.mktemp("mono"), tiny_models, monolithic=True)
+    try:
+        mono.wait_ready()
+        user = {"username": "bob", "password": "correct-horse-43"}
+        assert http("POST", f"{mono.url}/api/v1/auth/register", json_body=user).status == 201
+        mono_token = http("POST", f"{mono.url}/api/v1/auth/token", form=user).body["access_token"]
+        for (task, code), distributed in DISTRIBUTED_ANSWERS.items():
+            reply = classify(
+                mono, mono_token, _text(task, code), DESCRIPTIONS[task], return_probabilities=True
+            )
+            assert reply.status == 200, (task, code, reply.body)
+            assert reply.body["model"] == distributed["model"]
+            assert reply.body["result"] == distributed["result"], (task, code)
+            if task != "pii":
+                assert reply.body["confidence"] == pytest.approx(
+                    distributed["confidence"], abs=1e-4
+                )
+    finally:
+        assert mono.stop() == 0
+
+
+def _worker_pid(broker_url: str, service: str) -> int | None:
+    with Client(broker_url, timeout=5.0) as client:
+        status = client.status(timeout=5.0)
+    for worker in status["workers"]:
+        if worker["service"] == service:
+            return (worker.get("metadata") or {}).get("pid")
+    return None
+
+
+def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
+    service = "llama-2-7b-hf"
+    old_pid = _worker_pid(stack.broker_url, service)
+    assert old_pid, "the llama-2 worker is not registered"
+    outcomes: list[tuple[float, int, str | None]] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def stream():
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                reply = classify(stack, token, README_TEXT, README_DESCRIPTION)
+            except BaseException as err:  # a hang or a dropped connection is a failure
+                failures.append(err)
+                return
+            outcomes.append((sent, reply.status, reply.body.get("error")))
+
+    threads = [threading.Thread(target=stream) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    deadline = killed_at + 240
+    new_pid = None
+    while time.monotonic() < deadline:
+        new_pid = _worker_pid(stack.broker_url, service)
+        if new_pid and new_pid != old_pid:
+            break
+        time.sleep(0.5)
+    back_at = time.monotonic()
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=90)
+    assert not failures, failures
+    assert new_pid and new_pid != old_pid, "the supervisor did not bring the worker back"
+    statuses = {status for _, status, _ in outcomes}
+    assert statuses <= {200, 502, 503, 504}, statuses
+    for _, status, error in outcomes:
+        if status != 200:
+            assert error in {"worker_lost", "no_worker", "deadline_exceeded"}, error
+    assert any(status == 200 for sent, status, _ in outcomes if sent < killed_at)
+    assert any(status == 200 for sent, status, _ in outcomes if sent > back_at), (
+        "no request succeeded after the worker came back"
+    )
