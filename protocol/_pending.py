@@ -27,6 +27,7 @@ from protocol.errors import (
     MalformedMessage,
     MoleError,
     RequestError,
+    UnknownService,
     error_for_code,
 )
 
@@ -260,6 +261,17 @@ def decode_payload(body: list[bytes], *, raw: bool = False) -> Any:
     if not body:
         return None
     return unpack(body[0])
+
+
+def decode_reply(service: str, body: list[bytes]) -> Any:
+    """The payload of a final reply to ``request(service, ...)``.
+
+    The broker answers an ``mmi.*`` service it does not implement with the RFC 8 body
+    ``"501"``, which is not msgpack: that becomes :class:`UnknownService`.
+    """
+    if service.startswith(mdp.MMI_PREFIX) and body and bytes(body[0]) == b"501":
+        raise UnknownService(f"the broker does not implement {service!r} (RFC 8 answer 501)")
+    return decode_payload(body)
 
 
 def check_timeout(timeout: float | None, default: float) -> float:

@@ -36,6 +36,7 @@ from protocol._pending import (
     Pending,
     check_timeout,
     decode_payload,
+    decode_reply,
     new_routing_id,
 )
 from protocol.client import configure_socket
@@ -140,7 +141,7 @@ class AsyncClient:
             ClientClosed: the client was closed meanwhile.
         """
         body = await self._call(service, [pack(payload)], timeout)
-        return decode_payload(body)
+        return decode_reply(service, body)
 
     async def stream(
         self, service: str, payload: Any, timeout: float | None = None

@@ -36,6 +36,7 @@ from protocol._pending import (
     Pending,
     check_timeout,
     decode_payload,
+    decode_reply,
     new_routing_id,
 )
 from protocol._wake import Waker
@@ -244,7 +245,9 @@ class Client:
             waiter.wait(None)  # the answer is being handed over right now
         if waiter.error is not None:
             raise waiter.error
-        return decode_payload(waiter.body or [], raw=raw)
+        if raw:
+            return decode_payload(waiter.body or [], raw=True)
+        return decode_reply(service, waiter.body or [])
 
     def _iterate(self, pending: Pending, sink: _StreamSink) -> Iterator[Any]:
         import queue

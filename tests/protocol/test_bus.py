@@ -22,7 +22,7 @@ from busprocs import (
 )
 
 from protocol import AsyncClient, Client
-from protocol.errors import BadRequest, DeadlineExceeded, NoWorker, Overloaded
+from protocol.errors import BadRequest, DeadlineExceeded, NoWorker, Overloaded, UnknownService
 
 pytestmark = [
     pytest.mark.skipif(not broker_available(), reason="broker/__main__.py not built yet"),
@@ -89,6 +89,8 @@ def test_request_reply_service_available_and_status(bus):
     [worker] = [w for w in status["workers"] if w["service"] == "echo"]
     assert worker["slots"] == 2 and worker["metadata"]["worker_id"] == "echo-1"
     assert status["services"]["echo"]["workers"] == 1
+    with pytest.raises(UnknownService, match="mmi.nothing"):
+        b.client.request("mmi.nothing", {})
 
 
 def test_many_requests_in_flight_from_many_threads(bus):
