@@ -145,7 +145,11 @@ class LanguageDetector:
             len(sample.replace(" ", "")) < self.min_chars
             and isinstance(description, str)
             and description.strip()
+            and not self._sure_alone(sample)
         ):
+            # NOTE: a short text fastText is sure of ("Sehr schlecht": de 0.83) keeps its
+            # own language even under an English description; one it is lost on ("Gut!":
+            # en 0.12, de 0.08) borrows the description's words
             desc = description.encode("utf-8", "replace").decode("utf-8")
             sample = f"{_SPACE.sub(' ', desc).strip()} {sample}"
             used_description = True
@@ -198,6 +202,14 @@ class LanguageDetector:
             floor=self.floor,
             served=served,
         )
+
+    def _sure_alone(self, sample: str) -> bool:
+        """Whether a short text alone gives a served language with confidence >= 0.5."""
+        if not any(ch.isalpha() for ch in sample):
+            return False
+        ranked = self._predict(sample)
+        code, p = self._script_rule(sample, ranked, *self._best_served(ranked))
+        return code is not None and p >= max(self.floor, 0.5)
 
     def _best_served(self, ranked: list[tuple[str, float]]) -> tuple[str | None, float]:
         for label, p in ranked:

@@ -130,9 +130,13 @@ def test_description_helps_only_when_text_is_too_short(detector):
         "Die Aktie ist heute um zehn Prozent gefallen.", "Rate the sentiment from 1 to 5"
     )
     assert d.code == "de" and not d.used_description
-    # a very short text borrows the description
+    # a very short text fastText is lost on borrows the description
     short = detector.detect("Gut!", "Bewerte die Stimmung dieses Textes von 1 bis 5")
     assert short.used_description and short.code == "de"
+    # ... but one it is sure of keeps its language under an English description
+    sure = detector.detect("Sehr schlecht", "Rate the sentiment from 1 to 5")
+    assert sure.code == "de" and not sure.used_description
+    assert detector.detect("Çok iyi", "Classify the news topic").code == "tr"
 
 
 def test_bad_input_and_bad_model(tmp_path, detector):
