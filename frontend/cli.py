@@ -49,6 +49,11 @@ def prepare(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
     if args.workers < 1 or args.threads < 1:
         raise SettingsError("--workers and --threads must be at least 1")
     settings = settings_from_env(env)
+    if settings.service_mode == "monolithic" and args.workers > 1:
+        # Each gunicorn worker process would hold its own copy of every resident model.
+        print(f"mole frontend: SERVICE_MODE=monolithic runs one worker process (not "
+              f"{args.workers}) so the models are loaded once", file=sys.stderr)
+        args.workers = 1
     resolve_secret(settings)  # refuses a weak secret; creates the generated one once
     if settings.bootstrap_admin:
         from frontend.passwords import PasswordHasher

@@ -121,3 +121,9 @@ def test_mole_users_create_admin_and_list(tmp_path):
     store = UserStore(tmp_path / "frontend" / "users.sqlite3", PasswordHasher("cheap"))
     assert store.authenticate("root", "root-password").is_admin
     store.close()
+
+
+def test_monolithic_mode_runs_one_worker_process(tmp_path, capsys):
+    env = cli.prepare(_args(tmp_path, workers=4), {"SERVICE_MODE": "monolithic"})
+    assert env["MOLE_FRONTEND_WORKERS"] == "1"
+    assert "models are loaded once" in capsys.readouterr().err
