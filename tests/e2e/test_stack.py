@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
+from e2e_stack import Stack, http
 
 from protocol.client import Client
 from protocol.registry import load_registry
-from tests.e2e.stack import Stack, http
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_readme_sequence(stack, token):
     assert body["routing_path"] == "english -> finance -> rating -> llama-2-7b-hf"
     assert body["model"] == "llama-2-7b-hf"
     assert body["tiny_model"] is True
-    assert reply.headers.get("X-Request-ID") == body["request_id"]
+    assert reply.headers.get("x-request-id") == body["request_id"]
 
 
 DISTRIBUTED_ANSWERS: dict[tuple[str, str], dict] = {}

@@ -57,7 +57,7 @@ def http(
             body = json.loads(raw)
         except ValueError:
             body = {"raw": raw.decode(errors="replace")}
-        return HttpReply(err.code, body, dict(err.headers))
+        return HttpReply(err.code, body, {k.lower(): v for k, v in err.headers.items()})
 
 
 class Stack:
