@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from protocol import mdp
 from protocol.envelope import RequestHeader, decode_reply_header, unpack
 from protocol.errors import (
+    BadRequest,
     DeadlineExceeded,
     MalformedMessage,
     MoleError,
@@ -37,6 +38,11 @@ log = logging.getLogger("mole.client")
 #: broker's own, more specific answer at the deadline (``no_worker``: nothing registered;
 #: ``deadline_exceeded``: the worker was too slow) arrives first when the broker is up.
 DEFAULT_DEADLINE_GRACE_S = 0.25
+
+
+#: Largest request payload a client sends: the broker's default message limit (16 MiB)
+#: less room for the envelope frames.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024 - 4096
 
 
 class ClientClosed(MoleError):
@@ -121,9 +127,11 @@ class LinkState:
 class Correlator:
     """The pending-request table of one client socket. Thread-safe."""
 
-    def __init__(self, url: str, *, deadline_grace: float = DEFAULT_DEADLINE_GRACE_S) -> None:
+    def __init__(self, url: str, *, deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
+                 max_body_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.link = LinkState(url)
         self.deadline_grace = deadline_grace
+        self.max_body_bytes = max_body_bytes
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
         # Ids only need to be unique per routing id; a short random prefix keeps them
@@ -145,6 +153,13 @@ class Correlator:
         service_frame = service.encode("utf-8")
         if len(service_frame) > mdp.MAX_SERVICE_LENGTH:
             raise ValueError(f"service name longer than {mdp.MAX_SERVICE_LENGTH} bytes")
+        size = sum(len(frame) for frame in body)
+        if size > self.max_body_bytes:
+            # NOTE: the broker drops the *connection* of a peer that sends a frame over its
+            # limit, which would disturb every request on this shared socket; refuse here.
+            raise BadRequest(f"request payload is {size} bytes; the limit is "
+                             f"{self.max_body_bytes} (max_request_bytes, and the broker's "
+                             "--max-message-bytes)")
         now = time.monotonic()
         deadline = now + timeout
         pending = Pending(

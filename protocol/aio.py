@@ -31,6 +31,7 @@ from protocol import mdp
 from protocol._frames import recv_frames, send_frames
 from protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
+    DEFAULT_MAX_REQUEST_BYTES,
     ClientClosed,
     Correlator,
     Pending,
@@ -115,6 +116,7 @@ class AsyncClient:
         deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
         routing_id: bytes | None = None,
         curve: CurveKeys | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
@@ -123,7 +125,8 @@ class AsyncClient:
         self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
                          reconnect_interval_max)
         self._curve = curve
-        self._core = Correlator(url, deadline_grace=deadline_grace)
+        self._core = Correlator(url, deadline_grace=deadline_grace,
+                                max_body_bytes=max_request_bytes)
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -31,6 +31,7 @@ from protocol import mdp
 from protocol._frames import recv_frames, send_frames
 from protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
+    DEFAULT_MAX_REQUEST_BYTES,
     ClientClosed,
     Correlator,
     Pending,
@@ -131,6 +132,8 @@ class Client:
         deadline_grace: extra seconds to wait for the broker's own answer at a deadline.
         routing_id: this client's identity on the broker (random by default).
         curve: CURVE keys when the broker requires encryption (see protocol.curve).
+        max_request_bytes: larger payloads raise ``BadRequest`` before anything is sent
+            (keep it at or under the broker's ``--max-message-bytes``).
     """
 
     def __init__(
@@ -146,12 +149,14 @@ class Client:
         deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
         routing_id: bytes | None = None,
         curve: CurveKeys | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
         self.routing_id = routing_id or new_routing_id()
         self._context = context or zmq.Context.instance()
-        self._core = Correlator(url, deadline_grace=deadline_grace)
+        self._core = Correlator(url, deadline_grace=deadline_grace,
+                                max_body_bytes=max_request_bytes)
         self._outbox: collections.deque[list[bytes]] = collections.deque()
         self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
                          reconnect_interval_max)

@@ -11,7 +11,14 @@ from fakebroker import FakeBroker, echo, error, final, partial
 
 from protocol import AsyncClient, Client, ClientClosed
 from protocol.envelope import pack, unpack
-from protocol.errors import DeadlineExceeded, ErrorCode, Overloaded, RequestError, WorkerLost
+from protocol.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    ErrorCode,
+    Overloaded,
+    RequestError,
+    WorkerLost,
+)
 
 
 @pytest.fixture
@@ -348,3 +355,18 @@ def test_async_client_refuses_a_second_event_loop(broker):
     assert asyncio.run(use()) == "x"
     with pytest.raises(RuntimeError, match="event loop"):
         asyncio.run(use())
+
+
+def test_oversized_payload_is_refused_before_sending(broker):
+    with Client(broker.url, timeout=5, max_request_bytes=1000) as client:
+        with pytest.raises(BadRequest, match="limit is 1000"):
+            client.request("svc", b"x" * 2000)
+        assert client.request("svc", b"x" * 500) == b"x" * 500
+    assert len(broker.seen) == 1
+
+    async def main():
+        async with AsyncClient(broker.url, timeout=5, max_request_bytes=1000) as aclient:
+            with pytest.raises(BadRequest):
+                await aclient.request("svc", b"x" * 2000)
+
+    asyncio.run(main())
