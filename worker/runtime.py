@@ -100,6 +100,10 @@ class _Responder(Responder):
         except Exception as err:  # not msgpack-serialisable: skip it, keep the request
             log.error("request %s: partial payload cannot be packed: %s", self.request_id, err)
             return
+        if len(body[1]) > self._runtime.max_reply_bytes:
+            log.error("request %s: partial of %d bytes dropped (over the message limit)",
+                      self.request_id, len(body[1]))
+            return
         self._runtime._post(self._generation, self.ticket, mdp.W_PARTIAL, body, None)
 
     def final(self, payload: Any) -> None:
@@ -109,6 +113,14 @@ class _Responder(Responder):
             log.error("request %s: reply payload cannot be packed: %s", self.request_id, err)
             body = error_reply(self.request_id, ErrorCode.INTERNAL,
                                f"the worker produced a reply it cannot encode: {err}")
+        limit = self._runtime.max_reply_bytes
+        if len(body[-1]) > limit:
+            # NOTE: the broker would drop this worker's connection for an oversized frame.
+            log.error("request %s: reply of %d bytes is over the %d-byte limit",
+                      self.request_id, len(body[-1]), limit)
+            body = error_reply(self.request_id, ErrorCode.INTERNAL,
+                               f"the worker's reply is {len(body[-1])} bytes, over the "
+                               f"{limit}-byte message limit")
         self._close(body, "final")
 
     def error(self, code: ErrorCode | str, message: str, details: Any = None) -> None:
@@ -141,6 +153,8 @@ class WorkerRuntime:
         reconnect_initial, reconnect_max: back-off between connections, in seconds.
         context: ZeroMQ context (``zmq.Context.instance()`` by default).
         curve: CURVE keys when the broker requires encryption (see protocol.curve).
+        max_reply_bytes: a larger reply becomes an ``internal`` error (the broker would
+            drop the connection of a peer sending a frame over its message limit).
     """
 
     def __init__(
@@ -156,6 +170,7 @@ class WorkerRuntime:
         reconnect_max: float = 8.0,
         context: zmq.Context | None = None,
         curve: CurveKeys | None = None,
+        max_reply_bytes: int = 16 * 1024 * 1024 - 4096,
     ) -> None:
         if not service or service.startswith(mdp.MMI_PREFIX):
             raise ValueError(f"cannot serve {service!r}: empty or reserved (mmi.*) name")
@@ -172,6 +187,7 @@ class WorkerRuntime:
         self.reconnect_max = reconnect_max
         self._context = context or zmq.Context.instance()
         self._curve = curve
+        self.max_reply_bytes = max_reply_bytes
         self._waker = Waker(self._context)
         self._outbox: collections.deque = collections.deque()
         self._stop = threading.Event()

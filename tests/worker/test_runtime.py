@@ -308,3 +308,12 @@ def _wait(predicate, timeout=10.0):
             return True
         time.sleep(0.01)
     return False
+
+
+def test_oversized_reply_becomes_internal_error(broker, running):
+    _, ident, _ = running(EchoHandler(), max_reply_bytes=2000)
+    broker.request(ident, b"t1", b"x" * 5000, request_id="big")
+    header, _ = reply_of(broker.expect(W.FINAL)[1])
+    assert header.code == ErrorCode.INTERNAL and "byte message limit" in header.message
+    broker.request(ident, b"t2", b"x" * 100, request_id="small")
+    assert reply_of(broker.expect(W.FINAL)[1])[1]["echo"] == b"x" * 100
