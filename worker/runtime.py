@@ -303,13 +303,15 @@ class WorkerRuntime:
                         frames = recv_frames(sock)
                         if frames is None:
                             break
-                        heard = True
                         last_heard = time.monotonic()
-                        self.connected.set()
                         if self._on_message(sock, frames) == "disconnect":
+                            # Not "heard": a broker that refuses us at once (a reserved
+                            # name, a key it does not accept) gets a growing back-off.
                             log.warning("worker %s: the broker sent DISCONNECT",
                                         self.worker_id)
                             return heard
+                        heard = True
+                        self.connected.set()
                         self._flush(sock)  # an inline answer frees its slot at once
                 now = time.monotonic()
                 if now - last_heard >= silent_limit:
