@@ -317,3 +317,18 @@ def test_oversized_reply_becomes_internal_error(broker, running):
     assert header.code == ErrorCode.INTERNAL and "byte message limit" in header.message
     broker.request(ident, b"t2", b"x" * 100, request_id="small")
     assert reply_of(broker.expect(W.FINAL)[1])[1]["echo"] == b"x" * 100
+
+
+def test_backoff_grows_when_the_broker_refuses_at_once(broker):
+    runtime = _runtime(broker, EchoHandler(), reconnect_initial=0.05,
+                       reconnect_max=0.4).start()
+    try:
+        times = []
+        for _ in range(5):
+            ident, _ = broker.expect(W.READY)
+            times.append(time.monotonic())
+            broker.disconnect(ident)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert gaps[-1] >= 0.3 and gaps[-1] > gaps[0], gaps  # 0.05, 0.1, 0.2, 0.4 s
+    finally:
+        runtime.stop()
