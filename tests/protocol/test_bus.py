@@ -259,3 +259,26 @@ def test_sigterm_makes_the_echo_worker_disconnect_at_once(bus):
     assert proc.wait(10) == 0
     # purging by silence would take 15 s; DISCONNECT removes it at once
     assert wait_until(lambda: not b.client.service_available("echo", timeout=1.0), timeout=3)
+
+
+def test_third_party_body_gets_bad_request_from_the_worker_which_keeps_serving(bus):
+    """A plain RFC 18 client (no envelope) reaches our worker and gets a clear error."""
+    import zmq
+
+    from protocol.envelope import unpack
+
+    b = bus()
+    b.echo("echo")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(b.url)
+    try:
+        sock.send_multipart([b"MDPC02", b"\x01", b"echo", b"plain bytes, no envelope"])
+        assert sock.poll(10_000), b.procs.logs()
+        header, command, service, *body = sock.recv_multipart()
+        assert (header, command, service) == (b"MDPC02", b"\x03", b"echo")
+        answer = unpack(body[0])
+        assert answer["error"] == "bad_request" and "envelope" in answer["message"]
+    finally:
+        sock.close(0)
+    assert b.client.request("echo", "still serving")["echo"] == "still serving"
