@@ -282,3 +282,21 @@ def test_third_party_body_gets_bad_request_from_the_worker_which_keeps_serving(b
     finally:
         sock.close(0)
     assert b.client.request("echo", "still serving")["echo"] == "still serving"
+
+
+def test_worker_killed_mid_request_is_redispatched_to_another(bus):
+    b = bus()
+    procs = {wid: b.echo("echo", delay=1.5, worker_id=wid, wait=False) for wid in ("k1", "k2")}
+    assert wait_until(lambda: len(b.workers("echo")) == 2), b.procs.logs()
+    result = {}
+    caller = threading.Thread(
+        target=lambda: result.update(reply=b.client.request("echo", "survive", timeout=20)))
+    caller.start()
+    busy = []
+    assert wait_until(lambda: busy.extend(
+        w["metadata"]["worker_id"] for w in b.workers("echo") if w["in_flight"]) or busy)
+    kill(procs[busy[0]])
+    caller.join(25)
+    reply = result["reply"]
+    assert reply["echo"] == "survive" and reply["worker_id"] != busy[0]
+    assert reply["attempt"] >= 1
