@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)
         return 2
+    _raise_open_files_limit()
     broker = Broker(settings)
     try:
         broker.bind()
@@ -83,6 +84,18 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     broker.run()
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Each connected peer costs the broker a file descriptor: allow as many as permitted."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep the limit
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
