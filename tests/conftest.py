@@ -1,6 +1,14 @@
 """Shared test settings: offline Hugging Face, and the repository root on sys.path."""
 
 import os
+import sys
+from pathlib import Path
+
+# tests/frontend, tests/gating, ... would otherwise shadow the real packages of the same
+# name as empty namespace packages when pytest puts tests/ on sys.path.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
