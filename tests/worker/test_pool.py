@@ -76,3 +76,26 @@ def test_concurrent_gets_load_once():
     assert first.closed and pool.resident == ["llama-2-7b-hf"]
     with pytest.raises(ValueError):
         ModelPool(max_resident=0, registry=REGISTRY)
+
+
+def test_a_request_past_its_timeout_is_not_computed(pool):
+    from protocol.errors import DeadlineExceeded
+
+    expert = REGISTRY.resolve("finance/rating", "zh")
+    engine = pool.get("bloomz-7b1")
+    with engine._lock:  # the model is busy: the request waits, its time runs out
+        result = []
+        t = threading.Thread(target=lambda: result.append(_catch(
+            lambda: pool.infer("bloomz-7b1", payload_for(expert), timeout=0.05))))
+        t.start()
+        t.join(0.5)
+    t.join(10)
+    assert isinstance(result[0], DeadlineExceeded)
+    assert pool.infer("bloomz-7b1", payload_for(expert), timeout=30)["result"] in "12345"
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001
+        return err

@@ -116,6 +116,7 @@ class BatchingHandler(Handler):
             try:
                 job = self.engine.prepare(request.payload, request.request_id,
                                           request.received_at)
+                job.deadline = request.deadline
             except RequestError as err:
                 _safe(responder.error, err.code, err.message, err.details)
                 continue

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import DeadlineExceeded
 from protocol.registry import ExpertSpec, ExpertsRegistry, language, load_registry
 from worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
 from worker.engine.generation import GenRow, generate_batch
@@ -57,6 +58,7 @@ class Job:
     request_id: str = ""
     received_at: float = field(default_factory=time.monotonic)
     max_new_tokens: int | None = None  # overrides the registry's (warm-up uses a few)
+    deadline: float | None = None  # time.monotonic() after which nobody wants the answer
 
 
 def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> list[list[int]]:
@@ -338,8 +340,16 @@ class Engine:
                 raise EngineClosed(f"engine for {self.base_model_key} is closed")
             started = time.monotonic()
             outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
-            cls = [i for i, j in enumerate(jobs) if j.expert.kind == "classification"]
-            ext = [i for i, j in enumerate(jobs) if j.expert.kind != "classification"]
+            live = []
+            for i, job in enumerate(jobs):
+                if job.deadline is not None and started >= job.deadline:
+                    outcomes[i] = DeadlineExceeded(
+                        "deadline passed while waiting for the model; not computed",
+                        request_id=job.request_id)
+                else:
+                    live.append(i)
+            cls = [i for i in live if jobs[i].expert.kind == "classification"]
+            ext = [i for i in live if jobs[i].expert.kind != "classification"]
             for indices, fn in ((cls, self._classify), (ext, self._extract)):
                 for chunk_start in range(0, len(indices), self.settings.max_batch):
                     chunk = indices[chunk_start:chunk_start + self.settings.max_batch]
@@ -421,9 +431,17 @@ class Engine:
             replies.append(reply)
         return replies
 
-    def infer(self, payload: Any, request_id: str = "") -> dict[str, Any]:
-        """Validate and compute one payload synchronously; raises its error."""
+    def infer(self, payload: Any, request_id: str = "",
+              deadline: float | None = None) -> dict[str, Any]:
+        """Validate and compute one payload synchronously; raises its error.
+
+        Args:
+            deadline: ``time.monotonic()`` value; a request still waiting for the model
+                then is not computed (``DeadlineExceeded``). A computation that started
+                in time is not cut short.
+        """
         job = self.prepare(payload, request_id)
+        job.deadline = deadline
         outcome = self.run([job])[0]
         if isinstance(outcome, Exception):
             raise outcome

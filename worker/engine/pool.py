@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -110,17 +111,25 @@ class ModelPool:
         engine.close()
         return True
 
-    def infer(self, base_model_key: str, payload: Any, request_id: str = "") -> dict[str, Any]:
+    def infer(self, base_model_key: str, payload: Any, request_id: str = "",
+              timeout: float | None = None) -> dict[str, Any]:
         """Classify ``payload`` with the right engine; the reply a worker would send.
 
+        Args:
+            timeout: seconds from now; a request still waiting (for a model to load or for
+                the model to be free) when they run out is answered ``DeadlineExceeded``
+                instead of computed. A computation already started is not cut short.
+
         Raises:
+            DeadlineExceeded: the timeout ran out before the computation started.
             InvalidPayload: (a ``protocol.errors.BadRequest``) naming the field at fault.
             ModelLoadError: the model cannot be loaded.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(3):
             engine = self.get(base_model_key)
             try:
-                return engine.infer(payload, request_id)
+                return engine.infer(payload, request_id, deadline=deadline)
             except EngineClosed:
                 continue  # evicted between get() and infer(): load it again
         raise EngineClosed(f"{base_model_key} was evicted repeatedly while in use")
