@@ -20,6 +20,7 @@ from frontend.analytics import Analytics
 from frontend.classify import Classifier
 from frontend.dispatch import Dispatcher, dispatcher_for
 from frontend.gating_holder import GatingHolder
+from frontend.limits import Limits
 from frontend.metrics import Metrics
 from frontend.middleware import Authenticator, RequestContext
 from frontend.openapi import openapi_document
@@ -44,9 +45,11 @@ class Components:
     tokens: TokenService
     metrics: Metrics
     classifier: Classifier | None = None  # set by create_app
+    limits: Limits | None = None  # None: nothing is rate-limited
 
     def close(self) -> None:
-        for part in (self.classifier, self.dispatcher, self.analytics, self.users):
+        for part in (self.classifier, self.dispatcher, self.analytics, self.users,
+                     self.limits):
             if part is None:
                 continue
             try:
@@ -64,6 +67,7 @@ def create_app(
     """Build the WSGI app from its parts."""
     s = components.settings
     metrics = components.metrics
+    limits = components.limits or Limits.disabled()
     classifier = Classifier(gating=components.gating, dispatcher=components.dispatcher,
                             analytics=components.analytics, metrics=metrics,
                             request_timeout_s=s.request_timeout_s,
@@ -81,15 +85,17 @@ def create_app(
     app.add_route("/metrics", root.MetricsResource(metrics))
     app.add_route(f"{API}/auth/register",
                   auth.Register(components.users, enabled=s.allow_registration,
-                                max_body=s.max_body_bytes))
+                                max_body=s.max_body_bytes, limits=limits))
     app.add_route(f"{API}/auth/token",
-                  auth.Token(components.users, components.tokens, max_body=s.max_body_bytes))
+                  auth.Token(components.users, components.tokens, max_body=s.max_body_bytes,
+                             limits=limits))
     app.add_route(f"{API}/classify",
                   classify.Classify(classifier, max_body=s.max_body_bytes,
-                                    max_chars=s.max_text_chars))
+                                    max_chars=s.max_text_chars, limits=limits))
     app.add_route(f"{API}/classify/batch",
                   classify.ClassifyBatch(classifier, max_body=s.max_body_bytes,
-                                         max_chars=s.max_text_chars, limit=s.batch_limit))
+                                         max_chars=s.max_text_chars, limit=s.batch_limit,
+                                         limits=limits))
     app.add_route(f"{API}/classify/stats",
                   classify.Stats(components.gating, components.dispatcher, components.analytics,
                                  probe_timeout=s.broker_probe_timeout_s))
@@ -128,4 +134,5 @@ def build_components(settings: Settings, *, gating: GatingHolder | None = None,
         tokens=TokenService(secret, issuer=settings.jwt_issuer,
                             ttl_seconds=settings.jwt_ttl_seconds),
         metrics=Metrics(),
+        limits=Limits.from_settings(settings),
     )

@@ -31,6 +31,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_service": 503,  # no worker of that base model is known to the broker
     "no_worker": 503,
     "overloaded": 429,
+    "rate_limited": 429,  # frontend.limits: per user / per address limits
     "deadline_exceeded": 504,
     "worker_lost": 502,
     "internal": 502,  # a bug upstream (broker or worker), not in the frontend

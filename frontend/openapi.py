@@ -42,7 +42,9 @@ _ERROR_TEXT = {
     415: "Unsupported Content-Type",
     422: "Validation error (field named), unsupported language (served ones listed), "
          "worker refused the payload, or invalid registry",
-    429: "The model's queue is full (Retry-After)",
+    429: "Rate limited (error rate_limited: too many login attempts or classifications for "
+         "this user or client address; a failed login and each batch item count) or the "
+         "model's queue is full (overloaded); Retry-After says how many seconds to wait",
     500: "Internal error",
     502: "The worker was lost or failed",
     503: "Not ready, or no worker serves the model (Retry-After)",
@@ -184,7 +186,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     responses = {}
     for status, text in _ERROR_TEXT.items():
         headers = {"X-Request-ID": {"schema": _STR}}
-        if status in (429, 503):
+        if status == 429:
+            headers["Retry-After"] = {"schema": {"type": "string", "pattern": "^[0-9]+$"},
+                                      "description": "seconds", "required": True}
+        if status == 503:
             headers["Retry-After"] = {"schema": _STR, "description": "seconds"}
         if status == 401:
             headers["WWW-Authenticate"] = {"schema": _STR, "required": True}
@@ -218,7 +223,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                         "properties": {"username": _STR,
                                                        "disabled": {"type": "boolean"}}},
                                        "Created"),
-                          **_errors(400, 403, 409, 413, 415, 422)}}},
+                          **_errors(400, 403, 409, 413, 415, 422, 429)}}},
         "/api/v1/auth/token": {"post": {
             "summary": "OAuth2 password grant: a bearer token", "operationId": "token",
             "security": [],
@@ -233,7 +238,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                         "properties": {"access_token": _STR,
                                                        "token_type": {"enum": ["bearer"]},
                                                        "expires_in": {"type": "integer"}}}),
-                          **_errors(401, 413, 415, 422)}}},
+                          **_errors(401, 413, 415, 422, 429)}}},
         "/api/v1/classify": {"post": {
             "summary": "Classify one text with the expert gating selects",
             "operationId": "classify", "security": bearer,
@@ -248,7 +253,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("BatchRequest")}}},
             "responses": {"200": _json(_ref("BatchResponse")),
-                          **_errors(400, 401, 413, 415, 422, 503)}}},
+                          **_errors(400, 401, 413, 415, 422, 429, 503)}}},
         "/api/v1/classify/stats": {"get": {
             "summary": "Registry facts, live workers per model, request analytics",
             "operationId": "stats", "security": bearer,

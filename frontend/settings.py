@@ -47,6 +47,12 @@ class Settings:
     broker_probe_timeout_s: float = 1.0
     user_cache_ttl_s: float = 5.0
     version: str = "0.1.0"
+    # Rate limits ("COUNT/PERIOD", or "off"); see frontend.limits for what each one counts.
+    rate_limit_login_user: str = "10/minute"
+    rate_limit_login_address: str = "60/minute"
+    rate_limit_classify_user: str = "1200/minute"
+    rate_limit_classify_address: str = "2400/minute"
+    login_failure_cost: int = 5  # a failed login spends this many units of the login limits
 
     def with_(self, **changes) -> Settings:
         """A copy with some fields changed (tests use it)."""
@@ -59,6 +65,10 @@ class Settings:
     @property
     def analytics_db(self) -> Path:
         return self.data_dir / "analytics.sqlite3"
+
+    @property
+    def ratelimit_db(self) -> Path:
+        return self.data_dir / "ratelimit.sqlite3"
 
 
 def _bool(value: str, name: str) -> bool:
@@ -118,12 +128,40 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Sett
         kw["batch_limit"] = _number(env["MOLE_BATCH_LIMIT"], "MOLE_BATCH_LIMIT", int)
     if env.get("MOLE_MAX_BODY_BYTES"):
         kw["max_body_bytes"] = _number(env["MOLE_MAX_BODY_BYTES"], "MOLE_MAX_BODY_BYTES", int)
+    if env.get("MOLE_MAX_TEXT_CHARS"):
+        kw["max_text_chars"] = _number(env["MOLE_MAX_TEXT_CHARS"], "MOLE_MAX_TEXT_CHARS", int)
+    kw.update(_rate_limits(env))
     if env.get("EXPERT_REGISTRY_PATH"):
         kw["registry_path"] = Path(env["EXPERT_REGISTRY_PATH"])
     if env.get("MOLE_ARGON2_PROFILE"):
         kw["argon2_profile"] = env["MOLE_ARGON2_PROFILE"]
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**kw)
+
+
+def _rate_limits(env: Mapping[str, str]) -> dict:
+    """MOLE_RATE_LIMIT_{LOGIN,CLASSIFY} set both the per-user and the per-address limit;
+    a ``_USER`` or ``_ADDRESS`` suffix sets one; MOLE_RATE_LIMITS=off disables them all."""
+    from frontend.ratelimit import RateSpecError, parse_rate
+
+    kw: dict = {}
+    if env.get("MOLE_RATE_LIMITS", "").strip().lower() in ("0", "off", "false", "no"):
+        return {f"rate_limit_{kind}_{scope}": "off" for kind in ("login", "classify")
+                for scope in ("user", "address")}
+    for kind in ("login", "classify"):
+        for scope in ("user", "address"):
+            for name in (f"MOLE_RATE_LIMIT_{kind.upper()}",
+                         f"MOLE_RATE_LIMIT_{kind.upper()}_{scope.upper()}"):
+                if env.get(name):
+                    try:
+                        parse_rate(env[name], name)
+                    except RateSpecError as err:
+                        raise SettingsError(str(err)) from None
+                    kw[f"rate_limit_{kind}_{scope}"] = env[name].strip()
+    if env.get("MOLE_LOGIN_FAILURE_COST"):
+        kw["login_failure_cost"] = _number(env["MOLE_LOGIN_FAILURE_COST"],
+                                           "MOLE_LOGIN_FAILURE_COST", int)
+    return kw
 
 
 def check_secret(secret: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from frontend.errors import APIError
+from frontend.limits import Limits, client_address
 from frontend.media import parse_body, parse_form, respond
 from frontend.tokens import TokenService
 from frontend.users import UserError, UserStore
@@ -13,10 +14,12 @@ from frontend.users import UserError, UserStore
 class Register:
     auth = "public"
 
-    def __init__(self, users: UserStore, *, enabled: bool, max_body: int) -> None:
+    def __init__(self, users: UserStore, *, enabled: bool, max_body: int,
+                 limits: Limits | None = None) -> None:
         self._users = users
         self._enabled = enabled
         self._max_body = max_body
+        self._limits = limits or Limits.disabled()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not self._enabled:
@@ -26,6 +29,9 @@ class Register:
         if not isinstance(body, dict):
             raise APIError("validation_error", "body: must be an object with username and "
                            "password", field="body")
+        username = body.get("username")
+        self._limits.login(username if isinstance(username, str) else "",
+                           client_address(req))
         try:
             user = self._users.create(body.get("username"), body.get("password"))
         except UserError as err:
@@ -36,10 +42,12 @@ class Register:
 class Token:
     auth = "public"
 
-    def __init__(self, users: UserStore, tokens: TokenService, *, max_body: int) -> None:
+    def __init__(self, users: UserStore, tokens: TokenService, *, max_body: int,
+                 limits: Limits | None = None) -> None:
         self._users = users
         self._tokens = tokens
         self._max_body = max_body
+        self._limits = limits or Limits.disabled()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         form = parse_form(req, self._max_body)
@@ -50,8 +58,11 @@ class Token:
         for name in ("username", "password"):
             if not form.get(name):
                 raise APIError("validation_error", f"{name}: is required", field=name)
+        address = client_address(req)
+        self._limits.login(form["username"], address)
         user = self._users.authenticate(form["username"], form["password"])
         if user is None:
+            self._limits.login_failed(form["username"], address)
             raise APIError("invalid_credentials", "incorrect username or password")
         resp.set_header("Cache-Control", "no-store")
         respond(req, resp, {"access_token": self._tokens.issue(user.username),

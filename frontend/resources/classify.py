@@ -11,6 +11,7 @@ from frontend.analytics import Analytics
 from frontend.classify import Classifier, parse_item
 from frontend.errors import APIError, validation
 from frontend.gating_holder import GatingHolder, NotReady
+from frontend.limits import Limits, client_address
 from frontend.media import parse_body, respond
 
 log = logging.getLogger("mole.frontend")
@@ -19,13 +20,17 @@ log = logging.getLogger("mole.frontend")
 class Classify:
     auth = "user"
 
-    def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int) -> None:
+    def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int,
+                 limits: Limits | None = None) -> None:
         self._classifier = classifier
         self._max_body = max_body
         self._max_chars = max_chars
+        self._limits = limits or Limits.disabled()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        item = parse_item(parse_body(req, self._max_body), max_chars=self._max_chars)
+        body = parse_body(req, self._max_body)
+        self._limits.classify(req.context.user.username, client_address(req))
+        item = parse_item(body, max_chars=self._max_chars)
         request_id = req.context.request_id
         body = self._classifier.classify(item, request_id, self._classifier.deadline())
         respond(req, resp, body)
@@ -35,11 +40,12 @@ class ClassifyBatch:
     auth = "user"
 
     def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int,
-                 limit: int) -> None:
+                 limit: int, limits: Limits | None = None) -> None:
         self._classifier = classifier
         self._max_body = max_body
         self._max_chars = max_chars
         self._limit = limit
+        self._limits = limits or Limits.disabled()
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse_body(req, self._max_body)
@@ -50,6 +56,8 @@ class ClassifyBatch:
             raise validation("items", "must be a non-empty list of classify requests")
         if len(items) > self._limit:
             raise validation("items", f"has {len(items)} entries; the limit is {self._limit}")
+        # every item counts, valid or not: each is work the client asked for
+        self._limits.classify(req.context.user.username, client_address(req), len(items))
         parsed: list[Any] = []
         for index, item in enumerate(items):
             try:

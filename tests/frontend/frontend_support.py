@@ -18,6 +18,7 @@ from frontend.analytics import Analytics
 from frontend.app import Components, create_app
 from frontend.dispatch import BrokerDispatcher
 from frontend.gating_holder import GatingHolder
+from frontend.limits import Limits
 from frontend.metrics import Metrics
 from frontend.passwords import PasswordHasher
 from frontend.settings import Settings
@@ -97,6 +98,7 @@ def make_components(settings: Settings, *, hasher: PasswordHasher, gating: Gatin
         tokens=TokenService(SECRET, issuer=settings.jwt_issuer,
                             ttl_seconds=settings.jwt_ttl_seconds),
         metrics=Metrics(),
+        limits=Limits.from_settings(settings),
     )
 
 

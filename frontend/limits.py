@@ -1,0 +1,105 @@
+"""What the frontend rate-limits, and the 429 it answers.
+
+* login (``POST /api/v1/auth/token`` and ``POST /api/v1/auth/register``): per username
+  and per client address. Every attempt spends 1; a failed login spends
+  ``login_failure_cost`` in all (default 5), so guessing passwords locks a username (and
+  an address spraying many usernames) out much sooner than logging in does.
+* classify (``/classify`` spends 1, ``/classify/batch`` spends its number of items): per
+  authenticated user and per client address.
+
+The address is the TCP peer (``REMOTE_ADDR``); behind a reverse proxy every client shares
+the proxy's address, so raise or switch off the per-address limits there.
+Refusals are ``429 rate_limited`` with ``Retry-After`` in whole seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import falcon
+
+from frontend.errors import APIError
+from frontend.ratelimit import Decision, Rate, RateLimiter, parse_rate
+from frontend.settings import Settings
+
+_KEY_CHARS = 128  # usernames are at most 50 characters; longer input is cut for the key
+
+
+def client_address(req: falcon.Request) -> str:
+    return req.remote_addr or "unknown"
+
+
+class Limits:
+    """The frontend's limits over one :class:`RateLimiter` (None: nothing is limited)."""
+
+    def __init__(self, limiter: RateLimiter | None, *, login_user: Rate | None = None,
+                 login_address: Rate | None = None, classify_user: Rate | None = None,
+                 classify_address: Rate | None = None, login_failure_cost: int = 5) -> None:
+        self.limiter = limiter
+        self.login_user = login_user
+        self.login_address = login_address
+        self.classify_user = classify_user
+        self.classify_address = classify_address
+        self.login_failure_cost = max(1, int(login_failure_cost))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *,
+                      clock: Callable[[], float] = time.time) -> Limits:
+        rates = {name: parse_rate(getattr(settings, f"rate_limit_{name}"), name)
+                 for name in ("login_user", "login_address", "classify_user",
+                              "classify_address")}
+        limiter = RateLimiter(settings.ratelimit_db, clock=clock) if any(
+            rates.values()) else None
+        return cls(limiter, login_failure_cost=settings.login_failure_cost, **rates)
+
+    @classmethod
+    def disabled(cls) -> Limits:
+        return cls(None)
+
+    def _login_keys(self, username: str, address: str) -> list[tuple[str, Rate | None]]:
+        return [(f"login:user:{username.strip().lower()[:_KEY_CHARS]}", self.login_user),
+                (f"login:addr:{address}", self.login_address)]
+
+    def login(self, username: str, address: str) -> None:
+        """Spend one login attempt.
+
+        Raises:
+            APIError: rate_limited (429, Retry-After).
+        """
+        if self.limiter is not None:
+            _raise(self.limiter.hit(self._login_keys(username, address)), "login attempts",
+                   "a failed login counts as several attempts")
+
+    def login_failed(self, username: str, address: str) -> None:
+        """The attempt failed: spend the rest of the failure cost."""
+        if self.limiter is not None and self.login_failure_cost > 1:
+            self.limiter.charge(self._login_keys(username, address),
+                                self.login_failure_cost - 1)
+
+    def classify(self, username: str, address: str, cost: int = 1) -> None:
+        """Spend ``cost`` classifications (a batch's number of items).
+
+        Raises:
+            APIError: rate_limited (429, Retry-After).
+        """
+        if self.limiter is not None:
+            checks = [(f"classify:user:{username}", self.classify_user),
+                      (f"classify:addr:{address}", self.classify_address)]
+            _raise(self.limiter.hit(checks, cost), "classifications",
+                   "a batch counts each of its items")
+
+    def close(self) -> None:
+        if self.limiter is not None:
+            self.limiter.close()
+
+
+def _raise(decision: Decision, what: str, note: str) -> None:
+    if decision.allowed:
+        return
+    scope = "address" if ":addr:" in (decision.key or "") else "user"
+    rate = decision.rate
+    limit = f"{rate.count} per {rate.period_s:g} s" if rate else "the limit"
+    wait = decision.retry_after_header
+    raise APIError("rate_limited", f"too many {what} for this {scope} ({limit}; {note}); "
+                   f"retry in {wait} s", headers={"Retry-After": wait})

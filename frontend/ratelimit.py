@@ -1,0 +1,214 @@
+"""Rate limits per user and per client address, shared by every gunicorn worker process.
+
+Why SQLite: gunicorn runs several worker processes, and a limit kept in one process's
+memory would let a client through N times faster than configured (and a brute-force
+attacker N times more guesses). The counters live in one small table in the data
+directory, in WAL mode with ``synchronous=OFF`` (a crash may forget a few milliseconds of
+counts; that is harmless for a limiter), and each check is one short ``BEGIN IMMEDIATE``
+transaction that reads and writes every key of the check at once. Measured cost is about
+a few tens of microseconds per check on this machine (``tests/benchmarks/bench_soak.py
+--limiter-only``).
+
+The algorithm is GCRA (the generic cell rate algorithm, a token bucket written as one
+number per key): each key stores its "theoretical arrival time" ``tat``. A rate of
+``N`` per ``P`` seconds spends ``P/N`` seconds of ``tat`` per unit of cost, and a request
+is allowed while ``tat`` stays within ``P`` of now, so a client may burst ``N`` and then
+goes on at ``N/P``. A refused request costs nothing. A row whose ``tat`` is in the past
+is the same as no row, so old rows are pruned now and then.
+
+If the database cannot be used (a disk error, a lock held past the busy timeout) the
+check lets the request through and logs a warning: a broken limiter must not take the
+service down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("mole.frontend.ratelimit")
+
+_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+          "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+          "h": 3600.0, "hour": 3600.0, "hours": 3600.0,
+          "d": 86400.0, "day": 86400.0, "days": 86400.0}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
+_OFF = ("", "0", "off", "none", "false", "no", "disabled", "unlimited")
+
+
+class RateSpecError(ValueError):
+    """A rate limit setting could not be read; the message shows the accepted forms."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` units per ``period_s`` seconds (a burst of ``count`` is allowed)."""
+
+    count: int
+    period_s: float
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds of allowance one unit of cost spends."""
+        return self.period_s / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period_s:g}s"
+
+
+def parse_rate(text: str | None, name: str = "rate") -> Rate | None:
+    """``"10/minute"``, ``"600/min"``, ``"5/30s"``, ``"100/hour"``; None for ``0``/``off``.
+
+    Raises:
+        RateSpecError: the text is not one of those forms.
+    """
+    if text is None or text.strip().lower() in _OFF:
+        return None
+    match = _RATE_RE.match(text.lower())
+    if not match or match.group(3) not in _UNITS:
+        raise RateSpecError(f"{name}={text!r}: expected COUNT/PERIOD such as '10/minute', "
+                            "'600/min', '5/30s' or '100/hour', or 0/off to disable")
+    count = int(match.group(1))
+    if count == 0:
+        return None
+    period = float(match.group(2) or 1.0) * _UNITS[match.group(3)]
+    if period <= 0:
+        raise RateSpecError(f"{name}={text!r}: the period must be positive")
+    return Rate(count, period)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one check: allowed, or refused with the seconds to wait."""
+
+    allowed: bool
+    retry_after_s: float = 0.0
+    key: str | None = None  # the key that refused
+    rate: Rate | None = None  # and its rate
+
+    @property
+    def retry_after_header(self) -> str:
+        """Whole seconds, rounded up, at least 1 (RFC 9110 delay-seconds)."""
+        return str(max(1, math.ceil(self.retry_after_s - 1e-9)))
+
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
+
+
+class RateLimiter:
+    """GCRA buckets in one SQLite file; safe across threads and processes.
+
+    One connection per process, opened on first use (never across ``fork``), shared by
+    the process's threads under a lock.
+    """
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time,
+                 busy_timeout_s: float = 2.0, prune_every: int = 5000) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._prune_every = prune_every
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._since_prune = 0
+        self._warned_at = 0.0
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def hit(self, checks: Sequence[tuple[str, Rate | None]], cost: float = 1.0) -> Decision:
+        """Spend ``cost`` on every key if all of them allow it, else spend nothing.
+
+        A cost above a rate's burst is allowed only when that bucket is full (a batch of
+        more items than the burst drains it). Rates of None are skipped.
+        """
+        active = [(key, rate) for key, rate in checks if rate is not None]
+        if not active or cost <= 0:
+            return Decision(True)
+        return self._run(active, cost, enforce=True)
+
+    def charge(self, checks: Sequence[tuple[str, Rate | None]], cost: float) -> None:
+        """Spend ``cost`` more on every key, allowed or not (a failed login's penalty)."""
+        active = [(key, rate) for key, rate in checks if rate is not None]
+        if active and cost > 0:
+            self._run(active, cost, enforce=False)
+
+    def _run(self, active: list[tuple[str, Rate]], cost: float, *, enforce: bool) -> Decision:
+        try:
+            with self._lock:
+                return self._transaction(active, cost, enforce)
+        except sqlite3.Error as err:
+            now = time.monotonic()
+            if now - self._warned_at > 60:  # one warning a minute, not one per request
+                self._warned_at = now
+                log.warning("rate limiter database %s failed (%s: %s); requests are let "
+                            "through unlimited until it works again", self.path,
+                            type(err).__name__, err)
+            return Decision(True)
+
+    def _transaction(self, active: list[tuple[str, Rate]], cost: float,
+                     enforce: bool) -> Decision:
+        db = self._db()
+        now = self._clock()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            marks = ",".join("?" * len(active))
+            stored = dict(db.execute(f"SELECT key, tat FROM buckets WHERE key IN ({marks})",
+                                     [key for key, _ in active]).fetchall())
+            updates = []
+            refused: Decision | None = None
+            for key, rate in active:
+                tat = max(float(stored.get(key, now)), now)
+                if enforce:
+                    # the furthest tat this request may reach and still be allowed
+                    need = min(cost, rate.count) * rate.interval_s
+                    over = tat + need - now - rate.period_s
+                    if over > 1e-9:
+                        if refused is None or over > refused.retry_after_s:
+                            refused = Decision(False, over, key, rate)
+                        continue
+                updates.append((key, tat + cost * rate.interval_s))
+            if refused is not None:
+                db.execute("ROLLBACK")
+                return refused
+            db.executemany("INSERT INTO buckets(key, tat) VALUES(?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET tat=excluded.tat", updates)
+            self._since_prune += 1
+            if self._since_prune >= self._prune_every:
+                self._since_prune = 0
+                db.execute("DELETE FROM buckets WHERE tat < ?", (now,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Decision(True)
+
+    def reset(self) -> None:
+        """Forget every bucket (tests, and an operator unlocking everyone)."""
+        with self._lock:
+            self._db().execute("DELETE FROM buckets")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
