@@ -81,7 +81,7 @@ def parse_rate(text: str | None, name: str = "rate") -> Rate | None:
         return None
     period = float(match.group(2) or 1.0) * _UNITS[match.group(3)]
     if period <= 0:
-        raise RateSpecError(f"{name}={text!r}: the period must be positive")
+        raise RateSpecError(f"{name}={text!r}: the period must be positive (COUNT/PERIOD)")
     return Rate(count, period)
 
 
