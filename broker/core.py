@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import heapq
 import logging
+import math
 import os
 import time
 from collections import OrderedDict, deque
@@ -121,6 +122,7 @@ class Broker:
             "internal_errors": 0, "unknown_worker_messages": 0,
         }
         self._warn = RateLimitedLog(log)
+        self._tick = self.settings.heartbeat_interval / 10
 
     # ------------------------------------------------------------------ socket and loop
 
@@ -179,12 +181,19 @@ class Broker:
             self._ctx.term()
 
     def _poll_timeout_ms(self, now: float) -> int:
+        """Sleep until the next timer is due (or MAX_POLL_MS).
+
+        Heartbeat and expiry times are rounded up to a tick of a tenth of the heartbeat
+        interval, so with many workers their heartbeats go out in batches, one wake-up per
+        tick rather than one per worker. Deadlines stay exact.
+        """
         due = now + MAX_POLL_MS / 1000
+        tick = self._tick
         if self._heartbeats:
-            due = min(due, self._heartbeats[0][0])
+            due = min(due, math.ceil(self._heartbeats[0][0] / tick) * tick)
         if self._activity:
             first = next(iter(self._activity.values()))
-            due = min(due, first.last_seen + self.settings.expiry)
+            due = min(due, math.ceil((first.last_seen + self.settings.expiry) / tick) * tick)
         if self._deadlines:
             due = min(due, self._deadlines[0][0])
         if self._releases:
