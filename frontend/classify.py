@@ -93,8 +93,12 @@ class Classifier:
             body = self._classify(item, request_id, deadline, started, facts)
         except APIError as err:
             self._record(facts, started, ok=False, error=err.code)
+            log.debug("request %s: %s/%s on %s failed: %s", request_id, facts.get("language"),
+                      facts.get("task"), facts.get("model"), err.code)  # never the text
             raise
         self._record(facts, started, ok=True, confidence=body.get("confidence"))
+        log.debug("request %s: %s/%s on %s answered", request_id, facts.get("language"),
+                  facts.get("task"), facts.get("model"))
         return body
 
     def _record(self, facts: dict, started: float, *, ok: bool, error: str | None = None,

@@ -29,6 +29,10 @@ backlog = 2048
 limit_request_line = 8190
 limit_request_fields = 100
 accesslog = os.environ.get("MOLE_FRONTEND_ACCESS_LOG") or None  # "-" for stdout
+# Peer, time, method, path WITHOUT the query string (%(U)s, not %(r)s or %(q)s), status,
+# bytes, seconds and the request id. Never a body (gunicorn has no atom for one) and no
+# request headers (Authorization carries the bearer token).
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)s %({x-request-id}o)s'
 errorlog = "-"
 loglevel = os.environ.get("MOLE_FRONTEND_LOG_LEVEL", "info")
 proc_name = "mole-frontend"
