@@ -51,7 +51,7 @@ LORA_TARGETS: dict[str, list[str]] = {
 
 @dataclass(frozen=True, slots=True)
 class TinySize:
-    """Shape of a tiny model; ``test`` is ~1 M parameters, ``bench`` ~25 M."""
+    """Shape of a tiny model; ``test`` is ~1-1.5 M parameters, ``bench`` ~25 M."""
 
     hidden: int
     layers: int
@@ -64,7 +64,7 @@ class TinySize:
 
 #: every dimension a multiple of 64: bitsandbytes' CPU nf4 kernels need whole blocks
 SIZES: dict[str, TinySize] = {
-    "test": TinySize(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=384, vocab=3000),
+    "test": TinySize(hidden=192, layers=2, heads=6, kv_heads=2, intermediate=512, vocab=3000),
     "bench": TinySize(hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1408, vocab=3000),
 }
 

@@ -114,6 +114,25 @@ def timeit(fn, budget_s: float, min_iters: int = 2) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+def padding_check(model, tokenizer, prompt, label_ids, precision) -> None:
+    """Left-padded mixed-length, mixed-adapter batch against one request at a time."""
+    from worker.engine.scoring import ScoreRow, accepts_position_ids, probabilities, score_batch
+
+    use_pos = accepts_position_ids(model)
+    rows = [ScoreRow(prompt[: len(prompt) - 37 * i], label_ids, f"a{i % 2}") for i in range(4)]
+    batched = score_batch(model, rows, 0, use_positions=use_pos)
+    worst_p = worst_ll = 0.0
+    for row, got in zip(rows, batched, strict=True):
+        alone = score_batch(model, [row], 0, use_positions=use_pos)[0]
+        p, q = probabilities(got), probabilities(alone)
+        worst_p = max(worst_p, max(abs(a - b) for a, b in zip(p, q, strict=True)))
+        worst_ll = max(worst_ll, max(abs(a - b) for a, b in zip(got, alone, strict=True)))
+    nan = any(x != x for row in batched for x in row)
+    print(f"{precision}: padded mixed batch vs one at a time: max difference "
+          f"{worst_ll:.2e} in label log-likelihood, {worst_p:.2e} in probability"
+          f"{' (NaN!)' if nan else ''}")
+
+
 def measure(model, tokenizer, precision, prompt, label_ids, over_budget, cell_seconds):
     """(precision, batch, method, classifications/s | "OOM" | None) for each cell."""
     import torch
@@ -182,6 +201,7 @@ def main() -> int:
         mem = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
         print(f"{precision}: built in {time.perf_counter() - t0:.1f} s, "
               f"{mem:.1f} GiB allocated")
+        padding_check(model, tokenizer, prompt, label_ids, precision)
         rows_out += measure(model, tokenizer, precision, prompt, label_ids,
                             lambda: time.perf_counter() - started > args.budget,
                             args.cell_seconds)
