@@ -202,8 +202,7 @@ class Engine:
             "tasks": sorted(self._by_task),
             "languages": sorted({e.language.code for e in self.experts}),
             "adapters": sorted(self._by_adapter),
-            "adapter_dirs": sorted(e.adapter_path for e in {e.adapter_path: e
-                                                             for e in self.experts}.values()),
+            "adapter_dirs": sorted({e.adapter_path for e in self.experts}),
             "family": self.spec.family,
             "device": self.loaded.device,
             "dtype": self.loaded.dtype,
