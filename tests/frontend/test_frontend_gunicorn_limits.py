@@ -1,0 +1,205 @@
+"""Rate limits through the real ``python -m frontend`` (gunicorn, 2 worker processes) over
+real HTTP: one budget shared by both processes, Retry-After, failed-login lockout that
+wears off after its window, limits switched off, and no secret in gunicorn's log (access
+log on, DEBUG)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from frontend_support import REPO, child_env, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+SECRET = "QWPX-5512-hhzt"
+TEXT = f"The quarterly revenue rose 12 percent at {SECRET} and the company raised its outlook."
+DESCRIPTION = "Rate the sentiment of this financial statement"
+PASSWORD = f"pw-{SECRET}-long"
+
+
+def call(method, url, body=None, headers=None, form=False, timeout=30):
+    data = None
+    headers = dict(headers or {})
+    if body is not None and form:
+        data = urllib.parse.urlencode(body).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, json.loads(err.read())
+
+
+def _serve(tmp_path_factory, logs_dir, broker_url, name, **env_extra):
+    port = free_port()
+    data = tmp_path_factory.mktemp(name)
+    env = child_env()
+    for key in list(env):
+        if key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR") or key.startswith(
+                "MOLE_RATE_LIMIT"):
+            del env[key]
+    env.update(MOLE_ARGON2_PROFILE="cheap", REQUEST_TIMEOUT_SECONDS="10",
+               MOLE_FRONTEND_LOG_LEVEL="debug", **env_extra)
+    log = logs_dir / f"{name}.log"
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker",
+         broker_url, "--workers", "2", "--threads", "1", "--data-dir", str(data),
+         "--access-log"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert proc.poll() is None, log.read_text()
+        return call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
+
+    wait_for(ready, 120, "the frontend to be ready", interval=0.3)
+    return {"base": base, "proc": proc, "log": log, "out": out,
+            "db": data / "frontend" / "ratelimit.sqlite3"}
+
+
+def _stop(server):
+    proc = server["proc"]
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(40)
+    server["out"].close()
+
+
+@pytest.fixture(scope="module")
+def limited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
+    server = _serve(tmp_path_factory, logs_dir, broker_url, "gunicorn-limited",
+                    MOLE_RATE_LIMIT_CLASSIFY_USER="4/minute",
+                    MOLE_RATE_LIMIT_CLASSIFY_ADDRESS="off",
+                    MOLE_RATE_LIMIT_LOGIN_USER="5/10s", MOLE_RATE_LIMIT_LOGIN_ADDRESS="off",
+                    MOLE_LOGIN_FAILURE_COST="5")
+    try:
+        yield server
+    finally:
+        _stop(server)
+
+
+@pytest.fixture(scope="module")
+def unlimited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
+    server = _serve(tmp_path_factory, logs_dir, broker_url, "gunicorn-unlimited",
+                    MOLE_RATE_LIMITS="off")
+    try:
+        yield server
+    finally:
+        _stop(server)
+
+
+def register_and_login(base, username):
+    status, _, body = call("POST", f"{base}/api/v1/auth/register",
+                           {"username": username, "password": PASSWORD})
+    assert status == 201, body
+    status, _, body = call("POST", f"{base}/api/v1/auth/token",
+                           {"username": username, "password": PASSWORD}, form=True)
+    assert status == 200, body
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def _open_by(pid: int, path: Path) -> bool:
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if Path(fd.readlink()) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_one_budget_shared_by_both_worker_processes(limited):
+    base = limited["base"]
+    user = register_and_login(base, "shared1")
+
+    def one(_):  # a new connection each; each slow enough to keep a process busy
+        return call("POST", f"{base}/api/v1/classify",
+                    {"text": TEXT + " __sleep:0.2", "description": DESCRIPTION}, user)
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(one, range(12)))
+    statuses = sorted(r[0] for r in replies)
+    # per-process counters would have let up to 8 through
+    assert statuses == [200] * 4 + [429] * 8, statuses
+    for status, headers, body in replies:
+        if status == 429:
+            assert body["error"] == "rate_limited" and body["request_id"]
+            assert headers["X-Request-ID"] == body["request_id"]
+            assert 1 <= int(headers["Retry-After"]) <= 15  # one unit of 4/minute: 15 s
+    master = limited["proc"].pid
+    children = [int(c) for c in
+                Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    assert len(children) == 2
+    # both worker processes checked limits in the one shared file
+    assert all(_open_by(c, limited["db"]) for c in children), children
+
+
+def test_failed_login_locks_out_then_wears_off(limited):
+    base = limited["base"]
+    register_and_login(base, "locky")  # 2 of 5 units: register and one login
+    form = {"username": "locky", "password": "not-the-password"}
+    assert call("POST", f"{base}/api/v1/auth/token", form, form=True)[0] == 401
+    locked_at = time.monotonic()
+    good = {"username": "locky", "password": PASSWORD}
+    status, headers, body = call("POST", f"{base}/api/v1/auth/token", good, form=True)
+    assert status == 429 and body["error"] == "rate_limited", body
+    retry_after = int(headers["Retry-After"])
+    assert 1 <= retry_after <= 10
+    # the right password is refused until the failure's cost has drained, then works
+    while True:
+        status = call("POST", f"{base}/api/v1/auth/token", good, form=True)[0]
+        if status == 200:
+            break
+        assert status == 429
+        assert time.monotonic() - locked_at < 30, "the lockout never wore off"
+        time.sleep(0.25)
+    assert time.monotonic() - locked_at >= retry_after - 1.5
+
+
+def test_no_secret_in_the_server_log(limited):
+    base = limited["base"]
+    user = register_and_login(base, "quiet1")
+    call("POST", f"{base}/api/v1/auth/token?password={SECRET}",
+         {"username": "quiet1", "password": PASSWORD + "x"}, form=True)
+    call("POST", f"{base}/api/v1/classify?q={SECRET}", {"text": TEXT, "description": TEXT}, user)
+    call("POST", f"{base}/api/v1/classify", {"text": TEXT + " __error:internal",
+                                              "description": DESCRIPTION}, user)
+    call("POST", f"{base}/api/v1/classify", {"text": TEXT, "description": 5}, user)
+    log = limited["log"]
+
+    def logged():
+        text = log.read_text(errors="replace")
+        return text if '"POST /api/v1/classify HTTP/1.1" 422' in text else None
+
+    text = wait_for(logged, 10, "the access log lines")
+    assert "/api/v1/auth/token HTTP/1.1" in text  # the path is there, the query is not
+    assert SECRET not in text and PASSWORD not in text and "Bearer" not in text
+
+
+def test_limits_switched_off(unlimited):
+    base = unlimited["base"]
+    user = register_and_login(base, "free1")
+    bad = {"username": "free1", "password": "wrong-password"}
+    assert {call("POST", f"{base}/api/v1/auth/token", bad, form=True)[0]
+            for _ in range(12)} == {401}
+    assert call("POST", f"{base}/api/v1/auth/token",
+                {"username": "free1", "password": PASSWORD}, form=True)[0] == 200
+    with ThreadPoolExecutor(4) as pool:
+        statuses = set(pool.map(lambda _: call(
+            "POST", f"{base}/api/v1/classify", {"text": TEXT, "description": DESCRIPTION},
+            user)[0], range(30)))
+    assert statuses == {200}
+    assert not unlimited["db"].exists()  # no limiter database is even created
