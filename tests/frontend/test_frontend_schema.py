@@ -41,3 +41,54 @@ def test_api_matches_its_openapi_document(api):
     # the run really exercised every operation, most with several examples
     assert set(calls) == {op.label for op in operations}
     assert sum(calls.values()) > 5 * len(operations), calls
+
+
+LIMITED = ("register", "token", "classify", "classifyBatch")
+
+
+def test_rate_limited_operations_document_429_with_retry_after(api):
+    doc = api.client.simulate_get("/api/v1/openapi.json").json
+    operations = {op["operationId"]: op for path in doc["paths"].values()
+                  for op in path.values()}
+    e429 = doc["components"]["responses"]["E429"]
+    assert e429["headers"]["Retry-After"]["required"] is True
+    assert "rate_limited" in e429["description"]
+    for name in LIMITED:
+        assert operations[name]["responses"]["429"] == {"$ref": "#/components/responses/E429"}
+
+
+def test_429_answers_conform_to_the_document(tmp_path, hasher, registry, gating_pipeline,
+                                             broker_url, fixed_workers):
+    """schemathesis on the rate-limited operations with tiny limits: the 429s it provokes
+    have the documented status, headers and body."""
+    from frontend_support import Api, make_components, make_settings
+
+    from frontend.gating_holder import GatingHolder
+
+    tight = make_settings(tmp_path, rate_limit_classify_user="2/minute",
+                          rate_limit_login_address="3/minute")
+    api = Api(make_components(tight, hasher=hasher, broker_url=broker_url,
+                              gating=GatingHolder.loaded(gating_pipeline, registry)))
+    try:
+        headers = api.user("limited-admin", admin=True)
+        schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api.app)
+        statuses: dict[str, set[int]] = {}
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if operation.definition.raw.get("operationId") not in LIMITED:
+                continue
+
+            @given(case=operation.as_strategy())
+            @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck),
+                      derandomize=True, database=None)
+            def conforms(case):
+                response = case.call(headers=headers)
+                statuses.setdefault(case.operation.label, set()).add(response.status_code)
+                case.validate_response(response, checks=CHECKS)
+
+            conforms()
+    finally:
+        api.close()
+    assert len(statuses) == len(LIMITED)
+    limited = [label for label, seen in statuses.items() if 429 in seen]
+    assert len(limited) >= 3, statuses  # classify, batch and the login pair all hit 429
