@@ -111,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partials", type=int, default=0, help="PARTIAL replies per request")
     parser.add_argument("--worker-id", default=None, help="id reported to the broker")
     parser.add_argument("--heartbeat-interval", type=float,
-                        default=float(env("MOLE_HEARTBEAT_INTERVAL") or
-                                      DEFAULT_HEARTBEAT_INTERVAL_S),
+                        # a string default goes through type=, so a bad variable
+                        # gets argparse's clear error rather than a traceback
+                        default=env("MOLE_HEARTBEAT_INTERVAL") or str(DEFAULT_HEARTBEAT_INTERVAL_S),
                         help="seconds; must match the broker's (MOLE_HEARTBEAT_INTERVAL)")
     parser.add_argument("--liveness", type=int,
-                        default=int(env("MOLE_HEARTBEAT_LIVENESS") or DEFAULT_LIVENESS),
+                        default=env("MOLE_HEARTBEAT_LIVENESS") or str(DEFAULT_LIVENESS),
                         help="heartbeats missed before the broker counts as lost "
                              "(MOLE_HEARTBEAT_LIVENESS)")
     parser.add_argument("--reconnect-max", type=float, default=8.0,
@@ -125,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.slots < 1 or args.delay < 0 or args.partials < 0:
+        parser.error("--slots must be >= 1, --delay and --partials >= 0")
+    if not args.heartbeat_interval > 0 or args.liveness < 1:
+        parser.error("--heartbeat-interval must be > 0 and --liveness >= 1")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from worker.runtime import default_worker_id

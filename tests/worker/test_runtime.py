@@ -332,3 +332,20 @@ def test_backoff_grows_when_the_broker_refuses_at_once(broker):
         assert gaps[-1] >= 0.3 and gaps[-1] > gaps[0], gaps  # 0.05, 0.1, 0.2, 0.4 s
     finally:
         runtime.stop()
+
+
+def test_echo_entry_point_rejects_bad_settings_clearly():
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "worker.echo", "--broker", "tcp://127.0.0.1:1",
+            "--service", "s"]
+    for extra, env, fragment in [
+        (["--slots", "0"], {}, "--slots must be >= 1"),
+        ([], {"MOLE_HEARTBEAT_INTERVAL": "soon"}, "invalid float value: 'soon'"),
+    ]:
+        import os
+
+        out = subprocess.run(base + extra, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **env})
+        assert out.returncode == 2 and fragment in out.stderr, out.stderr
