@@ -335,6 +335,7 @@ def test_backoff_grows_when_the_broker_refuses_at_once(broker):
 
 
 def test_echo_entry_point_rejects_bad_settings_clearly():
+    import os
     import subprocess
     import sys
 
@@ -344,8 +345,6 @@ def test_echo_entry_point_rejects_bad_settings_clearly():
         (["--slots", "0"], {}, "--slots must be >= 1"),
         ([], {"MOLE_HEARTBEAT_INTERVAL": "soon"}, "invalid float value: 'soon'"),
     ]:
-        import os
-
         out = subprocess.run(base + extra, capture_output=True, text=True, timeout=60,
                              env={**os.environ, **env})
         assert out.returncode == 2 and fragment in out.stderr, out.stderr
