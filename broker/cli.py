@@ -40,6 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-bytes", type=int, default=None, metavar="BYTES",
                         help="largest accepted message (env MOLE_BROKER_MAX_MESSAGE_BYTES, "
                              "default 16 MiB)")
+    parser.add_argument("--curve-secret", default=None, metavar="FILE",
+                        help="the broker's CURVE .key_secret file; turns on encryption "
+                             "(env MOLE_BROKER_CURVE_SECRET)")
+    parser.add_argument("--curve-allow", default=None, metavar="DIR",
+                        help="directory of allow-listed public .key files; only these peers "
+                             "may connect (env MOLE_BROKER_CURVE_ALLOW)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level (default INFO; nothing is logged per message at INFO)")
@@ -62,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             default_deadline=args.default_deadline,
             max_attempts=args.max_attempts,
             max_message_bytes=args.max_message_bytes,
+            curve_secret=args.curve_secret,
+            curve_allow=args.curve_allow,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)
@@ -70,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     broker = Broker(settings)
     try:
         broker.bind()
+    except SettingsError as err:
+        print(f"mole broker: {err}", file=sys.stderr)
+        broker.close()
+        return 2
     except Exception as err:  # zmq.ZMQError: address in use, bad endpoint...
         print(f"mole broker: cannot bind {settings.bind}: {err}", file=sys.stderr)
         broker.close()

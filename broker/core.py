@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from broker.curve import enable_curve, peer_key
 from broker.ratelog import RateLimitedLog
 from broker.settings import BrokerSettings
 from broker.state import Request, Service, Worker, service_status, worker_status
@@ -123,6 +124,8 @@ class Broker:
         }
         self._warn = RateLimitedLog(log)
         self._tick = self.settings.heartbeat_interval / 10
+        self._authenticator = None  # the ZAP thread when CURVE keys are allow-listed
+        self._bind_keys = bool(self.settings.curve_secret and self.settings.curve_allow)
 
     # ------------------------------------------------------------------ socket and loop
 
@@ -137,9 +140,12 @@ class Broker:
         sock.setsockopt(zmq.RCVHWM, s.hwm)
         sock.setsockopt(zmq.LINGER, 1000)
         try:
+            if s.curve_secret:
+                self._authenticator = enable_curve(sock, s, self._ctx)
             sock.bind(s.bind)
-        except zmq.ZMQError:
+        except Exception:
             sock.close(0)
+            self._stop_authenticator()
             raise
         self.socket = sock
         # the backend's methods directly: pyzmq's Python wrappers cost ~0.2 us per frame
@@ -177,8 +183,14 @@ class Broker:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        self._stop_authenticator()
         if self._own_ctx:
             self._ctx.term()
+
+    def _stop_authenticator(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
 
     def _poll_timeout_ms(self, now: float) -> int:
         """Sleep until the next timer is due (or MAX_POLL_MS).
@@ -441,6 +453,10 @@ class Broker:
         command = frames[1]
         worker = self.workers.get(identity)
         if worker is not None:
+            if self._bind_keys and peer_key(first) != worker.key:
+                # ROUTER_HANDOVER let another allowed key take this routing id over
+                return self._violation(identity, worker, "message under another CURVE key "
+                                       "than the worker registered with", frames[:2])
             worker.last_seen = self._clock()
             self._activity.move_to_end(identity)
         if command == W_FINAL or command == W_PARTIAL:
@@ -457,7 +473,8 @@ class Broker:
                 return self._unknown_worker(identity, command)
             return None
         if command == W_READY:
-            return self._on_ready(identity, worker, frames, _peer_address(first))
+            return self._on_ready(identity, worker, frames, _peer_address(first),
+                                  peer_key(first) if self._bind_keys else None)
         if command == W_DISCONNECT:
             if worker is not None:
                 log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
@@ -508,7 +525,7 @@ class Broker:
             self._count_error(str(header.get("code", ErrorCode.INTERNAL.value)))
 
     def _on_ready(self, identity: bytes, worker: Worker | None, frames: list,
-                  address: str | None) -> None:
+                  address: str | None, key: str | None) -> None:
         if worker is not None:
             return self._violation(identity, worker, "READY from an already registered worker",
                                    frames)
@@ -543,6 +560,7 @@ class Broker:
             service = self.services[name] = Service(bytes(name))
         now = self._clock()
         worker = Worker(identity, service, slots, metadata, address, now)
+        worker.key = key
         self.workers[identity] = worker
         self._activity[identity] = worker
         self._heartbeats.append((now + self.settings.heartbeat_interval, worker))

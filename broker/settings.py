@@ -41,6 +41,11 @@ class BrokerSettings:
         hwm: ZeroMQ send/receive high-water mark per peer, in messages.
         release_grace: how long after a request's deadline the broker still keeps its slot
             on the worker reserved, waiting for the (late) reply, before freeing it.
+        curve_secret: the broker's ``.key_secret`` file (``mole keys generate broker``);
+            when set, every connection must use CURVE with the broker's public key.
+        curve_allow: directory of allow-listed public ``.key`` files; only peers holding one
+            of these keys may connect. Without it (but with ``curve_secret``) any key is
+            accepted: encryption without authentication.
     """
 
     bind: str = DEFAULT_BIND
@@ -55,6 +60,8 @@ class BrokerSettings:
     max_slots: int = 1024
     hwm: int = 100_000
     release_grace: float = 10.0
+    curve_secret: str | None = None
+    curve_allow: str | None = None
 
     @property
     def expiry(self) -> float:
@@ -78,6 +85,9 @@ class BrokerSettings:
                 raise SettingsError(f"{name} must be >= 1 (got {getattr(self, name)!r})")
         if self.release_grace < 0:
             raise SettingsError(f"release_grace must be >= 0 (got {self.release_grace!r})")
+        if self.curve_allow and not self.curve_secret:
+            raise SettingsError("an allow-list of CURVE keys needs the broker's secret key too "
+                                "(--curve-secret / MOLE_BROKER_CURVE_SECRET)")
         return self
 
 
@@ -93,6 +103,8 @@ ENV_VARS: dict[str, str] = {
     "MOLE_BROKER_MAX_ATTEMPTS": "max_attempts",
     "MOLE_BROKER_MAX_MESSAGE_BYTES": "max_message_bytes",
     "MOLE_BROKER_MAX_SLOTS": "max_slots",
+    "MOLE_BROKER_CURVE_SECRET": "curve_secret",
+    "MOLE_BROKER_CURVE_ALLOW": "curve_allow",
 }
 
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}

@@ -54,7 +54,7 @@ class Worker:
 
     __slots__ = (
         "identity", "service", "slots", "in_flight", "served", "last_seen", "metadata",
-        "address", "worker_id", "registered_at", "alive",
+        "address", "worker_id", "registered_at", "alive", "key",
     )
 
     def __init__(self, identity: bytes, service: Service, slots: int, metadata: dict,
@@ -71,6 +71,7 @@ class Worker:
         self.worker_id = str(wid) if wid not in (None, "") else identity.hex()
         self.registered_at = now
         self.alive = True
+        self.key: str | None = None  # the CURVE public key it registered with, if any
 
     @property
     def free(self) -> bool:
@@ -118,6 +119,7 @@ def worker_status(worker: Worker, now: float) -> dict[str, Any]:
         "last_heartbeat_s": round(max(0.0, now - worker.last_seen), 3),
         "registered_s": round(max(0.0, now - worker.registered_at), 3),
         "metadata": worker.metadata,
+        "curve_key": worker.key,
     }
 
 

@@ -39,10 +39,10 @@ class Bus:
         self.clients: list[RawClient] = []
 
     def broker(self, *flags: str, bind: str = "tcp://127.0.0.1:*",
-               env: dict[str, str] | None = None) -> BrokerProcess:
+               env: dict[str, str] | None = None, probe: bool = True) -> BrokerProcess:
         proc = BrokerProcess(self.tmp_path / f"broker{len(self.brokers)}.log", bind=bind,
                              flags=["--heartbeat-interval", str(HEARTBEAT), "--liveness",
-                                    str(LIVENESS), *flags], env=env)
+                                    str(LIVENESS), *flags], env=env, probe=probe)
         self.brokers.append(proc)
         proc.start()
         return proc
