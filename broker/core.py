@@ -357,8 +357,9 @@ class Broker:
         if request_id is not None:
             self.by_key[(client, request_id)] = req
         if deadline_s <= 0:
-            return self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
-                                      "request arrived with no time left (ttl <= 0)")
+            self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
+                               "request arrived with no time left (ttl <= 0)")
+            return self._forget_if_idle(service)
         self.requests[ticket] = req
         available = service.available
         if available and not service.queue:
@@ -370,7 +371,7 @@ class Broker:
                 return None
             # the worker was gone: _assign queued the request and purged the worker
         elif not self._enqueue(req, front=False):
-            return None
+            return self._forget_if_idle(service)
         heapq.heappush(self._deadlines, (req.deadline, ticket))
         self._dispatch(service)
         return None
@@ -385,6 +386,11 @@ class Broker:
             header = None
         self._reply_direct(client, service, header, ErrorCode.BAD_REQUEST,
                            "request header fields 'ttl' and 'attempt' must be integers")
+
+    def _forget_if_idle(self, service: Service) -> None:
+        """Drop a service nothing refers to, so invented names cannot grow the tables."""
+        if service.idle() and self.services.get(service.name_bytes) is service:
+            del self.services[service.name_bytes]
 
     def _enqueue(self, req: Request, *, front: bool) -> bool:
         """Put ``req`` in its service's queue; answer ``overloaded`` when it is full.
@@ -710,8 +716,7 @@ class Broker:
             self._send(identity, [W_HDR, W_DISCONNECT])
         if dispatch:
             self._dispatch(service)
-        if service.idle():
-            self.services.pop(service.name_bytes, None)
+        self._forget_if_idle(service)
 
     # ------------------------------------------------------------------ timers
 
@@ -784,8 +789,7 @@ class Broker:
                                "before the deadline")
             heapq.heappush(self._releases, (now + self.settings.release_grace,
                                             worker.identity, req.ticket))
-        if service.idle():
-            self.services.pop(service.name_bytes, None)
+        self._forget_if_idle(service)
 
     def _compact_deadlines(self) -> None:
         requests = self.requests

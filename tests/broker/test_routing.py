@@ -244,3 +244,36 @@ def test_plain_rfc18_client_and_worker(shared):
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_reconnecting_client_keeps_its_routing_id_and_is_not_served_twice(shared):
+    bus, url = shared
+    service = _service()
+    watcher = bus.client(url)
+    bus.worker(url, service, delay=0.6)
+    wait_workers(watcher, service, 1)
+    old = bus.client(url, identity=b"client-keeps-id")
+    old.send(service, "work", ttl_ms=10_000, request_id="r-1")
+    assert wait_until(lambda: workers_of(watcher, service)[0]["in_flight"] == 1, 5)
+    # the same client comes back on a new connection (the old one still open) and resends:
+    # ROUTER_HANDOVER gives it the routing id, and (client, request id) de-duplicates
+    new = bus.client(url, identity=b"client-keeps-id")
+    new.send(service, "work", ttl_ms=10_000, request_id="r-1")
+    reply = new.recv_final(10)
+    assert reply is not None and reply.ok and reply.request_id == "r-1"
+    assert new.recv(0.8) is None and old.recv(0.1) is None
+    assert workers_of(watcher, service)[0]["served"] == 1
+    assert watcher.status()["counters"]["duplicates"] >= 1
+
+
+def test_invented_service_names_do_not_accumulate(shared):
+    bus, url = shared
+    client = bus.client(url)
+    for i in range(20):
+        assert client.call(f"invented-now-{i}", i, ttl_ms=0).code == "deadline_exceeded"
+    for i in range(20):
+        client.send(f"invented-soon-{i}", i, ttl_ms=50)
+    codes = [client.recv_final(5).code for _ in range(20)]
+    assert codes == ["no_worker"] * 20
+    names = client.status()["services"]
+    assert not [name for name in names if name.startswith("invented-")]
