@@ -50,8 +50,8 @@ class Settings:
     # Rate limits ("COUNT/PERIOD", or "off"); see frontend.limits for what each one counts.
     rate_limit_login_user: str = "10/minute"
     rate_limit_login_address: str = "60/minute"
-    rate_limit_classify_user: str = "1200/minute"
-    rate_limit_classify_address: str = "2400/minute"
+    rate_limit_classify_user: str = "6000/minute"  # 100 items/s sustained, a burst of 6000
+    rate_limit_classify_address: str = "12000/minute"
     login_failure_cost: int = 5  # a failed login spends this many units of the login limits
 
     def with_(self, **changes) -> Settings:

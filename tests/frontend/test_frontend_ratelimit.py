@@ -235,7 +235,7 @@ def test_rate_limit_settings_from_the_environment():
     assert Limits.from_settings(off).limiter is None
     defaults = settings_from_env({})
     limits = Limits.from_settings(defaults)
-    assert limits.login_user == Rate(10, 60.0) and limits.classify_user == Rate(1200, 60.0)
+    assert limits.login_user == Rate(10, 60.0) and limits.classify_user == Rate(6000, 60.0)
     limits.close()
     with pytest.raises(SettingsError, match="MOLE_RATE_LIMIT_LOGIN_USER"):
         settings_from_env({"MOLE_RATE_LIMIT_LOGIN_USER": "lots"})
