@@ -5,6 +5,7 @@ log on, DEBUG)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def limited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_d
                     MOLE_RATE_LIMIT_CLASSIFY_USER="4/minute",
                     MOLE_RATE_LIMIT_CLASSIFY_ADDRESS="off",
                     MOLE_RATE_LIMIT_LOGIN_USER="5/10s", MOLE_RATE_LIMIT_LOGIN_ADDRESS="off",
-                    MOLE_LOGIN_FAILURE_COST="5")
+                    MOLE_LOGIN_FAILURE_COST="5", MOLE_MAX_BODY_BYTES="4096",
+                    MOLE_MAX_TEXT_CHARS="500")
     try:
         yield server
     finally:
@@ -203,3 +205,30 @@ def test_limits_switched_off(unlimited):
             user)[0], range(30)))
     assert statuses == {200}
     assert not unlimited["db"].exists()  # no limiter database is even created
+
+
+def test_body_and_text_size_limits_over_real_http(limited):
+    base = limited["base"]
+    user = register_and_login(base, "sizes1")
+    big = {"text": "word " * 2000, "description": DESCRIPTION}  # ~10 KB > 4096 bytes
+    status, _, body = call("POST", f"{base}/api/v1/classify", big, user)
+    assert status == 413 and body["error"] == "payload_too_large", body
+    assert "4096" in body["detail"] and body["request_id"]
+    # chunked, so no Content-Length to refuse early: the bounded read still refuses it
+    port = int(base.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/api/v1/classify", body=iter([json.dumps(big).encode()]),
+                     headers={**user, "Content-Type": "application/json",
+                              "Transfer-Encoding": "chunked"}, encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413 and json.loads(resp.read())["error"] == "payload_too_large"
+    finally:
+        conn.close()
+    # under the body limit but over MOLE_MAX_TEXT_CHARS: 422 naming the field
+    status, _, body = call("POST", f"{base}/api/v1/classify",
+                           {"text": "x" * 501, "description": DESCRIPTION}, user)
+    assert status == 422 and body["field"] == "text" and "500" in body["detail"], body
+    status, _, body = call("POST", f"{base}/api/v1/classify",
+                           {"text": TEXT, "description": "y" * 501}, user)
+    assert status == 422 and body["field"] == "description", body
