@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -105,8 +106,6 @@ class _StreamSink:
     __slots__ = ("queue",)
 
     def __init__(self) -> None:
-        import queue
-
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def on_partial(self, body: list[bytes]) -> None:
@@ -238,6 +237,8 @@ class Client:
         pending = self._core.open(service, body, timeout, sink)
         self._outbox.append(self._core.frames(pending))
         self._waker.wake()
+        if self._closed and self._core.take(pending.request_id) is not None:
+            raise ClientClosed("the client was closed while the request was being sent")
         return pending
 
     def _call(self, service: str, body: list[bytes], timeout: float | None, *, raw: bool):
@@ -255,8 +256,6 @@ class Client:
         return decode_reply(service, waiter.body or [])
 
     def _iterate(self, pending: Pending, sink: _StreamSink) -> Iterator[Any]:
-        import queue
-
         finished = False
         try:
             while True:
