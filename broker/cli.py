@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -46,13 +47,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-allow", default=None, metavar="DIR",
                         help="directory of allow-listed public .key files; only these peers "
                              "may connect (env MOLE_BROKER_CURVE_ALLOW)")
-    parser.add_argument("--log-level", default="INFO",
+    parser.add_argument("--log-level", default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log level (default INFO; nothing is logged per message at INFO)")
+                        help="log level (env MOLE_LOG_LEVEL, default INFO; nothing is logged "
+                             "per message at INFO)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the broker until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad settings."""
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        print(f"mole broker: log level {args.log_level!r} (MOLE_LOG_LEVEL) is not one of "
+              "DEBUG, INFO, WARNING, ERROR", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from broker.core import Broker  # after logging is set up; keeps --help cheap
