@@ -166,3 +166,49 @@ def test_worker_fails_fast_naming_what_is_missing(tiny_models, tmp_path, case):
                 "adapter": "finance/sentiment_analysis/bloomz-7b1",
                 "key": "no-such-model"}[case]
     assert expected in out
+
+
+def test_heartbeats_keep_flowing_while_a_long_generation_computes(tiny_models):
+    """A PII request generates the registry's 512 tokens (seconds on CPU); the worker's
+    heartbeats must keep arriving at its interval meanwhile."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = free_port()
+    router.bind(f"tcp://127.0.0.1:{port}")
+    proc = spawn_worker(tiny_models, f"tcp://127.0.0.1:{port}", "--model-key",
+                        "mistral-7B-Instruct-v0.3")
+    try:
+        assert router.poll(120_000), "worker never sent READY"
+        ident, *frames = router.recv_multipart()
+        assert mdp.decode_worker(frames).command == mdp.WorkerCommand.READY
+        payload = {"task": "finance/pii", "language": "en",
+                   "text": "Jane Doe, jane@example.com, IBAN DE89 3704 0044 0532 0130 00."}
+        body = [RequestHeader("pii-1", 120_000).encode(), pack(payload)]
+        router.send_multipart([ident, *mdp.encode_worker(mdp.WorkerCommand.REQUEST,
+                                                         client=b"t1", body=body)])
+        sent = time.monotonic()
+        beats: list[float] = []
+        final = None
+        next_beat = 0.0
+        while final is None and time.monotonic() - sent < 120:
+            if time.monotonic() >= next_beat:
+                router.send_multipart([ident, mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
+                next_beat = time.monotonic() + 0.5
+            if router.poll(50):
+                _, *frames = router.recv_multipart()
+                message = mdp.decode_worker(frames)
+                if message.command == mdp.WorkerCommand.HEARTBEAT:
+                    beats.append(time.monotonic())
+                elif message.command == mdp.WorkerCommand.FINAL:
+                    final = (decode_reply_header(message.body[0]), unpack(message.body[1]))
+        took = time.monotonic() - sent
+    finally:
+        stop(proc)
+        router.close(0)
+    assert final is not None and final[0].ok
+    assert final[1]["generated_tokens"] > 25 and isinstance(final[1]["entities"], list)
+    during = [t for t in beats if t <= sent + took]
+    assert took > 1.0 and len(during) >= 2, (took, len(during))
+    gaps = [b - a for a, b in zip([sent, *during], during, strict=False)]
+    assert max(gaps) < 2.0, gaps  # interval 0.5 s; a blocked socket thread would show a gap
