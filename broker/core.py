@@ -510,7 +510,7 @@ class Broker:
                 service.served += 1
                 if body and len(body[0]) <= MAX_HEADER_BYTES and _OK_FALSE in _frame_bytes(body[0]):
                     self._count_worker_error(service, body[0])
-                self._send(req.client, [C_HDR, C_FINAL, service.name_bytes, *body])
+                self._send_reply(req.client, C_FINAL, service.name_bytes, body)
             else:
                 self.counters["late_replies"] += 1
             if len(worker.in_flight) == worker.slots - 1:  # it was full: free again
@@ -518,8 +518,29 @@ class Broker:
             if service.queue:
                 self._dispatch(service)
         elif not req.done:
-            self._send(req.client, [C_HDR, C_PARTIAL, req.service.name_bytes, *body])
+            self._send_reply(req.client, C_PARTIAL, req.service.name_bytes, body)
         return None
+
+    def _send_reply(self, client: bytes, command: bytes, service: bytes, body: list) -> None:
+        """``_send`` of a worker's answer to its client, without building a frame list."""
+        send = self._sendf
+        try:
+            send(client, FIRST)
+        except zmq.ZMQError as err:  # the client is gone, or its queue is full
+            if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            self.counters["dropped_sends"] += 1
+            return
+        send(C_HDR, SNDMORE)
+        send(command, SNDMORE)
+        if not body:
+            send(service, 0)
+            return
+        send(service, SNDMORE)
+        last = len(body) - 1
+        for i in range(last):
+            send(body[i], SNDMORE)
+        send(body[last], 0)
 
     def _count_worker_error(self, service: Service, frame) -> None:
         try:
