@@ -56,6 +56,11 @@ class BrokerDispatcher:
         self._client: Any = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        # CURVE keys from MOLE_CURVE_SERVER_KEY / MOLE_CURVE_SECRET_KEY (None: CURVE off),
+        # read here so a bad key file fails at start-up rather than on the first request
+        from protocol.curve import CurveKeys
+
+        self._curve = CurveKeys.from_env() if client_factory is None else None
 
     def client(self) -> Any:
         """This process's client, made on first use (so never in a gunicorn master)."""
@@ -69,7 +74,8 @@ class BrokerDispatcher:
                 else:
                     from protocol.client import Client
 
-                    self._client = Client(self.broker_url, timeout=self._default_timeout)
+                    self._client = Client(self.broker_url, timeout=self._default_timeout,
+                                          curve=self._curve)
                 self._pid = os.getpid()
             return self._client
 
