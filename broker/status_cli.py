@@ -19,6 +19,7 @@ import msgpack
 import zmq
 
 from protocol import mdp
+from protocol.curve import ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeyError, CurveKeys
 from protocol.envelope import pack
 
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
@@ -29,7 +30,8 @@ class BrokerUnavailable(Exception):
 
 
 def fetch_status(url: str, timeout: float = 3.0, *,
-                 context: zmq.Context | None = None) -> dict[str, Any]:
+                 context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None) -> dict[str, Any]:
     """Ask the broker at ``url`` for its ``mmi.status`` document.
 
     Raises:
@@ -39,6 +41,8 @@ def fetch_status(url: str, timeout: float = 3.0, *,
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        if curve is not None:
+            curve.apply(sock)
         sock.connect(url)
         request_id = uuid.uuid4().hex
         header = pack({"v": 1, "id": request_id, "ttl": max(1, int(timeout * 1000))})
@@ -50,7 +54,9 @@ def fetch_status(url: str, timeout: float = 3.0, *,
             if left <= 0 or not sock.poll(int(left * 1000) + 1):
                 raise BrokerUnavailable(
                     f"no answer from the broker at {url} within {timeout:g}s; is `mole broker` "
-                    "running there? (set --broker or MOLE_BROKER_URL, or raise --timeout)")
+                    "running there? (set --broker or MOLE_BROKER_URL, or raise --timeout; "
+                    "a broker with CURVE on answers only allow-listed keys: see "
+                    "--curve-server-key/--curve-secret-key)")
             frames = sock.recv_multipart()
             status = _parse_reply(frames, request_id)
             if status is not None:
@@ -184,6 +190,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="refresh interval for --watch (default 2)")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                         help="how long to wait for the broker's answer (default 3)")
+    parser.add_argument("--curve-server-key", default=os.environ.get(ENV_SERVER_KEY),
+                        metavar="FILE", help=f"the broker's public .key file when it uses "
+                        f"CURVE (env {ENV_SERVER_KEY})")
+    parser.add_argument("--curve-secret-key", default=os.environ.get(ENV_SECRET_KEY),
+                        metavar="FILE", help=f"this client's .key_secret file (env "
+                        f"{ENV_SECRET_KEY})")
 
 
 def _show(status: dict, as_json: bool, out: TextIO) -> None:
@@ -201,9 +213,15 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     if args.timeout <= 0 or args.interval <= 0:
         err.write("mole status: --timeout and --interval must be > 0\n")
         return 2
+    try:
+        curve = CurveKeys.from_env({ENV_SERVER_KEY: args.curve_server_key or "",
+                                    ENV_SECRET_KEY: args.curve_secret_key or ""})
+    except CurveKeyError as exc:
+        err.write(f"mole status: {exc} (flags --curve-server-key/--curve-secret-key)\n")
+        return 2
     if not args.watch:
         try:
-            status = fetch_status(args.broker, args.timeout)
+            status = fetch_status(args.broker, args.timeout, curve=curve)
         except BrokerUnavailable as exc:
             err.write(f"mole status: {exc}\n")
             return 1
@@ -214,7 +232,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         while True:
             started = time.monotonic()
             try:
-                status = fetch_status(args.broker, args.timeout)
+                status = fetch_status(args.broker, args.timeout, curve=curve)
                 out.write(clear)
                 _show(status, args.json, out)
             except BrokerUnavailable as exc:

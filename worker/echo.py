@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from protocol.curve import CurveKeyError, CurveKeys
 from worker.handler import Handler, Responder, WorkRequest
 from worker.runtime import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LIVENESS, WorkerRuntime
 
@@ -139,9 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     worker_id = args.worker_id or default_worker_id(args.service)
     handler = EchoHandler(slots=args.slots, delay_s=args.delay, partials=args.partials,
                           worker_id=worker_id)
+    try:  # CURVE keys from MOLE_CURVE_SERVER_KEY / MOLE_CURVE_SECRET_KEY; None: CURVE off
+        curve = CurveKeys.from_env()
+    except CurveKeyError as err:
+        print(f"echo worker: {err}", file=sys.stderr)
+        return 2
     runtime = WorkerRuntime(args.broker, args.service, handler, worker_id=worker_id,
                             heartbeat_interval=args.heartbeat_interval,
-                            liveness=args.liveness, reconnect_max=args.reconnect_max)
+                            liveness=args.liveness, reconnect_max=args.reconnect_max,
+                            curve=curve)
 
     def _stop(signum, frame) -> None:
         # Not stop() itself: a signal handler must not take the waker's lock.
