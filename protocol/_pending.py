@@ -144,6 +144,16 @@ class Correlator:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics: pending requests, resends, dropped replies, link state."""
+        return {
+            "pending": len(self._pending),
+            "resent": self.resent,
+            "dropped_replies": self.dropped,
+            "connected": self.link.connected,
+            "connects": self.link.connects,
+        }
+
     def open(self, service: str, body: list[bytes], timeout: float, sink: Sink) -> Pending:
         """Register a new request; the caller then sends :meth:`frames` of it."""
         if timeout <= 0:

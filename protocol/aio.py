@@ -194,6 +194,10 @@ class AsyncClient:
     def pending(self) -> int:
         return len(self._core)
 
+    def stats(self) -> dict:
+        """``{pending, resent, dropped_replies, connected, connects}`` for metrics."""
+        return self._core.stats()
+
     async def close(self) -> None:
         """Close the socket; pending requests raise :class:`ClientClosed`."""
         if self._closed:

@@ -214,6 +214,10 @@ class Client:
     def pending(self) -> int:
         return len(self._core)
 
+    def stats(self) -> dict:
+        """``{pending, resent, dropped_replies, connected, connects}`` for metrics."""
+        return self._core.stats()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the I/O thread; requests still pending raise :class:`ClientClosed`."""
         if self._closed:

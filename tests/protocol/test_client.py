@@ -194,6 +194,8 @@ def test_resend_after_broker_restart_keeps_deadline():
             assert resend.attempt >= 1
             assert resend.ttl_ms < broker.seen[0].ttl_ms
             assert resend.routing_id == client.routing_id
+            stats = client.stats()
+            assert stats["resent"] >= 1 and stats["connects"] >= 2 and stats["pending"] == 0
         finally:
             restarted.stop()
 
