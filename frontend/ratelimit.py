@@ -171,9 +171,12 @@ class RateLimiter:
     def _transaction(self, active: list[tuple[str, Rate]], cost: float,
                      enforce: bool) -> Decision:
         db = self._db()
-        now = self._clock()
         db.execute("BEGIN IMMEDIATE")
         try:
+            # read the clock holding the write lock: every process's "now" then grows in
+            # the order the transactions run, so a check that waited for the lock is not
+            # judged by a time older than the one before it
+            now = self._clock()
             marks = ",".join("?" * len(active))
             stored = dict(db.execute(f"SELECT key, tat FROM buckets WHERE key IN ({marks})",
                                      [key for key, _ in active]).fetchall())

@@ -62,7 +62,9 @@ def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_di
 
     def ready():
         assert proc.poll() is None, log.read_text()
-        return call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
+        # both worker processes have loaded gating (a probe reaches only one of them)
+        return (log.read_text(errors="replace").count("gating loaded in") >= 2
+                and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200)
 
     try:
         wait_for(ready, 120, "the frontend to be ready", interval=0.3)

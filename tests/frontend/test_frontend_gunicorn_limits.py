@@ -64,7 +64,9 @@ def _serve(tmp_path_factory, logs_dir, broker_url, name, **env_extra):
 
     def ready():
         assert proc.poll() is None, log.read_text()
-        return call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
+        # both worker processes have loaded gating (a probe reaches only one of them)
+        return (log.read_text(errors="replace").count("gating loaded in") >= 2
+                and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200)
 
     wait_for(ready, 120, "the frontend to be ready", interval=0.3)
     return {"base": base, "proc": proc, "log": log, "out": out,
@@ -135,7 +137,8 @@ def test_one_budget_shared_by_both_worker_processes(limited):
         replies = list(pool.map(one, range(12)))
     statuses = sorted(r[0] for r in replies)
     # per-process counters would have let up to 8 through
-    assert statuses == [200] * 4 + [429] * 8, statuses
+    assert statuses == [200] * 4 + [429] * 8, [(r[0], r[2].get("error"), r[2].get("detail"))
+                                                for r in replies]
     for status, headers, body in replies:
         if status == 429:
             assert body["error"] == "rate_limited" and body["request_id"]
