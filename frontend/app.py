@@ -68,6 +68,7 @@ def create_app(
     s = components.settings
     metrics = components.metrics
     limits = components.limits or Limits.disabled()
+    limits.on_refused = lambda name: metrics.child(metrics.rate_limited, name).inc()
     classifier = Classifier(gating=components.gating, dispatcher=components.dispatcher,
                             analytics=components.analytics, metrics=metrics,
                             request_timeout_s=s.request_timeout_s,

@@ -35,8 +35,10 @@ class Limits:
 
     def __init__(self, limiter: RateLimiter | None, *, login_user: Rate | None = None,
                  login_address: Rate | None = None, classify_user: Rate | None = None,
-                 classify_address: Rate | None = None, login_failure_cost: int = 5) -> None:
+                 classify_address: Rate | None = None, login_failure_cost: int = 5,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.limiter = limiter
+        self.on_refused = on_refused  # called with the refusing limit's name (metrics)
         self.login_user = login_user
         self.login_address = login_address
         self.classify_user = classify_user
@@ -68,8 +70,8 @@ class Limits:
             APIError: rate_limited (429, Retry-After).
         """
         if self.limiter is not None:
-            _raise(self.limiter.hit(self._login_keys(username, address)), "login attempts",
-                   "a failed login counts as several attempts")
+            self._check(self.limiter.hit(self._login_keys(username, address)), "login",
+                        "login attempts", "a failed login counts as several attempts")
 
     def login_failed(self, username: str, address: str) -> None:
         """The attempt failed: spend the rest of the failure cost."""
@@ -86,18 +88,23 @@ class Limits:
         if self.limiter is not None:
             checks = [(f"classify:user:{username}", self.classify_user),
                       (f"classify:addr:{address}", self.classify_address)]
-            _raise(self.limiter.hit(checks, cost), "classifications",
-                   "a batch counts each of its items")
+            self._check(self.limiter.hit(checks, cost), "classify", "classifications",
+                        "a batch counts each of its items")
 
     def close(self) -> None:
         if self.limiter is not None:
             self.limiter.close()
 
+    def _check(self, decision: Decision, kind: str, what: str, note: str) -> None:
+        if decision.allowed:
+            return
+        scope = "address" if ":addr:" in (decision.key or "") else "user"
+        if self.on_refused is not None:
+            self.on_refused(f"{kind}_{scope}")
+        _raise(decision, scope, what, note)
 
-def _raise(decision: Decision, what: str, note: str) -> None:
-    if decision.allowed:
-        return
-    scope = "address" if ":addr:" in (decision.key or "") else "user"
+
+def _raise(decision: Decision, scope: str, what: str, note: str) -> None:
     rate = decision.rate
     limit = f"{rate.count} per {rate.period_s:g} s" if rate else "the limit"
     wait = decision.retry_after_header

@@ -41,6 +41,9 @@ class Metrics:
         self.dispatch_latency = Histogram(
             "mole_dispatch_duration_seconds", "Time from dispatch to the worker's reply",
             ["model"], buckets=_BUCKETS, registry=self.registry)
+        self.rate_limited = Counter(
+            "mole_rate_limited_total", "Requests refused by a rate limit (frontend.limits)",
+            ["limit"], registry=self.registry)
 
     def child(self, family, *labels: str):
         """``family.labels(*labels)``, remembered: the lookup is a third of a metric update's

@@ -95,6 +95,8 @@ def test_per_user_classify_limit_and_reset_after_the_window(make_api):
     assert_rate_limited(r, 19, 20)  # one unit of 3/minute comes back every 20 s
     assert "user" in r.json["detail"]
     assert classify(api, bob).status_code == 200  # another user, same address: own budget
+    metrics = api.client.simulate_get("/metrics").text
+    assert 'mole_rate_limited_total{limit="classify_user"} 1.0' in metrics
     clock.now += 19.0
     assert classify(api, alice).status_code == 429
     clock.now += 1.0
