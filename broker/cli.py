@@ -46,7 +46,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(env MOLE_BROKER_CURVE_SECRET)")
     parser.add_argument("--curve-allow", default=None, metavar="DIR",
                         help="directory of allow-listed public .key files; only these peers "
-                             "may connect (env MOLE_BROKER_CURVE_ALLOW)")
+                             "may connect; re-read every heartbeat interval, so removing "
+                             "a file revokes that key (env MOLE_BROKER_CURVE_ALLOW)")
+    parser.add_argument("--curve-acl", default=None, metavar="FILE",
+                        help='JSON {"<key stem or z85>": ["service", "prefix*"]}: which keys '
+                             "may register which services as workers (env "
+                             "MOLE_BROKER_CURVE_ACL)")
     parser.add_argument("--log-level", default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log level (env MOLE_LOG_LEVEL, default INFO; nothing is logged "
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             curve_secret=args.curve_secret,
             curve_allow=args.curve_allow,
+            curve_acl=args.curve_acl,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)

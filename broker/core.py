@@ -83,6 +83,9 @@ COPIED_FRAMES = 4
 #: decoding a reply header to count errors.
 _OK_FALSE = b"\xa2ok\xc2"
 _COMMAND_NAMES = {bytes([c]): c.name for c in mdp.WorkerCommand}
+#: Client routing ids whose CURVE key the broker remembers (least recently heard forgotten
+#: first; a forgotten client's pending replies are dropped, so keep it generous).
+CLIENT_KEYS_LIMIT = 100_000
 
 
 class Broker:
@@ -121,11 +124,17 @@ class Broker:
             "protocol_errors": 0, "redispatched": 0, "late_replies": 0, "duplicates": 0,
             "dropped_sends": 0, "workers_registered": 0, "workers_purged": 0,
             "internal_errors": 0, "unknown_worker_messages": 0,
+            "curve_refused": 0, "curve_revoked_workers": 0,
         }
         self._warn = RateLimitedLog(log)
         self._tick = self.settings.heartbeat_interval / 10
         self._authenticator = None  # the ZAP thread when CURVE keys are allow-listed
+        self._keyring = None  # broker.curve.KeyRing: allowed keys and ACL, re-read each beat
         self._bind_keys = bool(self.settings.curve_secret and self.settings.curve_allow)
+        #: client routing id -> CURVE key its connection last used (insertion order = least
+        #: recently heard first, bounded); a reply goes out only under the asking key
+        self._client_keys: OrderedDict[bytes, str] = OrderedDict()
+        self._next_key_check = math.inf
 
     # ------------------------------------------------------------------ socket and loop
 
@@ -134,14 +143,26 @@ class Broker:
         s = self.settings
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> EHOSTUNREACH, not loss
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its routing id
+        if s.curve_secret:
+            # Under CURVE, handover would let another allowed key take a connected peer's
+            # routing id over and receive its replies without sending anything. Without
+            # it a second connection with a routing id in use is refused, and libzmq's own
+            # heartbeats drop a dead connection within the expiry so the peer can reconnect
+            # under its old routing id.
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(s.heartbeat_interval * 1000)))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(s.expiry * 1000)))
+        else:
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its routing id
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, s.hwm)
         sock.setsockopt(zmq.RCVHWM, s.hwm)
         sock.setsockopt(zmq.LINGER, 1000)
         try:
             if s.curve_secret:
-                self._authenticator = enable_curve(sock, s, self._ctx)
+                self._authenticator, self._keyring = enable_curve(sock, s, self._ctx)
+                if self._keyring is not None:
+                    self._next_key_check = self._clock() + s.heartbeat_interval
             sock.bind(s.bind)
         except Exception:
             sock.close(0)
@@ -210,6 +231,7 @@ class Broker:
             due = min(due, self._deadlines[0][0])
         if self._releases:
             due = min(due, self._releases[0][0])
+        due = min(due, self._next_key_check)
         return max(0, int((due - now) * 1000) + 1)
 
     def _drain(self) -> None:
@@ -240,7 +262,7 @@ class Broker:
                 if size > limit:
                     self._oversized(identity, frames, size)
                 elif len(frames) >= 3 and frames[0] == C_HDR:
-                    self._on_client(identity, frames)
+                    self._on_client(identity, frames, first)
                 elif len(frames) >= 2 and frames[0] == W_HDR:
                     self._on_worker(identity, frames, first)
                 elif frames and frames[0] in (C_HDR, W_HDR):
@@ -274,7 +296,21 @@ class Broker:
         return True
 
     def _send_client(self, req: Request, command: bytes, body: list) -> None:
+        if req.client_key is not None and not self._deliverable(req):
+            return
         self._send(req.client, [C_HDR, command, req.service.name_bytes, *body])
+
+    def _deliverable(self, req: Request) -> bool:
+        """Under CURVE: is the routing id still held by the key that asked, still allowed?
+
+        Another key that got the routing id (after the asker's connection closed) or a
+        revoked key gets nothing.
+        """
+        key = req.client_key
+        if self._client_keys.get(req.client) == key and self._keyring.allows(key):
+            return True
+        self.counters["curve_refused"] += 1
+        return False
 
     def _answer_error(self, req: Request, code: ErrorCode, message: str) -> None:
         """Finish ``req`` with a broker error reply (its one final answer)."""
@@ -313,7 +349,24 @@ class Broker:
 
     # ------------------------------------------------------------------ clients
 
-    def _on_client(self, client: bytes, frames: list) -> None:
+    def _on_client(self, client: bytes, frames: list, first: zmq.Frame | None = None) -> None:
+        key = None
+        if self._bind_keys:
+            key = peer_key(first) if first is not None else None
+            if not self._keyring.allows(key):  # revoked since it connected: refuse silently
+                self.counters["curve_refused"] += 1
+                self._warn.log(logging.WARNING, "request from client %s under a CURVE key "
+                               "that is no longer allow-listed (%s): dropped", client.hex(),
+                               self._keyring.name(key))
+                return None
+            keys = self._client_keys
+            if keys.get(client) != key:
+                keys.pop(client, None)
+                keys[client] = key
+                if len(keys) > CLIENT_KEYS_LIMIT:
+                    keys.popitem(last=False)
+            else:
+                keys.move_to_end(client)
         if frames[1] != C_REQUEST:
             return self._malformed(client, f"client command {bytes(frames[1][:4])!r} "
                                    "(a client may only send REQUEST 0x01)", frames)
@@ -354,6 +407,7 @@ class Broker:
         self._ticket_seq += 1
         ticket = self._ticket_prefix + self._ticket_seq.to_bytes(8, "big")
         req = Request(ticket, client, service, request_id, header, body, now + deadline_s, now)
+        req.client_key = key
         if request_id is not None:
             self.by_key[(client, request_id)] = req
         if deadline_s <= 0:
@@ -458,6 +512,8 @@ class Broker:
     def _on_worker(self, identity: bytes, frames: list, first: zmq.Frame) -> None:
         command = frames[1]
         worker = self.workers.get(identity)
+        if self._bind_keys and not self._keyring.allows(peer_key(first)):
+            return self._refuse_worker(identity, worker, peer_key(first))
         if worker is not None:
             if self._bind_keys and peer_key(first) != worker.key:
                 # ROUTER_HANDOVER let another allowed key take this routing id over
@@ -510,14 +566,15 @@ class Broker:
                 service.served += 1
                 if body and len(body[0]) <= MAX_HEADER_BYTES and _OK_FALSE in _frame_bytes(body[0]):
                     self._count_worker_error(service, body[0])
-                self._send_reply(req.client, C_FINAL, service.name_bytes, body)
+                if req.client_key is None or self._deliverable(req):
+                    self._send_reply(req.client, C_FINAL, service.name_bytes, body)
             else:
                 self.counters["late_replies"] += 1
             if len(worker.in_flight) == worker.slots - 1:  # it was full: free again
                 service.available[worker.identity] = worker
             if service.queue:
                 self._dispatch(service)
-        elif not req.done:
+        elif not req.done and (req.client_key is None or self._deliverable(req)):
             self._send_reply(req.client, C_PARTIAL, req.service.name_bytes, body)
         return None
 
@@ -566,6 +623,13 @@ class Broker:
         if name.startswith(MMI_PREFIX):
             return self._violation(identity, None, f"a worker may not register {name!r}: "
                                    "mmi.* services belong to the broker", frames)
+        if self._keyring is not None and not self._keyring.may_register(key, name.decode()):
+            self.counters["curve_refused"] += 1
+            self._warn.log(logging.WARNING, "worker %s under %s may not register %r (not in "
+                           "the CURVE ACL %s): sent DISCONNECT", identity.hex(),
+                           self._keyring.name(key), name.decode(), self._keyring.acl_file)
+            self._send(identity, [W_HDR, W_DISCONNECT])
+            return None
         metadata: dict = {}
         slots = 1
         if len(frames) == 4:
@@ -608,6 +672,15 @@ class Broker:
         self.counters["unknown_worker_messages"] += 1
         self._warn.log(logging.DEBUG, "%s from unregistered worker %s: sent DISCONNECT",
                        _COMMAND_NAMES.get(command, "?"), identity.hex())
+        self._send(identity, [W_HDR, W_DISCONNECT])
+
+    def _refuse_worker(self, identity: bytes, worker: Worker | None, key: str | None) -> None:
+        """A worker message under a key no longer allow-listed: purge it, DISCONNECT."""
+        self.counters["curve_refused"] += 1
+        self._warn.log(logging.WARNING, "worker %s sent under %s, which is not allow-listed "
+                       "(revoked): sent DISCONNECT", identity.hex(), self._keyring.name(key))
+        if worker is not None:
+            self._purge(worker, "its CURVE key was revoked", send_disconnect=False)
         self._send(identity, [W_HDR, W_DISCONNECT])
 
     def _violation(self, identity: bytes, worker: Worker | None, reason: str,
@@ -743,6 +816,10 @@ class Broker:
 
     def _run_timers(self, now: float) -> None:
         s = self.settings
+        if now >= self._next_key_check:
+            self._next_key_check = now + s.heartbeat_interval
+            if self._keyring.refresh():
+                self._apply_key_changes()
         # heartbeats: each worker once per interval, spread by registration time
         beats = self._heartbeats
         while beats and beats[0][0] <= now:
@@ -784,6 +861,46 @@ class Broker:
             if len(worker.in_flight) == worker.slots - 1:
                 worker.service.available[identity] = worker
             self._dispatch(worker.service)
+
+    def _apply_key_changes(self) -> None:
+        """The allow-list or ACL changed: cut off every peer it no longer admits.
+
+        The authenticator already refuses new connections with a removed key (it reads
+        the key ring); a connection made before stays open in libzmq, so here its worker is
+        purged (its requests re-dispatched as for a dead one) and told DISCONNECT, and the
+        requests of a revoked client are dropped unanswered (nothing more goes to that key).
+        """
+        ring = self._keyring
+        log.info("CURVE allow-list/ACL changed: %d key(s) allowed", len(ring.keys))
+        for worker in list(self.workers.values()):
+            if not ring.allows(worker.key):
+                reason = f"its CURVE key ({ring.name(worker.key)}) was removed from the allow-list"
+            elif not ring.may_register(worker.key, worker.service.name):
+                reason = (f"its CURVE key ({ring.name(worker.key)}) may no longer register "
+                          f"{worker.service.name!r} (ACL)")
+            else:
+                continue
+            log.warning("worker %s cut off: %s", worker.worker_id, reason)
+            self.counters["curve_revoked_workers"] += 1
+            self._purge(worker, reason, send_disconnect=True)
+        for client, key in list(self._client_keys.items()):
+            if not ring.allows(key):
+                del self._client_keys[client]
+        dropped = 0
+        for req in list(self.requests.values()):
+            if req.done or req.client_key is None or ring.allows(req.client_key):
+                continue
+            if req.worker is None:
+                if req.service.queue.pop(req.ticket, None) is not None:
+                    self.queued_total -= 1
+            else:  # keep the worker's slot until its (dropped) reply, as for a deadline
+                heapq.heappush(self._releases, (req.deadline + self.settings.release_grace,
+                                                req.worker.identity, req.ticket))
+            self._finish(req)  # no answer: the key is revoked
+            dropped += 1
+            self._forget_if_idle(req.service)
+        if dropped:
+            log.warning("dropped %d request(s) of revoked client key(s)", dropped)
 
     def _expire(self, req: Request, now: float) -> None:
         service = req.service

@@ -45,7 +45,10 @@ class BrokerSettings:
             when set, every connection must use CURVE with the broker's public key.
         curve_allow: directory of allow-listed public ``.key`` files; only peers holding one
             of these keys may connect. Without it (but with ``curve_secret``) any key is
-            accepted: encryption without authentication.
+            accepted: encryption without authentication. Re-read every heartbeat interval:
+            removing a file cuts that peer off.
+        curve_acl: optional JSON file mapping keys (file stem or z85) to the services they
+            may register as workers (``broker.acl``); needs ``curve_allow``.
     """
 
     bind: str = DEFAULT_BIND
@@ -62,6 +65,7 @@ class BrokerSettings:
     release_grace: float = 10.0
     curve_secret: str | None = None
     curve_allow: str | None = None
+    curve_acl: str | None = None
 
     @property
     def expiry(self) -> float:
@@ -88,6 +92,9 @@ class BrokerSettings:
         if self.curve_allow and not self.curve_secret:
             raise SettingsError("an allow-list of CURVE keys needs the broker's secret key too "
                                 "(--curve-secret / MOLE_BROKER_CURVE_SECRET)")
+        if self.curve_acl and not self.curve_allow:
+            raise SettingsError("a CURVE ACL needs an allow-list of keys too "
+                                "(--curve-allow / MOLE_BROKER_CURVE_ALLOW)")
         return self
 
 
@@ -105,6 +112,7 @@ ENV_VARS: dict[str, str] = {
     "MOLE_BROKER_MAX_SLOTS": "max_slots",
     "MOLE_BROKER_CURVE_SECRET": "curve_secret",
     "MOLE_BROKER_CURVE_ALLOW": "curve_allow",
+    "MOLE_BROKER_CURVE_ACL": "curve_acl",
 }
 
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}

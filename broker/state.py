@@ -30,7 +30,7 @@ class Request:
 
     __slots__ = (
         "ticket", "client", "service", "request_id", "header", "body", "deadline",
-        "dispatches", "worker", "done", "lost", "received_at",
+        "dispatches", "worker", "done", "lost", "received_at", "client_key",
     )
 
     def __init__(self, ticket: bytes, client: bytes, service: Service, request_id: str | None,
@@ -47,6 +47,7 @@ class Request:
         self.done = False  # answered (by the worker or the broker): later replies are dropped
         self.lost = False  # was on a worker that was purged
         self.received_at = now
+        self.client_key: str | None = None  # the client's CURVE key, when keys are checked
 
 
 class Worker:
