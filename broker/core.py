@@ -83,6 +83,13 @@ COPIED_FRAMES = 4
 #: decoding a reply header to count errors.
 _OK_FALSE = b"\xa2ok\xc2"
 _COMMAND_NAMES = {bytes([c]): c.name for c in mdp.WorkerCommand}
+#: Under CURVE (ROUTER_HANDOVER off): libzmq PING interval and timeout of the broker's
+#: connections. The timeout must stay below a client's own heartbeat timeout
+#: (protocol.client: 3 s), so the broker has dropped a dead connection before the client
+#: reconnects under the same routing id (a connection under a routing id still in use is
+#: refused for good).
+ZMTP_PING_INTERVAL = 0.5
+ZMTP_PING_TIMEOUT = 1.5
 #: Client routing ids whose CURVE key the broker remembers (least recently heard forgotten
 #: first; a forgotten client's pending replies are dropped, so keep it generous).
 CLIENT_KEYS_LIMIT = 100_000
@@ -146,12 +153,14 @@ class Broker:
         if s.curve_secret:
             # Under CURVE, handover would let another allowed key take a connected peer's
             # routing id over and receive its replies without sending anything. Without
-            # it a second connection with a routing id in use is refused, and libzmq's own
-            # heartbeats drop a dead connection within the expiry so the peer can reconnect
-            # under its old routing id.
+            # it a second connection with a routing id in use is refused -- and libzmq
+            # never retries such a refused connection (it stays open, silent). So the
+            # broker must drop a dead connection *before* its peer gives up on it and
+            # reconnects under the same routing id: libzmq heartbeats with a timeout below
+            # the Client's (3 s by default; workers take a new routing id per connection).
             sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(s.heartbeat_interval * 1000)))
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(s.expiry * 1000)))
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(ZMTP_PING_INTERVAL * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(ZMTP_PING_TIMEOUT * 1000))
         else:
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its routing id
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
