@@ -521,10 +521,13 @@ class Broker:
     def _on_worker(self, identity: bytes, frames: list, first: zmq.Frame) -> None:
         command = frames[1]
         worker = self.workers.get(identity)
-        if self._bind_keys and not self._keyring.allows(peer_key(first)):
-            return self._refuse_worker(identity, worker, peer_key(first))
+        key = None
+        if self._bind_keys:
+            key = peer_key(first)
+            if not self._keyring.allows(key):  # revoked since it connected
+                return self._refuse_worker(identity, worker, key)
         if worker is not None:
-            if self._bind_keys and peer_key(first) != worker.key:
+            if self._bind_keys and key != worker.key:
                 # ROUTER_HANDOVER let another allowed key take this routing id over
                 return self._violation(identity, worker, "message under another CURVE key "
                                        "than the worker registered with", frames[:2])
@@ -544,8 +547,7 @@ class Broker:
                 return self._unknown_worker(identity, command)
             return None
         if command == W_READY:
-            return self._on_ready(identity, worker, frames, _peer_address(first),
-                                  peer_key(first) if self._bind_keys else None)
+            return self._on_ready(identity, worker, frames, _peer_address(first), key)
         if command == W_DISCONNECT:
             if worker is not None:
                 log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)

@@ -181,6 +181,47 @@ def test_revoked_key_is_cut_off_within_one_heartbeat(secure):
     assert "worker-a.key) was removed from the allow-list" in secure.broker.log()
 
 
+def test_revoked_workers_request_is_redispatched(secure):
+    interval = 0.5
+    secure.allow_keys("worker-a", "worker-b", "client-a")
+    secure.start(heartbeat=interval)
+    secure.worker("worker-a", "svc", delay=4.0, heartbeat=interval)
+    wait_for(lambda: _workers(secure, "svc"))
+    client = secure.socket("client-a")
+    request(client, "svc", "held by A", "r1")
+    wait_for(lambda: _workers(secure, "svc")[0]["in_flight"] == 1)
+    secure.worker("worker-b", "svc", heartbeat=interval)
+    wait_for(lambda: len(_workers(secure, "svc")) == 2)
+    (secure.allow / "worker-a.key").unlink()
+    frames = reply(client, 3.5)  # well before A's 4 s would have answered
+    assert frames is not None
+    answer = unpack(frames[4])
+    assert answer["echo"] == "held by A" and answer["worker_id"].startswith("worker-b")
+    assert answer["attempt"] >= 1
+    st = status(client)
+    assert st["counters"]["curve_revoked_workers"] == 1
+    assert st["counters"]["redispatched"] == 1
+
+
+def test_acl_change_cuts_off_a_worker_within_one_heartbeat(secure):
+    interval = 0.5
+    secure.allow_keys("worker-a", "client-a")
+    acl = secure.tmp / "acl.json"
+    acl.write_text(json.dumps({"worker-a": ["svc", "gpu/*"]}))
+    secure.start("--curve-acl", str(acl), heartbeat=interval)
+    secure.worker("worker-a", "svc", heartbeat=interval)
+    secure.worker("worker-a", "gpu/x", heartbeat=interval)
+    wait_for(lambda: len(_workers(secure)) == 2)
+    acl.write_text(json.dumps({"worker-a": ["svc"]}))
+    changed_at = time.monotonic()
+    wait_for(lambda: [w["service"] for w in _workers(secure)] == ["svc"], timeout=10,
+             interval=0.02)
+    assert time.monotonic() - changed_at <= interval + 0.75
+    time.sleep(3 * interval)  # it reconnects and is refused again
+    assert [w["service"] for w in _workers(secure)] == ["svc"]
+    assert "may no longer register 'gpu/x' (ACL)" in secure.broker.log()
+
+
 def test_revoked_client_gets_no_pending_reply(secure):
     interval = 0.5
     secure.allow_keys("worker-a", "client-a", "client-b")
