@@ -321,3 +321,28 @@ def test_mole_status_with_keys(secure):
     refused = subprocess.run(base[:-1] + ["1"], cwd=ROOT, capture_output=True, text=True,
                              timeout=30, env=child_env())
     assert refused.returncode == 1 and "CURVE" in refused.stderr
+
+
+def test_frontend_dispatcher_uses_curve_keys_from_env(secure, monkeypatch):
+    from types import SimpleNamespace
+
+    from frontend.dispatch import BrokerDispatcher
+    from protocol.curve import CurveKeyError
+
+    secure.allow_keys("worker-a", "client-a")
+    secure.start()
+    secure.worker("worker-a", "svc")
+    wait_for(lambda: _workers(secure, "svc"))
+    monkeypatch.setenv("MOLE_CURVE_SERVER_KEY", str(secure.keys / "broker.key"))
+    monkeypatch.setenv("MOLE_CURVE_SECRET_KEY", str(secure.keys / "client-a.key_secret"))
+    dispatcher = BrokerDispatcher(secure.url, default_timeout=10)
+    try:
+        expert = SimpleNamespace(base_model_key="svc")
+        assert dispatcher.dispatch(expert, {"text": "hi"}, timeout=10)["echo"] == {"text": "hi"}
+        assert dispatcher.status(timeout=5)["workers"][0]["curve_key"] == \
+            secure.public("worker-a")
+    finally:
+        dispatcher.close()
+    monkeypatch.delenv("MOLE_CURVE_SECRET_KEY")
+    with pytest.raises(CurveKeyError, match="MOLE_CURVE_SECRET_KEY is not set"):
+        BrokerDispatcher(secure.url)  # a half-configured frontend fails at start-up
