@@ -244,3 +244,16 @@ def test_generation_follows_the_registry_settings(tiny_models):
                                      options={"return_raw_response": True}))
     assert 1 <= first["generated_tokens"] <= 6
     assert again["result"] == first["result"]  # temperature 0: greedy, deterministic
+
+
+def test_length_buckets_bound_padding_and_batch_size():
+    from worker.engine.engine import length_buckets
+
+    lengths = {0: 89, 1: 130, 2: 177, 3: 90, 4: 131, 5: 176, 6: 10, 7: 500}
+    buckets = length_buckets(list(lengths), lengths, 16)
+    assert sorted(i for b in buckets for i in b) == sorted(lengths)
+    for bucket in buckets:
+        longest = max(lengths[i] for i in bucket)
+        assert longest * len(bucket) <= 1.25 * sum(lengths[i] for i in bucket)
+    same = {i: 100 for i in range(40)}
+    assert [len(b) for b in length_buckets(list(same), same, 16)] == [16, 16, 8]

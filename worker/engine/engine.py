@@ -83,6 +83,31 @@ def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> l
     return result
 
 
+def length_buckets(indices: list[int], lengths: dict[int, int], max_batch: int,
+                   max_padding: float = 0.25) -> list[list[int]]:
+    """Split a batch into sub-batches of similar prompt length.
+
+    Rows are left-padded to the longest prompt of their sub-batch; sorting by length and
+    starting a new sub-batch when padding would exceed ``max_padding`` of the real tokens
+    keeps compute for pad tokens small (on CPU, a third of a batch's work otherwise).
+    """
+    order = sorted(indices, key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        n = lengths[i]  # the longest so far, since sorted
+        if current and (len(current) >= max_batch
+                         or n * (len(current) + 1) > (1 + max_padding) * (total + n)):
+            buckets.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += n
+    if current:
+        buckets.append(current)
+    return buckets
+
+
 class Engine:
     """A base model, its adapters and the experts (task, language) it serves."""
 
@@ -350,8 +375,8 @@ class Engine:
             cls = [i for i in live if jobs[i].expert.kind == "classification"]
             ext = [i for i in live if jobs[i].expert.kind != "classification"]
             for indices, fn in ((cls, self._classify), (ext, self._extract)):
-                for chunk_start in range(0, len(indices), self.settings.max_batch):
-                    chunk = indices[chunk_start:chunk_start + self.settings.max_batch]
+                lengths = {i: len(jobs[i].prompt_ids) for i in indices}
+                for chunk in length_buckets(indices, lengths, self.settings.max_batch):
                     for i, out in zip(chunk, self._run_isolated(fn, [jobs[i] for i in chunk]),
                                       strict=True):
                         outcomes[i] = out
