@@ -257,3 +257,30 @@ def test_length_buckets_bound_padding_and_batch_size():
         assert longest * len(bucket) <= 1.25 * sum(lengths[i] for i in bucket)
     same = {i: 100 for i in range(40)}
     assert [len(b) for b in length_buckets(list(same), same, 16)] == [16, 16, 8]
+
+
+@pytest.mark.parametrize("key", ["unsloth/mistral-7b-instruct-v0.3-bnb-4bit", "bloomz-7b1",
+                                 "facebook/xglm-7.5B", "qwen2.5-7b-instruct"])
+def test_cached_instruction_prefix_gives_the_same_scores(engines, tiny_models, key):
+    engine = engines[key]
+    plain = load_engine(tiny_models, key, prefix_cache=False, warmup=False)
+    texts = ["short", "a much longer input text about quarterly earnings and tax rules " * 3]
+    for expert in engine.experts[:2]:
+        jobs = [engine.prepare(payload_for(expert, t)) for t in texts]
+        spec = jobs[0].prompt
+        assert spec.prefix_ids and jobs[0].prompt_ids[: len(spec.prefix_ids)] == spec.prefix_ids
+        rows = [ScoreRow(j.prompt_ids, j.prompt.label_ids, j.adapter_key, engine._prefix(j))
+                for j in jobs]
+        assert all(r.prefix is not None for r in rows)
+        cached = score_batch(engine.loaded.model, rows, engine.loaded.tokenizer.pad_token_id,
+                             use_positions=engine._use_positions)
+        for row, got in zip(rows, cached, strict=True):
+            assert got == pytest.approx(score_full(engine.loaded.model, row), abs=1e-4)
+        batched = engine.run(jobs)
+        for job, reply in zip(jobs, batched, strict=True):
+            other = plain.prepare(payload_for(expert, job.input_text))
+            if other.prompt_ids != job.prompt_ids:
+                continue  # the split at the prefix changed tokenization; nothing to compare
+            want = plain.run([other])[0]["probabilities"]
+            for label, p in want.items():
+                assert abs(reply["probabilities"][label] - p) < 1e-5

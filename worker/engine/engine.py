@@ -23,7 +23,14 @@ from worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
 from worker.engine.generation import GenRow, generate_batch
 from worker.engine.loading import LoadedModel, load_base_model
 from worker.engine.pii import parse_pii
-from worker.engine.scoring import ScoreRow, accepts_position_ids, probabilities, score_batch
+from worker.engine.scoring import (
+    PrefixKV,
+    ScoreRow,
+    accepts_position_ids,
+    compute_prefix,
+    probabilities,
+    score_batch,
+)
 from worker.engine.settings import EngineSettings
 from worker.engine.templates import Template, load_template, render_within
 
@@ -42,6 +49,9 @@ class PromptSpec:
     labels: tuple[str, ...]
     label_ids: list[list[int]]
     single_token: bool  # every label is one distinct token: the one-pass path applies
+    key: tuple = ()
+    prefix_text: str = ""  # the fixed instruction up to the line of the first placeholder
+    prefix_ids: list[int] = field(default_factory=list)  # its tokens (with BOS); cached
 
 
 @dataclass(slots=True)
@@ -135,6 +145,7 @@ class Engine:
         for expert in self.experts:
             self._prompt_for(expert)
         self._use_positions = accepts_position_ids(loaded.model)
+        self._prefix_kv: dict[tuple, PrefixKV | None] = {}
         self._lock = threading.Lock()  # one forward pass at a time on this model
 
     # ---- loading -------------------------------------------------------------------
@@ -184,7 +195,14 @@ class Engine:
                     )
             else:
                 ids, single = [], False
-            spec = PromptSpec(template, expert.label_set, ids, single)
+            spec = PromptSpec(template, expert.label_set, ids, single, key)
+            if self.settings.prefix_cache and expert.kind == "classification":
+                first = min((template.prompt.find("{{" + f) for f in template.fields),
+                            default=-1)
+                cut = template.prompt.rfind("\n", 0, first) + 1 if first > 0 else 0
+                if cut > 0:
+                    spec.prefix_text = template.prompt[:cut]
+                    spec.prefix_ids = tok(spec.prefix_text, add_special_tokens=True)["input_ids"]
             self._prompts[key] = spec
             log.info("task %s: template %s, %s", expert.task_key, template.source,
                      "single-token labels (one pass)" if single else
@@ -337,17 +355,29 @@ class Engine:
             if not text.strip():
                 raise InvalidPayload("text", "is empty")
             values["input"] = text
-        try:
-            rendered = render_within(prompt.template, values, self.loaded.tokenizer,
-                                     self.settings.max_input_tokens)
-        except ValueError as err:
-            raise InvalidPayload("text", str(err)) from err
+        budget = self.settings.max_input_tokens
+        for _ in range(4):
+            try:
+                rendered = render_within(prompt.template, values, self.loaded.tokenizer, budget)
+            except ValueError as err:
+                raise InvalidPayload("text", str(err)) from err
+            ids = rendered.input_ids
+            if not prompt.prefix_ids or not rendered.text.startswith(prompt.prefix_text):
+                break
+            # Tokenize the instruction prefix and the rest apart, so that the prefix's
+            # cache (computed once per adapter) is exactly these tokens' cache.
+            rest = rendered.text[len(prompt.prefix_text):]
+            ids = prompt.prefix_ids + self.loaded.tokenizer(
+                rest, add_special_tokens=False)["input_ids"]
+            if len(ids) <= self.settings.max_input_tokens:
+                break
+            budget -= len(ids) - self.settings.max_input_tokens
         return Job(
             expert=expert,
             prompt=prompt,
             adapter_key=self.loaded.adapter_names.get(expert.adapter_name),
-            prompt_ids=rendered.input_ids,
-            truncated=rendered.truncated,
+            prompt_ids=ids,
+            truncated=rendered.truncated or budget < self.settings.max_input_tokens,
             input_text=text,
             options=opts,
             request_id=request_id,
@@ -416,8 +446,20 @@ class Engine:
             "tiny_model": self.loaded.tiny,
         }
 
+    def _prefix(self, job: Job) -> PrefixKV | None:
+        """The cached instruction prefix of a job's template under its adapter."""
+        spec = job.prompt
+        if not spec.prefix_ids or job.prompt_ids[: len(spec.prefix_ids)] != spec.prefix_ids:
+            return None
+        key = (spec.key, job.adapter_key)
+        if key not in self._prefix_kv:
+            self._prefix_kv[key] = compute_prefix(self.loaded.model, spec.prefix_ids,
+                                                  job.adapter_key)
+        return self._prefix_kv[key]
+
     def _classify(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        rows = [ScoreRow(j.prompt_ids, j.prompt.label_ids, j.adapter_key) for j in jobs]
+        rows = [ScoreRow(j.prompt_ids, j.prompt.label_ids, j.adapter_key, self._prefix(j))
+                for j in jobs]
         scores = score_batch(self.loaded.model, rows, self.loaded.tokenizer.pad_token_id,
                              use_positions=self._use_positions)
         replies = []
@@ -477,6 +519,7 @@ class Engine:
 
         with self._lock:
             self.loaded.model = None
+            self._prefix_kv.clear()
         gc.collect()
         try:
             import torch

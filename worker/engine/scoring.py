@@ -17,12 +17,65 @@ import torch
 
 
 @dataclass(slots=True)
+class PrefixKV:
+    """The key/value cache of a prompt prefix shared by many requests (a template's
+    instruction), computed once per (template, adapter): ``layers[i] = (keys, values)``,
+    each ``[1, heads, length, head_dim]``."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
+
+
+@dataclass(slots=True)
 class ScoreRow:
     """One request to score: its prompt tokens, adapter and the token ids of each label."""
 
     prompt_ids: list[int]
     labels: list[list[int]]
     adapter: str | None = None  # loaded adapter name; None for the base model
+    prefix: PrefixKV | None = None  # cache of prompt_ids[:prefix.length], when known
+
+
+@torch.inference_mode()
+def compute_prefix(model, ids: list[int], adapter: str | None) -> PrefixKV | None:
+    """Run a shared prefix once; None where the cache layout is not [batch, heads, seq, dim]."""
+    device = _device(model)
+    out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True,
+                logits_to_keep=1, **_adapter_kwargs(model, [adapter]))
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    layers = getattr(cache, "layers", None)
+    if not layers or any(getattr(x, "keys", None) is None or x.keys.dim() != 4
+                         or x.keys.shape[2] != len(ids) for x in layers):
+        return None
+    return PrefixKV([(x.keys, x.values) for x in layers], len(ids))
+
+
+def _prefixed_inputs(rows: list[ScoreRow], pad_id: int, device):
+    """Inputs for rows whose prompt starts with a cached prefix: the rest of each prompt,
+    left-padded, after the prefixes (left-padded too) placed in one cache."""
+    from transformers import DynamicCache
+
+    n = len(rows)
+    plens = [r.prefix.length if r.prefix else 0 for r in rows]
+    rests = [r.prompt_ids[p:] for r, p in zip(rows, plens, strict=True)]
+    width_p, width_r = max(plens), max(len(x) for x in rests)
+    input_ids = torch.full((n, width_r), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width_p + width_r), dtype=torch.long)
+    for i, (plen, rest) in enumerate(zip(plens, rests, strict=True)):
+        input_ids[i, width_r - len(rest):] = torch.tensor(rest, dtype=torch.long)
+        mask[i, width_p - plen:width_p] = 1
+        mask[i, width_p + width_r - len(rest):] = 1
+    template = next(r.prefix for r in rows if r.prefix)
+    data = []
+    for layer, (k0, v0) in enumerate(template.layers):
+        keys = k0.new_zeros((n, k0.shape[1], width_p, k0.shape[3]))
+        values = v0.new_zeros((n, v0.shape[1], width_p, v0.shape[3]))
+        for i, row in enumerate(rows):
+            if row.prefix:
+                keys[i, :, width_p - plens[i]:] = row.prefix.layers[layer][0][0]
+                values[i, :, width_p - plens[i]:] = row.prefix.layers[layer][1][0]
+        data.append((keys, values))
+    return input_ids.to(device), mask.to(device), DynamicCache(ddp_cache_data=data), width_p
 
 
 def accepts_position_ids(model) -> bool:
@@ -61,24 +114,31 @@ def score_batch(
     """
     device = _device(model)
     n = len(rows)
-    width = max(len(r.prompt_ids) for r in rows)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        k = len(row.prompt_ids)
-        input_ids[i, width - k :] = torch.tensor(row.prompt_ids, dtype=torch.long)
-        mask[i, width - k :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
     kwargs = _adapter_kwargs(model, [r.adapter for r in rows])
-    if use_positions:
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     need_cont = any(len(label) > 1 for r in rows for label in r.labels)
+    if any(r.prefix for r in rows):
+        input_ids, mask, prefix_cache, width_p = _prefixed_inputs(rows, pad_id, device)
+        kwargs["cache"] = prefix_cache
+        if use_positions:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, width_p:]
+        need_cont = True  # the cache is there anyway; keep it for the continuations
+    else:
+        width = max(len(r.prompt_ids) for r in rows)
+        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            k = len(row.prompt_ids)
+            input_ids[i, width - k :] = torch.tensor(row.prompt_ids, dtype=torch.long)
+            mask[i, width - k :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        if use_positions:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=input_ids, attention_mask=mask, use_cache=need_cont, logits_to_keep=1, **kwargs
     )
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
     scores = [[float(first[i, label[0]]) for label in row.labels] for i, row in enumerate(rows)]
-    if not need_cont:
+    if not any(len(label) > 1 for r in rows for label in r.labels):
         return scores
 
     # Continuations: one row per (request, multi-token label), against the repeated cache.

@@ -47,5 +47,10 @@ class EngineSettings:
     torch_threads: int = field(
         default_factory=lambda: int(os.environ.get("MOLE_TORCH_THREADS", "0"))
     )
+    #: compute each template's instruction prefix once per adapter and reuse its cache;
+    #: MOLE_PREFIX_CACHE=0 turns it off
+    prefix_cache: bool = field(
+        default_factory=lambda: os.environ.get("MOLE_PREFIX_CACHE", "1").strip() != "0"
+    )
     #: run one request per task before registering
     warmup: bool = True
