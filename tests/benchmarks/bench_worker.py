@@ -7,8 +7,9 @@
   A random-weight model never emits EOS, so every request generates all 25 tokens; a real
   model often stops sooner, so we also time the same path capped at 4 new tokens (a model
   that stops right after the label) as the original's best case.
-- ours: the BatchingHandler: dynamic batches, mixed adapters, label scoring with the prompt
-  computed once and the label continuations from its cache.
+- ours: the BatchingHandler: dynamic batches (sub-batches of similar length), label scoring
+  with the template's instruction prefix cached per adapter, each prompt computed once and
+  the label continuations from its cache.
 
 Run:  .venv/bin/python tests/benchmarks/bench_worker.py [--requests 64] [--repeats 3]
 Prints requests/s of each (median of the repeats) and the ratio (target >= 5x).
@@ -151,7 +152,7 @@ def main() -> int:
     m_orig, m_orig4, m_ours = (statistics.median(x) for x in (orig, orig4, ours))
     print(f"original (one at a time, greedy generate, 25 new tokens): {m_orig:8.2f} req/s")
     print(f"original, best case (stops after 4 new tokens):           {m_orig4:8.2f} req/s")
-    print(f"ours (batched label scoring, cached prompt):              {m_ours:8.2f} req/s")
+    print(f"ours (batched label scoring, cached prefix and prompt):   {m_ours:8.2f} req/s")
     print(f"ratio ours/original: {m_ours / m_orig:.1f}x  (vs best case: {m_ours / m_orig4:.1f}x;"
           f" target >= 5x)")
     return 0
