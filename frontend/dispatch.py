@@ -95,8 +95,9 @@ class BrokerDispatcher:
 class MonolithicDispatcher:
     """Dispatch to the in-process model pool (no broker). The pool is built on first use.
 
-    NOTE: ``ModelPool.infer`` takes no deadline; a request that runs past its deadline here
-    is answered late rather than cut (the lead wires deadlines into the pool).
+    The pool answers ``deadline_exceeded`` for a request still waiting (for a model to
+    load, or for the model to be free) when its deadline passes; a computation that has
+    started runs to its end.
     """
 
     mode = "monolithic"
@@ -121,7 +122,7 @@ class MonolithicDispatcher:
 
     def dispatch(self, expert: ExpertSpec, payload: dict[str, Any], timeout: float) -> Any:
         try:
-            return self.pool().infer(expert.base_model_key, payload)
+            return self.pool().infer(expert.base_model_key, payload, timeout=timeout)
         except RequestError:
             raise
         except Exception as err:  # a model that cannot load: one vocabulary for callers

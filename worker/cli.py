@@ -53,10 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (env MOLE_TORCH_THREADS)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up requests")
-    parser.add_argument("--heartbeat-interval", type=float, default=2.5,
-                        help="seconds; must match the broker's")
-    parser.add_argument("--liveness", type=int, default=3,
-                        help="heartbeats missed before the broker counts as lost")
+    parser.add_argument("--heartbeat-interval", type=float,
+                        default=float(env("MOLE_HEARTBEAT_INTERVAL", "2.5")),
+                        help="seconds; must match the broker's (env MOLE_HEARTBEAT_INTERVAL)")
+    parser.add_argument("--liveness", type=int, default=int(env("MOLE_HEARTBEAT_LIVENESS", "3")),
+                        help="heartbeats missed before the broker counts as lost "
+                             "(env MOLE_HEARTBEAT_LIVENESS)")
     parser.add_argument("--log-level", default=env("MOLE_LOG_LEVEL", "INFO"))
 
 
@@ -94,12 +96,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from protocol.curve import CurveKeyError, CurveKeys
     from protocol.registry import RegistryError, load_registry
     from worker.engine.batching import BatchingHandler
     from worker.engine.engine import Engine
     from worker.engine.errors import ModelLoadError
     from worker.runtime import WorkerRuntime, default_worker_id
 
+    try:  # before loading the model: a key problem must not cost a minute of loading
+        curve = CurveKeys.from_env()
+    except CurveKeyError as err:
+        print(f"mole worker: {err}", file=sys.stderr)
+        return 2
     worker_id = args.worker_id or default_worker_id(args.model_key)
     t0 = time.perf_counter()
     try:
@@ -115,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
              ", ".join(engine.metadata()["tasks"]))
     handler = BatchingHandler(engine)
     runtime = WorkerRuntime(args.broker, args.model_key, handler, worker_id=worker_id,
-                            heartbeat_interval=args.heartbeat_interval, liveness=args.liveness)
+                            heartbeat_interval=args.heartbeat_interval, liveness=args.liveness,
+                            curve=curve)
 
     def _stop(signum, frame) -> None:
         # Not stop() itself: a signal handler must not take the runtime's locks.
