@@ -14,27 +14,14 @@ from e2e_stack import Stack, http
 
 from protocol.client import Client
 from protocol.registry import load_registry
+from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
 pytestmark = pytest.mark.slow
 
 README_TEXT = "Revenue increased by 20% year over year, exceeding analyst expectations."
 README_DESCRIPTION = "Classify the sentiment of this financial statement on a scale of 1-5."
 
-#: one text per served language, long enough for language identification
-TEXTS = {
-    "en": "The company's quarterly profit rose sharply thanks to strong demand.",
-    "de": "Der Quartalsgewinn des Unternehmens stieg dank starker Nachfrage deutlich.",
-    "fr": "Le bénéfice trimestriel de l'entreprise a fortement augmenté grâce à la demande.",
-    "es": "El beneficio trimestral de la empresa aumentó con fuerza gracias a la demanda.",
-    "it": "L'utile trimestrale dell'azienda è cresciuto molto grazie alla forte domanda.",
-    "nl": "De kwartaalwinst van het bedrijf steeg sterk dankzij de grote vraag.",
-    "sv": "Företagets kvartalsvinst steg kraftigt tack vare den starka efterfrågan.",
-    "da": "Virksomhedens kvartalsoverskud steg kraftigt takket være den store efterspørgsel.",
-    "pl": "Kwartalny zysk firmy mocno wzrósł dzięki silnemu popytowi na jej produkty.",
-    "tr": "Şirketin çeyreklik kârı güçlü talep sayesinde keskin bir şekilde arttı.",
-    "ja": "会社の四半期利益は旺盛な需要のおかげで大幅に増加しました。",
-    "zh": "由于需求强劲，公司的季度利润大幅增长。",
-}
+TEXTS = SENTENCES  # one financial sentence per served language
 ESCI_TEXTS = {
     "en": "Query: waterproof hiking boots for women Product: Women's waterproof leather "
     "hiking boots with ankle support and a rubber sole",
@@ -43,13 +30,6 @@ ESCI_TEXTS = {
     "ja": "Query: 女性用の防水ハイキングブーツ Product: 足首をしっかり支える女性用の防水レザー"
     "ハイキングブーツです。ゴム底で滑りにくいです。",
 }
-DESCRIPTIONS = {
-    "rating": "Rate the sentiment of this text from 1 (very negative) to 5 (very positive).",
-    "pii": "Extract the personal information (names, account numbers, addresses) in the text.",
-    "news": "Classify this financial news article into one of six topics.",
-    "esci": "Is the product an exact match, a substitute, a complement or irrelevant to the query?",
-}
-
 REGISTRY = load_registry()
 PAIRS = [(task.name, code) for task in REGISTRY.tasks.values() for code in task.experts]
 
