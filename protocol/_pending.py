@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -316,3 +317,26 @@ __all__ = [
     "decode_payload",
     "new_routing_id",
 ]
+
+
+class StreamSink:
+    """Sink of one streamed request: hands ("partial"|"final"|"error", value) to ``put``.
+
+    The blocking client passes a ``queue.SimpleQueue``'s ``put`` and the asyncio client an
+    ``asyncio.Queue``'s ``put_nowait``: the correlation core never knows which.
+    """
+
+    __slots__ = ("queue", "_put")
+
+    def __init__(self, queue: Any, put: Callable[[tuple[str, Any]], None]) -> None:
+        self.queue = queue
+        self._put = put
+
+    def on_partial(self, body: list[bytes]) -> None:
+        self._put(("partial", body))
+
+    def on_final(self, body: list[bytes]) -> None:
+        self._put(("final", body))
+
+    def on_error(self, error: BaseException) -> None:
+        self._put(("error", error))

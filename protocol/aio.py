@@ -35,6 +35,7 @@ from protocol._pending import (
     ClientClosed,
     Correlator,
     Pending,
+    StreamSink,
     check_timeout,
     decode_payload,
     decode_reply,
@@ -75,24 +76,6 @@ class _FutureSink:
     def _done(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-
-
-class _QueueSink:
-    """Sink of one streamed request: an asyncio queue of (kind, value)."""
-
-    __slots__ = ("queue",)
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def on_partial(self, body: list[bytes]) -> None:
-        self.queue.put_nowait(("partial", body))
-
-    def on_final(self, body: list[bytes]) -> None:
-        self.queue.put_nowait(("final", body))
-
-    def on_error(self, error: BaseException) -> None:
-        self.queue.put_nowait(("error", error))
 
 
 class AsyncClient:
@@ -152,7 +135,8 @@ class AsyncClient:
         """Yield each PARTIAL reply payload, then the FINAL one; errors raise."""
         timeout = check_timeout(timeout, self.timeout)
         self._start()
-        sink = _QueueSink()
+        stream_queue: asyncio.Queue = asyncio.Queue()
+        sink = StreamSink(stream_queue, stream_queue.put_nowait)
         pending = self._submit(service, [pack(payload)], timeout, sink)
         finished = False
         try:

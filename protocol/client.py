@@ -36,6 +36,7 @@ from protocol._pending import (
     ClientClosed,
     Correlator,
     Pending,
+    StreamSink,
     check_timeout,
     decode_payload,
     decode_reply,
@@ -98,24 +99,6 @@ class _Waiter:
         if timeout is None:
             return self._done.acquire()
         return self._done.acquire(timeout=max(0.0, timeout))
-
-
-class _StreamSink:
-    """Sink of one streamed request: a queue of ("partial"|"final"|"error", value)."""
-
-    __slots__ = ("queue",)
-
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-
-    def on_partial(self, body: list[bytes]) -> None:
-        self.queue.put(("partial", body))
-
-    def on_final(self, body: list[bytes]) -> None:
-        self.queue.put(("final", body))
-
-    def on_error(self, error: BaseException) -> None:
-        self.queue.put(("error", error))
 
 
 class Client:
@@ -192,7 +175,8 @@ class Client:
         Leaving the loop early forgets the request (its later replies are dropped).
         """
         timeout = check_timeout(timeout, self.timeout)
-        sink = _StreamSink()
+        stream_queue: queue.SimpleQueue = queue.SimpleQueue()
+        sink = StreamSink(stream_queue, stream_queue.put)
         pending = self._submit(service, [pack(payload)], timeout, sink)
         return self._iterate(pending, sink)
 
@@ -259,7 +243,7 @@ class Client:
             return decode_payload(waiter.body or [], raw=True)
         return decode_reply(service, waiter.body or [])
 
-    def _iterate(self, pending: Pending, sink: _StreamSink) -> Iterator[Any]:
+    def _iterate(self, pending: Pending, sink: StreamSink) -> Iterator[Any]:
         finished = False
         try:
             while True:
