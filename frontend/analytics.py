@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from frontend.sqlite_db import ProcessLocalConnection
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     ts         REAL NOT NULL,
@@ -56,21 +58,12 @@ class Analytics:
         self._buffer: list[tuple] = []
         self._buffer_lock = threading.Lock()
         self._db_lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid: int | None = None
+        self._connection = ProcessLocalConnection(self.path, _SCHEMA)
         self._last_flush = clock()
         self._last_prune = 0.0
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
-                                   isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+        return self._connection.get()
 
     def record(self, *, ok: bool, latency_ms: float, language: str | None = None,
                domain: str | None = None, task: str | None = None, model: str | None = None,
@@ -146,6 +139,4 @@ class Analytics:
             self.flush()
         finally:
             with self._db_lock:
-                if self._conn is not None and self._pid == os.getpid():
-                    self._conn.close()
-                self._conn = None
+                self._connection.close()

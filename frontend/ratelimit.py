@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sqlite3
 import threading
@@ -33,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from frontend.sqlite_db import ProcessLocalConnection
 
 log = logging.getLogger("mole.frontend.ratelimit")
 
@@ -114,29 +115,15 @@ class RateLimiter:
                  busy_timeout_s: float = 2.0, prune_every: int = 5000) -> None:
         self.path = Path(path)
         self._clock = clock
-        self._busy_ms = int(busy_timeout_s * 1000)
         self._prune_every = prune_every
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        self._connection = ProcessLocalConnection(self.path, _SCHEMA, synchronous="OFF",
+                                                  busy_timeout_s=busy_timeout_s)
         self._since_prune = 0
         self._warned_at = 0.0
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000,
-                                   isolation_level=None, check_same_thread=False)
-            try:
-                conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=OFF")
-                conn.execute(_SCHEMA)
-            except BaseException:
-                conn.close()  # the next check opens it again
-                raise
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+        return self._connection.get()
 
     def hit(self, checks: Sequence[tuple[str, Rate | None]], cost: float = 1.0) -> Decision:
         """Spend ``cost`` on every key if all of them allow it, else spend nothing.
@@ -216,6 +203,4 @@ class RateLimiter:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            self._connection.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frontend.passwords import PasswordHasher
+from frontend.sqlite_db import ProcessLocalConnection
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
@@ -72,20 +73,11 @@ class UserStore:
         self.path = Path(path)
         self.hasher = hasher
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid: int | None = None
+        self._connection = ProcessLocalConnection(self.path, _SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         # NOTE: called with self._lock held. A connection made before fork is never reused.
-        if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
-                                   isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+        return self._connection.get()
 
     def create(self, username: str, password: str, *, admin: bool = False) -> User:
         """Add a user.
@@ -153,9 +145,7 @@ class UserStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            self._connection.close()
 
 
 def bootstrap_admin(store: UserStore, spec: str) -> User:

@@ -1,0 +1,58 @@
+"""One SQLite connection per process, opened lazily, for the frontend's small stores.
+
+Users, analytics and rate-limit buckets each keep a file in the data directory that every
+gunicorn worker process shares. A connection must never cross a fork (field-notes), so
+each store holds a :class:`ProcessLocalConnection` that opens a fresh connection the first
+time it is used in a process, in WAL mode so readers do not block the writer. Callers
+serialise their own use of it with their own lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+
+class ProcessLocalConnection:
+    """A lazily opened WAL connection that is reopened after a fork.
+
+    Args:
+        path: the database file (its directory is created).
+        schema: SQL run once per new connection (``CREATE TABLE IF NOT EXISTS ...``).
+        synchronous: SQLite's ``synchronous`` pragma (``NORMAL``; ``OFF`` for data that
+            may be lost in a power cut, such as rate-limit buckets).
+        busy_timeout_s: how long a writer waits for another process's transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: str, *, synchronous: str = "NORMAL",
+                 busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self._schema = schema
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+
+    def get(self) -> sqlite3.Connection:
+        """This process's connection (autocommit; use explicit BEGIN for transactions)."""
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                conn.executescript(self._schema)
+            except BaseException:
+                conn.close()  # the next call opens it again
+                raise
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        """Close this process's connection; one inherited through fork is left alone."""
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
