@@ -29,7 +29,9 @@ class WorkRequest:
     received_at: float = field(default_factory=time.monotonic)
 
     def expired(self, now: float | None = None) -> bool:
-        return self.deadline is not None and (now or time.monotonic()) >= self.deadline
+        if self.deadline is None:
+            return False
+        return (time.monotonic() if now is None else now) >= self.deadline
 
     def seconds_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
