@@ -4,11 +4,19 @@ import os
 import sys
 from pathlib import Path
 
-# tests/frontend, tests/gating, ... would otherwise shadow the real packages of the same
-# name as empty namespace packages when pytest puts tests/ on sys.path.
+# NOTE: pytest puts tests/ on sys.path, and tests/protocol, tests/broker, tests/worker,
+# tests/gating and tests/frontend have no __init__.py: Python would import them as empty
+# namespace packages in place of the real ones (the editable install's import hook runs
+# after the path search). The repository root goes first, once, for every test directory,
+# and any shadow imported before this file is forgotten.
 ROOT = str(Path(__file__).resolve().parent.parent)
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)
+if ROOT in sys.path:
+    sys.path.remove(ROOT)
+sys.path.insert(0, ROOT)
+for _name in ("protocol", "broker", "worker", "gating", "frontend"):
+    _module = sys.modules.get(_name)
+    if _module is not None and getattr(_module, "__file__", None) is None:
+        del sys.modules[_name]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,22 +1,10 @@
 """Shared helpers of the broker tests: a real ``python -m broker`` process, raw workers and
 raw clients (``tests/support/peers.py``), all cleaned up by :meth:`Bus.close`.
-
-Importing it makes ``broker``/``protocol`` resolve to the packages (not to same-named
-directories under ``tests/``, which Python would import as empty namespace packages).
 """
 
-import sys
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[2])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-for _name in ("protocol", "worker", "broker"):
-    _module = sys.modules.get(_name)
-    if _module is not None and getattr(_module, "__file__", None) is None:
-        del sys.modules[_name]
-
-from tests.support.peers import (  # noqa: E402
+from tests.support.peers import (
     BrokerProcess,
     RawClient,
     start_worker,

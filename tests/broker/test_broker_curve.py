@@ -11,9 +11,8 @@ import time
 import pytest
 import zmq
 import zmq.auth
-from brokerfix import ROOT
 
-from tests.support.peers import child_env, pack, unpack
+from tests.support.peers import ROOT, child_env, pack, unpack
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")]

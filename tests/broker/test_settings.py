@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from brokerfix import ROOT
 
 from broker.ratelog import RateLimitedLog
 from broker.settings import BrokerSettings, SettingsError, settings_from_env, with_overrides
-from tests.support.peers import RawClient, child_env
+from tests.support.peers import ROOT, RawClient, child_env
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
-from brokerfix import ROOT, wait_workers
+from brokerfix import wait_workers
 
 from broker import status_cli
-from tests.support.peers import child_env
+from tests.support.peers import ROOT, child_env
 
 pytestmark = pytest.mark.timeout(120)
 MOLE = [sys.executable, "-m", "mole_cli"]

@@ -10,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# NOTE: the repository root must come first: tests/ is on sys.path too (pytest's rootdir
-# insertion) and tests/frontend, tests/gating would otherwise shadow the real packages as
-# namespace packages when pytest is run as `.venv/bin/pytest` rather than `python -m pytest`.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-for _name in ("frontend", "gating"):
-    if _name in sys.modules and getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]  # a namespace-package shadow imported before this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # frontend_support, fixed_worker
 
 from frontend_support import (  # noqa: E402
     FIXED_WORKER,

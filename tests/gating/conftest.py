@@ -12,18 +12,7 @@ from pathlib import Path
 
 import pytest
 
-# NOTE: tests/ (on sys.path under pytest) holds a ``gating`` directory without
-# __init__.py, which Python would import as an empty namespace package; the repository
-# root goes first so the real package wins (as tests/protocol/conftest.py does).
 sys.path.insert(0, str(Path(__file__).parent))  # gating_samples, po_samples, tiny_xlmr
-ROOT = str(Path(__file__).resolve().parents[2])
-if ROOT in sys.path:
-    sys.path.remove(ROOT)
-sys.path.insert(0, ROOT)
-for _name in ("gating", "protocol"):
-    _module = sys.modules.get(_name)
-    if _module is not None and getattr(_module, "__file__", None) is None:
-        del sys.modules[_name]
 
 from gating_samples import DESCRIPTIONS, SENTENCES  # noqa: E402, F401
 
