@@ -5,10 +5,14 @@ gating, and the app built by the factory with those parts (no monkeypatching).""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +30,33 @@ from frontend.tokens import TokenService
 from frontend.users import UserStore
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _body(raw: bytes):
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode()  # e.g. /metrics
+
+
+def call(method: str, url: str, body=None, headers=None, form=False, timeout=30):
+    """One real HTTP request: (status, headers, JSON body, or text when not JSON)."""
+    data = None
+    headers = dict(headers or {})
+    if body is not None and form:
+        data = urllib.parse.urlencode(body).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, _body(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, _body(err.read())
 FIXED_WORKER = Path(__file__).resolve().parent / "fixed_worker.py"
 SECRET = "test-secret-" + "k" * 40
 PASSWORD = "correct horse battery"

@@ -4,44 +4,22 @@ connection in the gunicorn master, and graceful shutdown with a request in fligh
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from frontend_support import REPO, child_env, free_port, wait_for
+from frontend_support import REPO, call, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
 TEXT = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
 DESCRIPTION = "Rate the sentiment of this financial statement"
 
-
-def call(method: str, url: str, body=None, headers=None, form=False, timeout=30):
-    data = None
-    headers = dict(headers or {})
-    if body is not None and form:
-        data = urllib.parse.urlencode(body).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    elif body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            return r.status, r.headers, (json.loads(raw) if raw.startswith(b"{")
-                                               else raw.decode())
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, json.loads(err.read())
 
 
 @pytest.fixture(scope="module")

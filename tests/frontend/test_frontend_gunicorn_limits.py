@@ -10,14 +10,11 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from frontend_support import REPO, child_env, free_port, wait_for
+from frontend_support import REPO, call, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,22 +23,6 @@ TEXT = f"The quarterly revenue rose 12 percent at {SECRET} and the company raise
 DESCRIPTION = "Rate the sentiment of this financial statement"
 PASSWORD = f"pw-{SECRET}-long"
 
-
-def call(method, url, body=None, headers=None, form=False, timeout=30):
-    data = None
-    headers = dict(headers or {})
-    if body is not None and form:
-        data = urllib.parse.urlencode(body).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    elif body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, json.loads(err.read())
 
 
 def _serve(tmp_path_factory, logs_dir, broker_url, name, **env_extra):
