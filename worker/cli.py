@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -101,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from worker.engine.batching import BatchingHandler
     from worker.engine.engine import Engine
     from worker.engine.errors import ModelLoadError
-    from worker.runtime import WorkerRuntime, default_worker_id
+    from worker.runtime import WorkerRuntime, default_worker_id, stop_on_signals
 
     try:  # before loading the model: a key problem must not cost a minute of loading
         curve = CurveKeys.from_env()
@@ -125,13 +123,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = WorkerRuntime(args.broker, args.model_key, handler, worker_id=worker_id,
                             heartbeat_interval=args.heartbeat_interval, liveness=args.liveness,
                             curve=curve)
-
-    def _stop(signum, frame) -> None:
-        # Not stop() itself: a signal handler must not take the runtime's locks.
-        threading.Thread(target=runtime.stop, kwargs={"timeout": 0}, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals(runtime)
     log.info("worker %s registering %r with %s", worker_id, args.model_key, args.broker)
     runtime.run()
     return 0

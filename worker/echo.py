@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--heartbeat-interval must be > 0 and --liveness >= 1")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from worker.runtime import default_worker_id
+    from worker.runtime import default_worker_id, stop_on_signals
 
     worker_id = args.worker_id or default_worker_id(args.service)
     handler = EchoHandler(slots=args.slots, delay_s=args.delay, partials=args.partials,
@@ -149,13 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                             heartbeat_interval=args.heartbeat_interval,
                             liveness=args.liveness, reconnect_max=args.reconnect_max,
                             curve=curve)
-
-    def _stop(signum, frame) -> None:
-        # Not stop() itself: a signal handler must not take the waker's lock.
-        threading.Thread(target=runtime.stop, kwargs={"timeout": 0}, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop_on_signals(runtime)
     log.info("echo worker %s (SCAFFOLDING) serving %r via %s, %d slot(s)", worker_id,
              args.service, args.broker, handler.slots)
     runtime.run()

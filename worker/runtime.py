@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import socket as socket_module
 import threading
 import time
@@ -436,3 +437,17 @@ class WorkerRuntime:
                           if r.deadline is not None and r.deadline <= now]:
             responder.error(ErrorCode.DEADLINE_EXCEEDED,
                             f"worker {self.worker_id} did not finish before the deadline")
+
+
+def stop_on_signals(runtime: WorkerRuntime) -> None:
+    """Make SIGTERM and SIGINT stop ``runtime`` cleanly (it sends DISCONNECT first).
+
+    NOTE: the handler only starts a thread: ``stop()`` takes locks that a signal handler,
+    which may interrupt their holder, must not take.
+    """
+
+    def _stop(signum, frame) -> None:
+        threading.Thread(target=runtime.stop, kwargs={"timeout": 0}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
