@@ -31,6 +31,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
+import zmq.backend
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve()
@@ -76,88 +77,168 @@ def _load() -> str:
 
 
 # --------------------------------------------------------------------------- roles
+#
+# The load processes call pyzmq's compiled backend methods with int flags and receive
+# frames as zmq.Frame objects (their ``more`` flag ends the loop): measured here,
+# ``recv_multipart`` costs 7-16 us per six-frame message against 3.5 us for this loop,
+# and the pure-Python ``Socket.send`` wrapper with enum flags about 0.7 us more per frame.
+# With the wrappers the load generator, not the broker, was the ceiling (10k req/s).
+
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+MORE = int(zmq.SNDMORE)
+NOWAIT = int(zmq.NOBLOCK)
 
 
-def role_worker(endpoint: str, slots: int, heartbeat: float) -> None:
-    """A minimal echo worker: the request's header and payload frames go straight back."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+def _recv_message(sock: zmq.Socket) -> list | None:
+    """The next waiting message as a list of ``zmq.Frame``, or None."""
+    try:
+        frame = _recv(sock, NOWAIT, False)
+    except zmq.Again:
+        return None
+    frames = [frame]
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        frames.append(frame)
+    return frames
+
+
+def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    sock.send_multipart([W_HDR, W_READY, SERVICE, msgpack.packb({"slots": slots,
-                                                                  "worker_id": "bench"})])
-    send = sock.send
-    next_beat = time.monotonic() + heartbeat
-    while True:
-        sock.poll(int(heartbeat * 1000))
-        while True:
-            try:
-                frames = sock.recv_multipart(NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            if frames[1].bytes == W_REQUEST:  # [MDPW02, REQUEST, client, "", body...]
-                send(W_HDR, SNDMORE)
-                send(W_FINAL, SNDMORE)
+    return sock
+
+
+class EchoWorkers:
+    """Minimal MDP echo workers: each request's header and payload frames go straight back."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, count: int, slots: int,
+                 heartbeat: float) -> None:
+        self.sockets = [_dealer(ctx, endpoint) for _ in range(count)]
+        for i, sock in enumerate(self.sockets):
+            sock.send_multipart([W_HDR, W_READY, SERVICE, msgpack.packb(
+                {"slots": slots, "worker_id": f"bench-{os.getpid()}-{i}"})])
+        self.heartbeat = heartbeat
+        self.next_beat = time.monotonic() + heartbeat
+
+    def serve(self, sock: zmq.Socket) -> None:
+        """Answer everything waiting on ``sock``: [MDPW02, REQUEST, client, "", body...]."""
+        while (frames := _recv_message(sock)) is not None:
+            if frames[1].bytes == W_REQUEST:
+                _send(sock, W_HDR, MORE)
+                _send(sock, W_FINAL, MORE)
                 last = len(frames) - 1
                 for i in range(2, last):
-                    send(frames[i], SNDMORE, copy=False)
-                send(frames[last], copy=False)
+                    _send(sock, frames[i], MORE, False)
+                _send(sock, frames[last], 0, False)
+
+    def beat(self) -> None:
         now = time.monotonic()
-        if now >= next_beat:
-            sock.send_multipart([W_HDR, W_HEARTBEAT])
-            next_beat = now + heartbeat
+        if now >= self.next_beat:
+            for sock in self.sockets:
+                sock.send_multipart([W_HDR, W_HEARTBEAT])
+            self.next_beat = now + self.heartbeat
 
 
-def role_client(endpoint: str, inflight: int, payload_size: int, warmup: float,
-                duration: float) -> None:
-    """Keep ``inflight`` requests outstanding; print JSON {count, errors, latencies_us}."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    payload = b"x" * payload_size
-    send = sock.send
-    sent: dict[int, float] = {}
-    seq = 0
-    clock = time.perf_counter
-    packb, unpackb = msgpack.packb, msgpack.unpackb
+class LoadClients:
+    """Client sockets each keeping ``inflight`` requests outstanding; they record latency.
 
-    def send_one() -> None:
-        nonlocal seq
-        seq += 1
-        send(C_HDR, SNDMORE)
-        send(C_REQUEST, SNDMORE)
-        send(SERVICE, SNDMORE)
-        send(packb({"v": 1, "id": seq, "ttl": 30_000}), SNDMORE)
-        send(payload)
-        sent[seq] = clock()
+    Request headers are packed once up front (ids cycle through 65,536, far more than are
+    ever outstanding); a reply is matched to its send time by its echoed header bytes.
+    """
 
-    time.sleep(0.2)
-    for _ in range(inflight):
-        send_one()
-    start = clock()
-    measure_from = start + warmup
-    end = measure_from + duration
-    latencies: list[int] = []
-    errors = count = total = 0
-    while True:
-        if not sock.poll(5000):
-            errors += len(sent)  # nothing came back for 5 s: count what is outstanding
+    def __init__(self, ctx: zmq.Context, endpoint: str, count: int, inflight: int,
+                 payload_size: int) -> None:
+        self.sockets = [_dealer(ctx, endpoint) for _ in range(count)]
+        self.inflight = inflight
+        self.payload = b"x" * payload_size
+        self.headers = [msgpack.packb({"v": 1, "id": i, "ttl": 30_000}) for i in range(1 << 16)]
+        self.seq = 0
+        self.sent: dict[bytes, float] = {}
+        self.latencies: list[int] = []
+        self.count = self.errors = self.total = 0
+
+    def send_one(self, sock: zmq.Socket) -> None:
+        self.seq = (self.seq + 1) & 0xFFFF
+        header = self.headers[self.seq]
+        _send(sock, C_HDR, MORE)
+        _send(sock, C_REQUEST, MORE)
+        _send(sock, SERVICE, MORE)
+        _send(sock, header, MORE)
+        _send(sock, self.payload, 0)
+        self.sent[header] = time.perf_counter()
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            for _ in range(self.inflight):
+                self.send_one(sock)
+
+    def collect(self, sock: zmq.Socket, measure_from: float, end: float) -> bool:
+        """Take the replies waiting on ``sock``, send one new request per reply.
+
+        Returns False once the run is over.
+        """
+        clock = time.perf_counter
+        sent, latencies = self.sent, self.latencies
+        while (frames := _recv_message(sock)) is not None:
+            now = clock()
+            t0 = sent.pop(frames[3].bytes, None) if len(frames) > 3 else None
+            self.total += 1
+            if now >= end:
+                return False
+            if now >= measure_from:
+                if frames[1].bytes != C_FINAL or t0 is None:
+                    self.errors += 1
+                else:
+                    self.count += 1
+                    latencies.append(int((now - t0) * 1e6))
+            self.send_one(sock)
+        return True
+
+    def result(self) -> dict:
+        return {"count": self.count, "errors": self.errors, "total": self.total,
+                "latencies_us": self.latencies}
+
+
+def role_peers(args) -> None:
+    """One load process: ``--workers`` echo worker sockets and ``--clients`` client sockets.
+
+    With clients it runs ``--warmup`` + ``--duration`` seconds and prints JSON
+    {count, errors, total, latencies_us}; with workers only it serves until killed.
+    """
+    ctx = zmq.Context.instance()
+    poller = zmq.Poller()
+    workers = EchoWorkers(ctx, args.worker_endpoint or args.endpoint, args.workers,
+                          args.slots, args.heartbeat)
+    for sock in workers.sockets:
+        poller.register(sock, zmq.POLLIN)
+    worker_sockets = set(workers.sockets)
+    clients = None
+    if args.clients:
+        time.sleep(args.settle)  # let the workers register before the first request
+        clients = LoadClients(ctx, args.endpoint, args.clients, args.inflight, args.payload)
+        for sock in clients.sockets:
+            poller.register(sock, zmq.POLLIN)
+        time.sleep(0.2)
+        clients.start()
+    measure_from = time.perf_counter() + args.warmup
+    end = measure_from + args.duration
+    running = True
+    while running:
+        events = poller.poll(5000 if clients else int(args.heartbeat * 1000))
+        if clients and not events:  # nothing came back for 5 s: count what is outstanding
+            clients.errors += len(clients.sent)
             break
-        frames = sock.recv_multipart()
-        now = clock()
-        header = unpackb(frames[3], raw=False)
-        t0 = sent.pop(header["id"], None)
-        total += 1
-        if now >= end:
-            break
-        if now >= measure_from:
-            if frames[1] != C_FINAL or header.get("ok") is False or t0 is None:
-                errors += 1
-            else:
-                count += 1
-                latencies.append(int((now - t0) * 1e6))
-        send_one()
-    print(json.dumps({"count": count, "errors": errors, "total": total,
-                      "latencies_us": latencies}))
+        for sock, _ in events:
+            if sock in worker_sockets:
+                workers.serve(sock)
+            elif not clients.collect(sock, measure_from, end):
+                running = False
+                break
+        workers.beat()
+    if clients:
+        print(json.dumps(clients.result()))
 
 
 def role_idle(endpoint: str, count: int, heartbeat: float) -> None:
@@ -192,11 +273,10 @@ def role_idle(endpoint: str, count: int, heartbeat: float) -> None:
 
 
 class Target:
-    """A broker or forwarder process with its echo workers."""
+    """A broker or forwarder process; load processes bring the echo workers and clients."""
 
-    def __init__(self, kind: str, workers: int, slots: int) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.procs: list[subprocess.Popen] = []
         port = _free_port()
         self.client_url = f"tcp://127.0.0.1:{port}"
         if kind == "broker":
@@ -208,28 +288,52 @@ class Target:
             self.worker_url = f"tcp://127.0.0.1:{back}"
             self.server = _spawn(str(HERE.parent / "forwarder.py"), "--frontend",
                                  self.client_url, "--backend", self.worker_url)
-        self.procs.append(self.server)
         time.sleep(0.5)
-        for _ in range(workers):
-            self.procs.append(_spawn(str(HERE), "_worker", "--endpoint", self.worker_url,
-                                     "--slots", str(slots)))
-        time.sleep(1.0 + 0.1 * workers)
 
     def close(self) -> None:
-        for proc in self.procs:
+        self.server.kill()
+        self.server.wait(10)
+
+
+#: How the load's sockets are spread over processes. "shared": one process holds every
+#: worker and client socket (each its own TCP connection), so on 2 cores the broker gets
+#: one core and the load the other. "split": one process of workers, one of clients.
+#: "spread": a process per worker and per client socket.
+LAYOUTS = ("shared", "split", "spread")
+
+
+def run_load(target: Target, workers: int, slots: int, clients: int, inflight: int,
+             payload: int, warmup: float, duration: float, layout: str = "shared",
+             measure_server: bool = True) -> dict:
+    """Run echo workers and clients against ``target``; req/s, p50/p99, errors, server CPU."""
+    common = ("--endpoint", target.client_url, "--worker-endpoint", target.worker_url,
+              "--slots", str(slots), "--inflight", str(inflight), "--payload", str(payload),
+              "--warmup", str(warmup), "--duration", str(duration))
+
+    def peers(n_workers: int, n_clients: int, settle: float = 0.5) -> subprocess.Popen:
+        return _spawn(str(HERE), "_peers", *common, "--workers", str(n_workers),
+                      "--clients", str(n_clients), "--settle", str(settle),
+                      stdout=subprocess.PIPE if n_clients else subprocess.DEVNULL)
+
+    background: list[subprocess.Popen] = []
+    if layout == "shared":
+        loads = [peers(workers, clients)]
+    else:
+        background = ([peers(workers, 0)] if layout == "split"
+                      else [peers(1, 0) for _ in range(workers)])
+        time.sleep(0.5 + 0.05 * len(background))
+        loads = ([peers(0, clients, 0.0)] if layout == "split"
+                 else [peers(0, 1, 0.0) for _ in range(clients)])
+    pid = target.server.pid if measure_server else None
+    cpu0 = _cpu_seconds(pid) if pid else 0.0
+    try:
+        results = [json.loads(p.communicate(timeout=duration + warmup + 60)[0])
+                   for p in loads]
+    finally:
+        for proc in background:
             proc.kill()
-        for proc in self.procs:
             proc.wait(10)
-
-
-def run_clients(url: str, clients: int, inflight: int, payload: int, warmup: float,
-                duration: float, server_pid: int | None = None) -> dict:
-    cpu0 = _cpu_seconds(server_pid) if server_pid else 0.0
-    procs = [_spawn(str(HERE), "_client", "--endpoint", url, "--inflight", str(inflight),
-                    "--payload", str(payload), "--warmup", str(warmup), "--duration",
-                    str(duration), stdout=subprocess.PIPE) for _ in range(clients)]
-    results = [json.loads(p.communicate(timeout=duration + warmup + 60)[0]) for p in procs]
-    cpu = _cpu_seconds(server_pid) - cpu0 if server_pid else 0.0
+    cpu = _cpu_seconds(pid) - cpu0 if pid else 0.0
     latencies = sorted(x for r in results for x in r["latencies_us"])
     count = sum(r["count"] for r in results)
     errors = sum(r["errors"] for r in results)
@@ -243,7 +347,7 @@ def run_clients(url: str, clients: int, inflight: int, payload: int, warmup: flo
     carried = sum(r["total"] for r in results)
     return {"rps": count / duration, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
             "errors": errors, "count": count,
-            "cpu_us": 1e6 * cpu / carried if server_pid and carried else float("nan")}
+            "cpu_us": 1e6 * cpu / carried if pid and carried else float("nan")}
 
 
 def _line(label: str, r: dict) -> str:
@@ -261,14 +365,14 @@ def _median(results: list[dict]) -> dict:
 def bench_throughput(args) -> None:
     print(f"\n== throughput: {args.workers} workers x {args.slots} slots, {args.clients} "
           f"clients x {args.inflight} in flight, {args.payload} B payloads, "
-          f"{args.duration:g} s per run")
+          f"{args.duration:g} s per run, load layout {args.layout!r}")
     runs: dict[str, list[dict]] = {"broker": [], "forwarder": []}
     for i in range(args.repeat):
         for kind in ("broker", "forwarder"):
-            target = Target(kind, args.workers, args.slots)
+            target = Target(kind)
             try:
-                r = run_clients(target.client_url, args.clients, args.inflight, args.payload,
-                                args.warmup, args.duration, target.server.pid)
+                r = run_load(target, args.workers, args.slots, args.clients, args.inflight,
+                             args.payload, args.warmup, args.duration, args.layout)
             finally:
                 target.close()
             runs[kind].append(r)
@@ -282,10 +386,10 @@ def bench_throughput(args) -> None:
 def bench_latency(args) -> None:
     print(f"\n== latency: 1 client x 1 in flight, {args.payload} B, {args.duration:g} s")
     for kind in ("broker", "forwarder"):
-        target = Target(kind, 1, 1)
+        target = Target(kind)
         try:
-            r = run_clients(target.client_url, 1, 1, args.payload, args.warmup, args.duration,
-                            target.server.pid)
+            r = run_load(target, 1, 1, 1, 1, args.payload, args.warmup, args.duration,
+                         args.layout)
         finally:
             target.close()
         print(_line(kind, r), flush=True)
@@ -294,13 +398,19 @@ def bench_latency(args) -> None:
 def bench_idle(args) -> None:
     n = args.idle_workers
     print(f"\n== {n} idle registered workers (each its own service), default 2.5 s heartbeats")
-    target = Target("broker", args.workers, args.slots)
+    target = Target("broker")
     idle = None
+
+    def latency() -> dict:
+        return run_load(target, args.workers, args.slots, 1, 1, args.payload, args.warmup,
+                        args.duration, args.layout)
+
+    def throughput() -> dict:
+        return run_load(target, args.workers, args.slots, args.clients, args.inflight,
+                        args.payload, args.warmup, args.duration, args.layout)
+
     try:
-        before = run_clients(target.client_url, 1, 1, args.payload, args.warmup,
-                             args.duration)
-        before_tp = run_clients(target.client_url, args.clients, args.inflight, args.payload,
-                                args.warmup, args.duration)
+        before, before_tp = latency(), throughput()
         idle = _spawn(str(HERE), "_idle", "--endpoint", target.client_url, "--count", str(n),
                       stdout=subprocess.PIPE)
         idle.stdout.readline()
@@ -315,7 +425,7 @@ def bench_idle(args) -> None:
             if probe.poll(5000):
                 status = msgpack.unpackb(probe.recv_multipart()[3], raw=False)
                 registered = len(status["workers"])
-                if registered >= n + args.workers:
+                if registered >= n:
                     break
             time.sleep(0.5)
         probe.close(0)
@@ -327,9 +437,7 @@ def bench_idle(args) -> None:
         print(f"  broker CPU with {n} idle workers: {100 * (cpu1 - cpu0) / (t1 - t0):.2f}% of "
               f"one core ({(cpu1 - cpu0) * 1000 / (t1 - t0):.1f} ms per second; "
               f"{2 * n / 2.5:.0f} heartbeat messages/s in and out)")
-        after = run_clients(target.client_url, 1, 1, args.payload, args.warmup, args.duration)
-        after_tp = run_clients(target.client_url, args.clients, args.inflight, args.payload,
-                               args.warmup, args.duration)
+        after, after_tp = latency(), throughput()
         print(_line("1x1 without idle workers", before))
         print(_line(f"1x1 with {n} idle workers", after))
         print(_line(f"{args.clients}x{args.inflight} without idle workers", before_tp))
@@ -387,38 +495,35 @@ def bench_dispatch(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="role")
-    w = sub.add_parser("_worker")
-    w.add_argument("--endpoint", required=True)
-    w.add_argument("--slots", type=int, default=16)
-    w.add_argument("--heartbeat", type=float, default=2.5)
-    c = sub.add_parser("_client")
-    c.add_argument("--endpoint", required=True)
-    c.add_argument("--inflight", type=int, default=16)
-    c.add_argument("--payload", type=int, default=1024)
-    c.add_argument("--warmup", type=float, default=1.0)
-    c.add_argument("--duration", type=float, default=5.0)
+    peers = sub.add_parser("_peers")
+    peers.add_argument("--endpoint", required=True)
+    peers.add_argument("--worker-endpoint", default=None)
+    peers.add_argument("--workers", type=int, default=0)
+    peers.add_argument("--clients", type=int, default=0)
+    peers.add_argument("--settle", type=float, default=0.5)
+    for p in (peers, parser):
+        p.add_argument("--slots", type=int, default=16)
+        p.add_argument("--inflight", type=int, default=16)
+        p.add_argument("--payload", type=int, default=1024)
+        p.add_argument("--warmup", type=float, default=1.0)
+        p.add_argument("--duration", type=float, default=5.0)
+    peers.add_argument("--heartbeat", type=float, default=2.5)
     i = sub.add_parser("_idle")
     i.add_argument("--endpoint", required=True)
     i.add_argument("--count", type=int, default=1000)
     i.add_argument("--heartbeat", type=float, default=2.5)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--inflight", type=int, default=16)
-    parser.add_argument("--payload", type=int, default=1024)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--layout", choices=LAYOUTS, default="shared",
+                        help="how the load's sockets are spread over processes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--idle-workers", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=["throughput", "latency", "idle", "dispatch"],
                         default=None)
     args = parser.parse_args(argv)
-    if args.role == "_worker":
-        role_worker(args.endpoint, args.slots, args.heartbeat)
-        return 0
-    if args.role == "_client":
-        role_client(args.endpoint, args.inflight, args.payload, args.warmup, args.duration)
+    if args.role == "_peers":
+        role_peers(args)
         return 0
     if args.role == "_idle":
         role_idle(args.endpoint, args.count, args.heartbeat)

@@ -19,10 +19,28 @@ import signal
 import sys
 
 import zmq
+import zmq.backend
 
 C_HDR, C_FINAL = b"MDPC02", b"\x03"
 W_HDR, W_READY, W_REQUEST, W_FINAL = b"MDPW02", b"\x01", b"\x02", b"\x04"
-SNDMORE, NOBLOCK = zmq.SNDMORE, zmq.NOBLOCK
+# the broker's habits: compiled backend methods, plain-int flags, Frame ``more`` flags
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
+FIRST = SNDMORE | NOBLOCK
+
+
+def _recv_message(sock: zmq.Socket) -> list | None:
+    """The next waiting message as ``zmq.Frame`` objects, or None."""
+    try:
+        frame = _recv(sock, NOBLOCK, False)
+    except zmq.Again:
+        return None
+    frames = [frame]
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        frames.append(frame)
+    return frames
 
 
 def serve(frontend_url: str, backend_url: str) -> None:
@@ -41,45 +59,36 @@ def serve(frontend_url: str, backend_url: str) -> None:
     workers: list[bytes] = []
     service = b""
     turn = 0
-    fsend, bsend = frontend.send, backend.send
     print("forwarder ready", flush=True)
     while True:
         events = dict(poller.poll(1000))
         if backend in events:
-            while True:
-                try:
-                    frames = backend.recv_multipart(NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
+            while (frames := _recv_message(backend)) is not None:
                 command = frames[2].bytes
                 if command == W_FINAL:  # [worker, MDPW02, FINAL, client, "", body...]
-                    fsend(frames[3], SNDMORE)
-                    fsend(C_HDR, SNDMORE)
-                    fsend(C_FINAL, SNDMORE)
-                    fsend(service, SNDMORE)
+                    _send(frontend, frames[3], FIRST, False)
+                    _send(frontend, C_HDR, SNDMORE)
+                    _send(frontend, C_FINAL, SNDMORE)
+                    _send(frontend, service, SNDMORE)
                     last = len(frames) - 1
                     for i in range(5, last):
-                        fsend(frames[i], SNDMORE, copy=False)
-                    fsend(frames[last], copy=False)
+                        _send(frontend, frames[i], SNDMORE, False)
+                    _send(frontend, frames[last], 0, False)
                 elif command == W_READY:
                     workers.append(frames[0].bytes)
                     service = frames[3].bytes
         if frontend in events and workers:
-            while True:
-                try:
-                    frames = frontend.recv_multipart(NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
+            while (frames := _recv_message(frontend)) is not None:
                 turn = (turn + 1) % len(workers)  # [client, MDPC02, REQUEST, service, body...]
-                bsend(workers[turn], SNDMORE)
-                bsend(W_HDR, SNDMORE)
-                bsend(W_REQUEST, SNDMORE)
-                bsend(frames[0], SNDMORE, copy=False)
-                bsend(b"", SNDMORE)
+                _send(backend, workers[turn], FIRST)
+                _send(backend, W_HDR, SNDMORE)
+                _send(backend, W_REQUEST, SNDMORE)
+                _send(backend, frames[0], SNDMORE, False)
+                _send(backend, b"", SNDMORE)
                 last = len(frames) - 1
                 for i in range(4, last):
-                    bsend(frames[i], SNDMORE, copy=False)
-                bsend(frames[last], copy=False)
+                    _send(backend, frames[i], SNDMORE, False)
+                _send(backend, frames[last], 0, False)
 
 
 def main() -> int:
