@@ -76,6 +76,8 @@ FIRST = SNDMORE | NOBLOCK
 DRAIN_BATCH = 1000
 #: Longest sleep of the loop: how soon a stop request (SIGTERM) is noticed when idle.
 MAX_POLL_MS = 200
+#: How late (ms) the loop's wait may end for a timer before the wait is re-armed.
+TIMER_SLACK_MS = 2
 #: Frames turned into ``bytes`` (protocol header, command, service/ticket, empty/header);
 #: later frames are payload and stay ``zmq.Frame`` objects, forwarded without a copy.
 COPIED_FRAMES = 4
@@ -142,6 +144,7 @@ class Broker:
         #: recently heard first, bounded); a reply goes out only under the asking key
         self._client_keys: OrderedDict[bytes, str] = OrderedDict()
         self._next_key_check = math.inf
+        self._wake_at = 0.0  # when the loop next runs its timers (see run)
 
     # ------------------------------------------------------------------ socket and loop
 
@@ -200,7 +203,9 @@ class Broker:
         The loop waits in a blocking ``recv`` bounded by ``RCVTIMEO`` (the time to the next
         timer) rather than in ``zmq.Poller``: with one socket the poller only adds work per
         wake-up (a Python item list, and libzmq asking the socket's events twice), which
-        was a fifth of the loop's time under load.
+        was a fifth of the loop's time under load. Timers run only when ``_wake_at`` has
+        passed; whatever schedules a timer earlier than that moves ``_wake_at`` forward
+        (:meth:`_wake_by`), so a busy loop does not scan the timer queues per message.
         """
         if self.socket is None:
             self.bind()
@@ -210,18 +215,21 @@ class Broker:
         armed = -1  # the RCVTIMEO the socket has now
         try:
             while not self._stopping:
-                timeout = self._poll_timeout_ms(clock())
-                # waking early is harmless (the loop just waits again); waking late is not
-                if timeout < armed or armed < 0 or timeout > 2 * armed + 1:
+                now = clock()
+                if now >= self._wake_at:
+                    self._run_timers(now)
+                    self._wake_at = now + self._poll_timeout_ms(now) / 1000
+                timeout = int((self._wake_at - now) * 1000) + 1
+                # a wait that ends early is harmless (the loop waits again); one that ends
+                # more than TIMER_SLACK_MS late is not; re-arming costs a system call
+                if armed > timeout + TIMER_SLACK_MS or armed < 0 or timeout > 2 * armed + 1:
                     set_timeout(zmq.RCVTIMEO, timeout)
                     armed = timeout
                 try:
                     first = recv(0, False)
                 except zmq.Again:
-                    first = None
-                if first is not None:
-                    self._drain(first)
-                self._run_timers(clock())
+                    continue
+                self._drain(first)
         finally:
             self._shutdown()
 
@@ -237,6 +245,11 @@ class Broker:
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
+
+    def _wake_by(self, when: float) -> None:
+        """A timer is due at ``when``: make sure the loop wakes up by then."""
+        if when < self._wake_at:
+            self._wake_at = when
 
     def _poll_timeout_ms(self, now: float) -> int:
         """Sleep until the next timer is due (or MAX_POLL_MS).
@@ -450,11 +463,14 @@ class Broker:
                 if len(worker.in_flight) < worker.slots:
                     available[identity] = worker
                 heapq.heappush(self._deadlines, (req.deadline, ticket))
+                if req.deadline < self._wake_at:
+                    self._wake_at = req.deadline
                 return None
             # the worker was gone: _assign queued the request and purged the worker
         elif not self._enqueue(req, front=False):
             return self._forget_if_idle(service)
         heapq.heappush(self._deadlines, (req.deadline, ticket))
+        self._wake_by(req.deadline)
         self._dispatch(service)
         return None
 
@@ -685,6 +701,7 @@ class Broker:
         self.workers[identity] = worker
         self._activity[identity] = worker
         self._heartbeats.append((now + self.settings.heartbeat_interval, worker))
+        self._wake_by(now + min(self.settings.heartbeat_interval, self.settings.expiry))
         service.workers[identity] = worker
         service.available[identity] = worker
         self.counters["workers_registered"] += 1
@@ -926,6 +943,7 @@ class Broker:
             else:  # keep the worker's slot until its (dropped) reply, as for a deadline
                 heapq.heappush(self._releases, (req.deadline + self.settings.release_grace,
                                                 req.worker.identity, req.ticket))
+                self._wake_by(req.deadline + self.settings.release_grace)
             self._finish(req)  # no answer: the key is revoked
             dropped += 1
             self._forget_if_idle(req.service)
@@ -957,6 +975,7 @@ class Broker:
                                "before the deadline")
             heapq.heappush(self._releases, (now + self.settings.release_grace,
                                             worker.identity, req.ticket))
+            self._wake_by(now + self.settings.release_grace)
         self._forget_if_idle(service)
 
     def _compact_deadlines(self) -> None:
