@@ -226,10 +226,10 @@ class Broker:
                     set_timeout(zmq.RCVTIMEO, timeout)
                     armed = timeout
                 try:
-                    first = recv(0, False)
+                    identity = recv(0)
                 except zmq.Again:
                     continue
-                self._drain(first)
+                self._drain(identity)
         finally:
             self._shutdown()
 
@@ -272,26 +272,27 @@ class Broker:
         due = min(due, self._next_key_check)
         return max(0, int((due - now) * 1000) + 1)
 
-    def _drain(self, first: zmq.Frame | None = None) -> None:
+    def _drain(self, identity: bytes | None = None) -> None:
         """Handle up to DRAIN_BATCH messages, receiving until the socket is empty.
 
-        ``first`` is the first frame of a message the loop's wait already received. Every
-        frame is received as a ``zmq.Frame`` (its ``more`` flag is cheaper to read than the
-        RCVMORE option); the first few are turned into ``bytes`` for parsing and the
-        payload frames are kept as they are.
+        ``identity`` is the routing id of a message the loop's wait already received. The
+        routing id (which always has more parts after it) is received as ``bytes``; every
+        later frame as a ``zmq.Frame``, whose ``more`` flag is cheaper to read than the
+        RCVMORE option. The first few are turned into ``bytes`` for parsing and the payload
+        frames are kept as they are. The first frame after the routing id stays a Frame as
+        ``first`` too: it carries the connection's properties (CURVE key, peer address).
         """
         recv = self._recv
         limit = self.settings.max_message_bytes
         for _ in range(DRAIN_BATCH):
-            if first is None:
+            if identity is None:
                 try:
-                    first = recv(NOBLOCK, False)
+                    identity = recv(NOBLOCK)
                 except zmq.Again:
                     return
-            identity = first.bytes
-            frames: list = []
-            size = 0
-            frame = first
+            first = frame = recv(0, False)
+            frames: list = [frame]
+            size = len(frame)
             while frame.more:
                 frame = recv(0, False)
                 size += len(frame)
@@ -314,7 +315,7 @@ class Broker:
             except Exception:  # a bug must not take the broker down; count and go on
                 self.counters["internal_errors"] += 1
                 log.exception("internal error handling a message from %s", identity.hex())
-            first = None
+            identity = None
 
     # ------------------------------------------------------------------ sending
 
