@@ -3,9 +3,10 @@
 Two implementations behind one small interface:
 
 * :class:`BrokerDispatcher` (``SERVICE_MODE=distributed``, the default): one broker
-  request to the service named by the expert's ``base_model_key``, through the
-  thread-safe ``protocol.client.Client``, created lazily in each gunicorn worker process
-  (after fork, never in the master).
+  request to the service named by the expert's ``base_model_key``, through a
+  ``protocol.threaded.PerThreadClient`` (each gunicorn thread sends on and waits on a
+  socket of its own, with no I/O-thread hand-off), created lazily in each gunicorn
+  worker process (after fork, never in the master).
 * :class:`MonolithicDispatcher` (``SERVICE_MODE=monolithic``): the in-process resident
   model pool (``worker.engine.pool.ModelPool``), imported lazily so the distributed
   frontend never imports torch.
@@ -44,7 +45,7 @@ class Dispatcher(Protocol):
 
 
 class BrokerDispatcher:
-    """Dispatch through the Majordomo broker, one ``Client`` per process."""
+    """Dispatch through the Majordomo broker, one ``PerThreadClient`` per process."""
 
     mode = "distributed"
 
@@ -72,10 +73,11 @@ class BrokerDispatcher:
                 if self._factory is not None:
                     self._client = self._factory(self.broker_url)
                 else:
-                    from protocol.client import Client
+                    from protocol.threaded import PerThreadClient
 
-                    self._client = Client(self.broker_url, timeout=self._default_timeout,
-                                          curve=self._curve)
+                    self._client = PerThreadClient(self.broker_url,
+                                                   timeout=self._default_timeout,
+                                                   curve=self._curve)
                 self._pid = os.getpid()
             return self._client
 

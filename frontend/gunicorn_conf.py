@@ -1,9 +1,11 @@
-"""gunicorn configuration for ``mole frontend`` (threaded ``gthread`` workers).
+"""gunicorn configuration for ``mole frontend`` (threaded workers).
 
 Why these choices:
 
-* ``gthread``: requests mostly wait on the broker, so threads per process give concurrency
-  cheaply, and the one thread-safe ZeroMQ client per process is shared by them.
+* threads (``frontend.gworker.KeepAliveThreadWorker``, gunicorn's ``gthread`` that keeps a
+  busy keep-alive connection on its thread): requests mostly wait on the broker, so
+  threads per process give concurrency cheaply; each thread sends on a ZeroMQ socket of
+  its own (``protocol.threaded.PerThreadClient``).
 * no ``preload_app``: the app (ZeroMQ client, SQLite, gating models) is built in each
   worker after fork, never in the master.
 * ``graceful_timeout``: on SIGTERM a worker finishes its in-flight requests first.
@@ -19,7 +21,7 @@ import os
 
 bind = os.environ.get("MOLE_FRONTEND_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("MOLE_FRONTEND_WORKERS", "2"))
-worker_class = "gthread"
+worker_class = "frontend.gworker.KeepAliveThreadWorker"
 threads = int(os.environ.get("MOLE_FRONTEND_THREADS", "16"))
 preload_app = False
 timeout = int(os.environ.get("MOLE_FRONTEND_WORKER_TIMEOUT", "180"))

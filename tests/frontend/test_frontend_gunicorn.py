@@ -139,6 +139,46 @@ def _broker_connection_inodes(port: int) -> set[str]:
     return inodes
 
 
+def test_keep_alive_connections_beyond_the_thread_count_are_all_served(server):
+    """16 kept-alive connections on 2 x 4 threads, 3 requests each on the same socket.
+
+    A thread keeps a busy connection for its next request (frontend.gworker) and lets a
+    quiet one go back to the main thread, so connections beyond the thread count still
+    get answered, and each connection keeps its one TCP socket throughout.
+    """
+    import http.client
+    import json
+
+    base = server["base"]
+    user = token(base, "admin", "admin-password")
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps({"text": TEXT, "description": DESCRIPTION})
+    headers = {**user, "Content-Type": "application/json"}
+    outcome: dict[int, list] = {}
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        sockets, statuses = set(), []
+        try:
+            for _ in range(3):
+                conn.request("POST", "/api/v1/classify", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+                sockets.add(id(conn.sock))
+                time.sleep(0.02)  # longer than the linger: the connection goes back
+        finally:
+            conn.close()
+        outcome[n] = [statuses, len(sockets)]
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcome == {n: [[200, 200, 200], 1] for n in range(16)}
+
+
 def test_the_gunicorn_master_holds_no_broker_connection(server):
     master = server["proc"].pid
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
