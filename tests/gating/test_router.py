@@ -202,3 +202,26 @@ def test_reads_the_original_train_combined_json(tmp_path):
     p.write_text(json.dumps([{"prompt": "x", "domain": "finance"}]))
     with pytest.raises(InvalidInput, match=r"train_combined.json\[0\]: 'task'"):
         read_examples(p)
+
+
+def test_repeated_descriptions_reuse_the_route_until_weights_change(monkeypatch):
+    import gating.router as router_module
+
+    shipped = QRouter.load(DEFAULT_ROUTER_DIR)  # its own: this test changes weights
+    text = "Rate the sentiment of this financial statement"
+    calls = []
+    featurize = shipped.featurize
+    monkeypatch.setattr(shipped, "featurize", lambda d: calls.append(d) or featurize(d))
+    first = shipped.route(text)
+    first.q_values["rating"] = -99.0  # a caller's copy: must not leak into the cache
+    second = shipped.route(text)
+    assert calls == [text]  # featurized once
+    assert second.task == first.task and second.q_values["rating"] != -99.0
+    shipped.feedback(text, second.task, 0.0)  # weights change: the route is recomputed
+    third = shipped.route(text)
+    assert len(calls) == 3  # feedback featurizes too, then the route again
+    assert third.q_values[second.task] < second.q_values[second.task]
+    monkeypatch.setattr(router_module, "ROUTE_CACHE_SIZE", 3)
+    for i in range(5):
+        shipped.route(f"{text} number {i}")
+    assert len(shipped._routes) == 3
