@@ -110,13 +110,16 @@ class LanguageDetector:
         self.served: frozenset[str] | None = (
             frozenset(language(x).code for x in served) if served is not None else None
         )
+        self._served_names = tuple(sorted(_display(c) for c in (self.served or LANGUAGE_NAMES)))
         # NOTE: fastText's predict is const C++, but one lock keeps us honest about a
         # native library we do not control; a call costs ~15 us, so contention is cheap.
         self._lock = threading.Lock()
 
     @property
     def served_names(self) -> list[str]:
-        return sorted(_display(c) for c in (self.served or LANGUAGE_NAMES))
+        """Display names of the served languages, sorted (worked out once, in __init__:
+        every detection uses them)."""
+        return list(self._served_names)
 
     def _predict(self, text: str) -> list[tuple[str, float]]:
         with self._lock:
