@@ -1,4 +1,4 @@
-"""MoLE's HTTP frontend: a Falcon app under gunicorn (gthread) in front of the broker.
+"""MoLE's HTTP frontend: a Falcon app under gunicorn (threaded workers) in front of the broker.
 
 ``frontend.app.create_app`` builds the app from its parts (settings, dispatcher, gating,
 users, analytics, tokens, metrics); ``frontend.wsgi`` builds those parts per gunicorn
