@@ -1,6 +1,6 @@
 """HTTP classify throughput and p50/p99: MoLE against the design it replaces, in one run.
 
-MoLE:      wrk -> gunicorn (gthread, `python -m frontend`) -> broker -> worker process
+MoLE:      wrk -> gunicorn (`python -m frontend`: threaded workers) -> broker -> worker process
 Legacy:    wrk -> gunicorn (gthread) HTTP coordinator -> HTTP worker (gunicorn gthread)
            as it was (a new httpx-style client per call) and as fixed (one shared client)
 

@@ -1,4 +1,4 @@
-"""`python -m frontend` (gunicorn, 2 gthread workers) in front of a real broker and real
+"""`python -m frontend` (gunicorn, 2 threaded workers) in front of a real broker and real
 worker processes, over real HTTP: the whole API, metrics across processes, no broker
 connection in the gunicorn master, and graceful shutdown with a request in flight."""
 
@@ -177,6 +177,67 @@ def test_keep_alive_connections_beyond_the_thread_count_are_all_served(server):
     for t in threads:
         t.join(60)
     assert outcome == {n: [[200, 200, 200], 1] for n in range(16)}
+
+
+def test_back_to_back_connections_do_not_starve_later_ones(server):
+    """12 connections sending back to back (2 x 4 threads) and then 4 more: the later
+    ones are answered promptly, not once the busy ones stop (a thread keeps a busy
+    connection only while no other connection waits for a thread)."""
+    import http.client
+    import json
+
+    base = server["base"]
+    user = token(base, "admin", "admin-password")
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps({"text": TEXT, "description": DESCRIPTION})
+    headers = {**user, "Content-Type": "application/json"}
+    stop = threading.Event()
+    late: dict[int, list[float]] = {}
+
+    def one(conn: http.client.HTTPConnection) -> int:
+        conn.request("POST", "/api/v1/classify", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    def hog() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        deadline = time.monotonic() + 20
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                assert one(conn) == 200
+        finally:
+            conn.close()
+
+    def newcomer(n: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        took = []
+        try:
+            for _ in range(3):
+                start = time.monotonic()
+                assert one(conn) == 200
+                took.append(time.monotonic() - start)
+        finally:
+            conn.close()
+        late[n] = took
+
+    hogs = [threading.Thread(target=hog) for _ in range(12)]
+    for t in hogs:
+        t.start()
+    time.sleep(1.0)  # every hog busy
+    newcomers = [threading.Thread(target=newcomer, args=(n,)) for n in range(4)]
+    started = time.monotonic()
+    for t in newcomers:
+        t.start()
+    for t in newcomers:
+        t.join(30)
+    waited = time.monotonic() - started
+    stop.set()
+    for t in hogs:
+        t.join(30)
+    assert sorted(late) == [0, 1, 2, 3]
+    assert waited < 8, late  # with the busy connections still sending
+    assert max(max(took) for took in late.values()) < 5, late
 
 
 def test_the_gunicorn_master_holds_no_broker_connection(server):
