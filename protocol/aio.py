@@ -41,13 +41,12 @@ from protocol._pending import (
     decode_reply,
     new_routing_id,
 )
-from protocol.client import configure_socket
+from protocol.client import MONITOR_EVENTS, configure_socket
 from protocol.curve import CurveKeys
 from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
 
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 256  # replies dispatched per callback before other callbacks get a turn
 
 
@@ -222,7 +221,7 @@ class AsyncClient:
         configure_socket(socket, self.routing_id, *self._options)
         if self._curve is not None:
             self._curve.apply(socket)
-        self._monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
+        self._monitor = socket.get_monitor_socket(MONITOR_EVENTS)
         socket.connect(self.url)
         self._socket = socket
         self._loop.add_reader(socket.getsockopt(zmq.FD), self._on_readable)

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -48,7 +48,8 @@ from protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
 
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+#: The socket-monitor events both blocking clients follow (link state, resend).
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECV_BURST = 1024  # messages read per wake-up before the outbox gets a turn
 
 
@@ -275,7 +276,7 @@ class Client:
             configure_socket(socket, self.routing_id, *self._options)
             if self._curve is not None:
                 self._curve.apply(socket)
-            monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
+            monitor = socket.get_monitor_socket(MONITOR_EVENTS)
             socket.connect(self.url)
         except BaseException as err:  # bad URL, bad options: surface in the constructor
             self._startup_error = err
@@ -313,7 +314,7 @@ class Client:
                 if self._closing:
                     return
             while outbox:
-                _send(socket, outbox.popleft())
+                send_nowait(socket, outbox.popleft())
             if socket in events:
                 for _ in range(_RECV_BURST):
                     frames = recv_frames(socket)
@@ -324,24 +325,35 @@ class Client:
                 self._on_monitor(socket, monitor)
 
     def _on_monitor(self, socket: zmq.Socket, monitor: zmq.Socket) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                log.info("lost the connection to the broker at %s", self.url)
-                self._core.link.down()
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._core.link.up():
-                    resend = self._core.resend_frames()
-                    log.info("reconnected to the broker at %s; resending %d pending "
-                             "request(s)", self.url, len(resend))
-                    for frames in resend:
-                        _send(socket, frames)
+        apply_monitor_events(monitor, self._core, self.url, lambda f: send_nowait(socket, f))
 
 
-def _send(socket: zmq.Socket, frames: list[bytes]) -> None:
+def apply_monitor_events(monitor: zmq.Socket, core: Correlator, url: str,
+                         resend: Callable[[list[bytes]], None]) -> None:
+    """Read the socket monitor's waiting events into ``core``'s link state.
+
+    A completed handshake after an earlier one is a reconnection: every pending request
+    whose deadline allows goes out again through ``resend`` (remaining ttl, attempt + 1).
+    Both blocking clients call this from the thread that owns the socket.
+    """
+    while True:
+        try:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            log.info("lost the connection to the broker at %s", url)
+            core.link.down()
+        elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if core.link.up():
+                frames_to_resend = core.resend_frames()
+                log.info("reconnected to the broker at %s; resending %d pending "
+                         "request(s)", url, len(frames_to_resend))
+                for frames in frames_to_resend:
+                    resend(frames)
+
+
+def send_nowait(socket: zmq.Socket, frames: list[bytes]) -> None:
     """Send a multipart message without blocking; never raises."""
     try:
         send_frames(socket, frames)

@@ -18,16 +18,14 @@ half that on a socket of the thread's own (see ``tests/benchmarks/bench_client.p
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from protocol import mdp
-from protocol._frames import recv_frames, send_frames
+from protocol._frames import recv_frames
 from protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -38,13 +36,9 @@ from protocol._pending import (
     decode_reply,
     new_routing_id,
 )
-from protocol.client import configure_socket
+from protocol.client import MONITOR_EVENTS, apply_monitor_events, configure_socket, send_nowait
 from protocol.curve import CurveKeys
 from protocol.envelope import pack
-
-log = logging.getLogger("mole.client")
-
-_MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 class _Answer:
@@ -103,7 +97,7 @@ class SerialClient:
                              reconnect_interval, reconnect_interval_max)
             if curve is not None:
                 curve.apply(socket)
-            self._monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
+            self._monitor = socket.get_monitor_socket(MONITOR_EVENTS)
             socket.connect(url)
         except BaseException:
             socket.close(0)
@@ -163,10 +157,7 @@ class SerialClient:
         core = self._core
         pending = core.open(service, body, timeout, answer)
         socket = self._socket
-        try:
-            send_frames(socket, core.frames(pending))
-        except zmq.Again:  # cannot happen with SNDHWM=0; resent on reconnect or expires
-            log.warning("send queue full; the request will be retried or time out")
+        send_nowait(socket, core.frames(pending))
         try:
             while not answer.done:
                 remaining = pending.expires - time.monotonic()
@@ -195,24 +186,9 @@ class SerialClient:
             dispatch(frames)
 
     def _on_monitor(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                log.info("lost the connection to the broker at %s", self.url)
-                self._core.link.down()
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._core.link.up():
-                    resend = self._core.resend_frames()
-                    log.info("reconnected to the broker at %s; resending %d pending "
-                             "request(s)", self.url, len(resend))
-                    for frames in resend:
-                        try:
-                            send_frames(self._socket, frames)
-                        except zmq.Again:
-                            log.warning("send queue full; a request will time out")
+        socket = self._socket
+        apply_monitor_events(self._monitor, self._core, self.url,
+                             lambda frames: send_nowait(socket, frames))
 
 
 class PerThreadClient:

@@ -32,6 +32,7 @@ from pathlib import Path
 import msgpack
 import zmq
 import zmq.backend
+from forwarder import recv_message as _recv_message  # the same receive loop as the reference
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve()
@@ -85,22 +86,7 @@ def _load() -> str:
 # With the wrappers the load generator, not the broker, was the ceiling (10k req/s).
 
 _send = zmq.backend.Socket.send
-_recv = zmq.backend.Socket.recv
 MORE = int(zmq.SNDMORE)
-NOWAIT = int(zmq.NOBLOCK)
-
-
-def _recv_message(sock: zmq.Socket) -> list | None:
-    """The next waiting message as a list of ``zmq.Frame``, or None."""
-    try:
-        frame = _recv(sock, NOWAIT, False)
-    except zmq.Again:
-        return None
-    frames = [frame]
-    while frame.more:
-        frame = _recv(sock, 0, False)
-        frames.append(frame)
-    return frames
 
 
 def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:

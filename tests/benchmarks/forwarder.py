@@ -30,7 +30,7 @@ SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 FIRST = SNDMORE | NOBLOCK
 
 
-def _recv_message(sock: zmq.Socket) -> list | None:
+def recv_message(sock: zmq.Socket) -> list | None:
     """The next waiting message as ``zmq.Frame`` objects, or None."""
     try:
         frame = _recv(sock, NOBLOCK, False)
@@ -63,7 +63,7 @@ def serve(frontend_url: str, backend_url: str) -> None:
     while True:
         events = dict(poller.poll(1000))
         if backend in events:
-            while (frames := _recv_message(backend)) is not None:
+            while (frames := recv_message(backend)) is not None:
                 command = frames[2].bytes
                 if command == W_FINAL:  # [worker, MDPW02, FINAL, client, "", body...]
                     _send(frontend, frames[3], FIRST, False)
@@ -78,7 +78,7 @@ def serve(frontend_url: str, backend_url: str) -> None:
                     workers.append(frames[0].bytes)
                     service = frames[3].bytes
         if frontend in events and workers:
-            while (frames := _recv_message(frontend)) is not None:
+            while (frames := recv_message(frontend)) is not None:
                 turn = (turn + 1) % len(workers)  # [client, MDPC02, REQUEST, service, body...]
                 _send(backend, workers[turn], FIRST)
                 _send(backend, W_HDR, SNDMORE)
