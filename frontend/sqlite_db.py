@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,9 +44,15 @@ class ProcessLocalConnection:
                                    isolation_level=None, check_same_thread=False)
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
-                conn.execute("PRAGMA journal_mode=WAL")
+                # NOTE: two processes opening a new file at once can get "database is
+                # locked" at once, without the busy timeout (SQLite's deadlock avoidance
+                # when a reader wants to write, and the switch to WAL): retry those, and
+                # take the write lock up front for the schema
+                _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"), conn,
+                              self._busy_timeout_s)
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
-                conn.executescript(self._schema)
+                _retry_locked(lambda: conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{self._schema};\nCOMMIT;"), conn, self._busy_timeout_s)
             except BaseException:
                 conn.close()  # the next call opens it again
                 raise
@@ -56,3 +64,22 @@ class ProcessLocalConnection:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+
+
+def _retry_locked(step: Callable[[], object], conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Run ``step``, again while SQLite says the database is locked, for ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            message = str(err).lower()
+            if ("locked" not in message and "busy" not in message) or (
+                    time.monotonic() >= deadline):
+                raise
+        time.sleep(delay)
+        delay = min(0.1, delay * 2)
