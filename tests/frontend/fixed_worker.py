@@ -61,8 +61,16 @@ class FixedAnswerHandler(Handler):
         self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="fixed")
 
     def submit(self, request: WorkRequest, responder: Responder) -> None:
+        """Answer at once when there is nothing to wait for (the runtime sends an inline
+        answer straight away, as the legacy benchmark worker answers in its request
+        thread); a service time or a ``__sleep`` hook waits on a pool thread instead."""
         assert self._pool is not None
-        self._pool.submit(self._answer, request, responder)
+        p = request.payload
+        text = p.get("text") if isinstance(p, dict) else None
+        if self.delay_s <= 0 and not (isinstance(text, str) and "__sleep:" in text):
+            self._answer(request, responder)
+        else:
+            self._pool.submit(self._answer, request, responder)
 
     def close(self) -> None:
         if self._pool is not None:
