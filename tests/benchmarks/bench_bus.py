@@ -1,11 +1,13 @@
 """Throughput and latency of the broker against a logic-free forwarder, and its cost at scale.
 
-Everything runs as separate processes on loopback: ``python -m broker``, raw echo workers
-(4 by default, 16 slots each), client processes each keeping K requests of 1 KiB in flight
-(a DEALER socket speaking MDP/0.2 with our two-frame envelope). The same clients and
-workers then run through ``forwarder.py`` (a logic-free ROUTER-to-ROUTER forwarder), so the
-ratio shows what the broker's bookkeeping costs. Prints req/s, p50, p99 and errors per run
-and the medians over ``--repeat`` runs (broker and forwarder runs interleaved), then:
+Over TCP on loopback: ``python -m broker`` in its own process, and a load process holding
+raw echo worker sockets (4 by default, 16 slots each) and client sockets each keeping K
+requests of 1 KiB in flight (DEALERs speaking MDP/0.2 with our two-frame envelope), each
+socket its own connection (``--layout split|spread`` spreads them over more processes).
+The same load then runs through ``forwarder.py`` (a logic-free ROUTER-to-ROUTER forwarder
+with the broker's socket habits), so the ratio shows what the broker's bookkeeping costs.
+Prints req/s, p50, p99 and errors per run and the medians over ``--repeat`` runs (broker
+and forwarder runs interleaved), then:
 
 * latency at 1 client x 1 in flight;
 * 1,000 idle registered workers on 1,000 other services: the broker's CPU for heartbeats,
