@@ -1,7 +1,7 @@
 """The Majordomo (MDP/0.2, RFC 18) broker loop: one ROUTER socket, clients and workers.
 
-Reads top to bottom as: socket setup, the loop (poll, drain, timers), then one handler per
-kind of message, then dispatch, purge, timers and shutdown.
+Reads top to bottom as: socket setup, the loop (wait in recv, drain, timers when due), then
+one handler per kind of message, then dispatch, purge, timers and shutdown.
 
 What it guarantees (DESIGN.md "Broker behaviour", docs/interfaces.md):
 
