@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from frontend.sqlite_db import ProcessLocalConnection
+from frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -59,6 +59,7 @@ class Analytics:
         self._buffer_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self._connection = ProcessLocalConnection(self.path, _SCHEMA)
+        self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._last_flush = clock()
         self._last_prune = 0.0
 
@@ -84,9 +85,9 @@ class Analytics:
             self._last_flush = self._clock()
         if not rows:
             return
-        with self._db_lock:
+        with self._db_lock, self._writers:
             db = self._db()
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             now = self._clock()
             if now - self._last_prune > 3600:
@@ -140,3 +141,4 @@ class Analytics:
         finally:
             with self._db_lock:
                 self._connection.close()
+                self._writers.close()

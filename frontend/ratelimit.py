@@ -5,7 +5,9 @@ memory would let a client through N times faster than configured (and a brute-fo
 attacker N times more guesses). The counters live in one small table in the data
 directory, in WAL mode with ``synchronous=OFF`` (a crash may forget a few milliseconds of
 counts; that is harmless for a limiter), and each check is one short ``BEGIN IMMEDIATE``
-transaction that reads and writes every key of the check at once. Measured cost is about
+transaction that reads and writes every key of the check at once, taken under a
+``flock`` (``frontend.sqlite_db.WriterLock``) so processes queue for it without SQLite's
+millisecond retry sleeps. Measured cost is about
 a few tens of microseconds per check on this machine (``tests/benchmarks/bench_soak.py
 --limiter-only``).
 
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontend.sqlite_db import ProcessLocalConnection
+from frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
 log = logging.getLogger("mole.frontend.ratelimit")
 
@@ -119,6 +121,7 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._connection = ProcessLocalConnection(self.path, _SCHEMA, synchronous="OFF",
                                                   busy_timeout_s=busy_timeout_s)
+        self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._since_prune = 0
         self._warned_at = 0.0
 
@@ -144,7 +147,7 @@ class RateLimiter:
 
     def _run(self, active: list[tuple[str, Rate]], cost: float, *, enforce: bool) -> Decision:
         try:
-            with self._lock:
+            with self._lock, self._writers:
                 return self._transaction(active, cost, enforce)
         except sqlite3.Error as err:
             now = time.monotonic()
@@ -204,3 +207,4 @@ class RateLimiter:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+            self._writers.close()

@@ -9,6 +9,7 @@ serialise their own use of it with their own lock.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -64,6 +65,43 @@ class ProcessLocalConnection:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+
+
+class WriterLock:
+    """A blocking cross-process lock beside a database file, for its short writes.
+
+    SQLite makes a writer that finds another process's write transaction retry on a
+    sleep schedule (1, 2, 5, 10, 15, 20, 25 ms ...), so two gunicorn processes writing one
+    file on every request gave a p99 of 20+ ms at 8 connections. Taking this
+    ``fcntl.flock`` first queues the writers in the kernel, which wakes the next one as
+    soon as the lock is free; SQLite's own locking then never waits. The lock file is
+    opened lazily in each process (never across a fork). Callers serialise their own
+    threads first (flock locks belong to the open file, which the threads share).
+    """
+
+    def __init__(self, database: str | os.PathLike) -> None:
+        self.path = Path(f"{database}.writer-lock")
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def __enter__(self) -> WriterLock:
+        fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
 
 
 def _retry_locked(step: Callable[[], object], conn: sqlite3.Connection, timeout_s: float) -> None:
