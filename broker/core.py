@@ -464,8 +464,7 @@ class Broker:
                 if len(worker.in_flight) < worker.slots:
                     available[identity] = worker
                 heapq.heappush(self._deadlines, (req.deadline, ticket))
-                if req.deadline < self._wake_at:
-                    self._wake_at = req.deadline
+                self._wake_by(req.deadline)
                 return None
             # the worker was gone: _assign queued the request and purged the worker
         elif not self._enqueue(req, front=False):
