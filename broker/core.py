@@ -145,6 +145,8 @@ class Broker:
         self._client_keys: OrderedDict[bytes, str] = OrderedDict()
         self._next_key_check = math.inf
         self._wake_at = 0.0  # when the loop next runs its timers (see run)
+        self._default_deadline = self.settings.default_deadline
+        self._max_deadline = self.settings.max_deadline
 
     # ------------------------------------------------------------------ socket and loop
 
@@ -394,21 +396,9 @@ class Broker:
     def _on_client(self, client: bytes, frames: list, first: zmq.Frame | None = None) -> None:
         key = None
         if self._bind_keys:
-            key = peer_key(first) if first is not None else None
-            if not self._keyring.allows(key):  # revoked since it connected: refuse silently
-                self.counters["curve_refused"] += 1
-                self._warn.log(logging.WARNING, "request from client %s under a CURVE key "
-                               "that is no longer allow-listed (%s): dropped", client.hex(),
-                               self._keyring.name(key))
+            key = self._client_curve_key(client, first)
+            if key is _REFUSED:
                 return None
-            keys = self._client_keys
-            if keys.get(client) != key:
-                keys.pop(client, None)
-                keys[client] = key
-                if len(keys) > CLIENT_KEYS_LIMIT:
-                    keys.popitem(last=False)
-            else:
-                keys.move_to_end(client)
         if frames[1] != C_REQUEST:
             return self._malformed(client, f"client command {bytes(frames[1][:4])!r} "
                                    "(a client may only send REQUEST 0x01)", frames)
@@ -417,19 +407,21 @@ class Broker:
         service_name = frames[2]
         body = frames[3:]
         header = None
-        deadline_s = self.settings.default_deadline
+        deadline_s = self._default_deadline
         if len(body) >= 2:
             header = _request_header(body[0])
-            if header is _BAD_HEADER:
-                return self._bad_header(client, service_name, body[0])
             if header is not None:
+                if header is _BAD_HEADER:
+                    return self._bad_header(client, service_name, body[0])
                 ttl = header.get("ttl")
                 if ttl is not None:
-                    deadline_s = min(ttl / 1000.0, self.settings.max_deadline)
-        if service_name.startswith(MMI_PREFIX):
-            return self._on_mmi(client, service_name, body, header)
+                    deadline_s = ttl / 1000.0
+                    if deadline_s > self._max_deadline:
+                        deadline_s = self._max_deadline
         service = self.services.get(service_name)
         if service is None:
+            if service_name.startswith(MMI_PREFIX):
+                return self._on_mmi(client, service_name, body, header)
             if len(service_name) > mdp.MAX_SERVICE_LENGTH or not _utf8(service_name):
                 self._malformed(client, "service name is not UTF-8 of at most "
                                 f"{mdp.MAX_SERVICE_LENGTH} bytes", frames)
@@ -437,42 +429,67 @@ class Broker:
                                           "service name must be UTF-8, at most "
                                           f"{mdp.MAX_SERVICE_LENGTH} bytes")
             service = self.services[service_name] = Service(bytes(service_name))
-        counters = self.counters
-        counters["requests"] += 1
-        request_id = None
-        if header is not None:
-            request_id = str(header["id"])
-            if (client, request_id) in self.by_key:
-                counters["duplicates"] += 1  # the first copy is still live: it will answer
-                return None
+        self.counters["requests"] += 1
         now = self._clock()
         self._ticket_seq += 1
         ticket = self._ticket_prefix + self._ticket_seq.to_bytes(8, "big")
-        req = Request(ticket, client, service, request_id, header, body, now + deadline_s, now)
-        req.client_key = key
-        if request_id is not None:
-            self.by_key[(client, request_id)] = req
+        if header is None:
+            req = Request(ticket, client, service, None, None, body, now + deadline_s, now)
+        else:
+            request_id = header["id"]
+            if type(request_id) is not str:
+                request_id = str(request_id)
+            dedup_key = (client, request_id)
+            if dedup_key in self.by_key:
+                self.counters["duplicates"] += 1  # the first copy is still live: it will answer
+                return None
+            req = Request(ticket, client, service, request_id, header, body, now + deadline_s,
+                          now)
+            self.by_key[dedup_key] = req
+        if key is not None:
+            req.client_key = key
         if deadline_s <= 0:
             self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
                                "request arrived with no time left (ttl <= 0)")
             return self._forget_if_idle(service)
         self.requests[ticket] = req
+        heapq.heappush(self._deadlines, (req.deadline, ticket))
+        if req.deadline < self._wake_at:
+            self._wake_at = req.deadline
         available = service.available
         if available and not service.queue:
             identity, worker = available.popitem(last=False)
             if self._assign(worker, req):
                 if len(worker.in_flight) < worker.slots:
                     available[identity] = worker
-                heapq.heappush(self._deadlines, (req.deadline, ticket))
-                self._wake_by(req.deadline)
                 return None
             # the worker was gone: _assign queued the request and purged the worker
         elif not self._enqueue(req, front=False):
             return self._forget_if_idle(service)
-        heapq.heappush(self._deadlines, (req.deadline, ticket))
-        self._wake_by(req.deadline)
         self._dispatch(service)
         return None
+
+    def _client_curve_key(self, client: bytes, first: zmq.Frame | None) -> str | object:
+        """Under an allow-list: the key the client's message came under, or _REFUSED.
+
+        Remembers which key holds the routing id, so a reply goes out only under it.
+        """
+        key = peer_key(first) if first is not None else None
+        if not self._keyring.allows(key):  # revoked since it connected: refuse silently
+            self.counters["curve_refused"] += 1
+            self._warn.log(logging.WARNING, "request from client %s under a CURVE key "
+                           "that is no longer allow-listed (%s): dropped", client.hex(),
+                           self._keyring.name(key))
+            return _REFUSED
+        keys = self._client_keys
+        if keys.get(client) != key:
+            keys.pop(client, None)
+            keys[client] = key
+            if len(keys) > CLIENT_KEYS_LIMIT:
+                keys.popitem(last=False)
+        else:
+            keys.move_to_end(client)
+        return key
 
     def _bad_header(self, client: bytes, service: bytes, frame: bytes) -> None:
         self.counters["malformed"] += 1
@@ -790,8 +807,9 @@ class Broker:
         send(req.ticket, SNDMORE)
         send(EMPTY, SNDMORE)
         last = len(body) - 1
-        for i, frame in enumerate(body):
-            send(frame, SNDMORE if i < last else 0)  # Frames go out without a copy
+        for i in range(last):
+            send(body[i], SNDMORE)  # Frames go out without a copy
+        send(body[last], 0)
         req.dispatches += 1
         req.worker = worker
         worker.in_flight[req.ticket] = req
@@ -1015,6 +1033,8 @@ class Broker:
 
 #: Marker: the frame is our header but a field has the wrong type.
 _BAD_HEADER: dict = {}
+#: Marker: the client's CURVE key is no longer allowed; its message is dropped.
+_REFUSED = object()
 
 
 def _request_header(frame) -> dict | None:
