@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 
+import msgpack
 import pytest
 import zmq
 from brokerfix import HEARTBEAT, LIVENESS, Bus, wait_until, wait_workers, workers_of
@@ -72,6 +73,32 @@ def test_lost_worker_after_max_attempts_is_worker_lost(bus):
     assert reply is not None and reply.request_id == rid
     assert reply.code == "worker_lost" and "after 1 attempt" in reply.header["msg"]
     assert client.recv(0.5) is None
+
+
+def test_request_for_a_closed_worker_goes_to_a_live_one_without_using_an_attempt(bus):
+    """A worker whose connection is gone (closed without DISCONNECT, before any heartbeat
+    noticed) is found out when its request is sent: the broker purges it and gives the
+    request to a live worker. The failed send is no attempt: with --max-attempts 1 the
+    request is still served, as attempt 0."""
+    url = bus.broker("--heartbeat-interval", "30", "--max-attempts", "1").endpoint
+    client = bus.client(url)
+    ctx = zmq.Context.instance()
+    gone = ctx.socket(zmq.DEALER)
+    gone.connect(url)
+    gone.send_multipart([b"MDPW02", b"\x01", b"vanishing", msgpack.packb({"worker_id": "w-gone"})])
+    wait_workers(client, "vanishing", 1)
+    gone.close(linger=0)
+    time.sleep(0.5)  # the broker's libzmq drops the connection; no heartbeat is due for 30 s
+    bus.worker(url, "vanishing", worker_id="w-live", heartbeat=30)
+    wait_workers(client, "vanishing", 2)
+    rid = client.send("vanishing", "still served", ttl_ms=10_000)
+    reply = client.recv_final(10)
+    assert reply is not None and reply.ok and reply.request_id == rid
+    assert reply.payload["worker"] == "w-live" and reply.payload["attempt"] == 0
+    assert client.recv(0.5) is None  # exactly one final
+    assert [w["id"] for w in workers_of(client, "vanishing")] == ["w-live"]
+    counters = client.status()["counters"]
+    assert counters["workers_purged"] == 1 and counters["redispatched"] == 0
 
 
 def _free_port() -> int:
