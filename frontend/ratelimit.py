@@ -18,6 +18,17 @@ is allowed while ``tat`` stays within ``P`` of now, so a client may burst ``N`` 
 goes on at ``N/P``. A refused request costs nothing. A row whose ``tat`` is in the past
 is the same as no row, so old rows are pruned now and then.
 
+Leases: a check that finds a client spending fast takes more than it needs from the
+shared buckets, up to 1/LEASE_SHARE of the burst (at most LEASE_MAX units), and the process
+answers that client's next checks from this local allowance without SQLite. Units are
+taken from every bucket first, so the processes together never admit more than the rate;
+the cost is that a process may hold a few units another process could have used. The size
+doubles while leases are used up within LEASE_TTL_S and halves when one is not; units
+left when a lease expires go back to the buckets with the next check of those keys.
+Rates whose burst is below LEASE_SHARE never lease, so small limits (logins, the tests'
+limits) are checked in SQLite on every request, exactly. Measured under load on this
+machine: a check in SQLite costs about 95 us of CPU; one answered from a lease, a few.
+
 If the database cannot be used (a disk error, a lock held past the busy timeout) the
 check lets the request through and logs a warning: a broken limiter must not take the
 service down.
@@ -31,9 +42,11 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
@@ -104,6 +117,34 @@ class Decision:
 
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
+_UPSERT = ("INSERT INTO buckets(key, tat) VALUES(?, ?) "
+           "ON CONFLICT(key) DO UPDATE SET tat=excluded.tat")
+
+#: A lease holds at most 1/LEASE_SHARE of the smallest burst among its keys ...
+LEASE_SHARE = 64
+#: ... and at most this many units.
+LEASE_MAX = 32
+#: Seconds a lease's units stay usable; later they go back to the buckets.
+LEASE_TTL_S = 1.0
+#: Key sets a process keeps leases for (the least recently checked is dropped first).
+LEASES_KEPT = 4096
+
+
+class _Lease:
+    """One process's local allowance for one set of (key, rate) checks."""
+
+    __slots__ = ("units", "size", "expires")
+
+    def __init__(self) -> None:
+        self.units = 0.0  # units taken from the buckets and not spent yet
+        self.size = 0  # extra units the next SQLite check asks for
+        self.expires = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    decision: Decision
+    granted: int = 0  # extra units taken for the lease
 
 
 class RateLimiter:
@@ -124,6 +165,7 @@ class RateLimiter:
         self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._since_prune = 0
         self._warned_at = 0.0
+        self._leases: OrderedDict[tuple, _Lease] = OrderedDict()
 
     def _db(self) -> sqlite3.Connection:
         return self._connection.get()
@@ -137,7 +179,38 @@ class RateLimiter:
         active = [(key, rate) for key, rate in checks if rate is not None]
         if not active or cost <= 0:
             return Decision(True)
-        return self._run(active, cost, enforce=True)
+        cap = min(LEASE_MAX, min(rate.count for _, rate in active) // LEASE_SHARE)
+        if cap <= 0:
+            return self._run(active, cost, enforce=True)
+        return self._hit_leased(tuple(active), cost, cap)
+
+    def _hit_leased(self, active: tuple, cost: float, cap: int) -> Decision:
+        """``hit`` for rates large enough to lease (see the module's docstring)."""
+        with self._lock:
+            now = self._clock()
+            lease = self._leases.get(active)
+            if lease is None:
+                lease = self._leases[active] = _Lease()
+                if len(self._leases) > LEASES_KEPT:
+                    self._leases.popitem(last=False)  # its units stay spent: never over
+            else:
+                self._leases.move_to_end(active)
+                if lease.units >= cost and now < lease.expires:
+                    lease.units -= cost
+                    return Decision(True)
+            if now < lease.expires:  # used up within its time: this client is fast
+                lease.size = min(cap, max(1, lease.size * 2))
+            else:
+                lease.size //= 2
+            # what is left (too little for this cost, or expired) goes back in the same
+            # transaction that takes the next lease
+            refund, lease.units = lease.units, 0.0
+            outcome = self._run(list(active), cost, enforce=True, extra=lease.size,
+                                refund=refund, leased=True)
+            if outcome.decision.allowed:
+                lease.units = float(outcome.granted)
+                lease.expires = now + LEASE_TTL_S
+            return outcome.decision
 
     def charge(self, checks: Sequence[tuple[str, Rate | None]], cost: float) -> None:
         """Spend ``cost`` more on every key, allowed or not (a failed login's penalty)."""
@@ -145,10 +218,15 @@ class RateLimiter:
         if active and cost > 0:
             self._run(active, cost, enforce=False)
 
-    def _run(self, active: list[tuple[str, Rate]], cost: float, *, enforce: bool) -> Decision:
+    def _run(self, active: list[tuple[str, Rate]], cost: float, *, enforce: bool,
+             extra: int = 0, refund: float = 0.0, leased: bool = False) -> Any:
+        """One SQLite check; a Decision, or an _Outcome when ``leased`` (lock held)."""
         try:
+            if leased:
+                with self._writers:
+                    return self._transaction(active, cost, enforce, extra, refund)
             with self._lock, self._writers:
-                return self._transaction(active, cost, enforce)
+                return self._transaction(active, cost, enforce).decision
         except sqlite3.Error as err:
             now = time.monotonic()
             if now - self._warned_at > 60:  # one warning a minute, not one per request
@@ -156,10 +234,12 @@ class RateLimiter:
                 log.warning("rate limiter database %s failed (%s: %s); requests are let "
                             "through unlimited until it works again", self.path,
                             type(err).__name__, err)
-            return Decision(True)
+            return _Outcome(Decision(True)) if leased else Decision(True)
 
-    def _transaction(self, active: list[tuple[str, Rate]], cost: float,
-                     enforce: bool) -> Decision:
+    def _transaction(self, active: list[tuple[str, Rate]], cost: float, enforce: bool,
+                     extra: int = 0, refund: float = 0.0) -> _Outcome:
+        """Check and spend ``cost`` (plus up to ``extra`` units that fit, for a lease)
+        on every key at once, after giving ``refund`` unspent leased units back."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -170,10 +250,11 @@ class RateLimiter:
             marks = ",".join("?" * len(active))
             stored = dict(db.execute(f"SELECT key, tat FROM buckets WHERE key IN ({marks})",
                                      [key for key, _ in active]).fetchall())
-            updates = []
+            tats = {}
             refused: Decision | None = None
             for key, rate in active:
-                tat = max(float(stored.get(key, now)), now)
+                tat = max(float(stored.get(key, now)) - refund * rate.interval_s, now)
+                tats[key] = tat
                 if enforce:
                     # the furthest tat this request may reach and still be allowed
                     need = min(cost, rate.count) * rate.interval_s
@@ -182,12 +263,20 @@ class RateLimiter:
                         if refused is None or over > refused.retry_after_s:
                             refused = Decision(False, over, key, rate)
                         continue
-                updates.append((key, tat + cost * rate.interval_s))
+                    room = (now + rate.period_s - tat) / rate.interval_s - cost
+                    extra = min(extra, max(0, math.floor(room + 1e-9)))
             if refused is not None:
-                db.execute("ROLLBACK")
-                return refused
-            db.executemany("INSERT INTO buckets(key, tat) VALUES(?, ?) "
-                           "ON CONFLICT(key) DO UPDATE SET tat=excluded.tat", updates)
+                if refund:  # the refusal spends nothing, but the lease's units go back
+                    db.executemany(_UPSERT, [(key, tats[key]) for key, _ in active])
+                    db.execute("COMMIT")
+                else:
+                    db.execute("ROLLBACK")
+                return _Outcome(refused)
+            if not enforce:
+                extra = 0
+            updates = [(key, tats[key] + (cost + extra) * rate.interval_s)
+                       for key, rate in active]
+            db.executemany(_UPSERT, updates)
             self._since_prune += 1
             if self._since_prune >= self._prune_every:
                 self._since_prune = 0
@@ -197,11 +286,12 @@ class RateLimiter:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return Decision(True)
+        return _Outcome(Decision(True), extra)
 
     def reset(self) -> None:
         """Forget every bucket (tests, and an operator unlocking everyone)."""
         with self._lock:
+            self._leases.clear()
             self._db().execute("DELETE FROM buckets")
 
     def close(self) -> None:

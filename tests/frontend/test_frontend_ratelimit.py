@@ -241,3 +241,70 @@ def test_rate_limit_settings_from_the_environment():
     limits.close()
     with pytest.raises(SettingsError, match="MOLE_RATE_LIMIT_LOGIN_USER"):
         settings_from_env({"MOLE_RATE_LIMIT_LOGIN_USER": "lots"})
+
+
+def _count_transactions(limiter: RateLimiter) -> list[str]:
+    seen: list[str] = []
+    limiter._db().set_trace_callback(
+        lambda sql: seen.append(sql) if sql.startswith("BEGIN") else None)
+    return seen
+
+
+def _spent_units(path, key: str, since: float, rate: Rate) -> float:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        (tat,) = db.execute("SELECT tat FROM buckets WHERE key = ?", (key,)).fetchone()
+    return round((tat - since) / rate.interval_s, 6)
+
+
+def test_a_fast_client_is_served_from_a_lease_taken_ahead_from_the_shared_bucket(tmp_path):
+    clock = Clock()
+    start = clock.now
+    rate = Rate(6400, 640.0)  # burst 6400: leases of up to 32 units
+    limiter = RateLimiter(tmp_path / "rl.sqlite3", clock=clock)
+    transactions = _count_transactions(limiter)
+    assert all(limiter.hit([("k", rate)]).allowed for _ in range(100))
+    # most checks never touched SQLite; the bucket paid ahead for what the lease holds
+    assert len(transactions) < 15
+    held = limiter._leases[(("k", rate),)].units
+    assert 0 < held <= 32
+    assert _spent_units(tmp_path / "rl.sqlite3", "k", start, rate) == 100 + held
+    # the client pauses past the lease's time: its next check gives the rest back and
+    # takes a smaller lease
+    clock.now += 2.0
+    assert limiter.hit([("k", rate)]).allowed
+    lease = limiter._leases[(("k", rate),)]
+    assert _spent_units(tmp_path / "rl.sqlite3", "k", start, rate) == 101 + lease.units
+    limiter.close()
+
+
+def test_leases_never_let_processes_together_exceed_the_rate(tmp_path):
+    clock = Clock()
+    rate = Rate(6400, 3600.0)
+    one = RateLimiter(tmp_path / "rl.sqlite3", clock=clock)
+    two = RateLimiter(tmp_path / "rl.sqlite3", clock=clock)
+    allowed = {one: 0, two: 0}
+    refused = set()
+    while len(refused) < 2:  # take turns in bursts until both are refused
+        for limiter in (one, two):
+            for _ in range(7):
+                if limiter.hit([("user", rate), ("addr", rate)]).allowed:
+                    allowed[limiter] += 1
+                else:
+                    refused.add(limiter)
+    assert allowed[one] + allowed[two] == 6400
+    assert min(allowed.values()) > 3000  # both got their turns' worth
+    decision = one.hit([("user", rate)])
+    assert not decision.allowed and decision.retry_after_s > 0
+    one.close()
+    two.close()
+
+
+def test_small_rates_are_checked_in_sqlite_every_time(tmp_path):
+    limiter = RateLimiter(tmp_path / "rl.sqlite3", clock=Clock())
+    transactions = _count_transactions(limiter)
+    results = [limiter.hit([("k", Rate(60, 60.0))]).allowed for _ in range(61)]
+    assert results == [True] * 60 + [False]
+    assert len(transactions) == 61
+    limiter.close()
