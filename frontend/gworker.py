@@ -16,7 +16,8 @@ Measured here with wrk (8 connections, one process of 16 threads, a trivial WSGI
 this worker.
 
 Everything else is gthread's: the thread count, keep-alive timeout, graceful shutdown,
-``max_requests`` (checked between requests, through ``self.alive``).
+``max_requests`` (checked between requests, through ``self.alive``). Responses are
+:class:`frontend.gresponse.CoalescedResponse`: head and body in one write.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import select
 import time
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from frontend import gresponse
 
 #: Seconds a thread waits for the next request on the connection it just answered.
 DEFAULT_LINGER_S = 0.005
@@ -47,6 +50,10 @@ class KeepAliveThreadWorker(ThreadWorker):
     """``gthread`` with busy keep-alive connections served on the thread that has them."""
 
     linger_s = _linger_s()
+
+    def init_process(self) -> None:
+        gresponse.install()  # each response's head leaves with its body, in one write
+        super().init_process()
 
     def _others_waiting(self) -> bool:
         """Whether connections are queued for a thread (more busy connections than threads).

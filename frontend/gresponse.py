@@ -1,0 +1,75 @@
+"""gunicorn's HTTP/1 response, sending the status line and headers with the first body bytes.
+
+gunicorn writes a response's head and its body with two ``sendall`` calls: two system
+calls and two TCP segments per response, and the client is woken for a head it cannot use
+yet. A JSON API answers with one small body, so here the head waits (in
+:class:`HeldHeadSocket`) and goes out in the same ``sendall`` as the first body bytes, or
+on its own when the response ends without a body. Chunked bodies and ``sendfile`` work as
+before: the head is sent first whatever the path.
+
+Installed in each worker process by :class:`frontend.gworker.KeepAliveThreadWorker`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.http import wsgi
+
+
+class HeldHeadSocket:
+    """A socket whose next ``sendall`` carries a held response head in front of its data."""
+
+    __slots__ = ("_sock", "_head")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._head = b""
+
+    def hold(self, head: bytes) -> None:
+        self._head += head
+
+    def flush(self) -> None:
+        """Send the held head now (the response has no body, or streams a file)."""
+        head, self._head = self._head, b""
+        if head:
+            self._sock.sendall(head)
+
+    def sendall(self, data: bytes) -> None:
+        head, self._head = self._head, b""
+        self._sock.sendall(head + data if head else data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class CoalescedResponse(wsgi.Response):
+    """:class:`gunicorn.http.wsgi.Response` with its head sent together with the body."""
+
+    def __init__(self, req: Any, sock: Any, cfg: Any, *args: Any) -> None:
+        super().__init__(req, HeldHeadSocket(sock), cfg, *args)
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        lines = self.default_headers()
+        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+        lines.append("\r\n")
+        self.sock.hold("".join(lines).encode("latin-1"))
+        self.headers_sent = True
+
+    def sendfile(self, respiter: Any) -> bool:
+        self.send_headers()
+        self.sock.flush()
+        return super().sendfile(respiter)
+
+    def close(self) -> None:
+        if not self.headers_sent:
+            self.send_headers()
+        self.sock.flush()
+        super().close()
+
+
+def install() -> None:
+    """Make gunicorn build HTTP/1 responses as :class:`CoalescedResponse` in this process."""
+    wsgi.Response = CoalescedResponse
