@@ -156,3 +156,27 @@ def test_bad_input_and_bad_model(tmp_path, detector):
 def test_newlines_and_long_text(detector):
     text = "Die Zinsen steigen.\nDie Banken freuen sich.\r\n" * 200
     assert detector.detect(text).code == "de"
+
+
+class _FullRankingDetector(LanguageDetector):
+    """Always ranks top_k labels (no one-label first look): the detector as it was."""
+
+    def _predict(self, text, k=None):
+        return [] if k == 1 else super()._predict(text)
+
+
+def _outcome(detector, text):
+    try:
+        return detector.detect(text)
+    except (LanguageUncertain, UnsupportedLanguage) as err:
+        return type(err).__name__, str(err)
+
+
+def test_the_one_label_first_look_decides_as_the_full_ranking_does():
+    fast, full = LanguageDetector(SERVED), _FullRankingDetector(SERVED)
+    texts = [text for code in (*SERVED, "pt", "nb", "ru", "ca")
+             for text in po_samples.sentences(code, min_chars=5, limit=40)]
+    texts += ["Gut!", "ok", "東京は日本の首都です。", "漢字だけ", "中文文本", "12345 !!"]
+    assert len(texts) > 500
+    differ = [t for t in texts if _outcome(fast, t) != _outcome(full, t)]
+    assert differ == []
