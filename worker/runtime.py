@@ -190,6 +190,7 @@ class WorkerRuntime:
         self._curve = curve
         self.max_reply_bytes = max_reply_bytes
         self._waker = Waker(self._context)
+        self._socket_thread: int | None = None  # the thread that owns the socket
         self._outbox: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -265,6 +266,7 @@ class WorkerRuntime:
 
     def _one_connection(self) -> bool:
         """One socket's life; returns whether the broker said anything on it."""
+        self._socket_thread = threading.get_ident()
         self._generation += 1
         self._in_flight.clear()
         sock = self._context.socket(zmq.DEALER)
@@ -322,6 +324,7 @@ class WorkerRuntime:
                     return heard
                 if now >= next_expiry_scan:
                     self._expire(now)
+                    self._flush(sock)
                     next_expiry_scan = now + 0.1
                 if now - self._last_sent >= self.heartbeat_interval:
                     self._send(sock, [mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
@@ -351,9 +354,15 @@ class WorkerRuntime:
 
     def _post(self, generation: int, ticket: bytes, command: bytes, body: list[bytes],
               final_of: _Responder | None) -> None:
-        """Any thread: queue frames for the socket thread and wake it."""
+        """Any thread: queue frames for the socket thread, and wake it from another thread.
+
+        The socket thread itself (an inline answer, a deadline it enforces) sends its
+        queue before it next waits, so waking it would only cost a wake-up message and
+        one more turn of its loop per answer.
+        """
         self._outbox.append((generation, ticket, command, body, final_of))
-        self._waker.wake()
+        if threading.get_ident() != self._socket_thread:
+            self._waker.wake()
 
     def _reply_now(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
         self.rejected += 1
