@@ -167,7 +167,7 @@ class SerialClient:
                     break
                 events = dict(self._poller.poll(int(remaining * 1000) + 1))
                 if socket in events:
-                    self._drain()
+                    self._drain(answer)
                 if self._monitor in events:
                     self._on_monitor()
         except BaseException:
@@ -179,11 +179,15 @@ class SerialClient:
             return decode_payload(answer.body or [], raw=True)
         return decode_reply(service, answer.body or [])
 
-    def _drain(self) -> None:
-        """Hand every waiting message to the correlator (late answers are dropped there)."""
+    def _drain(self, answer: _Answer) -> None:
+        """Hand waiting messages to the correlator (late answers are dropped there) until
+        ``answer`` is complete; anything after it waits for the next call's poll, which
+        spares the empty receive (a raised ``zmq.Again``) that would end every call."""
         dispatch = self._core.dispatch
         while (frames := recv_frames(self._socket)) is not None:
             dispatch(frames)
+            if answer.done:
+                return
 
     def _on_monitor(self) -> None:
         socket = self._socket
