@@ -374,52 +374,47 @@ class Broker:
         it); one whose worker turns out unreachable goes back to the front of its queue,
         without counting as an attempt, and that worker is purged.
         """
+        send = self._sendf
         while self._outbox:
             box = self._outbox
             self._outbox = []
-            for entry in box:
+            for peer, command, address, body, req in box:
                 try:
-                    self._send_queued(*entry)
+                    if req is None:  # to a client: [MDPC02, command, service, *body]
+                        try:
+                            send(peer, FIRST)
+                        except zmq.ZMQError as err:  # the client is gone, or its queue is full
+                            if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                                raise
+                            self.counters["dropped_sends"] += 1
+                            continue
+                        send(C_HDR, SNDMORE)
+                        send(command, SNDMORE)
+                        if not body:
+                            send(address, 0)
+                            continue
+                        send(address, SNDMORE)
+                    else:  # to worker ``peer``: [MDPW02, REQUEST, ticket, "", *body]
+                        if req.worker is not peer or req.done:
+                            continue
+                        try:
+                            send(peer.identity, FIRST)
+                        except zmq.ZMQError as err:  # gone (EHOSTUNREACH) or pipe full
+                            if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                                raise
+                            self._unreachable(peer, req)
+                            continue
+                        send(W_HDR, SNDMORE)
+                        send(command, SNDMORE)
+                        send(address, SNDMORE)
+                        send(EMPTY, SNDMORE)
+                    last = len(body) - 1
+                    for i in range(last):
+                        send(body[i], SNDMORE)  # Frames go out without a copy
+                    send(body[last], 0)
                 except Exception:  # as for a message: count, log, and send the rest
                     self.counters["internal_errors"] += 1
-                    log.exception("internal error sending to %s", _peer_name(entry[0]))
-
-    def _send_queued(self, peer: bytes | Worker, command: bytes, address: bytes,
-                     body: list, req: Request | None) -> None:
-        """Send one queued message: to a client (``req`` None) or a request to a worker."""
-        send = self._sendf
-        if req is None:  # to a client: [MDPC02, command, service, *body]
-            try:
-                send(peer, FIRST)
-            except zmq.ZMQError as err:  # the client is gone, or its queue is full
-                if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                    raise
-                self.counters["dropped_sends"] += 1
-                return
-            send(C_HDR, SNDMORE)
-            send(command, SNDMORE)
-            if not body:
-                send(address, 0)
-                return
-            send(address, SNDMORE)
-        else:  # to worker ``peer``: [MDPW02, REQUEST, ticket, "", *body]
-            if req.worker is not peer or req.done:
-                return
-            try:
-                send(peer.identity, FIRST)
-            except zmq.ZMQError as err:  # gone (EHOSTUNREACH) or pipe full (EAGAIN)
-                if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                    raise
-                self._unreachable(peer, req)
-                return
-            send(W_HDR, SNDMORE)
-            send(command, SNDMORE)
-            send(address, SNDMORE)
-            send(EMPTY, SNDMORE)
-        last = len(body) - 1
-        for i in range(last):
-            send(body[i], SNDMORE)  # Frames go out without a copy
-        send(body[last], 0)
+                    log.exception("internal error sending to %s", _peer_name(peer))
 
     def _deliverable(self, req: Request) -> bool:
         """Under CURVE: is the routing id still held by the key that asked, still allowed?
