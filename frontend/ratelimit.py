@@ -24,7 +24,8 @@ answers that client's next checks from this local allowance without SQLite. Unit
 taken from every bucket first, so the processes together never admit more than the rate;
 the cost is that a process may hold a few units another process could have used. The size
 doubles while leases are used up within LEASE_TTL_S and halves when one is not; units
-left when a lease expires go back to the buckets with the next check of those keys.
+left when a lease expires go back to the buckets with the next check of those keys (units a
+process holds when it stops, or drops from its LEASES_KEPT table, stay spent).
 Rates whose burst is below LEASE_SHARE never lease, so small limits (logins, the tests'
 limits) are checked in SQLite on every request, exactly. Measured under load on this
 machine: a check in SQLite costs about 95 us of CPU; one answered from a lease, a few.
