@@ -47,7 +47,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
@@ -182,7 +181,8 @@ class RateLimiter:
             return Decision(True)
         cap = min(LEASE_MAX, min(rate.count for _, rate in active) // LEASE_SHARE)
         if cap <= 0:
-            return self._run(active, cost, enforce=True)
+            with self._lock:
+                return self._run(active, cost, enforce=True).decision
         return self._hit_leased(tuple(active), cost, cap)
 
     def _hit_leased(self, active: tuple, cost: float, cap: int) -> Decision:
@@ -207,7 +207,7 @@ class RateLimiter:
             # transaction that takes the next lease
             refund, lease.units = lease.units, 0.0
             outcome = self._run(list(active), cost, enforce=True, extra=lease.size,
-                                refund=refund, leased=True)
+                                refund=refund)
             if outcome.decision.allowed:
                 lease.units = float(outcome.granted)
                 lease.expires = now + LEASE_TTL_S
@@ -217,17 +217,16 @@ class RateLimiter:
         """Spend ``cost`` more on every key, allowed or not (a failed login's penalty)."""
         active = [(key, rate) for key, rate in checks if rate is not None]
         if active and cost > 0:
-            self._run(active, cost, enforce=False)
+            with self._lock:
+                self._run(active, cost, enforce=False)
 
     def _run(self, active: list[tuple[str, Rate]], cost: float, *, enforce: bool,
-             extra: int = 0, refund: float = 0.0, leased: bool = False) -> Any:
-        """One SQLite check; a Decision, or an _Outcome when ``leased`` (lock held)."""
+             extra: int = 0, refund: float = 0.0) -> _Outcome:
+        """One SQLite check, by a caller holding ``self._lock`` (the process's threads
+        share one connection)."""
         try:
-            if leased:
-                with self._writers:
-                    return self._transaction(active, cost, enforce, extra, refund)
-            with self._lock, self._writers:
-                return self._transaction(active, cost, enforce).decision
+            with self._writers:
+                return self._transaction(active, cost, enforce, extra, refund)
         except sqlite3.Error as err:
             now = time.monotonic()
             if now - self._warned_at > 60:  # one warning a minute, not one per request
@@ -235,7 +234,7 @@ class RateLimiter:
                 log.warning("rate limiter database %s failed (%s: %s); requests are let "
                             "through unlimited until it works again", self.path,
                             type(err).__name__, err)
-            return _Outcome(Decision(True)) if leased else Decision(True)
+            return _Outcome(Decision(True))
 
     def _transaction(self, active: list[tuple[str, Rate]], cost: float, enforce: bool,
                      extra: int = 0, refund: float = 0.0) -> _Outcome:
