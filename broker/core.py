@@ -502,22 +502,20 @@ class Broker:
                                           f"{mdp.MAX_SERVICE_LENGTH} bytes")
             service = self.services[service_name] = Service(bytes(service_name))
         self.counters["requests"] += 1
-        now = self._clock()
-        self._ticket_seq += 1
-        ticket = self._ticket_prefix + self._ticket_seq.to_bytes(8, "big")
-        if header is None:
-            req = Request(ticket, client, service, None, None, body, now + deadline_s, now)
-        else:
+        request_id = None
+        if header is not None:
             request_id = header["id"]
             if type(request_id) is not str:
                 request_id = str(request_id)
-            dedup_key = (client, request_id)
-            if dedup_key in self.by_key:
+            if (client, request_id) in self.by_key:
                 self.counters["duplicates"] += 1  # the first copy is still live: it will answer
                 return None
-            req = Request(ticket, client, service, request_id, header, body, now + deadline_s,
-                          now)
-            self.by_key[dedup_key] = req
+        now = self._clock()
+        self._ticket_seq += 1
+        ticket = self._ticket_prefix + self._ticket_seq.to_bytes(8, "big")
+        req = Request(ticket, client, service, request_id, header, body, now + deadline_s, now)
+        if request_id is not None:
+            self.by_key[(client, request_id)] = req
         if key is not None:
             req.client_key = key
         if deadline_s <= 0:
@@ -526,8 +524,7 @@ class Broker:
             return self._forget_if_idle(service)
         self.requests[ticket] = req
         heapq.heappush(self._deadlines, (req.deadline, ticket))
-        if req.deadline < self._wake_at:
-            self._wake_at = req.deadline
+        self._wake_by(req.deadline)
         available = service.available
         if available and not service.queue:
             identity, worker = available.popitem(last=False)
