@@ -68,6 +68,25 @@ def test_malformed_json_is_400(offline_api):
     assert_error(r, 400, "invalid_body")
 
 
+@pytest.mark.parametrize("body", [b'{"username": NaN, "password": "longenough"}',
+                                  b'{"username": "\\ud800x", "password": "longenough"}'])
+def test_json_that_python_alone_would_accept_is_400(offline_api, body):
+    """NaN and a lone surrogate are not JSON (RFC 8259); a surrogate could not even be
+    packed for a worker later."""
+    r = offline_api.client.simulate_post("/api/v1/auth/register", body=body,
+                                         headers={"Content-Type": "application/json"})
+    assert "not valid JSON" in assert_error(r, 400, "invalid_body")["detail"]
+
+
+def test_a_response_orjson_cannot_encode_still_goes_out_as_json():
+    from frontend.media import encode
+
+    data, ctype = encode({"big": 2**70, "text": "h\u00e9"}, False)
+    assert ctype == "application/json" and json.loads(data) == {"big": 2**70, "text": "h\u00e9"}
+    data, _ = encode({"nan": float("nan"), "text": "h\u00e9"}, False)
+    assert data == '{"nan":null,"text":"h\u00e9"}'.encode()  # UTF-8, and no NaN token
+
+
 def test_unsupported_content_type_is_415(offline_api):
     r = offline_api.client.simulate_post("/api/v1/auth/register", body=b"<xml/>",
                                          headers={"Content-Type": "application/xml"})
@@ -100,6 +119,26 @@ def test_every_response_has_a_request_id(offline_api):
     ids = {offline_api.client.simulate_get("/api/v1/health").headers["X-Request-ID"]
            for _ in range(3)}
     assert len(ids) == 3
+
+
+def test_request_ids_are_32_hex_digits_and_differ_in_a_forked_process():
+    import os
+    import re
+
+    from frontend.app import new_request_id
+
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a gunicorn worker is such a child
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert re.fullmatch(r"[0-9a-f]{32}", child_id) and child_id != new_request_id()
 
 
 def test_root_and_health(offline_api):
