@@ -1,0 +1,74 @@
+"""The keep-alive worker's parser shortcut, on a real socket pair with gunicorn's parser:
+a body read to its end is not drained again (no socket timeout juggling), and a body the
+application left unread is still drained so the next request parses."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.http.parser import RequestParser
+
+from frontend.gworker import body_consumed, skip_empty_drains
+
+
+class TimeoutCountingSocket:
+    """The real socket, with its ``settimeout`` calls counted (each one is an ioctl)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.settimeouts = 0
+
+    def settimeout(self, value) -> None:
+        self.settimeouts += 1
+        self.sock.settimeout(value)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def _post(body: bytes) -> bytes:
+    return (b"POST /api HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
+@pytest.fixture
+def connection():
+    server, client = socket.socketpair()
+    counting = TimeoutCountingSocket(server)
+    parser = RequestParser(Config(), counting, ("127.0.0.1", 40000))
+    skip_empty_drains(parser)
+    yield parser, counting, client
+    server.close()
+    client.close()
+
+
+def test_a_body_read_to_its_end_is_not_drained_again(connection):
+    parser, counting, client = connection
+    client.sendall(_post(b'{"a":1}') + _post(b'{"b":2}'))
+    first = next(parser)
+    assert first.body.read() == b'{"a":1}'
+    assert body_consumed(parser)
+    assert parser.finish_body(deadline=time.monotonic() + 5) is True  # what gthread calls after a response
+    second = next(parser)  # next() drains once more before parsing
+    assert second.body.read() == b'{"b":2}'
+    assert counting.settimeouts == 0
+
+
+def test_an_unread_body_is_still_drained_and_the_next_request_parses(connection):
+    parser, counting, client = connection
+    client.sendall(_post(b"x" * 5000) + _post(b"next"))
+    first = next(parser)
+    assert first.body.read(10) == b"x" * 10
+    assert not body_consumed(parser)
+    assert parser.finish_body(deadline=time.monotonic() + 5) is True
+    assert counting.settimeouts > 0  # gunicorn's bounded drain ran
+    assert next(parser).body.read() == b"next"
+
+
+def test_installing_twice_keeps_one_shortcut(connection):
+    parser, _, _ = connection
+    installed = parser.finish_body
+    skip_empty_drains(parser)
+    assert parser.finish_body is installed
