@@ -82,3 +82,28 @@ def test_a_chunked_body_keeps_its_framing(exchange):
     assert body == b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"
     assert counting.writes[0].endswith(b"5\r\nhello\r\n")  # the head rode with chunk one
     assert _read(client, len(wire)) == wire
+
+
+def test_the_date_header_is_formatted_once_per_second(monkeypatch):
+    from frontend import gresponse
+
+    formatted: list[float] = []
+
+    original = gresponse._format_http_date  # gunicorn's own, taken before install()
+
+    def counting_format(timestamp=None):
+        formatted.append(timestamp)
+        return original(timestamp)
+
+    now = [1_700_000_000.25]
+    monkeypatch.setattr(gresponse, "_format_http_date", counting_format)
+    monkeypatch.setattr(gresponse, "_date_of_second", (0, ""))
+    monkeypatch.setattr(gresponse.time, "time", lambda: now[0])
+    first = gresponse.http_date()
+    now[0] += 0.5
+    assert gresponse.http_date() == first == "Tue, 14 Nov 2023 22:13:20 GMT"
+    now[0] += 0.5  # the next second
+    assert gresponse.http_date() == "Tue, 14 Nov 2023 22:13:21 GMT"
+    assert len(formatted) == 2
+    assert gresponse.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # an explicit time
+
