@@ -72,3 +72,18 @@ def test_installing_twice_keeps_one_shortcut(connection):
     installed = parser.finish_body
     skip_empty_drains(parser)
     assert parser.finish_body is installed
+
+
+def test_frozen_settings_read_the_same_and_skip_getattr():
+    from gunicorn.config import Config
+
+    from frontend.gworker import freeze_settings
+
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    cfg.set("forwarded_allow_ips", "10.0.0.1,127.0.0.1")
+    before = {name: getattr(cfg, name) for name in cfg.settings}
+    freeze_settings(cfg)
+    assert {name: getattr(cfg, name) for name in cfg.settings} == before
+    assert vars(cfg)["keepalive"] == 7  # a plain attribute now: no __getattr__ call
+    assert "worker_class" not in vars(cfg)  # computed by a Config property, left to it
