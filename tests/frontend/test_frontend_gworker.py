@@ -87,3 +87,34 @@ def test_frozen_settings_read_the_same_and_skip_getattr():
     assert {name: getattr(cfg, name) for name in cfg.settings} == before
     assert vars(cfg)["keepalive"] == 7  # a plain attribute now: no __getattr__ call
     assert "worker_class" not in vars(cfg)  # computed by a Config property, left to it
+
+
+def test_proxy_decisions_are_remembered_per_address_and_stay_right(monkeypatch):
+    from gunicorn.config import Config
+    from gunicorn.http import message
+
+    from frontend import gworker
+
+    calls: list[str] = []
+    original = message._ip_in_allow_list
+
+    def counted(ip, allow_list, networks):
+        calls.append(ip)
+        return original(ip, allow_list, networks)
+
+    monkeypatch.setattr(message, "_ip_in_allow_list", counted)
+    gworker.remember_proxy_decisions()
+    gworker.remember_proxy_decisions()  # a second install keeps the one memo
+    cfg = Config()
+    cfg.set("forwarded_allow_ips", "10.1.2.3,127.0.0.1")
+    allowed, networks = cfg.forwarded_allow_ips, cfg.forwarded_allow_networks()
+    decide = message._ip_in_allow_list
+    for _ in range(3):
+        assert decide("10.1.2.3", allowed, networks) is True
+        assert decide("10.1.2.4", allowed, networks) is False
+        assert decide("not an address", allowed, networks) is False
+    assert calls == ["10.1.2.3", "10.1.2.4", "not an address"]
+    # the same address under another allow list is decided again, not taken from the memo
+    other = Config()
+    other.set("forwarded_allow_ips", "10.1.2.4")
+    assert decide("10.1.2.4", other.forwarded_allow_ips, other.forwarded_allow_networks())
