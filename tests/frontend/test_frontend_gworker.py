@@ -50,7 +50,8 @@ def test_a_body_read_to_its_end_is_not_drained_again(connection):
     first = next(parser)
     assert first.body.read() == b'{"a":1}'
     assert body_consumed(parser)
-    assert parser.finish_body(deadline=time.monotonic() + 5) is True  # what gthread calls after a response
+    # what gthread calls after a response
+    assert parser.finish_body(deadline=time.monotonic() + 5) is True
     second = next(parser)  # next() drains once more before parsing
     assert second.body.read() == b'{"b":2}'
     assert counting.settimeouts == 0
