@@ -25,6 +25,7 @@ once per peer address whether it is a trusted proxy (:func:`remember_proxy_decis
 
 from __future__ import annotations
 
+import inspect
 import os
 import select
 import time
@@ -112,11 +113,13 @@ def remember_proxy_decisions() -> None:
     connection. The answer depends only on the address and the settings, which a worker
     process never changes (see :func:`freeze_settings`), so this process keeps it, for at
     most ``PROXY_DECISIONS_KEPT`` addresses at a time. Nothing is changed when this gunicorn
-    has no such function.
+    has no such function, or one that takes other arguments.
     """
     decide = getattr(gmessage, "_ip_in_allow_list", None)
     if decide is None or getattr(decide, "remembers", False):
         return
+    if list(inspect.signature(decide).parameters) != ["ip_str", "allow_list", "networks"]:
+        return  # a gunicorn whose private helper changed: leave it alone
     decisions: dict[tuple[str, tuple], bool] = {}
 
     def remembered(ip: str, allow_list, networks) -> bool:

@@ -99,9 +99,9 @@ def test_proxy_decisions_are_remembered_per_address_and_stay_right(monkeypatch):
     calls: list[str] = []
     original = message._ip_in_allow_list
 
-    def counted(ip, allow_list, networks):
-        calls.append(ip)
-        return original(ip, allow_list, networks)
+    def counted(ip_str, allow_list, networks):  # gunicorn's parameter names
+        calls.append(ip_str)
+        return original(ip_str, allow_list, networks)
 
     monkeypatch.setattr(message, "_ip_in_allow_list", counted)
     gworker.remember_proxy_decisions()
@@ -119,3 +119,16 @@ def test_proxy_decisions_are_remembered_per_address_and_stay_right(monkeypatch):
     other = Config()
     other.set("forwarded_allow_ips", "10.1.2.4")
     assert decide("10.1.2.4", other.forwarded_allow_ips, other.forwarded_allow_networks())
+
+
+def test_a_changed_gunicorn_helper_is_left_alone(monkeypatch):
+    from gunicorn.http import message
+
+    from frontend import gworker
+
+    def other_helper(address, allowed):  # what a later gunicorn might have
+        return False
+
+    monkeypatch.setattr(message, "_ip_in_allow_list", other_helper)
+    gworker.remember_proxy_decisions()
+    assert message._ip_in_allow_list is other_helper
