@@ -50,18 +50,23 @@ def respond(req: falcon.Request, resp: falcon.Response, obj: Any, status: int = 
     resp.status = status
 
 
+def _too_large(limit: int) -> Exception:
+    """The payload_too_large error, made only when a body is refused (not per request)."""
+    from frontend.errors import APIError
+
+    return APIError("payload_too_large", f"request body is over {limit} bytes")
+
+
 def read_body(req: falcon.Request, limit: int) -> bytes:
     """The raw body, at most ``limit`` bytes.
 
     Raises:
         APIError: payload_too_large.
     """
-    from frontend.errors import APIError
-
     length = req.content_length
     if length is not None:
         if length > limit:
-            raise APIError("payload_too_large", f"request body is over {limit} bytes")
+            raise _too_large(limit)
         return req.bounded_stream.read(length) if length else b""
     # No Content-Length: only a chunked body has one. Falcon's bounded_stream would read
     # nothing here, so read the server's stream (gunicorn de-chunks it), one byte past
@@ -70,7 +75,7 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
         return b""
     data = req.stream.read(limit + 1)
     if len(data) > limit:
-        raise APIError("payload_too_large", f"request body is over {limit} bytes")
+        raise _too_large(limit)
     return data
 
 
