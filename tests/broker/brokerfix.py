@@ -4,6 +4,8 @@ raw clients (``tests/support/peers.py``), all cleaned up by :meth:`Bus.close`.
 
 from pathlib import Path
 
+import zmq
+
 from tests.support.peers import (
     BrokerProcess,
     RawClient,
@@ -61,11 +63,19 @@ def workers_of(client: RawClient, service: str) -> list[dict]:
     return [w for w in client.status()["workers"] if w["service"] == service]
 
 
-def wait_workers(client: RawClient, service: str, count: int, timeout: float = 20.0) -> list:
-    """Wait until exactly ``count`` workers of ``service`` are registered; return them."""
+def wait_workers(client: RawClient, service: str, count: int, timeout: float = 20.0,
+                 heartbeat_from: tuple[zmq.Socket, ...] = ()) -> list:
+    """Wait until exactly ``count`` workers of ``service`` are registered; return them.
+
+    ``heartbeat_from``: registered worker sockets that the test drives by hand. Each sends
+    a HEARTBEAT per check, so the broker (which purges a worker after 0.6 s of silence)
+    keeps them while the test waits for a slower worker process to start.
+    """
     seen: list = []
 
     def check() -> bool:
+        for sock in heartbeat_from:
+            sock.send_multipart([b"MDPW02", b"\x05"])
         seen[:] = workers_of(client, service)
         return len(seen) == count
 

@@ -17,6 +17,11 @@ from tests.support.peers import ROOT, child_env, pack, unpack
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")]
 
+#: These tests' raw workers never heartbeat. With the bus's 0.6 s expiry the broker could
+#: purge one before its reply on a slow machine (a CI run lost the reply that way), so these
+#: brokers keep a silent worker for 15 s; no test here waits for an expiry.
+SILENT_WORKER_KEPT = ("--heartbeat-interval", "5")
+
 
 @pytest.fixture
 def keys(tmp_path):
@@ -55,7 +60,7 @@ def _ask_status(sock: zmq.Socket, timeout_ms: int = 1500) -> dict | None:
 def test_only_allow_listed_keys_get_through(bus, keys):
     keydir, allow = keys
     broker = bus.broker("--curve-secret", str(keydir / "broker.key_secret"),
-                        "--curve-allow", str(allow), probe=False)
+                        "--curve-allow", str(allow), *SILENT_WORKER_KEPT, probe=False)
     url = broker.endpoint
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure", pack({"slots": 1})])
@@ -102,7 +107,7 @@ def test_a_connected_workers_routing_id_cannot_be_taken_over(bus, keys):
     """ROUTER_HANDOVER is off under CURVE: a second connection under W1 is refused."""
     keydir, allow = keys
     broker = bus.broker("--curve-secret", str(keydir / "broker.key_secret"),
-                        "--curve-allow", str(allow), probe=False)
+                        "--curve-allow", str(allow), *SILENT_WORKER_KEPT, probe=False)
     url = broker.endpoint
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure"])
@@ -131,14 +136,13 @@ def test_worker_registration_is_bound_to_its_key(bus, keys):
     """W1 leaves; another allowed key connects under W1 before the purge: cut off."""
     keydir, allow = keys
     broker = bus.broker("--curve-secret", str(keydir / "broker.key_secret"),
-                        "--curve-allow", str(allow), "--heartbeat-interval", "1",
-                        probe=False)
+                        "--curve-allow", str(allow), *SILENT_WORKER_KEPT, probe=False)
     url = broker.endpoint
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure"])
     status_sock = _socket(url, keydir, "client")
     _wait_registered(status_sock)
-    worker.close(0)  # gone, but registered until the broker's expiry (3 s)
+    worker.close(0)  # gone, but registered until the broker's expiry (15 s)
     # let the broker's libzmq drop W1's connection first: with ROUTER_HANDOVER off, a
     # connection under a routing id still in use is refused (and never retried)
     time.sleep(0.5)

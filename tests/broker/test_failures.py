@@ -134,7 +134,9 @@ def test_broker_restart_workers_reregister_and_retries_succeed(bus):
 
 
 def test_sigterm_disconnects_workers_answers_waiting_requests_and_exits_0(bus):
-    broker = bus.broker()
+    # heartbeats every 5 s: the raw worker below never sends one, and must still hold its
+    # request when SIGTERM comes, however slow the machine
+    broker = bus.broker("--heartbeat-interval", "5")
     url = broker.endpoint
     client = bus.client(url)
     ctx = zmq.Context.instance()

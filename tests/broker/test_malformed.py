@@ -187,11 +187,11 @@ def test_registered_worker_breaking_protocol_is_purged_and_its_request_redispatc
     service = "svc-hold"
     bad = _peer(broker.endpoint)
     bad.send_multipart([b"MDPW02", b"\x01", service.encode()])
-    wait_workers(client, service, 1)
+    wait_workers(client, service, 1, heartbeat_from=(bad,))
     rid = client.send(service, "keep me", ttl_ms=20_000)
     assert _recv_command(bad)[1] == b"\x02"  # it holds the request now
     helper = bus.worker(broker.endpoint, service, worker_id="w-helper")
-    wait_workers(client, service, 2)
+    wait_workers(client, service, 2, heartbeat_from=(bad,))  # bad must outlive the start
     bad.send_multipart(garbage)
     assert _recv_command(bad) == DISCONNECT
     bad.close(0)
