@@ -18,6 +18,11 @@ from tests.support.peers import (
 HEARTBEAT = 0.2
 LIVENESS = 3
 
+#: Broker flags for tests whose raw workers never heartbeat: a silent worker is kept for
+#: 15 s, not 0.6 s, so a slow machine cannot purge it before the test is done with it (a CI
+#: run lost a reply that way). Only for tests that never wait for an expiry.
+SILENT_WORKER_KEPT = ("--heartbeat-interval", "5")
+
 
 class Bus:
     """One test's broker processes, raw worker processes and raw clients; all cleaned up."""
@@ -83,4 +88,5 @@ def wait_workers(client: RawClient, service: str, count: int, timeout: float = 2
     return seen
 
 
-__all__ = ["HEARTBEAT", "LIVENESS", "Bus", "wait_until", "wait_workers", "workers_of"]
+__all__ = ["HEARTBEAT", "LIVENESS", "SILENT_WORKER_KEPT", "Bus", "wait_until", "wait_workers",
+           "workers_of"]

@@ -11,16 +11,12 @@ import time
 import pytest
 import zmq
 import zmq.auth
+from brokerfix import SILENT_WORKER_KEPT
 
 from tests.support.peers import ROOT, child_env, pack, unpack
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")]
-
-#: These tests' raw workers never heartbeat. With the bus's 0.6 s expiry the broker could
-#: purge one before its reply on a slow machine (a CI run lost the reply that way), so these
-#: brokers keep a silent worker for 15 s; no test here waits for an expiry.
-SILENT_WORKER_KEPT = ("--heartbeat-interval", "5")
 
 
 @pytest.fixture

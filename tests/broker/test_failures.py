@@ -13,7 +13,15 @@ import time
 import msgpack
 import pytest
 import zmq
-from brokerfix import HEARTBEAT, LIVENESS, Bus, wait_until, wait_workers, workers_of
+from brokerfix import (
+    HEARTBEAT,
+    LIVENESS,
+    SILENT_WORKER_KEPT,
+    Bus,
+    wait_until,
+    wait_workers,
+    workers_of,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -134,9 +142,8 @@ def test_broker_restart_workers_reregister_and_retries_succeed(bus):
 
 
 def test_sigterm_disconnects_workers_answers_waiting_requests_and_exits_0(bus):
-    # heartbeats every 5 s: the raw worker below never sends one, and must still hold its
-    # request when SIGTERM comes, however slow the machine
-    broker = bus.broker("--heartbeat-interval", "5")
+    # the raw worker below never heartbeats, and must still hold its request at SIGTERM
+    broker = bus.broker(*SILENT_WORKER_KEPT)
     url = broker.endpoint
     client = bus.client(url)
     ctx = zmq.Context.instance()
