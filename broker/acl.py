@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from broker.settings import SettingsError
+from mole.broker.settings import SettingsError
 
 Z85_KEY_LENGTH = 40
 
@@ -58,19 +58,23 @@ def load_acl(path: str | Path) -> Acl:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SettingsError(f"CURVE ACL {path} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
-        raise SettingsError(f"CURVE ACL {path} must be a JSON object mapping a key file stem "
-                            'or z85 public key to a list of services, e.g. '
-                            '{"worker-gpu1": ["qwen2.5-1.5b", "llama-*"]}')
+        raise SettingsError(
+            f"CURVE ACL {path} must be a JSON object mapping a key file stem "
+            "or z85 public key to a list of services, e.g. "
+            '{"worker-gpu1": ["qwen2.5-1.5b", "llama-*"]}'
+        )
     rules: dict[str, tuple[str, ...]] = {}
     for name, patterns in data.items():
         if not name:
             raise SettingsError(f"CURVE ACL {path}: an entry has an empty key name")
-        if not isinstance(patterns, list) or not all(
-                isinstance(p, str) and p for p in patterns):
-            raise SettingsError(f"CURVE ACL {path}: entry {name!r} must be a list of non-empty "
-                                "service names or prefixes ending in '*'")
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+            raise SettingsError(
+                f"CURVE ACL {path}: entry {name!r} must be a list of non-empty "
+                "service names or prefixes ending in '*'"
+            )
         if any("*" in p[:-1] for p in patterns):
-            raise SettingsError(f"CURVE ACL {path}: entry {name!r}: '*' is only allowed at the "
-                                "end of a pattern")
+            raise SettingsError(
+                f"CURVE ACL {path}: entry {name!r}: '*' is only allowed at the end of a pattern"
+            )
         rules[name] = tuple(patterns)
     return Acl(rules)

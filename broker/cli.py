@@ -13,60 +13,115 @@ import os
 import signal
 import sys
 
-from broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
+from mole.broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``mole broker``'s flags to ``parser``."""
-    parser.add_argument("--bind", default=None,
-                        help=f"ZeroMQ endpoint to bind (env MOLE_BROKER_BIND, default "
-                             f"{DEFAULT_BIND}); tcp://127.0.0.1:* picks a free port")
-    parser.add_argument("--heartbeat-interval", type=float, default=None, metavar="SECONDS",
-                        help="heartbeat interval (env MOLE_HEARTBEAT_INTERVAL, default 2.5)")
-    parser.add_argument("--liveness", type=int, default=None, metavar="N",
-                        help="missed heartbeats before a worker is purged "
-                             "(env MOLE_HEARTBEAT_LIVENESS, default 3)")
-    parser.add_argument("--queue-limit", type=int, default=None, metavar="N",
-                        help="waiting requests per service before 'overloaded' "
-                             "(env MOLE_BROKER_QUEUE_LIMIT, default 1000)")
-    parser.add_argument("--total-queue-limit", type=int, default=None, metavar="N",
-                        help="waiting requests over all services "
-                             "(env MOLE_BROKER_TOTAL_QUEUE_LIMIT, default 100000)")
-    parser.add_argument("--default-deadline", type=float, default=None, metavar="SECONDS",
-                        help="deadline of requests without a ttl "
-                             "(env MOLE_BROKER_DEFAULT_DEADLINE, default 30)")
-    parser.add_argument("--max-attempts", type=int, default=None, metavar="N",
-                        help="dispatches per request before 'worker_lost' "
-                             "(env MOLE_BROKER_MAX_ATTEMPTS, default 3)")
-    parser.add_argument("--max-message-bytes", type=int, default=None, metavar="BYTES",
-                        help="largest accepted message (env MOLE_BROKER_MAX_MESSAGE_BYTES, "
-                             "default 16 MiB)")
-    parser.add_argument("--curve-secret", default=None, metavar="FILE",
-                        help="the broker's CURVE .key_secret file; turns on encryption "
-                             "(env MOLE_BROKER_CURVE_SECRET)")
-    parser.add_argument("--curve-allow", default=None, metavar="DIR",
-                        help="directory of allow-listed public .key files; only these peers "
-                             "may connect; re-read every heartbeat interval, so removing "
-                             "a file revokes that key (env MOLE_BROKER_CURVE_ALLOW)")
-    parser.add_argument("--curve-acl", default=None, metavar="FILE",
-                        help='JSON {"<key stem or z85>": ["service", "prefix*"]}: which keys '
-                             "may register which services as workers (env "
-                             "MOLE_BROKER_CURVE_ACL)")
-    parser.add_argument("--log-level", default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log level (env MOLE_LOG_LEVEL, default INFO; nothing is logged "
-                             "per message at INFO)")
+    parser.add_argument(
+        "--bind",
+        default=None,
+        help=f"ZeroMQ endpoint to bind (env MOLE_BROKER_BIND, default "
+        f"{DEFAULT_BIND}); tcp://127.0.0.1:* picks a free port",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="heartbeat interval (env MOLE_HEARTBEAT_INTERVAL, default 2.5)",
+    )
+    parser.add_argument(
+        "--liveness",
+        type=int,
+        default=None,
+        metavar="N",
+        help="missed heartbeats before a worker is purged (env MOLE_HEARTBEAT_LIVENESS, default 3)",
+    )
+    parser.add_argument(
+        "--queue-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="waiting requests per service before 'overloaded' "
+        "(env MOLE_BROKER_QUEUE_LIMIT, default 1000)",
+    )
+    parser.add_argument(
+        "--total-queue-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="waiting requests over all services "
+        "(env MOLE_BROKER_TOTAL_QUEUE_LIMIT, default 100000)",
+    )
+    parser.add_argument(
+        "--default-deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="deadline of requests without a ttl (env MOLE_BROKER_DEFAULT_DEADLINE, default 30)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="dispatches per request before 'worker_lost' "
+        "(env MOLE_BROKER_MAX_ATTEMPTS, default 3)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest accepted message (env MOLE_BROKER_MAX_MESSAGE_BYTES, default 16 MiB)",
+    )
+    parser.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="FILE",
+        help="the broker's CURVE .key_secret file; turns on encryption "
+        "(env MOLE_BROKER_CURVE_SECRET)",
+    )
+    parser.add_argument(
+        "--curve-allow",
+        default=None,
+        metavar="DIR",
+        help="directory of allow-listed public .key files; only these peers "
+        "may connect; re-read every heartbeat interval, so removing "
+        "a file revokes that key (env MOLE_BROKER_CURVE_ALLOW)",
+    )
+    parser.add_argument(
+        "--curve-acl",
+        default=None,
+        metavar="FILE",
+        help='JSON {"<key stem or z85>": ["service", "prefix*"]}: which keys '
+        "may register which services as workers (env "
+        "MOLE_BROKER_CURVE_ACL)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (env MOLE_LOG_LEVEL, default INFO; nothing is logged per message at INFO)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the broker until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad settings."""
     if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        print(f"mole broker: log level {args.log_level!r} (MOLE_LOG_LEVEL) is not one of "
-              "DEBUG, INFO, WARNING, ERROR", file=sys.stderr)
+        print(
+            f"mole broker: log level {args.log_level!r} (MOLE_LOG_LEVEL) is not one of "
+            "DEBUG, INFO, WARNING, ERROR",
+            file=sys.stderr,
+        )
         return 2
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from broker.core import Broker  # after logging is set up; keeps --help cheap
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from mole.broker.core import Broker  # after logging is set up; keeps --help cheap
 
     try:
         settings = with_overrides(
@@ -100,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     def _stop(signum, _frame):
-        logging.getLogger("mole.broker").info("%s received: shutting down",
-                                              signal.Signals(signum).name)
+        logging.getLogger("mole.broker").info(
+            "%s received: shutting down", signal.Signals(signum).name
+        )
         broker.stop()
 
     signal.signal(signal.SIGTERM, _stop)

@@ -40,13 +40,13 @@ from typing import Any
 import msgpack
 import zmq
 
-from broker.curve import enable_curve, peer_key
-from broker.ratelog import RateLimitedLog
-from broker.settings import BrokerSettings
-from broker.state import Request, Service, Worker, service_status, worker_status
-from protocol import mdp
-from protocol.envelope import MAX_HEADER_BYTES, VERSION, ReplyHeader, pack
-from protocol.errors import ErrorCode
+from mole.broker.curve import enable_curve, peer_key
+from mole.broker.ratelog import RateLimitedLog
+from mole.broker.settings import BrokerSettings
+from mole.broker.state import Request, Service, Worker, service_status, worker_status
+from mole.protocol import mdp
+from mole.protocol.envelope import MAX_HEADER_BYTES, VERSION, ReplyHeader, pack
+from mole.protocol.errors import ErrorCode
 
 log = logging.getLogger("mole.broker")
 
@@ -111,8 +111,13 @@ class Broker:
         clock: monotonic seconds; injected so tests can reason about time.
     """
 
-    def __init__(self, settings: BrokerSettings, *, context: zmq.Context | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        context: zmq.Context | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings.validated()
         self._ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -134,11 +139,21 @@ class Broker:
         self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
         self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
         self.counters: dict[str, Any] = {
-            "requests": 0, "replies": 0, "errors_by_code": {}, "malformed": 0,
-            "protocol_errors": 0, "redispatched": 0, "late_replies": 0, "duplicates": 0,
-            "dropped_sends": 0, "workers_registered": 0, "workers_purged": 0,
-            "internal_errors": 0, "unknown_worker_messages": 0,
-            "curve_refused": 0, "curve_revoked_workers": 0,
+            "requests": 0,
+            "replies": 0,
+            "errors_by_code": {},
+            "malformed": 0,
+            "protocol_errors": 0,
+            "redispatched": 0,
+            "late_replies": 0,
+            "duplicates": 0,
+            "dropped_sends": 0,
+            "workers_registered": 0,
+            "workers_purged": 0,
+            "internal_errors": 0,
+            "unknown_worker_messages": 0,
+            "curve_refused": 0,
+            "curve_revoked_workers": 0,
         }
         self._warn = RateLimitedLog(log)
         self._tick = self.settings.heartbeat_interval / 10
@@ -198,8 +213,14 @@ class Broker:
         else:
             self._recv, self._sendf = sock.recv, sock.send
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("broker %s listening on %s (heartbeat %.2fs x %d, queue limit %d)",
-                 self.broker_id, self.endpoint, s.heartbeat_interval, s.liveness, s.queue_limit)
+        log.info(
+            "broker %s listening on %s (heartbeat %.2fs x %d, queue limit %d)",
+            self.broker_id,
+            self.endpoint,
+            s.heartbeat_interval,
+            s.liveness,
+            s.queue_limit,
+        )
         return self.endpoint
 
     def stop(self) -> None:
@@ -318,11 +339,14 @@ class Broker:
                 elif len(frames) >= 2 and frames[0] == W_HDR:
                     self._on_worker(identity, frames, first)
                 elif frames and frames[0] in (C_HDR, W_HDR):
-                    self._malformed(identity, f"{len(frames)} frame(s) after the routing id is "
-                                    "too few for an MDP message", frames)
+                    self._malformed(
+                        identity,
+                        f"{len(frames)} frame(s) after the routing id is "
+                        "too few for an MDP message",
+                        frames,
+                    )
                 else:
-                    self._malformed(identity, "neither an MDPC02 nor an MDPW02 message",
-                                    frames)
+                    self._malformed(identity, "neither an MDPC02 nor an MDPW02 message", frames)
             except Exception:  # a bug must not take the broker down; count and go on
                 self.counters["internal_errors"] += 1
                 log.exception("internal error handling a message from %s", identity.hex())
@@ -453,8 +477,9 @@ class Broker:
                 del self.by_key[key]
         self.counters["replies"] += 1
 
-    def _reply_direct(self, client: bytes, service: bytes, header: dict | None,
-                      code: ErrorCode, message: str) -> None:
+    def _reply_direct(
+        self, client: bytes, service: bytes, header: dict | None, code: ErrorCode, message: str
+    ) -> None:
         """Error answer to a message that never became a tracked request."""
         if header is not None:
             body = ReplyHeader(str(header["id"]), False, code.value, message).encode()
@@ -472,8 +497,11 @@ class Broker:
             if key is _REFUSED:
                 return None
         if frames[1] != C_REQUEST:
-            return self._malformed(client, f"client command {bytes(frames[1][:4])!r} "
-                                   "(a client may only send REQUEST 0x01)", frames)
+            return self._malformed(
+                client,
+                f"client command {bytes(frames[1][:4])!r} (a client may only send REQUEST 0x01)",
+                frames,
+            )
         if len(frames) < 4:
             return self._malformed(client, "client REQUEST without a body", frames)
         service_name = frames[2]
@@ -495,11 +523,18 @@ class Broker:
             if service_name.startswith(MMI_PREFIX):
                 return self._on_mmi(client, service_name, body, header)
             if len(service_name) > mdp.MAX_SERVICE_LENGTH or not _utf8(service_name):
-                self._malformed(client, "service name is not UTF-8 of at most "
-                                f"{mdp.MAX_SERVICE_LENGTH} bytes", frames)
-                return self._reply_direct(client, service_name, header, ErrorCode.BAD_REQUEST,
-                                          "service name must be UTF-8, at most "
-                                          f"{mdp.MAX_SERVICE_LENGTH} bytes")
+                self._malformed(
+                    client,
+                    f"service name is not UTF-8 of at most {mdp.MAX_SERVICE_LENGTH} bytes",
+                    frames,
+                )
+                return self._reply_direct(
+                    client,
+                    service_name,
+                    header,
+                    ErrorCode.BAD_REQUEST,
+                    f"service name must be UTF-8, at most {mdp.MAX_SERVICE_LENGTH} bytes",
+                )
             service = self.services[service_name] = Service(bytes(service_name))
         self.counters["requests"] += 1
         request_id = None
@@ -519,8 +554,9 @@ class Broker:
         if key is not None:
             req.client_key = key
         if deadline_s <= 0:
-            self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
-                               "request arrived with no time left (ttl <= 0)")
+            self._answer_error(
+                req, ErrorCode.DEADLINE_EXCEEDED, "request arrived with no time left (ttl <= 0)"
+            )
             return self._forget_if_idle(service)
         self.requests[ticket] = req
         heapq.heappush(self._deadlines, (req.deadline, ticket))
@@ -545,9 +581,13 @@ class Broker:
         key = peer_key(first) if first is not None else None
         if not self._keyring.allows(key):  # revoked since it connected: refuse silently
             self.counters["curve_refused"] += 1
-            self._warn.log(logging.WARNING, "request from client %s under a CURVE key "
-                           "that is no longer allow-listed (%s): dropped", client.hex(),
-                           self._keyring.name(key))
+            self._warn.log(
+                logging.WARNING,
+                "request from client %s under a CURVE key "
+                "that is no longer allow-listed (%s): dropped",
+                client.hex(),
+                self._keyring.name(key),
+            )
             return _REFUSED
         keys = self._client_keys
         if keys.get(client) != key:
@@ -561,14 +601,20 @@ class Broker:
 
     def _bad_header(self, client: bytes, service: bytes, frame: bytes) -> None:
         self.counters["malformed"] += 1
-        self._warn.log(logging.WARNING, "request header from client %s has bad field types",
-                       client.hex())
+        self._warn.log(
+            logging.WARNING, "request header from client %s has bad field types", client.hex()
+        )
         try:
             header = msgpack.unpackb(frame, raw=False, strict_map_key=False)
         except Exception:
             header = None
-        self._reply_direct(client, service, header, ErrorCode.BAD_REQUEST,
-                           "request header fields 'ttl' and 'attempt' must be integers")
+        self._reply_direct(
+            client,
+            service,
+            header,
+            ErrorCode.BAD_REQUEST,
+            "request header fields 'ttl' and 'attempt' must be integers",
+        )
 
     def _forget_if_idle(self, service: Service) -> None:
         """Drop a service nothing refers to, so invented names cannot grow the tables."""
@@ -583,14 +629,20 @@ class Broker:
         service = req.service
         if not front:
             if len(service.queue) >= self.settings.queue_limit:
-                self._answer_error(req, ErrorCode.OVERLOADED,
-                                   f"service {service.name!r} has {len(service.queue)} "
-                                   "requests waiting (the queue limit); retry later")
+                self._answer_error(
+                    req,
+                    ErrorCode.OVERLOADED,
+                    f"service {service.name!r} has {len(service.queue)} "
+                    "requests waiting (the queue limit); retry later",
+                )
                 return False
             if self.queued_total >= self.settings.total_queue_limit:
-                self._answer_error(req, ErrorCode.OVERLOADED,
-                                   f"the broker has {self.queued_total} requests waiting "
-                                   "(its total queue limit); retry later")
+                self._answer_error(
+                    req,
+                    ErrorCode.OVERLOADED,
+                    f"the broker has {self.queued_total} requests waiting "
+                    "(its total queue limit); retry later",
+                )
                 return False
         service.queue[req.ticket] = req
         if front:
@@ -625,11 +677,16 @@ class Broker:
         counters["live_requests"] = len(self.requests)
         return {
             "broker": {
-                "id": self.broker_id, "version": BROKER_VERSION, "endpoint": self.endpoint,
+                "id": self.broker_id,
+                "version": BROKER_VERSION,
+                "endpoint": self.endpoint,
                 "uptime_s": round(now - self.started, 3),
-                "heartbeat_interval_s": s.heartbeat_interval, "liveness": s.liveness,
-                "queue_limit": s.queue_limit, "default_deadline_s": s.default_deadline,
-                "max_message_bytes": s.max_message_bytes, "pid": os.getpid(),
+                "heartbeat_interval_s": s.heartbeat_interval,
+                "liveness": s.liveness,
+                "queue_limit": s.queue_limit,
+                "default_deadline_s": s.default_deadline,
+                "max_message_bytes": s.max_message_bytes,
+                "pid": os.getpid(),
             },
             "services": {svc.name: service_status(svc) for svc in self.services.values()},
             "workers": [worker_status(w, now) for w in self.workers.values()],
@@ -649,14 +706,22 @@ class Broker:
         if worker is not None:
             if self._bind_keys and key != worker.key:
                 # ROUTER_HANDOVER let another allowed key take this routing id over
-                return self._violation(identity, worker, "message under another CURVE key "
-                                       "than the worker registered with", frames[:2])
+                return self._violation(
+                    identity,
+                    worker,
+                    "message under another CURVE key than the worker registered with",
+                    frames[:2],
+                )
             worker.last_seen = self._clock()
             self._activity.move_to_end(identity)
-        if command == W_FINAL or command == W_PARTIAL:
+        if command in (W_FINAL, W_PARTIAL):
             if len(frames) < 4 or not frames[2] or frames[3] != EMPTY:
-                return self._violation(identity, worker, f"{_COMMAND_NAMES[command]} needs "
-                                       "a client address frame and an empty frame", frames)
+                return self._violation(
+                    identity,
+                    worker,
+                    f"{_COMMAND_NAMES[command]} needs a client address frame and an empty frame",
+                    frames,
+                )
             if worker is None:
                 return self._unknown_worker(identity, command)
             return self._on_reply(worker, frames, command == W_FINAL)
@@ -675,15 +740,13 @@ class Broker:
             return None
         if command == W_REQUEST:
             return self._violation(identity, worker, "a worker may not send REQUEST", frames)
-        return self._violation(identity, worker,
-                               f"unknown worker command {bytes(command[:4])!r}", frames)
+        return self._violation(
+            identity, worker, f"unknown worker command {bytes(command[:4])!r}", frames
+        )
 
     def _on_reply(self, worker: Worker, frames: list, final: bool) -> None:
         ticket = frames[2]
-        if final:
-            req = worker.in_flight.pop(ticket, None)
-        else:
-            req = worker.in_flight.get(ticket)
+        req = worker.in_flight.pop(ticket, None) if final else worker.in_flight.get(ticket)
         if req is None:
             self.counters["late_replies"] += 1  # not (or no longer) this worker's request
             return None
@@ -718,26 +781,47 @@ class Broker:
             service.errors += 1
             self._count_error(str(header.get("code", ErrorCode.INTERNAL.value)))
 
-    def _on_ready(self, identity: bytes, worker: Worker | None, frames: list,
-                  address: str | None, key: str | None) -> None:
+    def _on_ready(
+        self,
+        identity: bytes,
+        worker: Worker | None,
+        frames: list,
+        address: str | None,
+        key: str | None,
+    ) -> None:
         if worker is not None:
-            return self._violation(identity, worker, "READY from an already registered worker",
-                                   frames)
+            return self._violation(
+                identity, worker, "READY from an already registered worker", frames
+            )
         if not 3 <= len(frames) <= 4:
-            return self._violation(identity, None, "READY needs a service frame and at most "
-                                   "one metadata frame", frames)
+            return self._violation(
+                identity, None, "READY needs a service frame and at most one metadata frame", frames
+            )
         name = frames[2]
         if not name or len(name) > mdp.MAX_SERVICE_LENGTH or not _utf8(name):
-            return self._violation(identity, None, "READY service name must be UTF-8 of 1 to "
-                                   f"{mdp.MAX_SERVICE_LENGTH} bytes", frames)
+            return self._violation(
+                identity,
+                None,
+                f"READY service name must be UTF-8 of 1 to {mdp.MAX_SERVICE_LENGTH} bytes",
+                frames,
+            )
         if name.startswith(MMI_PREFIX):
-            return self._violation(identity, None, f"a worker may not register {name!r}: "
-                                   "mmi.* services belong to the broker", frames)
+            return self._violation(
+                identity,
+                None,
+                f"a worker may not register {name!r}: mmi.* services belong to the broker",
+                frames,
+            )
         if self._keyring is not None and not self._keyring.may_register(key, name.decode()):
             self.counters["curve_refused"] += 1
-            self._warn.log(logging.WARNING, "worker %s under %s may not register %r (not in "
-                           "the CURVE ACL %s): sent DISCONNECT", identity.hex(),
-                           self._keyring.name(key), name.decode(), self._keyring.acl_file)
+            self._warn.log(
+                logging.WARNING,
+                "worker %s under %s may not register %r (not in the CURVE ACL %s): sent DISCONNECT",
+                identity.hex(),
+                self._keyring.name(key),
+                name.decode(),
+                self._keyring.acl_file,
+            )
             self._send(identity, [W_HDR, W_DISCONNECT])
             return None
         metadata: dict = {}
@@ -748,13 +832,22 @@ class Broker:
             except Exception:
                 metadata = None
             if not isinstance(metadata, dict):
-                return self._violation(identity, None, "READY metadata frame is not a msgpack "
-                                       "map", frames)
+                return self._violation(
+                    identity, None, "READY metadata frame is not a msgpack map", frames
+                )
             raw_slots = metadata.get("slots", 1)
-            if (not isinstance(raw_slots, int) or isinstance(raw_slots, bool)
-                    or not 1 <= raw_slots <= self.settings.max_slots):
-                return self._violation(identity, None, "READY metadata 'slots' must be an "
-                                       f"integer from 1 to {self.settings.max_slots}", frames)
+            if (
+                not isinstance(raw_slots, int)
+                or isinstance(raw_slots, bool)
+                or not 1 <= raw_slots <= self.settings.max_slots
+            ):
+                return self._violation(
+                    identity,
+                    None,
+                    "READY metadata 'slots' must be an "
+                    f"integer from 1 to {self.settings.max_slots}",
+                    frames,
+                )
             slots = raw_slots
         service = self.services.get(name)
         if service is None:
@@ -769,8 +862,13 @@ class Broker:
         service.workers[identity] = worker
         service.available[identity] = worker
         self.counters["workers_registered"] += 1
-        log.info("worker %s registered for %r with %d slot(s) from %s", worker.worker_id,
-                 service.name, slots, address or "unknown address")
+        log.info(
+            "worker %s registered for %r with %d slot(s) from %s",
+            worker.worker_id,
+            service.name,
+            slots,
+            address or "unknown address",
+        )
         self._dispatch(service)
         return None
 
@@ -781,34 +879,51 @@ class Broker:
         send READY again.
         """
         self.counters["unknown_worker_messages"] += 1
-        self._warn.log(logging.DEBUG, "%s from unregistered worker %s: sent DISCONNECT",
-                       _COMMAND_NAMES.get(command, "?"), identity.hex())
+        self._warn.log(
+            logging.DEBUG,
+            "%s from unregistered worker %s: sent DISCONNECT",
+            _COMMAND_NAMES.get(command, "?"),
+            identity.hex(),
+        )
         self._send(identity, [W_HDR, W_DISCONNECT])
 
     def _refuse_worker(self, identity: bytes, worker: Worker | None, key: str | None) -> None:
         """A worker message under a key no longer allow-listed: purge it, DISCONNECT."""
         self.counters["curve_refused"] += 1
-        self._warn.log(logging.WARNING, "worker %s sent under %s, which is not allow-listed "
-                       "(revoked): sent DISCONNECT", identity.hex(), self._keyring.name(key))
+        self._warn.log(
+            logging.WARNING,
+            "worker %s sent under %s, which is not allow-listed (revoked): sent DISCONNECT",
+            identity.hex(),
+            self._keyring.name(key),
+        )
         if worker is not None:
             self._purge(worker, "its CURVE key was revoked", send_disconnect=False)
         self._send(identity, [W_HDR, W_DISCONNECT])
 
-    def _violation(self, identity: bytes, worker: Worker | None, reason: str,
-                   frames: list) -> None:
+    def _violation(self, identity: bytes, worker: Worker | None, reason: str, frames: list) -> None:
         """A worker broke the protocol: count, log, purge it, and send DISCONNECT."""
         self.counters["protocol_errors"] += 1
         self.counters["malformed"] += 1
-        self._warn.log(logging.WARNING, "protocol violation by worker %s: %s (%s); "
-                       "sent DISCONNECT", identity.hex(), reason, _describe(frames))
+        self._warn.log(
+            logging.WARNING,
+            "protocol violation by worker %s: %s (%s); sent DISCONNECT",
+            identity.hex(),
+            reason,
+            _describe(frames),
+        )
         if worker is not None:
             self._purge(worker, f"protocol violation: {reason}", send_disconnect=False)
         self._send(identity, [W_HDR, W_DISCONNECT])
 
     def _malformed(self, identity: bytes, reason: str, frames: list) -> None:
         self.counters["malformed"] += 1
-        self._warn.log(logging.WARNING, "malformed message from %s: %s (%s)", identity.hex(),
-                       reason, _describe(frames))
+        self._warn.log(
+            logging.WARNING,
+            "malformed message from %s: %s (%s)",
+            identity.hex(),
+            reason,
+            _describe(frames),
+        )
         worker = self.workers.get(identity)
         if worker is not None:  # a registered worker that sent garbage broke the protocol
             self.counters["protocol_errors"] += 1
@@ -816,16 +931,26 @@ class Broker:
 
     def _oversized(self, identity: bytes, frames: list, size: int) -> None:
         limit = self.settings.max_message_bytes
-        self._malformed(identity, f"message of {size} bytes exceeds the limit of {limit}",
-                        frames[:3])
-        if (len(frames) >= 3 and frames[0] == C_HDR and frames[1] == C_REQUEST
-                and self.workers.get(identity) is None):
+        self._malformed(
+            identity, f"message of {size} bytes exceeds the limit of {limit}", frames[:3]
+        )
+        if (
+            len(frames) >= 3
+            and frames[0] == C_HDR
+            and frames[1] == C_REQUEST
+            and self.workers.get(identity) is None
+        ):
             header = _request_header(frames[3]) if len(frames) >= 5 else None
             if header is _BAD_HEADER:
                 header = None
-            self._reply_direct(identity, frames[2], header, ErrorCode.BAD_REQUEST,
-                               f"request of {size} bytes exceeds the broker's limit of "
-                               f"{limit} bytes (MOLE_BROKER_MAX_MESSAGE_BYTES)")
+            self._reply_direct(
+                identity,
+                frames[2],
+                header,
+                ErrorCode.BAD_REQUEST,
+                f"request of {size} bytes exceeds the broker's limit of "
+                f"{limit} bytes (MOLE_BROKER_MAX_MESSAGE_BYTES)",
+            )
 
     # ------------------------------------------------------------------ dispatch
 
@@ -905,13 +1030,22 @@ class Broker:
                 redispatched += 1
             else:
                 lost += 1
-                self._answer_error(req, ErrorCode.WORKER_LOST,
-                                   f"worker {worker.worker_id} of {service.name!r} was lost "
-                                   f"({reason}) after {req.dispatches} attempt(s)")
+                self._answer_error(
+                    req,
+                    ErrorCode.WORKER_LOST,
+                    f"worker {worker.worker_id} of {service.name!r} was lost "
+                    f"({reason}) after {req.dispatches} attempt(s)",
+                )
         worker.in_flight.clear()
         self.counters["redispatched"] += redispatched
-        log.info("worker %s of %r purged: %s; %d request(s) re-dispatched, %d lost",
-                 worker.worker_id, service.name, reason, redispatched, lost)
+        log.info(
+            "worker %s of %r purged: %s; %d request(s) re-dispatched, %d lost",
+            worker.worker_id,
+            service.name,
+            reason,
+            redispatched,
+            lost,
+        )
         if send_disconnect:
             self._send(identity, [W_HDR, W_DISCONNECT])
         self._dispatch(service)
@@ -942,8 +1076,7 @@ class Broker:
             worker = next(iter(activity.values()))
             if worker.last_seen + expiry > now:
                 break
-            self._purge(worker, f"silent for {now - worker.last_seen:.2f}s",
-                        send_disconnect=True)
+            self._purge(worker, f"silent for {now - worker.last_seen:.2f}s", send_disconnect=True)
         # deadlines
         heap = self._deadlines
         while heap and heap[0][0] <= now:
@@ -981,8 +1114,10 @@ class Broker:
             if not ring.allows(worker.key):
                 reason = f"its CURVE key ({ring.name(worker.key)}) was removed from the allow-list"
             elif not ring.may_register(worker.key, worker.service.name):
-                reason = (f"its CURVE key ({ring.name(worker.key)}) may no longer register "
-                          f"{worker.service.name!r} (ACL)")
+                reason = (
+                    f"its CURVE key ({ring.name(worker.key)}) may no longer register "
+                    f"{worker.service.name!r} (ACL)"
+                )
             else:
                 continue
             log.warning("worker %s cut off: %s", worker.worker_id, reason)
@@ -999,8 +1134,10 @@ class Broker:
                 if req.service.queue.pop(req.ticket, None) is not None:
                     self.queued_total -= 1
             else:  # keep the worker's slot until its (dropped) reply, as for a deadline
-                heapq.heappush(self._releases, (req.deadline + self.settings.release_grace,
-                                                req.worker.identity, req.ticket))
+                heapq.heappush(
+                    self._releases,
+                    (req.deadline + self.settings.release_grace, req.worker.identity, req.ticket),
+                )
                 self._wake_by(req.deadline + self.settings.release_grace)
             self._finish(req)  # no answer: the key is revoked
             dropped += 1
@@ -1016,30 +1153,43 @@ class Broker:
                 self.queued_total -= 1
             waited = now - req.received_at
             if req.lost:
-                self._answer_error(req, ErrorCode.WORKER_LOST,
-                                   f"the worker holding this request for {service.name!r} was "
-                                   f"lost and no other worker took it within {waited:.1f}s")
+                self._answer_error(
+                    req,
+                    ErrorCode.WORKER_LOST,
+                    f"the worker holding this request for {service.name!r} was "
+                    f"lost and no other worker took it within {waited:.1f}s",
+                )
             elif not service.workers:
-                self._answer_error(req, ErrorCode.NO_WORKER,
-                                   f"no worker of service {service.name!r} registered within "
-                                   f"the deadline ({waited:.1f}s)")
+                self._answer_error(
+                    req,
+                    ErrorCode.NO_WORKER,
+                    f"no worker of service {service.name!r} registered within "
+                    f"the deadline ({waited:.1f}s)",
+                )
             else:
-                self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
-                                   f"all {len(service.workers)} worker(s) of {service.name!r} "
-                                   f"stayed busy until the deadline ({waited:.1f}s)")
+                self._answer_error(
+                    req,
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"all {len(service.workers)} worker(s) of {service.name!r} "
+                    f"stayed busy until the deadline ({waited:.1f}s)",
+                )
         else:
-            self._answer_error(req, ErrorCode.DEADLINE_EXCEEDED,
-                               f"worker {worker.worker_id} of {service.name!r} did not answer "
-                               "before the deadline")
-            heapq.heappush(self._releases, (now + self.settings.release_grace,
-                                            worker.identity, req.ticket))
+            self._answer_error(
+                req,
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"worker {worker.worker_id} of {service.name!r} did not answer before the deadline",
+            )
+            heapq.heappush(
+                self._releases, (now + self.settings.release_grace, worker.identity, req.ticket)
+            )
             self._wake_by(now + self.settings.release_grace)
         self._forget_if_idle(service)
 
     def _compact_deadlines(self) -> None:
         requests = self.requests
         self._deadlines = [
-            entry for entry in self._deadlines
+            entry
+            for entry in self._deadlines
             if (req := requests.get(entry[1])) is not None and req.deadline == entry[0]
         ]
         heapq.heapify(self._deadlines)
@@ -1058,15 +1208,21 @@ class Broker:
                 continue
             answered += 1
             if req.worker is None:
-                self._answer_error(req, ErrorCode.NO_WORKER,
-                                   "the broker is shutting down; retry when it is back")
+                self._answer_error(
+                    req, ErrorCode.NO_WORKER, "the broker is shutting down; retry when it is back"
+                )
             else:
-                self._answer_error(req, ErrorCode.WORKER_LOST,
-                                   "the broker is shutting down; the request may or may not "
-                                   "have been processed")
+                self._answer_error(
+                    req,
+                    ErrorCode.WORKER_LOST,
+                    "the broker is shutting down; the request may or may not have been processed",
+                )
         self._flush()
-        log.info("broker shutting down: %d worker(s) disconnected, %d request(s) answered "
-                 "with an error", len(self.workers), answered)
+        log.info(
+            "broker shutting down: %d worker(s) disconnected, %d request(s) answered with an error",
+            len(self.workers),
+            answered,
+        )
         self.close()
 
 
@@ -1092,7 +1248,8 @@ def _request_header(frame) -> dict | None:
     ttl = header.get("ttl")
     attempt = header.get("attempt", 0)
     if (ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool))) or (
-            not isinstance(attempt, int) or isinstance(attempt, bool)):
+        not isinstance(attempt, int) or isinstance(attempt, bool)
+    ):
         return _BAD_HEADER
     return header
 

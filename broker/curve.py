@@ -21,8 +21,8 @@ from pathlib import Path
 
 import zmq
 
-from broker.acl import Acl, load_acl
-from broker.settings import BrokerSettings, SettingsError
+from mole.broker.acl import Acl, load_acl
+from mole.broker.settings import BrokerSettings, SettingsError
 
 log = logging.getLogger("mole.broker")
 
@@ -73,8 +73,11 @@ class KeyRing:
     # -- loading -----------------------------------------------------------------------
     def _current_signature(self) -> tuple:
         try:
-            listing = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size)
-                             for e in os.scandir(self.allow_dir) if e.name.endswith(".key"))
+            listing = sorted(
+                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                for e in os.scandir(self.allow_dir)
+                if e.name.endswith(".key")
+            )
         except OSError:
             listing = [("<unreadable>",)]
         acl = None
@@ -89,17 +92,22 @@ class KeyRing:
     def load(self) -> None:
         """First load, strict: a bad key file or ACL raises :class:`SettingsError`."""
         if not self.allow_dir.is_dir():
-            raise SettingsError(f"CURVE allow-list {self.allow_dir} is not a directory of "
-                                ".key files")
+            raise SettingsError(
+                f"CURVE allow-list {self.allow_dir} is not a directory of .key files"
+            )
         self._signature = self._current_signature()
         self.keys = self._read_keys(strict=True)
         if self.acl_file is not None:
             self.acl = load_acl(self.acl_file)
-            unknown = [n for n in self.acl.rules
-                       if n not in self.keys.values() and n not in self.keys]
+            unknown = [
+                n for n in self.acl.rules if n not in self.keys.values() and n not in self.keys
+            ]
             if unknown:
-                log.warning("CURVE ACL %s names keys that are not allow-listed (yet): %s",
-                            self.acl_file, ", ".join(sorted(unknown)))
+                log.warning(
+                    "CURVE ACL %s names keys that are not allow-listed (yet): %s",
+                    self.acl_file,
+                    ", ".join(sorted(unknown)),
+                )
 
     def refresh(self) -> bool:
         """Re-read the directory and ACL if they changed; True when something changed.
@@ -127,10 +135,12 @@ class KeyRing:
             paths = sorted(self.allow_dir.glob("*.key"))
         except OSError as err:
             if strict:
-                raise SettingsError(f"cannot list CURVE allow-list {self.allow_dir}: {err}") \
-                    from err
-            log.error("cannot list CURVE allow-list %s: %s; refusing every key", self.allow_dir,
-                      err)
+                raise SettingsError(
+                    f"cannot list CURVE allow-list {self.allow_dir}: {err}"
+                ) from err
+            log.error(
+                "cannot list CURVE allow-list %s: %s; refusing every key", self.allow_dir, err
+            )
             return {}
         for path in paths:
             try:
@@ -162,8 +172,10 @@ def enable_curve(sock: zmq.Socket, settings: BrokerSettings, context: zmq.Contex
     except (OSError, ValueError) as err:
         raise SettingsError(f"cannot load the broker's CURVE key: {err}") from err
     if secret is None:
-        raise SettingsError(f"{settings.curve_secret} holds no secret key; pass the "
-                            ".key_secret file written by `mole keys generate broker`")
+        raise SettingsError(
+            f"{settings.curve_secret} holds no secret key; pass the "
+            ".key_secret file written by `mole keys generate broker`"
+        )
     authenticator = keyring = None
     if settings.curve_allow:
         keyring = KeyRing(settings.curve_allow, settings.curve_acl)
@@ -172,14 +184,23 @@ def enable_curve(sock: zmq.Socket, settings: BrokerSettings, context: zmq.Contex
         authenticator.start()
         authenticator.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=keyring)
         if keyring.keys:
-            log.info("CURVE on: %d allow-listed public key(s) in %s%s", len(keyring.keys),
-                     keyring.allow_dir, f", ACL {keyring.acl_file}" if keyring.acl else "")
+            log.info(
+                "CURVE on: %d allow-listed public key(s) in %s%s",
+                len(keyring.keys),
+                keyring.allow_dir,
+                f", ACL {keyring.acl_file}" if keyring.acl else "",
+            )
         else:
-            log.warning("CURVE on with an EMPTY allow-list %s: every peer is refused until "
-                        "a .key file is added", keyring.allow_dir)
+            log.warning(
+                "CURVE on with an EMPTY allow-list %s: every peer is refused until "
+                "a .key file is added",
+                keyring.allow_dir,
+            )
     else:
-        log.warning("CURVE on without an allow-list: traffic is encrypted but any key may "
-                    "connect (give --curve-allow DIR to authenticate peers)")
+        log.warning(
+            "CURVE on without an allow-list: traffic is encrypted but any key may "
+            "connect (give --curve-allow DIR to authenticate peers)"
+        )
     sock.curve_server = True
     sock.curve_publickey = public
     sock.curve_secretkey = secret

@@ -16,8 +16,14 @@ from collections.abc import Callable
 class RateLimitedLog:
     """Log at most ``burst`` records per ``period`` seconds; count and report the rest."""
 
-    def __init__(self, logger: logging.Logger, *, burst: int = 10, period: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 10,
+        period: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._logger = logger
         self._burst = burst
         self._period = period
@@ -30,8 +36,12 @@ class RateLimitedLog:
         now = self._clock()
         if now - self._window_start >= self._period:
             if self._suppressed:
-                self._logger.log(level, "%d similar messages suppressed in the last %.0f s",
-                                 self._suppressed, now - self._window_start)
+                self._logger.log(
+                    level,
+                    "%d similar messages suppressed in the last %.0f s",
+                    self._suppressed,
+                    now - self._window_start,
+                )
             self._window_start = now
             self._count = 0
             self._suppressed = 0

@@ -81,8 +81,13 @@ class BrokerSettings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0 (got {getattr(self, name)!r})")
         at_least_one = (
-            "liveness", "queue_limit", "total_queue_limit", "max_attempts",
-            "max_message_bytes", "max_slots", "hwm",
+            "liveness",
+            "queue_limit",
+            "total_queue_limit",
+            "max_attempts",
+            "max_message_bytes",
+            "max_slots",
+            "hwm",
         )
         for name in at_least_one:
             if getattr(self, name) < 1:
@@ -90,11 +95,15 @@ class BrokerSettings:
         if self.release_grace < 0:
             raise SettingsError(f"release_grace must be >= 0 (got {self.release_grace!r})")
         if self.curve_allow and not self.curve_secret:
-            raise SettingsError("an allow-list of CURVE keys needs the broker's secret key too "
-                                "(--curve-secret / MOLE_BROKER_CURVE_SECRET)")
+            raise SettingsError(
+                "an allow-list of CURVE keys needs the broker's secret key too "
+                "(--curve-secret / MOLE_BROKER_CURVE_SECRET)"
+            )
         if self.curve_acl and not self.curve_allow:
-            raise SettingsError("a CURVE ACL needs an allow-list of keys too "
-                                "(--curve-allow / MOLE_BROKER_CURVE_ALLOW)")
+            raise SettingsError(
+                "a CURVE ACL needs an allow-list of keys too "
+                "(--curve-allow / MOLE_BROKER_CURVE_ALLOW)"
+            )
         return self
 
 
@@ -130,8 +139,9 @@ def _convert(name: str, raw: str, source: str):
     return raw
 
 
-def settings_from_env(env: Mapping[str, str] | None = None,
-                      base: BrokerSettings | None = None) -> BrokerSettings:
+def settings_from_env(
+    env: Mapping[str, str] | None = None, base: BrokerSettings | None = None
+) -> BrokerSettings:
     """Defaults overridden by the ``MOLE_*`` variables set in ``env`` (os.environ if None)."""
     env = os.environ if env is None else env
     values = {}

@@ -29,12 +29,32 @@ class Request:
     """
 
     __slots__ = (
-        "ticket", "client", "service", "request_id", "header", "body", "deadline",
-        "dispatches", "worker", "done", "lost", "received_at", "client_key",
+        "body",
+        "client",
+        "client_key",
+        "deadline",
+        "dispatches",
+        "done",
+        "header",
+        "lost",
+        "received_at",
+        "request_id",
+        "service",
+        "ticket",
+        "worker",
     )
 
-    def __init__(self, ticket: bytes, client: bytes, service: Service, request_id: str | None,
-                 header: dict | None, body: list, deadline: float, now: float) -> None:
+    def __init__(
+        self,
+        ticket: bytes,
+        client: bytes,
+        service: Service,
+        request_id: str | None,
+        header: dict | None,
+        body: list,
+        deadline: float,
+        now: float,
+    ) -> None:
         self.ticket = ticket
         self.client = client
         self.service = service
@@ -54,12 +74,29 @@ class Worker:
     """A registered worker: one ROUTER peer that sent READY for one service."""
 
     __slots__ = (
-        "identity", "service", "slots", "in_flight", "served", "last_seen", "metadata",
-        "address", "worker_id", "registered_at", "alive", "key",
+        "address",
+        "alive",
+        "identity",
+        "in_flight",
+        "key",
+        "last_seen",
+        "metadata",
+        "registered_at",
+        "served",
+        "service",
+        "slots",
+        "worker_id",
     )
 
-    def __init__(self, identity: bytes, service: Service, slots: int, metadata: dict,
-                 address: str | None, now: float) -> None:
+    def __init__(
+        self,
+        identity: bytes,
+        service: Service,
+        slots: int,
+        metadata: dict,
+        address: str | None,
+        now: float,
+    ) -> None:
         self.identity = identity
         self.service = service
         self.slots = slots
@@ -82,8 +119,16 @@ class Worker:
 class Service:
     """A service name (a base_model_key), its workers and its waiting requests."""
 
-    __slots__ = ("name", "name_bytes", "workers", "available", "queue", "in_flight", "served",
-                 "errors")
+    __slots__ = (
+        "available",
+        "errors",
+        "in_flight",
+        "name",
+        "name_bytes",
+        "queue",
+        "served",
+        "workers",
+    )
 
     def __init__(self, name_bytes: bytes) -> None:
         self.name_bytes = name_bytes

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 import msgpack
 import zmq
 
-from protocol import mdp
-from protocol.curve import ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeyError, CurveKeys
-from protocol.envelope import pack
+from mole.protocol import mdp
+from mole.protocol.curve import ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeyError, CurveKeys
+from mole.protocol.envelope import pack
 
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
 
@@ -29,9 +29,13 @@ class BrokerUnavailable(Exception):
     """The broker did not answer ``mmi.status`` in time (or answered garbage)."""
 
 
-def fetch_status(url: str, timeout: float = 3.0, *,
-                 context: zmq.Context | None = None,
-                 curve: CurveKeys | None = None) -> dict[str, Any]:
+def fetch_status(
+    url: str,
+    timeout: float = 3.0,
+    *,
+    context: zmq.Context | None = None,
+    curve: CurveKeys | None = None,
+) -> dict[str, Any]:
     """Ask the broker at ``url`` for its ``mmi.status`` document.
 
     Raises:
@@ -46,8 +50,9 @@ def fetch_status(url: str, timeout: float = 3.0, *,
         sock.connect(url)
         request_id = uuid.uuid4().hex
         header = pack({"v": 1, "id": request_id, "ttl": max(1, int(timeout * 1000))})
-        sock.send_multipart([mdp.CLIENT_HEADER, mdp.CLIENT_REQUEST,
-                             mdp.MMI_STATUS.encode(), header, pack({})])
+        sock.send_multipart(
+            [mdp.CLIENT_HEADER, mdp.CLIENT_REQUEST, mdp.MMI_STATUS.encode(), header, pack({})]
+        )
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()
@@ -56,7 +61,8 @@ def fetch_status(url: str, timeout: float = 3.0, *,
                     f"no answer from the broker at {url} within {timeout:g}s; is `mole broker` "
                     "running there? (set --broker or MOLE_BROKER_URL, or raise --timeout; "
                     "a broker with CURVE on answers only allow-listed keys: see "
-                    "--curve-server-key/--curve-secret-key)")
+                    "--curve-server-key/--curve-secret-key)"
+                )
             frames = sock.recv_multipart()
             status = _parse_reply(frames, request_id)
             if status is not None:
@@ -78,8 +84,10 @@ def _parse_reply(frames: list[bytes], request_id: str) -> dict | None:
     if not isinstance(header, dict) or header.get("id") != request_id:
         return None
     if not header.get("ok", True):
-        raise BrokerUnavailable(f"the broker answered mmi.status with an error: "
-                                f"{header.get('code')}: {header.get('msg')}")
+        raise BrokerUnavailable(
+            f"the broker answered mmi.status with an error: "
+            f"{header.get('code')}: {header.get('msg')}"
+        )
     try:
         status = msgpack.unpackb(frames[4], raw=False, strict_map_key=False)
     except Exception as err:
@@ -145,30 +153,48 @@ def render_table(status: dict[str, Any]) -> str:
     lines.append(
         f"requests {counters.get('requests', 0)}, replies {counters.get('replies', 0)}, "
         f"malformed {counters.get('malformed', 0)}, redispatched "
-        f"{counters.get('redispatched', 0)}, errors: {error_text}")
+        f"{counters.get('redispatched', 0)}, errors: {error_text}"
+    )
     lines.append("")
     services = status.get("services", {})
     if services:
-        rows = [[name, str(s.get("workers", 0)), str(s.get("slots", 0)),
-                 str(s.get("in_flight", 0)), str(s.get("queue_depth", 0)),
-                 str(s.get("served", 0)), str(s.get("errors", 0))]
-                for name, s in sorted(services.items())]
-        lines += _table(["SERVICE", "WORKERS", "SLOTS", "IN FLIGHT", "QUEUED", "SERVED",
-                         "ERRORS"], rows)
+        rows = [
+            [
+                name,
+                str(s.get("workers", 0)),
+                str(s.get("slots", 0)),
+                str(s.get("in_flight", 0)),
+                str(s.get("queue_depth", 0)),
+                str(s.get("served", 0)),
+                str(s.get("errors", 0)),
+            ]
+            for name, s in sorted(services.items())
+        ]
+        lines += _table(
+            ["SERVICE", "WORKERS", "SLOTS", "IN FLIGHT", "QUEUED", "SERVED", "ERRORS"], rows
+        )
     else:
         lines.append("no services (no worker has registered)")
     lines.append("")
     workers = status.get("workers", [])
     if workers:
-        rows = [[str(w.get("id", "?")), str(w.get("service", "?")),
-                 str(w.get("address") or "-"), str(w.get("slots", 0)),
-                 str(w.get("in_flight", 0)), str(w.get("served", 0)),
-                 f"{float(w.get('last_heartbeat_s', 0)):.1f}s ago",
-                 _metadata_text(w.get("metadata"))]
-                for w in sorted(workers, key=lambda w: (str(w.get("service")),
-                                                        str(w.get("id"))))]
-        lines += _table(["WORKER", "SERVICE", "ADDRESS", "SLOTS", "IN FLIGHT", "SERVED",
-                         "HEARD", "METADATA"], rows)
+        rows = [
+            [
+                str(w.get("id", "?")),
+                str(w.get("service", "?")),
+                str(w.get("address") or "-"),
+                str(w.get("slots", 0)),
+                str(w.get("in_flight", 0)),
+                str(w.get("served", 0)),
+                f"{float(w.get('last_heartbeat_s', 0)):.1f}s ago",
+                _metadata_text(w.get("metadata")),
+            ]
+            for w in sorted(workers, key=lambda w: (str(w.get("service")), str(w.get("id"))))
+        ]
+        lines += _table(
+            ["WORKER", "SERVICE", "ADDRESS", "SLOTS", "IN FLIGHT", "SERVED", "HEARD", "METADATA"],
+            rows,
+        )
     else:
         lines.append("no workers")
     return "\n".join(lines)
@@ -179,23 +205,41 @@ def render_table(status: dict[str, Any]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add ``mole status``'s flags to ``parser``."""
-    parser.add_argument("--broker", default=os.environ.get("MOLE_BROKER_URL",
-                                                           DEFAULT_BROKER_URL),
-                        help=f"broker endpoint (env MOLE_BROKER_URL, default "
-                             f"{DEFAULT_BROKER_URL})")
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("MOLE_BROKER_URL", DEFAULT_BROKER_URL),
+        help=f"broker endpoint (env MOLE_BROKER_URL, default {DEFAULT_BROKER_URL})",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    parser.add_argument("--watch", action="store_true",
-                        help="refresh every --interval seconds until Ctrl-C")
-    parser.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
-                        help="refresh interval for --watch (default 2)")
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
-                        help="how long to wait for the broker's answer (default 3)")
-    parser.add_argument("--curve-server-key", default=os.environ.get(ENV_SERVER_KEY),
-                        metavar="FILE", help=f"the broker's public .key file when it uses "
-                        f"CURVE (env {ENV_SERVER_KEY})")
-    parser.add_argument("--curve-secret-key", default=os.environ.get(ENV_SECRET_KEY),
-                        metavar="FILE", help=f"this client's .key_secret file (env "
-                        f"{ENV_SECRET_KEY})")
+    parser.add_argument(
+        "--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="refresh interval for --watch (default 2)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker's answer (default 3)",
+    )
+    parser.add_argument(
+        "--curve-server-key",
+        default=os.environ.get(ENV_SERVER_KEY),
+        metavar="FILE",
+        help=f"the broker's public .key file when it uses CURVE (env {ENV_SERVER_KEY})",
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        default=os.environ.get(ENV_SECRET_KEY),
+        metavar="FILE",
+        help=f"this client's .key_secret file (env {ENV_SECRET_KEY})",
+    )
 
 
 def _show(status: dict, as_json: bool, out: TextIO) -> None:
@@ -214,8 +258,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         err.write("mole status: --timeout and --interval must be > 0\n")
         return 2
     try:
-        curve = CurveKeys.from_env({ENV_SERVER_KEY: args.curve_server_key or "",
-                                    ENV_SECRET_KEY: args.curve_secret_key or ""})
+        curve = CurveKeys.from_env(
+            {
+                ENV_SERVER_KEY: args.curve_server_key or "",
+                ENV_SECRET_KEY: args.curve_secret_key or "",
+            }
+        )
     except CurveKeyError as exc:
         err.write(f"mole status: {exc} (flags --curve-server-key/--curve-secret-key)\n")
         return 2

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from frontend import cli
+from mole.frontend import cli
 
 parser = argparse.ArgumentParser(prog="python -m frontend", description="MoLE HTTP frontend")
 cli.configure(parser)

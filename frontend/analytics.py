@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from frontend.sqlite_db import ProcessLocalConnection, WriterLock
+from mole.frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -49,8 +49,14 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 class Analytics:
     """Thread-safe, fork-safe (connects lazily per process) analytics store."""
 
-    def __init__(self, path: str | os.PathLike, *, clock: Callable[[], float] = time.time,
-                 flush_interval_s: float = 1.0, retention_s: float = 30 * 86400) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_interval_s: float = 1.0,
+        retention_s: float = 30 * 86400,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._flush_interval = flush_interval_s
@@ -66,13 +72,21 @@ class Analytics:
     def _db(self) -> sqlite3.Connection:
         return self._connection.get()
 
-    def record(self, *, ok: bool, latency_ms: float, language: str | None = None,
-               domain: str | None = None, task: str | None = None, model: str | None = None,
-               error: str | None = None, confidence: float | None = None) -> None:
+    def record(
+        self,
+        *,
+        ok: bool,
+        latency_ms: float,
+        language: str | None = None,
+        domain: str | None = None,
+        task: str | None = None,
+        model: str | None = None,
+        error: str | None = None,
+        confidence: float | None = None,
+    ) -> None:
         """Note one classification's outcome (no text: only how it was routed)."""
         now = self._clock()
-        row = (now, language, domain, task, model, int(ok), error, float(latency_ms),
-               confidence)
+        row = (now, language, domain, task, model, int(ok), error, float(latency_ms), confidence)
         with self._buffer_lock:
             self._buffer.append(row)
             due = now - self._last_flush >= self._flush_interval or len(self._buffer) >= 1000
@@ -106,17 +120,20 @@ class Analytics:
             groups = {}
             for column in ("language", "task", "model"):
                 rows = db.execute(
-                    f"SELECT COALESCE({column}, 'unknown'), COUNT(*), SUM(1 - ok)"  # noqa: S608
+                    f"SELECT COALESCE({column}, 'unknown'), COUNT(*), SUM(1 - ok)"
                     f" FROM events GROUP BY 1 ORDER BY 2 DESC"
                 ).fetchall()
                 groups[column] = {r[0]: {"requests": r[1], "errors": r[2]} for r in rows}
-            by_error = dict(db.execute(
-                "SELECT error, COUNT(*) FROM events WHERE ok = 0 GROUP BY 1"
-            ).fetchall())
-            latencies = sorted(r[0] for r in db.execute(
-                "SELECT latency_ms FROM events WHERE ok = 1 ORDER BY ts DESC LIMIT ?",
-                (LATENCY_WINDOW,),
-            ))
+            by_error = dict(
+                db.execute("SELECT error, COUNT(*) FROM events WHERE ok = 0 GROUP BY 1").fetchall()
+            )
+            latencies = sorted(
+                r[0]
+                for r in db.execute(
+                    "SELECT latency_ms FROM events WHERE ok = 1 ORDER BY ts DESC LIMIT ?",
+                    (LATENCY_WINDOW,),
+                )
+            )
         return {
             "total_requests": total,
             "total_errors": errors,

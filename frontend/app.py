@@ -15,20 +15,20 @@ from dataclasses import dataclass
 
 import falcon
 
-from frontend import errors
-from frontend.analytics import Analytics
-from frontend.classify import Classifier
-from frontend.dispatch import Dispatcher, dispatcher_for
-from frontend.gating_holder import GatingHolder
-from frontend.limits import Limits
-from frontend.metrics import Metrics
-from frontend.middleware import Authenticator, RequestContext
-from frontend.openapi import openapi_document
-from frontend.passwords import PasswordHasher
-from frontend.resources import admin, auth, classify, health, root
-from frontend.settings import Settings, resolve_secret
-from frontend.tokens import TokenService
-from frontend.users import UserStore
+from mole.frontend import errors
+from mole.frontend.analytics import Analytics
+from mole.frontend.classify import Classifier
+from mole.frontend.dispatch import Dispatcher, dispatcher_for
+from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.limits import Limits
+from mole.frontend.metrics import Metrics
+from mole.frontend.middleware import Authenticator, RequestContext
+from mole.frontend.openapi import openapi_document
+from mole.frontend.passwords import PasswordHasher
+from mole.frontend.resources import admin, auth, classify, health, root
+from mole.frontend.settings import Settings, resolve_secret
+from mole.frontend.tokens import TokenService
+from mole.frontend.users import UserStore
 
 API = "/api/v1"
 
@@ -58,8 +58,7 @@ class Components:
     limits: Limits | None = None  # None: nothing is rate-limited
 
     def close(self) -> None:
-        for part in (self.classifier, self.dispatcher, self.analytics, self.users,
-                     self.limits):
+        for part in (self.classifier, self.dispatcher, self.analytics, self.users, self.limits):
             if part is None:
                 continue
             try:
@@ -79,10 +78,15 @@ def create_app(
     metrics = components.metrics
     limits = components.limits or Limits.disabled()
     limits.on_refused = lambda name: metrics.child(metrics.rate_limited, name).inc()
-    classifier = Classifier(gating=components.gating, dispatcher=components.dispatcher,
-                            analytics=components.analytics, metrics=metrics,
-                            request_timeout_s=s.request_timeout_s,
-                            batch_concurrency=s.batch_concurrency, clock=clock)
+    classifier = Classifier(
+        gating=components.gating,
+        dispatcher=components.dispatcher,
+        analytics=components.analytics,
+        metrics=metrics,
+        request_timeout_s=s.request_timeout_s,
+        batch_concurrency=s.batch_concurrency,
+        clock=clock,
+    )
     app = falcon.App(
         middleware=[
             RequestContext(new_id, s.max_body_bytes, metrics),
@@ -94,37 +98,62 @@ def create_app(
     app.add_route("/", root.Root(s.version))
     app.add_route(f"{API}/openapi.json", root.OpenAPI(openapi_document(s)))
     app.add_route("/metrics", root.MetricsResource(metrics))
-    app.add_route(f"{API}/auth/register",
-                  auth.Register(components.users, enabled=s.allow_registration,
-                                max_body=s.max_body_bytes, limits=limits))
-    app.add_route(f"{API}/auth/token",
-                  auth.Token(components.users, components.tokens, max_body=s.max_body_bytes,
-                             limits=limits))
-    app.add_route(f"{API}/classify",
-                  classify.Classify(classifier, max_body=s.max_body_bytes,
-                                    max_chars=s.max_text_chars, limits=limits))
-    app.add_route(f"{API}/classify/batch",
-                  classify.ClassifyBatch(classifier, max_body=s.max_body_bytes,
-                                         max_chars=s.max_text_chars, limit=s.batch_limit,
-                                         limits=limits))
-    app.add_route(f"{API}/classify/stats",
-                  classify.Stats(components.gating, components.dispatcher, components.analytics,
-                                 probe_timeout=s.broker_probe_timeout_s))
+    app.add_route(
+        f"{API}/auth/register",
+        auth.Register(
+            components.users, enabled=s.allow_registration, max_body=s.max_body_bytes, limits=limits
+        ),
+    )
+    app.add_route(
+        f"{API}/auth/token",
+        auth.Token(components.users, components.tokens, max_body=s.max_body_bytes, limits=limits),
+    )
+    app.add_route(
+        f"{API}/classify",
+        classify.Classify(
+            classifier, max_body=s.max_body_bytes, max_chars=s.max_text_chars, limits=limits
+        ),
+    )
+    app.add_route(
+        f"{API}/classify/batch",
+        classify.ClassifyBatch(
+            classifier,
+            max_body=s.max_body_bytes,
+            max_chars=s.max_text_chars,
+            limit=s.batch_limit,
+            limits=limits,
+        ),
+    )
+    app.add_route(
+        f"{API}/classify/stats",
+        classify.Stats(
+            components.gating,
+            components.dispatcher,
+            components.analytics,
+            probe_timeout=s.broker_probe_timeout_s,
+        ),
+    )
     app.add_route(f"{API}/health", health.Health(s.version))
     app.add_route(f"{API}/health/live", health.Live())
-    app.add_route(f"{API}/health/ready",
-                  health.Ready(components.gating, components.dispatcher,
-                               probe_timeout=s.broker_probe_timeout_s))
-    app.add_route(f"{API}/admin/workers",
-                  admin.Workers(components.dispatcher, timeout=s.broker_probe_timeout_s * 3))
+    app.add_route(
+        f"{API}/health/ready",
+        health.Ready(
+            components.gating, components.dispatcher, probe_timeout=s.broker_probe_timeout_s
+        ),
+    )
+    app.add_route(
+        f"{API}/admin/workers",
+        admin.Workers(components.dispatcher, timeout=s.broker_probe_timeout_s * 3),
+    )
     app.add_route(f"{API}/admin/registry", admin.Registry(components.gating))
     app.add_route(f"{API}/admin/registry/reload", admin.RegistryReload(components.gating))
     components.classifier = classifier  # NOTE: so Components.close() stops its batch pool
     return app
 
 
-def build_components(settings: Settings, *, gating: GatingHolder | None = None,
-                     dispatcher: Dispatcher | None = None) -> Components:
+def build_components(
+    settings: Settings, *, gating: GatingHolder | None = None, dispatcher: Dispatcher | None = None
+) -> Components:
     """The real parts, from settings. Call it in the process that serves (after fork).
 
     Raises:
@@ -132,18 +161,20 @@ def build_components(settings: Settings, *, gating: GatingHolder | None = None,
     """
     secret = resolve_secret(settings)
     if gating is None:
-        gating = GatingHolder(registry_path=settings.registry_path,
-                              stamp_path=settings.data_dir / "registry.reload")
+        gating = GatingHolder(
+            registry_path=settings.registry_path, stamp_path=settings.data_dir / "registry.reload"
+        )
         gating.start()
     return Components(
         settings=settings,
-        dispatcher=dispatcher or dispatcher_for(settings.service_mode, settings.broker_url,
-                                                settings.request_timeout_s),
+        dispatcher=dispatcher
+        or dispatcher_for(settings.service_mode, settings.broker_url, settings.request_timeout_s),
         gating=gating,
         users=UserStore(settings.users_db, PasswordHasher(settings.argon2_profile)),
         analytics=Analytics(settings.analytics_db),
-        tokens=TokenService(secret, issuer=settings.jwt_issuer,
-                            ttl_seconds=settings.jwt_ttl_seconds),
+        tokens=TokenService(
+            secret, issuer=settings.jwt_issuer, ttl_seconds=settings.jwt_ttl_seconds
+        ),
         metrics=Metrics(),
         limits=Limits.from_settings(settings),
     )

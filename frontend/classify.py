@@ -14,12 +14,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from frontend.analytics import Analytics
-from frontend.dispatch import Dispatcher
-from frontend.errors import APIError, from_gating_error, from_request_error, validation
-from frontend.gating_holder import GatingHolder, NotReady
-from frontend.metrics import Metrics
-from protocol.errors import MoleError, RequestError
+from mole.frontend.analytics import Analytics
+from mole.frontend.dispatch import Dispatcher
+from mole.frontend.errors import APIError, from_gating_error, from_request_error, validation
+from mole.frontend.gating_holder import GatingHolder, NotReady
+from mole.frontend.metrics import Metrics
+from mole.protocol.errors import MoleError, RequestError
 
 log = logging.getLogger("mole.frontend.classify")
 
@@ -63,24 +63,36 @@ def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]
         if not isinstance(value, bool):
             raise validation(f"{prefix}options.{name}", "must be true or false")
         parsed_options[name] = value
-    return {"text": text, "description": description, "query": query, "product": product,
-            "options": parsed_options}
+    return {
+        "text": text,
+        "description": description,
+        "query": query,
+        "product": product,
+        "options": parsed_options,
+    }
 
 
 class Classifier:
     """Gating + dispatch + analytics for one process. Thread-safe."""
 
-    def __init__(self, *, gating: GatingHolder, dispatcher: Dispatcher, analytics: Analytics,
-                 metrics: Metrics, request_timeout_s: float, batch_concurrency: int = 32,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        gating: GatingHolder,
+        dispatcher: Dispatcher,
+        analytics: Analytics,
+        metrics: Metrics,
+        request_timeout_s: float,
+        batch_concurrency: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.gating = gating
         self.dispatcher = dispatcher
         self.analytics = analytics
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=batch_concurrency,
-                                        thread_name_prefix="batch")
+        self._pool = ThreadPoolExecutor(max_workers=batch_concurrency, thread_name_prefix="batch")
 
     def deadline(self) -> float:
         return self._clock() + self.request_timeout_s
@@ -93,30 +105,54 @@ class Classifier:
             body = self._classify(item, request_id, deadline, started, facts)
         except APIError as err:
             self._record(facts, started, ok=False, error=err.code)
-            log.debug("request %s: %s/%s on %s failed: %s", request_id, facts.get("language"),
-                      facts.get("task"), facts.get("model"), err.code)  # never the text
+            log.debug(
+                "request %s: %s/%s on %s failed: %s",
+                request_id,
+                facts.get("language"),
+                facts.get("task"),
+                facts.get("model"),
+                err.code,
+            )  # never the text
             raise
         self._record(facts, started, ok=True, confidence=body.get("confidence"))
-        log.debug("request %s: %s/%s on %s answered", request_id, facts.get("language"),
-                  facts.get("task"), facts.get("model"))
+        log.debug(
+            "request %s: %s/%s on %s answered",
+            request_id,
+            facts.get("language"),
+            facts.get("task"),
+            facts.get("model"),
+        )
         return body
 
-    def _record(self, facts: dict, started: float, *, ok: bool, error: str | None = None,
-                confidence: Any = None) -> None:
+    def _record(
+        self,
+        facts: dict,
+        started: float,
+        *,
+        ok: bool,
+        error: str | None = None,
+        confidence: Any = None,
+    ) -> None:
         latency_ms = (self._clock() - started) * 1000.0
         conf = float(confidence) if isinstance(confidence, int | float) else None
         try:
-            self.analytics.record(ok=ok, latency_ms=latency_ms, error=error, confidence=conf,
-                                  **facts)
+            self.analytics.record(
+                ok=ok, latency_ms=latency_ms, error=error, confidence=conf, **facts
+            )
         except Exception:  # analytics must never fail a request
             log.exception("could not record analytics")
         m = self.metrics
-        m.child(m.classifications, facts.get("language") or "unknown",
-                facts.get("task") or "unknown", facts.get("model") or "unknown",
-                "ok" if ok else (error or "error")).inc()
+        m.child(
+            m.classifications,
+            facts.get("language") or "unknown",
+            facts.get("task") or "unknown",
+            facts.get("model") or "unknown",
+            "ok" if ok else (error or "error"),
+        ).inc()
 
-    def _classify(self, item: dict[str, Any], request_id: str, deadline: float,
-                  started: float, facts: dict) -> dict[str, Any]:
+    def _classify(
+        self, item: dict[str, Any], request_id: str, deadline: float, started: float, facts: dict
+    ) -> dict[str, Any]:
         try:
             pipeline, _ = self.gating.get()
         except NotReady as err:
@@ -126,13 +162,19 @@ class Classifier:
         except MoleError as err:
             raise from_gating_error(err) from None
         expert = routed.expert
-        facts.update(language=routed.language.name, domain=routed.domain, task=routed.task,
-                     model=expert.base_model_key)
+        facts.update(
+            language=routed.language.name,
+            domain=routed.domain,
+            task=routed.task,
+            model=expert.base_model_key,
+        )
         gated = self._clock()
         remaining = deadline - gated
         if remaining <= 0:
-            raise APIError("deadline_exceeded",
-                           "the request ran out of time in gating (REQUEST_TIMEOUT_SECONDS)")
+            raise APIError(
+                "deadline_exceeded",
+                "the request ran out of time in gating (REQUEST_TIMEOUT_SECONDS)",
+            )
         payload: dict[str, Any] = {
             "task": expert.task_key,
             "language": expert.language.code,
@@ -150,23 +192,29 @@ class Classifier:
             raise from_request_error(err) from None
         replied = self._clock()
         self.metrics.child(self.metrics.dispatch_latency, expert.base_model_key).observe(
-            replied - gated)
+            replied - gated
+        )
         return self._shape(item, request_id, routed, reply, started, gated, replied)
 
     def _shape(self, item, request_id, routed, reply, started, gated, replied) -> dict[str, Any]:
         expert = routed.expert
         if not isinstance(reply, dict) or "result" not in reply:
-            raise APIError("internal", f"the worker for {expert.base_model_key} sent a reply "
-                           "without a result; is it a MoLE expert worker?")
+            raise APIError(
+                "internal",
+                f"the worker for {expert.base_model_key} sent a reply "
+                "without a result; is it a MoLE expert worker?",
+            )
         result = reply.get("result")
         if not isinstance(result, str):
             result = json.dumps(result, ensure_ascii=False)
-        timings = {k: round(float(v), 3) for k, v in (getattr(routed, "timings", None) or {})
-                   .items() if isinstance(v, int | float)}
+        timings = {
+            k: round(float(v), 3)
+            for k, v in (getattr(routed, "timings", None) or {}).items()
+            if isinstance(v, int | float)
+        }
         worker_timings = reply.get("timings") or {}
         if isinstance(worker_timings, dict):
-            timings.update({k: v for k, v in worker_timings.items()
-                            if isinstance(v, int | float)})
+            timings.update({k: v for k, v in worker_timings.items() if isinstance(v, int | float)})
         timings["gating_ms"] = round((gated - started) * 1000.0, 3)
         timings["dispatch_ms"] = round((replied - gated) * 1000.0, 3)
         body: dict[str, Any] = {
@@ -207,20 +255,30 @@ class Classifier:
             try:
                 result = self.classify(item, f"{request_id}-{index}", deadline)
             except APIError as err:
-                return {"index": index, "ok": False,
-                        "error": {"code": err.code, "detail": err.detail}}
+                return {
+                    "index": index,
+                    "ok": False,
+                    "error": {"code": err.code, "detail": err.detail},
+                }
             except Exception:
                 log.exception("batch item %d of request %s failed", index, request_id)
-                return {"index": index, "ok": False,
-                        "error": {"code": "internal_error", "detail": "internal error"}}
+                return {
+                    "index": index,
+                    "ok": False,
+                    "error": {"code": "internal_error", "detail": "internal error"},
+                }
             return {"index": index, "ok": True, "result": result}
 
         futures = [self._pool.submit(one, i, item) for i, item in enumerate(items)]
         results = [f.result() for f in futures]
         ok = sum(1 for r in results if r["ok"])
-        return {"request_id": request_id, "results": results,
-                "total_processing_time_ms": round((self._clock() - started) * 1000.0, 3),
-                "successful": ok, "failed": len(results) - ok}
+        return {
+            "request_id": request_id,
+            "results": results,
+            "total_processing_time_ms": round((self._clock() - started) * 1000.0, 3),
+            "successful": ok,
+            "failed": len(results) - ok,
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

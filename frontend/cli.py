@@ -16,23 +16,39 @@ import shutil
 import sys
 from pathlib import Path
 
-from frontend.settings import SettingsError, resolve_secret, settings_from_env
+from mole.frontend.settings import SettingsError, resolve_secret, settings_from_env
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", default=os.environ.get("MOLE_FRONTEND_BIND", "127.0.0.1:8000"),
-                        help="host:port to listen on (default 127.0.0.1:8000)")
-    parser.add_argument("--broker", default=None,
-                        help="broker URL (default MOLE_BROKER_URL or tcp://127.0.0.1:5555)")
-    parser.add_argument("--workers", type=int,
-                        default=int(os.environ.get("MOLE_FRONTEND_WORKERS", "2")),
-                        help="gunicorn worker processes (default 2)")
-    parser.add_argument("--threads", type=int,
-                        default=int(os.environ.get("MOLE_FRONTEND_THREADS", "16")),
-                        help="threads per worker process (default 16)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="state directory (default MOLE_DATA_DIR or ~/.cache/mole); the "
-                             "frontend keeps users, analytics and its secret in <dir>/frontend")
+    parser.add_argument(
+        "--bind",
+        default=os.environ.get("MOLE_FRONTEND_BIND", "127.0.0.1:8000"),
+        help="host:port to listen on (default 127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--broker",
+        default=None,
+        help="broker URL (default MOLE_BROKER_URL or tcp://127.0.0.1:5555)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("MOLE_FRONTEND_WORKERS", "2")),
+        help="gunicorn worker processes (default 2)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("MOLE_FRONTEND_THREADS", "16")),
+        help="threads per worker process (default 16)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="state directory (default MOLE_DATA_DIR or ~/.cache/mole); the "
+        "frontend keeps users, analytics and its secret in <dir>/frontend",
+    )
     parser.add_argument("--access-log", action="store_true", help="log each request (no bodies)")
 
 
@@ -51,13 +67,16 @@ def prepare(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
     settings = settings_from_env(env)
     if settings.service_mode == "monolithic" and args.workers > 1:
         # Each gunicorn worker process would hold its own copy of every resident model.
-        print(f"mole frontend: SERVICE_MODE=monolithic runs one worker process (not "
-              f"{args.workers}) so the models are loaded once", file=sys.stderr)
+        print(
+            f"mole frontend: SERVICE_MODE=monolithic runs one worker process (not "
+            f"{args.workers}) so the models are loaded once",
+            file=sys.stderr,
+        )
         args.workers = 1
     resolve_secret(settings)  # refuses a weak secret; creates the generated one once
     if settings.bootstrap_admin:
-        from frontend.passwords import PasswordHasher
-        from frontend.users import UserError, UserStore, bootstrap_admin
+        from mole.frontend.passwords import PasswordHasher
+        from mole.frontend.users import UserError, UserStore, bootstrap_admin
 
         store = UserStore(settings.users_db, PasswordHasher(settings.argon2_profile))
         try:
@@ -86,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"mole frontend: {err}", file=sys.stderr)
         return 2
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "gunicorn", "--config", "python:frontend.gunicorn_conf",
-            "frontend.wsgi:app"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:mole.frontend.gunicorn_conf",
+        "mole.frontend.wsgi:app",
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

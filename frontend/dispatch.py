@@ -22,8 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from protocol.errors import InternalError, RequestError
-from protocol.registry import ExpertSpec
+from mole.protocol.errors import InternalError, RequestError
+from mole.protocol.registry import ExpertSpec
 
 
 class Dispatcher(Protocol):
@@ -49,8 +49,13 @@ class BrokerDispatcher:
 
     mode = "distributed"
 
-    def __init__(self, broker_url: str, *, client_factory: Callable[[str], Any] | None = None,
-                 default_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        client_factory: Callable[[str], Any] | None = None,
+        default_timeout: float = 30.0,
+    ) -> None:
         self.broker_url = broker_url
         self._factory = client_factory
         self._default_timeout = default_timeout
@@ -59,7 +64,7 @@ class BrokerDispatcher:
         self._lock = threading.Lock()
         # CURVE keys from MOLE_CURVE_SERVER_KEY / MOLE_CURVE_SECRET_KEY (None: CURVE off),
         # read here so a bad key file fails at start-up rather than on the first request
-        from protocol.curve import CurveKeys
+        from mole.protocol.curve import CurveKeys
 
         self._curve = CurveKeys.from_env() if client_factory is None else None
 
@@ -73,11 +78,11 @@ class BrokerDispatcher:
                 if self._factory is not None:
                     self._client = self._factory(self.broker_url)
                 else:
-                    from protocol.threaded import PerThreadClient
+                    from mole.protocol.threaded import PerThreadClient
 
-                    self._client = PerThreadClient(self.broker_url,
-                                                   timeout=self._default_timeout,
-                                                   curve=self._curve)
+                    self._client = PerThreadClient(
+                        self.broker_url, timeout=self._default_timeout, curve=self._curve
+                    )
                 self._pid = os.getpid()
             return self._client
 
@@ -115,11 +120,12 @@ class MonolithicDispatcher:
                 if self._factory is not None:
                     self._pool = self._factory()
                 else:
-                    from worker.engine.pool import ModelPool  # torch: imported only here
+                    from mole.worker.engine.pool import ModelPool  # torch: imported only here
 
                     max_resident = int(os.environ.get("MOLE_POOL_MAX_RESIDENT", "1"))
-                    self._pool = ModelPool(max_resident=max_resident,
-                                           worker_id=f"monolithic-{os.getpid()}")
+                    self._pool = ModelPool(
+                        max_resident=max_resident, worker_id=f"monolithic-{os.getpid()}"
+                    )
             return self._pool
 
     def dispatch(self, expert: ExpertSpec, payload: dict[str, Any], timeout: float) -> Any:
@@ -133,10 +139,11 @@ class MonolithicDispatcher:
     def status(self, timeout: float) -> dict[str, Any]:
         pool = self.pool()
         resident = list(getattr(pool, "resident", []))
-        return {"broker": None,
-                "services": {key: {"workers": 1} for key in resident},
-                "workers": [{"id": f"monolithic-{os.getpid()}", "service": key}
-                            for key in resident]}
+        return {
+            "broker": None,
+            "services": {key: {"workers": 1} for key in resident},
+            "workers": [{"id": f"monolithic-{os.getpid()}", "service": key} for key in resident],
+        }
 
     def close(self) -> None:
         with self._lock:

@@ -19,8 +19,8 @@ from typing import Any
 
 import falcon
 
-from frontend.media import respond
-from protocol.errors import RequestError
+from mole.frontend.media import respond
+from mole.protocol.errors import RequestError
 
 log = logging.getLogger("mole.frontend")
 
@@ -63,13 +63,24 @@ STATUS_BY_CODE: dict[str, int] = {
 }
 
 #: Seconds a client should wait before retrying, for the codes where retrying helps.
-RETRY_AFTER_BY_CODE: dict[str, int] = {"no_worker": 5, "unknown_service": 5, "overloaded": 1,
-                                       "not_ready": 5}
+RETRY_AFTER_BY_CODE: dict[str, int] = {
+    "no_worker": 5,
+    "unknown_service": 5,
+    "overloaded": 1,
+    "not_ready": 5,
+}
 
 #: Falcon's own HTTP errors (router, body parsing) -> our codes.
-_CODE_BY_STATUS = {400: "invalid_body", 401: "not_authenticated", 403: "forbidden",
-                   404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                   415: "unsupported_media_type", 422: "validation_error"}
+_CODE_BY_STATUS = {
+    400: "invalid_body",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+}
 
 
 class APIError(Exception):
@@ -98,8 +109,7 @@ class APIError(Exception):
         self.extra = extra or {}
 
     def body(self, request_id: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.code, "detail": self.detail,
-                                "request_id": request_id}
+        body: dict[str, Any] = {"error": self.code, "detail": self.detail, "request_id": request_id}
         if self.field is not None:
             body["field"] = self.field
         body.update(self.extra)
@@ -131,8 +141,11 @@ def from_gating_error(err: Exception) -> APIError:
     extra: dict[str, Any] = {}
     to_dict = getattr(err, "to_dict", None)
     if callable(to_dict):
-        extra = {k: v for k, v in to_dict().items() if k not in ("error", "message", "detail",
-                                                                 "request_id", "field")}
+        extra = {
+            k: v
+            for k, v in to_dict().items()
+            if k not in ("error", "message", "detail", "request_id", "field")
+        }
     if "language" in code:
         field = "text"
     elif code == "bad_request":
@@ -140,8 +153,7 @@ def from_gating_error(err: Exception) -> APIError:
     else:
         field = "description"
     detail = getattr(err, "message", None) or str(err)
-    return APIError(code, detail, field=field, extra=extra,
-                    status=STATUS_BY_CODE.get(code, 422))
+    return APIError(code, detail, field=field, extra=extra, status=STATUS_BY_CODE.get(code, 422))
 
 
 def _request_id(req: falcon.Request) -> str | None:
@@ -174,10 +186,14 @@ def handle_http_error(req, resp, ex: falcon.HTTPError, params) -> None:
 
 def handle_unexpected(req, resp, ex: Exception, params) -> None:
     """A bug: log it with the request id (never the request text), answer 500."""
-    log.exception("unhandled error in %s %s (request %s)", req.method, req.path,
-                  _request_id(req))
-    _send(req, resp, APIError("internal_error", "internal error; see the server log for "
-                              f"request {_request_id(req)}"))
+    log.exception("unhandled error in %s %s (request %s)", req.method, req.path, _request_id(req))
+    _send(
+        req,
+        resp,
+        APIError(
+            "internal_error", f"internal error; see the server log for request {_request_id(req)}"
+        ),
+    )
 
 
 def install(app: falcon.App) -> None:

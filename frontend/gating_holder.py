@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol.registry import ExpertsRegistry, RegistryError, load_registry
+from mole.protocol.registry import ExpertsRegistry, RegistryError, load_registry
 
 log = logging.getLogger("mole.frontend.gating")
 
@@ -28,7 +28,7 @@ Loader = Callable[[ExpertsRegistry], Any]
 
 
 def default_loader(registry: ExpertsRegistry) -> Any:
-    from gating import GatingPipeline
+    from mole.gating import GatingPipeline
 
     return GatingPipeline.load(registry=registry)
 
@@ -38,8 +38,14 @@ class NotReady(RuntimeError):
 
 
 class GatingHolder:
-    def __init__(self, *, registry_path: Path | None = None, loader: Loader = default_loader,
-                 stamp_path: Path | None = None, check_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        registry_path: Path | None = None,
+        loader: Loader = default_loader,
+        stamp_path: Path | None = None,
+        check_interval_s: float = 1.0,
+    ) -> None:
         self.registry_path = registry_path
         self._loader = loader
         self._stamp_path = stamp_path
@@ -78,8 +84,11 @@ class GatingHolder:
         else:
             with self._lock:
                 self._pipeline, self._registry, self._error = pipeline, registry, None
-            log.info("gating loaded in %.2f s (%d tasks)", time.monotonic() - started,
-                     len(registry.tasks))
+            log.info(
+                "gating loaded in %.2f s (%d tasks)",
+                time.monotonic() - started,
+                len(registry.tasks),
+            )
         finally:
             self._loading = False
 
@@ -99,8 +108,12 @@ class GatingHolder:
     def state(self) -> dict[str, Any]:
         if self._pipeline is not None:
             reg = self._registry
-            return {"ready": True, "tasks": len(reg.tasks), "languages": len(reg.languages),
-                    "domains": len(reg.domains)}
+            return {
+                "ready": True,
+                "tasks": len(reg.tasks),
+                "languages": len(reg.languages),
+                "domains": len(reg.domains),
+            }
         if self._error:
             return {"ready": False, "detail": f"gating failed to load: {self._error}"}
         return {"ready": False, "detail": "gating is loading"}

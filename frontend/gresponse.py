@@ -25,7 +25,7 @@ _date_of_second: tuple[int, str] = (0, "")
 class HeldHeadSocket:
     """A socket whose next ``sendall`` carries a held response head in front of its data."""
 
-    __slots__ = ("_sock", "_head")
+    __slots__ = ("_head", "_sock")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock

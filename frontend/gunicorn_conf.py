@@ -21,7 +21,7 @@ import os
 
 bind = os.environ.get("MOLE_FRONTEND_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("MOLE_FRONTEND_WORKERS", "2"))
-worker_class = "frontend.gworker.KeepAliveThreadWorker"
+worker_class = "mole.frontend.gworker.KeepAliveThreadWorker"
 threads = int(os.environ.get("MOLE_FRONTEND_THREADS", "16"))
 preload_app = False
 timeout = int(os.environ.get("MOLE_FRONTEND_WORKER_TIMEOUT", "180"))
@@ -38,20 +38,19 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)s %({x-requ
 errorlog = "-"
 loglevel = os.environ.get("MOLE_FRONTEND_LOG_LEVEL", "info")
 proc_name = "mole-frontend"
-wsgi_app = "frontend.wsgi:app"
+wsgi_app = "mole.frontend.wsgi:app"
 
 
 def worker_exit(server, worker) -> None:
     """Close this worker's client and databases once its last request is answered."""
     import sys
 
-    module = sys.modules.get("frontend.wsgi")
+    module = sys.modules.get("mole.frontend.wsgi")
     if module is not None:
         module.shutdown()
 
 
 def child_exit(server, worker) -> None:
-    from frontend.metrics import mark_process_dead
+    from mole.frontend.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
-

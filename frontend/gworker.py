@@ -34,7 +34,7 @@ from gunicorn.http import message as gmessage
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import ThreadWorker
 
-from frontend import gresponse
+from mole.frontend import gresponse
 
 #: Seconds a thread waits for the next request on the connection it just answered.
 DEFAULT_LINGER_S = 0.005
@@ -57,8 +57,12 @@ def body_consumed(parser) -> bool:
     (or no body at all): then there is nothing left on the socket to drain."""
     body = getattr(parser.mesg, "body", None)
     reader = getattr(body, "reader", None)
-    return (type(reader) is LengthReader and reader.length == 0 and not body.failed
-            and body.buf.tell() == 0)
+    return (
+        type(reader) is LengthReader
+        and reader.length == 0
+        and not body.failed
+        and body.buf.tell() == 0
+    )
 
 
 def skip_empty_drains(parser) -> None:

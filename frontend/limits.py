@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import falcon
 
-from frontend.errors import APIError
-from frontend.ratelimit import Decision, Rate, RateLimiter, parse_rate
-from frontend.settings import Settings
+from mole.frontend.errors import APIError
+from mole.frontend.ratelimit import Decision, Rate, RateLimiter, parse_rate
+from mole.frontend.settings import Settings
 
 _KEY_CHARS = 128  # usernames are at most 50 characters; longer input is cut for the key
 
@@ -33,10 +33,17 @@ def client_address(req: falcon.Request) -> str:
 class Limits:
     """The frontend's limits over one :class:`RateLimiter` (None: nothing is limited)."""
 
-    def __init__(self, limiter: RateLimiter | None, *, login_user: Rate | None = None,
-                 login_address: Rate | None = None, classify_user: Rate | None = None,
-                 classify_address: Rate | None = None, login_failure_cost: int = 5,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter | None,
+        *,
+        login_user: Rate | None = None,
+        login_address: Rate | None = None,
+        classify_user: Rate | None = None,
+        classify_address: Rate | None = None,
+        login_failure_cost: int = 5,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.limiter = limiter
         self.on_refused = on_refused  # called with the refusing limit's name (metrics)
         self.login_user = login_user
@@ -46,13 +53,12 @@ class Limits:
         self.login_failure_cost = max(1, int(login_failure_cost))
 
     @classmethod
-    def from_settings(cls, settings: Settings, *,
-                      clock: Callable[[], float] = time.time) -> Limits:
-        rates = {name: parse_rate(getattr(settings, f"rate_limit_{name}"), name)
-                 for name in ("login_user", "login_address", "classify_user",
-                              "classify_address")}
-        limiter = RateLimiter(settings.ratelimit_db, clock=clock) if any(
-            rates.values()) else None
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> Limits:
+        rates = {
+            name: parse_rate(getattr(settings, f"rate_limit_{name}"), name)
+            for name in ("login_user", "login_address", "classify_user", "classify_address")
+        }
+        limiter = RateLimiter(settings.ratelimit_db, clock=clock) if any(rates.values()) else None
         return cls(limiter, login_failure_cost=settings.login_failure_cost, **rates)
 
     @classmethod
@@ -60,8 +66,10 @@ class Limits:
         return cls(None)
 
     def _login_keys(self, username: str, address: str) -> list[tuple[str, Rate | None]]:
-        return [(f"login:user:{username.strip().lower()[:_KEY_CHARS]}", self.login_user),
-                (f"login:addr:{address}", self.login_address)]
+        return [
+            (f"login:user:{username.strip().lower()[:_KEY_CHARS]}", self.login_user),
+            (f"login:addr:{address}", self.login_address),
+        ]
 
     def login(self, username: str, address: str) -> None:
         """Spend one login attempt.
@@ -70,14 +78,17 @@ class Limits:
             APIError: rate_limited (429, Retry-After).
         """
         if self.limiter is not None:
-            self._check(self.limiter.hit(self._login_keys(username, address)), "login",
-                        "login attempts", "a failed login counts as several attempts")
+            self._check(
+                self.limiter.hit(self._login_keys(username, address)),
+                "login",
+                "login attempts",
+                "a failed login counts as several attempts",
+            )
 
     def login_failed(self, username: str, address: str) -> None:
         """The attempt failed: spend the rest of the failure cost."""
         if self.limiter is not None and self.login_failure_cost > 1:
-            self.limiter.charge(self._login_keys(username, address),
-                                self.login_failure_cost - 1)
+            self.limiter.charge(self._login_keys(username, address), self.login_failure_cost - 1)
 
     def classify(self, username: str, address: str, cost: int = 1) -> None:
         """Spend ``cost`` classifications (a batch's number of items).
@@ -86,10 +97,16 @@ class Limits:
             APIError: rate_limited (429, Retry-After).
         """
         if self.limiter is not None:
-            checks = [(f"classify:user:{username}", self.classify_user),
-                      (f"classify:addr:{address}", self.classify_address)]
-            self._check(self.limiter.hit(checks, cost), "classify", "classifications",
-                        "a batch counts each of its items")
+            checks = [
+                (f"classify:user:{username}", self.classify_user),
+                (f"classify:addr:{address}", self.classify_address),
+            ]
+            self._check(
+                self.limiter.hit(checks, cost),
+                "classify",
+                "classifications",
+                "a batch counts each of its items",
+            )
 
     def close(self) -> None:
         if self.limiter is not None:
@@ -108,5 +125,8 @@ def _raise(decision: Decision, scope: str, what: str, note: str) -> None:
     rate = decision.rate
     limit = f"{rate.count} per {rate.period_s:g} s" if rate else "the limit"
     wait = decision.retry_after_header
-    raise APIError("rate_limited", f"too many {what} for this {scope} ({limit}; {note}); "
-                   f"retry in {wait} s", headers={"Retry-After": wait})
+    raise APIError(
+        "rate_limited",
+        f"too many {what} for this {scope} ({limit}; {note}); retry in {wait} s",
+        headers={"Retry-After": wait},
+    )

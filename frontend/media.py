@@ -52,7 +52,7 @@ def respond(req: falcon.Request, resp: falcon.Response, obj: Any, status: int = 
 
 def _too_large(limit: int) -> Exception:
     """The payload_too_large error, made only when a body is refused (not per request)."""
-    from frontend.errors import APIError
+    from mole.frontend.errors import APIError
 
     return APIError("payload_too_large", f"request body is over {limit} bytes")
 
@@ -85,12 +85,14 @@ def parse_body(req: falcon.Request, limit: int) -> Any:
     Raises:
         APIError: payload_too_large, unsupported_media_type or invalid_body.
     """
-    from frontend.errors import APIError
+    from mole.frontend.errors import APIError
 
     ctype = (req.content_type or JSON).split(";")[0].strip().lower()
     if ctype != JSON and ctype not in _MSGPACK_TYPES and not ctype.endswith("+json"):
-        raise APIError("unsupported_media_type",
-                       f"Content-Type {ctype!r} is not supported; send {JSON} or {MSGPACK}")
+        raise APIError(
+            "unsupported_media_type",
+            f"Content-Type {ctype!r} is not supported; send {JSON} or {MSGPACK}",
+        )
     data = read_body(req, limit)
     if not data:
         raise APIError("invalid_body", "request body is empty; send a JSON object")
@@ -105,12 +107,14 @@ def parse_body(req: falcon.Request, limit: int) -> Any:
 
 def parse_form(req: falcon.Request, limit: int) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body as single values."""
-    from frontend.errors import APIError
+    from mole.frontend.errors import APIError
 
     ctype = (req.content_type or "").split(";")[0].strip().lower()
     if ctype != FORM:
-        raise APIError("unsupported_media_type",
-                       f"send the OAuth2 password form as {FORM} (username, password)")
+        raise APIError(
+            "unsupported_media_type",
+            f"send the OAuth2 password form as {FORM} (username, password)",
+        )
     try:
         text = read_body(req, limit).decode("utf-8")
     except UnicodeDecodeError as err:

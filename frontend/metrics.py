@@ -19,8 +19,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-            120)
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics:
@@ -30,20 +29,37 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self._children: dict = {}
         self.http_requests = Counter(
-            "mole_http_requests_total", "HTTP requests answered",
-            ["method", "route", "status"], registry=self.registry)
+            "mole_http_requests_total",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.http_latency = Histogram(
-            "mole_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["route"], buckets=_BUCKETS, registry=self.registry)
+            "mole_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.classifications = Counter(
-            "mole_classifications_total", "Classifications by outcome",
-            ["language", "task", "model", "outcome"], registry=self.registry)
+            "mole_classifications_total",
+            "Classifications by outcome",
+            ["language", "task", "model", "outcome"],
+            registry=self.registry,
+        )
         self.dispatch_latency = Histogram(
-            "mole_dispatch_duration_seconds", "Time from dispatch to the worker's reply",
-            ["model"], buckets=_BUCKETS, registry=self.registry)
+            "mole_dispatch_duration_seconds",
+            "Time from dispatch to the worker's reply",
+            ["model"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
-            "mole_rate_limited_total", "Requests refused by a rate limit (frontend.limits)",
-            ["limit"], registry=self.registry)
+            "mole_rate_limited_total",
+            "Requests refused by a rate limit (frontend.limits)",
+            ["limit"],
+            registry=self.registry,
+        )
 
     def child(self, family, *labels: str):
         """``family.labels(*labels)``, remembered: the lookup is a third of a metric update's

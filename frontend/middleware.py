@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import falcon
 
-from frontend.errors import APIError
-from frontend.metrics import Metrics
-from frontend.tokens import TokenError, TokenService
-from frontend.users import User, UserStore
+from mole.frontend.errors import APIError
+from mole.frontend.metrics import Metrics
+from mole.frontend.tokens import TokenError, TokenService
+from mole.frontend.users import User, UserStore
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -23,8 +23,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class RequestContext:
     """Gives every request an id (echoed as ``X-Request-ID``) and bounds its body size."""
 
-    def __init__(self, new_id: Callable[[], str], max_body_bytes: int,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, new_id: Callable[[], str], max_body_bytes: int, metrics: Metrics | None = None
+    ) -> None:
         self._new_id = new_id
         self._max_body = max_body_bytes
         self._metrics = metrics
@@ -35,18 +36,24 @@ class RequestContext:
         resp.set_header("X-Request-ID", req.context.request_id)
         length = req.content_length
         if length is not None and length > self._max_body:
-            raise APIError("payload_too_large",
-                           f"request body is {length} bytes; the limit is {self._max_body}")
+            raise APIError(
+                "payload_too_large",
+                f"request body is {length} bytes; the limit is {self._max_body}",
+            )
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool
+    ) -> None:
         request_id = getattr(req.context, "request_id", None)
         if request_id:
             resp.set_header("X-Request-ID", request_id)
         if self._metrics is not None:
             route = req.uri_template or "unmatched"
-            status = resp.status_code if hasattr(resp, "status_code") else int(
-                str(resp.status).split()[0])
+            status = (
+                resp.status_code
+                if hasattr(resp, "status_code")
+                else int(str(resp.status).split()[0])
+            )
             m = self._metrics
             method = req.method if req.method in _METHODS else "OTHER"  # bounded labels
             m.child(m.http_requests, method, route, str(status)).inc()
@@ -62,8 +69,14 @@ class Authenticator:
     a cache of a few seconds so the hot path does not hit SQLite on every request.
     """
 
-    def __init__(self, tokens: TokenService, users: UserStore, *, cache_ttl_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        tokens: TokenService,
+        users: UserStore,
+        *,
+        cache_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._tokens = tokens
         self._users = users
         self._ttl = cache_ttl_s
@@ -86,12 +99,12 @@ class Authenticator:
     def authenticate(self, req: falcon.Request) -> User:
         header = req.get_header("Authorization")
         if not header:
-            raise APIError("not_authenticated",
-                           "missing bearer token; get one at POST /api/v1/auth/token")
+            raise APIError(
+                "not_authenticated", "missing bearer token; get one at POST /api/v1/auth/token"
+            )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise APIError("not_authenticated",
-                           "Authorization must be 'Bearer <token>'")
+            raise APIError("not_authenticated", "Authorization must be 'Bearer <token>'")
         try:
             username = self._tokens.verify(token.strip())
         except TokenError as err:
@@ -101,8 +114,9 @@ class Authenticator:
             raise APIError("invalid_token", "the token's user does not exist or is disabled")
         return user
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource,
-                         params) -> None:
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource, params
+    ) -> None:
         if resource is None:
             return
         level = getattr(resource, "auth", "user")
@@ -111,5 +125,7 @@ class Authenticator:
         user = self.authenticate(req)
         req.context.user = user
         if level == "admin" and not user.is_admin:
-            raise APIError("forbidden", "this endpoint needs an admin user "
-                           "(granted by `mole users create --admin`)")
+            raise APIError(
+                "forbidden",
+                "this endpoint needs an admin user (granted by `mole users create --admin`)",
+            )

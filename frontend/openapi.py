@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from frontend.settings import Settings
-from frontend.users import PASSWORD_MAX, PASSWORD_MIN
+from mole.frontend.settings import Settings
+from mole.frontend.users import PASSWORD_MAX, PASSWORD_MIN
 
 _STR = {"type": "string"}
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -41,10 +41,10 @@ _ERROR_TEXT = {
     413: "Body over the size limit",
     415: "Unsupported Content-Type",
     422: "Validation error (field named), unsupported language (served ones listed), "
-         "worker refused the payload, or invalid registry",
+    "worker refused the payload, or invalid registry",
     429: "Rate limited (error rate_limited: too many login attempts or classifications for "
-         "this user or client address; a failed login and each batch item count) or the "
-         "model's queue is full (overloaded); Retry-After says how many seconds to wait",
+    "this user or client address; a failed login and each batch item count) or the "
+    "model's queue is full (overloaded); Retry-After says how many seconds to wait",
     500: "Internal error",
     502: "The worker was lost or failed",
     503: "Not ready, or no worker serves the model (Retry-After)",
@@ -58,45 +58,85 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "type": "object",
         "required": ["text", "description"],
         "properties": {
-            "text": {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars,
-                     "pattern": r"\S", "description": "the text to classify (sent to the "
-                     "expert; never stored or logged)"},
-            "description": {"type": "string", "minLength": 1,
-                            "maxLength": settings.max_text_chars, "pattern": r"\S",
-                            "description": "what to do with the text; used for routing"},
-            "query": {"type": "string", "maxLength": settings.max_text_chars,
-                      "description": "ESCI only: the search query"},
-            "product": {"type": "string", "maxLength": settings.max_text_chars,
-                        "description": "ESCI only: the product text"},
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": settings.max_text_chars,
+                "pattern": r"\S",
+                "description": "the text to classify (sent to the expert; never stored or logged)",
+            },
+            "description": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": settings.max_text_chars,
+                "pattern": r"\S",
+                "description": "what to do with the text; used for routing",
+            },
+            "query": {
+                "type": "string",
+                "maxLength": settings.max_text_chars,
+                "description": "ESCI only: the search query",
+            },
+            "product": {
+                "type": "string",
+                "maxLength": settings.max_text_chars,
+                "description": "ESCI only: the product text",
+            },
             "options": {
                 "type": "object",
-                "properties": {"return_probabilities": {"type": "boolean", "default": False},
-                               "return_raw_response": {"type": "boolean", "default": False}},
+                "properties": {
+                    "return_probabilities": {"type": "boolean", "default": False},
+                    "return_raw_response": {"type": "boolean", "default": False},
+                },
             },
         },
     }
-    entity = {"type": "object", "required": ["text", "label", "start", "end"],
-              "properties": {"text": _STR, "label": _STR, "start": {"type": "integer"},
-                             "end": {"type": "integer"}}}
+    entity = {
+        "type": "object",
+        "required": ["text", "label", "start", "end"],
+        "properties": {
+            "text": _STR,
+            "label": _STR,
+            "start": {"type": "integer"},
+            "end": {"type": "integer"},
+        },
+    }
     classify_response = {
         "type": "object",
-        "required": ["request_id", "language", "domain", "task", "result", "confidence",
-                     "routing_path", "processing_time_ms", "worker_id", "model", "timings"],
+        "required": [
+            "request_id",
+            "language",
+            "domain",
+            "task",
+            "result",
+            "confidence",
+            "routing_path",
+            "processing_time_ms",
+            "worker_id",
+            "model",
+            "timings",
+        ],
         "properties": {
             "request_id": _STR,
             "language": {"type": "string", "description": "lower-case English name"},
             "language_confidence": _NULLABLE_NUM,
             "domain": _STR,
             "task": {"type": "string", "examples": ["rating", "pii", "news", "esci"]},
-            "result": {"type": "string", "description": "the label; for PII the JSON array "
-                       "text of the entities"},
+            "result": {
+                "type": "string",
+                "description": "the label; for PII the JSON array text of the entities",
+            },
             "entities": {"type": "array", "items": entity},
             "confidence": _NULLABLE_NUM,
-            "probabilities": {"type": ["object", "null"],
-                              "additionalProperties": {"type": "number"}},
+            "probabilities": {
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "number"},
+            },
             "raw_response": _NULLABLE_STR,
-            "routing_path": {"type": "string",
-                             "examples": ["english -> finance -> rating -> llama-2-7b-hf"]},
+            "routing_path": {
+                "type": "string",
+                "examples": ["english -> finance -> rating -> llama-2-7b-hf"],
+            },
             "processing_time_ms": {"type": "number"},
             "worker_id": _NULLABLE_STR,
             "model": _STR,
@@ -107,205 +147,434 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
     }
     batch_request = {
-        "type": "object", "required": ["items"],
-        "properties": {"items": {"type": "array", "minItems": 1,
-                                 "maxItems": settings.batch_limit,
-                                 "items": _ref("ClassifyRequest")}},
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": settings.batch_limit,
+                "items": _ref("ClassifyRequest"),
+            }
+        },
     }
     batch_item = {
-        "type": "object", "required": ["index", "ok"],
+        "type": "object",
+        "required": ["index", "ok"],
         "properties": {
-            "index": {"type": "integer"}, "ok": {"type": "boolean"},
+            "index": {"type": "integer"},
+            "ok": {"type": "boolean"},
             "result": _ref("ClassifyResponse"),
-            "error": {"type": "object", "required": ["code", "detail"],
-                      "properties": {"code": _STR, "detail": _STR}},
+            "error": {
+                "type": "object",
+                "required": ["code", "detail"],
+                "properties": {"code": _STR, "detail": _STR},
+            },
         },
     }
     batch_response = {
         "type": "object",
-        "required": ["request_id", "results", "total_processing_time_ms", "successful",
-                     "failed"],
-        "properties": {"request_id": _STR, "results": {"type": "array", "items": batch_item},
-                       "total_processing_time_ms": {"type": "number"},
-                       "successful": {"type": "integer"}, "failed": {"type": "integer"}},
+        "required": ["request_id", "results", "total_processing_time_ms", "successful", "failed"],
+        "properties": {
+            "request_id": _STR,
+            "results": {"type": "array", "items": batch_item},
+            "total_processing_time_ms": {"type": "number"},
+            "successful": {"type": "integer"},
+            "failed": {"type": "integer"},
+        },
     }
-    counts = {"type": "object", "additionalProperties": {
-        "type": "object", "properties": {"requests": {"type": "integer"},
-                                         "errors": {"type": "integer"}}}}
+    counts = {
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "properties": {"requests": {"type": "integer"}, "errors": {"type": "integer"}},
+        },
+    }
     stats = {
         "type": "object",
-        "required": ["total_domains", "total_tasks", "supported_languages", "all_languages",
-                     "domains", "tasks", "live_workers", "analytics"],
+        "required": [
+            "total_domains",
+            "total_tasks",
+            "supported_languages",
+            "all_languages",
+            "domains",
+            "tasks",
+            "live_workers",
+            "analytics",
+        ],
         "properties": {
-            "total_domains": {"type": "integer"}, "total_tasks": {"type": "integer"},
+            "total_domains": {"type": "integer"},
+            "total_tasks": {"type": "integer"},
             "supported_languages": {"type": "integer"},
             "all_languages": {"type": "array", "items": _STR},
-            "domains": {"type": "object", "additionalProperties": {"type": "array",
-                                                                   "items": _STR}},
+            "domains": {"type": "object", "additionalProperties": {"type": "array", "items": _STR}},
             "tasks": _OBJ,
-            "live_workers": {"type": ["object", "null"],
-                             "additionalProperties": {"type": "integer"}},
+            "live_workers": {
+                "type": ["object", "null"],
+                "additionalProperties": {"type": "integer"},
+            },
             "broker_error": _NULLABLE_STR,
             "analytics": {
                 "type": "object",
-                "required": ["total_requests", "total_errors", "by_language", "by_task",
-                             "by_model", "latency_ms"],
+                "required": [
+                    "total_requests",
+                    "total_errors",
+                    "by_language",
+                    "by_task",
+                    "by_model",
+                    "latency_ms",
+                ],
                 "properties": {
-                    "total_requests": {"type": "integer"}, "total_errors": {"type": "integer"},
-                    "error_rate": {"type": "number"}, "avg_confidence": _NULLABLE_NUM,
-                    "by_language": counts, "by_task": counts, "by_model": counts,
-                    "errors_by_code": {"type": "object",
-                                       "additionalProperties": {"type": "integer"}},
-                    "latency_ms": {"type": "object", "properties": {
-                        "window": {"type": "integer"}, "p50": _NULLABLE_NUM,
-                        "p90": _NULLABLE_NUM, "p99": _NULLABLE_NUM, "mean": _NULLABLE_NUM}},
+                    "total_requests": {"type": "integer"},
+                    "total_errors": {"type": "integer"},
+                    "error_rate": {"type": "number"},
+                    "avg_confidence": _NULLABLE_NUM,
+                    "by_language": counts,
+                    "by_task": counts,
+                    "by_model": counts,
+                    "errors_by_code": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                    "latency_ms": {
+                        "type": "object",
+                        "properties": {
+                            "window": {"type": "integer"},
+                            "p50": _NULLABLE_NUM,
+                            "p90": _NULLABLE_NUM,
+                            "p99": _NULLABLE_NUM,
+                            "mean": _NULLABLE_NUM,
+                        },
+                    },
                 },
             },
         },
     }
     error = {
-        "type": "object", "required": ["error", "detail", "request_id"],
-        "properties": {"error": {"type": "string", "description": "machine-readable code"},
-                       "detail": _STR, "request_id": _NULLABLE_STR,
-                       "field": {"type": "string", "description": "the field at fault"},
-                       "served": {"type": "array", "items": _STR}},
+        "type": "object",
+        "required": ["error", "detail", "request_id"],
+        "properties": {
+            "error": {"type": "string", "description": "machine-readable code"},
+            "detail": _STR,
+            "request_id": _NULLABLE_STR,
+            "field": {"type": "string", "description": "the field at fault"},
+            "served": {"type": "array", "items": _STR},
+        },
     }
     ready = {
-        "type": "object", "required": ["status", "checks"],
-        "properties": {"status": {"enum": ["ready", "not_ready"]}, "checks": _OBJ,
-                       "error": _STR, "detail": _STR, "request_id": _STR},
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "not_ready"]},
+            "checks": _OBJ,
+            "error": _STR,
+            "detail": _STR,
+            "request_id": _STR,
+        },
     }
     registry = {
-        "type": "object", "required": ["base_models", "domains", "languages", "tasks"],
-        "properties": {"path": _NULLABLE_STR, "base_models": {"type": "array", "items": _STR},
-                       "domains": {"type": "array", "items": _STR},
-                       "languages": {"type": "array", "items": _STR},
-                       "tasks": {"type": "array", "items": _OBJ},
-                       "reloaded": {"type": "boolean"}},
+        "type": "object",
+        "required": ["base_models", "domains", "languages", "tasks"],
+        "properties": {
+            "path": _NULLABLE_STR,
+            "base_models": {"type": "array", "items": _STR},
+            "domains": {"type": "array", "items": _STR},
+            "languages": {"type": "array", "items": _STR},
+            "tasks": {"type": "array", "items": _OBJ},
+            "reloaded": {"type": "boolean"},
+        },
     }
     responses = {}
     for status, text in _ERROR_TEXT.items():
         headers = {"X-Request-ID": {"schema": _STR}}
         if status == 429:
-            headers["Retry-After"] = {"schema": {"type": "string", "pattern": "^[0-9]+$"},
-                                      "description": "seconds", "required": True}
+            headers["Retry-After"] = {
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "description": "seconds",
+                "required": True,
+            }
         if status == 503:
             headers["Retry-After"] = {"schema": _STR, "description": "seconds"}
         if status == 401:
             headers["WWW-Authenticate"] = {"schema": _STR, "required": True}
-        responses[f"E{status}"] = {"description": text, "headers": headers,
-                                   "content": {"application/json": {"schema": _ref("Error")}}}
+        responses[f"E{status}"] = {
+            "description": text,
+            "headers": headers,
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
     bearer = [{"bearer": []}]
     user_errors = _errors(401)
     admin_errors = _errors(401, 403)
 
     paths: dict[str, Any] = {
-        "/": {"get": {"summary": "Service card", "operationId": "root", "security": [],
-                      "responses": {"200": _json({"type": "object", "required": [
-                          "name", "version", "docs", "health"], "properties": {
-                          "name": _STR, "version": _STR, "docs": _STR, "health": _STR}})}}},
-        "/api/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
-                                         "security": [], "responses": {"200": _json(_OBJ)}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics (all gunicorn workers)",
-                             "operationId": "metrics", "security": [], "responses": {
-                                 "200": {"description": "text exposition format", "content": {
-                                     "text/plain": {"schema": _STR}}}}}},
-        "/api/v1/auth/register": {"post": {
-            "summary": "Create a user (never an admin); can be switched off",
-            "operationId": "register", "security": [],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["username", "password"],
-                "properties": {
-                    "username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,50}$"},
-                    "password": {"type": "string", "minLength": PASSWORD_MIN,
-                                 "maxLength": PASSWORD_MAX}}}}}},
-            "responses": {"201": _json({"type": "object", "required": ["username", "disabled"],
-                                        "properties": {"username": _STR,
-                                                       "disabled": {"type": "boolean"}}},
-                                       "Created"),
-                          **_errors(400, 403, 409, 413, 415, 422, 429)}}},
-        "/api/v1/auth/token": {"post": {
-            "summary": "OAuth2 password grant: a bearer token", "operationId": "token",
-            "security": [],
-            "requestBody": {"required": True, "content": {
-                "application/x-www-form-urlencoded": {"schema": {
-                    "type": "object", "required": ["username", "password"],
-                    "properties": {"grant_type": {"type": "string", "enum": ["password"]},
-                                   "username": {"type": "string", "minLength": 1},
-                                   "password": {"type": "string", "minLength": 1}}}}}},
-            "responses": {"200": _json({"type": "object",
-                                        "required": ["access_token", "token_type", "expires_in"],
-                                        "properties": {"access_token": _STR,
-                                                       "token_type": {"enum": ["bearer"]},
-                                                       "expires_in": {"type": "integer"}}}),
-                          **_errors(401, 413, 415, 422, 429)}}},
-        "/api/v1/classify": {"post": {
-            "summary": "Classify one text with the expert gating selects",
-            "operationId": "classify", "security": bearer,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": _ref("ClassifyRequest")}}},
-            "responses": {"200": {**_json(_ref("ClassifyResponse")),
-                                  "headers": {"X-Request-ID": {"schema": _STR}}},
-                          **classify_errors}}},
-        "/api/v1/classify/batch": {"post": {
-            "summary": "Classify many texts concurrently; one result or error per item",
-            "operationId": "classifyBatch", "security": bearer,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": _ref("BatchRequest")}}},
-            "responses": {"200": _json(_ref("BatchResponse")),
-                          **_errors(400, 401, 413, 415, 422, 429, 503)}}},
-        "/api/v1/classify/stats": {"get": {
-            "summary": "Registry facts, live workers per model, request analytics",
-            "operationId": "stats", "security": bearer,
-            "responses": {"200": _json(_ref("Stats")), **user_errors, **_errors(503)}}},
-        "/api/v1/health": {"get": {"summary": "Process is up", "operationId": "health",
-                                   "security": [], "responses": {"200": _json({
-                                       "type": "object", "required": ["status", "version"],
-                                       "properties": {"status": _STR, "version": _STR}})}}},
-        "/api/v1/health/live": {"get": {"summary": "Liveness", "operationId": "live",
-                                        "security": [], "responses": {"200": _json({
-                                            "type": "object", "required": ["status"],
-                                            "properties": {"status": _STR}})}}},
-        "/api/v1/health/ready": {"get": {
-            "summary": "Readiness: gating loaded and broker answering",
-            "operationId": "ready", "security": [],
-            "responses": {"200": _json(_ref("Ready")),
-                          "503": {**_json(_ref("Ready"), "Not ready (details in checks)"),
-                                  "headers": {"Retry-After": {"schema": _STR}}}}}},
-        "/api/v1/admin/workers": {"get": {
-            "summary": "Live workers and services (broker mmi.status); admin only",
-            "operationId": "adminWorkers", "security": bearer,
-            "responses": {"200": _json({"type": "object",
-                                        "required": ["mode", "services", "workers"],
-                                        "properties": {"mode": _STR, "broker": {},
-                                                       "services": _OBJ,
-                                                       "workers": {"type": "array"},
-                                                       "counters": _OBJ}}),
-                          **admin_errors, **_errors(502, 503, 504)}}},
-        "/api/v1/admin/registry": {"get": {
-            "summary": "The experts registry in force; admin only",
-            "operationId": "adminRegistry", "security": bearer,
-            "responses": {"200": _json(_ref("Registry")), **admin_errors, **_errors(503)}}},
-        "/api/v1/admin/registry/reload": {"post": {
-            "summary": "Re-read the registry file; validated first, the old one stays on error",
-            "operationId": "adminRegistryReload", "security": bearer,
-            "responses": {"200": _json(_ref("Registry")), **admin_errors, **_errors(422)}}},
+        "/": {
+            "get": {
+                "summary": "Service card",
+                "operationId": "root",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["name", "version", "docs", "health"],
+                            "properties": {
+                                "name": _STR,
+                                "version": _STR,
+                                "docs": _STR,
+                                "health": _STR,
+                            },
+                        }
+                    )
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": [],
+                "responses": {"200": _json(_OBJ)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (all gunicorn workers)",
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": _STR}},
+                    }
+                },
+            }
+        },
+        "/api/v1/auth/register": {
+            "post": {
+                "summary": "Create a user (never an admin); can be switched off",
+                "operationId": "register",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["username", "password"],
+                                "properties": {
+                                    "username": {
+                                        "type": "string",
+                                        "pattern": "^[A-Za-z0-9_.-]{3,50}$",
+                                    },
+                                    "password": {
+                                        "type": "string",
+                                        "minLength": PASSWORD_MIN,
+                                        "maxLength": PASSWORD_MAX,
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "required": ["username", "disabled"],
+                            "properties": {"username": _STR, "disabled": {"type": "boolean"}},
+                        },
+                        "Created",
+                    ),
+                    **_errors(400, 403, 409, 413, 415, 422, 429),
+                },
+            }
+        },
+        "/api/v1/auth/token": {
+            "post": {
+                "summary": "OAuth2 password grant: a bearer token",
+                "operationId": "token",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["username", "password"],
+                                "properties": {
+                                    "grant_type": {"type": "string", "enum": ["password"]},
+                                    "username": {"type": "string", "minLength": 1},
+                                    "password": {"type": "string", "minLength": 1},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["access_token", "token_type", "expires_in"],
+                            "properties": {
+                                "access_token": _STR,
+                                "token_type": {"enum": ["bearer"]},
+                                "expires_in": {"type": "integer"},
+                            },
+                        }
+                    ),
+                    **_errors(401, 413, 415, 422, 429),
+                },
+            }
+        },
+        "/api/v1/classify": {
+            "post": {
+                "summary": "Classify one text with the expert gating selects",
+                "operationId": "classify",
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ClassifyRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        **_json(_ref("ClassifyResponse")),
+                        "headers": {"X-Request-ID": {"schema": _STR}},
+                    },
+                    **classify_errors,
+                },
+            }
+        },
+        "/api/v1/classify/batch": {
+            "post": {
+                "summary": "Classify many texts concurrently; one result or error per item",
+                "operationId": "classifyBatch",
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("BatchRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("BatchResponse")),
+                    **_errors(400, 401, 413, 415, 422, 429, 503),
+                },
+            }
+        },
+        "/api/v1/classify/stats": {
+            "get": {
+                "summary": "Registry facts, live workers per model, request analytics",
+                "operationId": "stats",
+                "security": bearer,
+                "responses": {"200": _json(_ref("Stats")), **user_errors, **_errors(503)},
+            }
+        },
+        "/api/v1/health": {
+            "get": {
+                "summary": "Process is up",
+                "operationId": "health",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status", "version"],
+                            "properties": {"status": _STR, "version": _STR},
+                        }
+                    )
+                },
+            }
+        },
+        "/api/v1/health/live": {
+            "get": {
+                "summary": "Liveness",
+                "operationId": "live",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "required": ["status"], "properties": {"status": _STR}}
+                    )
+                },
+            }
+        },
+        "/api/v1/health/ready": {
+            "get": {
+                "summary": "Readiness: gating loaded and broker answering",
+                "operationId": "ready",
+                "security": [],
+                "responses": {
+                    "200": _json(_ref("Ready")),
+                    "503": {
+                        **_json(_ref("Ready"), "Not ready (details in checks)"),
+                        "headers": {"Retry-After": {"schema": _STR}},
+                    },
+                },
+            }
+        },
+        "/api/v1/admin/workers": {
+            "get": {
+                "summary": "Live workers and services (broker mmi.status); admin only",
+                "operationId": "adminWorkers",
+                "security": bearer,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["mode", "services", "workers"],
+                            "properties": {
+                                "mode": _STR,
+                                "broker": {},
+                                "services": _OBJ,
+                                "workers": {"type": "array"},
+                                "counters": _OBJ,
+                            },
+                        }
+                    ),
+                    **admin_errors,
+                    **_errors(502, 503, 504),
+                },
+            }
+        },
+        "/api/v1/admin/registry": {
+            "get": {
+                "summary": "The experts registry in force; admin only",
+                "operationId": "adminRegistry",
+                "security": bearer,
+                "responses": {"200": _json(_ref("Registry")), **admin_errors, **_errors(503)},
+            }
+        },
+        "/api/v1/admin/registry/reload": {
+            "post": {
+                "summary": "Re-read the registry file; validated first, the old one stays on error",
+                "operationId": "adminRegistryReload",
+                "security": bearer,
+                "responses": {"200": _json(_ref("Registry")), **admin_errors, **_errors(422)},
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "MoLE classification service", "version": settings.version,
-                 "description": "Multilingual text classification by a mixture of language "
-                                "experts. Every error has the shape {error, detail, "
-                                "request_id}. Bodies may be JSON or msgpack "
-                                "(Content-Type/Accept: application/msgpack)."},
+        "info": {
+            "title": "MoLE classification service",
+            "version": settings.version,
+            "description": "Multilingual text classification by a mixture of language "
+            "experts. Every error has the shape {error, detail, "
+            "request_id}. Bodies may be JSON or msgpack "
+            "(Content-Type/Accept: application/msgpack).",
+        },
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
-            "schemas": {"ClassifyRequest": classify_request,
-                        "ClassifyResponse": classify_response,
-                        "BatchRequest": batch_request, "BatchResponse": batch_response,
-                        "Stats": stats, "Error": error, "Ready": ready, "Registry": registry},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "schemas": {
+                "ClassifyRequest": classify_request,
+                "ClassifyResponse": classify_response,
+                "BatchRequest": batch_request,
+                "BatchResponse": batch_response,
+                "Stats": stats,
+                "Error": error,
+                "Ready": ready,
+                "Registry": registry,
+            },
             "responses": responses,
         },
     }

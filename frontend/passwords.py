@@ -29,9 +29,7 @@ class PasswordHasher:
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
         try:
-            return self._hasher.verify(stored_hash or self._dummy, password) and bool(
-                stored_hash
-            )
+            return self._hasher.verify(stored_hash or self._dummy, password) and bool(stored_hash)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

@@ -48,14 +48,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontend.sqlite_db import ProcessLocalConnection, WriterLock
+from mole.frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
 log = logging.getLogger("mole.frontend.ratelimit")
 
-_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
-          "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
-          "h": 3600.0, "hour": 3600.0, "hours": 3600.0,
-          "d": 86400.0, "day": 86400.0, "days": 86400.0}
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "days": 86400.0,
+}
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 _OFF = ("", "0", "off", "none", "false", "no", "disabled", "unlimited")
 
@@ -90,8 +102,10 @@ def parse_rate(text: str | None, name: str = "rate") -> Rate | None:
         return None
     match = _RATE_RE.match(text.lower())
     if not match or match.group(3) not in _UNITS:
-        raise RateSpecError(f"{name}={text!r}: expected COUNT/PERIOD such as '10/minute', "
-                            "'600/min', '5/30s' or '100/hour', or 0/off to disable")
+        raise RateSpecError(
+            f"{name}={text!r}: expected COUNT/PERIOD such as '10/minute', "
+            "'600/min', '5/30s' or '100/hour', or 0/off to disable"
+        )
     count = int(match.group(1))
     if count == 0:
         return None
@@ -117,8 +131,9 @@ class Decision:
 
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
-_UPSERT = ("INSERT INTO buckets(key, tat) VALUES(?, ?) "
-           "ON CONFLICT(key) DO UPDATE SET tat=excluded.tat")
+_UPSERT = (
+    "INSERT INTO buckets(key, tat) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET tat=excluded.tat"
+)
 
 #: A lease holds at most 1/LEASE_SHARE of the smallest burst among its keys ...
 LEASE_SHARE = 64
@@ -133,7 +148,7 @@ LEASES_KEPT = 4096
 class _Lease:
     """One process's local allowance for one set of (key, rate) checks."""
 
-    __slots__ = ("units", "size", "expires")
+    __slots__ = ("expires", "size", "units")
 
     def __init__(self) -> None:
         self.units = 0.0  # units taken from the buckets and not spent yet
@@ -154,14 +169,21 @@ class RateLimiter:
     the process's threads under a lock.
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time,
-                 busy_timeout_s: float = 2.0, prune_every: int = 5000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 2.0,
+        prune_every: int = 5000,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._prune_every = prune_every
         self._lock = threading.Lock()
-        self._connection = ProcessLocalConnection(self.path, _SCHEMA, synchronous="OFF",
-                                                  busy_timeout_s=busy_timeout_s)
+        self._connection = ProcessLocalConnection(
+            self.path, _SCHEMA, synchronous="OFF", busy_timeout_s=busy_timeout_s
+        )
         self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._since_prune = 0
         self._warned_at = 0.0
@@ -206,8 +228,7 @@ class RateLimiter:
             # what is left (too little for this cost, or expired) goes back in the same
             # transaction that takes the next lease
             refund, lease.units = lease.units, 0.0
-            outcome = self._run(list(active), cost, enforce=True, extra=lease.size,
-                                refund=refund)
+            outcome = self._run(list(active), cost, enforce=True, extra=lease.size, refund=refund)
             if outcome.decision.allowed:
                 lease.units = float(outcome.granted)
                 lease.expires = now + LEASE_TTL_S
@@ -220,8 +241,15 @@ class RateLimiter:
             with self._lock:
                 self._run(active, cost, enforce=False)
 
-    def _run(self, active: list[tuple[str, Rate]], cost: float, *, enforce: bool,
-             extra: int = 0, refund: float = 0.0) -> _Outcome:
+    def _run(
+        self,
+        active: list[tuple[str, Rate]],
+        cost: float,
+        *,
+        enforce: bool,
+        extra: int = 0,
+        refund: float = 0.0,
+    ) -> _Outcome:
         """One SQLite check, by a caller holding ``self._lock`` (the process's threads
         share one connection)."""
         try:
@@ -231,13 +259,23 @@ class RateLimiter:
             now = time.monotonic()
             if now - self._warned_at > 60:  # one warning a minute, not one per request
                 self._warned_at = now
-                log.warning("rate limiter database %s failed (%s: %s); requests are let "
-                            "through unlimited until it works again", self.path,
-                            type(err).__name__, err)
+                log.warning(
+                    "rate limiter database %s failed (%s: %s); requests are let "
+                    "through unlimited until it works again",
+                    self.path,
+                    type(err).__name__,
+                    err,
+                )
             return _Outcome(Decision(True))
 
-    def _transaction(self, active: list[tuple[str, Rate]], cost: float, enforce: bool,
-                     extra: int = 0, refund: float = 0.0) -> _Outcome:
+    def _transaction(
+        self,
+        active: list[tuple[str, Rate]],
+        cost: float,
+        enforce: bool,
+        extra: int = 0,
+        refund: float = 0.0,
+    ) -> _Outcome:
         """Check and spend ``cost`` (plus up to ``extra`` units that fit, for a lease)
         on every key at once, after giving ``refund`` unspent leased units back."""
         db = self._db()
@@ -248,8 +286,12 @@ class RateLimiter:
             # judged by a time older than the one before it
             now = self._clock()
             marks = ",".join("?" * len(active))
-            stored = dict(db.execute(f"SELECT key, tat FROM buckets WHERE key IN ({marks})",
-                                     [key for key, _ in active]).fetchall())
+            stored = dict(
+                db.execute(
+                    f"SELECT key, tat FROM buckets WHERE key IN ({marks})",
+                    [key for key, _ in active],
+                ).fetchall()
+            )
             tats = {}
             refused: Decision | None = None
             for key, rate in active:
@@ -274,8 +316,7 @@ class RateLimiter:
                 return _Outcome(refused)
             if not enforce:
                 extra = 0
-            updates = [(key, tats[key] + (cost + extra) * rate.interval_s)
-                       for key, rate in active]
+            updates = [(key, tats[key] + (cost + extra) * rate.interval_s) for key, rate in active]
             db.executemany(_UPSERT, updates)
             self._since_prune += 1
             if self._since_prune >= self._prune_every:

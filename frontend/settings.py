@@ -142,16 +142,21 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Sett
 def _rate_limits(env: Mapping[str, str]) -> dict:
     """MOLE_RATE_LIMIT_{LOGIN,CLASSIFY} set both the per-user and the per-address limit;
     a ``_USER`` or ``_ADDRESS`` suffix sets one; MOLE_RATE_LIMITS=off disables them all."""
-    from frontend.ratelimit import RateSpecError, parse_rate
+    from mole.frontend.ratelimit import RateSpecError, parse_rate
 
     kw: dict = {}
     if env.get("MOLE_RATE_LIMITS", "").strip().lower() in ("0", "off", "false", "no"):
-        return {f"rate_limit_{kind}_{scope}": "off" for kind in ("login", "classify")
-                for scope in ("user", "address")}
+        return {
+            f"rate_limit_{kind}_{scope}": "off"
+            for kind in ("login", "classify")
+            for scope in ("user", "address")
+        }
     for kind in ("login", "classify"):
         for scope in ("user", "address"):
-            for name in (f"MOLE_RATE_LIMIT_{kind.upper()}",
-                         f"MOLE_RATE_LIMIT_{kind.upper()}_{scope.upper()}"):
+            for name in (
+                f"MOLE_RATE_LIMIT_{kind.upper()}",
+                f"MOLE_RATE_LIMIT_{kind.upper()}_{scope.upper()}",
+            ):
                 if env.get(name):
                     try:
                         parse_rate(env[name], name)
@@ -159,8 +164,9 @@ def _rate_limits(env: Mapping[str, str]) -> dict:
                         raise SettingsError(str(err)) from None
                     kw[f"rate_limit_{kind}_{scope}"] = env[name].strip()
     if env.get("MOLE_LOGIN_FAILURE_COST"):
-        kw["login_failure_cost"] = _number(env["MOLE_LOGIN_FAILURE_COST"],
-                                           "MOLE_LOGIN_FAILURE_COST", int)
+        kw["login_failure_cost"] = _number(
+            env["MOLE_LOGIN_FAILURE_COST"], "MOLE_LOGIN_FAILURE_COST", int
+        )
     return kw
 
 

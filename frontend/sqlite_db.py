@@ -28,8 +28,14 @@ class ProcessLocalConnection:
         busy_timeout_s: how long a writer waits for another process's transaction.
     """
 
-    def __init__(self, path: str | os.PathLike, schema: str, *, synchronous: str = "NORMAL",
-                 busy_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        schema: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 10.0,
+    ) -> None:
         self.path = Path(path)
         self._schema = schema
         self._synchronous = synchronous
@@ -41,19 +47,27 @@ class ProcessLocalConnection:
         """This process's connection (autocommit; use explicit BEGIN for transactions)."""
         if self._conn is None or self._pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s,
-                                   isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             try:
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
                 # NOTE: two processes opening a new file at once can get "database is
                 # locked" at once, without the busy timeout (SQLite's deadlock avoidance
                 # when a reader wants to write, and the switch to WAL): retry those, and
                 # take the write lock up front for the schema
-                _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"), conn,
-                              self._busy_timeout_s)
+                _retry_locked(
+                    lambda: conn.execute("PRAGMA journal_mode=WAL"), conn, self._busy_timeout_s
+                )
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
-                _retry_locked(lambda: conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{self._schema};\nCOMMIT;"), conn, self._busy_timeout_s)
+                _retry_locked(
+                    lambda: conn.executescript(f"BEGIN IMMEDIATE;\n{self._schema};\nCOMMIT;"),
+                    conn,
+                    self._busy_timeout_s,
+                )
             except BaseException:
                 conn.close()  # the next call opens it again
                 raise
@@ -117,7 +131,8 @@ def _retry_locked(step: Callable[[], object], conn: sqlite3.Connection, timeout_
                 conn.execute("ROLLBACK")
             message = str(err).lower()
             if ("locked" not in message and "busy" not in message) or (
-                    time.monotonic() >= deadline):
+                time.monotonic() >= deadline
+            ):
                 raise
         time.sleep(delay)
         delay = min(0.1, delay * 2)

@@ -24,9 +24,16 @@ class TokenError(ValueError):
 
 
 class TokenService:
-    def __init__(self, secret: str, *, issuer: str = "mole", ttl_seconds: int = 1800,
-                 clock: Callable[[], float] = time.time, leeway_s: float = 5.0,
-                 cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        issuer: str = "mole",
+        ttl_seconds: int = 1800,
+        clock: Callable[[], float] = time.time,
+        leeway_s: float = 5.0,
+        cache_size: int = 4096,
+    ) -> None:
         self._secret = secret
         self.issuer = issuer
         self.ttl_seconds = ttl_seconds
@@ -63,8 +70,11 @@ class TokenService:
                 issuer=self.issuer,
                 # exp and iat are checked below against the injected clock (tests freeze
                 # time); PyJWT still requires them to be present.
-                options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False,
-                         "verify_iat": False},
+                options={
+                    "require": ["exp", "iat", "sub", "iss"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.InvalidTokenError as err:
             raise TokenError(f"invalid token: {err}") from None

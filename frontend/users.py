@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontend.passwords import PasswordHasher
-from frontend.sqlite_db import ProcessLocalConnection
+from mole.frontend.passwords import PasswordHasher
+from mole.frontend.sqlite_db import ProcessLocalConnection
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
@@ -54,15 +54,17 @@ class User:
 
 def check_username(username: object) -> str:
     if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
-        raise UserError("validation_error",
-                        "username: 3 to 50 characters from A-Z a-z 0-9 _ . -", "username")
+        raise UserError(
+            "validation_error", "username: 3 to 50 characters from A-Z a-z 0-9 _ . -", "username"
+        )
     return username
 
 
 def check_password(password: object) -> str:
     if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        raise UserError("validation_error",
-                        f"password: {PASSWORD_MIN} to {PASSWORD_MAX} characters", "password")
+        raise UserError(
+            "validation_error", f"password: {PASSWORD_MIN} to {PASSWORD_MAX} characters", "password"
+        )
     return password
 
 
@@ -96,41 +98,54 @@ class UserStore:
                     (username, password_hash, int(admin), time.time()),
                 )
             except sqlite3.IntegrityError:
-                raise UserError("username_taken", f"username {username!r} is already taken",
-                                "username") from None
+                raise UserError(
+                    "username_taken", f"username {username!r} is already taken", "username"
+                ) from None
         return User(username, admin, False)
 
     def set_password(self, username: str, password: str) -> None:
         check_password(password)
         password_hash = self.hasher.hash(password)
         with self._lock:
-            self._db().execute("UPDATE users SET password_hash=? WHERE username=?",
-                               (password_hash, username))
+            self._db().execute(
+                "UPDATE users SET password_hash=? WHERE username=?", (password_hash, username)
+            )
 
-    def set_flags(self, username: str, *, admin: bool | None = None,
-                  disabled: bool | None = None) -> None:
+    def set_flags(
+        self, username: str, *, admin: bool | None = None, disabled: bool | None = None
+    ) -> None:
         with self._lock:
             db = self._db()
             if admin is not None:
                 db.execute("UPDATE users SET is_admin=? WHERE username=?", (int(admin), username))
             if disabled is not None:
-                db.execute("UPDATE users SET disabled=? WHERE username=?",
-                           (int(disabled), username))
+                db.execute(
+                    "UPDATE users SET disabled=? WHERE username=?", (int(disabled), username)
+                )
 
     def get(self, username: str) -> User | None:
         with self._lock:
-            row = self._db().execute(
-                "SELECT username, is_admin, disabled FROM users WHERE username=?", (username,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT username, is_admin, disabled FROM users WHERE username=?", (username,)
+                )
+                .fetchone()
+            )
         return None if row is None else User(row[0], bool(row[1]), bool(row[2]))
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password matches and the account is enabled, else None."""
         with self._lock:
-            row = self._db().execute(
-                "SELECT username, password_hash, is_admin, disabled FROM users WHERE username=?",
-                (username,),
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT username, password_hash, is_admin, disabled FROM users"
+                    " WHERE username=?",
+                    (username,),
+                )
+                .fetchone()
+            )
         ok = self.hasher.verify(row[1] if row else None, password)
         if not ok or row is None or row[3]:
             return None
@@ -138,9 +153,11 @@ class UserStore:
 
     def list(self) -> list[User]:
         with self._lock:
-            rows = self._db().execute(
-                "SELECT username, is_admin, disabled FROM users ORDER BY username"
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute("SELECT username, is_admin, disabled FROM users ORDER BY username")
+                .fetchall()
+            )
         return [User(r[0], bool(r[1]), bool(r[2])) for r in rows]
 
     def close(self) -> None:

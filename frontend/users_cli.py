@@ -14,21 +14,27 @@ import os
 import sys
 from pathlib import Path
 
-from frontend.passwords import PasswordHasher
-from frontend.settings import settings_from_env
-from frontend.users import UserError, UserStore
+from mole.frontend.passwords import PasswordHasher
+from mole.frontend.settings import settings_from_env
+from mole.frontend.users import UserError, UserStore
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="state directory (default MOLE_DATA_DIR or ~/.cache/mole)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="state directory (default MOLE_DATA_DIR or ~/.cache/mole)",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="add a user")
     create.add_argument("username")
     create.add_argument("--admin", action="store_true", help="grant the admin role")
-    create.add_argument("--password-stdin", action="store_true",
-                        help="read the password from standard input (else prompt, or "
-                             "MOLE_USER_PASSWORD)")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (else prompt, or MOLE_USER_PASSWORD)",
+    )
     sub.add_parser("list", help="list users and roles")
     for action in ("disable", "enable", "grant-admin", "revoke-admin"):
         sub.add_parser(action, help=f"{action} a user").add_argument("username")
@@ -58,14 +64,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"created {role} {user.username} in {settings.users_db}")
         elif args.action == "list":
             for user in store.list():
-                flags = [f for f, on in (("admin", user.is_admin), ("disabled", user.disabled))
-                         if on]
+                flags = [
+                    f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on
+                ]
                 print(f"{user.username}\t{','.join(flags) or '-'}")
         else:
             if store.get(args.username) is None:
                 raise UserError("not_found", f"no user {args.username!r}")
-            change = {"disable": {"disabled": True}, "enable": {"disabled": False},
-                      "grant-admin": {"admin": True}, "revoke-admin": {"admin": False}}
+            change = {
+                "disable": {"disabled": True},
+                "enable": {"disabled": False},
+                "grant-admin": {"admin": True},
+                "revoke-admin": {"admin": False},
+            }
             store.set_flags(args.username, **change[args.action])
             print(f"{args.action}: {args.username}")
     except UserError as err:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import os
 
-from frontend.app import build_components, create_app
-from frontend.settings import settings_from_env
+from mole.frontend.app import build_components, create_app
+from mole.frontend.settings import settings_from_env
 
 # MOLE_FRONTEND_LOG_LEVEL sets gunicorn's level too (gunicorn_conf); request texts are
 # never logged at any level, so debug is safe to switch on.
 _LEVEL = os.environ.get("MOLE_FRONTEND_LOG_LEVEL", "info").upper()
-logging.basicConfig(level=getattr(logging, _LEVEL, logging.INFO),
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    level=getattr(logging, _LEVEL, logging.INFO),
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+)
 
 components = build_components(settings_from_env())
 app = create_app(components)

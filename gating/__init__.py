@@ -4,7 +4,7 @@ The default path needs numpy and fasttext-predict only; torch and transformers a
 imported lazily, by the XLM-R domain classifier and the encoder task router.
 """
 
-from gating.errors import (
+from mole.gating.errors import (
     ArtifactError,
     DomainWithoutTasks,
     GatingError,
@@ -14,7 +14,7 @@ from gating.errors import (
     UnknownTask,
     UnsupportedLanguage,
 )
-from gating.pipeline import GatingPipeline, GatingResult
+from mole.gating.pipeline import GatingPipeline, GatingResult
 
 __all__ = [
     "ArtifactError",

@@ -3,12 +3,13 @@
 import argparse
 import sys
 
-from gating import cli
+from mole.gating import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gating",
-                                     description="train and try the gating models")
+    parser = argparse.ArgumentParser(
+        prog="python -m gating", description="train and try the gating models"
+    )
     cli.configure(parser)
     return int(cli.run(parser.parse_args(argv)) or 0)
 

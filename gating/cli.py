@@ -19,30 +19,45 @@ import random
 import sys
 from pathlib import Path
 
-from gating.errors import GatingError
-from gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_TRAIN_DATA
-from protocol.errors import MoleError
+from mole.gating.errors import GatingError
+from mole.gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_TRAIN_DATA
+from mole.protocol.errors import MoleError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="gating_command", metavar="SUBCOMMAND", required=True)
 
     train = sub.add_parser("train", help="train the hashed Q-learning task router")
-    train.add_argument("--data", default=str(DEFAULT_TRAIN_DATA),
-                       help="JSON lines {description, domain, task} (default: %(default)s)")
-    train.add_argument("--heldout", action="append", default=None, metavar="FILE",
-                       help="held-out JSON lines to report accuracy on, repeatable (default: "
-                            "the shipped heldout*.jsonl when --data is the shipped "
-                            "train.jsonl, else a 10%% split of --data)")
-    train.add_argument("--out", default=None,
-                       help="router directory to write (default: the gating settings' "
-                            "router path, configs/gating/task_router)")
+    train.add_argument(
+        "--data",
+        default=str(DEFAULT_TRAIN_DATA),
+        help="JSON lines {description, domain, task} (default: %(default)s)",
+    )
+    train.add_argument(
+        "--heldout",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="held-out JSON lines to report accuracy on, repeatable (default: "
+        "the shipped heldout*.jsonl when --data is the shipped "
+        "train.jsonl, else a 10%% split of --data)",
+    )
+    train.add_argument(
+        "--out",
+        default=None,
+        help="router directory to write (default: the gating settings' "
+        "router path, configs/gating/task_router)",
+    )
     train.add_argument("--registry", default=None, help="experts registry (default: configs/)")
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--lr", type=float, default=0.3)
     train.add_argument("--seed", type=int, default=13)
-    train.add_argument("--min-accuracy", type=float, default=None,
-                       help="exit 1 (and do not save) when held-out accuracy is below this")
+    train.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="exit 1 (and do not save) when held-out accuracy is below this",
+    )
 
     route = sub.add_parser("route", help="route one request and print the result")
     route.add_argument("--text", required=True)
@@ -58,13 +73,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fb.add_argument("--router", default=None, help="router directory (default: settings)")
 
     dom = sub.add_parser("train-domain", help="train the XLM-R domain classifier")
-    dom.add_argument("--data", required=True,
-                     help="JSON lines {text, domain} (optionally description)")
+    dom.add_argument(
+        "--data", required=True, help="JSON lines {text, domain} (optionally description)"
+    )
     dom.add_argument("--encoder", required=True, help="local XLM-R model directory")
     dom.add_argument("--out", required=True, help="directory to write domain_cls.pt into")
     dom.add_argument("--epochs", type=int, default=30)
-    dom.add_argument("--model-name", default=None,
-                     help="model_name recorded in the artifact (default: the encoder path)")
+    dom.add_argument(
+        "--model-name",
+        default=None,
+        help="model_name recorded in the artifact (default: the encoder path)",
+    )
 
 
 def _shown(path: str | Path) -> str:
@@ -82,9 +101,9 @@ def _progress(row: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gating.router import QRouter, TrainConfig, read_examples
-    from gating.settings import load_settings
-    from protocol.registry import load_registry
+    from mole.gating.router import QRouter, TrainConfig, read_examples
+    from mole.gating.settings import load_settings
+    from mole.protocol.registry import load_registry
 
     registry = load_registry(args.registry)
     examples = read_examples(args.data)
@@ -105,8 +124,11 @@ def _train(args: argparse.Namespace) -> int:
         train, heldout, source = examples, [], "none (fewer than 20 examples)"
     domains = {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains}
     router = QRouter(domains, config=TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
-    print(f"training on {len(train)} descriptions ({args.data}); held out: {len(heldout)} "
-          f"({source}); domains: {domains}", flush=True)
+    print(
+        f"training on {len(train)} descriptions ({args.data}); held out: {len(heldout)} "
+        f"({source}); domains: {domains}",
+        flush=True,
+    )
     report = router.train(train, validation=heldout, progress=_progress)
     report["data"] = _shown(args.data)
     report["data_sha256"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
@@ -114,11 +136,12 @@ def _train(args: argparse.Namespace) -> int:
     router.report = report
     acc = report.get("validation_accuracy")
     shown = f"{acc:.4f} ({len(heldout)} descriptions)" if acc is not None else "n/a"
-    print(f"train accuracy {report['train_accuracy']:.4f}; held-out accuracy {shown}; "
-          f"{report['seconds']} s")
+    print(
+        f"train accuracy {report['train_accuracy']:.4f}; held-out accuracy {shown}; "
+        f"{report['seconds']} s"
+    )
     if args.min_accuracy is not None and (acc is None or acc < args.min_accuracy):
-        print(f"held-out accuracy {shown} is under {args.min_accuracy}: not saved",
-              file=sys.stderr)
+        print(f"held-out accuracy {shown} is under {args.min_accuracy}: not saved", file=sys.stderr)
         return 1
     out = args.out or load_settings().router_path
     path = router.save(out)
@@ -127,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from gating.pipeline import GatingPipeline
+    from mole.gating.pipeline import GatingPipeline
 
     pipeline = GatingPipeline.load(args.registry, router=args.router)
     result = pipeline.route(args.text, args.description)
@@ -136,8 +159,10 @@ def _route(args: argparse.Namespace) -> int:
     else:
         e = result.expert
         print(result.routing_path)
-        print(f"  language  {result.language.name} ({result.language.code}) "
-              f"p={result.language_confidence:.3f}")
+        print(
+            f"  language  {result.language.name} ({result.language.code}) "
+            f"p={result.language_confidence:.3f}"
+        )
         print(f"  task      {result.task_key}  Q={result.task_scores[result.task]:.3f}")
         print(f"  expert    {e.base_model_key}  adapter {e.adapter_name} ({e.adapter_path})")
         print("  timings   " + "  ".join(f"{k}={v:.3f}" for k, v in result.timings.items()))
@@ -145,12 +170,12 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _feedback(args: argparse.Namespace) -> int:
-    from gating.router import QRouter
-    from gating.settings import load_settings
+    from mole.gating.router import QRouter
+    from mole.gating.settings import load_settings
 
     path = args.router or load_settings().router_path
     router = QRouter.load(path)
-    domain, task = (args.task.split("/", 1) if "/" in args.task else (None, args.task))
+    domain, task = args.task.split("/", 1) if "/" in args.task else (None, args.task)
     before = router.route(args.description, domain).q_values.get(task)
     router.feedback(args.description, task, args.reward, domain)
     after = router.route(args.description, domain).q_values.get(task)
@@ -160,8 +185,8 @@ def _feedback(args: argparse.Namespace) -> int:
 
 
 def _train_domain(args: argparse.Namespace) -> int:
-    from gating.domain import routing_prompt, train_domain_classifier
-    from gating.errors import InvalidInput
+    from mole.gating.domain import routing_prompt, train_domain_classifier
+    from mole.gating.errors import InvalidInput
 
     pairs = []
     with open(args.data, encoding="utf-8") as f:
@@ -172,20 +197,30 @@ def _train_domain(args: argparse.Namespace) -> int:
                 obj = json.loads(line)
                 text, domain = obj["text"], obj["domain"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise InvalidInput(f"{args.data}:{n}: need an object with text and domain "
-                                   f"({err})") from None
+                raise InvalidInput(
+                    f"{args.data}:{n}: need an object with text and domain ({err})"
+                ) from None
             desc = obj.get("description")
             pairs.append((routing_prompt(desc, text) if desc else text, domain))
-    report = train_domain_classifier(pairs, encoder_dir=args.encoder, out_dir=args.out,
-                                     epochs=args.epochs, model_name=args.model_name,
-                                     progress=_progress)
+    report = train_domain_classifier(
+        pairs,
+        encoder_dir=args.encoder,
+        out_dir=args.out,
+        epochs=args.epochs,
+        model_name=args.model_name,
+        progress=_progress,
+    )
     print(json.dumps(report, indent=2))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    handlers = {"train": _train, "route": _route, "feedback": _feedback,
-                "train-domain": _train_domain}
+    handlers = {
+        "train": _train,
+        "route": _route,
+        "feedback": _feedback,
+        "train-domain": _train_domain,
+    }
     try:
         return handlers[args.gating_command](args)
     except GatingError as err:

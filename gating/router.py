@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
-from gating.features import FeatureSpec, Featurizer
+from mole.gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
+from mole.gating.features import FeatureSpec, Featurizer
 
 FORMAT = "mole-hashed-qrouter"
 FORMAT_VERSION = 1
@@ -298,8 +298,7 @@ class QRouter:
             )
         if ex.task not in self._q[ex.domain].index:
             raise UnknownTask(
-                f"training example for unknown task {ex.domain}/{ex.task}: "
-                f"{ex.description[:60]!r}",
+                f"training example for unknown task {ex.domain}/{ex.task}: {ex.description[:60]!r}",
                 task=ex.task,
                 known=self._q[ex.domain].tasks,
             )

@@ -7,8 +7,8 @@ does serve) — there is deliberately no fallback to another language's expert.
 
 from __future__ import annotations
 
-from gating.errors import UnknownTask, UnsupportedLanguage
-from protocol.registry import ExpertSpec, ExpertsRegistry, Language, UnknownExpert
+from mole.gating.errors import UnknownTask, UnsupportedLanguage
+from mole.protocol.registry import ExpertSpec, ExpertsRegistry, Language, UnknownExpert
 
 
 class ExpertSelector:

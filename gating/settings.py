@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gating.errors import ArtifactError
+from mole.configs import config_path
+from mole.gating.errors import ArtifactError
 
-CONFIGS_GATING = Path(__file__).resolve().parent.parent / "configs" / "gating"
+CONFIGS_GATING = config_path("gating")
 DEFAULT_SETTINGS_PATH = CONFIGS_GATING / "settings.json"
 DEFAULT_ROUTER_DIR = CONFIGS_GATING / "task_router"
 DEFAULT_TRAIN_DATA = CONFIGS_GATING.parent / "router_data" / "train.jsonl"

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gating.errors import ArtifactError
+from mole.gating.errors import ArtifactError
 
 # NOTE: a fast tokenizer called with padding/truncation arguments mutates its Rust-side
 # settings, and concurrent calls can fail with "Already borrowed"; tokenising is cheap next
@@ -27,9 +27,7 @@ def import_torch():
         import torch
         import transformers
     except ImportError as err:  # pragma: no cover - both are project dependencies
-        raise ArtifactError(
-            f"the XLM-R gating path needs torch and transformers ({err})"
-        ) from err
+        raise ArtifactError(f"the XLM-R gating path needs torch and transformers ({err})") from err
     return torch, transformers
 
 
@@ -60,7 +58,7 @@ def load_tokenizer(encoder_dir: Path):
 
 def load_encoder(encoder_dir: Path, state_dict: dict[str, Any] | None = None):
     """An XLM-R encoder in eval mode: from ``encoder_dir``, or its config + ``state_dict``."""
-    torch, transformers = import_torch()
+    _torch, transformers = import_torch()
     try:
         if state_dict is None:
             model = transformers.AutoModel.from_pretrained(
@@ -73,7 +71,8 @@ def load_encoder(encoder_dir: Path, state_dict: dict[str, Any] | None = None):
             model = transformers.AutoModel.from_config(config, add_pooling_layer=False)
             missing, unexpected = model.load_state_dict(state_dict, strict=False)
             unexpected = [
-                k for k in unexpected
+                k
+                for k in unexpected
                 if not k.startswith("pooler.") and not k.endswith("position_ids")
             ]
             missing = [k for k in missing if not k.endswith("position_ids")]

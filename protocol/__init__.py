@@ -6,7 +6,7 @@ and ``AsyncClient`` (asyncio) are imported on first use, so the broker and worke
 need only the framing, do not load the client machinery.
 """
 
-from protocol.errors import (
+from mole.protocol.errors import (
     BadRequest,
     DeadlineExceeded,
     ErrorCode,
@@ -23,9 +23,9 @@ from protocol.errors import (
 
 __all__ = [
     "AsyncClient",
+    "BadRequest",
     "Client",
     "ClientClosed",
-    "BadRequest",
     "DeadlineExceeded",
     "ErrorCode",
     "InternalError",
@@ -42,15 +42,15 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "Client":
-        from protocol.client import Client
+        from mole.protocol.client import Client
 
         return Client
     if name == "AsyncClient":
-        from protocol.aio import AsyncClient
+        from mole.protocol.aio import AsyncClient
 
         return AsyncClient
     if name == "ClientClosed":
-        from protocol._pending import ClientClosed
+        from mole.protocol._pending import ClientClosed
 
         return ClientClosed
     raise AttributeError(f"module 'protocol' has no attribute {name!r}")

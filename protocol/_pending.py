@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from protocol import mdp
-from protocol.envelope import RequestHeader, decode_reply_header, unpack
-from protocol.errors import (
+from mole.protocol import mdp
+from mole.protocol.envelope import RequestHeader, decode_reply_header, unpack
+from mole.protocol.errors import (
     BadRequest,
     DeadlineExceeded,
     MalformedMessage,
@@ -86,7 +86,7 @@ def new_routing_id() -> bytes:
 class LinkState:
     """Whether the client's connection to the broker is up, as the socket monitor says."""
 
-    __slots__ = ("url", "connected", "changed_at", "ever_connected", "connects")
+    __slots__ = ("changed_at", "connected", "connects", "ever_connected", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -128,8 +128,13 @@ class LinkState:
 class Correlator:
     """The pending-request table of one client socket. Thread-safe."""
 
-    def __init__(self, url: str, *, deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
-                 max_body_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        deadline_grace: float = DEFAULT_DEADLINE_GRACE_S,
+        max_body_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
         self.link = LinkState(url)
         self.deadline_grace = deadline_grace
         self.max_body_bytes = max_body_bytes
@@ -168,9 +173,11 @@ class Correlator:
         if size > self.max_body_bytes:
             # NOTE: the broker drops the *connection* of a peer that sends a frame over its
             # limit, which would disturb every request on this shared socket; refuse here.
-            raise BadRequest(f"request payload is {size} bytes; the limit is "
-                             f"{self.max_body_bytes} (max_request_bytes, and the broker's "
-                             "--max-message-bytes)")
+            raise BadRequest(
+                f"request payload is {size} bytes; the limit is "
+                f"{self.max_body_bytes} (max_request_bytes, and the broker's "
+                "--max-message-bytes)"
+            )
         now = time.monotonic()
         deadline = now + timeout
         pending = Pending(
@@ -326,7 +333,7 @@ class StreamSink:
     ``asyncio.Queue``'s ``put_nowait``: the correlation core never knows which.
     """
 
-    __slots__ = ("queue", "_put")
+    __slots__ = ("_put", "queue")
 
     def __init__(self, queue: Any, put: Callable[[tuple[str, Any]], None]) -> None:
         self.queue = queue

@@ -27,9 +27,9 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from protocol import mdp
-from protocol._frames import recv_frames, send_frames
-from protocol._pending import (
+from mole.protocol import mdp
+from mole.protocol._frames import recv_frames, send_frames
+from mole.protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     DEFAULT_MAX_REQUEST_BYTES,
     ClientClosed,
@@ -41,9 +41,9 @@ from protocol._pending import (
     decode_reply,
     new_routing_id,
 )
-from protocol.client import MONITOR_EVENTS, configure_socket
-from protocol.curve import CurveKeys
-from protocol.envelope import pack
+from mole.protocol.client import MONITOR_EVENTS, configure_socket
+from mole.protocol.curve import CurveKeys
+from mole.protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
 
@@ -104,11 +104,16 @@ class AsyncClient:
         self.timeout = check_timeout(timeout, 30.0)
         self.routing_id = routing_id or new_routing_id()
         self._context = context
-        self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
-                         reconnect_interval_max)
+        self._options = (
+            heartbeat_interval,
+            heartbeat_timeout,
+            reconnect_interval,
+            reconnect_interval_max,
+        )
         self._curve = curve
-        self._core = Correlator(url, deadline_grace=deadline_grace,
-                                max_body_bytes=max_request_bytes)
+        self._core = Correlator(
+            url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
+        )
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,8 +191,11 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
-        self._core.fail_all(lambda p: ClientClosed(
-            f"client closed while request {p.request_id} to {p.service!r} was pending"))
+        self._core.fail_all(
+            lambda p: ClientClosed(
+                f"client closed while request {p.request_id} to {p.service!r} was pending"
+            )
+        )
         if self._socket is not None:
             self._loop.remove_reader(self._socket.getsockopt(zmq.FD))
             self._loop.remove_reader(self._monitor.getsockopt(zmq.FD))
@@ -210,8 +218,10 @@ class AsyncClient:
             raise ClientClosed("the client is closed")
         if self._socket is not None:
             if asyncio.get_running_loop() is not self._loop:
-                raise RuntimeError("an AsyncClient belongs to the event loop that first used "
-                                   "it; create one client per loop")
+                raise RuntimeError(
+                    "an AsyncClient belongs to the event loop that first used "
+                    "it; create one client per loop"
+                )
             return
         self._loop = asyncio.get_running_loop()
         context = self._context or zmq.Context.instance()
@@ -296,7 +306,10 @@ class AsyncClient:
                 self._core.link.down()
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._core.link.up():
                 resend = self._core.resend_frames()
-                log.info("reconnected to the broker at %s; resending %d pending request(s)",
-                         self.url, len(resend))
+                log.info(
+                    "reconnected to the broker at %s; resending %d pending request(s)",
+                    self.url,
+                    len(resend),
+                )
                 for frames in resend:
                     self._send(frames)

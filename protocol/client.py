@@ -18,6 +18,7 @@ the broker was reachable.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -28,9 +29,9 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol import mdp
-from protocol._frames import recv_frames, send_frames
-from protocol._pending import (
+from mole.protocol import mdp
+from mole.protocol._frames import recv_frames, send_frames
+from mole.protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     DEFAULT_MAX_REQUEST_BYTES,
     ClientClosed,
@@ -42,9 +43,9 @@ from protocol._pending import (
     decode_reply,
     new_routing_id,
 )
-from protocol._wake import Waker
-from protocol.curve import CurveKeys
-from protocol.envelope import pack
+from mole.protocol._wake import Waker
+from mole.protocol.curve import CurveKeys
+from mole.protocol.envelope import pack
 
 log = logging.getLogger("mole.client")
 
@@ -138,11 +139,16 @@ class Client:
         self.timeout = check_timeout(timeout, 30.0)
         self.routing_id = routing_id or new_routing_id()
         self._context = context or zmq.Context.instance()
-        self._core = Correlator(url, deadline_grace=deadline_grace,
-                                max_body_bytes=max_request_bytes)
+        self._core = Correlator(
+            url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
+        )
         self._outbox: collections.deque[list[bytes]] = collections.deque()
-        self._options = (heartbeat_interval, heartbeat_timeout, reconnect_interval,
-                         reconnect_interval_max)
+        self._options = (
+            heartbeat_interval,
+            heartbeat_timeout,
+            reconnect_interval,
+            reconnect_interval_max,
+        )
         self._curve = curve
         self._closing = False
         self._closed = False
@@ -249,8 +255,9 @@ class Client:
         try:
             while True:
                 try:
-                    kind, value = sink.queue.get(timeout=max(0.0, pending.expires -
-                                                             time.monotonic()))
+                    kind, value = sink.queue.get(
+                        timeout=max(0.0, pending.expires - time.monotonic())
+                    )
                 except queue.Empty:
                     if self._core.take(pending.request_id) is not None:
                         finished = True
@@ -293,12 +300,13 @@ class Client:
             log.exception("client I/O thread failed; failing pending requests")
         finally:
             self._closed = True
-            self._core.fail_all(lambda p: ClientClosed(
-                f"client closed while request {p.request_id} to {p.service!r} was pending"))
-            try:
+            self._core.fail_all(
+                lambda p: ClientClosed(
+                    f"client closed while request {p.request_id} to {p.service!r} was pending"
+                )
+            )
+            with contextlib.suppress(zmq.ZMQError):
                 socket.disable_monitor()
-            except zmq.ZMQError:
-                pass
             monitor.close(0)
             socket.close(0)
             self._waker.close()
@@ -328,8 +336,9 @@ class Client:
         apply_monitor_events(monitor, self._core, self.url, lambda f: send_nowait(socket, f))
 
 
-def apply_monitor_events(monitor: zmq.Socket, core: Correlator, url: str,
-                         resend: Callable[[list[bytes]], None]) -> None:
+def apply_monitor_events(
+    monitor: zmq.Socket, core: Correlator, url: str, resend: Callable[[list[bytes]], None]
+) -> None:
     """Read the socket monitor's waiting events into ``core``'s link state.
 
     A completed handshake after an earlier one is a reconnection: every pending request
@@ -344,13 +353,15 @@ def apply_monitor_events(monitor: zmq.Socket, core: Correlator, url: str,
         if event["event"] == zmq.EVENT_DISCONNECTED:
             log.info("lost the connection to the broker at %s", url)
             core.link.down()
-        elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if core.link.up():
-                frames_to_resend = core.resend_frames()
-                log.info("reconnected to the broker at %s; resending %d pending "
-                         "request(s)", url, len(frames_to_resend))
-                for frames in frames_to_resend:
-                    resend(frames)
+        elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and core.link.up():
+            frames_to_resend = core.resend_frames()
+            log.info(
+                "reconnected to the broker at %s; resending %d pending request(s)",
+                url,
+                len(frames_to_resend),
+            )
+            for frames in frames_to_resend:
+                resend(frames)
 
 
 def send_nowait(socket: zmq.Socket, frames: list[bytes]) -> None:

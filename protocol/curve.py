@@ -43,8 +43,10 @@ class CurveKeys:
         except (OSError, ValueError) as err:
             raise CurveKeyError(f"cannot load CURVE keys: {err}") from err
         if secret is None:
-            raise CurveKeyError(f"{secret_file} holds no secret key; pass the .key_secret file "
-                                "written by `mole keys generate`")
+            raise CurveKeyError(
+                f"{secret_file} holds no secret key; pass the .key_secret file "
+                "written by `mole keys generate`"
+            )
         if server_public is None or public is None:
             raise CurveKeyError(f"{server_public_file} or {secret_file} holds no public key")
         return cls(server_public, public, secret)
@@ -67,9 +69,11 @@ class CurveKeys:
             return None
         if server is None or secret is None:
             missing = ENV_SERVER_KEY if server is None else ENV_SECRET_KEY
-            raise CurveKeyError(f"{missing} is not set: CURVE needs both {ENV_SERVER_KEY} (the "
-                                f"broker's public .key file) and {ENV_SECRET_KEY} (this peer's "
-                                ".key_secret file), or neither")
+            raise CurveKeyError(
+                f"{missing} is not set: CURVE needs both {ENV_SERVER_KEY} (the "
+                f"broker's public .key file) and {ENV_SECRET_KEY} (this peer's "
+                ".key_secret file), or neither"
+            )
         return cls.from_files(server, secret)
 
     def apply(self, socket: zmq.Socket) -> None:

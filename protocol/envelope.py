@@ -25,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from protocol.errors import ErrorCode, MalformedMessage
+from mole.protocol.errors import ErrorCode, MalformedMessage
 
 VERSION = 1
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from protocol.errors import MalformedMessage
+from mole.protocol.errors import MalformedMessage
 
 CLIENT_HEADER = b"MDPC02"
 WORKER_HEADER = b"MDPW02"

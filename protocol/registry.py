@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import MoleError
+from mole.configs import config_path
+from mole.protocol.errors import MoleError
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = config_path()
 DEFAULT_REGISTRY_PATH = CONFIGS_DIR / "experts_registry.json"
 
 #: Languages the project knows by name. ISO 639-1 code -> lower-case English name.
@@ -296,8 +297,10 @@ def parse_registry(raw: dict[str, Any], *, path: Path | None = None) -> ExpertsR
                 raise RegistryError(f"{ewhere}: language {lang.name} is mapped twice")
             if not isinstance(entry, dict):
                 raise RegistryError(f"{ewhere}: expected object")
-            merged = {k: spec.get(k) for k in ("base_model_key", "adapter_name", "adapter_path",
-                                                "template_path")}
+            merged = {
+                k: spec.get(k)
+                for k in ("base_model_key", "adapter_name", "adapter_path", "template_path")
+            }
             merged.update({k: v for k, v in entry.items() if v is not None})
             bm = _require(merged, "base_model_key", ewhere, str)
             if bm not in base_models:

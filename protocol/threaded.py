@@ -18,15 +18,16 @@ half that on a socket of the thread's own (see ``tests/benchmarks/bench_client.p
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
 
 import zmq
 
-from protocol import mdp
-from protocol._frames import wait_frames
-from protocol._pending import (
+from mole.protocol import mdp
+from mole.protocol._frames import wait_frames
+from mole.protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     DEFAULT_MAX_REQUEST_BYTES,
     ClientClosed,
@@ -36,9 +37,9 @@ from protocol._pending import (
     decode_reply,
     new_routing_id,
 )
-from protocol.client import MONITOR_EVENTS, apply_monitor_events, configure_socket, send_nowait
-from protocol.curve import CurveKeys
-from protocol.envelope import pack
+from mole.protocol.client import MONITOR_EVENTS, apply_monitor_events, configure_socket, send_nowait
+from mole.protocol.curve import CurveKeys
+from mole.protocol.envelope import pack
 
 #: Seconds a waiting call sleeps on the socket before it looks at the socket monitor (a
 #: lost or re-made connection); it also looks when a call starts after a longer pause.
@@ -48,7 +49,7 @@ MONITOR_CHECK_S = 0.1
 class _Answer:
     """Sink of the one request a :class:`SerialClient` waits for (same thread: no lock)."""
 
-    __slots__ = ("done", "body", "error")
+    __slots__ = ("body", "done", "error")
 
     def __init__(self) -> None:
         self.done = False
@@ -92,13 +93,20 @@ class SerialClient:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
         self.routing_id = routing_id or new_routing_id()
-        self._core = Correlator(url, deadline_grace=deadline_grace,
-                                max_body_bytes=max_request_bytes)
+        self._core = Correlator(
+            url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
+        )
         context = context or zmq.Context.instance()
         socket = context.socket(zmq.DEALER)
         try:
-            configure_socket(socket, self.routing_id, heartbeat_interval, heartbeat_timeout,
-                             reconnect_interval, reconnect_interval_max)
+            configure_socket(
+                socket,
+                self.routing_id,
+                heartbeat_interval,
+                heartbeat_timeout,
+                reconnect_interval,
+                reconnect_interval_max,
+            )
             if curve is not None:
                 curve.apply(socket)
             self._monitor = socket.get_monitor_socket(MONITOR_EVENTS)
@@ -143,10 +151,8 @@ class SerialClient:
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(zmq.ZMQError):
             self._socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
         self._monitor.close(0)
         self._socket.close(0)
 
@@ -196,8 +202,9 @@ class SerialClient:
     def _on_monitor(self) -> None:
         socket = self._socket
         self._monitor_seen = time.monotonic()
-        apply_monitor_events(self._monitor, self._core, self.url,
-                             lambda frames: send_nowait(socket, frames))
+        apply_monitor_events(
+            self._monitor, self._core, self.url, lambda frames: send_nowait(socket, frames)
+        )
 
 
 class PerThreadClient:

@@ -21,8 +21,11 @@ DEPLOY = ROOT / "deploy"
 
 def _mole_help(subcommand: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "mole_cli", subcommand, "--help"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [sys.executable, "-m", "mole", subcommand, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert out.returncode == 0, f"mole {subcommand} --help failed: {out.stderr}"
     return out.stdout
@@ -39,7 +42,7 @@ def _check_command(argv: list[str]) -> None:
 
 def _setting_is_read(name: str) -> bool:
     """True when some Python file of the project mentions the environment variable."""
-    for package in ("protocol", "broker", "worker", "gating", "frontend", "mole_cli"):
+    for package in ("protocol", "broker", "worker", "gating", "frontend", "mole"):
         for path in (ROOT / package).rglob("*.py"):
             if name in path.read_text(encoding="utf-8"):
                 return True

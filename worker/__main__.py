@@ -3,12 +3,13 @@
 import argparse
 import sys
 
-from worker import cli
+from mole.worker import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker",
-                                     description="run an expert worker for one base model")
+    parser = argparse.ArgumentParser(
+        prog="python -m worker", description="run an expert worker for one base model"
+    )
     cli.configure(parser)
     return int(cli.run(parser.parse_args(argv)) or 0)
 

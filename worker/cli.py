@@ -26,43 +26,79 @@ DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    parser.add_argument("--model-key", default=env("WORKER_MODEL_KEY"),
-                        help="base_model_key to serve (env WORKER_MODEL_KEY)")
-    parser.add_argument("--broker", default=env("MOLE_BROKER_URL", DEFAULT_BROKER_URL),
-                        help=f"broker address (env MOLE_BROKER_URL, default {DEFAULT_BROKER_URL})")
-    parser.add_argument("--registry", default=None,
-                        help="experts registry file (env EXPERT_REGISTRY_PATH)")
+    parser.add_argument(
+        "--model-key",
+        default=env("WORKER_MODEL_KEY"),
+        help="base_model_key to serve (env WORKER_MODEL_KEY)",
+    )
+    parser.add_argument(
+        "--broker",
+        default=env("MOLE_BROKER_URL", DEFAULT_BROKER_URL),
+        help=f"broker address (env MOLE_BROKER_URL, default {DEFAULT_BROKER_URL})",
+    )
+    parser.add_argument(
+        "--registry", default=None, help="experts registry file (env EXPERT_REGISTRY_PATH)"
+    )
     parser.add_argument("--worker-id", default=env("WORKER_ID"), help="id (env WORKER_ID)")
-    parser.add_argument("--models-dir", default=None,
-                        help="local base models by key (env MOLE_MODELS_DIR)")
-    parser.add_argument("--adapters-dir", default=None,
-                        help="adapters root (env MOLE_ADAPTERS_DIR)")
+    parser.add_argument(
+        "--models-dir", default=None, help="local base models by key (env MOLE_MODELS_DIR)"
+    )
+    parser.add_argument(
+        "--adapters-dir", default=None, help="adapters root (env MOLE_ADAPTERS_DIR)"
+    )
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:n] (env MOLE_DEVICE)")
-    parser.add_argument("--load-in-4bit", action="store_true", default=None,
-                        help="load nf4 even on CPU (env MOLE_FORCE_4BIT)")
-    parser.add_argument("--keep-dtype", action="store_true", default=None,
-                        help="keep float16 on CPU instead of float32 (env MOLE_KEEP_DTYPE)")
-    parser.add_argument("--max-batch", type=int, default=None,
-                        help="requests per forward pass (env MOLE_MAX_BATCH, default 16)")
-    parser.add_argument("--batch-wait-ms", type=float, default=None,
-                        help="batching window (env MOLE_BATCH_WAIT_MS, default 5)")
-    parser.add_argument("--max-input-tokens", type=int, default=None,
-                        help="prompt limit in tokens (env MOLE_MAX_INPUT_TOKENS, default 1024)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (env MOLE_TORCH_THREADS)")
+    parser.add_argument(
+        "--load-in-4bit",
+        action="store_true",
+        default=None,
+        help="load nf4 even on CPU (env MOLE_FORCE_4BIT)",
+    )
+    parser.add_argument(
+        "--keep-dtype",
+        action="store_true",
+        default=None,
+        help="keep float16 on CPU instead of float32 (env MOLE_KEEP_DTYPE)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="requests per forward pass (env MOLE_MAX_BATCH, default 16)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=None,
+        help="batching window (env MOLE_BATCH_WAIT_MS, default 5)",
+    )
+    parser.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=None,
+        help="prompt limit in tokens (env MOLE_MAX_INPUT_TOKENS, default 1024)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (env MOLE_TORCH_THREADS)"
+    )
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up requests")
-    parser.add_argument("--heartbeat-interval", type=float,
-                        default=float(env("MOLE_HEARTBEAT_INTERVAL", "2.5")),
-                        help="seconds; must match the broker's (env MOLE_HEARTBEAT_INTERVAL)")
-    parser.add_argument("--liveness", type=int, default=int(env("MOLE_HEARTBEAT_LIVENESS", "3")),
-                        help="heartbeats missed before the broker counts as lost "
-                             "(env MOLE_HEARTBEAT_LIVENESS)")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(env("MOLE_HEARTBEAT_INTERVAL", "2.5")),
+        help="seconds; must match the broker's (env MOLE_HEARTBEAT_INTERVAL)",
+    )
+    parser.add_argument(
+        "--liveness",
+        type=int,
+        default=int(env("MOLE_HEARTBEAT_LIVENESS", "3")),
+        help="heartbeats missed before the broker counts as lost (env MOLE_HEARTBEAT_LIVENESS)",
+    )
     parser.add_argument("--log-level", default=env("MOLE_LOG_LEVEL", "INFO"))
 
 
 def settings_from_args(args: argparse.Namespace):
     """EngineSettings from the environment, overridden by the flags that were given."""
-    from worker.engine.settings import EngineSettings
+    from mole.worker.engine.settings import EngineSettings
 
     settings = EngineSettings()
     if args.models_dir:
@@ -87,19 +123,20 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=str(args.log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not args.model_key:
         print("mole worker: --model-key (or WORKER_MODEL_KEY) is required", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from protocol.curve import CurveKeyError, CurveKeys
-    from protocol.registry import RegistryError, load_registry
-    from worker.engine.batching import BatchingHandler
-    from worker.engine.engine import Engine
-    from worker.engine.errors import ModelLoadError
-    from worker.runtime import WorkerRuntime, default_worker_id, stop_on_signals
+    from mole.protocol.curve import CurveKeyError, CurveKeys
+    from mole.protocol.registry import RegistryError, load_registry
+    from mole.worker.engine.batching import BatchingHandler
+    from mole.worker.engine.engine import Engine
+    from mole.worker.engine.errors import ModelLoadError
+    from mole.worker.runtime import WorkerRuntime, default_worker_id, stop_on_signals
 
     try:  # before loading the model: a key problem must not cost a minute of loading
         curve = CurveKeys.from_env()
@@ -117,12 +154,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if engine.tiny:
         log.warning("serving a TINY random-weight model: its predictions mean nothing")
-    log.info("ready in %.2f s: %s serves %s", time.perf_counter() - t0, args.model_key,
-             ", ".join(engine.metadata()["tasks"]))
+    log.info(
+        "ready in %.2f s: %s serves %s",
+        time.perf_counter() - t0,
+        args.model_key,
+        ", ".join(engine.metadata()["tasks"]),
+    )
     handler = BatchingHandler(engine)
-    runtime = WorkerRuntime(args.broker, args.model_key, handler, worker_id=worker_id,
-                            heartbeat_interval=args.heartbeat_interval, liveness=args.liveness,
-                            curve=curve)
+    runtime = WorkerRuntime(
+        args.broker,
+        args.model_key,
+        handler,
+        worker_id=worker_id,
+        heartbeat_interval=args.heartbeat_interval,
+        liveness=args.liveness,
+        curve=curve,
+    )
     stop_on_signals(runtime)
     log.info("worker %s registering %r with %s", worker_id, args.model_key, args.broker)
     runtime.run()

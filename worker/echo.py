@@ -25,9 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from protocol.curve import CurveKeyError, CurveKeys
-from worker.handler import Handler, Responder, WorkRequest
-from worker.runtime import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LIVENESS, WorkerRuntime
+from mole.protocol.curve import CurveKeyError, CurveKeys
+from mole.worker.handler import Handler, Responder, WorkRequest
+from mole.worker.runtime import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LIVENESS, WorkerRuntime
 
 log = logging.getLogger("mole.worker.echo")
 
@@ -35,8 +35,9 @@ log = logging.getLogger("mole.worker.echo")
 class EchoHandler(Handler):
     """Replies ``{"echo": payload, "worker_id", "request_id", "attempt"}``. Scaffolding."""
 
-    def __init__(self, *, slots: int = 1, delay_s: float = 0.0, partials: int = 0,
-                 worker_id: str = "echo") -> None:
+    def __init__(
+        self, *, slots: int = 1, delay_s: float = 0.0, partials: int = 0, worker_id: str = "echo"
+    ) -> None:
         self.slots = max(1, int(slots))
         self.delay_s = float(delay_s)
         self.partials = int(partials)
@@ -46,8 +47,13 @@ class EchoHandler(Handler):
         self._lock = threading.Lock()
 
     def metadata(self) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "tasks": ["echo"], "device": "cpu",
-                "echo": True, "delay_s": self.delay_s}
+        return {
+            "worker_id": self.worker_id,
+            "tasks": ["echo"],
+            "device": "cpu",
+            "echo": True,
+            "delay_s": self.delay_s,
+        }
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="echo")
@@ -67,12 +73,18 @@ class EchoHandler(Handler):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _serve(self, request: WorkRequest, responder: Responder, control: dict,
-               delay: float, partials: int) -> None:
+    def _serve(
+        self, request: WorkRequest, responder: Responder, control: dict, delay: float, partials: int
+    ) -> None:
         try:
             for index in range(partials):
-                responder.partial({"partial": index, "worker_id": self.worker_id,
-                                   "request_id": request.request_id})
+                responder.partial(
+                    {
+                        "partial": index,
+                        "worker_id": self.worker_id,
+                        "request_id": request.request_id,
+                    }
+                )
             if delay > 0:
                 time.sleep(delay)
             self._answer(request, responder, control)
@@ -86,8 +98,14 @@ class EchoHandler(Handler):
         if "error" in control:
             responder.error(str(control["error"]), str(control.get("message", "echo error")))
             return
-        responder.final({"echo": request.payload, "worker_id": self.worker_id,
-                         "request_id": request.request_id, "attempt": request.attempt})
+        responder.final(
+            {
+                "echo": request.payload,
+                "worker_id": self.worker_id,
+                "request_id": request.request_id,
+                "attempt": request.attempt,
+            }
+        )
 
 
 def _control(payload: Any) -> dict:
@@ -101,26 +119,40 @@ def _control(payload: Any) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m worker.echo",
-        description="Run an ECHO worker (test/benchmark scaffolding: it classifies nothing).")
+        description="Run an ECHO worker (test/benchmark scaffolding: it classifies nothing).",
+    )
     env = os.environ.get
-    parser.add_argument("--broker", default=env("MOLE_BROKER_URL"), required=not env(
-        "MOLE_BROKER_URL"), help="broker address, e.g. tcp://host:5555 (MOLE_BROKER_URL)")
+    parser.add_argument(
+        "--broker",
+        default=env("MOLE_BROKER_URL"),
+        required=not env("MOLE_BROKER_URL"),
+        help="broker address, e.g. tcp://host:5555 (MOLE_BROKER_URL)",
+    )
     parser.add_argument("--service", required=True, help="service name to register")
     parser.add_argument("--slots", type=int, default=1, help="concurrent requests (default 1)")
     parser.add_argument("--delay", type=float, default=0.0, help="service time per request, s")
     parser.add_argument("--partials", type=int, default=0, help="PARTIAL replies per request")
     parser.add_argument("--worker-id", default=None, help="id reported to the broker")
-    parser.add_argument("--heartbeat-interval", type=float,
-                        # a string default goes through type=, so a bad variable
-                        # gets argparse's clear error rather than a traceback
-                        default=env("MOLE_HEARTBEAT_INTERVAL") or str(DEFAULT_HEARTBEAT_INTERVAL_S),
-                        help="seconds; must match the broker's (MOLE_HEARTBEAT_INTERVAL)")
-    parser.add_argument("--liveness", type=int,
-                        default=env("MOLE_HEARTBEAT_LIVENESS") or str(DEFAULT_LIVENESS),
-                        help="heartbeats missed before the broker counts as lost "
-                             "(MOLE_HEARTBEAT_LIVENESS)")
-    parser.add_argument("--reconnect-max", type=float, default=8.0,
-                        help="longest back-off between reconnection attempts, s")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        # a string default goes through type=, so a bad variable
+        # gets argparse's clear error rather than a traceback
+        default=env("MOLE_HEARTBEAT_INTERVAL") or str(DEFAULT_HEARTBEAT_INTERVAL_S),
+        help="seconds; must match the broker's (MOLE_HEARTBEAT_INTERVAL)",
+    )
+    parser.add_argument(
+        "--liveness",
+        type=int,
+        default=env("MOLE_HEARTBEAT_LIVENESS") or str(DEFAULT_LIVENESS),
+        help="heartbeats missed before the broker counts as lost (MOLE_HEARTBEAT_LIVENESS)",
+    )
+    parser.add_argument(
+        "--reconnect-max",
+        type=float,
+        default=8.0,
+        help="longest back-off between reconnection attempts, s",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -132,25 +164,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--slots must be >= 1, --delay and --partials >= 0")
     if not args.heartbeat_interval > 0 or args.liveness < 1:
         parser.error("--heartbeat-interval must be > 0 and --liveness >= 1")
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from worker.runtime import default_worker_id, stop_on_signals
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from mole.worker.runtime import default_worker_id, stop_on_signals
 
     worker_id = args.worker_id or default_worker_id(args.service)
-    handler = EchoHandler(slots=args.slots, delay_s=args.delay, partials=args.partials,
-                          worker_id=worker_id)
+    handler = EchoHandler(
+        slots=args.slots, delay_s=args.delay, partials=args.partials, worker_id=worker_id
+    )
     try:  # CURVE keys from MOLE_CURVE_SERVER_KEY / MOLE_CURVE_SECRET_KEY; None: CURVE off
         curve = CurveKeys.from_env()
     except CurveKeyError as err:
         print(f"echo worker: {err}", file=sys.stderr)
         return 2
-    runtime = WorkerRuntime(args.broker, args.service, handler, worker_id=worker_id,
-                            heartbeat_interval=args.heartbeat_interval,
-                            liveness=args.liveness, reconnect_max=args.reconnect_max,
-                            curve=curve)
+    runtime = WorkerRuntime(
+        args.broker,
+        args.service,
+        handler,
+        worker_id=worker_id,
+        heartbeat_interval=args.heartbeat_interval,
+        liveness=args.liveness,
+        reconnect_max=args.reconnect_max,
+        curve=curve,
+    )
     stop_on_signals(runtime)
-    log.info("echo worker %s (SCAFFOLDING) serving %r via %s, %d slot(s)", worker_id,
-             args.service, args.broker, handler.slots)
+    log.info(
+        "echo worker %s (SCAFFOLDING) serving %r via %s, %d slot(s)",
+        worker_id,
+        args.service,
+        args.broker,
+        handler.slots,
+    )
     runtime.run()
     return 0
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import ErrorCode
+from mole.protocol.errors import ErrorCode
 
 
 @dataclass(slots=True)

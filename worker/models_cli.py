@@ -21,23 +21,37 @@ def _default_out() -> Path:
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     tiny = sub.add_parser("tiny", help="generate tiny random-weight models and adapters")
-    tiny.add_argument("--out", default=None,
-                      help="destination (default $MOLE_DATA_DIR/tiny, i.e. ~/.cache/mole/tiny)")
+    tiny.add_argument(
+        "--out",
+        default=None,
+        help="destination (default $MOLE_DATA_DIR/tiny, i.e. ~/.cache/mole/tiny)",
+    )
     tiny.add_argument("--registry", default=None, help="experts registry file")
-    tiny.add_argument("--size", choices=("test", "bench"), default="test",
-                      help="test: ~1 M parameters (seconds); bench: ~25 M parameters")
-    tiny.add_argument("--model-key", action="append", default=None, dest="keys",
-                      help="only this base_model_key (repeatable)")
+    tiny.add_argument(
+        "--size",
+        choices=("test", "bench"),
+        default="test",
+        help="test: ~1 M parameters (seconds); bench: ~25 M parameters",
+    )
+    tiny.add_argument(
+        "--model-key",
+        action="append",
+        default=None,
+        dest="keys",
+        help="only this base_model_key (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) != "tiny":
-        print("usage: mole models tiny [--out DIR] [--size test|bench] [--model-key KEY]",
-              file=sys.stderr)
+        print(
+            "usage: mole models tiny [--out DIR] [--size test|bench] [--model-key KEY]",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from protocol.registry import RegistryError, load_registry
-    from worker.tiny import generate
+    from mole.protocol.registry import RegistryError, load_registry
+    from mole.worker.tiny import generate
 
     out = Path(args.out).expanduser() if args.out else _default_out()
     t0 = time.perf_counter()
@@ -47,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     except (RegistryError, ValueError) as err:
         print(f"mole models tiny: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(summary['models'])} tiny models and {len(summary['adapters'])} adapters "
-          f"to {out} in {time.perf_counter() - t0:.1f} s (random weights: predictions mean "
-          "nothing)")
+    print(
+        f"wrote {len(summary['models'])} tiny models and {len(summary['adapters'])} adapters "
+        f"to {out} in {time.perf_counter() - t0:.1f} s (random weights: predictions mean "
+        "nothing)"
+    )
     print(f"use them with: MOLE_MODELS_DIR={out / 'models'} MOLE_ADAPTERS_DIR={out / 'adapters'}")
     return 0

@@ -37,19 +37,19 @@ from typing import Any
 
 import zmq
 
-from protocol import mdp
-from protocol._frames import recv_frames, send_frames
-from protocol._wake import Waker
-from protocol.curve import CurveKeys
-from protocol.envelope import (
+from mole.protocol import mdp
+from mole.protocol._frames import recv_frames, send_frames
+from mole.protocol._wake import Waker
+from mole.protocol.curve import CurveKeys
+from mole.protocol.envelope import (
     ReplyHeader,
     decode_request_header,
     error_reply,
     pack,
     unpack,
 )
-from protocol.errors import ErrorCode, MalformedMessage
-from worker.handler import Handler, Responder, WorkRequest
+from mole.protocol.errors import ErrorCode, MalformedMessage
+from mole.worker.handler import Handler, Responder, WorkRequest
 
 log = logging.getLogger("mole.worker")
 
@@ -79,11 +79,16 @@ def _loose_request_id(frame: bytes) -> str:
 class _Responder(Responder):
     """Sends one request's answers through the runtime; the first final wins."""
 
-    __slots__ = ("_runtime", "_generation", "ticket", "request_id", "deadline", "_lock",
-                 "done")
+    __slots__ = ("_generation", "_lock", "_runtime", "deadline", "done", "request_id", "ticket")
 
-    def __init__(self, runtime: WorkerRuntime, generation: int, ticket: bytes,
-                 request_id: str, deadline: float | None) -> None:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        generation: int,
+        ticket: bytes,
+        request_id: str,
+        deadline: float | None,
+    ) -> None:
         self._runtime = runtime
         self._generation = generation
         self.ticket = ticket
@@ -102,8 +107,11 @@ class _Responder(Responder):
             log.error("request %s: partial payload cannot be packed: %s", self.request_id, err)
             return
         if len(body[1]) > self._runtime.max_reply_bytes:
-            log.error("request %s: partial of %d bytes dropped (over the message limit)",
-                      self.request_id, len(body[1]))
+            log.error(
+                "request %s: partial of %d bytes dropped (over the message limit)",
+                self.request_id,
+                len(body[1]),
+            )
             return
         self._runtime._post(self._generation, self.ticket, mdp.W_PARTIAL, body, None)
 
@@ -112,16 +120,25 @@ class _Responder(Responder):
             body = [ReplyHeader(self.request_id).encode(), pack(payload)]
         except Exception as err:
             log.error("request %s: reply payload cannot be packed: %s", self.request_id, err)
-            body = error_reply(self.request_id, ErrorCode.INTERNAL,
-                               f"the worker produced a reply it cannot encode: {err}")
+            body = error_reply(
+                self.request_id,
+                ErrorCode.INTERNAL,
+                f"the worker produced a reply it cannot encode: {err}",
+            )
         limit = self._runtime.max_reply_bytes
         if len(body[-1]) > limit:
             # NOTE: the broker would drop this worker's connection for an oversized frame.
-            log.error("request %s: reply of %d bytes is over the %d-byte limit",
-                      self.request_id, len(body[-1]), limit)
-            body = error_reply(self.request_id, ErrorCode.INTERNAL,
-                               f"the worker's reply is {len(body[-1])} bytes, over the "
-                               f"{limit}-byte message limit")
+            log.error(
+                "request %s: reply of %d bytes is over the %d-byte limit",
+                self.request_id,
+                len(body[-1]),
+                limit,
+            )
+            body = error_reply(
+                self.request_id,
+                ErrorCode.INTERNAL,
+                f"the worker's reply is {len(body[-1])} bytes, over the {limit}-byte message limit",
+            )
         self._close(body, "final")
 
     def error(self, code: ErrorCode | str, message: str, details: Any = None) -> None:
@@ -134,8 +151,7 @@ class _Responder(Responder):
     def _close(self, body: list[bytes], what: str) -> bool:
         with self._lock:
             if self.done:
-                log.warning("request %s: second final answer (%s) ignored", self.request_id,
-                            what)
+                log.warning("request %s: second final answer (%s) ignored", self.request_id, what)
                 return False
             self.done = True
         self._runtime._post(self._generation, self.ticket, mdp.W_FINAL, body, self)
@@ -210,8 +226,9 @@ class WorkerRuntime:
         """Run in a background thread; returns at once."""
         if self._thread is not None:
             raise RuntimeError("runtime already started")
-        self._thread = threading.Thread(target=self.run, name=f"mole-worker-{self.service}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, name=f"mole-worker-{self.service}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -260,8 +277,9 @@ class WorkerRuntime:
             if self._stop.is_set():
                 return
             backoff = self.reconnect_initial if heard else min(backoff * 2, self.reconnect_max)
-            log.info("worker %s: reconnecting to %s in %.2f s", self.worker_id,
-                     self.broker_url, backoff)
+            log.info(
+                "worker %s: reconnecting to %s in %.2f s", self.worker_id, self.broker_url, backoff
+            )
             self._stop.wait(backoff)
 
     def _one_connection(self) -> bool:
@@ -280,10 +298,19 @@ class WorkerRuntime:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.socket, zmq.POLLIN)
         self.registrations += 1
-        self._send(sock, mdp.encode_worker(mdp.WorkerCommand.READY, service=self.service,
-                                           metadata=pack(self.metadata())))
-        log.info("worker %s: READY for %r sent to %s (%d slots)", self.worker_id,
-                 self.service, self.broker_url, self.slots)
+        self._send(
+            sock,
+            mdp.encode_worker(
+                mdp.WorkerCommand.READY, service=self.service, metadata=pack(self.metadata())
+            ),
+        )
+        log.info(
+            "worker %s: READY for %r sent to %s (%d slots)",
+            self.worker_id,
+            self.service,
+            self.broker_url,
+            self.slots,
+        )
         heard = False
         silent_limit = self.heartbeat_interval * self.liveness
         last_heard = time.monotonic()
@@ -291,8 +318,14 @@ class WorkerRuntime:
         try:
             while True:
                 now = time.monotonic()
-                wait = min(self._last_sent + self.heartbeat_interval, last_heard + silent_limit,
-                           next_expiry_scan) - now
+                wait = (
+                    min(
+                        self._last_sent + self.heartbeat_interval,
+                        last_heard + silent_limit,
+                        next_expiry_scan,
+                    )
+                    - now
+                )
                 events = dict(poller.poll(max(0, int(wait * 1000) + 1)))
                 if self._stop.is_set():
                     self._send(sock, mdp.encode_worker(mdp.WorkerCommand.DISCONNECT))
@@ -310,8 +343,7 @@ class WorkerRuntime:
                         if self._on_message(sock, frames) == "disconnect":
                             # Not "heard": a broker that refuses us at once (a reserved
                             # name, a key it does not accept) gets a growing back-off.
-                            log.warning("worker %s: the broker sent DISCONNECT",
-                                        self.worker_id)
+                            log.warning("worker %s: the broker sent DISCONNECT", self.worker_id)
                             return heard
                         if not heard:
                             heard = True
@@ -319,8 +351,11 @@ class WorkerRuntime:
                         self._flush(sock)  # an inline answer frees its slot at once
                 now = time.monotonic()
                 if now - last_heard >= silent_limit:
-                    log.warning("worker %s: broker silent for %.1f s; reconnecting",
-                                self.worker_id, now - last_heard)
+                    log.warning(
+                        "worker %s: broker silent for %.1f s; reconnecting",
+                        self.worker_id,
+                        now - last_heard,
+                    )
                     return heard
                 if now >= next_expiry_scan:
                     self._expire(now)
@@ -352,8 +387,14 @@ class WorkerRuntime:
                 self.served += 1
             self._send(sock, [mdp.WORKER_HEADER, command, ticket, mdp.EMPTY, *body])
 
-    def _post(self, generation: int, ticket: bytes, command: bytes, body: list[bytes],
-              final_of: _Responder | None) -> None:
+    def _post(
+        self,
+        generation: int,
+        ticket: bytes,
+        command: bytes,
+        body: list[bytes],
+        final_of: _Responder | None,
+    ) -> None:
         """Any thread: queue frames for the socket thread, and wake it from another thread.
 
         The socket thread itself (an inline answer, a deadline it enforces) sends its
@@ -372,8 +413,9 @@ class WorkerRuntime:
         try:
             message = mdp.decode_worker(frames)
         except MalformedMessage as err:
-            log.warning("worker %s: malformed message from the broker ignored: %s",
-                        self.worker_id, err)
+            log.warning(
+                "worker %s: malformed message from the broker ignored: %s", self.worker_id, err
+            )
             return None
         command = message.command
         if command == mdp.WorkerCommand.REQUEST:
@@ -381,49 +423,78 @@ class WorkerRuntime:
         elif command == mdp.WorkerCommand.DISCONNECT:
             return "disconnect"
         elif command != mdp.WorkerCommand.HEARTBEAT:
-            log.warning("worker %s: unexpected %s from the broker ignored", self.worker_id,
-                        command.name)
+            log.warning(
+                "worker %s: unexpected %s from the broker ignored", self.worker_id, command.name
+            )
         return None
 
     def _on_request(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
         if not body:
-            self._reply_now(sock, ticket, _opaque_error(
-                ErrorCode.BAD_REQUEST, "empty request body; expected [header, payload]"))
+            self._reply_now(
+                sock,
+                ticket,
+                _opaque_error(
+                    ErrorCode.BAD_REQUEST, "empty request body; expected [header, payload]"
+                ),
+            )
             return
         try:
             header = decode_request_header(body[0])
         except MalformedMessage as err:
             rid = _loose_request_id(body[0])
-            self._reply_now(sock, ticket, error_reply(rid, ErrorCode.BAD_REQUEST,
-                                                      f"bad request header: {err}"))
+            self._reply_now(
+                sock, ticket, error_reply(rid, ErrorCode.BAD_REQUEST, f"bad request header: {err}")
+            )
             return
         if header is None:
-            self._reply_now(sock, ticket, _opaque_error(
-                ErrorCode.BAD_REQUEST,
-                "request body is not a MoLE envelope: send [msgpack header, msgpack payload] "
-                "(see protocol/envelope.py)"))
+            self._reply_now(
+                sock,
+                ticket,
+                _opaque_error(
+                    ErrorCode.BAD_REQUEST,
+                    "request body is not a MoLE envelope: send [msgpack header, msgpack payload] "
+                    "(see protocol/envelope.py)",
+                ),
+            )
             return
         rid = header.request_id
         if len(body) != 2:
-            self._reply_now(sock, ticket, error_reply(
-                rid, ErrorCode.BAD_REQUEST,
-                f"request has {len(body) - 1} payload frames; expected exactly one"))
+            self._reply_now(
+                sock,
+                ticket,
+                error_reply(
+                    rid,
+                    ErrorCode.BAD_REQUEST,
+                    f"request has {len(body) - 1} payload frames; expected exactly one",
+                ),
+            )
             return
         now = time.monotonic()
         deadline = None if header.ttl_ms is None else now + header.ttl_ms / 1000.0
         if deadline is not None and header.ttl_ms <= 0:
-            self._reply_now(sock, ticket, error_reply(
-                rid, ErrorCode.DEADLINE_EXCEEDED,
-                "the request's deadline had passed when it reached the worker"))
+            self._reply_now(
+                sock,
+                ticket,
+                error_reply(
+                    rid,
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    "the request's deadline had passed when it reached the worker",
+                ),
+            )
             return
         if ticket in self._in_flight:
-            log.warning("worker %s: duplicate ticket for request %s ignored", self.worker_id,
-                        rid)
+            log.warning("worker %s: duplicate ticket for request %s ignored", self.worker_id, rid)
             return
         if len(self._in_flight) >= self.slots:
-            self._reply_now(sock, ticket, error_reply(
-                rid, ErrorCode.OVERLOADED,
-                f"worker {self.worker_id} has all {self.slots} slots busy"))
+            self._reply_now(
+                sock,
+                ticket,
+                error_reply(
+                    rid,
+                    ErrorCode.OVERLOADED,
+                    f"worker {self.worker_id} has all {self.slots} slots busy",
+                ),
+            )
             return
         try:
             payload = unpack(body[1])
@@ -436,16 +507,18 @@ class WorkerRuntime:
         try:
             self.handler.submit(request, responder)
         except Exception as err:
-            log.exception("worker %s: handler.submit failed for request %s", self.worker_id,
-                          rid)
+            log.exception("worker %s: handler.submit failed for request %s", self.worker_id, rid)
             responder.error(ErrorCode.INTERNAL, f"the worker's handler failed: {err}")
 
     def _expire(self, now: float) -> None:
         """Close requests whose handler missed their deadline, freeing their slots."""
-        for responder in [r for r in self._in_flight.values()
-                          if r.deadline is not None and r.deadline <= now]:
-            responder.error(ErrorCode.DEADLINE_EXCEEDED,
-                            f"worker {self.worker_id} did not finish before the deadline")
+        for responder in [
+            r for r in self._in_flight.values() if r.deadline is not None and r.deadline <= now
+        ]:
+            responder.error(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"worker {self.worker_id} did not finish before the deadline",
+            )
 
 
 def stop_on_signals(runtime: WorkerRuntime) -> None:

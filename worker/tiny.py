@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.registry import ExpertsRegistry, load_registry
+from mole.protocol.registry import ExpertsRegistry, load_registry
 
 TINY_MARKER = "mole_tiny.json"
 
@@ -251,9 +251,7 @@ def train_adapter(model, architecture: str, tokenizer, adapter_path: str, out_di
     batch = [lines[(offset + i) % len(lines)] for i in range(4)]
     enc = tokenizer(batch, return_tensors="pt", padding=True)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    optimizer = torch.optim.Adam(
-        [p for p in peft_model.parameters() if p.requires_grad], lr=2e-2
-    )
+    optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=2e-2)
     for _ in range(3):
         loss = peft_model(**enc, labels=labels).loss
         loss.backward()
@@ -326,12 +324,20 @@ def generate(
         n_params = _count(model)
         _write_marker(
             model_dir,
-            {"base_model_key": key, "family": base.family, "architecture": architecture,
-             "parameters": n_params, "size": size, "hf_name_replaced": base.hf_name},
+            {
+                "base_model_key": key,
+                "family": base.family,
+                "architecture": architecture,
+                "parameters": n_params,
+                "size": size,
+                "hf_name_replaced": base.hf_name,
+            },
         )
         summary["models"][key] = n_params
-        log(f"model {key}: {architecture}, {n_params / 1e6:.2f} M parameters "
-            f"({time.perf_counter() - t0:.2f} s)")
+        log(
+            f"model {key}: {architecture}, {n_params / 1e6:.2f} M parameters "
+            f"({time.perf_counter() - t0:.2f} s)"
+        )
         adapter_paths = sorted({e.adapter_path for e in registry.experts_for_base_model(key)})
         for adapter_path in adapter_paths:
             t1 = time.perf_counter()

@@ -6,11 +6,11 @@ import logging
 
 import falcon
 
-from frontend.errors import APIError, from_request_error
-from frontend.gating_holder import GatingHolder, NotReady
-from frontend.media import respond
-from protocol.errors import RequestError
-from protocol.registry import ExpertsRegistry, RegistryError
+from mole.frontend.errors import APIError, from_request_error
+from mole.frontend.gating_holder import GatingHolder, NotReady
+from mole.frontend.media import respond
+from mole.protocol.errors import RequestError
+from mole.protocol.registry import ExpertsRegistry, RegistryError
 
 log = logging.getLogger("mole.frontend.admin")
 
@@ -22,11 +22,19 @@ def registry_view(registry: ExpertsRegistry) -> dict:
         "domains": registry.domains,
         "languages": [lang.name for lang in registry.languages],
         "tasks": [
-            {"task_key": key, "kind": t.kind, "labels": list(t.label_set),
-             "languages": sorted(lang.name for lang in t.languages),
-             "experts": {e.language.name: {"base_model_key": e.base_model_key,
-                                           "adapter_name": e.adapter_name}
-                         for e in t.experts.values()}}
+            {
+                "task_key": key,
+                "kind": t.kind,
+                "labels": list(t.label_set),
+                "languages": sorted(lang.name for lang in t.languages),
+                "experts": {
+                    e.language.name: {
+                        "base_model_key": e.base_model_key,
+                        "adapter_name": e.adapter_name,
+                    }
+                    for e in t.experts.values()
+                },
+            }
             for key, t in registry.tasks.items()
         ],
     }
@@ -44,11 +52,17 @@ class Workers:
             status = self._dispatcher.status(self._timeout)
         except RequestError as err:
             raise from_request_error(err) from None
-        respond(req, resp, {"mode": self._dispatcher.mode,
-                            "broker": status.get("broker"),
-                            "services": status.get("services", {}),
-                            "workers": status.get("workers", []),
-                            "counters": status.get("counters", {})})
+        respond(
+            req,
+            resp,
+            {
+                "mode": self._dispatcher.mode,
+                "broker": status.get("broker"),
+                "services": status.get("services", {}),
+                "workers": status.get("workers", []),
+                "counters": status.get("counters", {}),
+            },
+        )
 
 
 class Registry:
@@ -79,11 +93,16 @@ class RegistryReload:
         except RegistryError as err:
             message = str(err)
             key = message.split(":", 1)[0] if ":" in message else None
-            raise APIError("invalid_registry", f"registry not reloaded, the old one stays in "
-                           f"force: {message}", field=key) from None
+            raise APIError(
+                "invalid_registry",
+                f"registry not reloaded, the old one stays in force: {message}",
+                field=key,
+            ) from None
         except Exception as err:
             log.exception("registry reload failed")
-            raise APIError("invalid_registry", "registry not reloaded, the old one stays in "
-                           f"force: {type(err).__name__}: {err}") from None
+            raise APIError(
+                "invalid_registry",
+                f"registry not reloaded, the old one stays in force: {type(err).__name__}: {err}",
+            ) from None
         log.info("registry reloaded by %s from %s", req.context.user.username, registry.path)
         respond(req, resp, {"reloaded": True, **registry_view(registry)})

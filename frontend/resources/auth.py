@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import falcon
 
-from frontend.errors import APIError
-from frontend.limits import Limits, client_address
-from frontend.media import parse_body, parse_form, respond
-from frontend.tokens import TokenService
-from frontend.users import UserError, UserStore
+from mole.frontend.errors import APIError
+from mole.frontend.limits import Limits, client_address
+from mole.frontend.media import parse_body, parse_form, respond
+from mole.frontend.tokens import TokenService
+from mole.frontend.users import UserError, UserStore
 
 
 class Register:
     auth = "public"
 
-    def __init__(self, users: UserStore, *, enabled: bool, max_body: int,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self, users: UserStore, *, enabled: bool, max_body: int, limits: Limits | None = None
+    ) -> None:
         self._users = users
         self._enabled = enabled
         self._max_body = max_body
@@ -23,15 +24,20 @@ class Register:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not self._enabled:
-            raise APIError("registration_disabled", "registration is switched off on this "
-                           "server (MOLE_ALLOW_REGISTRATION=false); ask an administrator")
+            raise APIError(
+                "registration_disabled",
+                "registration is switched off on this "
+                "server (MOLE_ALLOW_REGISTRATION=false); ask an administrator",
+            )
         body = parse_body(req, self._max_body)
         if not isinstance(body, dict):
-            raise APIError("validation_error", "body: must be an object with username and "
-                           "password", field="body")
+            raise APIError(
+                "validation_error",
+                "body: must be an object with username and password",
+                field="body",
+            )
         username = body.get("username")
-        self._limits.login(username if isinstance(username, str) else "",
-                           client_address(req))
+        self._limits.login(username if isinstance(username, str) else "", client_address(req))
         try:
             user = self._users.create(body.get("username"), body.get("password"))
         except UserError as err:
@@ -42,8 +48,9 @@ class Register:
 class Token:
     auth = "public"
 
-    def __init__(self, users: UserStore, tokens: TokenService, *, max_body: int,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self, users: UserStore, tokens: TokenService, *, max_body: int, limits: Limits | None = None
+    ) -> None:
         self._users = users
         self._tokens = tokens
         self._max_body = max_body
@@ -53,8 +60,9 @@ class Token:
         form = parse_form(req, self._max_body)
         grant = form.get("grant_type")
         if grant not in (None, "", "password"):
-            raise APIError("validation_error", "grant_type: only 'password' is supported",
-                           field="grant_type")
+            raise APIError(
+                "validation_error", "grant_type: only 'password' is supported", field="grant_type"
+            )
         for name in ("username", "password"):
             if not form.get(name):
                 raise APIError("validation_error", f"{name}: is required", field=name)
@@ -65,5 +73,12 @@ class Token:
             self._limits.login_failed(form["username"], address)
             raise APIError("invalid_credentials", "incorrect username or password")
         resp.set_header("Cache-Control", "no-store")
-        respond(req, resp, {"access_token": self._tokens.issue(user.username),
-                            "token_type": "bearer", "expires_in": self._tokens.ttl_seconds})
+        respond(
+            req,
+            resp,
+            {
+                "access_token": self._tokens.issue(user.username),
+                "token_type": "bearer",
+                "expires_in": self._tokens.ttl_seconds,
+            },
+        )

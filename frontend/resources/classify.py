@@ -7,12 +7,12 @@ from typing import Any
 
 import falcon
 
-from frontend.analytics import Analytics
-from frontend.classify import Classifier, parse_item
-from frontend.errors import APIError, validation
-from frontend.gating_holder import GatingHolder, NotReady
-from frontend.limits import Limits, client_address
-from frontend.media import parse_body, respond
+from mole.frontend.analytics import Analytics
+from mole.frontend.classify import Classifier, parse_item
+from mole.frontend.errors import APIError, validation
+from mole.frontend.gating_holder import GatingHolder, NotReady
+from mole.frontend.limits import Limits, client_address
+from mole.frontend.media import parse_body, respond
 
 log = logging.getLogger("mole.frontend")
 
@@ -20,8 +20,9 @@ log = logging.getLogger("mole.frontend")
 class Classify:
     auth = "user"
 
-    def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self, classifier: Classifier, *, max_body: int, max_chars: int, limits: Limits | None = None
+    ) -> None:
         self._classifier = classifier
         self._max_body = max_body
         self._max_chars = max_chars
@@ -39,8 +40,15 @@ class Classify:
 class ClassifyBatch:
     auth = "user"
 
-    def __init__(self, classifier: Classifier, *, max_body: int, max_chars: int,
-                 limit: int, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        max_body: int,
+        max_chars: int,
+        limit: int,
+        limits: Limits | None = None,
+    ) -> None:
         self._classifier = classifier
         self._max_body = max_body
         self._max_chars = max_chars
@@ -61,8 +69,9 @@ class ClassifyBatch:
         parsed: list[Any] = []
         for index, item in enumerate(items):
             try:
-                parsed.append(parse_item(item, max_chars=self._max_chars,
-                                         prefix=f"items[{index}]."))
+                parsed.append(
+                    parse_item(item, max_chars=self._max_chars, prefix=f"items[{index}].")
+                )
             except APIError as err:
                 parsed.append(err)
         valid = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, APIError)]
@@ -72,8 +81,11 @@ class ClassifyBatch:
             results[index] = {**result, "index": index}
         for index, item in enumerate(parsed):
             if isinstance(item, APIError):
-                results[index] = {"index": index, "ok": False,
-                                  "error": {"code": item.code, "detail": item.detail}}
+                results[index] = {
+                    "index": index,
+                    "ok": False,
+                    "error": {"code": item.code, "detail": item.detail},
+                }
         answer["results"] = results
         answer["successful"] = sum(1 for r in results if r["ok"])
         answer["failed"] = len(results) - answer["successful"]
@@ -85,8 +97,9 @@ class Stats:
 
     auth = "user"
 
-    def __init__(self, gating: GatingHolder, dispatcher, analytics: Analytics, *,
-                 probe_timeout: float) -> None:
+    def __init__(
+        self, gating: GatingHolder, dispatcher, analytics: Analytics, *, probe_timeout: float
+    ) -> None:
         self._gating = gating
         self._dispatcher = dispatcher
         self._analytics = analytics
@@ -98,8 +111,9 @@ class Stats:
         except NotReady as err:
             raise APIError("not_ready", str(err)) from None
         domains = {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains}
-        models = sorted({e.base_model_key for t in registry.tasks.values()
-                         for e in t.experts.values()})
+        models = sorted(
+            {e.base_model_key for t in registry.tasks.values() for e in t.experts.values()}
+        )
         workers: dict[str, int] | None = None
         broker_error = None
         try:
@@ -114,10 +128,16 @@ class Stats:
             "supported_languages": len(registry.languages),
             "all_languages": [lang.name for lang in registry.languages],
             "domains": domains,
-            "tasks": {key: {"domain": t.domain, "task": t.name, "kind": t.kind,
-                            "languages": sorted(lang.name for lang in t.languages),
-                            "labels": list(t.label_set)}
-                      for key, t in registry.tasks.items()},
+            "tasks": {
+                key: {
+                    "domain": t.domain,
+                    "task": t.name,
+                    "kind": t.kind,
+                    "languages": sorted(lang.name for lang in t.languages),
+                    "labels": list(t.label_set),
+                }
+                for key, t in registry.tasks.items()
+            },
             "live_workers": workers,
             "broker_error": broker_error,
             "analytics": self._analytics.summary(),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon
 
-from frontend.gating_holder import GatingHolder
-from frontend.media import respond
+from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.media import respond
 
 
 class Health:
@@ -40,18 +40,28 @@ class Ready:
         try:
             status = self._dispatcher.status(self._probe_timeout)
             services = status.get("services", {}) or {}
-            backend = {"ready": True, "mode": self._dispatcher.mode,
-                       "services": {k: int((v or {}).get("workers", 0))
-                                    for k, v in services.items()}}
+            backend = {
+                "ready": True,
+                "mode": self._dispatcher.mode,
+                "services": {k: int((v or {}).get("workers", 0)) for k, v in services.items()},
+            }
         except Exception as err:
-            backend = {"ready": False, "mode": self._dispatcher.mode,
-                       "detail": f"broker did not answer: {type(err).__name__}: {err}"}
+            backend = {
+                "ready": False,
+                "mode": self._dispatcher.mode,
+                "detail": f"broker did not answer: {type(err).__name__}: {err}",
+            }
         ok = gating["ready"] and backend["ready"]
-        body = {"status": "ready" if ok else "not_ready",
-                "checks": {"gating": gating, "broker": backend}}
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "checks": {"gating": gating, "broker": backend},
+        }
         if not ok:
             waiting = [name for name, check in body["checks"].items() if not check["ready"]]
-            body.update(error="not_ready", request_id=req.context.request_id,
-                        detail=f"waiting for: {', '.join(waiting)}")
+            body.update(
+                error="not_ready",
+                request_id=req.context.request_id,
+                detail=f"waiting for: {', '.join(waiting)}",
+            )
             resp.set_header("Retry-After", "5")
         respond(req, resp, body, 200 if ok else 503)

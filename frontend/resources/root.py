@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon
 
-from frontend.media import respond
-from frontend.metrics import Metrics
+from mole.frontend.media import respond
+from mole.frontend.metrics import Metrics
 
 
 class Root:
@@ -15,8 +15,16 @@ class Root:
         self._version = version
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        respond(req, resp, {"name": "MoLE classification service", "version": self._version,
-                            "docs": "/api/v1/openapi.json", "health": "/api/v1/health"})
+        respond(
+            req,
+            resp,
+            {
+                "name": "MoLE classification service",
+                "version": self._version,
+                "docs": "/api/v1/openapi.json",
+                "health": "/api/v1/health",
+            },
+        )
 
 
 class OpenAPI:

@@ -42,7 +42,13 @@ PYTHON = sys.executable
 
 C_HDR, C_REQUEST, C_FINAL = b"MDPC02", b"\x01", b"\x03"
 W_HDR, W_READY, W_REQUEST, W_FINAL, W_HEARTBEAT, W_DISCONNECT = (
-    b"MDPW02", b"\x01", b"\x02", b"\x04", b"\x05", b"\x06")
+    b"MDPW02",
+    b"\x01",
+    b"\x02",
+    b"\x04",
+    b"\x05",
+    b"\x06",
+)
 SNDMORE, NOBLOCK = zmq.SNDMORE, zmq.NOBLOCK
 SERVICE = b"bench-echo"
 
@@ -60,8 +66,9 @@ def _env() -> dict[str, str]:
 
 
 def _spawn(*args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=_env(), stdout=stdout,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [PYTHON, *args], cwd=ROOT, env=_env(), stdout=stdout, stderr=subprocess.DEVNULL
+    )
 
 
 def _raise_fd_limit() -> None:
@@ -101,12 +108,19 @@ def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
 class EchoWorkers:
     """Minimal MDP echo workers: each request's header and payload frames go straight back."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, count: int, slots: int,
-                 heartbeat: float) -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, count: int, slots: int, heartbeat: float
+    ) -> None:
         self.sockets = [_dealer(ctx, endpoint) for _ in range(count)]
         for i, sock in enumerate(self.sockets):
-            sock.send_multipart([W_HDR, W_READY, SERVICE, msgpack.packb(
-                {"slots": slots, "worker_id": f"bench-{os.getpid()}-{i}"})])
+            sock.send_multipart(
+                [
+                    W_HDR,
+                    W_READY,
+                    SERVICE,
+                    msgpack.packb({"slots": slots, "worker_id": f"bench-{os.getpid()}-{i}"}),
+                ]
+            )
         self.heartbeat = heartbeat
         self.next_beat = time.monotonic() + heartbeat
 
@@ -136,8 +150,9 @@ class LoadClients:
     ever outstanding); a reply is matched to its send time by its echoed header bytes.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, count: int, inflight: int,
-                 payload_size: int) -> None:
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, count: int, inflight: int, payload_size: int
+    ) -> None:
         self.sockets = [_dealer(ctx, endpoint) for _ in range(count)]
         self.inflight = inflight
         self.payload = b"x" * payload_size
@@ -185,8 +200,12 @@ class LoadClients:
         return True
 
     def result(self) -> dict:
-        return {"count": self.count, "errors": self.errors, "total": self.total,
-                "latencies_us": self.latencies}
+        return {
+            "count": self.count,
+            "errors": self.errors,
+            "total": self.total,
+            "latencies_us": self.latencies,
+        }
 
 
 def role_peers(args) -> None:
@@ -197,8 +216,9 @@ def role_peers(args) -> None:
     """
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
-    workers = EchoWorkers(ctx, args.worker_endpoint or args.endpoint, args.workers,
-                          args.slots, args.heartbeat)
+    workers = EchoWorkers(
+        ctx, args.worker_endpoint or args.endpoint, args.workers, args.slots, args.heartbeat
+    )
     for sock in workers.sockets:
         poller.register(sock, zmq.POLLIN)
     worker_sockets = set(workers.sockets)
@@ -239,8 +259,14 @@ def role_idle(endpoint: str, count: int, heartbeat: float) -> None:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
-        sock.send_multipart([W_HDR, W_READY, f"idle-{i:04d}".encode(),
-                             msgpack.packb({"slots": 1, "worker_id": f"idle-{i:04d}"})])
+        sock.send_multipart(
+            [
+                W_HDR,
+                W_READY,
+                f"idle-{i:04d}".encode(),
+                msgpack.packb({"slots": 1, "worker_id": f"idle-{i:04d}"}),
+            ]
+        )
         socks.append(sock)
     print("idle ready", flush=True)
     step = heartbeat / max(1, count)
@@ -268,14 +294,20 @@ class Target:
         port = _free_port()
         self.client_url = f"tcp://127.0.0.1:{port}"
         if kind == "broker":
-            self.server = _spawn("-m", "broker", "--bind", self.client_url,
-                                 "--log-level", "WARNING")
+            self.server = _spawn(
+                "-m", "mole.broker", "--bind", self.client_url, "--log-level", "WARNING"
+            )
             self.worker_url = self.client_url
         else:
             back = _free_port()
             self.worker_url = f"tcp://127.0.0.1:{back}"
-            self.server = _spawn(str(HERE.parent / "forwarder.py"), "--frontend",
-                                 self.client_url, "--backend", self.worker_url)
+            self.server = _spawn(
+                str(HERE.parent / "forwarder.py"),
+                "--frontend",
+                self.client_url,
+                "--backend",
+                self.worker_url,
+            )
         time.sleep(0.5)
 
     def close(self) -> None:
@@ -290,33 +322,67 @@ class Target:
 LAYOUTS = ("shared", "split", "spread")
 
 
-def run_load(target: Target, workers: int, slots: int, clients: int, inflight: int,
-             payload: int, warmup: float, duration: float, layout: str = "shared",
-             measure_server: bool = True) -> dict:
+def run_load(
+    target: Target,
+    workers: int,
+    slots: int,
+    clients: int,
+    inflight: int,
+    payload: int,
+    warmup: float,
+    duration: float,
+    layout: str = "shared",
+    measure_server: bool = True,
+) -> dict:
     """Run echo workers and clients against ``target``; req/s, p50/p99, errors, server CPU."""
-    common = ("--endpoint", target.client_url, "--worker-endpoint", target.worker_url,
-              "--slots", str(slots), "--inflight", str(inflight), "--payload", str(payload),
-              "--warmup", str(warmup), "--duration", str(duration))
+    common = (
+        "--endpoint",
+        target.client_url,
+        "--worker-endpoint",
+        target.worker_url,
+        "--slots",
+        str(slots),
+        "--inflight",
+        str(inflight),
+        "--payload",
+        str(payload),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    )
 
     def peers(n_workers: int, n_clients: int, settle: float = 0.5) -> subprocess.Popen:
-        return _spawn(str(HERE), "_peers", *common, "--workers", str(n_workers),
-                      "--clients", str(n_clients), "--settle", str(settle),
-                      stdout=subprocess.PIPE if n_clients else subprocess.DEVNULL)
+        return _spawn(
+            str(HERE),
+            "_peers",
+            *common,
+            "--workers",
+            str(n_workers),
+            "--clients",
+            str(n_clients),
+            "--settle",
+            str(settle),
+            stdout=subprocess.PIPE if n_clients else subprocess.DEVNULL,
+        )
 
     background: list[subprocess.Popen] = []
     if layout == "shared":
         loads = [peers(workers, clients)]
     else:
-        background = ([peers(workers, 0)] if layout == "split"
-                      else [peers(1, 0) for _ in range(workers)])
+        background = (
+            [peers(workers, 0)] if layout == "split" else [peers(1, 0) for _ in range(workers)]
+        )
         time.sleep(0.5 + 0.05 * len(background))
-        loads = ([peers(0, clients, 0.0)] if layout == "split"
-                 else [peers(0, 1, 0.0) for _ in range(clients)])
+        loads = (
+            [peers(0, clients, 0.0)]
+            if layout == "split"
+            else [peers(0, 1, 0.0) for _ in range(clients)]
+        )
     pid = target.server.pid if measure_server else None
     cpu0 = _cpu_seconds(pid) if pid else 0.0
     try:
-        results = [json.loads(p.communicate(timeout=duration + warmup + 60)[0])
-                   for p in loads]
+        results = [json.loads(p.communicate(timeout=duration + warmup + 60)[0]) for p in loads]
     finally:
         for proc in background:
             proc.kill()
@@ -327,40 +393,62 @@ def run_load(target: Target, workers: int, slots: int, clients: int, inflight: i
     errors = sum(r["errors"] for r in results)
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000 if (
-            latencies) else float("nan")
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000
+            if (latencies)
+            else float("nan")
+        )
 
     # server CPU per request over the whole run (warm-up included): less sensitive to
     # the machine's load than req/s
     carried = sum(r["total"] for r in results)
-    return {"rps": count / duration, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "errors": errors, "count": count,
-            "cpu_us": 1e6 * cpu / carried if pid and carried else float("nan")}
+    return {
+        "rps": count / duration,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+        "count": count,
+        "cpu_us": 1e6 * cpu / carried if pid and carried else float("nan"),
+    }
 
 
 def _line(label: str, r: dict) -> str:
-    return (f"  {label:<34} {r['rps']:>9,.0f} req/s   p50 {r['p50_ms']:6.3f} ms   "
-            f"p99 {r['p99_ms']:6.3f} ms   errors {r['errors']}   "
-            f"server CPU {r['cpu_us']:5.1f} us/req")
+    return (
+        f"  {label:<34} {r['rps']:>9,.0f} req/s   p50 {r['p50_ms']:6.3f} ms   "
+        f"p99 {r['p99_ms']:6.3f} ms   errors {r['errors']}   "
+        f"server CPU {r['cpu_us']:5.1f} us/req"
+    )
 
 
 def _median(results: list[dict]) -> dict:
     keys = ("rps", "p50_ms", "p99_ms", "cpu_us")
     return {k: statistics.median(r[k] for r in results) for k in keys} | {
-        "errors": sum(r["errors"] for r in results)}
+        "errors": sum(r["errors"] for r in results)
+    }
 
 
 def bench_throughput(args) -> None:
-    print(f"\n== throughput: {args.workers} workers x {args.slots} slots, {args.clients} "
-          f"clients x {args.inflight} in flight, {args.payload} B payloads, "
-          f"{args.duration:g} s per run, load layout {args.layout!r}")
+    print(
+        f"\n== throughput: {args.workers} workers x {args.slots} slots, {args.clients} "
+        f"clients x {args.inflight} in flight, {args.payload} B payloads, "
+        f"{args.duration:g} s per run, load layout {args.layout!r}"
+    )
     runs: dict[str, list[dict]] = {"broker": [], "forwarder": []}
     for i in range(args.repeat):
         for kind in ("broker", "forwarder"):
             target = Target(kind)
             try:
-                r = run_load(target, args.workers, args.slots, args.clients, args.inflight,
-                             args.payload, args.warmup, args.duration, args.layout)
+                r = run_load(
+                    target,
+                    args.workers,
+                    args.slots,
+                    args.clients,
+                    args.inflight,
+                    args.payload,
+                    args.warmup,
+                    args.duration,
+                    args.layout,
+                )
             finally:
                 target.close()
             runs[kind].append(r)
@@ -376,8 +464,7 @@ def bench_latency(args) -> None:
     for kind in ("broker", "forwarder"):
         target = Target(kind)
         try:
-            r = run_load(target, 1, 1, 1, 1, args.payload, args.warmup, args.duration,
-                         args.layout)
+            r = run_load(target, 1, 1, 1, 1, args.payload, args.warmup, args.duration, args.layout)
         finally:
             target.close()
         print(_line(kind, r), flush=True)
@@ -390,17 +477,42 @@ def bench_idle(args) -> None:
     idle = None
 
     def latency() -> dict:
-        return run_load(target, args.workers, args.slots, 1, 1, args.payload, args.warmup,
-                        args.duration, args.layout)
+        return run_load(
+            target,
+            args.workers,
+            args.slots,
+            1,
+            1,
+            args.payload,
+            args.warmup,
+            args.duration,
+            args.layout,
+        )
 
     def throughput() -> dict:
-        return run_load(target, args.workers, args.slots, args.clients, args.inflight,
-                        args.payload, args.warmup, args.duration, args.layout)
+        return run_load(
+            target,
+            args.workers,
+            args.slots,
+            args.clients,
+            args.inflight,
+            args.payload,
+            args.warmup,
+            args.duration,
+            args.layout,
+        )
 
     try:
         before, before_tp = latency(), throughput()
-        idle = _spawn(str(HERE), "_idle", "--endpoint", target.client_url, "--count", str(n),
-                      stdout=subprocess.PIPE)
+        idle = _spawn(
+            str(HERE),
+            "_idle",
+            "--endpoint",
+            target.client_url,
+            "--count",
+            str(n),
+            stdout=subprocess.PIPE,
+        )
         idle.stdout.readline()
         ctx = zmq.Context.instance()
         probe = ctx.socket(zmq.DEALER)
@@ -422,9 +534,11 @@ def bench_idle(args) -> None:
         cpu0, t0 = _cpu_seconds(target.server.pid), time.monotonic()
         time.sleep(args.idle_seconds)
         cpu1, t1 = _cpu_seconds(target.server.pid), time.monotonic()
-        print(f"  broker CPU with {n} idle workers: {100 * (cpu1 - cpu0) / (t1 - t0):.2f}% of "
-              f"one core ({(cpu1 - cpu0) * 1000 / (t1 - t0):.1f} ms per second; "
-              f"{2 * n / 2.5:.0f} heartbeat messages/s in and out)")
+        print(
+            f"  broker CPU with {n} idle workers: {100 * (cpu1 - cpu0) / (t1 - t0):.2f}% of "
+            f"one core ({(cpu1 - cpu0) * 1000 / (t1 - t0):.1f} ms per second; "
+            f"{2 * n / 2.5:.0f} heartbeat messages/s in and out)"
+        )
         after, after_tp = latency(), throughput()
         print(_line("1x1 without idle workers", before))
         print(_line(f"1x1 with {n} idle workers", after))
@@ -445,8 +559,8 @@ def bench_dispatch(args) -> None:
     that dispatch is O(1) in the number of workers and services.
     """
     sys.path.insert(0, str(ROOT))
-    from broker.core import Broker
-    from broker.settings import BrokerSettings
+    from mole.broker.core import Broker
+    from mole.broker.settings import BrokerSettings
 
     print("\n== dispatch cost in-process (no sockets): request + reply handling per cycle")
     payload = b"x" * args.payload
@@ -456,8 +570,7 @@ def bench_dispatch(args) -> None:
         broker = Broker(BrokerSettings(bind="inproc://unused"))
         broker._sendf = lambda data, flags=0: None
         for i in range(workers):
-            frames = [W_HDR, W_READY, f"svc-{i % services}".encode(),
-                      msgpack.packb({"slots": 4})]
+            frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
             broker._on_worker(f"w{i}".encode(), frames, None)
         service = b"svc-0"
         client = b"client"
@@ -467,8 +580,7 @@ def bench_dispatch(args) -> None:
             broker._on_client(client, [C_HDR, C_REQUEST, service, header, payload])
             ticket = broker._ticket_prefix + broker._ticket_seq.to_bytes(8, "big")
             worker = broker.requests[ticket].worker
-            broker._on_worker(worker.identity, [W_HDR, W_FINAL, ticket, b"", header, payload],
-                              None)
+            broker._on_worker(worker.identity, [W_HDR, W_FINAL, ticket, b"", header, payload], None)
             broker._flush()  # the loop sends its queued messages between runs of messages
             if n % 100 == 0:
                 broker._run_timers(time.monotonic())
@@ -503,13 +615,18 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--heartbeat", type=float, default=2.5)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--layout", choices=LAYOUTS, default="shared",
-                        help="how the load's sockets are spread over processes")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="shared",
+        help="how the load's sockets are spread over processes",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--idle-workers", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
-    parser.add_argument("--only", choices=["throughput", "latency", "idle", "dispatch"],
-                        default=None)
+    parser.add_argument(
+        "--only", choices=["throughput", "latency", "idle", "dispatch"], default=None
+    )
     args = parser.parse_args(argv)
     if args.role == "_peers":
         role_peers(args)

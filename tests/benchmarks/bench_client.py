@@ -27,14 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from protocol import AsyncClient, Client  # noqa: E402
+from mole.protocol import AsyncClient, Client
 
 RAW_ECHO = r"""
 import sys, zmq
 sock = zmq.Context.instance().socket(zmq.ROUTER)
 sock.setsockopt(zmq.SNDHWM, 0); sock.setsockopt(zmq.RCVHWM, 0)
 sock.bind(sys.argv[1])
-from protocol.envelope import ReplyHeader, decode_request_header
+from mole.protocol.envelope import ReplyHeader, decode_request_header
 while True:
     sock.poll()
     while True:
@@ -141,26 +141,62 @@ def main() -> int:
                 procs.append(subprocess.Popen([sys.executable, "-c", RAW_ECHO, url], env=env))
                 time.sleep(0.5)
             else:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "broker", "--bind", url, "--log-level", "WARNING"],
-                    env=env, cwd=ROOT))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "mole.broker",
+                            "--bind",
+                            url,
+                            "--log-level",
+                            "WARNING",
+                        ],
+                        env=env,
+                        cwd=ROOT,
+                    )
+                )
                 for i in range(args.workers):
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "worker.echo", "--broker", url, "--service",
-                         args.service, "--slots", str(args.slots), "--worker-id", f"bench-{i}",
-                         "--log-level", "WARNING"], env=env, cwd=ROOT))
+                    procs.append(
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                "-m",
+                                "mole.worker.echo",
+                                "--broker",
+                                url,
+                                "--service",
+                                args.service,
+                                "--slots",
+                                str(args.slots),
+                                "--worker-id",
+                                f"bench-{i}",
+                                "--log-level",
+                                "WARNING",
+                            ],
+                            env=env,
+                            cwd=ROOT,
+                        )
+                    )
                 wait_registered(url, args.service, args.workers)
         payload = os.urandom(args.payload)
         runners = {"sync": run_sync, "async": run_async}
-        target = "raw ROUTER echo" if args.target == "raw" and not args.broker else (
-            f"broker + {args.workers} echo workers x {args.slots} slots")
-        print(f"# {target}; {args.payload} B payloads; {args.duration:g} s per run; "
-              f"median of {args.repeat}; {os.cpu_count()} CPUs")
+        target = (
+            "raw ROUTER echo"
+            if args.target == "raw" and not args.broker
+            else (f"broker + {args.workers} echo workers x {args.slots} slots")
+        )
+        print(
+            f"# {target}; {args.payload} B payloads; {args.duration:g} s per run; "
+            f"median of {args.repeat}; {os.cpu_count()} CPUs"
+        )
         print(f"{'client':>6} {'K':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for name in args.clients.split(","):
             for k in [int(x) for x in args.k.split(",")]:
-                runs = [runners[name](url, args.service, k, args.duration, payload)
-                        for _ in range(args.repeat)]
+                runs = [
+                    runners[name](url, args.service, k, args.duration, payload)
+                    for _ in range(args.repeat)
+                ]
                 rate = statistics.median(r for r, _ in runs)
                 p50 = statistics.median(percentile(lat, 0.50) for _, lat in runs) * 1000
                 p99 = statistics.median(percentile(lat, 0.99) for _, lat in runs) * 1000

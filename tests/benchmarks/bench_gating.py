@@ -32,9 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from gating_samples import DESCRIPTIONS, SENTENCES  # noqa: E402
-
-from gating import GatingPipeline  # noqa: E402
+from mole.gating import GatingPipeline
+from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
 
 def pct(values: list[float], q: float) -> float:
@@ -50,10 +49,15 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
             try:
                 pipeline.route(text, desc)
                 jobs.append((text, desc))
-            except Exception:  # noqa: BLE001 - unserved pairs are skipped
+            except Exception:
                 pass
-    stages: dict[str, list[float]] = {"language": [], "task": [], "select": [], "route": [],
-                                      "route_cpu": []}
+    stages: dict[str, list[float]] = {
+        "language": [],
+        "task": [],
+        "select": [],
+        "route": [],
+        "route_cpu": [],
+    }
     lang = pipeline.detector
     router = pipeline.router
     reg = pipeline.registry
@@ -76,43 +80,59 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
             stages["select"].append(t3 - t2)
             stages["route"].append(t4 - t3)
     return {
-        name: {"p50_ms": pct(v, 0.5) * 1e3, "p99_ms": pct(v, 0.99) * 1e3,
-               "mean_ms": statistics.fmean(v) * 1e3, "n": len(v)}
+        name: {
+            "p50_ms": pct(v, 0.5) * 1e3,
+            "p99_ms": pct(v, 0.99) * 1e3,
+            "mean_ms": statistics.fmean(v) * 1e3,
+            "n": len(v),
+        }
         for name, v in stages.items()
     }
 
 
-def bench_xlmr(hidden: int, layers: int, batches: list[int], n_texts: int,
-               threads: int) -> list[dict]:
+def bench_xlmr(
+    hidden: int, layers: int, batches: list[int], n_texts: int, threads: int
+) -> list[dict]:
     import torch
     import transformers
     from tiny_xlmr import build_tiny_xlmr
 
-    from gating.domain import XLMRDomainClassifier
-    from gating.encoder_router import EncoderQRouter
+    from mole.gating.domain import XLMRDomainClassifier
+    from mole.gating.encoder_router import EncoderQRouter
 
     # NOTE: on a shared 2-core machine, 2 intra-op threads made batch 32 8x slower than 1
     torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-xlmr-"))
-    enc_dir = build_tiny_xlmr(tmp / "enc", extra_texts=SENTENCES.values(), hidden=hidden,
-                              layers=layers)
+    enc_dir = build_tiny_xlmr(
+        tmp / "enc", extra_texts=SENTENCES.values(), hidden=hidden, layers=layers
+    )
     c = 2
-    torch.save({
-        "format_version": 2, "model_name": "tiny", "domains": ["finance", "general"],
-        "classifier": {"1.weight": torch.randn(c, hidden), "1.bias": torch.zeros(c)},
-        "prototypes_t": torch.randn(c, hidden), "max_len": 128, "alpha_proto": 0.3,
-        "proto_temp": 10.0, "is_ready": True,
-    }, tmp / "domain_cls.pt")
+    torch.save(
+        {
+            "format_version": 2,
+            "model_name": "tiny",
+            "domains": ["finance", "general"],
+            "classifier": {"1.weight": torch.randn(c, hidden), "1.bias": torch.zeros(c)},
+            "prototypes_t": torch.randn(c, hidden),
+            "max_len": 128,
+            "alpha_proto": 0.3,
+            "proto_temp": 10.0,
+            "is_ready": True,
+        },
+        tmp / "domain_cls.pt",
+    )
     config = transformers.AutoConfig.from_pretrained(enc_dir, local_files_only=True)
     enc = transformers.XLMRobertaModel(config)
     torch.save({f"model.{k}": v for k, v in enc.state_dict().items()}, tmp / "encoder.pth")
-    net = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                              torch.nn.Linear(hidden, 4))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 4)
+    )
     torch.save({f"net.{k}": v for k, v in net.state_dict().items()}, tmp / "router_finance.pth")
 
     clf = XLMRDomainClassifier.load(tmp, encoder_dir=enc_dir)
-    qr = EncoderQRouter.load(tmp, {"finance": ["rating", "pii", "news", "esci"]},
-                             encoder_dir=enc_dir)
+    qr = EncoderQRouter.load(
+        tmp, {"finance": ["rating", "pii", "news", "esci"]}, encoder_dir=enc_dir
+    )
     pairs = [(d, t) for d in DESCRIPTIONS.values() for t in SENTENCES.values()]
     pairs = (pairs * (n_texts // len(pairs) + 1))[:n_texts]
     rows = []
@@ -143,27 +163,35 @@ def main() -> int:
     args = ap.parse_args()
 
     runs = [bench_cpu(args.rounds) for _ in range(args.repeat)]
-    print(f"CPU gating latency (median of {args.repeat} runs; "
-          f"{runs[0]['route']['n']} routes per run; targets p50 <= 0.2 ms, p99 <= 1 ms; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(
+        f"CPU gating latency (median of {args.repeat} runs; "
+        f"{runs[0]['route']['n']} routes per run; targets p50 <= 0.2 ms, p99 <= 1 ms; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
     print(f"  {'stage':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for stage in ("language", "task", "select", "route", "route_cpu"):
         p50 = statistics.median(r[stage]["p50_ms"] for r in runs)
         p99 = statistics.median(r[stage]["p99_ms"] for r in runs)
         mean = statistics.median(r[stage]["mean_ms"] for r in runs)
         print(f"  {stage:<10} {p50:8.4f} {p99:8.4f} {mean:8.4f}")
-    ok = (statistics.median(r["route"]["p50_ms"] for r in runs) <= 0.2
-          and statistics.median(r["route"]["p99_ms"] for r in runs) <= 1.0)
+    ok = (
+        statistics.median(r["route"]["p50_ms"] for r in runs) <= 0.2
+        and statistics.median(r["route"]["p99_ms"] for r in runs) <= 1.0
+    )
     print(f"  route (language + domain + task + selection) meets the targets: {ok}")
-    print("  (route_cpu: this thread's CPU time per route, which a loaded machine's "
-          "preemption does not inflate)")
+    print(
+        "  (route_cpu: this thread's CPU time per route, which a loaded machine's "
+        "preemption does not inflate)"
+    )
 
     if not args.skip_xlmr:
         batches = [int(b) for b in args.batches.split(",")]
         rows = bench_xlmr(args.hidden, args.layers, batches, args.texts, args.threads)
-        print(f"\nXLM-R path, tiny random model (hidden {args.hidden}, {args.layers} layers), "
-              f"{args.texts} texts, torch threads {args.threads}, "
-              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"\nXLM-R path, tiny random model (hidden {args.hidden}, {args.layers} layers), "
+            f"{args.texts} texts, torch threads {args.threads}, "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
         print(f"  {'path':<18} {'batch':>5} {'texts/s':>10}")
         for r in rows:
             print(f"  {r['path']:<18} {r['batch']:>5} {r['texts_per_s']:10.1f}")

@@ -59,8 +59,9 @@ REQUEST_TIMEOUT_S = 10.0
 
 # ---------------------------------------------------------------- 1. limiter cost
 
+
 def _limiter_worker(path: str, checks: int, barrier, out) -> None:
-    from frontend.ratelimit import Rate, RateLimiter
+    from mole.frontend.ratelimit import Rate, RateLimiter
 
     limiter = RateLimiter(Path(path))
     rate = Rate(10**9, 60.0)
@@ -83,8 +84,10 @@ def limiter_cost(checks: int) -> None:
         for procs in (1, 2):
             ctx = multiprocessing.get_context("spawn")
             barrier, out = ctx.Barrier(procs), ctx.Queue()
-            workers = [ctx.Process(target=_limiter_worker, args=(path, checks, barrier, out))
-                       for _ in range(procs)]
+            workers = [
+                ctx.Process(target=_limiter_worker, args=(path, checks, barrier, out))
+                for _ in range(procs)
+            ]
             for w in workers:
                 w.start()
             results = [out.get() for _ in workers]
@@ -92,12 +95,15 @@ def limiter_cost(checks: int) -> None:
                 w.join()
             for i, times in enumerate(results):
                 times.sort()
-                print(f"  {procs} process(es), process {i}: median "
-                      f"{statistics.median(times) * 1e6:7.1f} us  p99 "
-                      f"{times[int(len(times) * 0.99)] * 1e6:7.1f} us")
+                print(
+                    f"  {procs} process(es), process {i}: median "
+                    f"{statistics.median(times) * 1e6:7.1f} us  p99 "
+                    f"{times[int(len(times) * 0.99)] * 1e6:7.1f} us"
+                )
 
 
 # ---------------------------------------------------------------- the stack
+
 
 def free_port() -> int:
     import socket
@@ -118,45 +124,74 @@ class Stack:
         self.frontend_workers = frontend_workers
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), self.env.get("PYTHONPATH")) if p)
+            p for p in (str(REPO), self.env.get("PYTHONPATH")) if p
+        )
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.env.pop("JWT_SECRET_KEY", None)
-        self.env.update(MOLE_ARGON2_PROFILE="cheap",
-                        REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT_S),
-                        MOLE_RATE_LIMIT_CLASSIFY="1000000/minute",
-                        MOLE_RATE_LIMIT_LOGIN="1000/minute", HF_HUB_OFFLINE="1")
+        self.env.update(
+            MOLE_ARGON2_PROFILE="cheap",
+            REQUEST_TIMEOUT_SECONDS=str(REQUEST_TIMEOUT_S),
+            MOLE_RATE_LIMIT_CLASSIFY="1000000/minute",
+            MOLE_RATE_LIMIT_LOGIN="1000/minute",
+            HF_HUB_OFFLINE="1",
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
         self.logs.append(log)
-        proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 
     def start_worker(self, index: int) -> subprocess.Popen:
-        return self._start(f"worker{index}", [sys.executable, str(FIXED_WORKER), "--broker",
-                                              self.broker_url, "--service", SERVICE,
-                                              "--delay", str(self.worker_delay)])
+        return self._start(
+            f"worker{index}",
+            [
+                sys.executable,
+                str(FIXED_WORKER),
+                "--broker",
+                self.broker_url,
+                "--service",
+                SERVICE,
+                "--delay",
+                str(self.worker_delay),
+            ],
+        )
 
     def start(self) -> None:
-        self._start("broker", [sys.executable, "-m", "broker", "--bind", self.broker_url])
+        self._start("broker", [sys.executable, "-m", "mole.broker", "--bind", self.broker_url])
         self.start_worker(0)
         self.start_worker(1)
-        self._start("frontend", [sys.executable, "-m", "frontend", "--bind",
-                                 f"127.0.0.1:{self.port}", "--broker", self.broker_url,
-                                 "--workers", str(self.frontend_workers), "--threads", "16",
-                                 "--data-dir", str(self.tmp / "data")])
+        self._start(
+            "frontend",
+            [
+                sys.executable,
+                "-m",
+                "mole.frontend",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--broker",
+                self.broker_url,
+                "--workers",
+                str(self.frontend_workers),
+                "--threads",
+                "16",
+                "--data-dir",
+                str(self.tmp / "data"),
+            ],
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise SystemExit(f"{name} exited; see {self.tmp / (name + '.log')}")
             try:
-                if request(self.port, "GET", "/api/v1/health/ready", timeout=5)[0] == 200 \
-                        and self.live_workers() >= 2:
+                if (
+                    request(self.port, "GET", "/api/v1/health/ready", timeout=5)[0] == 200
+                    and self.live_workers() >= 2
+                ):
                     return
             except OSError:
                 pass
@@ -164,7 +199,7 @@ class Stack:
         raise SystemExit("the stack did not become ready in 180 s")
 
     def live_workers(self) -> int:
-        from protocol.client import Client
+        from mole.protocol.client import Client
 
         with Client(self.broker_url, timeout=2.0) as client:
             status = client.status(timeout=2.0)
@@ -172,19 +207,27 @@ class Stack:
 
     def token(self) -> str:
         user = {"username": "soak1", "password": PASSWORD}
-        request(self.port, "POST", "/api/v1/auth/register", json.dumps(user).encode(),
-                {"Content-Type": "application/json"})
-        status, body = request(self.port, "POST", "/api/v1/auth/token",
-                               urllib.parse.urlencode(user).encode(),
-                               {"Content-Type": "application/x-www-form-urlencoded"})
+        request(
+            self.port,
+            "POST",
+            "/api/v1/auth/register",
+            json.dumps(user).encode(),
+            {"Content-Type": "application/json"},
+        )
+        status, body = request(
+            self.port,
+            "POST",
+            "/api/v1/auth/token",
+            urllib.parse.urlencode(user).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 200, body
         return json.loads(body)["access_token"]
 
     def pids(self) -> dict[str, list[int]]:
         master = self.procs["frontend"].pid
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        return {"broker": [self.procs["broker"].pid],
-                "frontend": [master, *map(int, children)]}
+        return {"broker": [self.procs["broker"].pid], "frontend": [master, *map(int, children)]}
 
     def stop(self) -> None:
         for name in ("frontend", "worker0", "worker1", "broker"):
@@ -201,8 +244,14 @@ class Stack:
             log.close()
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -224,6 +273,7 @@ def rss_kib(pid: int) -> int:
 
 # ---------------------------------------------------------------- load
 
+
 class Load:
     """Open-loop load: request i is sent at t0 + i/rate, on a thread of its own."""
 
@@ -231,16 +281,21 @@ class Load:
         self.port = port
         self.rate = rate
         self.body = json.dumps({"text": TEXT, "description": DESCRIPTION}).encode()
-        self.headers = {"Content-Type": "application/json",
-                        "Authorization": f"Bearer {token}"}
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         self.results: list[tuple[float, float, int | None, str]] = []
         self._lock = threading.Lock()
 
     def _one(self, scheduled: float) -> None:
         started = time.monotonic()
         try:
-            status, raw = request(self.port, "POST", "/api/v1/classify", self.body,
-                                  self.headers, timeout=REQUEST_TIMEOUT_S + 5)
+            status, raw = request(
+                self.port,
+                "POST",
+                "/api/v1/classify",
+                self.body,
+                self.headers,
+                timeout=REQUEST_TIMEOUT_S + 5,
+            )
             code = "ok" if status == 200 else json.loads(raw).get("error", "?")
         except Exception as err:  # no HTTP answer: lost
             status, code = None, type(err).__name__
@@ -271,12 +326,16 @@ def summarize(title: str, results: list, seconds: float, rate: float) -> None:
     print(f"\n== {title}: offered {rate:g} req/s for {seconds:g} s = {len(results)} requests")
     print(f"  answered {len(answered)}  lost {len(lost)}  by status/code: {dict(codes)}")
     if lat:
-        print(f"  latency ms: p50 {lat[len(lat) // 2] * 1e3:.1f}  p99 "
-              f"{lat[int(len(lat) * 0.99)] * 1e3:.1f}  max {lat[-1] * 1e3:.1f}  "
-              f"(client timeout {(REQUEST_TIMEOUT_S + 5) * 1e3:.0f})")
+        print(
+            f"  latency ms: p50 {lat[len(lat) // 2] * 1e3:.1f}  p99 "
+            f"{lat[int(len(lat) * 0.99)] * 1e3:.1f}  max {lat[-1] * 1e3:.1f}  "
+            f"(client timeout {(REQUEST_TIMEOUT_S + 5) * 1e3:.0f})"
+        )
     if late:
-        print(f"  send lag behind schedule ms: p50 {late[len(late) // 2] * 1e3:.1f}  "
-              f"max {late[-1] * 1e3:.1f}")
+        print(
+            f"  send lag behind schedule ms: p50 {late[len(late) // 2] * 1e3:.1f}  "
+            f"max {late[-1] * 1e3:.1f}"
+        )
 
 
 def fault_run(stack: Stack, token: str, args) -> None:
@@ -297,8 +356,12 @@ def fault_run(stack: Stack, token: str, args) -> None:
         state["victim"] = 1 - state["victim"]
 
     results = load.run(args.fault_seconds, during)
-    summarize(f"fault run (a worker SIGKILLed and restarted every {args.kill_every:g} s)",
-              results, args.fault_seconds, args.rate)
+    summarize(
+        f"fault run (a worker SIGKILLed and restarted every {args.kill_every:g} s)",
+        results,
+        args.fault_seconds,
+        args.rate,
+    )
     print(f"  kills (t s, killed pid, new pid): {kills}")
 
 
@@ -311,8 +374,9 @@ def memory_run(stack: Stack, token: str, args) -> None:
         t0 = time.monotonic()
         while not stop.is_set():
             pids = stack.pids()
-            samples.append((time.monotonic() - t0,
-                            {k: sum(rss_kib(p) for p in v) for k, v in pids.items()}))
+            samples.append(
+                (time.monotonic() - t0, {k: sum(rss_kib(p) for p in v) for k, v in pids.items()})
+            )
             stop.wait(args.sample_every)
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -323,8 +387,10 @@ def memory_run(stack: Stack, token: str, args) -> None:
     summarize("memory run (no faults)", results, args.memory_seconds, args.rate)
     fifth = max(1, len(samples) // 5)
     warm = samples[fifth:]
-    print(f"  RSS samples: {len(samples)} every {args.sample_every:g} s; warm-up = first "
-          f"{fifth} sample(s); frontend processes: {len(stack.pids()['frontend'])}")
+    print(
+        f"  RSS samples: {len(samples)} every {args.sample_every:g} s; warm-up = first "
+        f"{fifth} sample(s); frontend processes: {len(stack.pids()['frontend'])}"
+    )
     for name in ("broker", "frontend"):
         series = [s[name] for _, s in warm]
         if len(series) < 2:
@@ -333,9 +399,11 @@ def memory_run(stack: Stack, token: str, args) -> None:
         k = max(1, len(series) // 5)
         first, last = statistics.mean(series[:k]), statistics.mean(series[-k:])
         growth = (last - first) / first * 100
-        print(f"  {name:8s} RSS MiB: start {samples[0][1][name] / 1024:.1f}  after warm-up "
-              f"{first / 1024:.1f}  end {last / 1024:.1f}  max {max(series) / 1024:.1f}  "
-              f"growth {growth:+.1f} %  {'OK' if growth < 10 else 'OVER 10 %'}")
+        print(
+            f"  {name:8s} RSS MiB: start {samples[0][1][name] / 1024:.1f}  after warm-up "
+            f"{first / 1024:.1f}  end {last / 1024:.1f}  max {max(series) / 1024:.1f}  "
+            f"growth {growth:+.1f} %  {'OK' if growth < 10 else 'OVER 10 %'}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,8 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-seconds", type=float, default=300.0, help="0 skips it")
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--limiter-checks", type=int, default=20000, help="0 skips it")
-    parser.add_argument("--worker-delay", type=float, default=0.01,
-                        help="the test double's service time per request (s)")
+    parser.add_argument(
+        "--worker-delay",
+        type=float,
+        default=0.01,
+        help="the test double's service time per request (s)",
+    )
     parser.add_argument("--frontend-workers", type=int, default=2)
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}  cpus: {os.cpu_count()}")
@@ -355,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         limiter_cost(args.limiter_checks)
     if args.fault_seconds or args.memory_seconds:
         with tempfile.TemporaryDirectory(prefix="mole-soak-") as tmp:
-            stack = Stack(Path(tmp), worker_delay=args.worker_delay,
-                          frontend_workers=args.frontend_workers)
+            stack = Stack(
+                Path(tmp), worker_delay=args.worker_delay, frontend_workers=args.frontend_workers
+            )
             try:
                 stack.start()
                 token = stack.token()

@@ -60,22 +60,32 @@ def original_approach(engine, payloads, max_new_tokens: int) -> float:
         model.set_adapter(job.adapter_key)
         ids = torch.tensor([job.prompt_ids])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 output_scores=True, return_dict_in_generate=True,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 temperature=None, top_p=None, top_k=None)
-        text = tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        _ = next((lab for lab in labels if lab.lower() == text.lower()),
-                 next((lab for lab in labels if lab.lower() in text.lower()), "unknown"))
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        text = tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        _ = next(
+            (lab for lab in labels if lab.lower() == text.lower()),
+            next((lab for lab in labels if lab.lower() in text.lower()), "unknown"),
+        )
         probs = [float(torch.softmax(s[0].float(), -1).max()) for s in out.scores]
         _ = sum(probs) / len(probs)
     return len(payloads) / (time.perf_counter() - t0)
 
 
 def our_approach(engine, payloads, max_batch: int) -> tuple[float, int]:
-    from worker.engine.batching import BatchingHandler
-    from worker.handler import Responder, WorkRequest
+    from mole.worker.engine.batching import BatchingHandler
+    from mole.worker.handler import Responder, WorkRequest
 
     done = threading.Semaphore(0)
     errors = []
@@ -117,27 +127,35 @@ def main() -> int:
 
     import torch
 
-    from protocol.registry import load_registry
-    from worker.engine.engine import Engine
-    from worker.engine.settings import EngineSettings
-    from worker.tiny import generate
+    from mole.protocol.registry import load_registry
+    from mole.worker.engine.engine import Engine
+    from mole.worker.engine.settings import EngineSettings
+    from mole.worker.tiny import generate
 
     torch.set_num_threads(args.threads)
     registry = load_registry()
     with tempfile.TemporaryDirectory() as tmp:
         summary = generate(tmp, registry=registry, size="bench", keys=[KEY])
-        settings = EngineSettings(models_dir=Path(tmp) / "models",
-                                  adapters_dir=Path(tmp) / "adapters", device="cpu",
-                                  max_batch=args.max_batch, torch_threads=args.threads)
+        settings = EngineSettings(
+            models_dir=Path(tmp) / "models",
+            adapters_dir=Path(tmp) / "adapters",
+            device="cpu",
+            max_batch=args.max_batch,
+            torch_threads=args.threads,
+        )
         engine = Engine.load(KEY, registry, settings, worker_id="bench")
-    payloads = [{"task": "finance/news", "language": LANGS[i % len(LANGS)], "text": t}
-                for i, t in enumerate(texts(args.requests))]
+    payloads = [
+        {"task": "finance/news", "language": LANGS[i % len(LANGS)], "text": t}
+        for i, t in enumerate(texts(args.requests))
+    ]
     n_params = summary["models"][KEY] / 1e6
     tokens = [len(engine.prepare(p).prompt_ids) for p in payloads]
-    print(f"model: tiny {KEY} ({n_params:.1f} M parameters, random weights), CPU, "
-          f"{args.threads} threads; {args.requests} news requests, prompt tokens "
-          f"{min(tokens)}-{max(tokens)} (median {statistics.median(tokens):.0f}), "
-          f"6 labels of 1-4 tokens")
+    print(
+        f"model: tiny {KEY} ({n_params:.1f} M parameters, random weights), CPU, "
+        f"{args.threads} threads; {args.requests} news requests, prompt tokens "
+        f"{min(tokens)}-{max(tokens)} (median {statistics.median(tokens):.0f}), "
+        f"6 labels of 1-4 tokens"
+    )
     original_approach(engine, payloads[:2], 25)  # warm both paths
     our_approach(engine, payloads[:4], args.max_batch)
     orig, orig4, ours, batches = [], [], [], []
@@ -147,14 +165,18 @@ def main() -> int:
         rps, largest = our_approach(engine, payloads, args.max_batch)
         ours.append(rps)
         batches.append(largest)
-        print(f"  run {r + 1}: original {orig[-1]:.2f} req/s, original capped at 4 tokens "
-              f"{orig4[-1]:.2f} req/s, ours {ours[-1]:.2f} req/s (largest batch {largest})")
+        print(
+            f"  run {r + 1}: original {orig[-1]:.2f} req/s, original capped at 4 tokens "
+            f"{orig4[-1]:.2f} req/s, ours {ours[-1]:.2f} req/s (largest batch {largest})"
+        )
     m_orig, m_orig4, m_ours = (statistics.median(x) for x in (orig, orig4, ours))
     print(f"original (one at a time, greedy generate, 25 new tokens): {m_orig:8.2f} req/s")
     print(f"original, best case (stops after 4 new tokens):           {m_orig4:8.2f} req/s")
     print(f"ours (batched label scoring, cached prefix and prompt):   {m_ours:8.2f} req/s")
-    print(f"ratio ours/original: {m_ours / m_orig:.1f}x  (vs best case: {m_ours / m_orig4:.1f}x;"
-          f" target >= 5x)")
+    print(
+        f"ratio ours/original: {m_ours / m_orig:.1f}x  (vs best case: {m_ours / m_orig4:.1f}x;"
+        f" target >= 5x)"
+    )
     return 0
 
 

@@ -30,12 +30,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-LABELS = ("Business & Management", "Finance", "Government & Controls", "Technology",
-          "Industry", "Tax & Accounting")
+LABELS = (
+    "Business & Management",
+    "Finance",
+    "Government & Controls",
+    "Technology",
+    "Industry",
+    "Tax & Accounting",
+)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-NEWS = ("The central bank raised interest rates again to fight inflation, surprising "
-        "markets. Analysts expect further increases as wage growth stays strong and the "
-        "currency weakens against the dollar. ")
+NEWS = (
+    "The central bank raised interest rates again to fight inflation, surprising "
+    "markets. Analysts expect further increases as wage growth stays strong and the "
+    "currency weakens against the dollar. "
+)
 
 
 def build_model(precision: str, device: str, smoke: bool):
@@ -44,12 +52,24 @@ def build_model(precision: str, device: str, smoke: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if smoke:
-        config = LlamaConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=4, vocab_size=32000)
+        config = LlamaConfig(
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=32000,
+        )
     else:
-        config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                             num_attention_heads=32, num_key_value_heads=32,
-                             vocab_size=32000, max_position_embeddings=4096)
+        config = LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+        )
     dtype = torch.float16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -75,11 +95,17 @@ def quantize_nf4(model, compute_dtype, device: str) -> None:
             for name, child in list(parent.named_children()):
                 if not isinstance(child, torch.nn.Linear):
                     continue
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
-                                      compute_dtype=compute_dtype, quant_type="nf4",
-                                      device="meta")
-                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
-                                             quant_type="nf4")
+                q = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=False,
+                    compute_dtype=compute_dtype,
+                    quant_type="nf4",
+                    device="meta",
+                )
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data, requires_grad=False, quant_type="nf4"
+                )
                 q = q.to(device)
                 setattr(parent, name, q)
                 del child
@@ -91,8 +117,9 @@ def quantize_nf4(model, compute_dtype, device: str) -> None:
 def add_adapters(model):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM",
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM", init_lora_weights=False
+    )
     peft_model = get_peft_model(model, config, adapter_name="a0")
     peft_model.add_adapter("a1", config)
     peft_model.eval()
@@ -116,7 +143,12 @@ def timeit(fn, budget_s: float, min_iters: int = 2) -> float:
 
 def padding_check(model, tokenizer, prompt, label_ids, precision) -> None:
     """Left-padded mixed-length, mixed-adapter batch against one request at a time."""
-    from worker.engine.scoring import ScoreRow, accepts_position_ids, probabilities, score_batch
+    from mole.worker.engine.scoring import (
+        ScoreRow,
+        accepts_position_ids,
+        probabilities,
+        score_batch,
+    )
 
     use_pos = accepts_position_ids(model)
     rows = [ScoreRow(prompt[: len(prompt) - 37 * i], label_ids, f"a{i % 2}") for i in range(4)]
@@ -128,25 +160,26 @@ def padding_check(model, tokenizer, prompt, label_ids, precision) -> None:
         worst_p = max(worst_p, max(abs(a - b) for a, b in zip(p, q, strict=True)))
         worst_ll = max(worst_ll, max(abs(a - b) for a, b in zip(got, alone, strict=True)))
     nan = any(x != x for row in batched for x in row)
-    print(f"{precision}: padded mixed batch vs one at a time: max difference "
-          f"{worst_ll:.2e} in label log-likelihood, {worst_p:.2e} in probability"
-          f"{' (NaN!)' if nan else ''}")
+    print(
+        f"{precision}: padded mixed batch vs one at a time: max difference "
+        f"{worst_ll:.2e} in label log-likelihood, {worst_p:.2e} in probability"
+        f"{' (NaN!)' if nan else ''}"
+    )
 
 
 def measure(model, tokenizer, precision, prompt, label_ids, over_budget, cell_seconds):
     """(precision, batch, method, classifications/s | "OOM" | None) for each cell."""
     import torch
 
-    from worker.engine.generation import GenRow, generate_batch
-    from worker.engine.scoring import ScoreRow, accepts_position_ids, score_batch
+    from mole.worker.engine.generation import GenRow, generate_batch
+    from mole.worker.engine.scoring import ScoreRow, accepts_position_ids, score_batch
 
     use_pos = accepts_position_ids(model)
     rows_out = []
     for batch in (1, 8, 32):
         adapters = [f"a{i % 2}" for i in range(batch)]
         score_rows = [ScoreRow(prompt, label_ids, a) for a in adapters]
-        gen_rows = [GenRow(prompt, a, {"max_new_tokens": 25, "temperature": 0.0})
-                    for a in adapters]
+        gen_rows = [GenRow(prompt, a, {"max_new_tokens": 25, "temperature": 0.0}) for a in adapters]
         cells = (
             ("scoring", lambda r=score_rows: score_batch(model, r, 0, use_positions=use_pos)),
             ("generate-25", lambda r=gen_rows: generate_batch(model, tokenizer, r)),
@@ -173,13 +206,15 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.smoke_cpu:
-        print("SKIP: CUDA is not available (this benchmark needs a GPU; --smoke-cpu checks "
-              "the script on CPU)")
+        print(
+            "SKIP: CUDA is not available (this benchmark needs a GPU; --smoke-cpu checks "
+            "the script on CPU)"
+        )
         return 0
     device = "cuda" if torch.cuda.is_available() and not args.smoke_cpu else "cpu"
-    from worker.engine.engine import label_token_ids
-    from worker.engine.templates import load_template, render_within
-    from worker.tiny import build_tokenizer
+    from mole.worker.engine.engine import label_token_ids
+    from mole.worker.engine.templates import load_template, render_within
+    from mole.worker.tiny import build_tokenizer
 
     started = time.perf_counter()
     root = Path(__file__).resolve().parents[2]
@@ -187,10 +222,15 @@ def main() -> int:
     template = load_template(root / "configs/templates/news.json", "llama-2-7b-hf", "llama2")
     label_ids = label_token_ids(tokenizer, template, LABELS)
     prompt = render_within(template, {"input": NEWS * 2}, tokenizer, 1024).input_ids
-    name = torch.cuda.get_device_name(0) if device == "cuda" else \
-        "CPU (smoke test: tiny config, 'fp16' rows run in float32)"
-    print(f"device: {name}; prompt {len(prompt)} tokens; labels {[len(x) for x in label_ids]}"
-          " tokens; 2 LoRA adapters mixed per batch; random weights")
+    name = (
+        torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else "CPU (smoke test: tiny config, 'fp16' rows run in float32)"
+    )
+    print(
+        f"device: {name}; prompt {len(prompt)} tokens; labels {[len(x) for x in label_ids]}"
+        " tokens; 2 LoRA adapters mixed per batch; random weights"
+    )
     rows_out = []
     for precision in ("fp16", "nf4"):
         if time.perf_counter() - started > args.budget:
@@ -199,12 +239,17 @@ def main() -> int:
         t0 = time.perf_counter()
         model = add_adapters(build_model(precision, device, args.smoke_cpu))
         mem = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else 0.0
-        print(f"{precision}: built in {time.perf_counter() - t0:.1f} s, "
-              f"{mem:.1f} GiB allocated")
+        print(f"{precision}: built in {time.perf_counter() - t0:.1f} s, {mem:.1f} GiB allocated")
         padding_check(model, tokenizer, prompt, label_ids, precision)
-        rows_out += measure(model, tokenizer, precision, prompt, label_ids,
-                            lambda: time.perf_counter() - started > args.budget,
-                            args.cell_seconds)
+        rows_out += measure(
+            model,
+            tokenizer,
+            precision,
+            prompt,
+            label_ids,
+            lambda: time.perf_counter() - started > args.budget,
+            args.cell_seconds,
+        )
         del model
         gc.collect()
         if device == "cuda":
@@ -212,14 +257,12 @@ def main() -> int:
     print()
     print(f"{'precision':<10}{'batch':>6}  {'method':<12}{'classifications/s':>20}")
     for precision, batch, method, value in rows_out:
-        shown = "skipped" if value is None else value if isinstance(value, str) else \
-            f"{value:.1f}"
+        shown = "skipped" if value is None else value if isinstance(value, str) else f"{value:.1f}"
         print(f"{precision:<10}{batch:>6}  {method:<12}{shown:>20}")
     by = {(p, b, m): v for p, b, m, v in rows_out if isinstance(v, float)}
     for precision in ("fp16", "nf4"):
         for batch in (1, 8, 32):
-            s, g = by.get((precision, batch, "scoring")), by.get((precision, batch,
-                                                                  "generate-25"))
+            s, g = by.get((precision, batch, "scoring")), by.get((precision, batch, "generate-25"))
             if s and g:
                 print(f"{precision} batch {batch}: scoring/generation = {s / g:.1f}x")
     print(f"total {time.perf_counter() - started:.0f} s")

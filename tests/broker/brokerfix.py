@@ -33,11 +33,20 @@ class Bus:
         self.workers = []
         self.clients: list[RawClient] = []
 
-    def broker(self, *flags: str, bind: str = "tcp://127.0.0.1:*",
-               env: dict[str, str] | None = None, probe: bool = True) -> BrokerProcess:
-        proc = BrokerProcess(self.tmp_path / f"broker{len(self.brokers)}.log", bind=bind,
-                             flags=["--heartbeat-interval", str(HEARTBEAT), "--liveness",
-                                    str(LIVENESS), *flags], env=env, probe=probe)
+    def broker(
+        self,
+        *flags: str,
+        bind: str = "tcp://127.0.0.1:*",
+        env: dict[str, str] | None = None,
+        probe: bool = True,
+    ) -> BrokerProcess:
+        proc = BrokerProcess(
+            self.tmp_path / f"broker{len(self.brokers)}.log",
+            bind=bind,
+            flags=["--heartbeat-interval", str(HEARTBEAT), "--liveness", str(LIVENESS), *flags],
+            env=env,
+            probe=probe,
+        )
         self.brokers.append(proc)
         proc.start()
         return proc
@@ -45,8 +54,9 @@ class Bus:
     def worker(self, endpoint: str, service: str, **kwargs):
         kwargs.setdefault("heartbeat", HEARTBEAT)
         kwargs.setdefault("liveness", LIVENESS)
-        proc = start_worker(endpoint, service, log_path=self.tmp_path /
-                            f"worker{len(self.workers)}.log", **kwargs)
+        proc = start_worker(
+            endpoint, service, log_path=self.tmp_path / f"worker{len(self.workers)}.log", **kwargs
+        )
         self.workers.append(proc)
         return proc
 
@@ -68,8 +78,13 @@ def workers_of(client: RawClient, service: str) -> list[dict]:
     return [w for w in client.status()["workers"] if w["service"] == service]
 
 
-def wait_workers(client: RawClient, service: str, count: int, timeout: float = 20.0,
-                 heartbeat_from: tuple[zmq.Socket, ...] = ()) -> list:
+def wait_workers(
+    client: RawClient,
+    service: str,
+    count: int,
+    timeout: float = 20.0,
+    heartbeat_from: tuple[zmq.Socket, ...] = (),
+) -> list:
     """Wait until exactly ``count`` workers of ``service`` are registered; return them.
 
     ``heartbeat_from``: registered worker sockets that the test drives by hand. Each sends
@@ -88,5 +103,12 @@ def wait_workers(client: RawClient, service: str, count: int, timeout: float = 2
     return seen
 
 
-__all__ = ["HEARTBEAT", "LIVENESS", "SILENT_WORKER_KEPT", "Bus", "wait_until", "wait_workers",
-           "workers_of"]
+__all__ = [
+    "HEARTBEAT",
+    "LIVENESS",
+    "SILENT_WORKER_KEPT",
+    "Bus",
+    "wait_until",
+    "wait_workers",
+    "workers_of",
+]

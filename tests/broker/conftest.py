@@ -1,7 +1,8 @@
 """Fixtures for broker tests (helpers live in ``brokerfix``)."""
 
 import pytest
-from brokerfix import Bus
+
+from tests.broker.brokerfix import Bus
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ with (another allowed key taking its routing id over through ROUTER_HANDOVER is 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -11,12 +12,14 @@ import time
 import pytest
 import zmq
 import zmq.auth
-from brokerfix import SILENT_WORKER_KEPT
 
+from tests.broker.brokerfix import SILENT_WORKER_KEPT
 from tests.support.peers import ROOT, child_env, pack, unpack
 
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")]
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE"),
+]
 
 
 @pytest.fixture
@@ -40,14 +43,16 @@ def _socket(url: str, keydir, name: str | None, identity: bytes | None = None) -
         server_public, _ = zmq.auth.load_certificate(str(keydir / "broker.key"))
         public, secret = zmq.auth.load_certificate(str(keydir / f"{name}.key_secret"))
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
-            server_public, public, secret)
+            server_public,
+            public,
+            secret,
+        )
     sock.connect(url)
     return sock
 
 
 def _ask_status(sock: zmq.Socket, timeout_ms: int = 1500) -> dict | None:
-    sock.send_multipart([b"MDPC02", b"\x01", b"mmi.status", pack({"v": 1, "id": "s"}),
-                         pack({})])
+    sock.send_multipart([b"MDPC02", b"\x01", b"mmi.status", pack({"v": 1, "id": "s"}), pack({})])
     if not sock.poll(timeout_ms):
         return None
     return unpack(sock.recv_multipart()[4])
@@ -55,8 +60,14 @@ def _ask_status(sock: zmq.Socket, timeout_ms: int = 1500) -> dict | None:
 
 def test_only_allow_listed_keys_get_through(bus, keys):
     keydir, allow = keys
-    broker = bus.broker("--curve-secret", str(keydir / "broker.key_secret"),
-                        "--curve-allow", str(allow), *SILENT_WORKER_KEPT, probe=False)
+    broker = bus.broker(
+        "--curve-secret",
+        str(keydir / "broker.key_secret"),
+        "--curve-allow",
+        str(allow),
+        *SILENT_WORKER_KEPT,
+        probe=False,
+    )
     url = broker.endpoint
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure", pack({"slots": 1})])
@@ -71,8 +82,9 @@ def test_only_allow_listed_keys_get_through(bus, keys):
     public_worker, _ = zmq.auth.load_certificate(str(keydir / "worker.key"))
     assert row["curve_key"] == public_worker.decode()
 
-    client.send_multipart([b"MDPC02", b"\x01", b"secure", pack({"v": 1, "id": "r1"}),
-                           pack("secret text")])
+    client.send_multipart(
+        [b"MDPC02", b"\x01", b"secure", pack({"v": 1, "id": "r1"}), pack("secret text")]
+    )
     frames = [b"MDPW02", b"\x05"]
     while frames[1] == b"\x05":
         assert worker.poll(5000)
@@ -102,8 +114,14 @@ def _wait_registered(sock: zmq.Socket, count: int = 1) -> dict:
 def test_a_connected_workers_routing_id_cannot_be_taken_over(bus, keys):
     """ROUTER_HANDOVER is off under CURVE: a second connection under W1 is refused."""
     keydir, allow = keys
-    broker = bus.broker("--curve-secret", str(keydir / "broker.key_secret"),
-                        "--curve-allow", str(allow), *SILENT_WORKER_KEPT, probe=False)
+    broker = bus.broker(
+        "--curve-secret",
+        str(keydir / "broker.key_secret"),
+        "--curve-allow",
+        str(allow),
+        *SILENT_WORKER_KEPT,
+        probe=False,
+    )
     url = broker.endpoint
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure"])
@@ -111,19 +129,23 @@ def test_a_connected_workers_routing_id_cannot_be_taken_over(bus, keys):
     _wait_registered(status_sock)
     imposter = _socket(url, keydir, "client", identity=b"W1")
     imposter.send_multipart([b"MDPW02", b"\x05"])
-    status_sock.send_multipart([b"MDPC02", b"\x01", b"secure", pack({"v": 1, "id": "r1"}),
-                                pack("for W1 only")])
+    status_sock.send_multipart(
+        [b"MDPC02", b"\x01", b"secure", pack({"v": 1, "id": "r1"}), pack("for W1 only")]
+    )
     frames = [b"MDPW02", b"\x05"]
     while frames[1] == b"\x05":
         assert worker.poll(5000)
         frames = worker.recv_multipart()
-    assert frames[1] == b"\x02" and unpack(frames[5]) == "for W1 only"
+    assert frames[1] == b"\x02"
+    assert unpack(frames[5]) == "for W1 only"
     assert not imposter.poll(500)  # the imposter's connection was refused: it gets nothing
     worker.send_multipart([b"MDPW02", b"\x04", frames[2], b"", frames[4], frames[5]])
     assert status_sock.poll(5000)
     assert unpack(status_sock.recv_multipart()[4]) == "for W1 only"
-    assert _ask_status(status_sock)["workers"][0]["curve_key"] == \
-        zmq.auth.load_certificate(str(keydir / "worker.key"))[0].decode()
+    assert (
+        _ask_status(status_sock)["workers"][0]["curve_key"]
+        == zmq.auth.load_certificate(str(keydir / "worker.key"))[0].decode()
+    )
     for sock in (worker, status_sock, imposter):
         sock.close(0)
 
@@ -131,8 +153,14 @@ def test_a_connected_workers_routing_id_cannot_be_taken_over(bus, keys):
 def test_worker_registration_is_bound_to_its_key(bus, keys):
     """W1 leaves; another allowed key connects under W1 before the purge: cut off."""
     keydir, allow = keys
-    broker = bus.broker("--curve-secret", str(keydir / "broker.key_secret"),
-                        "--curve-allow", str(allow), *SILENT_WORKER_KEPT, probe=False)
+    broker = bus.broker(
+        "--curve-secret",
+        str(keydir / "broker.key_secret"),
+        "--curve-allow",
+        str(allow),
+        *SILENT_WORKER_KEPT,
+        probe=False,
+    )
     url = broker.endpoint
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure"])
@@ -145,10 +173,8 @@ def test_worker_registration_is_bound_to_its_key(bus, keys):
     imposter = _socket(url, keydir, "client", identity=b"W1")
     got = None
     for _ in range(75):  # the refused first try is retried by libzmq (reconnect_ivl)
-        try:
+        with contextlib.suppress(zmq.Again):
             imposter.send_multipart([b"MDPW02", b"\x05"], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
         if imposter.poll(200):
             got = imposter.recv_multipart()
             if got == [b"MDPW02", b"\x06"]:
@@ -163,8 +189,21 @@ def test_worker_registration_is_bound_to_its_key(bus, keys):
 
 
 def test_missing_key_file_is_a_clear_error(bus, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "broker", "--bind", "tcp://127.0.0.1:*",
-                             "--curve-secret", str(tmp_path / "nope.key_secret")], cwd=ROOT,
-                            env=child_env(), capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2 and "cannot load the broker's CURVE key" in result.stderr
-
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mole.broker",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--curve-secret",
+            str(tmp_path / "nope.key_secret"),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "cannot load the broker's CURVE key" in result.stderr

@@ -10,10 +10,10 @@ import time
 
 import pytest
 import zmq
-from brokerfix import Bus, wait_until, wait_workers, workers_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.broker.brokerfix import Bus, wait_until, wait_workers, workers_of
 from tests.support.peers import pack
 
 pytestmark = pytest.mark.timeout(180)
@@ -55,10 +55,12 @@ def _recv_command(sock: zmq.Socket, timeout: float = 5.0) -> list[bytes]:
 def _assert_healthy(client) -> dict:
     """The broker still routes correctly and the good worker has both slots free."""
     reply = client.call(GOOD, {"still": "alive"}, ttl_ms=10_000)
-    assert reply.ok and reply.payload["echo"] == {"still": "alive"}
+    assert reply.ok
+    assert reply.payload["echo"] == {"still": "alive"}
     status = client.status()
     [row] = [w for w in status["workers"] if w["service"] == GOOD]
-    assert row["slots"] == 2 and row["in_flight"] == 0
+    assert row["slots"] == 2
+    assert row["in_flight"] == 0
     assert status["services"][GOOD]["in_flight"] == 0
     assert status["counters"]["internal_errors"] == 0
     return status
@@ -80,7 +82,7 @@ CLIENT_CASES = {
 
 @pytest.mark.parametrize("frames", CLIENT_CASES.values(), ids=CLIENT_CASES.keys())
 def test_malformed_client_message_is_counted_and_dropped(live, frames):
-    bus, broker, client = live
+    _bus, broker, client = live
     before = client.status()["counters"]["malformed"]
     peer = _peer(broker.endpoint)
     peer.send_multipart(frames)
@@ -95,33 +97,37 @@ ANSWERED_CASES = {
     "service too long": ([b"MDPC02", b"\x01", b"s" * 300, b"x"], "at most 255"),
     "ttl not an integer": (
         [b"MDPC02", b"\x01", b"good", pack({"v": 1, "id": "r1", "ttl": "soon"}), pack(1)],
-        "must be integers"),
+        "must be integers",
+    ),
     "too big in total": (
-        [b"MDPC02", b"\x01", b"good", pack({"v": 1, "id": "r2"}), b"a" * 40_000,
-         b"b" * 40_000], "exceeds the broker's limit"),
+        [b"MDPC02", b"\x01", b"good", pack({"v": 1, "id": "r2"}), b"a" * 40_000, b"b" * 40_000],
+        "exceeds the broker's limit",
+    ),
 }
 
 
-@pytest.mark.parametrize("frames,text", ANSWERED_CASES.values(), ids=ANSWERED_CASES.keys())
+@pytest.mark.parametrize(("frames", "text"), ANSWERED_CASES.values(), ids=ANSWERED_CASES.keys())
 def test_bad_request_is_answered_with_bad_request(live, frames, text):
-    bus, broker, client = live
+    _bus, broker, client = live
     before = client.status()["counters"]["malformed"]
     peer = _peer(broker.endpoint)
     peer.send_multipart(frames)
     assert peer.poll(5000)
     reply = peer.recv_multipart()
-    assert reply[:2] == [b"MDPC02", b"\x03"] and reply[2] == frames[2]
+    assert reply[:2] == [b"MDPC02", b"\x03"]
+    assert reply[2] == frames[2]
     body = __import__("msgpack").unpackb(reply[3], raw=False)
     code = body.get("code") or body.get("error")
     message = body.get("msg") or body.get("message")
-    assert code == "bad_request" and text in message
+    assert code == "bad_request"
+    assert text in message
     peer.close(0)
     assert client.status()["counters"]["malformed"] == before + 1
     _assert_healthy(client)
 
 
 def test_oversized_single_frame_drops_that_connection_only(live):
-    bus, broker, client = live
+    _bus, broker, client = live
     peer = _peer(broker.endpoint)
     peer.send_multipart([b"MDPC02", b"\x01", b"good", b"x" * (MAX_BYTES + 1)])
     assert not peer.poll(500)  # ZMQ_MAXMSGSIZE: libzmq cut the peer before the broker saw it
@@ -148,7 +154,7 @@ WORKER_CASES = {
 
 @pytest.mark.parametrize("frames", WORKER_CASES.values(), ids=WORKER_CASES.keys())
 def test_worker_protocol_violation_gets_disconnect(live, frames):
-    bus, broker, client = live
+    _bus, broker, client = live
     before = client.status()["counters"]
     peer = _peer(broker.endpoint)
     peer.send_multipart(frames)
@@ -161,11 +167,13 @@ def test_worker_protocol_violation_gets_disconnect(live, frames):
     assert not [w for w in after["workers"] if w["service"] != GOOD]  # nobody registered
 
 
-@pytest.mark.parametrize("frames", [[b"MDPW02", b"\x05"],
-                                    [b"MDPW02", b"\x04", b"old-ticket", b"", b"late"]],
-                         ids=["HEARTBEAT", "FINAL"])
+@pytest.mark.parametrize(
+    "frames",
+    [[b"MDPW02", b"\x05"], [b"MDPW02", b"\x04", b"old-ticket", b"", b"late"]],
+    ids=["HEARTBEAT", "FINAL"],
+)
 def test_unregistered_worker_gets_disconnect(live, frames):
-    bus, broker, client = live
+    _bus, broker, client = live
     before = client.status()["counters"]["unknown_worker_messages"]
     peer = _peer(broker.endpoint)
     peer.send_multipart(frames)
@@ -176,13 +184,17 @@ def test_unregistered_worker_gets_disconnect(live, frames):
     assert after["counters"]["unknown_worker_messages"] == before + 1
 
 
-@pytest.mark.parametrize("garbage", [[b"MDPW02", b"\x01", b"svc-hold"],  # READY twice
-                                     [b"MDPW02", b"\x09"],
-                                     [b"not", b"mdp"],
-                                     [b"MDPW02", b"\x04", b"ticket"]],
-                         ids=["READY twice", "unknown command", "not MDP", "short FINAL"])
-def test_registered_worker_breaking_protocol_is_purged_and_its_request_redispatched(
-        live, garbage):
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        [b"MDPW02", b"\x01", b"svc-hold"],  # READY twice
+        [b"MDPW02", b"\x09"],
+        [b"not", b"mdp"],
+        [b"MDPW02", b"\x04", b"ticket"],
+    ],
+    ids=["READY twice", "unknown command", "not MDP", "short FINAL"],
+)
+def test_registered_worker_breaking_protocol_is_purged_and_its_request_redispatched(live, garbage):
     bus, broker, client = live
     service = "svc-hold"
     bad = _peer(broker.endpoint)
@@ -196,10 +208,13 @@ def test_registered_worker_breaking_protocol_is_purged_and_its_request_redispatc
     assert _recv_command(bad) == DISCONNECT
     bad.close(0)
     reply = client.recv_final(10)
-    assert reply is not None and reply.ok and reply.request_id == rid
+    assert reply is not None
+    assert reply.ok
+    assert reply.request_id == rid
     assert reply.payload["worker"] == "w-helper"
     [row] = workers_of(client, service)
-    assert row["id"] == "w-helper" and row["in_flight"] == 0
+    assert row["id"] == "w-helper"
+    assert row["in_flight"] == 0
     helper.kill()
     helper.wait(5)
     wait_workers(client, service, 0)
@@ -223,29 +238,37 @@ def test_malformed_messages_are_logged_at_warning(bus):
 
 _headers = st.sampled_from([b"MDPC02", b"MDPW02", b"MDPC01", b""]) | st.binary(max_size=8)
 _commands = st.sampled_from([bytes([i]) for i in range(8)]) | st.binary(max_size=3)
-_services = (st.sampled_from([b"fuzz", b"mmi.service", b"mmi.status", b"mmi.x", b""])
-             | st.binary(max_size=12).filter(lambda b: b != GOOD.encode()))
+_services = st.sampled_from([b"fuzz", b"mmi.service", b"mmi.status", b"mmi.x", b""]) | st.binary(
+    max_size=12
+).filter(lambda b: b != GOOD.encode())
 _header_maps = st.fixed_dictionaries(
     {"v": st.sampled_from([1, 2]), "id": st.text(max_size=8) | st.integers(-5, 5)},
-    optional={"ttl": st.integers(-(2**63), 2**64 - 1) | st.text(max_size=3) | st.none(),
-              "attempt": st.integers(-(2**63), 2**63 - 1) | st.booleans(),
-              "ok": st.booleans()})
+    optional={
+        "ttl": st.integers(-(2**63), 2**64 - 1) | st.text(max_size=3) | st.none(),
+        "attempt": st.integers(-(2**63), 2**63 - 1) | st.booleans(),
+        "ok": st.booleans(),
+    },
+)
 _int64 = st.integers(-(2**63), 2**63 - 1)
-_body_frames = (st.binary(max_size=64) | _header_maps.map(pack)
-                | st.dictionaries(st.text(max_size=4), _int64, max_size=3).map(pack))
-_messages = st.tuples(_headers, _commands, _services, st.lists(_body_frames, max_size=4),
-                      st.integers(1, 8)).map(lambda t: [t[0], t[1], t[2], *t[3]][: t[4]])
+_body_frames = (
+    st.binary(max_size=64)
+    | _header_maps.map(pack)
+    | st.dictionaries(st.text(max_size=4), _int64, max_size=3).map(pack)
+)
+_messages = st.tuples(
+    _headers, _commands, _services, st.lists(_body_frames, max_size=4), st.integers(1, 8)
+).map(lambda t: [t[0], t[1], t[2], *t[3]][: t[4]])
 
 
 def test_random_multipart_messages_never_break_the_broker(live):
-    bus, broker, client = live
+    _bus, broker, client = live
     peers = [_peer(broker.endpoint) for _ in range(4)]
     started = time.monotonic()
 
-    @settings(max_examples=300, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(st.lists(st.tuples(st.integers(0, len(peers) - 1), _messages),
-                    min_size=1, max_size=5))
+    @settings(
+        max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(st.lists(st.tuples(st.integers(0, len(peers) - 1), _messages), min_size=1, max_size=5))
     def feed(batch):
         if time.monotonic() - started > 8:  # keep the run bounded on a loaded machine
             return

@@ -12,7 +12,8 @@ import uuid
 
 import msgpack
 import pytest
-from brokerfix import Bus, wait_until, wait_workers, workers_of
+
+from tests.broker.brokerfix import Bus, wait_until, wait_workers, workers_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,17 +41,29 @@ def test_registration_then_routing(shared):
     assert client.service_available(service) is True
 
     reply = client.call(service, {"text": "hello"})
-    assert reply.final and reply.ok and reply.service == service
+    assert reply.final
+    assert reply.ok
+    assert reply.service == service
     assert reply.payload["echo"] == {"text": "hello"}
     assert reply.payload["worker"] == "w-reg"
 
     [row] = workers_of(client, service)
-    assert row["id"] == "w-reg" and row["slots"] == 2 and row["served"] == 1
-    assert row["in_flight"] == 0 and row["address"] == "127.0.0.1"
-    assert row["metadata"]["pid"] > 0 and row["last_heartbeat_s"] < 1.0
+    assert row["id"] == "w-reg"
+    assert row["slots"] == 2
+    assert row["served"] == 1
+    assert row["in_flight"] == 0
+    assert row["address"] == "127.0.0.1"
+    assert row["metadata"]["pid"] > 0
+    assert row["last_heartbeat_s"] < 1.0
     svc = client.status()["services"][service]
-    assert svc == {"workers": 1, "slots": 2, "in_flight": 0, "queue_depth": 0, "served": 1,
-                   "errors": 0}
+    assert svc == {
+        "workers": 1,
+        "slots": 2,
+        "in_flight": 0,
+        "queue_depth": 0,
+        "served": 1,
+        "errors": 0,
+    }
 
 
 def test_balancing_over_two_workers(shared):
@@ -91,7 +104,9 @@ def test_request_before_any_worker_is_served_when_one_registers(shared):
     assert wait_until(lambda: client.status()["services"][service]["queue_depth"] == 1, 5)
     bus.worker(url, service)
     reply = client.recv_final(20)
-    assert reply is not None and reply.ok and reply.request_id == rid
+    assert reply is not None
+    assert reply.ok
+    assert reply.request_id == rid
     assert reply.payload["echo"] == "early"
     assert 0 < reply.payload["ttl"] < 30_000  # the broker passed on the time left
 
@@ -102,7 +117,8 @@ def test_service_that_never_appears_gets_no_worker_at_its_deadline(shared):
     started = time.monotonic()
     reply = client.call(_service(), "x", ttl_ms=400, timeout=10)
     elapsed = time.monotonic() - started
-    assert reply.code == "no_worker" and not reply.ok
+    assert reply.code == "no_worker"
+    assert not reply.ok
     assert "registered within the deadline" in reply.header["msg"]
     assert 0.35 <= elapsed < 5.0
 
@@ -114,7 +130,8 @@ def test_opaque_request_uses_the_default_deadline(shared):
     client.send_opaque(_service(), b"opaque body")
     reply = client.recv_final(10)
     elapsed = time.monotonic() - started
-    assert reply is not None and reply.payload["error"] == "no_worker"
+    assert reply is not None
+    assert reply.payload["error"] == "no_worker"
     assert "message" in reply.payload
     assert 1.3 <= elapsed < 6.0  # --default-deadline 1.5
 
@@ -126,7 +143,8 @@ def test_full_queue_answers_overloaded_at_once(bus):
     assert wait_until(lambda: client.status()["services"]["later"]["queue_depth"] == 2, 5)
     started = time.monotonic()
     reply = client.call("later", "one too many", ttl_ms=30_000)
-    assert reply.code == "overloaded" and "queue limit" in reply.header["msg"]
+    assert reply.code == "overloaded"
+    assert "queue limit" in reply.header["msg"]
     assert time.monotonic() - started < 2.0  # at once, not at the 30 s deadline
     bus.worker(broker.endpoint, "later")
     replies = [client.recv_final(20) for _ in first]
@@ -162,7 +180,9 @@ def test_duplicate_request_id_is_done_once(shared):
     client.send(service, "once", ttl_ms=10_000, request_id="same-id")
     client.send(service, "once", ttl_ms=10_000, request_id="same-id")  # e.g. a resend
     reply = client.recv_final(10)
-    assert reply is not None and reply.request_id == "same-id" and reply.ok
+    assert reply is not None
+    assert reply.request_id == "same-id"
+    assert reply.ok
     assert client.recv(0.6) is None
     [row] = workers_of(client, service)
     assert row["served"] == 1
@@ -183,11 +203,13 @@ def test_mmi_service_and_unknown_mmi(shared):
     assert client.service_available(service) is True
     client.send_opaque("mmi.whatever", b"x")
     reply = client.recv(5)
-    assert reply.service == "mmi.whatever" and reply.frames[3:] == [b"501"]
+    assert reply.service == "mmi.whatever"
+    assert reply.frames[3:] == [b"501"]
     # mmi.status with a plain body answers the status map alone
     client.send_opaque("mmi.status", b"")
     status = msgpack.unpackb(client.recv(5).frames[3], raw=False)
-    assert service in status["services"] and {"broker", "workers", "counters"} <= set(status)
+    assert service in status["services"]
+    assert {"broker", "workers", "counters"} <= set(status)
 
 
 def _plain_worker(url: str, service: bytes, seen: list, stop: threading.Event) -> None:
@@ -225,7 +247,8 @@ def test_plain_rfc18_client_and_worker(shared):
     try:
         status_client = bus.client(url)
         [row] = wait_workers(status_client, service, 1)
-        assert row["slots"] == 1 and row["metadata"] == {}  # READY without metadata
+        assert row["slots"] == 1
+        assert row["metadata"] == {}
         client = zmq.Context.instance().socket(zmq.DEALER)
         client.setsockopt(zmq.LINGER, 0)
         client.connect(url)
@@ -239,7 +262,9 @@ def test_plain_rfc18_client_and_worker(shared):
         client.close(0)
         # the worker saw RFC 18's REQUEST: header, command, client address, empty, body
         [frames] = seen
-        assert frames[:2] == [b"MDPW02", b"\x02"] and frames[2] and frames[3] == b""
+        assert frames[:2] == [b"MDPW02", b"\x02"]
+        assert frames[2]
+        assert frames[3] == b""
         assert frames[4:] == [b"ping"]
     finally:
         stop.set()
@@ -260,8 +285,11 @@ def test_reconnecting_client_keeps_its_routing_id_and_is_not_served_twice(shared
     new = bus.client(url, identity=b"client-keeps-id")
     new.send(service, "work", ttl_ms=10_000, request_id="r-1")
     reply = new.recv_final(10)
-    assert reply is not None and reply.ok and reply.request_id == "r-1"
-    assert new.recv(0.8) is None and old.recv(0.1) is None
+    assert reply is not None
+    assert reply.ok
+    assert reply.request_id == "r-1"
+    assert new.recv(0.8) is None
+    assert old.recv(0.1) is None
     assert workers_of(watcher, service)[0]["served"] == 1
     assert watcher.status()["counters"]["duplicates"] >= 1
 

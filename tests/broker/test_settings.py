@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from broker.ratelog import RateLimitedLog
-from broker.settings import BrokerSettings, SettingsError, settings_from_env, with_overrides
+from mole.broker.ratelog import RateLimitedLog
+from mole.broker.settings import BrokerSettings, SettingsError, settings_from_env, with_overrides
 from tests.support.peers import ROOT, RawClient, child_env
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,38 +24,59 @@ def test_defaults_match_the_design():
 
 
 def test_environment_then_flags():
-    env = {"MOLE_HEARTBEAT_INTERVAL": "0.5", "MOLE_HEARTBEAT_LIVENESS": "4",
-           "MOLE_BROKER_QUEUE_LIMIT": "7", "MOLE_BROKER_DEFAULT_DEADLINE": "12.5",
-           "MOLE_BROKER_BIND": "tcp://127.0.0.1:6000", "MOLE_BROKER_MAX_MESSAGE_BYTES": "1024"}
+    env = {
+        "MOLE_HEARTBEAT_INTERVAL": "0.5",
+        "MOLE_HEARTBEAT_LIVENESS": "4",
+        "MOLE_BROKER_QUEUE_LIMIT": "7",
+        "MOLE_BROKER_DEFAULT_DEADLINE": "12.5",
+        "MOLE_BROKER_BIND": "tcp://127.0.0.1:6000",
+        "MOLE_BROKER_MAX_MESSAGE_BYTES": "1024",
+    }
     s = settings_from_env(env)
     assert (s.heartbeat_interval, s.liveness, s.queue_limit) == (0.5, 4, 7)
-    assert (s.default_deadline, s.bind, s.max_message_bytes) == (12.5, "tcp://127.0.0.1:6000",
-                                                                 1024)
+    assert (s.default_deadline, s.bind, s.max_message_bytes) == (12.5, "tcp://127.0.0.1:6000", 1024)
     flagged = with_overrides(s, queue_limit=3, liveness=None)
-    assert flagged.queue_limit == 3 and flagged.liveness == 4  # None: flag not given
+    assert flagged.queue_limit == 3
+    assert flagged.liveness == 4
 
 
-@pytest.mark.parametrize("env,field", [
-    ({"MOLE_BROKER_QUEUE_LIMIT": "many"}, "MOLE_BROKER_QUEUE_LIMIT"),
-    ({"MOLE_HEARTBEAT_INTERVAL": "fast"}, "MOLE_HEARTBEAT_INTERVAL"),
-])
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"MOLE_BROKER_QUEUE_LIMIT": "many"}, "MOLE_BROKER_QUEUE_LIMIT"),
+        ({"MOLE_HEARTBEAT_INTERVAL": "fast"}, "MOLE_HEARTBEAT_INTERVAL"),
+    ],
+)
 def test_bad_environment_value_names_the_variable(env, field):
     with pytest.raises(SettingsError, match=field):
         settings_from_env(env)
 
 
-@pytest.mark.parametrize("override", [{"heartbeat_interval": 0}, {"liveness": 0},
-                                      {"queue_limit": 0}, {"default_deadline": -1},
-                                      {"max_message_bytes": 0}, {"bind": ""}])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"heartbeat_interval": 0},
+        {"liveness": 0},
+        {"queue_limit": 0},
+        {"default_deadline": -1},
+        {"max_message_bytes": 0},
+        {"bind": ""},
+    ],
+)
 def test_invalid_values_are_refused(override):
     with pytest.raises(SettingsError):
         with_overrides(BrokerSettings(), **override).validated()
 
 
 def _mole_broker(*argv: str, env: dict | None = None, timeout: float = 30):
-    return subprocess.run([sys.executable, "-m", "mole_cli", "broker", *argv], cwd=ROOT,
-                          env=child_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mole", "broker", *argv],
+        cwd=ROOT,
+        env=child_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_mole_broker_refuses_bad_settings_with_exit_2():
@@ -63,17 +84,22 @@ def test_mole_broker_refuses_bad_settings_with_exit_2():
     assert result.returncode == 2
     assert "heartbeat_interval must be > 0" in result.stderr
     result = _mole_broker("--bind", "tcp://127.0.0.1:*", env={"MOLE_BROKER_QUEUE_LIMIT": "x"})
-    assert result.returncode == 2 and "MOLE_BROKER_QUEUE_LIMIT" in result.stderr
+    assert result.returncode == 2
+    assert "MOLE_BROKER_QUEUE_LIMIT" in result.stderr
 
 
 def test_mole_broker_cannot_bind_exits_1():
     result = _mole_broker("--bind", "tcp://256.0.0.1:1")
-    assert result.returncode == 1 and "cannot bind" in result.stderr
+    assert result.returncode == 1
+    assert "cannot bind" in result.stderr
 
 
 def test_flags_override_environment_in_the_running_broker(bus):
-    broker = bus.broker("--queue-limit", "5", env={"MOLE_BROKER_QUEUE_LIMIT": "9",
-                                                   "MOLE_BROKER_DEFAULT_DEADLINE": "4"})
+    broker = bus.broker(
+        "--queue-limit",
+        "5",
+        env={"MOLE_BROKER_QUEUE_LIMIT": "9", "MOLE_BROKER_DEFAULT_DEADLINE": "4"},
+    )
     with RawClient(broker.endpoint) as client:
         info = client.status()["broker"]
     assert info["queue_limit"] == 5  # flag wins
@@ -82,20 +108,31 @@ def test_flags_override_environment_in_the_running_broker(bus):
 
 
 def test_python_dash_m_broker_help():
-    result = subprocess.run([sys.executable, "-m", "broker", "--help"], cwd=ROOT,
-                            env=child_env(), capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and "--heartbeat-interval" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "mole.broker", "--help"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0
+    assert "--heartbeat-interval" in result.stdout
 
 
 def test_rate_limited_log_lets_a_burst_through_then_summarises(caplog):
     now = [0.0]
-    log = RateLimitedLog(logging.getLogger("test.ratelog"), burst=3, period=10.0,
-                         clock=lambda: now[0])
+    log = RateLimitedLog(
+        logging.getLogger("test.ratelog"), burst=3, period=10.0, clock=lambda: now[0]
+    )
     with caplog.at_level(logging.WARNING, logger="test.ratelog"):
         for i in range(50):
             log.log(logging.WARNING, "bad message %d", i)
         assert [r.getMessage() for r in caplog.records] == [
-            "bad message 0", "bad message 1", "bad message 2"]
+            "bad message 0",
+            "bad message 1",
+            "bad message 2",
+        ]
         now[0] = 11.0
         log.log(logging.WARNING, "bad message %d", 50)
     messages = [r.getMessage() for r in caplog.records]

@@ -10,13 +10,13 @@ import sys
 import time
 
 import pytest
-from brokerfix import wait_workers
 
-from broker import status_cli
+from mole.broker import status_cli
+from tests.broker.brokerfix import wait_workers
 from tests.support.peers import ROOT, child_env
 
 pytestmark = pytest.mark.timeout(120)
-MOLE = [sys.executable, "-m", "mole_cli"]
+MOLE = [sys.executable, "-m", "mole"]
 
 
 def _args(*argv: str):
@@ -40,48 +40,85 @@ def test_table_shows_services_and_workers(running):
     assert status_cli.run(_args("--broker", running.endpoint), out, err) == 0
     text = out.getvalue()
     lines = text.splitlines()
-    assert lines[0].startswith("broker ") and running.endpoint in lines[0]
+    assert lines[0].startswith("broker ")
+    assert running.endpoint in lines[0]
     header = next(line for line in lines if line.startswith("SERVICE"))
-    assert header.split() == ["SERVICE", "WORKERS", "SLOTS", "IN", "FLIGHT", "QUEUED",
-                              "SERVED", "ERRORS"]
+    assert header.split() == [
+        "SERVICE",
+        "WORKERS",
+        "SLOTS",
+        "IN",
+        "FLIGHT",
+        "QUEUED",
+        "SERVED",
+        "ERRORS",
+    ]
     row = next(line for line in lines if line.startswith("llama-2-7b-hf"))
     assert row.split() == ["llama-2-7b-hf", "1", "4", "0", "0", "1", "0"]
     worker = next(line for line in lines if line.startswith("w-llama"))
     cells = worker.split()
     assert cells[:6] == ["w-llama", "llama-2-7b-hf", "127.0.0.1", "4", "0", "1"]
-    assert cells[6].endswith("s") and cells[7] == "ago" and "pid=" in worker
+    assert cells[6].endswith("s")
+    assert cells[7] == "ago"
+    assert "pid=" in worker
     assert err.getvalue() == ""
 
 
 def test_json_is_the_status_document(running):
-    result = subprocess.run([*MOLE, "status", "--broker", running.endpoint, "--json"],
-                            cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [*MOLE, "status", "--broker", running.endpoint, "--json"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["services"]["llama-2-7b-hf"]["served"] == 1
     [worker] = status["workers"]
-    assert worker["id"] == "w-llama" and worker["slots"] == 4 and worker["in_flight"] == 0
-    assert {"id", "service", "address", "slots", "in_flight", "served", "last_heartbeat_s",
-            "metadata"} <= set(worker)
+    assert worker["id"] == "w-llama"
+    assert worker["slots"] == 4
+    assert worker["in_flight"] == 0
+    assert {
+        "id",
+        "service",
+        "address",
+        "slots",
+        "in_flight",
+        "served",
+        "last_heartbeat_s",
+        "metadata",
+    } <= set(worker)
     assert status["broker"]["heartbeat_interval_s"] == 0.2
 
 
 def test_no_broker_gives_a_clear_message_and_exit_1():
     started = time.monotonic()
-    result = subprocess.run([*MOLE, "status", "--broker", "tcp://127.0.0.1:9",
-                             "--timeout", "0.5"], cwd=ROOT, env=child_env(),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [*MOLE, "status", "--broker", "tcp://127.0.0.1:9", "--timeout", "0.5"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert "no answer from the broker at tcp://127.0.0.1:9 within 0.5s" in result.stderr
-    assert "mole broker" in result.stderr and result.stdout == ""
+    assert "mole broker" in result.stderr
+    assert result.stdout == ""
     assert time.monotonic() - started < 20
 
 
 def test_watch_refreshes_until_interrupted(running):
-    proc = subprocess.Popen([*MOLE, "status", "--broker", running.endpoint, "--watch",
-                             "--interval", "0.2"], cwd=ROOT, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*MOLE, "status", "--broker", running.endpoint, "--watch", "--interval", "0.2"],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)

@@ -80,7 +80,7 @@ class Stack:
         argv = [
             sys.executable,
             "-m",
-            "mole_cli",
+            "mole",
             "up",
             "--data-dir",
             str(data_dir),

@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
-from e2e_stack import Stack, http
 
-from protocol.client import Client
-from protocol.registry import load_registry
+from mole.protocol.client import Client
+from mole.protocol.registry import load_registry
+from tests.e2e.e2e_stack import Stack, http
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
 pytestmark = pytest.mark.slow

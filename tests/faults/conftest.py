@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-
-from peers import ROOT, BrokerProcess, child_env  # noqa: E402
+from tests.support.peers import ROOT, BrokerProcess, child_env
 
 HEARTBEAT = 0.2
 LIVENESS = 3
@@ -33,23 +31,50 @@ class Bus:
             self.broker.bind = bind
         return self.broker.start()
 
-    def start_worker(self, service: str, worker_id: str, *, slots: int = 4,
-                     delay: float = 0.02, prefix: list[str] | None = None,
-                     endpoint: str | None = None) -> subprocess.Popen:
-        argv = [*(prefix or []), sys.executable, "-m", "worker.echo",
-                "--broker", endpoint or self.broker.endpoint, "--service", service,
-                "--worker-id", worker_id, "--slots", str(slots), "--delay", str(delay),
-                "--heartbeat-interval", str(HEARTBEAT), "--liveness", str(LIVENESS),
-                "--reconnect-max", "0.5"]
-        log = open(self.tmp / f"{worker_id}.log", "ab")  # noqa: SIM115 - child's lifetime
-        process = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=log,
-                                   stderr=subprocess.STDOUT)
+    def start_worker(
+        self,
+        service: str,
+        worker_id: str,
+        *,
+        slots: int = 4,
+        delay: float = 0.02,
+        prefix: list[str] | None = None,
+        endpoint: str | None = None,
+    ) -> subprocess.Popen:
+        argv = [
+            *(prefix or []),
+            sys.executable,
+            "-m",
+            "mole.worker.echo",
+            "--broker",
+            endpoint or self.broker.endpoint,
+            "--service",
+            service,
+            "--worker-id",
+            worker_id,
+            "--slots",
+            str(slots),
+            "--delay",
+            str(delay),
+            "--heartbeat-interval",
+            str(HEARTBEAT),
+            "--liveness",
+            str(LIVENESS),
+            "--reconnect-max",
+            "0.5",
+        ]
+        log = open(self.tmp / f"{worker_id}.log", "ab")
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT
+        )
         self.workers.append(process)
         return process
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(self.tmp.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.tmp.glob("*.log"))
+        )
 
     def close(self) -> None:
         for process in self.workers:

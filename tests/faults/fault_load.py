@@ -12,7 +12,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from peers import RawClient
+from tests.support.peers import RawClient
 
 
 @dataclass
@@ -25,13 +25,16 @@ class LoadReport:
     late_workers: Counter = field(default_factory=Counter)  # who answered in the last part
 
     def __str__(self) -> str:
-        return (f"sent {self.sent}, lost {len(self.lost)}, duplicated {len(self.duplicated)}, "
-                f"outcomes {dict(self.codes)}, workers {dict(self.workers)}")
+        return (
+            f"sent {self.sent}, lost {len(self.lost)}, duplicated {len(self.duplicated)}, "
+            f"outcomes {dict(self.codes)}, workers {dict(self.workers)}"
+        )
 
 
 class FixedRateLoad:
-    def __init__(self, endpoint: str, service: str, *, rate: float = 100.0,
-                 ttl_ms: int = 5000) -> None:
+    def __init__(
+        self, endpoint: str, service: str, *, rate: float = 100.0, ttl_ms: int = 5000
+    ) -> None:
         self.client = RawClient(endpoint)
         self.service = service
         self.interval = 1.0 / rate
@@ -42,8 +45,12 @@ class FixedRateLoad:
 
     def send_one(self, payload: dict | None = None, ttl_ms: int | None = None) -> str:
         rid = uuid.uuid4().hex
-        self.client.send(self.service, payload or {"n": len(self.sent_at)},
-                         ttl_ms=ttl_ms or self.ttl_ms, request_id=rid)
+        self.client.send(
+            self.service,
+            payload or {"n": len(self.sent_at)},
+            ttl_ms=ttl_ms or self.ttl_ms,
+            request_id=rid,
+        )
         self.sent_at[rid] = time.monotonic()
         return rid
 

@@ -12,8 +12,9 @@ import signal
 import time
 
 import pytest
-from fault_load import FixedRateLoad
-from peers import RawClient, wait_until
+
+from tests.faults.fault_load import FixedRateLoad
+from tests.support.peers import RawClient, wait_until
 
 pytestmark = pytest.mark.slow
 SERVICE = "faulty"
@@ -27,8 +28,9 @@ def _registered(endpoint: str, worker_id: str) -> bool:
 
 def _wait_registered(bus, *worker_ids: str, timeout: float = 30.0) -> None:
     for worker_id in worker_ids:
-        assert wait_until(lambda w=worker_id: _registered(bus.broker.endpoint, w),
-                          timeout=timeout), f"{worker_id} never registered\n{bus.logs()}"
+        assert wait_until(
+            lambda w=worker_id: _registered(bus.broker.endpoint, w), timeout=timeout
+        ), f"{worker_id} never registered\n{bus.logs()}"
 
 
 def _assert_exactly_once(report, allowed=("ok",)) -> None:
@@ -82,15 +84,15 @@ def test_handler_that_hangs_gets_deadline_exceeded_and_others_are_served(bus):
     report = load.report()
     _assert_exactly_once(report, allowed=("ok", "deadline_exceeded"))
     for rid in hung:
-        (answered_at, reply), = load.finals[rid]
+        ((answered_at, reply),) = load.finals[rid]
         assert reply.code == "deadline_exceeded"
         assert answered_at - sent < 3.0, "the deadline fired late"
     assert report.codes["ok"] == report.sent - len(hung)
 
 
 def test_broker_restart_clients_resend_and_workers_rejoin(bus):
-    from protocol.client import Client
-    from protocol.errors import RequestError
+    from mole.protocol.client import Client
+    from mole.protocol.errors import RequestError
 
     endpoint = bus.start_broker()
     bus.start_worker(SERVICE, "w1")

@@ -10,22 +10,18 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # frontend_support, fixed_worker
-
-from frontend_support import (  # noqa: E402
+from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.passwords import PasswordHasher
+from mole.protocol.registry import load_registry
+from tests.frontend.frontend_support import (
     FIXED_WORKER,
     Api,
-    broker_available,
     child,
     free_port,
     make_components,
     make_settings,
     wait_for,
 )
-
-from frontend.gating_holder import GatingHolder  # noqa: E402
-from frontend.passwords import PasswordHasher  # noqa: E402
-from protocol.registry import load_registry  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +37,9 @@ def logs_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def broker_url(logs_dir) -> Iterator[str]:
     """A real broker process on a free loopback port."""
-    if not broker_available():
-        pytest.skip("broker package has no __main__ yet")
     url = f"tcp://127.0.0.1:{free_port()}"
-    with child([sys.executable, "-m", "broker", "--bind", url], logs_dir / "broker.log") as p:
-        from protocol.client import Client
+    with child([sys.executable, "-m", "mole.broker", "--bind", url], logs_dir / "broker.log") as p:
+        from mole.protocol.client import Client
 
         with Client(url, timeout=5.0) as client:
             wait_for(lambda: p.poll() is None and client.status(timeout=1.0), 30, "the broker")
@@ -60,7 +54,7 @@ def fixed_workers(broker_url, registry, logs_dir) -> Iterator[list[str]]:
     for service in services:
         args += ["--service", service]
     with child(args, logs_dir / "fixed_worker.log") as proc:
-        from protocol.client import Client
+        from mole.protocol.client import Client
 
         def all_up() -> bool:
             assert proc.poll() is None, "fixed worker died; see fixed_worker.log"
@@ -76,10 +70,8 @@ def fixed_workers(broker_url, registry, logs_dir) -> Iterator[list[str]]:
 @pytest.fixture(scope="session")
 def gating_pipeline(registry):
     """The real gating pipeline (fastText language id, registry, default task router)."""
-    try:
-        from gating import GatingPipeline
-    except ImportError:
-        pytest.skip("gating.GatingPipeline is not available yet")
+    from mole.gating import GatingPipeline
+
     return GatingPipeline.load(registry=registry)
 
 
@@ -99,8 +91,7 @@ def offline_api(tmp_path, hasher, registry, dead_broker_url) -> Iterator[Api]:
     """The app with no broker running and gating not loaded (auth, errors, health)."""
     settings = make_settings(tmp_path)
     gating = GatingHolder(registry_path=registry.path, loader=lambda reg: None)
-    api = Api(make_components(settings, hasher=hasher, gating=gating,
-                              broker_url=dead_broker_url))
+    api = Api(make_components(settings, hasher=hasher, gating=gating, broker_url=dead_broker_url))
     yield api
     api.close()
 

@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocol.registry import ExpertsRegistry, load_registry  # noqa: E402
-from worker.handler import Handler, Responder, WorkRequest  # noqa: E402
+from mole.protocol.registry import ExpertsRegistry, load_registry
+from mole.worker.handler import Handler, Responder, WorkRequest
 
 _ERROR_HOOK = re.compile(r"__error:([a-z_]+)")
 _SLEEP_HOOK = re.compile(r"__sleep:([0-9.]+)")
@@ -42,20 +42,33 @@ _SLEEP_HOOK = re.compile(r"__sleep:([0-9.]+)")
 class FixedAnswerHandler(Handler):
     """Answers ``label_set[0]`` for every valid request. A test double, not an expert."""
 
-    def __init__(self, registry: ExpertsRegistry, service: str, *, delay_s: float = 0.0,
-                 slots: int = 8, worker_id: str = "fixed") -> None:
+    def __init__(
+        self,
+        registry: ExpertsRegistry,
+        service: str,
+        *,
+        delay_s: float = 0.0,
+        slots: int = 8,
+        worker_id: str = "fixed",
+    ) -> None:
         self.slots = slots
         self.delay_s = delay_s
         self.service = service
         self.worker_id = worker_id
-        self.experts = {(e.task_key, e.language.code): e
-                        for e in registry.experts_for_base_model(service)}
+        self.experts = {
+            (e.task_key, e.language.code): e for e in registry.experts_for_base_model(service)
+        }
         self._pool: ThreadPoolExecutor | None = None
 
     def metadata(self) -> dict[str, Any]:
-        return {"worker_id": self.worker_id, "service": self.service, "slots": self.slots,
-                "tasks": sorted({t for t, _ in self.experts}), "tiny_model": True,
-                "test_double": True}
+        return {
+            "worker_id": self.worker_id,
+            "service": self.service,
+            "slots": self.slots,
+            "tasks": sorted({t for t, _ in self.experts}),
+            "tiny_model": True,
+            "test_double": True,
+        }
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="fixed")
@@ -84,8 +97,11 @@ class FixedAnswerHandler(Handler):
             return
         expert = self.experts.get((p.get("task"), p.get("language")))
         if expert is None:
-            responder.error("bad_request", f"task/language {p.get('task')}/"
-                            f"{p.get('language')} is not served by {self.service}")
+            responder.error(
+                "bad_request",
+                f"task/language {p.get('task')}/"
+                f"{p.get('language')} is not served by {self.service}",
+            )
             return
         if p.get("adapter") != expert.adapter_name:
             responder.error("bad_request", f"adapter: expected {expert.adapter_name}")
@@ -101,30 +117,44 @@ class FixedAnswerHandler(Handler):
         labels = list(expert.label_set)
         options = p.get("options") or {}
         reply: dict[str, Any] = {
-            "label": labels[0], "confidence": 0.5,
-            "model": self.service, "adapter": expert.adapter_name, "worker_id": self.worker_id,
-            "tiny_model": True, "truncated": False, "input_tokens": len(p["text"].split()),
-            "timings": {"queue_ms": 0.0,
-                        "inference_ms": round((time.monotonic() - started) * 1000, 3)},
+            "label": labels[0],
+            "confidence": 0.5,
+            "model": self.service,
+            "adapter": expert.adapter_name,
+            "worker_id": self.worker_id,
+            "tiny_model": True,
+            "truncated": False,
+            "input_tokens": len(p["text"].split()),
+            "timings": {
+                "queue_ms": 0.0,
+                "inference_ms": round((time.monotonic() - started) * 1000, 3),
+            },
         }
         if expert.kind == "extraction":
-            entities = [{"text": p["text"][:4], "label": labels[0], "start": 0,
-                         "end": min(4, len(p["text"]))}]
+            entities = [
+                {
+                    "text": p["text"][:4],
+                    "label": labels[0],
+                    "start": 0,
+                    "end": min(4, len(p["text"])),
+                }
+            ]
             reply["entities"] = entities
             reply["result"] = json.dumps(entities)
         else:
             reply["result"] = labels[0]
         if options.get("return_probabilities"):
             rest = (1.0 - 0.5) / max(1, len(labels) - 1)
-            reply["probabilities"] = {lab: (0.5 if i == 0 else rest)
-                                      for i, lab in enumerate(labels)}
+            reply["probabilities"] = {
+                lab: (0.5 if i == 0 else rest) for i, lab in enumerate(labels)
+            }
         if options.get("return_raw_response"):
             reply["raw_response"] = f" {labels[0]}"
         responder.final(reply)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worker.runtime import WorkerRuntime
+    from mole.worker.runtime import WorkerRuntime
 
     parser = argparse.ArgumentParser(description="fixed-answer TEST DOUBLE worker")
     parser.add_argument("--broker", required=True)
@@ -135,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     registry = load_registry(args.registry)
     runtimes = [
-        WorkerRuntime(args.broker, service,
-                      FixedAnswerHandler(registry, service, delay_s=args.delay,
-                                         slots=args.slots, worker_id=f"fixed-{i}"),
-                      worker_id=f"fixed-{i}")
+        WorkerRuntime(
+            args.broker,
+            service,
+            FixedAnswerHandler(
+                registry, service, delay_s=args.delay, slots=args.slots, worker_id=f"fixed-{i}"
+            ),
+            worker_id=f"fixed-{i}",
+        )
         for i, service in enumerate(args.service)
     ]
     for runtime in runtimes:

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from falcon import testing
 
-from frontend.analytics import Analytics
-from frontend.app import Components, create_app
-from frontend.dispatch import BrokerDispatcher
-from frontend.gating_holder import GatingHolder
-from frontend.limits import Limits
-from frontend.metrics import Metrics
-from frontend.passwords import PasswordHasher
-from frontend.settings import Settings
-from frontend.tokens import TokenService
-from frontend.users import UserStore
+from mole.frontend.analytics import Analytics
+from mole.frontend.app import Components, create_app
+from mole.frontend.dispatch import BrokerDispatcher
+from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.limits import Limits
+from mole.frontend.metrics import Metrics
+from mole.frontend.passwords import PasswordHasher
+from mole.frontend.settings import Settings
+from mole.frontend.tokens import TokenService
+from mole.frontend.users import UserStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,6 +57,8 @@ def call(method: str, url: str, body=None, headers=None, form=False, timeout=30)
             return r.status, r.headers, _body(r.read())
     except urllib.error.HTTPError as err:
         return err.code, err.headers, _body(err.read())
+
+
 FIXED_WORKER = Path(__file__).resolve().parent / "fixed_worker.py"
 SECRET = "test-secret-" + "k" * 40
 PASSWORD = "correct horse battery"
@@ -76,12 +78,14 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def child(args: list[str], log: Path, env: dict[str, str] | None = None
-          ) -> Iterator[subprocess.Popen]:
+def child(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     """A child process, stopped (by its pid) when the block ends."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env=env or child_env())
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env or child_env()
+        )
     try:
         yield proc
     finally:
@@ -108,26 +112,30 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last_error})")
 
 
-def broker_available() -> bool:
-    return (REPO / "broker" / "__main__.py").exists()
-
-
 def make_settings(tmp_path: Path, **changes) -> Settings:
-    base = Settings(data_dir=tmp_path / "frontend", jwt_secret=SECRET, argon2_profile="cheap",
-                    request_timeout_s=10.0, broker_probe_timeout_s=1.0, user_cache_ttl_s=0.0)
+    base = Settings(
+        data_dir=tmp_path / "frontend",
+        jwt_secret=SECRET,
+        argon2_profile="cheap",
+        request_timeout_s=10.0,
+        broker_probe_timeout_s=1.0,
+        user_cache_ttl_s=0.0,
+    )
     return base.with_(**changes)
 
 
-def make_components(settings: Settings, *, hasher: PasswordHasher, gating: GatingHolder,
-                    broker_url: str) -> Components:
+def make_components(
+    settings: Settings, *, hasher: PasswordHasher, gating: GatingHolder, broker_url: str
+) -> Components:
     return Components(
         settings=settings,
         dispatcher=BrokerDispatcher(broker_url, default_timeout=settings.request_timeout_s),
         gating=gating,
         users=UserStore(settings.users_db, hasher),
         analytics=Analytics(settings.analytics_db, flush_interval_s=0.0),
-        tokens=TokenService(SECRET, issuer=settings.jwt_issuer,
-                            ttl_seconds=settings.jwt_ttl_seconds),
+        tokens=TokenService(
+            SECRET, issuer=settings.jwt_issuer, ttl_seconds=settings.jwt_ttl_seconds
+        ),
         metrics=Metrics(),
         limits=Limits.from_settings(settings),
     )
@@ -147,8 +155,10 @@ class Api:
         if self.components.users.get(name) is None:
             self.components.users.create(name, PASSWORD, admin=admin)
         result = self.client.simulate_post(
-            "/api/v1/auth/token", body=f"username={name}&password={PASSWORD.replace(' ', '+')}",
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
+            "/api/v1/auth/token",
+            body=f"username={name}&password={PASSWORD.replace(' ', '+')}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert result.status_code == 200, result.text
         return {"Authorization": f"Bearer {result.json['access_token']}"}
 

@@ -10,9 +10,9 @@ import time
 
 import msgpack
 import pytest
-from frontend_support import Api, make_components, make_settings
 
-from frontend.gating_holder import GatingHolder
+from mole.frontend.gating_holder import GatingHolder
+from tests.frontend.frontend_support import Api, make_components, make_settings
 
 EN = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
 RATE = "Rate the sentiment of this financial statement"
@@ -29,25 +29,35 @@ def test_classify_answers_with_every_field(api):
     assert r.status_code == 200, r.text
     b = r.json
     assert r.headers["X-Request-ID"] == b["request_id"]
-    assert b["language"] == "english" and b["domain"] == "finance"
+    assert b["language"] == "english"
+    assert b["domain"] == "finance"
     assert b["task"] in ("rating", "news", "pii", "esci")
     model = b["routing_path"].rsplit(" -> ", 1)[1]
     assert b["routing_path"] == f"english -> finance -> {b['task']} -> {model}"
-    assert b["model"] == model and b["worker_id"].startswith("fixed-")
+    assert b["model"] == model
+    assert b["worker_id"].startswith("fixed-")
     registry = api.components.gating.registry
     labels = registry.task(f"finance/{b['task']}").label_set
     if b["task"] != "pii":
         assert b["result"] == labels[0]  # the test double's fixed answer
-    assert b["confidence"] == 0.5 and b["tiny_model"] is True
+    assert b["confidence"] == 0.5
+    assert b["tiny_model"] is True
     assert {"language_ms", "task_ms", "gating_ms", "dispatch_ms", "inference_ms"} <= set(
-        b["timings"])
+        b["timings"]
+    )
     assert b["processing_time_ms"] >= b["timings"]["dispatch_ms"]
-    assert "probabilities" not in b and "raw_response" not in b
+    assert "probabilities" not in b
+    assert "raw_response" not in b
 
 
 def test_classify_options_return_probabilities_and_raw_response(api):
-    r = classify(api, api.user(), text=EN, description=RATE,
-                 options={"return_probabilities": True, "return_raw_response": True})
+    r = classify(
+        api,
+        api.user(),
+        text=EN,
+        description=RATE,
+        options={"return_probabilities": True, "return_raw_response": True},
+    )
     assert r.status_code == 200
     assert abs(sum(r.json["probabilities"].values()) - 1.0) < 1e-9
     assert r.json["raw_response"].strip() == r.json["result"]
@@ -57,8 +67,7 @@ def test_rating_routes_to_the_registry_expert(api):
     r = classify(api, api.user(), text=EN, description=RATE)
     expert = api.components.gating.registry.resolve("finance/rating", "en")
     if r.json["task"] == "rating":
-        assert r.json["routing_path"] == f"english -> finance -> rating -> " \
-                                         f"{expert.base_model_key}"
+        assert r.json["routing_path"] == f"english -> finance -> rating -> {expert.base_model_key}"
         assert r.json["adapter"] == expert.adapter_name
 
 
@@ -69,9 +78,10 @@ def test_pii_has_entities_with_offsets_and_result_is_json_text(api):
     if r.json["task"] != "pii":
         pytest.skip(f"the task router chose {r.json['task']} for the PII description")
     entities = r.json["entities"]
-    assert entities and set(entities[0]) == {"text", "label", "start", "end"}
+    assert entities
+    assert set(entities[0]) == {"text", "label", "start", "end"}
     assert json.loads(r.json["result"]) == entities
-    assert text[entities[0]["start"]:entities[0]["end"]] == entities[0]["text"]
+    assert text[entities[0]["start"] : entities[0]["end"]] == entities[0]["text"]
 
 
 def test_unsupported_language_is_422_listing_the_served_ones(api):
@@ -83,37 +93,55 @@ def test_unsupported_language_is_422_listing_the_served_ones(api):
     assert r.json["field"] == "text"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"description": RATE}, "text"),
-    ({"text": EN}, "description"),
-    ({"text": 42, "description": RATE}, "text"),
-    ({"text": "   ", "description": RATE}, "text"),
-    ({"text": EN, "description": RATE, "options": []}, "options"),
-    ({"text": EN, "description": RATE, "options": {"return_probabilities": "yes"}},
-     "options.return_probabilities"),
-    ({"text": EN, "description": RATE, "query": 5}, "query"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"description": RATE}, "text"),
+        ({"text": EN}, "description"),
+        ({"text": 42, "description": RATE}, "text"),
+        ({"text": "   ", "description": RATE}, "text"),
+        ({"text": EN, "description": RATE, "options": []}, "options"),
+        (
+            {"text": EN, "description": RATE, "options": {"return_probabilities": "yes"}},
+            "options.return_probabilities",
+        ),
+        ({"text": EN, "description": RATE, "query": 5}, "query"),
+    ],
+)
 def test_classify_validation_names_the_field(api, body, field):
     r = api.client.simulate_post("/api/v1/classify", json=body, headers=api.user())
     assert r.status_code == 422 and r.json["field"] == field, r.text
 
 
-def test_text_over_the_limit_is_422(tmp_path, hasher, registry, gating_pipeline, broker_url,
-                                    fixed_workers):
-    api = Api(make_components(make_settings(tmp_path, max_text_chars=100), hasher=hasher,
-                              gating=GatingHolder.loaded(gating_pipeline, registry),
-                              broker_url=broker_url))
+def test_text_over_the_limit_is_422(
+    tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers
+):
+    api = Api(
+        make_components(
+            make_settings(tmp_path, max_text_chars=100),
+            hasher=hasher,
+            gating=GatingHolder.loaded(gating_pipeline, registry),
+            broker_url=broker_url,
+        )
+    )
     try:
         r = classify(api, api.user(), text="word " * 30, description=RATE)
-        assert r.status_code == 422 and r.json["field"] == "text"
+        assert r.status_code == 422
+        assert r.json["field"] == "text"
     finally:
         api.close()
 
 
-@pytest.mark.parametrize("code, status", [
-    ("overloaded", 429), ("worker_lost", 502), ("bad_request", 422), ("internal", 502),
-    ("no_worker", 503),
-])
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("overloaded", 429),
+        ("worker_lost", 502),
+        ("bad_request", 422),
+        ("internal", 502),
+        ("no_worker", 503),
+    ],
+)
 def test_bus_errors_become_http_statuses(api, code, status):
     r = classify(api, api.user(), text=f"{EN} __error:{code}", description=RATE)
     assert r.status_code == status, r.text
@@ -122,12 +150,17 @@ def test_bus_errors_become_http_statuses(api, code, status):
         assert int(r.headers["Retry-After"]) > 0
 
 
-def test_one_deadline_for_the_whole_request_gives_504(tmp_path, hasher, registry,
-                                                     gating_pipeline, broker_url,
-                                                     fixed_workers):
-    api = Api(make_components(make_settings(tmp_path, request_timeout_s=1.0), hasher=hasher,
-                              gating=GatingHolder.loaded(gating_pipeline, registry),
-                              broker_url=broker_url))
+def test_one_deadline_for_the_whole_request_gives_504(
+    tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers
+):
+    api = Api(
+        make_components(
+            make_settings(tmp_path, request_timeout_s=1.0),
+            hasher=hasher,
+            gating=GatingHolder.loaded(gating_pipeline, registry),
+            broker_url=broker_url,
+        )
+    )
     try:
         started = time.monotonic()
         r = classify(api, api.user(), text=f"{EN} __sleep:4", description=RATE)
@@ -138,11 +171,12 @@ def test_one_deadline_for_the_whole_request_gives_504(tmp_path, hasher, registry
         api.close()
 
 
-def test_no_worker_for_the_model_is_503_with_retry_after(tmp_path, hasher, broker_url,
-                                                         fixed_workers):
+def test_no_worker_for_the_model_is_503_with_retry_after(
+    tmp_path, hasher, broker_url, fixed_workers
+):
     """A registry whose every expert names a base model no worker serves."""
-    from gating import GatingPipeline
-    from protocol.registry import DEFAULT_REGISTRY_PATH, load_registry
+    from mole.gating import GatingPipeline
+    from mole.protocol.registry import DEFAULT_REGISTRY_PATH, load_registry
 
     raw = json.loads(DEFAULT_REGISTRY_PATH.read_text())
     raw["base_models"]["ghost-model"] = {"hf_name": "nobody/ghost", "family": "llama2"}
@@ -153,14 +187,19 @@ def test_no_worker_for_the_model_is_503_with_retry_after(tmp_path, hasher, broke
     path = tmp_path / "ghost_registry.json"
     path.write_text(json.dumps(raw))
     ghost = load_registry(path)
-    api = Api(make_components(make_settings(tmp_path, request_timeout_s=1.5), hasher=hasher,
-                              gating=GatingHolder.loaded(GatingPipeline.load(registry=ghost),
-                                                         ghost),
-                              broker_url=broker_url))
+    api = Api(
+        make_components(
+            make_settings(tmp_path, request_timeout_s=1.5),
+            hasher=hasher,
+            gating=GatingHolder.loaded(GatingPipeline.load(registry=ghost), ghost),
+            broker_url=broker_url,
+        )
+    )
     try:
         r = classify(api, api.user(), text=EN, description=RATE)
         assert r.status_code == 503, r.text
-        assert r.json["error"] == "no_worker" and "ghost-model" in r.json["detail"]
+        assert r.json["error"] == "no_worker"
+        assert "ghost-model" in r.json["detail"]
         assert r.headers["Retry-After"] == "5"
         stats = api.client.simulate_get("/api/v1/classify/stats", headers=api.user()).json
         assert stats["live_workers"] == {"ghost-model": 0}
@@ -170,9 +209,14 @@ def test_no_worker_for_the_model_is_503_with_retry_after(tmp_path, hasher, broke
 
 def test_msgpack_classify(api):
     r = api.client.simulate_post(
-        "/api/v1/classify", body=msgpack.packb({"text": EN, "description": RATE}),
-        headers={**api.user(), "Content-Type": "application/msgpack",
-                 "Accept": "application/msgpack"})
+        "/api/v1/classify",
+        body=msgpack.packb({"text": EN, "description": RATE}),
+        headers={
+            **api.user(),
+            "Content-Type": "application/msgpack",
+            "Accept": "application/msgpack",
+        },
+    )
     assert r.status_code == 200
     assert msgpack.unpackb(r.content)["language"] == "english"
 
@@ -182,26 +226,36 @@ def test_batch_runs_items_concurrently_each_with_its_outcome(api):
     items.insert(2, {"text": EN})  # invalid: no description
     items.append({"text": f"{EN} __error:overloaded", "description": RATE})
     started = time.monotonic()
-    r = api.client.simulate_post("/api/v1/classify/batch", json={"items": items},
-                                 headers=api.user())
+    r = api.client.simulate_post(
+        "/api/v1/classify/batch", json={"items": items}, headers=api.user()
+    )
     elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
     b = r.json
-    assert b["successful"] == 6 and b["failed"] == 2
+    assert b["successful"] == 6
+    assert b["failed"] == 2
     assert [x["index"] for x in b["results"]] == list(range(8))
-    assert b["results"][2] == {"index": 2, "ok": False, "error": {
-        "code": "validation_error", "detail": "items[2].description: is required "
-                                              "(a non-empty string)"}}
+    assert b["results"][2] == {
+        "index": 2,
+        "ok": False,
+        "error": {
+            "code": "validation_error",
+            "detail": "items[2].description: is required (a non-empty string)",
+        },
+    }
     assert b["results"][7]["error"]["code"] == "overloaded"
     assert b["results"][0]["result"]["language"] == "english"
     assert elapsed < 2.5, f"6 x 0.5 s items took {elapsed:.1f} s: not concurrent"
 
 
-@pytest.mark.parametrize("body", [{"items": []}, {"items": "x"}, {},
-                                  {"items": [{"text": EN, "description": RATE}] * 101}])
+@pytest.mark.parametrize(
+    "body",
+    [{"items": []}, {"items": "x"}, {}, {"items": [{"text": EN, "description": RATE}] * 101}],
+)
 def test_batch_shape_and_limit(api, body):
     r = api.client.simulate_post("/api/v1/classify/batch", json=body, headers=api.user())
-    assert r.status_code == 422 and r.json["field"] == "items"
+    assert r.status_code == 422
+    assert r.json["field"] == "items"
 
 
 def test_stats_are_real_figures(api):
@@ -212,14 +266,17 @@ def test_stats_are_real_figures(api):
     s = api.client.simulate_get("/api/v1/classify/stats", headers=h).json
     registry = api.components.gating.registry
     assert s["total_tasks"] == len(registry.tasks) == 4
-    assert s["total_domains"] == 1 and s["domains"]["finance"]
+    assert s["total_domains"] == 1
+    assert s["domains"]["finance"]
     assert "english" in s["all_languages"]
     assert all(n >= 1 for n in s["live_workers"].values())
     a = s["analytics"]
-    assert a["total_requests"] == 4 and a["total_errors"] == 1
+    assert a["total_requests"] == 4
+    assert a["total_errors"] == 1
     assert a["by_language"]["english"] == {"requests": 4, "errors": 1}
     assert a["errors_by_code"] == {"overloaded": 1}
-    assert a["latency_ms"]["window"] == 3 and a["latency_ms"]["p50"] > 0
+    assert a["latency_ms"]["window"] == 3
+    assert a["latency_ms"]["p50"] > 0
     assert sum(v["requests"] for v in a["by_model"].values()) == 4
 
 
@@ -234,7 +291,8 @@ def test_request_text_is_never_stored(api):
 def test_ready_once_gating_is_loaded_and_the_broker_answers(api):
     r = api.client.simulate_get("/api/v1/health/ready")
     assert r.status_code == 200, r.text
-    assert r.json["checks"]["gating"]["ready"] and r.json["checks"]["broker"]["ready"]
+    assert r.json["checks"]["gating"]["ready"]
+    assert r.json["checks"]["broker"]["ready"]
 
 
 def test_admin_workers_lists_the_live_workers(api):
@@ -242,42 +300,54 @@ def test_admin_workers_lists_the_live_workers(api):
     assert r.status_code == 200
     services = {w["service"] for w in r.json["workers"] if w["id"].startswith("fixed-")}
     assert set(fixed_services(api)) <= services
-    assert api.client.simulate_get("/api/v1/admin/workers",
-                                   headers=api.user("pleb")).status_code == 403
+    assert (
+        api.client.simulate_get("/api/v1/admin/workers", headers=api.user("pleb")).status_code
+        == 403
+    )
 
 
 def fixed_services(api) -> list[str]:
     return sorted(api.components.gating.registry.base_models)
 
 
-def test_registry_reload_validates_first_and_keeps_the_old_one(tmp_path, hasher, registry,
-                                                              gating_pipeline, broker_url,
-                                                              fixed_workers):
-    from protocol.registry import DEFAULT_REGISTRY_PATH
+def test_registry_reload_validates_first_and_keeps_the_old_one(
+    tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers
+):
+    from mole.protocol.registry import DEFAULT_REGISTRY_PATH
 
     path = tmp_path / "registry.json"
     shutil.copy(DEFAULT_REGISTRY_PATH, path)
     holder = GatingHolder(registry_path=path)
     holder.load()
     assert holder.ready
-    api = Api(make_components(make_settings(tmp_path), hasher=hasher, gating=holder,
-                              broker_url=broker_url))
+    api = Api(
+        make_components(
+            make_settings(tmp_path), hasher=hasher, gating=holder, broker_url=broker_url
+        )
+    )
     try:
         admin = api.user("root", admin=True)
         raw = json.loads(path.read_text())
         raw["tasks"]["finance/rating"]["label_set"] = []
         path.write_text(json.dumps(raw))
         r = api.client.simulate_post("/api/v1/admin/registry/reload", headers=admin)
-        assert r.status_code == 422 and r.json["error"] == "invalid_registry"
+        assert r.status_code == 422
+        assert r.json["error"] == "invalid_registry"
         assert r.json["field"] == "tasks.finance/rating.label_set"
         assert "old one stays" in r.json["detail"]
         assert classify(api, admin, text=EN, description=RATE).status_code == 200
         shutil.copy(DEFAULT_REGISTRY_PATH, path)
         r = api.client.simulate_post("/api/v1/admin/registry/reload", headers=admin)
-        assert r.status_code == 200 and r.json["reloaded"] is True
+        assert r.status_code == 200
+        assert r.json["reloaded"] is True
         g = api.client.simulate_get("/api/v1/admin/registry", headers=admin).json
-        assert len(g["tasks"]) == 4 and "english" in g["languages"]
-        assert api.client.simulate_post("/api/v1/admin/registry/reload",
-                                        headers=api.user("pleb")).status_code == 403
+        assert len(g["tasks"]) == 4
+        assert "english" in g["languages"]
+        assert (
+            api.client.simulate_post(
+                "/api/v1/admin/registry/reload", headers=api.user("pleb")
+            ).status_code
+            == 403
+        )
     finally:
         api.close()

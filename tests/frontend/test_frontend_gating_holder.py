@@ -8,29 +8,34 @@ import shutil
 
 import pytest
 
-from frontend.gating_holder import GatingHolder, NotReady
-from protocol.registry import DEFAULT_REGISTRY_PATH, RegistryError
+from mole.frontend.gating_holder import GatingHolder, NotReady
+from mole.protocol.registry import DEFAULT_REGISTRY_PATH, RegistryError
 
 
 def test_background_load_flips_ready(registry):
-    pytest.importorskip("gating.pipeline")
     holder = GatingHolder(registry_path=registry.path)
-    assert not holder.ready and holder.state() == {"ready": False,
-                                                   "detail": "gating is loading"}
+    assert not holder.ready
+    assert holder.state() == {"ready": False, "detail": "gating is loading"}
     with pytest.raises(NotReady):
         holder.get()
     holder.start().join(60)
-    assert holder.ready and holder.state()["tasks"] == 4
-    pipeline, reg = holder.get()
-    assert pipeline.route("The revenue rose sharply this quarter, beating forecasts.",
-                          "Rate the sentiment").language.name == "english"
+    assert holder.ready
+    assert holder.state()["tasks"] == 4
+    pipeline, _reg = holder.get()
+    assert (
+        pipeline.route(
+            "The revenue rose sharply this quarter, beating forecasts.", "Rate the sentiment"
+        ).language.name
+        == "english"
+    )
 
 
 def test_a_failed_load_is_reported_not_hidden(tmp_path):
     holder = GatingHolder(registry_path=tmp_path / "missing.json")
     holder.load()
     state = holder.state()
-    assert state["ready"] is False and "registry file not found" in state["detail"]
+    assert state["ready"] is False
+    assert "registry file not found" in state["detail"]
 
 
 def test_reload_is_followed_by_the_other_worker_processes(tmp_path):
@@ -56,4 +61,5 @@ def test_reload_is_followed_by_the_other_worker_processes(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(RegistryError, match="finance/news.label_set"):
         a.reload()
-    assert len(a.get()[1].tasks) == 3 and len(b.get()[1].tasks) == 3  # old ones stay
+    assert len(a.get()[1].tasks) == 3
+    assert len(b.get()[1].tasks) == 3

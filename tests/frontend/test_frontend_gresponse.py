@@ -9,7 +9,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from frontend.gresponse import CoalescedResponse
+from mole.frontend.gresponse import CoalescedResponse
 
 
 class CountingSocket:
@@ -49,13 +49,15 @@ def _read(client: socket.socket, size: int) -> bytes:
 
 def test_head_and_body_go_out_in_one_write(exchange):
     response, counting, client = exchange
-    response.start_response("200 OK", [("Content-Type", "application/json"),
-                                       ("Content-Length", "11")])
+    response.start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", "11")]
+    )
     response.write(b'{"ok":true}')
     response.close()
     assert len(counting.writes) == 1
     wire = counting.writes[0]
-    assert wire.startswith(b"HTTP/1.1 200 OK\r\n") and wire.endswith(b'\r\n\r\n{"ok":true}')
+    assert wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert wire.endswith(b'\r\n\r\n{"ok":true}')
     assert b"Content-Length: 11\r\n" in wire
     assert _read(client, len(wire)) == wire
 
@@ -85,7 +87,7 @@ def test_a_chunked_body_keeps_its_framing(exchange):
 
 
 def test_the_date_header_is_formatted_once_per_second(monkeypatch):
-    from frontend import gresponse
+    from mole.frontend import gresponse
 
     formatted: list[float] = []
 
@@ -106,4 +108,3 @@ def test_the_date_header_is_formatted_once_per_second(monkeypatch):
     assert gresponse.http_date() == "Tue, 14 Nov 2023 22:13:21 GMT"
     assert len(formatted) == 2
     assert gresponse.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # an explicit time
-

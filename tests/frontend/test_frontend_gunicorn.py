@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from frontend_support import REPO, call, child_env, free_port, wait_for
+
+from tests.frontend.frontend_support import REPO, call, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,33 +22,59 @@ TEXT = "The quarterly revenue rose 12 percent and the company raised its full-ye
 DESCRIPTION = "Rate the sentiment of this financial statement"
 
 
-
 @pytest.fixture(scope="module")
 def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
     port = free_port()
     data = tmp_path_factory.mktemp("gunicorn-data")
-    env = child_env(MOLE_BOOTSTRAP_ADMIN="admin:admin-password", MOLE_ARGON2_PROFILE="cheap",
-                    REQUEST_TIMEOUT_SECONDS="10")
+    env = child_env(
+        MOLE_BOOTSTRAP_ADMIN="admin:admin-password",
+        MOLE_ARGON2_PROFILE="cheap",
+        REQUEST_TIMEOUT_SECONDS="10",
+    )
     env.pop("JWT_SECRET_KEY", None)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = logs_dir / "gunicorn.log"
     out = open(log, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker",
-         broker_url, "--workers", "2", "--threads", "4", "--data-dir", str(data)],
-        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mole.frontend",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--broker",
+            broker_url,
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def ready():
         assert proc.poll() is None, log.read_text()
         # both worker processes have loaded gating (a probe reaches only one of them)
-        return (log.read_text(errors="replace").count("gating loaded in") >= 2
-                and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200)
+        return (
+            log.read_text(errors="replace").count("gating loaded in") >= 2
+            and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
+        )
 
     try:
         wait_for(ready, 120, "the frontend to be ready", interval=0.3)
-        yield {"base": base, "proc": proc, "data": data / "frontend", "log": log,
-               "broker_port": int(broker_url.rsplit(":", 1)[1])}
+        yield {
+            "base": base,
+            "proc": proc,
+            "data": data / "frontend",
+            "log": log,
+            "broker_port": int(broker_url.rsplit(":", 1)[1]),
+        }
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -56,8 +83,9 @@ def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_di
 
 
 def token(base: str, username: str, password: str) -> dict[str, str]:
-    status, _, body = call("POST", f"{base}/api/v1/auth/token",
-                           {"username": username, "password": password}, form=True)
+    status, _, body = call(
+        "POST", f"{base}/api/v1/auth/token", {"username": username, "password": password}, form=True
+    )
     assert status == 200, body
     return {"Authorization": f"Bearer {body['access_token']}"}
 
@@ -65,23 +93,39 @@ def token(base: str, username: str, password: str) -> dict[str, str]:
 def test_the_api_over_real_http(server):
     base = server["base"]
     assert call("GET", f"{base}/")[2]["docs"] == "/api/v1/openapi.json"
-    status, _, body = call("POST", f"{base}/api/v1/auth/register",
-                           {"username": "httpuser", "password": "http-password"})
+    status, _, body = call(
+        "POST",
+        f"{base}/api/v1/auth/register",
+        {"username": "httpuser", "password": "http-password"},
+    )
     assert status == 201
     user = token(base, "httpuser", "http-password")
-    status, headers, body = call("POST", f"{base}/api/v1/classify",
-                                 {"text": TEXT, "description": DESCRIPTION,
-                                  "options": {"return_probabilities": True}}, user)
+    status, headers, body = call(
+        "POST",
+        f"{base}/api/v1/classify",
+        {"text": TEXT, "description": DESCRIPTION, "options": {"return_probabilities": True}},
+        user,
+    )
     assert status == 200, body
     assert headers["X-Request-ID"] == body["request_id"]
-    assert body["language"] == "english" and body["domain"] == "finance"
+    assert body["language"] == "english"
+    assert body["domain"] == "finance"
     assert body["routing_path"].startswith("english -> finance -> ")
-    assert body["worker_id"].startswith("fixed-") and body["tiny_model"] is True
+    assert body["worker_id"].startswith("fixed-")
+    assert body["tiny_model"] is True
     assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-6
-    status, _, batch = call("POST", f"{base}/api/v1/classify/batch",
-                            {"items": [{"text": TEXT, "description": DESCRIPTION}] * 5
-                             + [{"text": "", "description": DESCRIPTION}]}, user)
-    assert status == 200 and batch["successful"] == 5 and batch["failed"] == 1
+    status, _, batch = call(
+        "POST",
+        f"{base}/api/v1/classify/batch",
+        {
+            "items": [{"text": TEXT, "description": DESCRIPTION}] * 5
+            + [{"text": "", "description": DESCRIPTION}]
+        },
+        user,
+    )
+    assert status == 200
+    assert batch["successful"] == 5
+    assert batch["failed"] == 1
     assert batch["results"][5]["error"]["code"] == "validation_error"
     # admin: from MOLE_BOOTSTRAP_ADMIN; a registered user is refused
     assert call("GET", f"{base}/api/v1/admin/workers", headers=user)[0] == 403
@@ -98,16 +142,23 @@ def test_metrics_add_up_across_worker_processes(server):
     user = token(base, "admin", "admin-password")
     before = _classify_count(call("GET", f"{base}/metrics")[2])
     for _ in range(12):  # a new connection each: both gunicorn workers get some
-        assert call("POST", f"{base}/api/v1/classify",
-                    {"text": TEXT, "description": DESCRIPTION}, user)[0] == 200
+        assert (
+            call(
+                "POST", f"{base}/api/v1/classify", {"text": TEXT, "description": DESCRIPTION}, user
+            )[0]
+            == 200
+        )
     text = call("GET", f"{base}/metrics")[2]
     assert _classify_count(text) == before + 12
 
 
 def _classify_count(text: str) -> float:
     for line in text.splitlines():
-        if line.startswith("mole_http_requests_total{") and 'route="/api/v1/classify"' in line \
-                and 'status="200"' in line:
+        if (
+            line.startswith("mole_http_requests_total{")
+            and 'route="/api/v1/classify"' in line
+            and 'status="200"' in line
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -255,9 +306,12 @@ def test_graceful_shutdown_finishes_the_request_in_flight(server):
     outcome = {}
 
     def slow():
-        outcome["reply"] = call("POST", f"{base}/api/v1/classify",
-                                {"text": TEXT + " __sleep:1.5", "description": DESCRIPTION},
-                                user)
+        outcome["reply"] = call(
+            "POST",
+            f"{base}/api/v1/classify",
+            {"text": TEXT + " __sleep:1.5", "description": DESCRIPTION},
+            user,
+        )
 
     thread = threading.Thread(target=slow)
     thread.start()

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from frontend_support import REPO, call, child_env, free_port, wait_for
+
+from tests.frontend.frontend_support import REPO, call, child_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,34 +25,63 @@ DESCRIPTION = "Rate the sentiment of this financial statement"
 PASSWORD = f"pw-{SECRET}-long"
 
 
-
 def _serve(tmp_path_factory, logs_dir, broker_url, name, **env_extra):
     port = free_port()
     data = tmp_path_factory.mktemp(name)
     env = child_env()
     for key in list(env):
         if key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR") or key.startswith(
-                "MOLE_RATE_LIMIT"):
+            "MOLE_RATE_LIMIT"
+        ):
             del env[key]
-    env.update(MOLE_ARGON2_PROFILE="cheap", REQUEST_TIMEOUT_SECONDS="10",
-               MOLE_FRONTEND_LOG_LEVEL="debug", **env_extra)
+    env.update(
+        MOLE_ARGON2_PROFILE="cheap",
+        REQUEST_TIMEOUT_SECONDS="10",
+        MOLE_FRONTEND_LOG_LEVEL="debug",
+        **env_extra,
+    )
     log = logs_dir / f"{name}.log"
     out = open(log, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "frontend", "--bind", f"127.0.0.1:{port}", "--broker",
-         broker_url, "--workers", "2", "--threads", "1", "--data-dir", str(data),
-         "--access-log"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mole.frontend",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--broker",
+            broker_url,
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--data-dir",
+            str(data),
+            "--access-log",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def ready():
         assert proc.poll() is None, log.read_text()
         # both worker processes have loaded gating (a probe reaches only one of them)
-        return (log.read_text(errors="replace").count("gating loaded in") >= 2
-                and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200)
+        return (
+            log.read_text(errors="replace").count("gating loaded in") >= 2
+            and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
+        )
 
     wait_for(ready, 120, "the frontend to be ready", interval=0.3)
-    return {"base": base, "proc": proc, "log": log, "out": out,
-            "db": data / "frontend" / "ratelimit.sqlite3"}
+    return {
+        "base": base,
+        "proc": proc,
+        "log": log,
+        "out": out,
+        "db": data / "frontend" / "ratelimit.sqlite3",
+    }
 
 
 def _stop(server):
@@ -64,12 +94,19 @@ def _stop(server):
 
 @pytest.fixture(scope="module")
 def limited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
-    server = _serve(tmp_path_factory, logs_dir, broker_url, "gunicorn-limited",
-                    MOLE_RATE_LIMIT_CLASSIFY_USER="4/minute",
-                    MOLE_RATE_LIMIT_CLASSIFY_ADDRESS="off",
-                    MOLE_RATE_LIMIT_LOGIN_USER="5/10s", MOLE_RATE_LIMIT_LOGIN_ADDRESS="off",
-                    MOLE_LOGIN_FAILURE_COST="5", MOLE_MAX_BODY_BYTES="4096",
-                    MOLE_MAX_TEXT_CHARS="500")
+    server = _serve(
+        tmp_path_factory,
+        logs_dir,
+        broker_url,
+        "gunicorn-limited",
+        MOLE_RATE_LIMIT_CLASSIFY_USER="4/minute",
+        MOLE_RATE_LIMIT_CLASSIFY_ADDRESS="off",
+        MOLE_RATE_LIMIT_LOGIN_USER="5/10s",
+        MOLE_RATE_LIMIT_LOGIN_ADDRESS="off",
+        MOLE_LOGIN_FAILURE_COST="5",
+        MOLE_MAX_BODY_BYTES="4096",
+        MOLE_MAX_TEXT_CHARS="500",
+    )
     try:
         yield server
     finally:
@@ -78,8 +115,9 @@ def limited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_d
 
 @pytest.fixture(scope="module")
 def unlimited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
-    server = _serve(tmp_path_factory, logs_dir, broker_url, "gunicorn-unlimited",
-                    MOLE_RATE_LIMITS="off")
+    server = _serve(
+        tmp_path_factory, logs_dir, broker_url, "gunicorn-unlimited", MOLE_RATE_LIMITS="off"
+    )
     try:
         yield server
     finally:
@@ -87,11 +125,13 @@ def unlimited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs
 
 
 def register_and_login(base, username):
-    status, _, body = call("POST", f"{base}/api/v1/auth/register",
-                           {"username": username, "password": PASSWORD})
+    status, _, body = call(
+        "POST", f"{base}/api/v1/auth/register", {"username": username, "password": PASSWORD}
+    )
     assert status == 201, body
-    status, _, body = call("POST", f"{base}/api/v1/auth/token",
-                           {"username": username, "password": PASSWORD}, form=True)
+    status, _, body = call(
+        "POST", f"{base}/api/v1/auth/token", {"username": username, "password": PASSWORD}, form=True
+    )
     assert status == 200, body
     return {"Authorization": f"Bearer {body['access_token']}"}
 
@@ -111,23 +151,28 @@ def test_one_budget_shared_by_both_worker_processes(limited):
     user = register_and_login(base, "shared1")
 
     def one(_):  # a new connection each; each slow enough to keep a process busy
-        return call("POST", f"{base}/api/v1/classify",
-                    {"text": TEXT + " __sleep:0.2", "description": DESCRIPTION}, user)
+        return call(
+            "POST",
+            f"{base}/api/v1/classify",
+            {"text": TEXT + " __sleep:0.2", "description": DESCRIPTION},
+            user,
+        )
 
     with ThreadPoolExecutor(6) as pool:
         replies = list(pool.map(one, range(12)))
     statuses = sorted(r[0] for r in replies)
     # per-process counters would have let up to 8 through
-    assert statuses == [200] * 4 + [429] * 8, [(r[0], r[2].get("error"), r[2].get("detail"))
-                                                for r in replies]
+    assert statuses == [200] * 4 + [429] * 8, [
+        (r[0], r[2].get("error"), r[2].get("detail")) for r in replies
+    ]
     for status, headers, body in replies:
         if status == 429:
-            assert body["error"] == "rate_limited" and body["request_id"]
+            assert body["error"] == "rate_limited"
+            assert body["request_id"]
             assert headers["X-Request-ID"] == body["request_id"]
             assert 1 <= int(headers["Retry-After"]) <= 15  # one unit of 4/minute: 15 s
     master = limited["proc"].pid
-    children = [int(c) for c in
-                Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    children = [int(c) for c in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
     assert len(children) == 2
     # both worker processes checked limits in the one shared file
     assert all(_open_by(c, limited["db"]) for c in children), children
@@ -158,11 +203,19 @@ def test_failed_login_locks_out_then_wears_off(limited):
 def test_no_secret_in_the_server_log(limited):
     base = limited["base"]
     user = register_and_login(base, "quiet1")
-    call("POST", f"{base}/api/v1/auth/token?password={SECRET}",
-         {"username": "quiet1", "password": PASSWORD + "x"}, form=True)
+    call(
+        "POST",
+        f"{base}/api/v1/auth/token?password={SECRET}",
+        {"username": "quiet1", "password": PASSWORD + "x"},
+        form=True,
+    )
     call("POST", f"{base}/api/v1/classify?q={SECRET}", {"text": TEXT, "description": TEXT}, user)
-    call("POST", f"{base}/api/v1/classify", {"text": TEXT + " __error:internal",
-                                              "description": DESCRIPTION}, user)
+    call(
+        "POST",
+        f"{base}/api/v1/classify",
+        {"text": TEXT + " __error:internal", "description": DESCRIPTION},
+        user,
+    )
     call("POST", f"{base}/api/v1/classify", {"text": TEXT, "description": 5}, user)
     log = limited["log"]
 
@@ -172,21 +225,39 @@ def test_no_secret_in_the_server_log(limited):
 
     text = wait_for(logged, 10, "the access log lines")
     assert "/api/v1/auth/token HTTP/1.1" in text  # the path is there, the query is not
-    assert SECRET not in text and PASSWORD not in text and "Bearer" not in text
+    assert SECRET not in text
+    assert PASSWORD not in text
+    assert "Bearer" not in text
 
 
 def test_limits_switched_off(unlimited):
     base = unlimited["base"]
     user = register_and_login(base, "free1")
     bad = {"username": "free1", "password": "wrong-password"}
-    assert {call("POST", f"{base}/api/v1/auth/token", bad, form=True)[0]
-            for _ in range(12)} == {401}
-    assert call("POST", f"{base}/api/v1/auth/token",
-                {"username": "free1", "password": PASSWORD}, form=True)[0] == 200
+    assert {call("POST", f"{base}/api/v1/auth/token", bad, form=True)[0] for _ in range(12)} == {
+        401
+    }
+    assert (
+        call(
+            "POST",
+            f"{base}/api/v1/auth/token",
+            {"username": "free1", "password": PASSWORD},
+            form=True,
+        )[0]
+        == 200
+    )
     with ThreadPoolExecutor(4) as pool:
-        statuses = set(pool.map(lambda _: call(
-            "POST", f"{base}/api/v1/classify", {"text": TEXT, "description": DESCRIPTION},
-            user)[0], range(30)))
+        statuses = set(
+            pool.map(
+                lambda _: call(
+                    "POST",
+                    f"{base}/api/v1/classify",
+                    {"text": TEXT, "description": DESCRIPTION},
+                    user,
+                )[0],
+                range(30),
+            )
+        )
     assert statuses == {200}
     assert not unlimited["db"].exists()  # no limiter database is even created
 
@@ -197,22 +268,30 @@ def test_body_and_text_size_limits_over_real_http(limited):
     big = {"text": "word " * 2000, "description": DESCRIPTION}  # ~10 KB > 4096 bytes
     status, _, body = call("POST", f"{base}/api/v1/classify", big, user)
     assert status == 413 and body["error"] == "payload_too_large", body
-    assert "4096" in body["detail"] and body["request_id"]
+    assert "4096" in body["detail"]
+    assert body["request_id"]
     # chunked, so no Content-Length to refuse early: the bounded read still refuses it
     port = int(base.rsplit(":", 1)[1])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("POST", "/api/v1/classify", body=iter([json.dumps(big).encode()]),
-                     headers={**user, "Content-Type": "application/json",
-                              "Transfer-Encoding": "chunked"}, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/api/v1/classify",
+            body=iter([json.dumps(big).encode()]),
+            headers={**user, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
         resp = conn.getresponse()
-        assert resp.status == 413 and json.loads(resp.read())["error"] == "payload_too_large"
+        assert resp.status == 413
+        assert json.loads(resp.read())["error"] == "payload_too_large"
     finally:
         conn.close()
     # under the body limit but over MOLE_MAX_TEXT_CHARS: 422 naming the field
-    status, _, body = call("POST", f"{base}/api/v1/classify",
-                           {"text": "x" * 501, "description": DESCRIPTION}, user)
+    status, _, body = call(
+        "POST", f"{base}/api/v1/classify", {"text": "x" * 501, "description": DESCRIPTION}, user
+    )
     assert status == 422 and body["field"] == "text" and "500" in body["detail"], body
-    status, _, body = call("POST", f"{base}/api/v1/classify",
-                           {"text": TEXT, "description": "y" * 501}, user)
+    status, _, body = call(
+        "POST", f"{base}/api/v1/classify", {"text": TEXT, "description": "y" * 501}, user
+    )
     assert status == 422 and body["field"] == "description", body

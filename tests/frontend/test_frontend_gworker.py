@@ -11,7 +11,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from frontend.gworker import body_consumed, skip_empty_drains
+from mole.frontend.gworker import body_consumed, skip_empty_drains
 
 
 class TimeoutCountingSocket:
@@ -78,7 +78,7 @@ def test_installing_twice_keeps_one_shortcut(connection):
 def test_frozen_settings_read_the_same_and_skip_getattr():
     from gunicorn.config import Config
 
-    from frontend.gworker import freeze_settings
+    from mole.frontend.gworker import freeze_settings
 
     cfg = Config()
     cfg.set("keepalive", 7)
@@ -94,7 +94,7 @@ def test_proxy_decisions_are_remembered_per_address_and_stay_right(monkeypatch):
     from gunicorn.config import Config
     from gunicorn.http import message
 
-    from frontend import gworker
+    from mole.frontend import gworker
 
     calls: list[str] = []
     original = message._ip_in_allow_list
@@ -124,7 +124,7 @@ def test_proxy_decisions_are_remembered_per_address_and_stay_right(monkeypatch):
 def test_a_changed_gunicorn_helper_is_left_alone(monkeypatch):
     from gunicorn.http import message
 
-    from frontend import gworker
+    from mole.frontend import gworker
 
     def other_helper(address, allowed):  # what a later gunicorn might have
         return False

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 
 import msgpack
-from frontend_support import Api, make_components, make_settings
 
-from frontend.gating_holder import GatingHolder
+from mole.frontend.gating_holder import GatingHolder
+from tests.frontend.frontend_support import Api, make_components, make_settings
 
 SECRET = "ZQXJ-7781-vbkw"  # looks like nothing any library would print by itself
 EN = f"The quarterly revenue rose 12 percent, says {SECRET}, and the company raised its outlook."
@@ -22,50 +22,77 @@ PASSWORD = f"pw-{SECRET}-long"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-def test_secrets_never_appear_in_any_log_record(tmp_path, hasher, registry, gating_pipeline,
-                                                 broker_url, fixed_workers, caplog):
+def test_secrets_never_appear_in_any_log_record(
+    tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers, caplog
+):
     settings = make_settings(tmp_path, max_text_chars=200, rate_limit_classify_user="12/minute")
-    api = Api(make_components(settings, hasher=hasher, broker_url=broker_url,
-                              gating=GatingHolder.loaded(gating_pipeline, registry)))
+    api = Api(
+        make_components(
+            settings,
+            hasher=hasher,
+            broker_url=broker_url,
+            gating=GatingHolder.loaded(gating_pipeline, registry),
+        )
+    )
     c = api.client
     caplog.set_level(logging.DEBUG)  # the root logger and everything under it
     try:
         statuses = []
-        r = c.simulate_post("/api/v1/auth/register",
-                            json={"username": "secretive", "password": PASSWORD})
+        r = c.simulate_post(
+            "/api/v1/auth/register", json={"username": "secretive", "password": PASSWORD}
+        )
         statuses.append(r.status_code)
-        r = c.simulate_post("/api/v1/auth/register",  # too short: a validation error
-                            json={"username": "secretive2", "password": SECRET[:5]})
+        r = c.simulate_post(
+            "/api/v1/auth/register",  # too short: a validation error
+            json={"username": "secretive2", "password": SECRET[:5]},
+        )
         statuses.append(r.status_code)
-        r = c.simulate_post("/api/v1/auth/token", headers=FORM,
-                            body=f"username=secretive&password={PASSWORD}x")
+        r = c.simulate_post(
+            "/api/v1/auth/token", headers=FORM, body=f"username=secretive&password={PASSWORD}x"
+        )
         statuses.append(r.status_code)
-        r = c.simulate_post("/api/v1/auth/token", headers=FORM,
-                            body=f"username=secretive&password={PASSWORD}")
+        r = c.simulate_post(
+            "/api/v1/auth/token", headers=FORM, body=f"username=secretive&password={PASSWORD}"
+        )
         statuses.append(r.status_code)
         headers = {"Authorization": f"Bearer {r.json['access_token']}"}
 
         def post(path, body, **kw):
             statuses.append(c.simulate_post(path, json=body, headers=headers, **kw).status_code)
 
-        post("/api/v1/classify", {"text": EN, "description": DESCRIPTION,
-                                  "options": {"return_raw_response": True}})
+        post(
+            "/api/v1/classify",
+            {"text": EN, "description": DESCRIPTION, "options": {"return_raw_response": True}},
+        )
         post("/api/v1/classify", {"text": RU, "description": DESCRIPTION})  # unsupported
         post("/api/v1/classify", {"text": f"{EN} __error:internal", "description": DESCRIPTION})
-        post("/api/v1/classify", {"text": f"{EN} __error:bad_request",
-                                  "description": DESCRIPTION})
+        post("/api/v1/classify", {"text": f"{EN} __error:bad_request", "description": DESCRIPTION})
         post("/api/v1/classify", {"text": EN, "description": 42})  # validation
         post("/api/v1/classify", {"text": EN * 5, "description": DESCRIPTION})  # too long
         post("/api/v1/classify", {"text": EN, "description": DESCRIPTION, "options": [SECRET]})
-        post("/api/v1/classify/batch", {"items": [
-            {"text": EN, "description": DESCRIPTION}, {"text": RU, "description": DESCRIPTION},
-            {"text": f"{EN} __error:worker_lost", "description": DESCRIPTION},
-            {"text": SECRET}]})
-        statuses.append(c.simulate_post(
-            "/api/v1/classify", body=f'{{"text": "{SECRET}', headers=headers).status_code)
-        statuses.append(c.simulate_post(
-            "/api/v1/classify", headers={**headers, "Content-Type": "application/msgpack"},
-            body=msgpack.packb({"text": RU, "description": DESCRIPTION})).status_code)
+        post(
+            "/api/v1/classify/batch",
+            {
+                "items": [
+                    {"text": EN, "description": DESCRIPTION},
+                    {"text": RU, "description": DESCRIPTION},
+                    {"text": f"{EN} __error:worker_lost", "description": DESCRIPTION},
+                    {"text": SECRET},
+                ]
+            },
+        )
+        statuses.append(
+            c.simulate_post(
+                "/api/v1/classify", body=f'{{"text": "{SECRET}', headers=headers
+            ).status_code
+        )
+        statuses.append(
+            c.simulate_post(
+                "/api/v1/classify",
+                headers={**headers, "Content-Type": "application/msgpack"},
+                body=msgpack.packb({"text": RU, "description": DESCRIPTION}),
+            ).status_code
+        )
         for _ in range(4):  # past the 12/minute limit: 429s
             post("/api/v1/classify", {"text": EN, "description": DESCRIPTION})
     finally:
@@ -75,7 +102,8 @@ def test_secrets_never_appear_in_any_log_record(tmp_path, hasher, registry, gati
     records = caplog.records
     # the capture works: the classifier's own DEBUG lines about these requests are there
     assert sum("request " in r.getMessage() for r in records) >= 8, [
-        r.getMessage() for r in records]
+        r.getMessage() for r in records
+    ]
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     for record in records:
         text = formatter.format(record) + repr(record.args) + str(record.__dict__)
@@ -84,7 +112,7 @@ def test_secrets_never_appear_in_any_log_record(tmp_path, hasher, registry, gati
 
 
 def test_the_access_log_format_has_no_body_query_or_headers():
-    from frontend import gunicorn_conf
+    from mole.frontend import gunicorn_conf
 
     fmt = gunicorn_conf.access_log_format
     assert "%(U)s" in fmt  # the path ...

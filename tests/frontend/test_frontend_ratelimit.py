@@ -8,12 +8,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from frontend_support import PASSWORD, Api, make_components, make_settings
 
-from frontend.gating_holder import GatingHolder
-from frontend.limits import Limits
-from frontend.ratelimit import Rate, RateLimiter, RateSpecError, parse_rate
-from frontend.settings import SettingsError, settings_from_env
+from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.limits import Limits
+from mole.frontend.ratelimit import Rate, RateLimiter, RateSpecError, parse_rate
+from mole.frontend.settings import SettingsError, settings_from_env
+from tests.frontend.frontend_support import PASSWORD, Api, make_components, make_settings
 
 EN = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
 RATE = "Rate the sentiment of this financial statement"
@@ -40,8 +40,14 @@ def make_api(tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_work
     made = []
 
     def make(clock, **limits):
-        api = _api(tmp_path, hasher, GatingHolder.loaded(gating_pipeline, registry),
-                   broker_url, clock, **limits)
+        api = _api(
+            tmp_path,
+            hasher,
+            GatingHolder.loaded(gating_pipeline, registry),
+            broker_url,
+            clock,
+            **limits,
+        )
         made.append(api)
         return api
 
@@ -55,9 +61,14 @@ def make_offline(tmp_path, hasher, registry, dead_broker_url):
     made = []
 
     def make(clock, **limits):
-        api = _api(tmp_path, hasher, GatingHolder(registry_path=registry.path,
-                                                  loader=lambda reg: None),
-                   dead_broker_url, clock, **limits)
+        api = _api(
+            tmp_path,
+            hasher,
+            GatingHolder(registry_path=registry.path, loader=lambda reg: None),
+            dead_broker_url,
+            clock,
+            **limits,
+        )
         made.append(api)
         return api
 
@@ -67,27 +78,32 @@ def make_offline(tmp_path, hasher, registry, dead_broker_url):
 
 
 def classify(api, headers, address="127.0.0.1", text=EN):
-    return api.client.simulate_post("/api/v1/classify", json={"text": text, "description": RATE},
-                                    headers=headers, remote_addr=address)
+    return api.client.simulate_post(
+        "/api/v1/classify",
+        json={"text": text, "description": RATE},
+        headers=headers,
+        remote_addr=address,
+    )
 
 
 def login(api, username, password=PASSWORD, address="127.0.0.1"):
     form = f"username={username}&password={password.replace(' ', '+')}"
-    return api.client.simulate_post("/api/v1/auth/token", body=form, headers=FORM,
-                                    remote_addr=address)
+    return api.client.simulate_post(
+        "/api/v1/auth/token", body=form, headers=FORM, remote_addr=address
+    )
 
 
 def assert_rate_limited(r, low: int, high: int) -> None:
     assert r.status_code == 429, r.text
     assert r.json["error"] == "rate_limited"
-    assert r.json["detail"] and r.json["request_id"] == r.headers["X-Request-ID"]
+    assert r.json["detail"]
+    assert r.json["request_id"] == r.headers["X-Request-ID"]
     assert low <= int(r.headers["Retry-After"]) <= high, r.headers["Retry-After"]
 
 
 def test_per_user_classify_limit_and_reset_after_the_window(make_api):
     clock = Clock()
-    api = make_api(clock, rate_limit_classify_user="3/minute",
-                   rate_limit_classify_address="off")
+    api = make_api(clock, rate_limit_classify_user="3/minute", rate_limit_classify_address="off")
     alice, bob = api.user("alice"), api.user("bobby")
     for _ in range(3):
         assert classify(api, alice).status_code == 200
@@ -126,7 +142,8 @@ def test_a_batch_counts_its_items_and_refusals_cost_nothing(make_api):
     alice = api.user("alice")
     batch = {"items": [{"text": EN, "description": RATE}] * 3}
     r = api.client.simulate_post("/api/v1/classify/batch", json=batch, headers=alice)
-    assert r.status_code == 200 and r.json["successful"] == 3
+    assert r.status_code == 200
+    assert r.json["successful"] == 3
     r = api.client.simulate_post("/api/v1/classify/batch", json=batch, headers=alice)
     assert_rate_limited(r, 12, 12)  # 2 left, 3 asked: one more unit of 5/minute is 12 s
     assert classify(api, alice).status_code == 200  # the refused batch spent nothing
@@ -136,8 +153,12 @@ def test_a_batch_counts_its_items_and_refusals_cost_nothing(make_api):
 
 def test_failed_logins_lock_the_username_out(make_offline):
     clock = Clock()
-    api = make_offline(clock, rate_limit_login_user="10/minute",
-                       rate_limit_login_address="off", login_failure_cost=5)
+    api = make_offline(
+        clock,
+        rate_limit_login_user="10/minute",
+        rate_limit_login_address="off",
+        login_failure_cost=5,
+    )
     api.components.users.create("carol", PASSWORD)
     api.components.users.create("dave1", PASSWORD)
     for _ in range(5):  # successful logins are cheap
@@ -156,23 +177,35 @@ def test_failed_logins_lock_the_username_out(make_offline):
 
 def test_per_address_login_limit_stops_password_spraying(make_offline):
     clock = Clock()
-    api = make_offline(clock, rate_limit_login_user="off", rate_limit_login_address="10/minute",
-                       login_failure_cost=5)
+    api = make_offline(
+        clock,
+        rate_limit_login_user="off",
+        rate_limit_login_address="10/minute",
+        login_failure_cost=5,
+    )
     api.components.users.create("erin1", PASSWORD)
     assert login(api, "nobody1", "guess", "10.0.0.9").status_code == 401
     assert login(api, "nobody2", "guess", "10.0.0.9").status_code == 401
     assert_rate_limited(login(api, "erin1", address="10.0.0.9"), 5, 6)
     assert login(api, "erin1", address="10.0.0.10").status_code == 200
     # registering counts against the same per-address budget
-    r = api.client.simulate_post("/api/v1/auth/register", remote_addr="10.0.0.9",
-                                 json={"username": "frank", "password": "long-password"})
+    r = api.client.simulate_post(
+        "/api/v1/auth/register",
+        remote_addr="10.0.0.9",
+        json={"username": "frank", "password": "long-password"},
+    )
     assert_rate_limited(r, 5, 6)
 
 
 def test_disabled_limits_never_refuse(make_offline):
     clock = Clock()
-    api = make_offline(clock, rate_limit_login_user="off", rate_limit_login_address="0",
-                       rate_limit_classify_user="off", rate_limit_classify_address="off")
+    api = make_offline(
+        clock,
+        rate_limit_login_user="off",
+        rate_limit_login_address="0",
+        rate_limit_classify_user="off",
+        rate_limit_classify_address="off",
+    )
     assert api.components.limits.limiter is None  # no database is even opened
     api.components.users.create("grace", PASSWORD)
     for _ in range(40):
@@ -198,7 +231,8 @@ def test_limits_are_shared_between_limiter_instances_on_one_file(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert allowed.count(True) == 10 and len(allowed) == 40
+    assert allowed.count(True) == 10
+    assert len(allowed) == 40
     one.close()
     two.close()
 
@@ -226,18 +260,25 @@ def test_parse_rate_forms():
 
 
 def test_rate_limit_settings_from_the_environment():
-    s = settings_from_env({"MOLE_RATE_LIMIT_LOGIN": "3/minute",
-                           "MOLE_RATE_LIMIT_CLASSIFY": "100/second",
-                           "MOLE_RATE_LIMIT_CLASSIFY_ADDRESS": "off",
-                           "MOLE_LOGIN_FAILURE_COST": "3", "MOLE_MAX_TEXT_CHARS": "500"})
+    s = settings_from_env(
+        {
+            "MOLE_RATE_LIMIT_LOGIN": "3/minute",
+            "MOLE_RATE_LIMIT_CLASSIFY": "100/second",
+            "MOLE_RATE_LIMIT_CLASSIFY_ADDRESS": "off",
+            "MOLE_LOGIN_FAILURE_COST": "3",
+            "MOLE_MAX_TEXT_CHARS": "500",
+        }
+    )
     assert (s.rate_limit_login_user, s.rate_limit_login_address) == ("3/minute", "3/minute")
     assert (s.rate_limit_classify_user, s.rate_limit_classify_address) == ("100/second", "off")
-    assert s.login_failure_cost == 3 and s.max_text_chars == 500
+    assert s.login_failure_cost == 3
+    assert s.max_text_chars == 500
     off = settings_from_env({"MOLE_RATE_LIMITS": "off"})
     assert Limits.from_settings(off).limiter is None
     defaults = settings_from_env({})
     limits = Limits.from_settings(defaults)
-    assert limits.login_user == Rate(10, 60.0) and limits.classify_user == Rate(6000, 60.0)
+    assert limits.login_user == Rate(10, 60.0)
+    assert limits.classify_user == Rate(6000, 60.0)
     limits.close()
     with pytest.raises(SettingsError, match="MOLE_RATE_LIMIT_LOGIN_USER"):
         settings_from_env({"MOLE_RATE_LIMIT_LOGIN_USER": "lots"})
@@ -246,7 +287,8 @@ def test_rate_limit_settings_from_the_environment():
 def _count_transactions(limiter: RateLimiter) -> list[str]:
     seen: list[str] = []
     limiter._db().set_trace_callback(
-        lambda sql: seen.append(sql) if sql.startswith("BEGIN") else None)
+        lambda sql: seen.append(sql) if sql.startswith("BEGIN") else None
+    )
     return seen
 
 
@@ -296,7 +338,8 @@ def test_leases_never_let_processes_together_exceed_the_rate(tmp_path):
     assert allowed[one] + allowed[two] == 6400
     assert min(allowed.values()) > 3000  # both got their turns' worth
     decision = one.hit([("user", rate)])
-    assert not decision.allowed and decision.retry_after_s > 0
+    assert not decision.allowed
+    assert decision.retry_after_s > 0
     one.close()
     two.close()
 

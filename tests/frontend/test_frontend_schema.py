@@ -17,8 +17,13 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 def test_api_matches_its_openapi_document(api):
@@ -30,8 +35,13 @@ def test_api_matches_its_openapi_document(api):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck),
-                  derandomize=True, database=None)
+        @settings(
+            max_examples=12,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def conforms(case):
             response = case.call(headers=headers)
             calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
@@ -48,8 +58,7 @@ LIMITED = ("register", "token", "classify", "classifyBatch")
 
 def test_rate_limited_operations_document_429_with_retry_after(api):
     doc = api.client.simulate_get("/api/v1/openapi.json").json
-    operations = {op["operationId"]: op for path in doc["paths"].values()
-                  for op in path.values()}
+    operations = {op["operationId"]: op for path in doc["paths"].values() for op in path.values()}
     e429 = doc["components"]["responses"]["E429"]
     assert e429["headers"]["Retry-After"]["required"] is True
     assert "rate_limited" in e429["description"]
@@ -57,18 +66,25 @@ def test_rate_limited_operations_document_429_with_retry_after(api):
         assert operations[name]["responses"]["429"] == {"$ref": "#/components/responses/E429"}
 
 
-def test_429_answers_conform_to_the_document(tmp_path, hasher, registry, gating_pipeline,
-                                             broker_url, fixed_workers):
+def test_429_answers_conform_to_the_document(
+    tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers
+):
     """schemathesis on the rate-limited operations with tiny limits: the 429s it provokes
     have the documented status, headers and body."""
-    from frontend_support import Api, make_components, make_settings
+    from mole.frontend.gating_holder import GatingHolder
+    from tests.frontend.frontend_support import Api, make_components, make_settings
 
-    from frontend.gating_holder import GatingHolder
-
-    tight = make_settings(tmp_path, rate_limit_classify_user="2/minute",
-                          rate_limit_login_address="3/minute")
-    api = Api(make_components(tight, hasher=hasher, broker_url=broker_url,
-                              gating=GatingHolder.loaded(gating_pipeline, registry)))
+    tight = make_settings(
+        tmp_path, rate_limit_classify_user="2/minute", rate_limit_login_address="3/minute"
+    )
+    api = Api(
+        make_components(
+            tight,
+            hasher=hasher,
+            broker_url=broker_url,
+            gating=GatingHolder.loaded(gating_pipeline, registry),
+        )
+    )
     try:
         headers = api.user("limited-admin", admin=True)
         schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api.app)
@@ -79,8 +95,13 @@ def test_429_answers_conform_to_the_document(tmp_path, hasher, registry, gating_
                 continue
 
             @given(case=operation.as_strategy())
-            @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck),
-                      derandomize=True, database=None)
+            @settings(
+                max_examples=8,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                derandomize=True,
+                database=None,
+            )
             def conforms(case):
                 response = case.call(headers=headers)
                 statuses.setdefault(case.operation.label, set()).add(response.status_code)

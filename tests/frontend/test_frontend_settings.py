@@ -9,18 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from frontend_support import REPO, child_env
 
-from frontend import cli
-from frontend.passwords import PasswordHasher
-from frontend.settings import (
+from mole.frontend import cli
+from mole.frontend.passwords import PasswordHasher
+from mole.frontend.settings import (
     Settings,
     SettingsError,
     check_secret,
     resolve_secret,
     settings_from_env,
 )
-from frontend.users import UserStore
+from mole.frontend.users import UserStore
+from tests.frontend.frontend_support import REPO, child_env
 
 
 def test_the_original_placeholder_secret_is_refused():
@@ -39,7 +39,8 @@ def test_generated_secret_is_private_and_stable(tmp_path):
     first = resolve_secret(settings)
     path = tmp_path / "fe" / "jwt_secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(first) >= 32 and resolve_secret(settings) == first
+    assert len(first) >= 32
+    assert resolve_secret(settings) == first
     assert list((tmp_path / "fe").iterdir()) == [path]  # no temporary files left behind
 
 
@@ -52,12 +53,22 @@ def test_a_secret_file_readable_by_others_is_refused(tmp_path):
 
 
 def test_settings_from_env():
-    s = settings_from_env({"MOLE_DATA_DIR": "/srv/mole", "MOLE_BROKER_URL": "tcp://b:1",
-                           "REQUEST_TIMEOUT_SECONDS": "7.5", "SERVICE_MODE": "coordinator",
-                           "MOLE_ALLOW_REGISTRATION": "false", "MOLE_BATCH_LIMIT": "10"})
-    assert s.data_dir == Path("/srv/mole/frontend") and s.broker_url == "tcp://b:1"
-    assert s.request_timeout_s == 7.5 and s.service_mode == "distributed"
-    assert s.allow_registration is False and s.batch_limit == 10
+    s = settings_from_env(
+        {
+            "MOLE_DATA_DIR": "/srv/mole",
+            "MOLE_BROKER_URL": "tcp://b:1",
+            "REQUEST_TIMEOUT_SECONDS": "7.5",
+            "SERVICE_MODE": "coordinator",
+            "MOLE_ALLOW_REGISTRATION": "false",
+            "MOLE_BATCH_LIMIT": "10",
+        }
+    )
+    assert s.data_dir == Path("/srv/mole/frontend")
+    assert s.broker_url == "tcp://b:1"
+    assert s.request_timeout_s == 7.5
+    assert s.service_mode == "distributed"
+    assert s.allow_registration is False
+    assert s.batch_limit == 10
     with pytest.raises(SettingsError, match="REQUEST_TIMEOUT_SECONDS"):
         settings_from_env({"REQUEST_TIMEOUT_SECONDS": "soon"})
     with pytest.raises(SettingsError, match="SERVICE_MODE"):
@@ -77,10 +88,13 @@ def test_prepare_empties_the_metrics_dir_and_bootstraps_the_admin(tmp_path):
     stale = tmp_path / "frontend" / "prometheus"
     stale.mkdir(parents=True)
     (stale / "counter_123.db").write_bytes(b"old")
-    env = cli.prepare(_args(tmp_path), {"MOLE_BOOTSTRAP_ADMIN": "boss:boss-password",
-                                        "MOLE_ARGON2_PROFILE": "cheap"})
+    env = cli.prepare(
+        _args(tmp_path),
+        {"MOLE_BOOTSTRAP_ADMIN": "boss:boss-password", "MOLE_ARGON2_PROFILE": "cheap"},
+    )
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(stale)
-    assert stale.is_dir() and not any(stale.iterdir())
+    assert stale.is_dir()
+    assert not any(stale.iterdir())
     store = UserStore(tmp_path / "frontend" / "users.sqlite3", PasswordHasher("cheap"))
     assert store.get("boss").is_admin
     store.close()
@@ -89,35 +103,64 @@ def test_prepare_empties_the_metrics_dir_and_bootstraps_the_admin(tmp_path):
 
 def test_prepare_refuses_a_weak_secret(tmp_path):
     with pytest.raises(SettingsError, match="placeholder"):
-        cli.prepare(_args(tmp_path),
-                    {"JWT_SECRET_KEY": "your-super-secret-key-change-in-production"})
+        cli.prepare(
+            _args(tmp_path), {"JWT_SECRET_KEY": "your-super-secret-key-change-in-production"}
+        )
 
 
 def test_mole_frontend_with_a_weak_secret_exits_with_a_clear_message(tmp_path):
     env = child_env(JWT_SECRET_KEY="short", MOLE_DATA_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "frontend", "--bind", "127.0.0.1:1"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mole.frontend", "--bind", "127.0.0.1:1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "JWT_SECRET_KEY is 5 bytes" in proc.stderr
 
 
 def test_mole_users_create_admin_and_list(tmp_path):
     env = child_env(MOLE_DATA_DIR=str(tmp_path), MOLE_ARGON2_PROFILE="cheap")
-    run = [sys.executable, "-m", "mole_cli", "users"]
-    proc = subprocess.run([*run, "create", "root", "--admin", "--password-stdin"], cwd=REPO,
-                          env=env, input="root-password\n", capture_output=True, text=True,
-                          timeout=60)
+    run = [sys.executable, "-m", "mole", "users"]
+    proc = subprocess.run(
+        [*run, "create", "root", "--admin", "--password-stdin"],
+        cwd=REPO,
+        env=env,
+        input="root-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "created admin root" in proc.stdout
-    proc = subprocess.run([*run, "create", "plain", "--password-stdin"], cwd=REPO, env=env,
-                          input="plain-password\n", capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*run, "create", "plain", "--password-stdin"],
+        cwd=REPO,
+        env=env,
+        input="plain-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([*run, "list"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [*run, "list"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.stdout.splitlines() == ["plain\t-", "root\tadmin"]
-    proc = subprocess.run([*run, "create", "x", "--password-stdin"], cwd=REPO, env=env,
-                          input="short\n", capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "username: 3 to 50" in proc.stderr
+    proc = subprocess.run(
+        [*run, "create", "x", "--password-stdin"],
+        cwd=REPO,
+        env=env,
+        input="short\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "username: 3 to 50" in proc.stderr
     store = UserStore(tmp_path / "frontend" / "users.sqlite3", PasswordHasher("cheap"))
     assert store.authenticate("root", "root-password").is_admin
     store.close()

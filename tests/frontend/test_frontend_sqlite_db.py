@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from frontend.sqlite_db import ProcessLocalConnection, WriterLock
+from mole.frontend.sqlite_db import ProcessLocalConnection, WriterLock
 
 
 def test_writer_lock_excludes_and_wakes_the_waiter_at_once(tmp_path):
@@ -29,20 +29,22 @@ def test_writer_lock_excludes_and_wakes_the_waiter_at_once(tmp_path):
         assert not acquired_at  # still held by the first
         released_at.append(time.monotonic())
     waiter.join(5)
-    assert acquired_at and acquired_at[0] - released_at[0] < 0.05
+    assert acquired_at
+    assert acquired_at[0] - released_at[0] < 0.05
     first.close()
     second.close()
 
 
 def test_writer_lock_excludes_another_process(tmp_path):
     lock = WriterLock(tmp_path / "db")
-    code = ("import sys, time; from frontend.sqlite_db import WriterLock\n"
-            "t = time.monotonic()\n"
-            f"with WriterLock({str(tmp_path / 'db')!r}):\n"
-            "    print(time.monotonic() - t)\n")
+    code = (
+        "import sys, time; from frontend.sqlite_db import WriterLock\n"
+        "t = time.monotonic()\n"
+        f"with WriterLock({str(tmp_path / 'db')!r}):\n"
+        "    print(time.monotonic() - t)\n"
+    )
     with lock:
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                 text=True)
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)
         assert child.poll() is None  # blocked on our lock
     waited = float(child.communicate(timeout=10)[0])

@@ -7,16 +7,12 @@ predictions mean nothing: tests use it to check formats and arithmetic, not qual
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # gating_samples, po_samples, tiny_xlmr
-
-from gating_samples import DESCRIPTIONS, SENTENCES  # noqa: E402, F401
-
-from protocol.registry import load_registry  # noqa: E402
+from mole.protocol.registry import load_registry
+from tests.gating.gating_samples import SENTENCES
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +22,7 @@ def registry():
 
 @pytest.fixture(scope="session")
 def pipeline():
-    from gating import GatingPipeline
+    from mole.gating import GatingPipeline
 
     return GatingPipeline.load()
 
@@ -39,6 +35,6 @@ def detector(pipeline):
 @pytest.fixture(scope="session")
 def tiny_xlmr(tmp_path_factory) -> Path:
     """A local tiny random XLM-R directory (config, weights, tokenizer)."""
-    from tiny_xlmr import build_tiny_xlmr
+    from tests.gating.tiny_xlmr import build_tiny_xlmr
 
     return build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"), extra_texts=SENTENCES.values())

@@ -49,7 +49,7 @@ def _entries(po: Path):
     msgid: list[str] = []
     msgstr: list[str] = []
     current = None
-    for raw in po.read_text(encoding="utf-8").splitlines() + [""]:
+    for raw in [*po.read_text(encoding="utf-8").splitlines(), ""]:
         line = raw.strip()
         if line.startswith("msgid ") or not line:
             if msgid or msgstr:

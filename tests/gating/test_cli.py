@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gating import cli
-from gating.router import QRouter
-from gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_ROUTER_DIR, DEFAULT_TRAIN_DATA
+from mole.gating import cli
+from mole.gating.router import QRouter
+from mole.gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_ROUTER_DIR, DEFAULT_TRAIN_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,10 +23,21 @@ def _run(argv):
 
 def test_mole_gating_route_subprocess():
     out = subprocess.run(
-        [sys.executable, "-m", "mole_cli.main", "gating", "route", "--text",
-         "Die Aktie ist heute stark gefallen, das ist schlecht.", "--description",
-         "Rate the sentiment from 1 to 5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mole.cli.main",
+            "gating",
+            "route",
+            "--text",
+            "Die Aktie ist heute stark gefallen, das ist schlecht.",
+            "--description",
+            "Rate the sentiment from 1 to 5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "german -> finance -> rating -> llama-2-7b-hf"
@@ -35,20 +46,41 @@ def test_mole_gating_route_subprocess():
 
 def test_python_m_gating_json_and_errors():
     ok = subprocess.run(
-        [sys.executable, "-m", "gating", "route", "--json", "--text",
-         "会社の四半期利益は大幅に増加しました。", "--description",
-         "Is the product an exact match for the shopping query?"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mole.gating",
+            "route",
+            "--json",
+            "--text",
+            "会社の四半期利益は大幅に増加しました。",
+            "--description",
+            "Is the product an exact match for the shopping query?",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     body = json.loads(ok.stdout)
     assert body["routing_path"] == "japanese -> finance -> esci -> llama-3.1-8b-instruct"
     assert body["expert"]["adapter_name"] == "fin-esci-ja"
     bad = subprocess.run(
-        [sys.executable, "-m", "gating", "route", "--text",
-         "O lucro trimestral da empresa subiu fortemente graças à procura.",
-         "--description", "Rate it"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mole.gating",
+            "route",
+            "--text",
+            "O lucro trimestral da empresa subiu fortemente graças à procura.",
+            "--description",
+            "Rate it",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error [unsupported_language]: the text is in portuguese")
@@ -56,25 +88,45 @@ def test_python_m_gating_json_and_errors():
 
 def test_train_reports_heldout_and_saves(tmp_path, capsys):
     heldout = [str(p) for p in DEFAULT_HELDOUT_DATA]
-    argv = ["train", "--data", str(DEFAULT_TRAIN_DATA), "--out", str(tmp_path / "r"),
-            "--epochs", "30"]
+    argv = [
+        "train",
+        "--data",
+        str(DEFAULT_TRAIN_DATA),
+        "--out",
+        str(tmp_path / "r"),
+        "--epochs",
+        "30",
+    ]
     for h in heldout:
         argv += ["--heldout", h]
     assert _run(argv) == 0
     out = capsys.readouterr().out
-    assert "epoch  30/30" in out and "held-out accuracy" in out
+    assert "epoch  30/30" in out
+    assert "held-out accuracy" in out
     router = QRouter.load(tmp_path / "r")
     assert router.report["validation_accuracy"] >= 0.95
     assert router.report["validation_examples"] == sum(
-        1 for p in DEFAULT_HELDOUT_DATA for line in open(p, encoding="utf-8") if line.strip())
+        1 for p in DEFAULT_HELDOUT_DATA for line in open(p, encoding="utf-8") if line.strip()
+    )
 
 
 def test_train_split_and_min_accuracy(tmp_path, capsys):
     data = tmp_path / "small.jsonl"
     lines = DEFAULT_TRAIN_DATA.read_text(encoding="utf-8").splitlines()[:40]
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    code = _run(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "2",
-                 "--min-accuracy", "1.01"])
+    code = _run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "2",
+            "--min-accuracy",
+            "1.01",
+        ]
+    )
     assert code == 1
     assert "10% split" in capsys.readouterr().out
     assert not (tmp_path / "r").exists()  # not saved under the bar
@@ -94,7 +146,21 @@ def test_train_with_bad_data_is_an_error(tmp_path, capsys):
 def test_feedback_command(tmp_path, capsys):
     router_dir = tmp_path / "r"
     QRouter.load(DEFAULT_ROUTER_DIR).save(router_dir)
-    assert _run(["feedback", "--router", str(router_dir), "--description",
-                 "Summarise the vibes", "--task", "finance/news", "--reward", "1"]) == 0
+    assert (
+        _run(
+            [
+                "feedback",
+                "--router",
+                str(router_dir),
+                "--description",
+                "Summarise the vibes",
+                "--task",
+                "finance/news",
+                "--reward",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "Q(news)" in capsys.readouterr().out
     assert QRouter.load(router_dir).feedback_count == 1

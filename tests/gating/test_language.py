@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import po_samples
+import contextlib
+
 import pytest
 
-from gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
-from gating.language import LanguageDetector, bundled_model_path
-from protocol.registry import language
+import tests.gating.po_samples as po_samples
+from mole.gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
+from mole.gating.language import LanguageDetector, bundled_model_path
+from mole.protocol.registry import language
 
 SERVED = ["en", "de", "fr", "es", "ja", "zh", "nl", "it", "sv", "da", "pl", "tr"]
 
@@ -27,10 +29,8 @@ def test_accuracy_on_labelled_sentences_in_all_served_languages(detector):
         assert len(sample) >= 40, code
         hits = 0
         for text in sample:
-            try:
+            with contextlib.suppress(LanguageUncertain, UnsupportedLanguage):
                 hits += detector.detect(text).language.code == code
-            except (LanguageUncertain, UnsupportedLanguage):
-                pass
         per_language[code] = hits / len(sample)
         total += len(sample)
         correct += hits
@@ -83,7 +83,8 @@ def test_kana_rule_respects_what_is_served():
     # kana is decisive: Japanese, refused where only Chinese is served
     with pytest.raises(UnsupportedLanguage) as err:
         LanguageDetector(["en", "zh"]).detect("東京証券取引所の株価は上昇しました")
-    assert err.value.language == "japanese" and err.value.served == ["chinese", "english"]
+    assert err.value.language == "japanese"
+    assert err.value.served == ["chinese", "english"]
     # kanji alone only leans Chinese: where Japanese is served and Chinese is not, Japanese
     assert LanguageDetector(["en", "ja"]).detect("東京証券取引所株価上昇").code == "ja"
     with pytest.raises(UnsupportedLanguage) as err:
@@ -107,7 +108,8 @@ def test_unserved_language_is_an_error_not_english(detector):
         detector.detect("O lucro trimestral da empresa subiu fortemente graças à procura.")
     assert err.value.language == "portuguese"
     assert err.value.code == "unsupported_language"
-    assert "english" in err.value.served and len(err.value.served) == 12
+    assert "english" in err.value.served
+    assert len(err.value.served) == 12
     with pytest.raises(UnsupportedLanguage) as err:
         detector.detect("Квартальная прибыль компании резко выросла благодаря спросу.")
     assert err.value.language == "russian"
@@ -119,7 +121,8 @@ def test_under_the_floor_is_uncertain():
         det.detect("ok 12345 xyz")
     e = err.value
     assert e.code == "language_uncertain"
-    assert e.confidence < 0.9 and e.floor == 0.9
+    assert e.confidence < 0.9
+    assert e.floor == 0.9
     assert "english" in e.served
     assert "under the floor" in e.message
 
@@ -129,13 +132,16 @@ def test_description_helps_only_when_text_is_too_short(detector):
     d = detector.detect(
         "Die Aktie ist heute um zehn Prozent gefallen.", "Rate the sentiment from 1 to 5"
     )
-    assert d.code == "de" and not d.used_description
+    assert d.code == "de"
+    assert not d.used_description
     # a very short text fastText is lost on borrows the description
     short = detector.detect("Gut!", "Bewerte die Stimmung dieses Textes von 1 bis 5")
-    assert short.used_description and short.code == "de"
+    assert short.used_description
+    assert short.code == "de"
     # ... but one it is sure of keeps its language under an English description
     sure = detector.detect("Sehr schlecht", "Rate the sentiment from 1 to 5")
-    assert sure.code == "de" and not sure.used_description
+    assert sure.code == "de"
+    assert not sure.used_description
     assert detector.detect("Çok iyi", "Classify the news topic").code == "tr"
 
 
@@ -174,8 +180,11 @@ def _outcome(detector, text):
 
 def test_the_one_label_first_look_decides_as_the_full_ranking_does():
     fast, full = LanguageDetector(SERVED), _FullRankingDetector(SERVED)
-    texts = [text for code in (*SERVED, "pt", "nb", "ru", "ca")
-             for text in po_samples.sentences(code, min_chars=5, limit=40)]
+    texts = [
+        text
+        for code in (*SERVED, "pt", "nb", "ru", "ca")
+        for text in po_samples.sentences(code, min_chars=5, limit=40)
+    ]
     texts += ["Gut!", "ok", "東京は日本の首都です。", "漢字だけ", "中文文本", "12345 !!"]
     assert len(texts) > 500
     differ = [t for t in texts if _outcome(fast, t) != _outcome(full, t)]

@@ -11,11 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gating_samples import DESCRIPTIONS, SENTENCES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gating import (
+from mole.gating import (
     ArtifactError,
     DomainWithoutTasks,
     GatingError,
@@ -26,26 +25,38 @@ from gating import (
     UnknownTask,
     UnsupportedLanguage,
 )
-from gating.domain import DomainPrediction
-from gating.language import LanguageDetector
-from gating.router import QRouter
-from gating.settings import DEFAULT_ROUTER_DIR, load_settings
-from protocol.registry import DEFAULT_REGISTRY_PATH, language, parse_registry
+from mole.gating.domain import DomainPrediction
+from mole.gating.language import LanguageDetector
+from mole.gating.router import QRouter
+from mole.gating.settings import DEFAULT_ROUTER_DIR, load_settings
+from mole.protocol.registry import DEFAULT_REGISTRY_PATH, language, parse_registry
+from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
 ROOT = Path(__file__).resolve().parents[2]
 
 #: the issue's served table: task -> code -> base_model_key
 TABLE = {
-    "rating": {"en": "llama-2-7b-hf", "de": "llama-2-7b-hf", "fr": "llama-2-7b-hf",
-               "es": "qwen2.5-7b-instruct", "ja": "qwen2.5-7b-instruct", "zh": "bloomz-7b1"},
+    "rating": {
+        "en": "llama-2-7b-hf",
+        "de": "llama-2-7b-hf",
+        "fr": "llama-2-7b-hf",
+        "es": "qwen2.5-7b-instruct",
+        "ja": "qwen2.5-7b-instruct",
+        "zh": "bloomz-7b1",
+    },
     "pii": {c: "mistral-7B-Instruct-v0.3" for c in ("en", "nl", "fr", "de", "it", "es", "sv")},
-    "news": {"en": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
-             "da": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
-             "es": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
-             "pl": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
-             "tr": "facebook/xglm-7.5B"},
-    "esci": {"en": "llama-3.1-8b-instruct", "ja": "llama-3.1-8b-instruct",
-             "es": "mistral-7B-Instruct-v0.3"},
+    "news": {
+        "en": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
+        "da": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
+        "es": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
+        "pl": "unsloth/mistral-7b-instruct-v0.3-bnb-4bit",
+        "tr": "facebook/xglm-7.5B",
+    },
+    "esci": {
+        "en": "llama-3.1-8b-instruct",
+        "ja": "llama-3.1-8b-instruct",
+        "es": "mistral-7B-Instruct-v0.3",
+    },
 }
 PAIRS = [(task, code) for task, langs in TABLE.items() for code in langs]
 UNSERVED = [(task, code) for task in TABLE for code in SENTENCES if code not in TABLE[task]]
@@ -61,11 +72,11 @@ def test_every_served_pair_routes_to_its_expert(pipeline, task, code):
     assert (result.task, result.task_key) == (task, f"finance/{task}")
     e = result.expert
     assert e.base_model_key == TABLE[task][code]
-    assert e.language == lang and e.task_key == f"finance/{task}"
+    assert e.language == lang
+    assert e.task_key == f"finance/{task}"
     assert e.adapter_name.endswith(f"-{code}")
     assert result.routing_path == f"{lang.name} -> finance -> {task} -> {e.base_model_key}"
-    assert set(result.timings) == {"language_ms", "domain_ms", "task_ms", "select_ms",
-                                   "total_ms"}
+    assert set(result.timings) == {"language_ms", "domain_ms", "task_ms", "select_ms", "total_ms"}
     assert all(v >= 0 for v in result.timings.values())
     assert 0 < result.language_confidence <= 1
     assert result.task_scores[task] == max(result.task_scores.values())
@@ -105,13 +116,16 @@ def test_selection_errors(pipeline):
 
 
 def test_routing_path_example(pipeline):
-    r = pipeline.route("Shares of the bank fell after weak quarterly earnings were reported.",
-                       "Rate the sentiment of this financial statement from 1 to 5.")
+    r = pipeline.route(
+        "Shares of the bank fell after weak quarterly earnings were reported.",
+        "Rate the sentiment of this financial statement from 1 to 5.",
+    )
     assert r.routing_path == "english -> finance -> rating -> llama-2-7b-hf"
     d = r.to_dict()
     json.dumps(d)  # JSON-able
     assert d["expert"]["label_set"] == ["1", "2", "3", "4", "5"]
-    assert d["language"] == "english" and d["language_code"] == "en"
+    assert d["language"] == "english"
+    assert d["language_code"] == "en"
 
 
 @pytest.mark.parametrize(
@@ -133,15 +147,20 @@ def test_bad_input(pipeline, text, description, match):
 
 def test_unsupported_and_uncertain_language(pipeline):
     with pytest.raises(UnsupportedLanguage) as err:
-        pipeline.route("O lucro trimestral da empresa subiu fortemente graças à procura.",
-                       DESCRIPTIONS["rating"])
-    assert err.value.language == "portuguese" and err.value.task is None
+        pipeline.route(
+            "O lucro trimestral da empresa subiu fortemente graças à procura.",
+            DESCRIPTIONS["rating"],
+        )
+    assert err.value.language == "portuguese"
+    assert err.value.task is None
     assert len(err.value.served) == 12
     body = err.value.to_dict()
-    assert body["error"] == "unsupported_language" and "served" in body
+    assert body["error"] == "unsupported_language"
+    assert "served" in body
     with pytest.raises(LanguageUncertain) as err:
         pipeline.route("12345 67890 ---", "ok")  # fastText would say "english" (0.74)
-    assert err.value.code == "language_uncertain" and "no letters" in err.value.message
+    assert err.value.code == "language_uncertain"
+    assert "no letters" in err.value.message
     with pytest.raises(LanguageUncertain) as err:
         pipeline.route("AAPL MSFT GOOG TSLA NVDA", DESCRIPTIONS["news"])
     assert err.value.confidence < err.value.floor
@@ -168,8 +187,10 @@ def test_domain_without_tasks_is_a_typed_error(pipeline):
 def test_router_must_match_the_registry(pipeline):
     raw = json.loads(DEFAULT_REGISTRY_PATH.read_text(encoding="utf-8"))
     doc = copy.deepcopy(raw)
-    doc["tasks"] = {k: doc["tasks"][k] for k in ("finance/pii", "finance/rating",
-                                                 "finance/news", "finance/esci")}
+    doc["tasks"] = {
+        k: doc["tasks"][k]
+        for k in ("finance/pii", "finance/rating", "finance/news", "finance/esci")
+    }
     reordered = parse_registry(doc, path=DEFAULT_REGISTRY_PATH)
     with pytest.raises(ArtifactError, match="registry order"):
         GatingPipeline.load(reordered)
@@ -196,7 +217,8 @@ def test_load_errors_are_typed(tmp_path):
     with pytest.raises(ArtifactError, match="bad value"):
         load_settings(bad, env={})
     s = load_settings(env={"MOLE_GATING_LANGUAGE_FLOOR": "0.6", "MOLE_GATING_ROUTER": "/x/r"})
-    assert s.language_floor == 0.6 and s.router_path == Path("/x/r")
+    assert s.language_floor == 0.6
+    assert s.router_path == Path("/x/r")
     assert load_settings(env={}).router_path == DEFAULT_ROUTER_DIR
 
 
@@ -244,8 +266,9 @@ def test_default_path_imports_neither_torch_nor_transformers():
         "assert not bad, bad\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
@@ -262,7 +285,8 @@ def test_hostile_input_is_routed_or_refused_never_a_crash(pipeline):
         try:
             result = pipeline.route(text, desc)
         except GatingError as err:
-            assert err.code and err.message
+            assert err.code
+            assert err.message
         else:
             assert result.timings["total_ms"] < 1000
     ok = pipeline.route(cases[0][0], cases[0][1])
@@ -275,6 +299,7 @@ def test_any_unicode_routes_or_raises_a_gating_error(pipeline, text, description
     try:
         result = pipeline.route(text, description)
     except GatingError as err:
-        assert isinstance(err.code, str) and err.message
+        assert isinstance(err.code, str)
+        assert err.message
     else:
         assert result.expert.language == result.language

@@ -9,10 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
-from gating.features import FeatureSpec, Featurizer
-from gating.router import Example, QRouter, TrainConfig, read_examples
-from gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_ROUTER_DIR, DEFAULT_TRAIN_DATA
+from mole.gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
+from mole.gating.features import FeatureSpec, Featurizer
+from mole.gating.router import Example, QRouter, TrainConfig, read_examples
+from mole.gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_ROUTER_DIR, DEFAULT_TRAIN_DATA
 
 TASKS = ["rating", "pii", "news", "esci"]
 
@@ -71,7 +71,8 @@ def test_save_load_roundtrip_and_small_artifact(tmp_path, train_data):
     router = QRouter({"finance": TASKS}, config=TrainConfig(epochs=5))
     router.train(train_data[:200])
     path = router.save(tmp_path / "r")
-    assert (path / "meta.json").is_file() and (path / "weights.npz").is_file()
+    assert (path / "meta.json").is_file()
+    assert (path / "weights.npz").is_file()
     assert (path / "weights.npz").stat().st_size < 2_000_000
     loaded = QRouter.load(path)
     for ex in train_data[:50]:
@@ -103,7 +104,8 @@ def test_online_feedback_moves_q_and_persists(tmp_path):
 def test_feedback_errors(shipped):
     with pytest.raises(UnknownTask) as err:
         shipped.feedback("Rate this", "summarise", 1.0)
-    assert err.value.known == TASKS and err.value.code == "unknown_task"
+    assert err.value.known == TASKS
+    assert err.value.code == "unknown_task"
     with pytest.raises(InvalidInput):
         shipped.feedback("Rate this", "rating", 2.0)
     with pytest.raises(InvalidInput):
@@ -121,10 +123,13 @@ def test_route_errors(shipped):
 
 
 def test_several_domains_are_separate_routers(train_data):
-    router = QRouter({"finance": TASKS, "legal": ["contracts", "rating"]},
-                     config=TrainConfig(epochs=10))
-    legal = [Example("Find the termination clause in this contract", "legal", "contracts"),
-             Example("Rate the sentiment of this court ruling", "legal", "rating")] * 10
+    router = QRouter(
+        {"finance": TASKS, "legal": ["contracts", "rating"]}, config=TrainConfig(epochs=10)
+    )
+    legal = [
+        Example("Find the termination clause in this contract", "legal", "contracts"),
+        Example("Rate the sentiment of this court ruling", "legal", "rating"),
+    ] * 10
     router.train(list(train_data[:100]) + legal)
     assert router.route("Find the termination clause in this contract", "legal").task == "contracts"
     with pytest.raises(UnknownDomain):
@@ -193,19 +198,30 @@ def test_read_examples_names_the_line(tmp_path):
 
 def test_reads_the_original_train_combined_json(tmp_path):
     p = tmp_path / "train_combined.json"
-    p.write_text(json.dumps([
-        {"prompt": "Rate the sentiment", "domain": "finance", "task": "rating", "language": "en"},
-        {"prompt": "Find PII", "domain": "finance", "task": "pii"},
-    ]))
-    assert read_examples(p) == [Example("Rate the sentiment", "finance", "rating"),
-                                Example("Find PII", "finance", "pii")]
+    p.write_text(
+        json.dumps(
+            [
+                {
+                    "prompt": "Rate the sentiment",
+                    "domain": "finance",
+                    "task": "rating",
+                    "language": "en",
+                },
+                {"prompt": "Find PII", "domain": "finance", "task": "pii"},
+            ]
+        )
+    )
+    assert read_examples(p) == [
+        Example("Rate the sentiment", "finance", "rating"),
+        Example("Find PII", "finance", "pii"),
+    ]
     p.write_text(json.dumps([{"prompt": "x", "domain": "finance"}]))
     with pytest.raises(InvalidInput, match=r"train_combined.json\[0\]: 'task'"):
         read_examples(p)
 
 
 def test_repeated_descriptions_reuse_the_route_until_weights_change(monkeypatch):
-    import gating.router as router_module
+    import mole.gating.router as router_module
 
     shipped = QRouter.load(DEFAULT_ROUTER_DIR)  # its own: this test changes weights
     text = "Rate the sentiment of this financial statement"
@@ -216,7 +232,8 @@ def test_repeated_descriptions_reuse_the_route_until_weights_change(monkeypatch)
     first.q_values["rating"] = -99.0  # a caller's copy: must not leak into the cache
     second = shipped.route(text)
     assert calls == [text]  # featurized once
-    assert second.task == first.task and second.q_values["rating"] != -99.0
+    assert second.task == first.task
+    assert second.q_values["rating"] != -99.0
     shipped.feedback(text, second.task, 0.0)  # weights change: the route is recomputed
     third = shipped.route(text)
     assert len(calls) == 3  # feedback featurizes too, then the route again

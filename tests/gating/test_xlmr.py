@@ -9,21 +9,20 @@ import copy
 import json
 
 import pytest
-from gating_samples import DESCRIPTIONS, SENTENCES
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from gating import ArtifactError, DomainWithoutTasks, GatingPipeline  # noqa: E402
-from gating.domain import (  # noqa: E402
+from mole.gating import ArtifactError, DomainWithoutTasks, GatingPipeline
+from mole.gating.domain import (
     XLMRDomainClassifier,
     routing_prompt,
     train_domain_classifier,
 )
-from gating.encoder_router import EncoderQRouter  # noqa: E402
-from gating.router import Example, QRouter, TrainConfig, read_examples  # noqa: E402
-from gating.settings import DEFAULT_TRAIN_DATA, GatingSettings  # noqa: E402
-from protocol.registry import DEFAULT_REGISTRY_PATH, parse_registry  # noqa: E402
+from mole.gating.encoder_router import EncoderQRouter
+from mole.gating.router import Example, QRouter, TrainConfig, read_examples
+from mole.gating.settings import DEFAULT_TRAIN_DATA, GatingSettings
+from mole.protocol.registry import DEFAULT_REGISTRY_PATH, parse_registry
+from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
 TASKS = ["rating", "pii", "news", "esci"]
 H = 32  # the tiny model's hidden size
@@ -36,7 +35,8 @@ def _cls(encoder_dir, texts, state_dict=None):
     model = transformers.XLMRobertaModel(config)
     if state_dict is None:
         state_dict = transformers.XLMRobertaModel.from_pretrained(
-            encoder_dir, local_files_only=True).state_dict()
+            encoder_dir, local_files_only=True
+        ).state_dict()
     model.load_state_dict(state_dict)
     model.eval()
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -82,8 +82,10 @@ def test_domain_cls_original_format_matches_the_formula(tiny_xlmr, tmp_path):
 
     h = _cls(tiny_xlmr, [routing_prompt(d, t) for d, t in pairs])
     head = torch.softmax(h @ art["classifier"]["1.weight"].T + art["classifier"]["1.bias"], -1)
-    cos = torch.nn.functional.normalize(h, dim=-1) @ torch.nn.functional.normalize(
-        art["prototypes_t"], dim=-1).T
+    cos = (
+        torch.nn.functional.normalize(h, dim=-1)
+        @ torch.nn.functional.normalize(art["prototypes_t"], dim=-1).T
+    )
     expected = 0.7 * head + 0.3 * torch.softmax(10.0 * cos, -1)
     for pred, row in zip(preds, expected, strict=True):
         assert pred.probabilities["finance"] == pytest.approx(float(row[0]), abs=1e-5)
@@ -156,38 +158,77 @@ def test_missing_encoder_is_refused_without_a_download(tmp_path):
 
 def test_training_writes_the_original_format(tiny_xlmr, tmp_path):
     finance = [(ex.description, "finance") for ex in read_examples(DEFAULT_TRAIN_DATA)[:60]]
-    general = [(f"{s} {i}", "general") for i, s in enumerate(
-        ["What a lovely day for a walk in the park", "My cat sleeps on the sofa all day",
-         "The football match ended in a draw", "Recipe: mix flour, eggs and milk"] * 10)]
+    general = [
+        (f"{s} {i}", "general")
+        for i, s in enumerate(
+            [
+                "What a lovely day for a walk in the park",
+                "My cat sleeps on the sofa all day",
+                "The football match ended in a draw",
+                "Recipe: mix flour, eggs and milk",
+            ]
+            * 10
+        )
+    ]
     rows = []
-    report = train_domain_classifier(finance + general, encoder_dir=tiny_xlmr,
-                                     out_dir=tmp_path / "out", epochs=5, progress=rows.append)
-    assert len(rows) == 5 and report["domains"] == ["finance", "general"]
+    report = train_domain_classifier(
+        finance + general,
+        encoder_dir=tiny_xlmr,
+        out_dir=tmp_path / "out",
+        epochs=5,
+        progress=rows.append,
+    )
+    assert len(rows) == 5
+    assert report["domains"] == ["finance", "general"]
     art = torch.load(tmp_path / "out" / "domain_cls.pt", weights_only=True)
-    assert art["format_version"] == 2 and art["is_ready"] is True
+    assert art["format_version"] == 2
+    assert art["is_ready"] is True
     assert set(art["classifier"]) == {"1.weight", "1.bias"}
     assert tuple(art["classifier"]["1.weight"].shape) == (2, H)
     assert tuple(art["prototypes_t"].shape) == (2, H)
-    assert art["max_len"] == 128 and art["alpha_proto"] == 0.3 and art["proto_temp"] == 10.0
+    assert art["max_len"] == 128
+    assert art["alpha_proto"] == 0.3
+    assert art["proto_temp"] == 10.0
     clf = XLMRDomainClassifier.load(tmp_path / "out", encoder_dir=tiny_xlmr)
     assert clf.domains == ["finance", "general"]
     assert clf.predict("Rate the sentiment", "Profits rose").domain in clf.domains
 
 
 def test_train_domain_command(tiny_xlmr, tmp_path):
-    from gating import cli
+    from mole.gating import cli
 
     data = tmp_path / "d.jsonl"
     with data.open("w", encoding="utf-8") as f:
         for i in range(12):
-            f.write(json.dumps({"text": f"profit and loss statement {i}", "domain": "finance",
-                                "description": "Rate it"}) + "\n")
-            f.write(json.dumps({"text": f"holiday photos from the beach {i}",
-                                "domain": "general"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "text": f"profit and loss statement {i}",
+                        "domain": "finance",
+                        "description": "Rate it",
+                    }
+                )
+                + "\n"
+            )
+            f.write(
+                json.dumps({"text": f"holiday photos from the beach {i}", "domain": "general"})
+                + "\n"
+            )
     parser = argparse.ArgumentParser()
     cli.configure(parser)
-    args = parser.parse_args(["train-domain", "--data", str(data), "--encoder", str(tiny_xlmr),
-                              "--out", str(tmp_path / "m"), "--epochs", "2"])
+    args = parser.parse_args(
+        [
+            "train-domain",
+            "--data",
+            str(data),
+            "--encoder",
+            str(tiny_xlmr),
+            "--out",
+            str(tmp_path / "m"),
+            "--epochs",
+            "2",
+        ]
+    )
     assert cli.run(args) == 0
     assert torch.load(tmp_path / "m" / "domain_cls.pt", weights_only=True)["format_version"] == 2
 
@@ -201,8 +242,12 @@ def _two_domain_registry():
 
 def _two_domain_router():
     router = QRouter({"finance": TASKS, "legal": ["contracts"]}, config=TrainConfig(epochs=20))
-    router.train(read_examples(DEFAULT_TRAIN_DATA)
-                 + [Example("Find the clauses in this contract", "legal", "contracts")])
+    router.train(
+        [
+            *read_examples(DEFAULT_TRAIN_DATA),
+            Example("Find the clauses in this contract", "legal", "contracts"),
+        ]
+    )
     return router
 
 
@@ -211,11 +256,14 @@ def _two_domain_router():
     [([9.0, 0.0, 0.0], "finance"), ([0.0, 9.0, 0.0], "legal"), ([0.0, 0.0, 9.0], "general")],
 )
 def test_pipeline_with_several_domains(tiny_xlmr, tmp_path, bias, expect):
-    _save(_domain_artifact(["finance", "legal", "general"], bias=bias, alpha=0.0),
-          tmp_path / "dom" / "domain_cls.pt")
+    _save(
+        _domain_artifact(["finance", "legal", "general"], bias=bias, alpha=0.0),
+        tmp_path / "dom" / "domain_cls.pt",
+    )
     settings = GatingSettings(domain_model_dir=tmp_path / "dom", encoder_dir=tiny_xlmr)
-    pipeline = GatingPipeline.load(_two_domain_registry(), settings=settings,
-                                   router=_two_domain_router())
+    pipeline = GatingPipeline.load(
+        _two_domain_registry(), settings=settings, router=_two_domain_router()
+    )
     text, desc = SENTENCES["de"], DESCRIPTIONS["pii"]
     if expect == "general":  # a domain with no task: typed error, not a crash
         with pytest.raises(DomainWithoutTasks) as err:
@@ -234,8 +282,7 @@ def test_classifier_must_know_every_registry_domain(tiny_xlmr, tmp_path):
     _save(_domain_artifact(["finance", "general"]), tmp_path / "dom" / "domain_cls.pt")
     settings = GatingSettings(domain_model_dir=tmp_path / "dom", encoder_dir=tiny_xlmr)
     with pytest.raises(ArtifactError, match="cannot predict legal"):
-        GatingPipeline.load(_two_domain_registry(), settings=settings,
-                            router=_two_domain_router())
+        GatingPipeline.load(_two_domain_registry(), settings=settings, router=_two_domain_router())
 
 
 class _Wrapper(torch.nn.Module):
@@ -243,8 +290,9 @@ class _Wrapper(torch.nn.Module):
 
     def __init__(self, n):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.ReLU(),
-                                       torch.nn.Linear(H, n))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(H, H), torch.nn.ReLU(), torch.nn.Linear(H, n)
+        )
 
 
 def _encoder_router_dir(tiny_xlmr, path, n_tasks=4, prefix="model."):
@@ -262,7 +310,11 @@ def _encoder_router_dir(tiny_xlmr, path, n_tasks=4, prefix="model."):
 def test_encoder_router_original_artifacts(tiny_xlmr, tmp_path):
     encoder, head = _encoder_router_dir(tiny_xlmr, tmp_path / "qr")
     assert set(torch.load(tmp_path / "qr" / "router_finance.pth", weights_only=True)) == {
-        "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+        "net.0.weight",
+        "net.0.bias",
+        "net.2.weight",
+        "net.2.bias",
+    }
     router = EncoderQRouter.load(tmp_path / "qr", {"finance": TASKS}, encoder_dir=tiny_xlmr)
     descs = [DESCRIPTIONS[t] for t in TASKS]
     routes = router.route_batch(descs, "finance")
@@ -283,7 +335,8 @@ def test_encoder_router_in_the_pipeline_and_online(tiny_xlmr, tmp_path):
     pipeline = GatingPipeline.load(settings=settings)
     assert isinstance(pipeline.router, EncoderQRouter)
     result = pipeline.route(SENTENCES["en"], DESCRIPTIONS["rating"])
-    assert result.task in TASKS and result.language.name == "english"
+    assert result.task in TASKS
+    assert result.language.name == "english"
     router = pipeline.router
     desc = DESCRIPTIONS["news"]
     before = router.route(desc).q_values["news"]
@@ -312,5 +365,6 @@ def test_bad_encoder_router_artifacts(tiny_xlmr, tmp_path, kwargs, match):
 def test_encoder_router_missing_domain_file(tiny_xlmr, tmp_path):
     _encoder_router_dir(tiny_xlmr, tmp_path)
     with pytest.raises(ArtifactError, match="router_legal.pth"):
-        EncoderQRouter.load(tmp_path, {"finance": TASKS, "legal": ["contracts"]},
-                            encoder_dir=tiny_xlmr)
+        EncoderQRouter.load(
+            tmp_path, {"finance": TASKS, "legal": ["contracts"]}, encoder_dir=tiny_xlmr
+        )

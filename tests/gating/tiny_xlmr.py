@@ -8,11 +8,12 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from gating.settings import DEFAULT_TRAIN_DATA
+from mole.gating.settings import DEFAULT_TRAIN_DATA
 
 
-def build_tiny_xlmr(out: Path, *, extra_texts: Iterable[str] = (), hidden: int = 32,
-                    layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_xlmr(
+    out: Path, *, extra_texts: Iterable[str] = (), hidden: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
@@ -35,14 +36,26 @@ def build_tiny_xlmr(out: Path, *, extra_texts: Iterable[str] = (), hidden: int =
         special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", mask_token="<mask>", cls_token="<s>", sep_token="</s>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
         model_max_length=128,
     )
     config = XLMRobertaConfig(
-        vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=132,
-        pad_token_id=fast.pad_token_id, bos_token_id=0, eos_token_id=2,
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=132,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
     )
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)

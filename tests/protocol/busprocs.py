@@ -8,7 +8,7 @@ killed by :meth:`Procs.close`.
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
 import signal
 import socket
@@ -23,11 +23,6 @@ PYTHON = sys.executable
 #: Short heartbeats so loss is noticed in well under a second in tests.
 HEARTBEAT_INTERVAL = 0.2
 LIVENESS = 5
-
-
-def broker_available() -> bool:
-    return importlib.util.find_spec("broker.__main__") is not None or (
-        ROOT / "broker" / "__main__.py").exists()
 
 
 def free_port() -> int:
@@ -54,23 +49,48 @@ class Procs:
         self._logs = []
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")
         self._logs.append(log)
-        proc = subprocess.Popen([PYTHON, *args], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [PYTHON, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         self.procs.append(proc)
         return proc
 
     def broker(self, port: int, **env: str) -> subprocess.Popen:
-        return self._spawn("broker", ["-m", "broker", "--bind", f"tcp://127.0.0.1:{port}"],
-                           _env(**env))
+        return self._spawn(
+            "broker", ["-m", "mole.broker", "--bind", f"tcp://127.0.0.1:{port}"], _env(**env)
+        )
 
-    def echo(self, url: str, service: str, *, slots: int = 1, delay: float = 0.0,
-             partials: int = 0, worker_id: str | None = None,
-             env: dict[str, str] | None = None) -> subprocess.Popen:
-        args = ["-m", "worker.echo", "--broker", url, "--service", service,
-                "--slots", str(slots), "--delay", str(delay), "--partials", str(partials),
-                "--reconnect-max", "0.5", "--log-level", "WARNING"]
+    def echo(
+        self,
+        url: str,
+        service: str,
+        *,
+        slots: int = 1,
+        delay: float = 0.0,
+        partials: int = 0,
+        worker_id: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
+        args = [
+            "-m",
+            "mole.worker.echo",
+            "--broker",
+            url,
+            "--service",
+            service,
+            "--slots",
+            str(slots),
+            "--delay",
+            str(delay),
+            "--partials",
+            str(partials),
+            "--reconnect-max",
+            "0.5",
+            "--log-level",
+            "WARNING",
+        ]
         if worker_id:
             args += ["--worker-id", worker_id]
         return self._spawn("echo", args, _env(**(env or {})))
@@ -78,18 +98,17 @@ class Procs:
     def logs(self) -> str:
         for log in self._logs:
             log.flush()
-        return "\n".join(p.read_text(errors="replace")[-3000:]
-                         for p in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.log_dir.glob("*.log"))
+        )
 
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
         for proc in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         for log in self._logs:
             log.close()
 

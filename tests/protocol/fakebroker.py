@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from protocol import mdp
-from protocol.envelope import ReplyHeader, decode_request_header, error_reply
+from mole.protocol import mdp
+from mole.protocol.envelope import ReplyHeader, decode_request_header, error_reply
 
 
 def free_port() -> int:
@@ -34,18 +34,32 @@ class Seen:
 
 
 def final(seen: Seen, *payload: bytes) -> list[bytes]:
-    return [mdp.CLIENT_HEADER, mdp.CLIENT_FINAL, seen.service.encode(),
-            ReplyHeader(seen.request_id).encode(), *payload]
+    return [
+        mdp.CLIENT_HEADER,
+        mdp.CLIENT_FINAL,
+        seen.service.encode(),
+        ReplyHeader(seen.request_id).encode(),
+        *payload,
+    ]
 
 
 def partial(seen: Seen, payload: bytes) -> list[bytes]:
-    return [mdp.CLIENT_HEADER, mdp.CLIENT_PARTIAL, seen.service.encode(),
-            ReplyHeader(seen.request_id).encode(), payload]
+    return [
+        mdp.CLIENT_HEADER,
+        mdp.CLIENT_PARTIAL,
+        seen.service.encode(),
+        ReplyHeader(seen.request_id).encode(),
+        payload,
+    ]
 
 
 def error(seen: Seen, code: str, message: str) -> list[bytes]:
-    return [mdp.CLIENT_HEADER, mdp.CLIENT_FINAL, seen.service.encode(),
-            *error_reply(seen.request_id, code, message)]
+    return [
+        mdp.CLIENT_HEADER,
+        mdp.CLIENT_FINAL,
+        seen.service.encode(),
+        *error_reply(seen.request_id, code, message),
+    ]
 
 
 def echo(seen: Seen) -> list[list[bytes]]:
@@ -55,8 +69,9 @@ def echo(seen: Seen) -> list[list[bytes]]:
 class FakeBroker:
     """ROUTER on ``port`` answering with ``behaviour(seen) -> [frames, ...]``."""
 
-    def __init__(self, behaviour=echo, port: int | None = None,
-                 curve_secret: bytes | None = None) -> None:
+    def __init__(
+        self, behaviour=echo, port: int | None = None, curve_secret: bytes | None = None
+    ) -> None:
         self.curve_secret = curve_secret
         self.port = port or free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
@@ -85,8 +100,14 @@ class FakeBroker:
                 self.raw.append(frames)
                 message = mdp.decode_client(frames)
                 header = decode_request_header(message.body[0])
-                seen = Seen(ident, message.service, header.request_id, header.ttl_ms,
-                            header.attempt, message.body[1:])
+                seen = Seen(
+                    ident,
+                    message.service,
+                    header.request_id,
+                    header.ttl_ms,
+                    header.attempt,
+                    message.body[1:],
+                )
                 self.seen.append(seen)
                 for reply in self.behaviour(seen) or []:
                     sock.send_multipart([ident, *reply])

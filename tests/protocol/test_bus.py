@@ -11,21 +11,19 @@ import threading
 import time
 
 import pytest
-from busprocs import (
+
+from mole.protocol import AsyncClient, Client
+from mole.protocol.errors import BadRequest, DeadlineExceeded, NoWorker, Overloaded, UnknownService
+from tests.protocol.busprocs import (
     HEARTBEAT_INTERVAL,
     LIVENESS,
     Procs,
-    broker_available,
     free_port,
     kill,
     wait_until,
 )
 
-from protocol import AsyncClient, Client
-from protocol.errors import BadRequest, DeadlineExceeded, NoWorker, Overloaded, UnknownService
-
 pytestmark = [
-    pytest.mark.skipif(not broker_available(), reason="broker/__main__.py not built yet"),
     pytest.mark.timeout(120),
 ]
 
@@ -37,8 +35,7 @@ class Bus:
         self.procs = Procs(tmp_path)
         self.broker_env = broker_env
         self.broker = self.procs.broker(self.port, **broker_env)
-        self.client = Client(self.url, timeout=10, heartbeat_interval=0.2,
-                             heartbeat_timeout=0.6)
+        self.client = Client(self.url, timeout=10, heartbeat_interval=0.2, heartbeat_timeout=0.6)
 
     def echo(self, service: str = "echo", wait: bool = True, **kwargs):
         proc = self.procs.echo(self.url, service, **kwargs)
@@ -82,12 +79,14 @@ def test_request_reply_service_available_and_status(bus):
     b = bus()
     b.echo("echo", slots=2, worker_id="echo-1")
     reply = b.client.request("echo", {"text": "hello", "n": 1})
-    assert reply["echo"] == {"text": "hello", "n": 1} and reply["worker_id"] == "echo-1"
+    assert reply["echo"] == {"text": "hello", "n": 1}
+    assert reply["worker_id"] == "echo-1"
     assert b.client.service_available("echo") is True
     assert b.client.service_available("nobody-serves-this") is False
     status = b.client.status()
     [worker] = [w for w in status["workers"] if w["service"] == "echo"]
-    assert worker["slots"] == 2 and worker["metadata"]["worker_id"] == "echo-1"
+    assert worker["slots"] == 2
+    assert worker["metadata"]["worker_id"] == "echo-1"
     assert status["services"]["echo"]["workers"] == 1
     with pytest.raises(UnknownService, match="mmi.nothing"):
         b.client.request("mmi.nothing", {})
@@ -141,7 +140,8 @@ def test_stream_partials_through_the_broker(bus):
     b.echo("echo", partials=3)
     parts = list(b.client.stream("echo", "x"))
     assert [p["partial"] for p in parts[:3]] == [0, 1, 2]
-    assert parts[3]["echo"] == "x" and len(parts) == 4
+    assert parts[3]["echo"] == "x"
+    assert len(parts) == 4
 
 
 def test_error_codes_surface_as_exceptions(bus):
@@ -223,7 +223,8 @@ def test_busy_worker_keeps_heartbeating_and_is_not_purged(bus):
     [before] = b.workers("echo")
     window = HEARTBEAT_INTERVAL * LIVENESS
     reply = b.client.request("echo", {"_echo": {"delay_s": window * 3}}, timeout=20)
-    assert reply["worker_id"] == "busy-1" and reply["attempt"] == 0
+    assert reply["worker_id"] == "busy-1"
+    assert reply["attempt"] == 0
     [after] = b.workers("echo")
     assert after["id"] == before["id"]  # the same registration: never purged
     assert b.client.status()["counters"].get("redispatched", 0) == 0
@@ -265,7 +266,7 @@ def test_third_party_body_gets_bad_request_from_the_worker_which_keeps_serving(b
     """A plain RFC 18 client (no envelope) reaches our worker and gets a clear error."""
     import zmq
 
-    from protocol.envelope import unpack
+    from mole.protocol.envelope import unpack
 
     b = bus()
     b.echo("echo")
@@ -278,7 +279,8 @@ def test_third_party_body_gets_bad_request_from_the_worker_which_keeps_serving(b
         header, command, service, *body = sock.recv_multipart()
         assert (header, command, service) == (b"MDPC02", b"\x03", b"echo")
         answer = unpack(body[0])
-        assert answer["error"] == "bad_request" and "envelope" in answer["message"]
+        assert answer["error"] == "bad_request"
+        assert "envelope" in answer["message"]
     finally:
         sock.close(0)
     assert b.client.request("echo", "still serving")["echo"] == "still serving"
@@ -290,13 +292,19 @@ def test_worker_killed_mid_request_is_redispatched_to_another(bus):
     assert wait_until(lambda: len(b.workers("echo")) == 2), b.procs.logs()
     result = {}
     caller = threading.Thread(
-        target=lambda: result.update(reply=b.client.request("echo", "survive", timeout=20)))
+        target=lambda: result.update(reply=b.client.request("echo", "survive", timeout=20))
+    )
     caller.start()
     busy = []
-    assert wait_until(lambda: busy.extend(
-        w["metadata"]["worker_id"] for w in b.workers("echo") if w["in_flight"]) or busy)
+    assert wait_until(
+        lambda: (
+            busy.extend(w["metadata"]["worker_id"] for w in b.workers("echo") if w["in_flight"])
+            or busy
+        )
+    )
     kill(procs[busy[0]])
     caller.join(25)
     reply = result["reply"]
-    assert reply["echo"] == "survive" and reply["worker_id"] != busy[0]
+    assert reply["echo"] == "survive"
+    assert reply["worker_id"] != busy[0]
     assert reply["attempt"] >= 1

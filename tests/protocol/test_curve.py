@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import zmq
 import zmq.auth
-from fakebroker import FakeBroker
 
-from protocol import Client
-from protocol.curve import CurveKeyError, CurveKeys
-from protocol.errors import DeadlineExceeded
+from mole.protocol import Client
+from mole.protocol.curve import CurveKeyError, CurveKeys
+from mole.protocol.errors import DeadlineExceeded
+from tests.protocol.fakebroker import FakeBroker
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import envelope
-from protocol.envelope import (
+from mole.protocol import envelope
+from mole.protocol.envelope import (
     ReplyHeader,
     RequestHeader,
     decode_reply_header,
@@ -17,7 +19,7 @@ from protocol.envelope import (
     pack,
     unpack,
 )
-from protocol.errors import ErrorCode, MalformedMessage
+from mole.protocol.errors import ErrorCode, MalformedMessage
 
 
 def test_request_header_round_trip():
@@ -28,16 +30,23 @@ def test_request_header_round_trip():
 
 def test_request_header_without_ttl():
     header = decode_request_header(RequestHeader("x").encode())
-    assert header.ttl_ms is None and header.attempt == 0
+    assert header.ttl_ms is None
+    assert header.attempt == 0
 
 
 def test_reply_headers_ok_and_error():
     ok = decode_reply_header(ReplyHeader("r1").encode())
-    assert ok.ok and ok.code is None and ok.request_id == "r1"
+    assert ok.ok
+    assert ok.code is None
+    assert ok.request_id == "r1"
     [frame] = error_reply("r2", ErrorCode.OVERLOADED, "queue full", {"depth": 3})
     err = decode_reply_header(frame)
-    assert (err.ok, err.code, err.message, err.details) == (False, "overloaded", "queue full",
-                                                             {"depth": 3})
+    assert (err.ok, err.code, err.message, err.details) == (
+        False,
+        "overloaded",
+        "queue full",
+        {"depth": 3},
+    )
 
 
 def test_error_header_without_code_means_internal():
@@ -66,9 +75,13 @@ def test_foreign_bodies_are_not_request_headers(frame):
 
 @pytest.mark.parametrize(
     "header",
-    [{"v": 1, "id": "x", "ttl": "soon"}, {"v": 1, "id": "x", "ttl": 1.5},
-     {"v": 1, "id": "x", "attempt": "2"}, {"v": 1, "id": "x", "ttl": True},
-     {"v": 1, "id": "x", "attempt": False}],
+    [
+        {"v": 1, "id": "x", "ttl": "soon"},
+        {"v": 1, "id": "x", "ttl": 1.5},
+        {"v": 1, "id": "x", "attempt": "2"},
+        {"v": 1, "id": "x", "ttl": True},
+        {"v": 1, "id": "x", "attempt": False},
+    ],
 )
 def test_request_header_with_bad_field_types(header):
     with pytest.raises(MalformedMessage):
@@ -94,15 +107,9 @@ def test_header_size_limit_constant_is_respected():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
 def test_random_bytes_never_raise_anything_but_malformed(data):
-    try:
+    with contextlib.suppress(MalformedMessage):
         decode_request_header(data)
-    except MalformedMessage:
-        pass
-    try:
+    with contextlib.suppress(MalformedMessage):
         decode_reply_header(data)
-    except MalformedMessage:
-        pass
-    try:
+    with contextlib.suppress(MalformedMessage):
         unpack(data)
-    except MalformedMessage:
-        pass

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import mdp
-from protocol.errors import MalformedMessage
-from protocol.mdp import ClientCommand, WorkerCommand
+from mole.protocol import mdp
+from mole.protocol.errors import MalformedMessage
+from mole.protocol.mdp import ClientCommand, WorkerCommand
 
 SERVICE = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
 
@@ -24,7 +24,8 @@ def test_client_commands_round_trip(command):
 
 def test_client_command_bytes_are_rfc18():
     assert [bytes([c]) for c in ClientCommand] == [b"\x01", b"\x02", b"\x03"]
-    assert mdp.CLIENT_REQUEST == b"\x01" and mdp.CLIENT_FINAL == b"\x03"
+    assert mdp.CLIENT_REQUEST == b"\x01"
+    assert mdp.CLIENT_FINAL == b"\x03"
 
 
 def test_client_final_without_body_is_allowed_but_request_is_not():
@@ -37,7 +38,8 @@ def test_worker_ready_with_and_without_metadata():
     plain = mdp.encode_worker(WorkerCommand.READY, service=SERVICE)
     assert plain == [b"MDPW02", b"\x01", SERVICE.encode()]
     message = mdp.decode_worker(plain)
-    assert message.command == WorkerCommand.READY and message.service == SERVICE
+    assert message.command == WorkerCommand.READY
+    assert message.service == SERVICE
     assert message.metadata is None
     extended = mdp.encode_worker(WorkerCommand.READY, service="s", metadata=b"\x80")
     assert mdp.decode_worker(extended).metadata == b"\x80"
@@ -115,7 +117,8 @@ def test_malformed_worker_messages(frames):
 def test_decoders_accept_zmq_frames_and_memoryviews():
     frames = [memoryview(b"MDPW02"), memoryview(b"\x04"), memoryview(b"t"), b"", b"body"]
     message = mdp.decode_worker(frames)
-    assert message.client == b"t" and isinstance(message.client, bytes)
+    assert message.client == b"t"
+    assert isinstance(message.client, bytes)
 
 
 _frame = st.one_of(

@@ -7,10 +7,10 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import mdp
-from protocol._pending import Correlator, LinkState, decode_payload
-from protocol.envelope import ReplyHeader, decode_request_header, error_reply, pack
-from protocol.errors import NoWorker
+from mole.protocol import mdp
+from mole.protocol._pending import Correlator, LinkState, decode_payload
+from mole.protocol.envelope import ReplyHeader, decode_request_header, error_reply, pack
+from mole.protocol.errors import NoWorker
 
 
 class Recorder:
@@ -28,8 +28,11 @@ class Recorder:
 
 
 def _reply(command, rid, *body):
-    return [mdp.CLIENT_HEADER, command, b"svc", *body] if rid is None else [
-        mdp.CLIENT_HEADER, command, b"svc", ReplyHeader(rid).encode(), *body]
+    return (
+        [mdp.CLIENT_HEADER, command, b"svc", *body]
+        if rid is None
+        else [mdp.CLIENT_HEADER, command, b"svc", ReplyHeader(rid).encode(), *body]
+    )
 
 
 def test_frames_carry_remaining_ttl_and_resends_bump_the_attempt():
@@ -59,19 +62,42 @@ def test_dispatch_partial_final_and_error():
     core.dispatch(_reply(mdp.CLIENT_FINAL, p.request_id, pack("b")))
     core.dispatch(_reply(mdp.CLIENT_FINAL, p.request_id, pack("late")))
     assert [(k, decode_payload(v)) for k, v in sink.events] == [("partial", "a"), ("final", "b")]
-    assert core.dropped == 1 and len(core) == 0
+    assert core.dropped == 1
+    assert len(core) == 0
     q = core.open("svc", [pack(1)], 5.0, sink)
-    core.dispatch([mdp.CLIENT_HEADER, mdp.CLIENT_FINAL, b"svc",
-                   *error_reply(q.request_id, "no_worker", "nobody home")])
+    core.dispatch(
+        [
+            mdp.CLIENT_HEADER,
+            mdp.CLIENT_FINAL,
+            b"svc",
+            *error_reply(q.request_id, "no_worker", "nobody home"),
+        ]
+    )
     kind, error = sink.events[-1]
-    assert kind == "error" and isinstance(error, NoWorker) and error.request_id == q.request_id
+    assert kind == "error"
+    assert isinstance(error, NoWorker)
+    assert error.request_id == q.request_id
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.binary(max_size=10),
-                          st.sampled_from([b"MDPC02", b"\x02", b"\x03", b"\x01", b"svc",
-                                           pack({"v": 1, "id": "x", "ok": False})])),
-                max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=10),
+            st.sampled_from(
+                [
+                    b"MDPC02",
+                    b"\x02",
+                    b"\x03",
+                    b"\x01",
+                    b"svc",
+                    pack({"v": 1, "id": "x", "ok": False}),
+                ]
+            ),
+        ),
+        max_size=6,
+    )
+)
 def test_dispatch_never_raises_on_junk(frames):
     core = Correlator("tcp://x:1")
     core.dispatch(frames)
@@ -88,7 +114,9 @@ def test_deadline_message_says_whether_the_broker_was_reachable():
     core = Correlator("tcp://b:5555")
     p = core.open("svc", [b""], 0.5, Recorder())
     message = str(core.deadline_error(p))
-    assert "'svc'" in message and "0.5 s" in message and "tcp://b:5555" in message
+    assert "'svc'" in message
+    assert "0.5 s" in message
+    assert "tcp://b:5555" in message
 
 
 def test_fail_all_ends_every_request_once():

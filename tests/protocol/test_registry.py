@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.registry import (
+from mole.protocol.registry import (
     DEFAULT_REGISTRY_PATH,
     RegistryError,
     UnknownExpert,
@@ -104,9 +104,12 @@ def test_experts_for_base_model():
     qwen = reg.experts_for_base_model("qwen2.5-7b-instruct")
     keys = {(e.task_key, e.language.name) for e in qwen}
     assert keys == {("finance/rating", "spanish"), ("finance/rating", "japanese")}
-    mistral = {(e.task_key, e.language.name)
-               for e in reg.experts_for_base_model("mistral-7B-Instruct-v0.3")}
-    assert ("finance/esci", "spanish") in mistral and len(mistral) == 8
+    mistral = {
+        (e.task_key, e.language.name)
+        for e in reg.experts_for_base_model("mistral-7B-Instruct-v0.3")
+    }
+    assert ("finance/esci", "spanish") in mistral
+    assert len(mistral) == 8
 
 
 def _broken(raw, mutate):
@@ -121,42 +124,75 @@ def _broken(raw, mutate):
         (lambda d: d.pop("base_models"), "registry: missing required key 'base_models'"),
         (lambda d: d.pop("tasks"), "registry: missing required key 'tasks'"),
         (lambda d: d.update(tasks={}), "tasks: the registry defines no task"),
-        (lambda d: d["base_models"]["bloomz-7b1"].pop("hf_name"),
-         "base_models.bloomz-7b1: missing required key 'hf_name'"),
-        (lambda d: d["tasks"]["finance/rating"].pop("label_set"),
-         "tasks.finance/rating: missing required key 'label_set'"),
-        (lambda d: d["tasks"]["finance/rating"].update(label_set=["1", "1"]),
-         "tasks.finance/rating.label_set: labels must be distinct"),
-        (lambda d: d["tasks"]["finance/rating"].update(label_set=[]),
-         "tasks.finance/rating.label_set"),
-        (lambda d: d["tasks"]["finance/news"]["language_mapping"]["turkish"].update(
-            base_model_key="gpt-5"),
-         "tasks.finance/news.language_mapping.turkish.base_model_key: 'gpt-5' is not in"),
-        (lambda d: d["tasks"]["finance/news"]["language_mapping"].update(klingon={}),
-         "tasks.finance/news.language_mapping.klingon: unknown language 'klingon'"),
-        (lambda d: d["tasks"]["finance/news"]["language_mapping"].update(
-            tr=d["tasks"]["finance/news"]["language_mapping"]["turkish"]),
-         "language turkish is mapped twice"),
-        (lambda d: d["tasks"]["finance/esci"].update(supported_languages=["en", "es"]),
-         "tasks.finance/esci.supported_languages: ['en', 'es'] does not match"),
-        (lambda d: d["tasks"]["finance/esci"].update(supported_languages="en"),
-         "tasks.finance/esci.supported_languages: expected a list of strings"),
-        (lambda d: d["tasks"]["finance/esci"].update(generation=[1]),
-         "tasks.finance/esci.generation: expected object"),
-        (lambda d: d["tasks"]["finance/esci"].update(kind="chat"),
-         "tasks.finance/esci.kind"),
-        (lambda d: d["tasks"]["finance/esci"].update(base_model_key="nope"),
-         "tasks.finance/esci.base_model_key: 'nope' is not in base_models"),
-        (lambda d: d["tasks"]["finance/pii"]["language_mapping"]["swedish"].update(
-            adapter_path="../../etc"),
-         "tasks.finance/pii.language_mapping.swedish.adapter_path: '../../etc' must be"),
-        (lambda d: d["tasks"]["finance/pii"]["language_mapping"]["swedish"].update(
-            adapter_path="/abs/dir"),
-         "adapter_path: '/abs/dir' must be a relative path"),
-        (lambda d: d["tasks"].update({"finance": d["tasks"]["finance/pii"]}),
-         "tasks.finance: task keys are '<domain>/<task>'"),
-        (lambda d: d["tasks"]["finance/pii"]["language_mapping"].update(italian=[]),
-         "tasks.finance/pii.language_mapping.italian: expected object"),
+        (
+            lambda d: d["base_models"]["bloomz-7b1"].pop("hf_name"),
+            "base_models.bloomz-7b1: missing required key 'hf_name'",
+        ),
+        (
+            lambda d: d["tasks"]["finance/rating"].pop("label_set"),
+            "tasks.finance/rating: missing required key 'label_set'",
+        ),
+        (
+            lambda d: d["tasks"]["finance/rating"].update(label_set=["1", "1"]),
+            "tasks.finance/rating.label_set: labels must be distinct",
+        ),
+        (
+            lambda d: d["tasks"]["finance/rating"].update(label_set=[]),
+            "tasks.finance/rating.label_set",
+        ),
+        (
+            lambda d: d["tasks"]["finance/news"]["language_mapping"]["turkish"].update(
+                base_model_key="gpt-5"
+            ),
+            "tasks.finance/news.language_mapping.turkish.base_model_key: 'gpt-5' is not in",
+        ),
+        (
+            lambda d: d["tasks"]["finance/news"]["language_mapping"].update(klingon={}),
+            "tasks.finance/news.language_mapping.klingon: unknown language 'klingon'",
+        ),
+        (
+            lambda d: d["tasks"]["finance/news"]["language_mapping"].update(
+                tr=d["tasks"]["finance/news"]["language_mapping"]["turkish"]
+            ),
+            "language turkish is mapped twice",
+        ),
+        (
+            lambda d: d["tasks"]["finance/esci"].update(supported_languages=["en", "es"]),
+            "tasks.finance/esci.supported_languages: ['en', 'es'] does not match",
+        ),
+        (
+            lambda d: d["tasks"]["finance/esci"].update(supported_languages="en"),
+            "tasks.finance/esci.supported_languages: expected a list of strings",
+        ),
+        (
+            lambda d: d["tasks"]["finance/esci"].update(generation=[1]),
+            "tasks.finance/esci.generation: expected object",
+        ),
+        (lambda d: d["tasks"]["finance/esci"].update(kind="chat"), "tasks.finance/esci.kind"),
+        (
+            lambda d: d["tasks"]["finance/esci"].update(base_model_key="nope"),
+            "tasks.finance/esci.base_model_key: 'nope' is not in base_models",
+        ),
+        (
+            lambda d: d["tasks"]["finance/pii"]["language_mapping"]["swedish"].update(
+                adapter_path="../../etc"
+            ),
+            "tasks.finance/pii.language_mapping.swedish.adapter_path: '../../etc' must be",
+        ),
+        (
+            lambda d: d["tasks"]["finance/pii"]["language_mapping"]["swedish"].update(
+                adapter_path="/abs/dir"
+            ),
+            "adapter_path: '/abs/dir' must be a relative path",
+        ),
+        (
+            lambda d: d["tasks"].update({"finance": d["tasks"]["finance/pii"]}),
+            "tasks.finance: task keys are '<domain>/<task>'",
+        ),
+        (
+            lambda d: d["tasks"]["finance/pii"]["language_mapping"].update(italian=[]),
+            "tasks.finance/pii.language_mapping.italian: expected object",
+        ),
         (lambda d: d.update(default_generation=3), "default_generation: expected object"),
     ],
 )
@@ -190,7 +226,10 @@ def test_language_mapping_accepts_codes_like_names(raw, tmp_path):
     got = reg.resolve("finance/esci", "ja")
     want = load_registry().resolve("finance/esci", "japanese")
     assert (got.language, got.base_model_key, got.adapter_name) == (
-        want.language, want.base_model_key, want.adapter_name)
+        want.language,
+        want.base_model_key,
+        want.adapter_name,
+    )
     # template paths are relative to the registry file's directory
     assert got.template_path == tmp_path / "templates" / "esci.json"
 

@@ -37,9 +37,14 @@ class Secure:
         self.allow = tmp_path / "allow"
         self.allow.mkdir()
         # the broker's pair through the real command; the rest directly (faster)
-        subprocess.run([sys.executable, "-m", "mole_cli", "keys", "generate", "broker",
-                        "--dir", str(self.keys)], cwd=ROOT, env=child_env(), check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "mole", "keys", "generate", "broker", "--dir", str(self.keys)],
+            cwd=ROOT,
+            env=child_env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         for name in NAMES:
             zmq.auth.create_certificates(str(self.keys), name)
         self.broker: BrokerProcess | None = None
@@ -55,30 +60,62 @@ class Secure:
 
     def start(self, *flags: str, heartbeat: float = HEARTBEAT) -> str:
         self.broker = BrokerProcess(
-            self.tmp / "broker.log", probe=False,
-            flags=["--heartbeat-interval", str(heartbeat), "--liveness", "3",
-                   "--curve-secret", str(self.keys / "broker.key_secret"),
-                   "--curve-allow", str(self.allow), *flags])
+            self.tmp / "broker.log",
+            probe=False,
+            flags=[
+                "--heartbeat-interval",
+                str(heartbeat),
+                "--liveness",
+                "3",
+                "--curve-secret",
+                str(self.keys / "broker.key_secret"),
+                "--curve-allow",
+                str(self.allow),
+                *flags,
+            ],
+        )
         return self.broker.start()
 
     @property
     def url(self) -> str:
-        assert self.broker is not None and self.broker.endpoint
+        assert self.broker is not None
+        assert self.broker.endpoint
         return self.broker.endpoint
 
-    def worker(self, key: str, service: str, *, delay: float = 0.0,
-               heartbeat: float = HEARTBEAT) -> subprocess.Popen:
+    def worker(
+        self, key: str, service: str, *, delay: float = 0.0, heartbeat: float = HEARTBEAT
+    ) -> subprocess.Popen:
         """A real echo worker process using CURVE keys from the environment."""
-        log = open(self.tmp / f"worker-{key}-{len(self.procs)}.log", "ab")  # noqa: SIM115
+        log = open(self.tmp / f"worker-{key}-{len(self.procs)}.log", "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.echo", "--broker", self.url, "--service",
-                 service, "--worker-id", f"{key}-{len(self.procs)}", "--delay", str(delay),
-                 "--heartbeat-interval", str(heartbeat), "--liveness", "3",
-                 "--reconnect-max", "0.5"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=child_env(MOLE_CURVE_SERVER_KEY=str(self.keys / "broker.key"),
-                              MOLE_CURVE_SECRET_KEY=str(self.keys / f"{key}.key_secret")))
+                [
+                    sys.executable,
+                    "-m",
+                    "mole.worker.echo",
+                    "--broker",
+                    self.url,
+                    "--service",
+                    service,
+                    "--worker-id",
+                    f"{key}-{len(self.procs)}",
+                    "--delay",
+                    str(delay),
+                    "--heartbeat-interval",
+                    str(heartbeat),
+                    "--liveness",
+                    "3",
+                    "--reconnect-max",
+                    "0.5",
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env(
+                    MOLE_CURVE_SERVER_KEY=str(self.keys / "broker.key"),
+                    MOLE_CURVE_SECRET_KEY=str(self.keys / f"{key}.key_secret"),
+                ),
+            )
         finally:
             log.close()
         self.procs.append(proc)
@@ -94,7 +131,10 @@ class Secure:
             server, _ = zmq.auth.load_certificate(str(self.keys / "broker.key"))
             public, secret = zmq.auth.load_certificate(str(self.keys / f"{key}.key_secret"))
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
-                server, public, secret)
+                server,
+                public,
+                secret,
+            )
         sock.connect(self.url)
         self.sockets.append(sock)
         return sock
@@ -108,14 +148,20 @@ class Secure:
             self.broker.stop()
 
 
-def request(sock: zmq.Socket, service: str, payload, request_id: str,
-            ttl_ms: int = 10_000) -> bool:
+def request(sock: zmq.Socket, service: str, payload, request_id: str, ttl_ms: int = 10_000) -> bool:
     """Send a client REQUEST; False when it could not even be queued (a DEALER whose
     connection the broker refused has no pipe, and a blocking send would hang)."""
     try:
-        sock.send_multipart([b"MDPC02", b"\x01", service.encode(),
-                             pack({"v": 1, "id": request_id, "ttl": ttl_ms}), pack(payload)],
-                            flags=zmq.NOBLOCK)
+        sock.send_multipart(
+            [
+                b"MDPC02",
+                b"\x01",
+                service.encode(),
+                pack({"v": 1, "id": request_id, "ttl": ttl_ms}),
+                pack(payload),
+            ],
+            flags=zmq.NOBLOCK,
+        )
     except zmq.Again:
         return False
     return True

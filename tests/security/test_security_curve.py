@@ -30,16 +30,17 @@ def _workers(secure, service: str | None = None) -> list[dict]:
 def test_unknown_key_cannot_register_or_receive(secure):
     secure.allow_keys("worker-a", "client-a")
     secure.start()
-    secure.worker("intruder", "svc")          # a real worker process with an unknown key
+    secure.worker("intruder", "svc")  # a real worker process with an unknown key
     secure.worker("worker-a", "other")
     wait_for(lambda: _workers(secure, "other"))
-    time.sleep(3 * HEARTBEAT)                 # the intruder had time to try (and retry)
+    time.sleep(3 * HEARTBEAT)  # the intruder had time to try (and retry)
     assert _workers(secure, "svc") == []
     # a client request for its service is never handed to it
     client = secure.socket("client-a")
     request(client, "svc", "for nobody", "r1", ttl_ms=800)
     frames = reply(client, 5)
-    assert frames is not None and unpack(frames[3])["code"] == "no_worker"
+    assert frames is not None
+    assert unpack(frames[3])["code"] == "no_worker"
     # nor does an unknown key receive anything as a client
     intruder = secure.socket("intruder")
     assert status(intruder, 1.0) is None
@@ -54,11 +55,13 @@ def test_client_without_a_key_is_refused_and_others_are_served(secure):
     wait_for(lambda: _workers(secure, "svc"))
     plain = secure.socket(None)
     request(plain, "svc", "no key", "p1")
-    assert status(plain, 1.0) is None and reply(plain, 0.5) is None
+    assert status(plain, 1.0) is None
+    assert reply(plain, 0.5) is None
     client = secure.socket("client-a")
     request(client, "svc", "with key", "k1")
     frames = reply(client, 10)
-    assert frames is not None and unpack(frames[4])["echo"] == "with key"
+    assert frames is not None
+    assert unpack(frames[4])["echo"] == "with key"
 
 
 def test_key_b_cannot_answer_or_take_over_a_workers_requests(secure):
@@ -82,16 +85,27 @@ def test_key_b_cannot_answer_or_take_over_a_workers_requests(secure):
     assert frames[1] == b"\x02"
     assert not thief.poll(300), "key B received a request sent to A's routing id"
     # B answers with A's ticket: not B's request, dropped
-    worker_b.send_multipart([b"MDPW02", b"\x04", ticket, b"",
-                             pack({"v": 1, "id": "r1", "ok": True}), pack("forged by B")])
+    worker_b.send_multipart(
+        [
+            b"MDPW02",
+            b"\x04",
+            ticket,
+            b"",
+            pack({"v": 1, "id": "r1", "ok": True}),
+            pack("forged by B"),
+        ]
+    )
     assert reply(client, 0.5) is None
     worker_a.send_multipart([b"MDPW02", b"\x04", ticket, b"", frames[4], pack("from A")])
     frames = reply(client, 5)
-    assert frames is not None and unpack(frames[4]) == "from A"
+    assert frames is not None
+    assert unpack(frames[4]) == "from A"
     st = status(client)
     assert st["counters"]["late_replies"] >= 1
     assert {w["service"]: w["curve_key"] for w in st["workers"]} == {
-        "svc": secure.public("worker-a"), "busy": secure.public("worker-b")}
+        "svc": secure.public("worker-a"),
+        "busy": secure.public("worker-b"),
+    }
 
 
 def test_key_b_cannot_receive_client_a_replies(secure):
@@ -108,25 +122,36 @@ def test_key_b_cannot_receive_client_a_replies(secure):
     loud = secure.socket("client-b", identity=b"CLIENT-A")
     request(loud, "svc", "B under A's id", "b1")
     frames = reply(client_a, 10)
-    assert frames is not None and unpack(frames[4])["echo"] == "private to A"
-    assert silent.poll(1000) == 0 and loud.poll(10) == 0
+    assert frames is not None
+    assert unpack(frames[4])["echo"] == "private to A"
+    assert silent.poll(1000) == 0
+    assert loud.poll(10) == 0
     # A keeps being served on the same connection
     request(client_a, "svc", "again", "a2")
     frames = reply(client_a, 10)
-    assert frames is not None and unpack(frames[4])["echo"] == "again"
-    assert silent.poll(10) == 0 and loud.poll(10) == 0
+    assert frames is not None
+    assert unpack(frames[4])["echo"] == "again"
+    assert silent.poll(10) == 0
+    assert loud.poll(10) == 0
 
 
 def test_acl_limits_which_key_registers_which_service(secure):
     secure.allow_keys("worker-a", "worker-b", "client-a")
     acl = secure.tmp / "acl.json"
-    acl.write_text(json.dumps({"worker-a": ["svc", "gpu/*"],
-                               secure.public("worker-b"): ["shared"]}))
+    acl.write_text(
+        json.dumps({"worker-a": ["svc", "gpu/*"], secure.public("worker-b"): ["shared"]})
+    )
     secure.start("--curve-acl", str(acl))
-    allowed = [("worker-a", b"A1", "svc"), ("worker-a", b"A2", "gpu/qwen"),
-               ("worker-b", b"B1", "shared")]
-    denied = [("worker-a", b"A3", "other"), ("worker-b", b"B2", "svc"),
-              ("client-a", b"C1", "svc")]  # a key the ACL does not name serves nothing
+    allowed = [
+        ("worker-a", b"A1", "svc"),
+        ("worker-a", b"A2", "gpu/qwen"),
+        ("worker-b", b"B1", "shared"),
+    ]
+    denied = [
+        ("worker-a", b"A3", "other"),
+        ("worker-b", b"B2", "svc"),
+        ("client-a", b"C1", "svc"),
+    ]  # a key the ACL does not name serves nothing
     socks = {}
     for key, identity, service in allowed + denied:
         socks[identity] = secure.socket(key, identity=identity)
@@ -163,8 +188,11 @@ def test_revoked_key_is_cut_off_within_one_heartbeat(secure):
     (secure.allow / "worker-a.key").unlink()
     (secure.allow / "client-b.key").unlink()
     revoked_at = time.monotonic()
-    wait_for(lambda: [w["curve_key"] for w in _workers(secure, "svc")]
-             == [secure.public("worker-b")], timeout=10, interval=0.02)
+    wait_for(
+        lambda: [w["curve_key"] for w in _workers(secure, "svc")] == [secure.public("worker-b")],
+        timeout=10,
+        interval=0.02,
+    )
     took = time.monotonic() - revoked_at
     assert took <= interval + 0.75, f"worker-a cut off after {took:.2f}s"
     # the revoked worker process reconnects and is refused; B keeps serving A's client
@@ -196,7 +224,8 @@ def test_revoked_workers_request_is_redispatched(secure):
     frames = reply(client, 3.5)  # well before A's 4 s would have answered
     assert frames is not None
     answer = unpack(frames[4])
-    assert answer["echo"] == "held by A" and answer["worker_id"].startswith("worker-b")
+    assert answer["echo"] == "held by A"
+    assert answer["worker_id"].startswith("worker-b")
     assert answer["attempt"] >= 1
     st = status(client)
     assert st["counters"]["curve_revoked_workers"] == 1
@@ -214,8 +243,7 @@ def test_acl_change_cuts_off_a_worker_within_one_heartbeat(secure):
     wait_for(lambda: len(_workers(secure)) == 2)
     acl.write_text(json.dumps({"worker-a": ["svc"]}))
     changed_at = time.monotonic()
-    wait_for(lambda: [w["service"] for w in _workers(secure)] == ["svc"], timeout=10,
-             interval=0.02)
+    wait_for(lambda: [w["service"] for w in _workers(secure)] == ["svc"], timeout=10, interval=0.02)
     assert time.monotonic() - changed_at <= interval + 0.75
     time.sleep(3 * interval)  # it reconnects and is refused again
     assert [w["service"] for w in _workers(secure)] == ["svc"]
@@ -232,11 +260,12 @@ def test_revoked_client_gets_no_pending_reply(secure):
     request(client_b, "svc", "slow", "b1")
     time.sleep(0.3)
     (secure.allow / "client-b.key").unlink()
-    assert reply(client_b, 4.0) is None       # the worker answered after ~2 s: dropped
+    assert reply(client_b, 4.0) is None  # the worker answered after ~2 s: dropped
     client_a = secure.socket("client-a")
     request(client_a, "svc", "still served", "a1")
     frames = reply(client_a, 10)
-    assert frames is not None and unpack(frames[4])["echo"] == "still served"
+    assert frames is not None
+    assert unpack(frames[4])["echo"] == "still served"
 
 
 def test_empty_allow_list_lets_nobody_in(secure):
@@ -252,36 +281,70 @@ def test_empty_allow_list_lets_nobody_in(secure):
 
 
 def _broker_exit(secure, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "broker", "--bind", "tcp://127.0.0.1:*",
-                           "--curve-secret", str(secure.keys / "broker.key_secret"), *flags],
-                          cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mole.broker",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--curve-secret",
+            str(secure.keys / "broker.key_secret"),
+            *flags,
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-@pytest.mark.parametrize("case", ["bad key file", "public key as secret", "bad acl json",
-                                  "bad acl shape", "acl without allow", "missing allow dir"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad key file",
+        "public key as secret",
+        "bad acl json",
+        "bad acl shape",
+        "acl without allow",
+        "missing allow dir",
+    ],
+)
 def test_broker_fails_closed_on_bad_configuration(secure, case):
     secure.allow_keys("worker-a")
     acl = secure.tmp / "acl.json"
     if case == "bad key file":
         (secure.allow / "broken.key").write_text("not a certificate\n")
-        result, expect = _broker_exit(secure, "--curve-allow", str(secure.allow)), \
-            "bad CURVE public key file"
+        result, expect = (
+            _broker_exit(secure, "--curve-allow", str(secure.allow)),
+            "bad CURVE public key file",
+        )
     elif case == "public key as secret":
-        result = subprocess.run([sys.executable, "-m", "broker", "--bind",
-                                 "tcp://127.0.0.1:*", "--curve-secret",
-                                 str(secure.keys / "broker.key")], cwd=ROOT, env=child_env(),
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mole.broker",
+                "--bind",
+                "tcp://127.0.0.1:*",
+                "--curve-secret",
+                str(secure.keys / "broker.key"),
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         expect = "holds no secret key"
     elif case == "bad acl json":
         acl.write_text("{not json")
-        result = _broker_exit(secure, "--curve-allow", str(secure.allow), "--curve-acl",
-                              str(acl))
+        result = _broker_exit(secure, "--curve-allow", str(secure.allow), "--curve-acl", str(acl))
         expect = "is not valid JSON"
     elif case == "bad acl shape":
         acl.write_text(json.dumps({"worker-a": "svc"}))
-        result = _broker_exit(secure, "--curve-allow", str(secure.allow), "--curve-acl",
-                              str(acl))
+        result = _broker_exit(secure, "--curve-allow", str(secure.allow), "--curve-acl", str(acl))
         expect = "must be a list"
     elif case == "acl without allow":
         acl.write_text("{}")
@@ -295,39 +358,85 @@ def test_broker_fails_closed_on_bad_configuration(secure, case):
 
 def test_peer_with_only_one_key_variable_is_a_clear_error(secure):
     result = subprocess.run(
-        [sys.executable, "-m", "worker.echo", "--broker", "tcp://127.0.0.1:9", "--service",
-         "svc"], cwd=ROOT, capture_output=True, text=True, timeout=30,
-        env=child_env(MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key")))
-    assert result.returncode == 2 and "MOLE_CURVE_SECRET_KEY is not set" in result.stderr
+        [
+            sys.executable,
+            "-m",
+            "mole.worker.echo",
+            "--broker",
+            "tcp://127.0.0.1:9",
+            "--service",
+            "svc",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key")),
+    )
+    assert result.returncode == 2
+    assert "MOLE_CURVE_SECRET_KEY is not set" in result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "mole_cli", "status", "--broker", "tcp://127.0.0.1:9",
-         "--curve-server-key", str(secure.keys / "broker.key"), "--curve-secret-key",
-         str(secure.keys / "client-a.key")], cwd=ROOT, capture_output=True, text=True,
-        timeout=30, env=child_env())
-    assert result.returncode == 2 and "holds no secret key" in result.stderr
+        [
+            sys.executable,
+            "-m",
+            "mole",
+            "status",
+            "--broker",
+            "tcp://127.0.0.1:9",
+            "--curve-server-key",
+            str(secure.keys / "broker.key"),
+            "--curve-secret-key",
+            str(secure.keys / "client-a.key"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
+    )
+    assert result.returncode == 2
+    assert "holds no secret key" in result.stderr
 
 
 def test_mole_status_with_keys(secure):
     secure.allow_keys("client-a")
     secure.start()
-    base = [sys.executable, "-m", "mole_cli", "status", "--broker", secure.url, "--json",
-            "--timeout", "5"]
-    ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=30,
-                        env=child_env(MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key"),
-                                      MOLE_CURVE_SECRET_KEY=str(secure.keys /
-                                                                "client-a.key_secret")))
+    base = [
+        sys.executable,
+        "-m",
+        "mole",
+        "status",
+        "--broker",
+        secure.url,
+        "--json",
+        "--timeout",
+        "5",
+    ]
+    ok = subprocess.run(
+        base,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(
+            MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key"),
+            MOLE_CURVE_SECRET_KEY=str(secure.keys / "client-a.key_secret"),
+        ),
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["broker"]["endpoint"]
-    refused = subprocess.run(base[:-1] + ["1"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=30, env=child_env())
-    assert refused.returncode == 1 and "CURVE" in refused.stderr
+    refused = subprocess.run(
+        [*base[:-1], "1"], cwd=ROOT, capture_output=True, text=True, timeout=30, env=child_env()
+    )
+    assert refused.returncode == 1
+    assert "CURVE" in refused.stderr
 
 
 def test_frontend_dispatcher_uses_curve_keys_from_env(secure, monkeypatch):
     from types import SimpleNamespace
 
-    from frontend.dispatch import BrokerDispatcher
-    from protocol.curve import CurveKeyError
+    from mole.frontend.dispatch import BrokerDispatcher
+    from mole.protocol.curve import CurveKeyError
 
     secure.allow_keys("worker-a", "client-a")
     secure.start()
@@ -339,8 +448,7 @@ def test_frontend_dispatcher_uses_curve_keys_from_env(secure, monkeypatch):
     try:
         expert = SimpleNamespace(base_model_key="svc")
         assert dispatcher.dispatch(expert, {"text": "hi"}, timeout=10)["echo"] == {"text": "hi"}
-        assert dispatcher.status(timeout=5)["workers"][0]["curve_key"] == \
-            secure.public("worker-a")
+        assert dispatcher.status(timeout=5)["workers"][0]["curve_key"] == secure.public("worker-a")
     finally:
         dispatcher.close()
     monkeypatch.delenv("MOLE_CURVE_SECRET_KEY")

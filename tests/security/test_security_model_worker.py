@@ -17,14 +17,31 @@ SERVICE = "llama-2-7b-hf"
 
 
 def _model_worker(secure, tiny_models, **keys: str) -> subprocess.Popen:
-    log = open(secure.tmp / "model-worker.log", "ab")  # noqa: SIM115 - closed below
+    log = open(secure.tmp / "model-worker.log", "ab")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--model-key", SERVICE, "--broker", secure.url,
-             "--heartbeat-interval", "0.5", "--liveness", "3"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env=child_env(MOLE_MODELS_DIR=str(tiny_models / "models"),
-                          MOLE_ADAPTERS_DIR=str(tiny_models / "adapters"), **keys))
+            [
+                sys.executable,
+                "-m",
+                "mole.worker",
+                "--model-key",
+                SERVICE,
+                "--broker",
+                secure.url,
+                "--heartbeat-interval",
+                "0.5",
+                "--liveness",
+                "3",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(
+                MOLE_MODELS_DIR=str(tiny_models / "models"),
+                MOLE_ADAPTERS_DIR=str(tiny_models / "adapters"),
+                **keys,
+            ),
+        )
     finally:
         log.close()
     secure.procs.append(proc)
@@ -34,9 +51,12 @@ def _model_worker(secure, tiny_models, **keys: str) -> subprocess.Popen:
 def test_model_worker_registers_with_its_key_and_serves(secure, tiny_models):
     secure.allow_keys("worker-a", "client-a")
     secure.start()
-    _model_worker(secure, tiny_models,
-                  MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key"),
-                  MOLE_CURVE_SECRET_KEY=str(secure.keys / "worker-a.key_secret"))
+    _model_worker(
+        secure,
+        tiny_models,
+        MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key"),
+        MOLE_CURVE_SECRET_KEY=str(secure.keys / "worker-a.key_secret"),
+    )
     client = secure.socket("client-a")
 
     def registered():
@@ -46,8 +66,12 @@ def test_model_worker_registers_with_its_key_and_serves(secure, tiny_models):
     workers = wait_for(registered, timeout=120)
     assert workers, (secure.tmp / "model-worker.log").read_text()[-2000:]
     assert workers[0]["curve_key"]  # the registration is bound to the worker's key
-    payload = {"task": "finance/rating", "language": "en", "adapter": "fin-sentiment-en",
-               "text": "Revenue grew strongly this quarter."}
+    payload = {
+        "task": "finance/rating",
+        "language": "en",
+        "adapter": "fin-sentiment-en",
+        "text": "Revenue grew strongly this quarter.",
+    }
     request(client, SERVICE, payload, "rate-1")
     frames = reply(client, 30)
     assert frames is not None
@@ -58,8 +82,7 @@ def test_model_worker_registers_with_its_key_and_serves(secure, tiny_models):
 def test_half_configured_keys_fail_fast(secure, tiny_models):
     secure.allow_keys("worker-a")
     secure.start()
-    proc = _model_worker(secure, tiny_models,
-                         MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key"))
+    proc = _model_worker(secure, tiny_models, MOLE_CURVE_SERVER_KEY=str(secure.keys / "broker.key"))
     assert proc.wait(timeout=60) == 2
     log = (secure.tmp / "model-worker.log").read_text()
     assert "MOLE_CURVE_SECRET_KEY" in log

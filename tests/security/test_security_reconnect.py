@@ -6,6 +6,7 @@ id and is served again, because the broker drops the dead connection first."""
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
@@ -13,8 +14,8 @@ import time
 
 import pytest
 
-from protocol.client import Client
-from protocol.curve import CurveKeys
+from mole.protocol.client import Client
+from mole.protocol.curve import CurveKeys
 from tests.security.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -42,10 +43,8 @@ class FreezableProxy:
     def freeze(self) -> None:
         for a, b in self.pairs:
             for sock in (a, b):
-                try:
+                with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(sock)
-                except (KeyError, ValueError):
-                    pass
 
     def _run(self) -> None:
         while not self._stop:
@@ -64,10 +63,8 @@ class FreezableProxy:
                     data = b""
                 if not data:
                     for sock in (key.fileobj, key.data):
-                        try:
+                        with contextlib.suppress(KeyError, ValueError):
                             self.sel.unregister(sock)
-                        except (KeyError, ValueError):
-                            pass
                         sock.close()
                     continue
                 key.data.sendall(data)
@@ -88,8 +85,14 @@ def test_client_reconnects_under_its_routing_id_after_a_dead_connection(secure):
     port = int(secure.url.rsplit(":", 1)[1])
     proxy = FreezableProxy(("127.0.0.1", port))
     keys = CurveKeys.from_files(secure.keys / "broker.key", secure.keys / "client-a.key_secret")
-    client = Client(f"tcp://127.0.0.1:{proxy.port}", curve=keys, timeout=20,
-                    heartbeat_interval=1.0, heartbeat_timeout=3.0, routing_id=b"CLIENT-A")
+    client = Client(
+        f"tcp://127.0.0.1:{proxy.port}",
+        curve=keys,
+        timeout=20,
+        heartbeat_interval=1.0,
+        heartbeat_timeout=3.0,
+        routing_id=b"CLIENT-A",
+    )
     try:
         wait_for(lambda: any(w["service"] == "svc" for w in client.status(timeout=5)["workers"]))
         assert client.request("svc", "before")["echo"] == "before"

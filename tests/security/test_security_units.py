@@ -10,10 +10,10 @@ import shutil
 import pytest
 import zmq.auth
 
-from broker.acl import load_acl
-from broker.curve import KeyRing
-from broker.settings import BrokerSettings, SettingsError, settings_from_env
-from protocol.curve import CurveKeyError, CurveKeys
+from mole.broker.acl import load_acl
+from mole.broker.curve import KeyRing
+from mole.broker.settings import BrokerSettings, SettingsError, settings_from_env
+from mole.protocol.curve import CurveKeyError, CurveKeys
 
 
 @pytest.fixture
@@ -34,20 +34,25 @@ def test_acl_matches_names_prefixes_and_z85_keys(tmp_path, keydir):
     path.write_text(json.dumps({"a": ["svc", "gpu/*"], _public(keydir, "b"): ["*"]}))
     acl = load_acl(path)
     a, b = _public(keydir, "a"), _public(keydir, "b")
-    assert acl.allows(a, "a", "svc") and acl.allows(a, "a", "gpu/qwen")
-    assert not acl.allows(a, "a", "svc2") and not acl.allows(a, "a", "gpu")
+    assert acl.allows(a, "a", "svc")
+    assert acl.allows(a, "a", "gpu/qwen")
+    assert not acl.allows(a, "a", "svc2")
+    assert not acl.allows(a, "a", "gpu")
     assert not acl.allows(a, None, "svc")  # named by stem only: needs the stem
     assert acl.allows(b, None, "anything")
     assert not acl.allows("x" * 40, "c", "svc")  # absent from the ACL: nothing
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[1, 2]", "must be a JSON object"),
-    ('{"a": "svc"}', "must be a list"),
-    ('{"a": [""]}', "must be a list"),
-    ('{"a": ["g*pu"]}', "only allowed at the end"),
-    ("{oops", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ('{"a": "svc"}', "must be a list"),
+        ('{"a": [""]}', "must be a list"),
+        ('{"a": ["g*pu"]}', "only allowed at the end"),
+        ("{oops", "is not valid JSON"),
+    ],
+)
 def test_bad_acl_is_a_clear_error(tmp_path, text, message):
     path = tmp_path / "acl.json"
     path.write_text(text)
@@ -65,14 +70,17 @@ def test_key_ring_rereads_only_on_change_and_names_revoked_keys(tmp_path, keydir
     ring = KeyRing(allow)
     ring.load()
     a, b = _public(keydir, "a"), _public(keydir, "b")
-    assert ring.callback("mole", a.encode()) and ring.allows(b)
+    assert ring.callback("mole", a.encode())
+    assert ring.allows(b)
     assert ring.refresh() is False  # nothing changed: no re-read
     (allow / "b.key").unlink()
     assert ring.refresh() is True
-    assert not ring.allows(b) and not ring.callback("mole", b.encode())
+    assert not ring.allows(b)
+    assert not ring.callback("mole", b.encode())
     assert ring.name(b) == "b.key"  # still named in logs after revocation
     (allow / "junk.key").write_text("garbage")
-    assert ring.refresh() is True and set(ring.keys) == {a}  # a bad file is left out
+    assert ring.refresh() is True
+    assert set(ring.keys) == {a}
     assert ring.may_register(a, "anything")  # no ACL: any service
 
 
@@ -85,11 +93,13 @@ def test_key_ring_keeps_the_last_good_acl(tmp_path, keydir):
     ring = KeyRing(allow, acl)
     ring.load()
     a = _public(keydir, "a")
-    assert ring.may_register(a, "svc") and not ring.may_register(a, "other")
+    assert ring.may_register(a, "svc")
+    assert not ring.may_register(a, "other")
     acl.write_text(json.dumps({"a": ["other"]}))
     os.utime(acl, ns=(1, 1))  # a distinct mtime even on a coarse clock
     assert ring.refresh()
-    assert ring.may_register(a, "other") and not ring.may_register(a, "svc")
+    assert ring.may_register(a, "other")
+    assert not ring.may_register(a, "svc")
     acl.write_text("{broken")
     assert ring.refresh()
     assert ring.may_register(a, "other")  # the broken file is ignored, logged as an error
@@ -106,8 +116,13 @@ def test_key_ring_load_is_strict(tmp_path, keydir):
 
 
 def test_broker_settings_for_the_acl():
-    settings = settings_from_env({"MOLE_BROKER_CURVE_SECRET": "s", "MOLE_BROKER_CURVE_ALLOW":
-                                  "d", "MOLE_BROKER_CURVE_ACL": "acl.json"})
+    settings = settings_from_env(
+        {
+            "MOLE_BROKER_CURVE_SECRET": "s",
+            "MOLE_BROKER_CURVE_ALLOW": "d",
+            "MOLE_BROKER_CURVE_ACL": "acl.json",
+        }
+    )
     assert settings.validated().curve_acl == "acl.json"
     with pytest.raises(SettingsError, match="needs an allow-list"):
         BrokerSettings(curve_secret="s", curve_acl="acl.json").validated()
@@ -116,8 +131,12 @@ def test_broker_settings_for_the_acl():
 def test_curve_keys_from_env(keydir):
     assert CurveKeys.from_env({}) is None
     assert CurveKeys.from_env({"MOLE_CURVE_SERVER_KEY": "", "MOLE_CURVE_SECRET_KEY": ""}) is None
-    keys = CurveKeys.from_env({"MOLE_CURVE_SERVER_KEY": str(keydir / "broker.key"),
-                               "MOLE_CURVE_SECRET_KEY": str(keydir / "a.key_secret")})
+    keys = CurveKeys.from_env(
+        {
+            "MOLE_CURVE_SERVER_KEY": str(keydir / "broker.key"),
+            "MOLE_CURVE_SECRET_KEY": str(keydir / "a.key_secret"),
+        }
+    )
     assert keys.public.decode() == _public(keydir, "a")
     assert keys.server_public.decode() == _public(keydir, "broker")
     with pytest.raises(CurveKeyError, match="MOLE_CURVE_SECRET_KEY is not set"):
@@ -125,8 +144,16 @@ def test_curve_keys_from_env(keydir):
     with pytest.raises(CurveKeyError, match="MOLE_CURVE_SERVER_KEY is not set"):
         CurveKeys.from_env({"MOLE_CURVE_SECRET_KEY": str(keydir / "a.key_secret")})
     with pytest.raises(CurveKeyError, match="holds no secret key"):
-        CurveKeys.from_env({"MOLE_CURVE_SERVER_KEY": str(keydir / "broker.key"),
-                            "MOLE_CURVE_SECRET_KEY": str(keydir / "a.key")})
+        CurveKeys.from_env(
+            {
+                "MOLE_CURVE_SERVER_KEY": str(keydir / "broker.key"),
+                "MOLE_CURVE_SECRET_KEY": str(keydir / "a.key"),
+            }
+        )
     with pytest.raises(CurveKeyError, match="cannot load"):
-        CurveKeys.from_env({"MOLE_CURVE_SERVER_KEY": str(keydir / "nope.key"),
-                            "MOLE_CURVE_SECRET_KEY": str(keydir / "a.key_secret")})
+        CurveKeys.from_env(
+            {
+                "MOLE_CURVE_SERVER_KEY": str(keydir / "nope.key"),
+                "MOLE_CURVE_SECRET_KEY": str(keydir / "a.key_secret"),
+            }
+        )

@@ -17,6 +17,7 @@ Importable as ``tests.support.peers`` (repository root on ``sys.path``) or as ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import os
 import re
@@ -39,7 +40,13 @@ C_HDR = b"MDPC02"
 W_HDR = b"MDPW02"
 C_REQUEST, C_PARTIAL, C_FINAL = b"\x01", b"\x02", b"\x03"
 W_READY, W_REQUEST, W_PARTIAL, W_FINAL, W_HEARTBEAT, W_DISCONNECT = (
-    b"\x01", b"\x02", b"\x03", b"\x04", b"\x05", b"\x06")
+    b"\x01",
+    b"\x02",
+    b"\x03",
+    b"\x04",
+    b"\x05",
+    b"\x06",
+)
 
 
 def pack(obj: Any) -> bytes:
@@ -59,8 +66,7 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0,
-               interval: float = 0.05) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something true; return that (or None)."""
     end = time.monotonic() + timeout
     while True:
@@ -132,8 +138,9 @@ class Reply:
 class RawClient:
     """An MDP/0.2 client on a plain DEALER socket (one per instance; not thread-safe)."""
 
-    def __init__(self, endpoint: str, *, identity: bytes | None = None,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str, *, identity: bytes | None = None, context: zmq.Context | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
@@ -145,8 +152,15 @@ class RawClient:
     def send_raw(self, frames: list[bytes]) -> None:
         self.socket.send_multipart(frames)
 
-    def send(self, service: str, payload: Any = None, *, ttl_ms: int | None = None,
-             request_id: str | None = None, attempt: int = 0) -> str:
+    def send(
+        self,
+        service: str,
+        payload: Any = None,
+        *,
+        ttl_ms: int | None = None,
+        request_id: str | None = None,
+        attempt: int = 0,
+    ) -> str:
         """Send a request in our envelope; returns its request id."""
         request_id = request_id or uuid.uuid4().hex
         header: dict[str, Any] = {"v": 1, "id": request_id, "attempt": attempt}
@@ -173,8 +187,15 @@ class RawClient:
             if reply is None or reply.final:
                 return reply
 
-    def call(self, service: str, payload: Any = None, *, ttl_ms: int | None = 10_000,
-             timeout: float = 10.0, request_id: str | None = None) -> Reply:
+    def call(
+        self,
+        service: str,
+        payload: Any = None,
+        *,
+        ttl_ms: int | None = 10_000,
+        timeout: float = 10.0,
+        request_id: str | None = None,
+    ) -> Reply:
         """Send one request and wait for its FINAL (others' replies are not expected)."""
         rid = self.send(service, payload, ttl_ms=ttl_ms, request_id=request_id)
         end = time.monotonic() + timeout
@@ -188,8 +209,7 @@ class RawClient:
     def service_available(self, name: str, timeout: float = 2.0) -> bool:
         reply = None
         rid = uuid.uuid4().hex
-        self.send_raw([C_HDR, C_REQUEST, b"mmi.service", pack({"v": 1, "id": rid}),
-                       name.encode()])
+        self.send_raw([C_HDR, C_REQUEST, b"mmi.service", pack({"v": 1, "id": rid}), name.encode()])
         end = time.monotonic() + timeout
         while reply is None or reply.request_id != rid:
             reply = self.recv(max(0.0, end - time.monotonic()))
@@ -236,9 +256,15 @@ class BrokerProcess:
             answer (turn off for a CURVE broker, which plain sockets cannot reach).
     """
 
-    def __init__(self, log_path: Path, *, bind: str = "tcp://127.0.0.1:*",
-                 flags: list[str] | None = None, env: dict[str, str] | None = None,
-                 probe: bool = True) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        bind: str = "tcp://127.0.0.1:*",
+        flags: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        probe: bool = True,
+    ) -> None:
         self.probe = probe
         self.log_path = Path(log_path)
         self.bind = bind
@@ -250,11 +276,15 @@ class BrokerProcess:
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the broker and wait until it answers; return its endpoint."""
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         start_at = self._log.tell()
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "broker", "--bind", self.bind, *self.flags],
-            cwd=ROOT, env=child_env(**self.env), stdout=self._log, stderr=subprocess.STDOUT)
+            [PYTHON, "-m", "mole.broker", "--bind", self.bind, *self.flags],
+            cwd=ROOT,
+            env=child_env(**self.env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
         def bound() -> str | None:
             if self.proc.poll() is not None:
@@ -300,23 +330,45 @@ class BrokerProcess:
         """Kill the process if it still runs and close the log file."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         if self._log is not None:
             self._log.close()
             self._log = None
 
 
-def start_worker(endpoint: str, service: str, *, log_path: Path | None = None,
-                 slots: int = 1, delay: float = 0.0, heartbeat: float = 0.2,
-                 liveness: int = 3, worker_id: str | None = None, identity: str | None = None,
-                 plain: bool = False, extra: list[str] | None = None) -> subprocess.Popen:
+def start_worker(
+    endpoint: str,
+    service: str,
+    *,
+    log_path: Path | None = None,
+    slots: int = 1,
+    delay: float = 0.0,
+    heartbeat: float = 0.2,
+    liveness: int = 3,
+    worker_id: str | None = None,
+    identity: str | None = None,
+    plain: bool = False,
+    extra: list[str] | None = None,
+) -> subprocess.Popen:
     """Spawn the raw echo worker of this module as a real process."""
-    args = [PYTHON, str(Path(__file__).resolve()), "worker", "--endpoint", endpoint,
-            "--service", service, "--slots", str(slots), "--delay", str(delay),
-            "--heartbeat", str(heartbeat), "--liveness", str(liveness)]
+    args = [
+        PYTHON,
+        str(Path(__file__).resolve()),
+        "worker",
+        "--endpoint",
+        endpoint,
+        "--service",
+        service,
+        "--slots",
+        str(slots),
+        "--delay",
+        str(delay),
+        "--heartbeat",
+        str(heartbeat),
+        "--liveness",
+        str(liveness),
+    ]
     if worker_id:
         args += ["--worker-id", worker_id]
     if identity:
@@ -324,10 +376,11 @@ def start_worker(endpoint: str, service: str, *, log_path: Path | None = None,
     if plain:
         args.append("--plain")
     args += extra or []
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        return subprocess.Popen(args, cwd=ROOT, env=child_env(), stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            args, cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT
+        )
     finally:
         if log_path:
             out.close()
@@ -341,19 +394,26 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.send_signal(signal.SIGKILL)
         except ProcessLookupError:
             pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 # --------------------------------------------------------------------------- raw worker
 
 
-def run_worker(endpoint: str, service: str, *, slots: int = 1, delay: float = 0.0,
-               heartbeat: float = 2.5, liveness: int = 3, worker_id: str | None = None,
-               identity: bytes | None = None, plain: bool = False,
-               stop: Callable[[], bool] = lambda: False) -> None:
+def run_worker(
+    endpoint: str,
+    service: str,
+    *,
+    slots: int = 1,
+    delay: float = 0.0,
+    heartbeat: float = 2.5,
+    liveness: int = 3,
+    worker_id: str | None = None,
+    identity: bytes | None = None,
+    plain: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
     """A raw MDP/0.2 echo worker: replies ``{"echo": payload, "worker": id}``.
 
     It replies to our envelope with ``[reply header, payload]`` and to an opaque body with
@@ -364,8 +424,7 @@ def run_worker(endpoint: str, service: str, *, slots: int = 1, delay: float = 0.
     """
     worker_id = worker_id or f"raw-{os.getpid()}"
     ctx = zmq.Context.instance()
-    meta = pack({"worker_id": worker_id, "service": service, "slots": slots,
-                 "pid": os.getpid()})
+    meta = pack({"worker_id": worker_id, "service": service, "slots": slots, "pid": os.getpid()})
 
     def connect() -> zmq.Socket:
         sock = ctx.socket(zmq.DEALER)
@@ -440,10 +499,20 @@ def _echo(frames: list[bytes], worker_id: str) -> list[bytes]:
             payload = unpack(body[1])
         except Exception:
             payload = None
-        answer = {"echo": payload, "worker": worker_id, "attempt": head.get("attempt", 0),
-                  "ttl": head.get("ttl")}
-        return [W_HDR, W_FINAL, client, b"", pack({"v": 1, "id": head["id"], "ok": True}),
-                pack(answer)]
+        answer = {
+            "echo": payload,
+            "worker": worker_id,
+            "attempt": head.get("attempt", 0),
+            "ttl": head.get("ttl"),
+        }
+        return [
+            W_HDR,
+            W_FINAL,
+            client,
+            b"",
+            pack({"v": 1, "id": head["id"], "ok": True}),
+            pack(answer),
+        ]
     return [W_HDR, W_FINAL, client, b"", *body]
 
 
@@ -462,9 +531,17 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--plain", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    run_worker(args.endpoint, args.service, slots=args.slots, delay=args.delay,
-               heartbeat=args.heartbeat, liveness=args.liveness, worker_id=args.worker_id,
-               identity=args.identity.encode() if args.identity else None, plain=args.plain)
+    run_worker(
+        args.endpoint,
+        args.service,
+        slots=args.slots,
+        delay=args.delay,
+        heartbeat=args.heartbeat,
+        liveness=args.liveness,
+        worker_id=args.worker_id,
+        identity=args.identity.encode() if args.identity else None,
+        plain=args.plain,
+    )
     return 0
 
 

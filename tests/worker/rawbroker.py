@@ -15,8 +15,8 @@ import time
 
 import zmq
 
-from protocol import mdp
-from protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
+from mole.protocol import mdp
+from mole.protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
 
 
 def free_port() -> int:
@@ -79,8 +79,16 @@ class RawBroker:
     def send(self, ident: bytes, frames: list[bytes]) -> None:
         self._out.append([ident, *frames])
 
-    def request(self, ident: bytes, ticket: bytes, payload, *, request_id: str = "r",
-                ttl_ms: int | None = 5000, body: list[bytes] | None = None) -> None:
+    def request(
+        self,
+        ident: bytes,
+        ticket: bytes,
+        payload,
+        *,
+        request_id: str = "r",
+        ttl_ms: int | None = 5000,
+        body: list[bytes] | None = None,
+    ) -> None:
         if body is None:
             body = [RequestHeader(request_id, ttl_ms).encode(), pack(payload)]
         self.send(ident, mdp.encode_worker(mdp.WorkerCommand.REQUEST, client=ticket, body=body))

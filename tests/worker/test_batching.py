@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from enginehelpers import REGISTRY, load_engine, payload_for
 
-from worker.engine.batching import BatchingHandler
-from worker.handler import Responder, WorkRequest
+from mole.worker.engine.batching import BatchingHandler
+from mole.worker.handler import Responder, WorkRequest
+from tests.worker.enginehelpers import REGISTRY, load_engine, payload_for
 
 
 class Recorder(Responder):
@@ -52,8 +52,9 @@ def _submit_all(handler, payloads, deadline=None):
 
 def test_concurrent_requests_are_batched_with_mixed_adapters(engine):
     experts = [REGISTRY.resolve("finance/rating", c) for c in ("en", "de", "fr")]
-    payloads = [payload_for(experts[i % 3], f"Review number {i}: profits were up {i}%.")
-                for i in range(12)]
+    payloads = [
+        payload_for(experts[i % 3], f"Review number {i}: profits were up {i}%.") for i in range(12)
+    ]
     handler = BatchingHandler(engine, max_batch=8, batch_wait_ms=200)
     handler.start()
     try:
@@ -61,9 +62,11 @@ def test_concurrent_requests_are_batched_with_mixed_adapters(engine):
     finally:
         handler.close()
     assert submit_s < 1.0  # submit() only enqueues
-    assert handler.largest_batch > 1 and handler.batches < 12
+    assert handler.largest_batch > 1
+    assert handler.batches < 12
     for payload, rec in zip(payloads, recorders, strict=True):
-        assert len(rec.answers) == 1 and rec.answers[0][0] == "final"
+        assert len(rec.answers) == 1
+        assert rec.answers[0][0] == "final"
         reply = rec.answers[0][1]
         alone = engine.infer(payload)
         assert reply["label"] == alone["label"]
@@ -74,8 +77,13 @@ def test_concurrent_requests_are_batched_with_mixed_adapters(engine):
 
 def test_a_bad_request_fails_alone(engine):
     good = payload_for(REGISTRY.resolve("finance/rating", "en"))
-    payloads = [good, {"task": "finance/rating", "language": "tr", "text": "x"}, good,
-                {"task": "finance/rating", "language": "en", "text": ""}, "junk"]
+    payloads = [
+        good,
+        {"task": "finance/rating", "language": "tr", "text": "x"},
+        good,
+        {"task": "finance/rating", "language": "en", "text": ""},
+        "junk",
+    ]
     handler = BatchingHandler(engine, max_batch=8, batch_wait_ms=200)
     handler.start()
     try:
@@ -84,7 +92,8 @@ def test_a_bad_request_fails_alone(engine):
         handler.close()
     kinds = [rec.answers[0][0] for rec in recorders]
     assert kinds == ["final", "error", "final", "error", "error"]
-    assert recorders[1].answers[0][1] == "bad_request" and "language" in recorders[1].answers[0][2]
+    assert recorders[1].answers[0][1] == "bad_request"
+    assert "language" in recorders[1].answers[0][2]
     assert "text" in recorders[3].answers[0][2]
     assert "payload" in recorders[4].answers[0][2]
 
@@ -93,9 +102,11 @@ def test_expired_requests_are_not_computed(engine):
     handler = BatchingHandler(engine, max_batch=4, batch_wait_ms=1)
     handler.start()
     try:
-        recorders, _ = _submit_all(handler, [payload_for(REGISTRY.resolve("finance/rating",
-                                                                          "en"))] * 3,
-                                   deadline=time.monotonic() - 1.0)
+        recorders, _ = _submit_all(
+            handler,
+            [payload_for(REGISTRY.resolve("finance/rating", "en"))] * 3,
+            deadline=time.monotonic() - 1.0,
+        )
     finally:
         handler.close()
     assert all(rec.answers[0][:2] == ("error", "deadline_exceeded") for rec in recorders)
@@ -107,4 +118,5 @@ def test_metadata_names_tasks_languages_adapters(engine):
     assert meta["tasks"] == ["finance/rating"]
     assert meta["languages"] == ["de", "en", "fr"]
     assert meta["adapters"] == ["fin-sentiment-de", "fin-sentiment-en", "fin-sentiment-fr"]
-    assert meta["tiny_model"] is True and meta["max_batch"] >= 1
+    assert meta["tiny_model"] is True
+    assert meta["max_batch"] >= 1

@@ -3,14 +3,16 @@
 import math
 
 import pytest
-from enginehelpers import REGISTRY, load_engine, payload_for
+
+from tests.worker.enginehelpers import REGISTRY, load_engine, payload_for
 
 bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
 
 
 def test_nf4_on_cpu_loads_and_classifies(tiny_models):
     engine = load_engine(tiny_models, "llama-3.1-8b-instruct", force_4bit=True)
-    assert engine.loaded.quantized and engine.metadata()["quantized_4bit"] is True
+    assert engine.loaded.quantized
+    assert engine.metadata()["quantized_4bit"] is True
     linear4 = [m for m in engine.loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert linear4, "no layer was quantized to 4 bits"
     assert linear4[0].weight.quant_state.quant_type == "nf4"

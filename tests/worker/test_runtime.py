@@ -3,18 +3,19 @@ reconnect, slots, bad payloads, deadlines, one final per request, clean stop."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
 import pytest
-from rawbroker import RawBroker, reply_of
 
-from protocol import mdp
-from protocol.envelope import RequestHeader, pack, unpack
-from protocol.errors import ErrorCode
-from worker.echo import EchoHandler
-from worker.handler import Handler, Responder, WorkRequest
-from worker.runtime import WorkerRuntime
+from mole.protocol import mdp
+from mole.protocol.envelope import RequestHeader, pack, unpack
+from mole.protocol.errors import ErrorCode
+from mole.worker.echo import EchoHandler
+from mole.worker.handler import Handler, Responder, WorkRequest
+from mole.worker.runtime import WorkerRuntime
+from tests.worker.rawbroker import RawBroker, reply_of
 
 W = mdp.WorkerCommand
 HB = 0.1  # heartbeat interval used by every test here
@@ -95,8 +96,10 @@ def test_ready_carries_service_and_metadata(running):
     _, _, ready = running(EchoHandler(slots=3, worker_id="w-test"))
     assert ready.service == "svc/model-1"
     meta = unpack(ready.metadata)
-    assert meta["slots"] == 3 and meta["worker_id"] == "w-test"
-    assert meta["tasks"] == ["echo"] and isinstance(meta["pid"], int)
+    assert meta["slots"] == 3
+    assert meta["worker_id"] == "w-test"
+    assert meta["tasks"] == ["echo"]
+    assert isinstance(meta["pid"], int)
 
 
 def test_echo_request_and_partials(broker, running):
@@ -107,10 +110,12 @@ def test_echo_request_and_partials(broker, running):
         _, message = broker.expect(W.PARTIAL, W.FINAL)
         assert message.client == b"ticket-1"
         header, payload = reply_of(message)
-        assert header.request_id == "r1" and header.ok
+        assert header.request_id == "r1"
+        assert header.ok
         kinds.append(message.command)
         if message.command == W.FINAL:
-            assert payload["echo"] == {"x": 1} and payload["worker_id"] == "w-test"
+            assert payload["echo"] == {"x": 1}
+            assert payload["worker_id"] == "w-test"
             break
     assert kinds == [W.PARTIAL, W.PARTIAL, W.FINAL]
 
@@ -126,7 +131,7 @@ def test_heartbeats_flow_while_the_handler_blocks_past_the_liveness_window(broke
     assert reply_of(message)[1] == {"done": "slow"}
     beats = [t for t in broker.heartbeats[ident] if t >= start]
     assert len(beats) >= 6, beats  # ~20 expected; a loaded machine still sends many
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert max(gaps) < 0.5, gaps  # never silent for a liveness window while blocked
     assert runtime.registrations == 1
 
@@ -135,7 +140,8 @@ def test_reconnects_when_the_broker_goes_silent(broker, running):
     runtime, ident, _ = running(EchoHandler(), liveness=3)
     broker.silent = True
     new_ident, ready = broker.expect(W.READY, timeout=10)
-    assert new_ident != ident and ready.service == "svc/model-1"
+    assert new_ident != ident
+    assert ready.service == "svc/model-1"
     assert runtime.registrations >= 2
 
 
@@ -156,7 +162,7 @@ def test_reregisters_after_broker_restart():
         first.stop()
         second = RawBroker(port=first.port, heartbeat_interval=HB)
         try:
-            ident, ready = second.expect(W.READY, timeout=10)
+            ident, _ready = second.expect(W.READY, timeout=10)
             second.request(ident, b"t", "hello again")
             _, message = second.expect(W.FINAL)
             assert reply_of(message)[1]["echo"] == "hello again"
@@ -175,18 +181,20 @@ def test_slots_are_honoured(broker, running):
         broker.request(ident, b"t%d" % i, i, request_id=f"r{i}", ttl_ms=30000)
     _, rejected = broker.expect(W.FINAL)
     header, _ = reply_of(rejected)
-    assert header.code == ErrorCode.OVERLOADED and header.request_id == "r2"
+    assert header.code == ErrorCode.OVERLOADED
+    assert header.request_id == "r2"
     assert "2 slots" in header.message
     handler.release.set()
     finals = {broker.expect(W.FINAL)[1].client for _ in range(2)}
     assert finals == {b"t0", b"t1"}
-    assert handler.max_active == 2 and runtime.in_flight == 0
+    assert handler.max_active == 2
+    assert runtime.in_flight == 0
     broker.request(ident, b"t9", 9, request_id="r9")
     assert reply_of(broker.expect(W.FINAL)[1])[1] == {"done": 9}
 
 
 @pytest.mark.parametrize(
-    "body, opaque, fragment",
+    ("body", "opaque", "fragment"),
     [
         ([b"plain text, not ours"], True, "not a MoLE envelope"),
         ([], True, "empty request body"),
@@ -196,8 +204,9 @@ def test_slots_are_honoured(broker, running):
         ([pack({"v": 1, "id": "r", "ttl": "soon"}), pack(1)], False, "ttl"),
     ],
 )
-def test_bad_payloads_get_bad_request_and_the_worker_keeps_serving(broker, running, body,
-                                                                  opaque, fragment):
+def test_bad_payloads_get_bad_request_and_the_worker_keeps_serving(
+    broker, running, body, opaque, fragment
+):
     handler = EchoHandler()
     _, ident, _ = running(handler)
     broker.request(ident, b"bad", None, body=body)
@@ -205,10 +214,12 @@ def test_bad_payloads_get_bad_request_and_the_worker_keeps_serving(broker, runni
     assert message.client == b"bad"
     if opaque:
         answer = unpack(message.body[0])
-        assert answer["error"] == "bad_request" and fragment in answer["message"]
+        assert answer["error"] == "bad_request"
+        assert fragment in answer["message"]
     else:
         header, _ = reply_of(message)
-        assert header.code == ErrorCode.BAD_REQUEST and fragment in header.message
+        assert header.code == ErrorCode.BAD_REQUEST
+        assert fragment in header.message
         assert header.request_id == "r"
     assert handler.handled == 0
     broker.request(ident, b"good", "fine", request_id="ok")
@@ -230,7 +241,8 @@ def test_handler_missing_the_deadline_frees_its_slot(broker, running):
     runtime, ident, _ = running(handler)
     broker.request(ident, b"t1", 1, request_id="r1", ttl_ms=300)
     header, _ = reply_of(broker.expect(W.FINAL, timeout=5)[1])
-    assert header.code == ErrorCode.DEADLINE_EXCEEDED and header.request_id == "r1"
+    assert header.code == ErrorCode.DEADLINE_EXCEEDED
+    assert header.request_id == "r1"
     assert runtime.in_flight == 0
     handler.release.set()  # its late final must not reach the wire
     broker.request(ident, b"t2", 2, request_id="r2")
@@ -265,10 +277,12 @@ def test_handler_exceptions_and_unencodable_replies_become_internal(broker, runn
     _, ident, _ = running(ScriptedHandler(bad))
     broker.request(ident, b"t1", "raise", request_id="r1")
     header, _ = reply_of(broker.expect(W.FINAL)[1])
-    assert header.code == ErrorCode.INTERNAL and "boom" in header.message
+    assert header.code == ErrorCode.INTERNAL
+    assert "boom" in header.message
     broker.request(ident, b"t2", "object", request_id="r2")
     header, _ = reply_of(broker.expect(W.FINAL)[1])
-    assert header.code == ErrorCode.INTERNAL and header.request_id == "r2"
+    assert header.code == ErrorCode.INTERNAL
+    assert header.request_id == "r2"
 
 
 def test_stop_sends_disconnect_and_closes_the_handler(broker):
@@ -314,21 +328,21 @@ def test_oversized_reply_becomes_internal_error(broker, running):
     _, ident, _ = running(EchoHandler(), max_reply_bytes=2000)
     broker.request(ident, b"t1", b"x" * 5000, request_id="big")
     header, _ = reply_of(broker.expect(W.FINAL)[1])
-    assert header.code == ErrorCode.INTERNAL and "byte message limit" in header.message
+    assert header.code == ErrorCode.INTERNAL
+    assert "byte message limit" in header.message
     broker.request(ident, b"t2", b"x" * 100, request_id="small")
     assert reply_of(broker.expect(W.FINAL)[1])[1]["echo"] == b"x" * 100
 
 
 def test_backoff_grows_when_the_broker_refuses_at_once(broker):
-    runtime = _runtime(broker, EchoHandler(), reconnect_initial=0.05,
-                       reconnect_max=0.4).start()
+    runtime = _runtime(broker, EchoHandler(), reconnect_initial=0.05, reconnect_max=0.4).start()
     try:
         times = []
         for _ in range(5):
             ident, _ = broker.expect(W.READY)
             times.append(time.monotonic())
             broker.disconnect(ident)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert gaps[-1] >= 0.3 and gaps[-1] > gaps[0], gaps  # 0.05, 0.1, 0.2, 0.4 s
     finally:
         runtime.stop()
@@ -339,12 +353,20 @@ def test_echo_entry_point_rejects_bad_settings_clearly():
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "worker.echo", "--broker", "tcp://127.0.0.1:1",
-            "--service", "s"]
+    base = [
+        sys.executable,
+        "-m",
+        "mole.worker.echo",
+        "--broker",
+        "tcp://127.0.0.1:1",
+        "--service",
+        "s",
+    ]
     for extra, env, fragment in [
         (["--slots", "0"], {}, "--slots must be >= 1"),
         ([], {"MOLE_HEARTBEAT_INTERVAL": "soon"}, "invalid float value: 'soon'"),
     ]:
-        out = subprocess.run(base + extra, capture_output=True, text=True, timeout=60,
-                             env={**os.environ, **env})
+        out = subprocess.run(
+            base + extra, capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+        )
         assert out.returncode == 2 and fragment in out.stderr, out.stderr

@@ -16,8 +16,8 @@ import msgpack
 import pytest
 import zmq
 
-from protocol import mdp
-from protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
+from mole.protocol import mdp
+from mole.protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "llama-2-7b-hf"
@@ -31,18 +31,36 @@ def free_port() -> int:
 
 def worker_env(tiny: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(MOLE_MODELS_DIR=str(tiny / "models"), MOLE_ADAPTERS_DIR=str(tiny / "adapters"),
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MOLE_TORCH_THREADS="1",
-               PYTHONPATH=str(ROOT))
+    env.update(
+        MOLE_MODELS_DIR=str(tiny / "models"),
+        MOLE_ADAPTERS_DIR=str(tiny / "adapters"),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        MOLE_TORCH_THREADS="1",
+        PYTHONPATH=str(ROOT),
+    )
     env.update(extra)
     return env
 
 
 def spawn_worker(tiny: Path, url: str, *args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", "--broker", url, "--heartbeat-interval", "0.5", *args],
-        cwd=ROOT, env=worker_env(tiny, **env), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "mole.worker",
+            "--broker",
+            url,
+            "--heartbeat-interval",
+            "0.5",
+            *args,
+        ],
+        cwd=ROOT,
+        env=worker_env(tiny, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def stop(proc: subprocess.Popen) -> str:
@@ -63,28 +81,44 @@ def test_worker_registers_after_loading_and_serves_over_zeromq(tiny_models):
     router.linger = 0
     port = free_port()
     router.bind(f"tcp://127.0.0.1:{port}")
-    proc = spawn_worker(tiny_models, f"tcp://127.0.0.1:{port}", "--model-key", KEY,
-                        WORKER_ID="w-test")
+    proc = spawn_worker(
+        tiny_models, f"tcp://127.0.0.1:{port}", "--model-key", KEY, WORKER_ID="w-test"
+    )
     try:
         assert router.poll(120_000), "worker never sent READY"
         ident, *frames = router.recv_multipart()
         ready = mdp.decode_worker(frames)
-        assert ready.command == mdp.WorkerCommand.READY and ready.service == KEY
+        assert ready.command == mdp.WorkerCommand.READY
+        assert ready.service == KEY
         meta = msgpack.unpackb(ready.metadata, raw=False)
-        assert meta["worker_id"] == "w-test" and meta["tiny_model"] is True
-        assert meta["tasks"] == ["finance/rating"] and set(meta["languages"]) == {"en", "de",
-                                                                                   "fr"}
+        assert meta["worker_id"] == "w-test"
+        assert meta["tiny_model"] is True
+        assert meta["tasks"] == ["finance/rating"]
+        assert set(meta["languages"]) == {"en", "de", "fr"}
         payloads = {
-            "en": {"task": "finance/rating", "language": "en", "text": "Great results!",
-                   "options": {"return_probabilities": True}},
-            "de": {"task": "finance/rating", "adapter": "fin-sentiment-de",
-                   "text": "Schlechte Zahlen."},
+            "en": {
+                "task": "finance/rating",
+                "language": "en",
+                "text": "Great results!",
+                "options": {"return_probabilities": True},
+            },
+            "de": {
+                "task": "finance/rating",
+                "adapter": "fin-sentiment-de",
+                "text": "Schlechte Zahlen.",
+            },
             "bad": {"task": "finance/news", "language": "en", "text": "x"},
         }
         for rid, payload in payloads.items():
             body = [RequestHeader(rid, 30_000).encode(), pack(payload)]
-            router.send_multipart([ident, *mdp.encode_worker(
-                mdp.WorkerCommand.REQUEST, client=f"ticket-{rid}".encode(), body=body)])
+            router.send_multipart(
+                [
+                    ident,
+                    *mdp.encode_worker(
+                        mdp.WorkerCommand.REQUEST, client=f"ticket-{rid}".encode(), body=body
+                    ),
+                ]
+            )
         replies = {}
         deadline = time.monotonic() + 60
         while len(replies) < len(payloads) and time.monotonic() < deadline:
@@ -99,43 +133,67 @@ def test_worker_registers_after_loading_and_serves_over_zeromq(tiny_models):
                     replies[header.request_id] = (header, body)
         assert set(replies) == set(payloads)
         header, body = replies["en"]
-        assert header.ok and body["result"] in {"1", "2", "3", "4", "5"}
+        assert header.ok
+        assert body["result"] in {"1", "2", "3", "4", "5"}
         assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-6
-        assert body["worker_id"] == "w-test" and body["tiny_model"] is True
+        assert body["worker_id"] == "w-test"
+        assert body["tiny_model"] is True
         assert replies["de"][1]["adapter"] == "fin-sentiment-de"
         bad = replies["bad"][0]
-        assert not bad.ok and bad.code == "bad_request" and "task" in bad.message
+        assert not bad.ok
+        assert bad.code == "bad_request"
+        assert "task" in bad.message
     finally:
         log = stop(proc)
         router.close(0)
-    assert "loading base model" in log and "adapter" in log and "warm-up done" in log
+    assert "loading base model" in log
+    assert "adapter" in log
+    assert "warm-up done" in log
     assert proc.returncode == 0, log
 
 
-@pytest.mark.skipif(importlib.util.find_spec("broker.__main__") is None,
-                    reason="the broker package (python -m broker) is not in this build yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("broker.__main__") is None,
+    reason="the broker package (python -m broker) is not in this build yet",
+)
 def test_worker_serves_through_a_real_broker_process(tiny_models):
-    from protocol import Client
+    from mole.protocol import Client
 
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen([sys.executable, "-m", "broker", "--bind", url], cwd=ROOT,
-                              env=worker_env(tiny_models), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    worker = spawn_worker(tiny_models, url, "--model-key", "llama-3.1-8b-instruct",
-                          "--heartbeat-interval", "2.5")
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "mole.broker", "--bind", url],
+        cwd=ROOT,
+        env=worker_env(tiny_models),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    worker = spawn_worker(
+        tiny_models, url, "--model-key", "llama-3.1-8b-instruct", "--heartbeat-interval", "2.5"
+    )
     try:
         with Client(url, timeout=120.0) as client:
-            reply = client.request("llama-3.1-8b-instruct", {
-                "task": "finance/esci", "language": "ja", "query": "イヤホン",
-                "product": "ワイヤレスイヤホン", "options": {"return_probabilities": True},
-            }, timeout=120.0)
-            assert reply["result"] in {"E", "S", "C", "I"} and reply["tiny_model"] is True
+            reply = client.request(
+                "llama-3.1-8b-instruct",
+                {
+                    "task": "finance/esci",
+                    "language": "ja",
+                    "query": "イヤホン",
+                    "product": "ワイヤレスイヤホン",
+                    "options": {"return_probabilities": True},
+                },
+                timeout=120.0,
+            )
+            assert reply["result"] in {"E", "S", "C", "I"}
+            assert reply["tiny_model"] is True
             assert reply["adapter"] == "fin-esci-ja"
             with pytest.raises(Exception) as err:
-                client.request("llama-3.1-8b-instruct",
-                               {"task": "finance/esci", "language": "de", "text": "x"},
-                               timeout=30.0)
+                client.request(
+                    "llama-3.1-8b-instruct",
+                    {"task": "finance/esci", "language": "de", "text": "x"},
+                    timeout=30.0,
+                )
             assert getattr(err.value, "code", None) == "bad_request"
             workers = client.status()["workers"]
             assert any(w["metadata"].get("tiny_model") for w in workers)
@@ -162,9 +220,11 @@ def test_worker_fails_fast_naming_what_is_missing(tiny_models, tmp_path, case):
         proc.kill()
         out, _ = proc.communicate()
     assert proc.returncode == 2, out
-    expected = {"model": "bigscience/bloomz-7b1",
-                "adapter": "finance/sentiment_analysis/bloomz-7b1",
-                "key": "no-such-model"}[case]
+    expected = {
+        "model": "bigscience/bloomz-7b1",
+        "adapter": "finance/sentiment_analysis/bloomz-7b1",
+        "key": "no-such-model",
+    }[case]
     assert expected in out
 
 
@@ -176,17 +236,22 @@ def test_heartbeats_keep_flowing_while_a_long_generation_computes(tiny_models):
     router.linger = 0
     port = free_port()
     router.bind(f"tcp://127.0.0.1:{port}")
-    proc = spawn_worker(tiny_models, f"tcp://127.0.0.1:{port}", "--model-key",
-                        "mistral-7B-Instruct-v0.3")
+    proc = spawn_worker(
+        tiny_models, f"tcp://127.0.0.1:{port}", "--model-key", "mistral-7B-Instruct-v0.3"
+    )
     try:
         assert router.poll(120_000), "worker never sent READY"
         ident, *frames = router.recv_multipart()
         assert mdp.decode_worker(frames).command == mdp.WorkerCommand.READY
-        payload = {"task": "finance/pii", "language": "en",
-                   "text": "Jane Doe, jane@example.com, IBAN DE89 3704 0044 0532 0130 00."}
+        payload = {
+            "task": "finance/pii",
+            "language": "en",
+            "text": "Jane Doe, jane@example.com, IBAN DE89 3704 0044 0532 0130 00.",
+        }
         body = [RequestHeader("pii-1", 120_000).encode(), pack(payload)]
-        router.send_multipart([ident, *mdp.encode_worker(mdp.WorkerCommand.REQUEST,
-                                                         client=b"t1", body=body)])
+        router.send_multipart(
+            [ident, *mdp.encode_worker(mdp.WorkerCommand.REQUEST, client=b"t1", body=body)]
+        )
         sent = time.monotonic()
         beats: list[float] = []
         final = None
@@ -206,8 +271,10 @@ def test_heartbeats_keep_flowing_while_a_long_generation_computes(tiny_models):
     finally:
         stop(proc)
         router.close(0)
-    assert final is not None and final[0].ok
-    assert final[1]["generated_tokens"] > 25 and isinstance(final[1]["entities"], list)
+    assert final is not None
+    assert final[0].ok
+    assert final[1]["generated_tokens"] > 25
+    assert isinstance(final[1]["entities"], list)
     during = [t for t in beats if t <= sent + took]
     assert took > 1.0 and len(during) >= 2, (took, len(during))
     gaps = [b - a for a, b in zip([sent, *during], during, strict=False)]

@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
-from protocol.errors import ErrorCode, RequestError
-from worker.engine.engine import Engine, Job
-from worker.handler import Handler, Responder, WorkRequest
+from mole.protocol.errors import ErrorCode, RequestError
+from mole.worker.engine.engine import Engine, Job
+from mole.worker.handler import Handler, Responder, WorkRequest
 
 log = logging.getLogger("mole.worker.batching")
 
@@ -36,12 +36,19 @@ class BatchingHandler(Handler):
             next batch is queued while one computes).
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int | None = None,
-                 batch_wait_ms: float | None = None, slots: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int | None = None,
+        batch_wait_ms: float | None = None,
+        slots: int | None = None,
+    ) -> None:
         self.engine = engine
         self.max_batch = max(1, max_batch or engine.settings.max_batch)
-        self.batch_wait_s = (engine.settings.batch_wait_ms if batch_wait_ms is None
-                             else batch_wait_ms) / 1000.0
+        self.batch_wait_s = (
+            engine.settings.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
+        ) / 1000.0
         self.slots = slots or 2 * self.max_batch
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -57,8 +64,7 @@ class BatchingHandler(Handler):
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="mole-inference",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="mole-inference", daemon=True)
             self._thread.start()
 
     def submit(self, request: WorkRequest, responder: Responder) -> None:
@@ -78,8 +84,7 @@ class BatchingHandler(Handler):
         while len(batch) < self.max_batch:
             timeout = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else \
-                    self._queue.get_nowait()
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
@@ -96,11 +101,14 @@ class BatchingHandler(Handler):
             batch, stop = self._collect(first)
             try:
                 self._serve(batch)
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:
                 log.exception("batch failed unexpectedly")
                 for request, responder in batch:
-                    _safe(responder.error, ErrorCode.INTERNAL,
-                          f"worker failed while computing request {request.request_id}")
+                    _safe(
+                        responder.error,
+                        ErrorCode.INTERNAL,
+                        f"worker failed while computing request {request.request_id}",
+                    )
             if stop:
                 return
 
@@ -110,17 +118,19 @@ class BatchingHandler(Handler):
         owners: list[Responder] = []
         for request, responder in batch:
             if request.expired(now):
-                _safe(responder.error, ErrorCode.DEADLINE_EXCEEDED,
-                      "deadline passed while queued at the worker; not computed")
+                _safe(
+                    responder.error,
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    "deadline passed while queued at the worker; not computed",
+                )
                 continue
             try:
-                job = self.engine.prepare(request.payload, request.request_id,
-                                          request.received_at)
+                job = self.engine.prepare(request.payload, request.request_id, request.received_at)
                 job.deadline = request.deadline
             except RequestError as err:
                 _safe(responder.error, err.code, err.message, err.details)
                 continue
-            except Exception as err:  # noqa: BLE001 - a payload must not kill the loop
+            except Exception as err:
                 log.exception("preparing request %s failed", request.request_id)
                 _safe(responder.error, ErrorCode.INTERNAL, f"could not prepare request: {err}")
                 continue
@@ -135,9 +145,12 @@ class BatchingHandler(Handler):
             if isinstance(outcome, RequestError):
                 _safe(responder.error, outcome.code, outcome.message, outcome.details)
             elif isinstance(outcome, Exception):
-                _safe(responder.error, ErrorCode.INTERNAL,
-                      f"inference failed for request {job.request_id}: "
-                      f"{type(outcome).__name__}: {outcome}")
+                _safe(
+                    responder.error,
+                    ErrorCode.INTERNAL,
+                    f"inference failed for request {job.request_id}: "
+                    f"{type(outcome).__name__}: {outcome}",
+                )
             else:
                 self.served += 1
                 _safe(responder.final, outcome)
@@ -147,5 +160,5 @@ def _safe(fn, *args) -> None:
     """Answer a responder without letting a broken one stop the inference thread."""
     try:
         fn(*args)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("responder failed")

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import DeadlineExceeded
-from protocol.registry import ExpertSpec, ExpertsRegistry, language, load_registry
-from worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
-from worker.engine.generation import GenRow, generate_batch
-from worker.engine.loading import LoadedModel, load_base_model
-from worker.engine.pii import parse_pii
-from worker.engine.scoring import (
+from mole.protocol.errors import DeadlineExceeded
+from mole.protocol.registry import ExpertSpec, ExpertsRegistry, language, load_registry
+from mole.worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
+from mole.worker.engine.generation import GenRow, generate_batch
+from mole.worker.engine.loading import LoadedModel, load_base_model
+from mole.worker.engine.pii import parse_pii
+from mole.worker.engine.scoring import (
     PrefixKV,
     ScoreRow,
     accepts_position_ids,
@@ -31,13 +31,12 @@ from worker.engine.scoring import (
     probabilities,
     score_batch,
 )
-from worker.engine.settings import EngineSettings
-from worker.engine.templates import Template, load_template, render_within
+from mole.worker.engine.settings import EngineSettings
+from mole.worker.engine.templates import Template, load_template, render_within
 
 log = logging.getLogger("mole.worker.engine")
 
-_ESCI_TEXT = re.compile(r"query\s*:\s*(?P<query>.*?)\s*product\s*:\s*(?P<product>.*)$",
-                        re.I | re.S)
+_ESCI_TEXT = re.compile(r"query\s*:\s*(?P<query>.*?)\s*product\s*:\s*(?P<product>.*)$", re.I | re.S)
 MAX_TEXT_CHARS = 200_000  # a sanity bound before tokenizing; the real limit is in tokens
 
 
@@ -84,7 +83,7 @@ def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> l
         text = template.answer_prefix + label
         full = tokenizer(cue + text, add_special_tokens=False)["input_ids"]
         if cue_ids and full[: len(cue_ids)] == cue_ids and len(full) > len(cue_ids):
-            ids = full[len(cue_ids):]
+            ids = full[len(cue_ids) :]
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
@@ -93,8 +92,9 @@ def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> l
     return result
 
 
-def length_buckets(indices: list[int], lengths: dict[int, int], max_batch: int,
-                   max_padding: float = 0.25) -> list[list[int]]:
+def length_buckets(
+    indices: list[int], lengths: dict[int, int], max_batch: int, max_padding: float = 0.25
+) -> list[list[int]]:
     """Split a batch into sub-batches of similar prompt length.
 
     Rows are left-padded to the longest prompt of their sub-batch; sorting by length and
@@ -107,8 +107,9 @@ def length_buckets(indices: list[int], lengths: dict[int, int], max_batch: int,
     total = 0
     for i in order:
         n = lengths[i]  # the longest so far, since sorted
-        if current and (len(current) >= max_batch
-                         or n * (len(current) + 1) > (1 + max_padding) * (total + n)):
+        if current and (
+            len(current) >= max_batch or n * (len(current) + 1) > (1 + max_padding) * (total + n)
+        ):
             buckets.append(current)
             current, total = [], 0
         current.append(i)
@@ -197,17 +198,22 @@ class Engine:
                 ids, single = [], False
             spec = PromptSpec(template, expert.label_set, ids, single, key)
             if self.settings.prefix_cache and expert.kind == "classification":
-                first = min((template.prompt.find("{{" + f) for f in template.fields),
-                            default=-1)
+                first = min((template.prompt.find("{{" + f) for f in template.fields), default=-1)
                 cut = template.prompt.rfind("\n", 0, first) + 1 if first > 0 else 0
                 if cut > 0:
                     spec.prefix_text = template.prompt[:cut]
                     spec.prefix_ids = tok(spec.prefix_text, add_special_tokens=True)["input_ids"]
             self._prompts[key] = spec
-            log.info("task %s: template %s, %s", expert.task_key, template.source,
-                     "single-token labels (one pass)" if single else
-                     "multi-token labels (cached prompt + continuations)"
-                     if expert.kind == "classification" else "generation")
+            log.info(
+                "task %s: template %s, %s",
+                expert.task_key,
+                template.source,
+                "single-token labels (one pass)"
+                if single
+                else "multi-token labels (cached prompt + continuations)"
+                if expert.kind == "classification"
+                else "generation",
+            )
         return spec
 
     def warm_up(self) -> None:
@@ -216,16 +222,21 @@ class Engine:
         jobs = []
         for task_key, by_lang in self._by_task.items():
             expert = next(iter(by_lang.values()))
-            payload = {"task": task_key, "adapter": expert.adapter_name,
-                       "text": "Warm-up request. Query: test Product: test",
-                       "query": "test", "product": "test"}
+            payload = {
+                "task": task_key,
+                "adapter": expert.adapter_name,
+                "text": "Warm-up request. Query: test Product: test",
+                "query": "test",
+                "product": "test",
+            }
             job = self.prepare(payload)
             job.max_new_tokens = 4
             jobs.append(job)
         for job, outcome in zip(jobs, self.run(jobs, warmup=True), strict=True):
             if isinstance(outcome, Exception):
-                raise ModelLoadError(f"warm-up of {job.expert.task_key} failed: {outcome}") \
-                    from outcome
+                raise ModelLoadError(
+                    f"warm-up of {job.expert.task_key} failed: {outcome}"
+                ) from outcome
         log.info("warm-up done (%d tasks) in %.2f s", len(jobs), time.perf_counter() - t0)
 
     # ---- what this engine serves -------------------------------------------------------
@@ -254,8 +265,11 @@ class Engine:
             "max_batch": self.settings.max_batch,
             "max_input_tokens": self.settings.max_input_tokens,
             "load_seconds": round(self.loaded.load_seconds, 3),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "peft": peft.__version__},
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+            },
         }
 
     # ---- validation --------------------------------------------------------------------
@@ -269,8 +283,10 @@ class Engine:
             by_lang = self._by_task[matches[0]] if len(matches) == 1 else None
         if by_lang is None:
             raise InvalidPayload(
-                "task", f"{task_key!r} is not served by {self.base_model_key} "
-                        f"(serves: {', '.join(sorted(self._by_task))})")
+                "task",
+                f"{task_key!r} is not served by {self.base_model_key} "
+                f"(serves: {', '.join(sorted(self._by_task))})",
+            )
         adapter = payload.get("adapter")
         lang = payload.get("language")
         if adapter is not None and not isinstance(adapter, str):
@@ -282,9 +298,11 @@ class Engine:
             if expert is None or expert not in by_lang.values():
                 served = sorted(e.adapter_name for e in by_lang.values())
                 raise InvalidPayload(
-                    "adapter", f"{adapter!r} is not an adapter of task "
-                               f"{next(iter(by_lang.values())).task_key} on {self.base_model_key}"
-                               f" (has: {', '.join(served)})")
+                    "adapter",
+                    f"{adapter!r} is not an adapter of task "
+                    f"{next(iter(by_lang.values())).task_key} on {self.base_model_key}"
+                    f" (has: {', '.join(served)})",
+                )
             if lang:
                 try:
                     code = language(lang).code
@@ -292,8 +310,9 @@ class Engine:
                     code = lang
                 if code != expert.language.code:
                     raise InvalidPayload(
-                        "language", f"{lang!r} does not match adapter {adapter!r} "
-                                    f"({expert.language.name})")
+                        "language",
+                        f"{lang!r} does not match adapter {adapter!r} ({expert.language.name})",
+                    )
             return expert
         if not lang:
             raise InvalidPayload("language", "required when no adapter is named")
@@ -305,12 +324,13 @@ class Engine:
         if expert is None:
             served = sorted(e.language.name for e in by_lang.values())
             raise InvalidPayload(
-                "language", f"{lang!r} is not served for {next(iter(by_lang.values())).task_key} "
-                            f"by {self.base_model_key} (serves: {', '.join(served)})")
+                "language",
+                f"{lang!r} is not served for {next(iter(by_lang.values())).task_key} "
+                f"by {self.base_model_key} (serves: {', '.join(served)})",
+            )
         return expert
 
-    def prepare(self, payload: Any, request_id: str = "",
-                received_at: float | None = None) -> Job:
+    def prepare(self, payload: Any, request_id: str = "", received_at: float | None = None) -> Job:
         """Validate ``payload`` and render its prompt within the token budget.
 
         Raises:
@@ -323,8 +343,9 @@ class Engine:
         options = payload.get("options") or {}
         if not isinstance(options, dict):
             raise InvalidPayload("options", "must be a map")
-        opts = {k: bool(options.get(k, False))
-                for k in ("return_probabilities", "return_raw_response")}
+        opts = {
+            k: bool(options.get(k, False)) for k in ("return_probabilities", "return_raw_response")
+        }
         values = {"language": expert.language.name}
         text = payload.get("text", "")
         if text is None:
@@ -343,8 +364,10 @@ class Engine:
                 match = _ESCI_TEXT.search(text)
                 if match is None:
                     raise InvalidPayload(
-                        "text", "ESCI needs a query and a product: give fields query and "
-                                "product, or text of the form 'Query: ... Product: ...'")
+                        "text",
+                        "ESCI needs a query and a product: give fields query and "
+                        "product, or text of the form 'Query: ... Product: ...'",
+                    )
                 query = query or match.group("query")
                 product = product or match.group("product")
             if not query.strip() or not product.strip():
@@ -366,9 +389,11 @@ class Engine:
                 break
             # Tokenize the instruction prefix and the rest apart, so that the prefix's
             # cache (computed once per adapter) is exactly these tokens' cache.
-            rest = rendered.text[len(prompt.prefix_text):]
-            ids = prompt.prefix_ids + self.loaded.tokenizer(
-                rest, add_special_tokens=False)["input_ids"]
+            rest = rendered.text[len(prompt.prefix_text) :]
+            ids = (
+                prompt.prefix_ids
+                + self.loaded.tokenizer(rest, add_special_tokens=False)["input_ids"]
+            )
             if len(ids) <= self.settings.max_input_tokens:
                 break
             budget -= len(ids) - self.settings.max_input_tokens
@@ -399,7 +424,8 @@ class Engine:
                 if job.deadline is not None and started >= job.deadline:
                     outcomes[i] = DeadlineExceeded(
                         "deadline passed while waiting for the model; not computed",
-                        request_id=job.request_id)
+                        request_id=job.request_id,
+                    )
                 else:
                     live.append(i)
             cls = [i for i in live if jobs[i].expert.kind == "classification"]
@@ -407,8 +433,9 @@ class Engine:
             for indices, fn in ((cls, self._classify), (ext, self._extract)):
                 lengths = {i: len(jobs[i].prompt_ids) for i in indices}
                 for chunk in length_buckets(indices, lengths, self.settings.max_batch):
-                    for i, out in zip(chunk, self._run_isolated(fn, [jobs[i] for i in chunk]),
-                                      strict=True):
+                    for i, out in zip(
+                        chunk, self._run_isolated(fn, [jobs[i] for i in chunk]), strict=True
+                    ):
                         outcomes[i] = out
             elapsed_ms = (time.monotonic() - started) * 1000.0
         for job, out in zip(jobs, outcomes, strict=True):
@@ -424,7 +451,7 @@ class Engine:
         """Run a batch; if it fails, run its jobs one by one so a bad one fails alone."""
         try:
             return fn(jobs)
-        except Exception as err:  # noqa: BLE001 - one bad job must not fail the batch
+        except Exception as err:
             if len(jobs) == 1:
                 log.exception("inference failed for request %s", jobs[0].request_id)
                 return [err]
@@ -453,22 +480,32 @@ class Engine:
             return None
         key = (spec.key, job.adapter_key)
         if key not in self._prefix_kv:
-            self._prefix_kv[key] = compute_prefix(self.loaded.model, spec.prefix_ids,
-                                                  job.adapter_key)
+            self._prefix_kv[key] = compute_prefix(
+                self.loaded.model, spec.prefix_ids, job.adapter_key
+            )
         return self._prefix_kv[key]
 
     def _classify(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        rows = [ScoreRow(j.prompt_ids, j.prompt.label_ids, j.adapter_key, self._prefix(j))
-                for j in jobs]
-        scores = score_batch(self.loaded.model, rows, self.loaded.tokenizer.pad_token_id,
-                             use_positions=self._use_positions)
+        rows = [
+            ScoreRow(j.prompt_ids, j.prompt.label_ids, j.adapter_key, self._prefix(j)) for j in jobs
+        ]
+        scores = score_batch(
+            self.loaded.model,
+            rows,
+            self.loaded.tokenizer.pad_token_id,
+            use_positions=self._use_positions,
+        )
         replies = []
         for job, lls in zip(jobs, scores, strict=True):
             probs = probabilities(lls)
             best = max(range(len(probs)), key=lambda k: probs[k])
             label = job.prompt.labels[best]
-            reply = {"result": label, "label": label, "confidence": probs[best],
-                     **self._common(job)}
+            reply = {
+                "result": label,
+                "label": label,
+                "confidence": probs[best],
+                **self._common(job),
+            }
             if job.options["return_probabilities"]:
                 reply["probabilities"] = dict(zip(job.prompt.labels, probs, strict=True))
             if job.options["return_raw_response"]:
@@ -479,26 +516,37 @@ class Engine:
 
     def _extract(self, jobs: list[Job]) -> list[dict[str, Any]]:
         rows = [
-            GenRow(j.prompt_ids, j.adapter_key,
-                   {**j.expert.generation, **({"max_new_tokens": j.max_new_tokens}
-                                              if j.max_new_tokens else {})})
+            GenRow(
+                j.prompt_ids,
+                j.adapter_key,
+                {
+                    **j.expert.generation,
+                    **({"max_new_tokens": j.max_new_tokens} if j.max_new_tokens else {}),
+                },
+            )
             for j in jobs
         ]
         generated = generate_batch(self.loaded.model, self.loaded.tokenizer, rows)
         replies = []
         for job, gen in zip(jobs, generated, strict=True):
             parsed = parse_pii(gen.text, job.input_text, job.expert.label_set)
-            reply = {"result": parsed.result_json, "label": None, "confidence": gen.confidence,
-                     "entities": parsed.entities, "generated_tokens": gen.tokens,
-                     **self._common(job)}
+            reply = {
+                "result": parsed.result_json,
+                "label": None,
+                "confidence": gen.confidence,
+                "entities": parsed.entities,
+                "generated_tokens": gen.tokens,
+                **self._common(job),
+            }
             if job.options["return_raw_response"]:
                 reply["raw_response"] = gen.text
                 reply["repair"] = parsed.repaired
             replies.append(reply)
         return replies
 
-    def infer(self, payload: Any, request_id: str = "",
-              deadline: float | None = None) -> dict[str, Any]:
+    def infer(
+        self, payload: Any, request_id: str = "", deadline: float | None = None
+    ) -> dict[str, Any]:
         """Validate and compute one payload synchronously; raises its error.
 
         Args:
@@ -526,5 +574,5 @@ class Engine:
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - freeing is best effort
+        except Exception:
             pass

@@ -8,7 +8,7 @@ with ``bad_request`` exactly as the client library would raise it. Load failures
 
 from __future__ import annotations
 
-from protocol.errors import BadRequest, MoleError
+from mole.protocol.errors import BadRequest, MoleError
 
 
 class EngineError(MoleError):

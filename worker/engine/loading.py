@@ -14,15 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.registry import BaseModelSpec, ExpertSpec
-from worker.engine.errors import ModelLoadError
-from worker.engine.settings import EngineSettings
+from mole.protocol.registry import BaseModelSpec, ExpertSpec
+from mole.worker.engine.errors import ModelLoadError
+from mole.worker.engine.settings import EngineSettings
 
 log = logging.getLogger("mole.worker.engine")
 
 TINY_MARKER = "mole_tiny.json"
-_DTYPES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
-           "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "auto": "auto"}
+_DTYPES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "auto": "auto",
+}
 
 
 @dataclass(slots=True)
@@ -76,8 +84,10 @@ def _torch_dtype(name: str, device: str, settings: EngineSettings) -> tuple[Any,
     if key == "auto":
         return "auto", "auto"
     if device == "cpu" and key == "float16" and not settings.keep_dtype:
-        log.info("dtype float16 configured but running on CPU: using float32 "
-                 "(MOLE_KEEP_DTYPE=1 keeps float16)")
+        log.info(
+            "dtype float16 configured but running on CPU: using float32 "
+            "(MOLE_KEEP_DTYPE=1 keeps float16)"
+        )
         key = "float32"
     return getattr(torch, key), key
 
@@ -86,12 +96,14 @@ def _quantization(spec: BaseModelSpec, device: str, settings: EngineSettings, dt
     """A BitsAndBytesConfig for nf4 when configured (CUDA) or forced (CPU tests); else None."""
     want = settings.force_4bit or (spec.load_in_4bit and device.startswith("cuda"))
     if spec.load_in_4bit and not want:
-        log.info("load_in_4bit configured but no CUDA: loading unquantized "
-                 "(--load-in-4bit / MOLE_FORCE_4BIT=1 forces nf4 on CPU)")
+        log.info(
+            "load_in_4bit configured but no CUDA: loading unquantized "
+            "(--load-in-4bit / MOLE_FORCE_4BIT=1 forces nf4 on CPU)"
+        )
     if not want:
         return None
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (imported to fail early, with our message)
         from transformers import BitsAndBytesConfig
     except ImportError as err:
         raise ModelLoadError(f"4-bit loading needs bitsandbytes: {err}") from err
@@ -136,8 +148,13 @@ def load_base_model(
     tiny = local and (Path(source) / TINY_MARKER).is_file()
     if local and not (Path(source) / "config.json").is_file():
         raise ModelLoadError(f"base model {spec.key!r}: {Path(source) / 'config.json'} not found")
-    log.info("loading base model %s from %s%s on %s", spec.key, source,
-             " (tiny random-weight model: predictions mean nothing)" if tiny else "", device)
+    log.info(
+        "loading base model %s from %s%s on %s",
+        spec.key,
+        source,
+        " (tiny random-weight model: predictions mean nothing)" if tiny else "",
+        device,
+    )
 
     check_adapters(experts, settings)  # fail before spending minutes on the base model
     t0 = time.perf_counter()
@@ -159,12 +176,14 @@ def load_base_model(
 
     dtype, dtype_name = _torch_dtype(spec.dtype, device, settings)
     quant = _quantization(spec, device, settings, dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True,
-                              "low_cpu_mem_usage": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "low_cpu_mem_usage": True}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = "cpu" if device == "cpu" else (
-            spec.device_map if spec.device_map and device == "cuda" else device)
+        kwargs["device_map"] = (
+            "cpu"
+            if device == "cpu"
+            else (spec.device_map if spec.device_map and device == "cuda" else device)
+        )
     t0 = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -173,9 +192,13 @@ def load_base_model(
     if quant is None:
         model = model.to(device)
     model.eval()
-    log.info("base model loaded (%s%s, %.1f M parameters) in %.2f s", dtype_name,
-             ", nf4" if quant is not None else "",
-             sum(p.numel() for p in model.parameters()) / 1e6, time.perf_counter() - t0)
+    log.info(
+        "base model loaded (%s%s, %.1f M parameters) in %.2f s",
+        dtype_name,
+        ", nf4" if quant is not None else "",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        time.perf_counter() - t0,
+    )
 
     loaded = LoadedModel(model, tokenizer, source, device, dtype_name, quant is not None, tiny)
     _load_adapters(loaded, experts, settings)
@@ -222,16 +245,22 @@ def _load_adapters(loaded: LoadedModel, experts: list[ExpertSpec], settings: Eng
         t0 = time.perf_counter()
         try:
             if index == 0:
-                model = PeftModel.from_pretrained(model, str(directory), adapter_name=key,
-                                                  is_trainable=False)
+                model = PeftModel.from_pretrained(
+                    model, str(directory), adapter_name=key, is_trainable=False
+                )
             else:
                 model.load_adapter(str(directory), adapter_name=key, is_trainable=False)
         except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise ModelLoadError(f"adapter {adapter_path!r}: cannot load {directory}: {err}") \
-                from err
+            raise ModelLoadError(
+                f"adapter {adapter_path!r}: cannot load {directory}: {err}"
+            ) from err
         loaded.adapter_dirs[key] = directory
         for name in names:
             loaded.adapter_names[name] = key
-        log.info("adapter %s loaded once for %s in %.2f s", adapter_path,
-                 ", ".join(sorted(set(names))), time.perf_counter() - t0)
+        log.info(
+            "adapter %s loaded once for %s in %.2f s",
+            adapter_path,
+            ", ".join(sorted(set(names))),
+            time.perf_counter() - t0,
+        )
     loaded.model = model

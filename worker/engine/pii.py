@@ -19,35 +19,72 @@ from typing import Any
 #: aliases seen in model output -> the registry's label
 LABEL_ALIASES: dict[str, str] = {
     # people
-    "name": "person_name", "person": "person_name", "full_name": "person_name",
-    "per": "person_name", "first_name": "person_name", "last_name": "person_name",
+    "name": "person_name",
+    "person": "person_name",
+    "full_name": "person_name",
+    "per": "person_name",
+    "first_name": "person_name",
+    "last_name": "person_name",
     # dates
-    "dob": "date", "date_of_birth": "date", "birth_date": "date", "birthdate": "date",
+    "dob": "date",
+    "date_of_birth": "date",
+    "birth_date": "date",
+    "birthdate": "date",
     # places
-    "address": "location", "street_address": "location", "city": "location",
-    "country": "location", "loc": "location", "gpe": "location", "postal_address": "location",
+    "address": "location",
+    "street_address": "location",
+    "city": "location",
+    "country": "location",
+    "loc": "location",
+    "gpe": "location",
+    "postal_address": "location",
     # organisations
-    "org": "organization", "company": "organization", "organisation": "organization",
+    "org": "organization",
+    "company": "organization",
+    "organisation": "organization",
     # contact
-    "email": "contact_info", "email_address": "contact_info", "phone": "contact_info",
-    "phone_number": "contact_info", "telephone": "contact_info", "mobile": "contact_info",
-    "fax": "contact_info", "contact": "contact_info",
+    "email": "contact_info",
+    "email_address": "contact_info",
+    "phone": "contact_info",
+    "phone_number": "contact_info",
+    "telephone": "contact_info",
+    "mobile": "contact_info",
+    "fax": "contact_info",
+    "contact": "contact_info",
     # government ids
-    "ssn": "government_id", "passport": "government_id", "passport_number": "government_id",
-    "national_id": "government_id", "tax_id": "government_id", "id_number": "government_id",
-    "driver_license": "government_id", "drivers_license": "government_id",
+    "ssn": "government_id",
+    "passport": "government_id",
+    "passport_number": "government_id",
+    "national_id": "government_id",
+    "tax_id": "government_id",
+    "id_number": "government_id",
+    "driver_license": "government_id",
+    "drivers_license": "government_id",
     "personal_id": "government_id",
     # money
-    "iban": "financial_account", "bank_account": "financial_account",
-    "account_number": "financial_account", "bank_account_number": "financial_account",
-    "credit_card": "payment_card", "credit_card_number": "payment_card",
-    "card_number": "payment_card", "debit_card": "payment_card",
+    "iban": "financial_account",
+    "bank_account": "financial_account",
+    "account_number": "financial_account",
+    "bank_account_number": "financial_account",
+    "credit_card": "payment_card",
+    "credit_card_number": "payment_card",
+    "card_number": "payment_card",
+    "debit_card": "payment_card",
     # online identity and secrets
-    "username": "user_identifier", "user_name": "user_identifier", "user_id": "user_identifier",
-    "login": "user_identifier", "account_id": "user_identifier",
-    "password": "secret", "api_key": "secret", "token": "secret", "secret_key": "secret",
-    "pin": "secret", "access_token": "secret",
-    "ip": "ip_address", "ipv4": "ip_address", "ipv6": "ip_address",
+    "username": "user_identifier",
+    "user_name": "user_identifier",
+    "user_id": "user_identifier",
+    "login": "user_identifier",
+    "account_id": "user_identifier",
+    "password": "secret",
+    "api_key": "secret",
+    "token": "secret",
+    "secret_key": "secret",
+    "pin": "secret",
+    "access_token": "secret",
+    "ip": "ip_address",
+    "ipv4": "ip_address",
+    "ipv6": "ip_address",
 }
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.S)
@@ -262,7 +299,11 @@ def parse_pii(raw: str, text: str, labels: tuple[str, ...]) -> PiiResult:
         seen.add(key)
         result.items.append({"text": span, "label": canonical, "occurrence": occurrence})
         result.entities.append(
-            {"text": text[start : start + len(span)], "label": canonical,
-             "start": start, "end": start + len(span)}
+            {
+                "text": text[start : start + len(span)],
+                "label": canonical,
+                "start": start,
+                "end": start + len(span),
+            }
         )
     return result

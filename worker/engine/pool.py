@@ -15,10 +15,10 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from protocol.registry import ExpertsRegistry, load_registry
-from worker.engine.engine import Engine
-from worker.engine.errors import EngineClosed
-from worker.engine.settings import EngineSettings
+from mole.protocol.registry import ExpertsRegistry, load_registry
+from mole.worker.engine.engine import Engine
+from mole.worker.engine.errors import EngineClosed
+from mole.worker.engine.settings import EngineSettings
 
 log = logging.getLogger("mole.worker.pool")
 
@@ -34,16 +34,23 @@ class ModelPool:
             tests of the eviction policy.
     """
 
-    def __init__(self, max_resident: int = 1, *, registry: ExpertsRegistry | None = None,
-                 settings: EngineSettings | None = None, loader=None,
-                 worker_id: str = "pool") -> None:
+    def __init__(
+        self,
+        max_resident: int = 1,
+        *,
+        registry: ExpertsRegistry | None = None,
+        settings: EngineSettings | None = None,
+        loader=None,
+        worker_id: str = "pool",
+    ) -> None:
         if max_resident < 1:
             raise ValueError("max_resident must be at least 1")
         self.max_resident = max_resident
         self.registry = registry or load_registry()
         self.settings = settings or EngineSettings()
-        self._loader = loader or (lambda key: Engine.load(key, self.registry, self.settings,
-                                                          worker_id))
+        self._loader = loader or (
+            lambda key: Engine.load(key, self.registry, self.settings, worker_id)
+        )
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -98,7 +105,7 @@ class ModelPool:
             log.info("evicting %s (max_resident=%d)", key, self.max_resident)
             try:
                 engine.close()  # waits for a forward pass in progress on it
-            except Exception:  # noqa: BLE001 - freeing is best effort
+            except Exception:
                 log.exception("closing %s failed", key)
 
     def evict(self, base_model_key: str) -> bool:
@@ -111,8 +118,9 @@ class ModelPool:
         engine.close()
         return True
 
-    def infer(self, base_model_key: str, payload: Any, request_id: str = "",
-              timeout: float | None = None) -> dict[str, Any]:
+    def infer(
+        self, base_model_key: str, payload: Any, request_id: str = "", timeout: float | None = None
+    ) -> dict[str, Any]:
         """Classify ``payload`` with the right engine; the reply a worker would send.
 
         Args:

@@ -40,12 +40,18 @@ class ScoreRow:
 def compute_prefix(model, ids: list[int], adapter: str | None) -> PrefixKV | None:
     """Run a shared prefix once; None where the cache layout is not [batch, heads, seq, dim]."""
     device = _device(model)
-    out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True,
-                logits_to_keep=1, **_adapter_kwargs(model, [adapter]))
+    out = model(
+        input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+        use_cache=True,
+        logits_to_keep=1,
+        **_adapter_kwargs(model, [adapter]),
+    )
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     layers = getattr(cache, "layers", None)
-    if not layers or any(getattr(x, "keys", None) is None or x.keys.dim() != 4
-                         or x.keys.shape[2] != len(ids) for x in layers):
+    if not layers or any(
+        getattr(x, "keys", None) is None or x.keys.dim() != 4 or x.keys.shape[2] != len(ids)
+        for x in layers
+    ):
         return None
     return PrefixKV([(x.keys, x.values) for x in layers], len(ids))
 
@@ -62,9 +68,9 @@ def _prefixed_inputs(rows: list[ScoreRow], pad_id: int, device):
     input_ids = torch.full((n, width_r), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width_p + width_r), dtype=torch.long)
     for i, (plen, rest) in enumerate(zip(plens, rests, strict=True)):
-        input_ids[i, width_r - len(rest):] = torch.tensor(rest, dtype=torch.long)
-        mask[i, width_p - plen:width_p] = 1
-        mask[i, width_p + width_r - len(rest):] = 1
+        input_ids[i, width_r - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+        mask[i, width_p - plen : width_p] = 1
+        mask[i, width_p + width_r - len(rest) :] = 1
     template = next(r.prefix for r in rows if r.prefix)
     data = []
     for layer, (k0, v0) in enumerate(template.layers):
@@ -72,8 +78,8 @@ def _prefixed_inputs(rows: list[ScoreRow], pad_id: int, device):
         values = v0.new_zeros((n, v0.shape[1], width_p, v0.shape[3]))
         for i, row in enumerate(rows):
             if row.prefix:
-                keys[i, :, width_p - plens[i]:] = row.prefix.layers[layer][0][0]
-                values[i, :, width_p - plens[i]:] = row.prefix.layers[layer][1][0]
+                keys[i, :, width_p - plens[i] :] = row.prefix.layers[layer][0][0]
+                values[i, :, width_p - plens[i] :] = row.prefix.layers[layer][1][0]
         data.append((keys, values))
     return input_ids.to(device), mask.to(device), DynamicCache(ddp_cache_data=data), width_p
 
@@ -161,7 +167,10 @@ def score_batch(
         start = mask[index].sum(-1, keepdim=True)
         kwargs["position_ids"] = start + torch.arange(cont_width, device=device)[None, :]
     cont = model(
-        input_ids=cont_ids.to(device), attention_mask=full_mask, cache=cache, use_cache=True,
+        input_ids=cont_ids.to(device),
+        attention_mask=full_mask,
+        cache=cache,
+        use_cache=True,
         **kwargs,
     )
     logp = torch.log_softmax(cont.logits.float(), dim=-1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.engine.errors import ModelLoadError
+from mole.worker.engine.errors import ModelLoadError
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 TEXT_FIELDS = ("input", "query", "product")
@@ -43,7 +43,7 @@ class Template:
     def answer_cue(self) -> str:
         """The fixed text after the last placeholder: what a label continues."""
         matches = list(_PLACEHOLDER.finditer(self.prompt))
-        return self.prompt[matches[-1].end():] if matches else self.prompt
+        return self.prompt[matches[-1].end() :] if matches else self.prompt
 
 
 def load_template(path: Path, base_model_key: str, family: str) -> Template:
@@ -72,8 +72,7 @@ def load_template(path: Path, base_model_key: str, family: str) -> Template:
         return Template(entry["prompt"], str(entry.get("answer_prefix", "")), f"{path}#{key}")
     known = ", ".join(k for k in entries if not k.startswith("_"))
     raise ModelLoadError(
-        f"{path}: no prompt for base model {base_model_key!r} or family {family!r} "
-        f"(has: {known})"
+        f"{path}: no prompt for base model {base_model_key!r} or family {family!r} (has: {known})"
     )
 
 

@@ -19,8 +19,8 @@ import uuid
 import falcon
 import httpx2 as httpx  # an httpx-compatible client (same Client() construction cost)
 
-from frontend.tokens import TokenError, TokenService
-from gating import GatingPipeline
+from mole.frontend.tokens import TokenError, TokenService
+from mole.gating import GatingPipeline
 
 MODE = os.environ.get("LEGACY_CLIENT_MODE", "per_call")
 WORKER_URL = os.environ.get("LEGACY_WORKER_URL", "http://127.0.0.1:9001")
@@ -41,7 +41,7 @@ def _forward(payload: dict) -> dict:
 class Classify:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.monotonic()
-        scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
+        _scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
         try:
             TOKENS.verify(token)
         except TokenError as err:
@@ -49,17 +49,28 @@ class Classify:
         body = json.loads(req.bounded_stream.read())
         routed = GATING.route(body["text"], body["description"])
         expert = routed.expert
-        reply = _forward({"task": expert.task_key, "language": expert.language.code,
-                          "adapter": expert.adapter_name, "model": expert.base_model_key,
-                          "text": body["text"]})
-        resp.data = json.dumps({
-            "request_id": uuid.uuid4().hex, "language": routed.language.name,
-            "domain": routed.domain, "task": routed.task, "result": reply["result"],
-            "confidence": reply["confidence"],
-            "routing_path": f"{routed.routing_path.rsplit(' -> ', 1)[0]} -> "
-                            f"gateway:{expert.base_model_key}",
-            "processing_time_ms": (time.monotonic() - started) * 1000,
-        }).encode()
+        reply = _forward(
+            {
+                "task": expert.task_key,
+                "language": expert.language.code,
+                "adapter": expert.adapter_name,
+                "model": expert.base_model_key,
+                "text": body["text"],
+            }
+        )
+        resp.data = json.dumps(
+            {
+                "request_id": uuid.uuid4().hex,
+                "language": routed.language.name,
+                "domain": routed.domain,
+                "task": routed.task,
+                "result": reply["result"],
+                "confidence": reply["confidence"],
+                "routing_path": f"{routed.routing_path.rsplit(' -> ', 1)[0]} -> "
+                f"gateway:{expert.base_model_key}",
+                "processing_time_ms": (time.monotonic() - started) * 1000,
+            }
+        ).encode()
         resp.content_type = "application/json"
 
 

@@ -21,11 +21,17 @@ class Infer:
         started = time.monotonic()
         if DELAY_S > 0:
             time.sleep(DELAY_S)
-        resp.data = json.dumps({
-            "result": "1", "label": "1", "confidence": 0.5, "model": payload.get("model"),
-            "adapter": payload.get("adapter"), "worker_id": f"legacy-{os.getpid()}",
-            "timings": {"inference_ms": (time.monotonic() - started) * 1000},
-        }).encode()
+        resp.data = json.dumps(
+            {
+                "result": "1",
+                "label": "1",
+                "confidence": 0.5,
+                "model": payload.get("model"),
+                "adapter": payload.get("adapter"),
+                "worker_id": f"legacy-{os.getpid()}",
+                "timings": {"inference_ms": (time.monotonic() - started) * 1000},
+            }
+        ).encode()
         resp.content_type = "application/json"
 
 

@@ -13,16 +13,16 @@ import sys
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "broker": ("broker.cli", "run the Majordomo broker"),
-    "status": ("broker.status_cli", "show the broker's services and workers"),
-    "worker": ("worker.cli", "run an expert worker for one base model"),
-    "models": ("worker.models_cli", "generate tiny offline models and adapters"),
-    "gating": ("gating.cli", "train and try the gating models"),
-    "frontend": ("frontend.cli", "run the HTTP frontend under gunicorn"),
-    "users": ("frontend.users_cli", "manage frontend users"),
-    "up": ("mole_cli.up", "run the whole stack on this machine"),
-    "classify": ("mole_cli.classify", "send one classification through the running stack"),
-    "keys": ("mole_cli.keys", "generate CURVE key pairs"),
+    "broker": ("mole.broker.cli", "run the Majordomo broker"),
+    "status": ("mole.broker.status_cli", "show the broker's services and workers"),
+    "worker": ("mole.worker.cli", "run an expert worker for one base model"),
+    "models": ("mole.worker.models_cli", "generate tiny offline models and adapters"),
+    "gating": ("mole.gating.cli", "train and try the gating models"),
+    "frontend": ("mole.frontend.cli", "run the HTTP frontend under gunicorn"),
+    "users": ("mole.frontend.users_cli", "manage frontend users"),
+    "up": ("mole.cli.up", "run the whole stack on this machine"),
+    "classify": ("mole.cli.classify", "send one classification through the running stack"),
+    "keys": ("mole.cli.keys", "generate CURVE key pairs"),
 }
 
 

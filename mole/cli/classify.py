@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mole_cli.up import default_data_dir
+from mole.cli.up import default_data_dir
 
 
 class ClassifyFailed(Exception):
@@ -27,8 +27,12 @@ class ClassifyFailed(Exception):
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", help="the text to classify")
-    parser.add_argument("--description", "-d", required=True,
-                        help="what to do with the text, e.g. 'Classify the sentiment ...'")
+    parser.add_argument(
+        "--description",
+        "-d",
+        required=True,
+        help="what to do with the text, e.g. 'Classify the sentiment ...'",
+    )
     parser.add_argument("--url", default=os.environ.get("MOLE_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--username", default=os.environ.get("MOLE_USERNAME"))
     parser.add_argument("--password", default=os.environ.get("MOLE_PASSWORD"))
@@ -52,25 +56,39 @@ def _call(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
             detail = err.reason
         raise ClassifyFailed(f"HTTP {err.code} from {request.full_url}: {detail}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise ClassifyFailed(f"cannot reach {request.full_url}: {err}; is `mole up` running?") \
-            from None
+        raise ClassifyFailed(
+            f"cannot reach {request.full_url}: {err}; is `mole up` running?"
+        ) from None
 
 
 def get_token(url: str, username: str, password: str, timeout: float) -> str:
     form = urllib.parse.urlencode({"username": username, "password": password}).encode()
     request = urllib.request.Request(
-        f"{url}/api/v1/auth/token", data=form,
+        f"{url}/api/v1/auth/token",
+        data=form,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     return _call(request, timeout)["access_token"]
 
 
-def classify(url: str, token: str, text: str, description: str, *, probabilities: bool = False,
-             raw: bool = False, timeout: float = 120.0) -> dict[str, Any]:
-    body = {"text": text, "description": description,
-            "options": {"return_probabilities": probabilities, "return_raw_response": raw}}
+def classify(
+    url: str,
+    token: str,
+    text: str,
+    description: str,
+    *,
+    probabilities: bool = False,
+    raw: bool = False,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    body = {
+        "text": text,
+        "description": description,
+        "options": {"return_probabilities": probabilities, "return_raw_response": raw},
+    }
     request = urllib.request.Request(
-        f"{url}/api/v1/classify", data=json.dumps(body).encode(),
+        f"{url}/api/v1/classify",
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     return _call(request, timeout)
@@ -83,8 +101,10 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str]:
     if path.exists():
         creds = json.loads(path.read_text())
         return creds["username"], creds["password"]
-    raise ClassifyFailed("no credentials: pass --username/--password (or MOLE_TOKEN), "
-                         f"or run `mole up` which writes {path}")
+    raise ClassifyFailed(
+        "no credentials: pass --username/--password (or MOLE_TOKEN), "
+        f"or run `mole up` which writes {path}"
+    )
 
 
 def render(reply: dict[str, Any]) -> str:
@@ -99,8 +119,10 @@ def render(reply: dict[str, Any]) -> str:
         f"time        {reply.get('processing_time_ms')} ms",
     ]
     for entity in reply.get("entities") or []:
-        lines.append(f"entity      {entity['label']:<18} {entity['text']!r} "
-                     f"[{entity['start']}:{entity['end']}]")
+        lines.append(
+            f"entity      {entity['label']:<18} {entity['text']!r} "
+            f"[{entity['start']}:{entity['end']}]"
+        )
     for label, p in sorted((reply.get("probabilities") or {}).items(), key=lambda kv: -kv[1]):
         lines.append(f"  p({label}) = {p:.4f}")
     if reply.get("tiny_model"):
@@ -112,8 +134,15 @@ def run(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     try:
         token = args.token or get_token(url, *_credentials(args), args.timeout)
-        reply = classify(url, token, args.text, args.description,
-                         probabilities=args.probabilities, raw=args.raw, timeout=args.timeout)
+        reply = classify(
+            url,
+            token,
+            args.text,
+            args.description,
+            probabilities=args.probabilities,
+            raw=args.raw,
+            timeout=args.timeout,
+        )
     except ClassifyFailed as err:
         print(f"mole classify: {err}", file=sys.stderr)
         return 1

@@ -77,7 +77,7 @@ class Supervisor:
         return child
 
     def _spawn(self, child: Child) -> None:
-        log = open(child.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        log = open(child.log_path, "ab")
         child._log_file = log
         child.process = subprocess.Popen(
             child.argv,

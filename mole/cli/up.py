@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mole_cli.supervisor import Supervisor
+from mole.cli.supervisor import Supervisor
 
 TINY_DONE_MARKER = ".mole-tiny-complete"
 
@@ -87,9 +87,7 @@ def ensure_tiny_models(data_dir: Path) -> Path:
         return out
     _log(f"tiny models: generating into {out} (first run only; predictions mean nothing)")
     started = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "mole_cli", "models", "tiny", "--out", str(out)], check=True
-    )
+    subprocess.run([sys.executable, "-m", "mole", "models", "tiny", "--out", str(out)], check=True)
     (out / TINY_DONE_MARKER).write_text(json.dumps({"generated_at": time.time()}))
     _log(f"tiny models: ready in {time.monotonic() - started:.1f} s")
     return out
@@ -118,7 +116,7 @@ def _http_ready(url: str) -> bool:
 
 def _services_up(broker_url: str, services: list[str]) -> list[str]:
     """The services that have no live worker yet (empty when all are up)."""
-    from protocol.client import Client
+    from mole.protocol.client import Client
 
     try:
         with Client(broker_url, timeout=2.0) as client:
@@ -130,7 +128,7 @@ def _services_up(broker_url: str, services: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from protocol.registry import load_registry, registry_path_from_env
+    from mole.protocol.registry import load_registry, registry_path_from_env
 
     data_dir = (args.data_dir or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    python = [sys.executable, "-m", "mole_cli"]
+    python = [sys.executable, "-m", "mole"]
     started = time.monotonic()
     try:
         if args.monolithic:

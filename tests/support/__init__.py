@@ -1,0 +1,1 @@
+"""Shared test helpers: process spawners, free ports, waits, raw MDP peers."""
