@@ -3,8 +3,10 @@
 Subcommands::
 
     mole gating train [--data FILE.jsonl] [--heldout FILE.jsonl] [--out DIR]
-    mole gating route --text T --description D [--json]
+                      [--out-of-scope FILE] [--calibrate-in FILE --calibrate-out FILE]
+    mole gating route --text T [--description D] [--task T] [--language L] [--json]
     mole gating feedback --description D --task TASK --reward 1 [--router DIR]
+    mole gating feedback --description D --out-of-scope [--router DIR]
     mole gating train-domain --data FILE.jsonl --encoder DIR --out DIR
 
 Errors are printed as ``error [code]: message`` and exit with status 2.
@@ -19,8 +21,14 @@ import random
 import sys
 from pathlib import Path
 
-from mole.gating.errors import GatingError
-from mole.gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_TRAIN_DATA
+from mole.gating.errors import GatingError, InvalidInput
+from mole.gating.settings import (
+    DEFAULT_HELDOUT_DATA,
+    DEFAULT_IN_SCOPE_CALIBRATION,
+    DEFAULT_OUT_OF_SCOPE_CALIBRATION,
+    DEFAULT_OUT_OF_SCOPE_TRAIN,
+    DEFAULT_TRAIN_DATA,
+)
 from mole.protocol.errors import MoleError
 
 
@@ -53,6 +61,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr", type=float, default=0.3)
     train.add_argument("--seed", type=int, default=13)
     train.add_argument(
+        "--out-of-scope",
+        default=None,
+        metavar="FILE",
+        help="JSON lines {description} of tasks nobody serves, to learn refusal from "
+        "(default: the shipped out_of_scope_train.jsonl when --data is the shipped file)",
+    )
+    train.add_argument(
+        "--calibrate-in",
+        default=None,
+        metavar="FILE",
+        help="held-out served descriptions the refusal threshold is chosen on (default: "
+        "the shipped heldout.jsonl when --data is the shipped file)",
+    )
+    train.add_argument(
+        "--calibrate-out",
+        default=None,
+        metavar="FILE",
+        help="held-out unserved descriptions the refusal threshold is chosen on (default: "
+        "the shipped out_of_scope_calibration.jsonl when --data is the shipped file)",
+    )
+    train.add_argument(
+        "--max-in-scope-refused",
+        type=float,
+        default=0.02,
+        help="the threshold refuses at most this share of --calibrate-in (default 0.02)",
+    )
+    train.add_argument(
         "--min-accuracy",
         type=float,
         default=None,
@@ -61,15 +96,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     route = sub.add_parser("route", help="route one request and print the result")
     route.add_argument("--text", required=True)
-    route.add_argument("--description", required=True)
+    route.add_argument("--description", default=None, help="required unless --task is given")
     route.add_argument("--registry", default=None)
     route.add_argument("--router", default=None, help="router directory (default: settings)")
+    route.add_argument("--task", default=None, help="skip task routing: rating or finance/rating")
+    route.add_argument("--language", default=None, help="skip detection: a code or a name")
+    route.add_argument(
+        "--candidates", action="store_true", help="on refusal, list the router's best tasks"
+    )
     route.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     fb = sub.add_parser("feedback", help="reward the router for one routing and save it")
     fb.add_argument("--description", required=True)
-    fb.add_argument("--task", required=True, help="task name (rating) or key (finance/rating)")
-    fb.add_argument("--reward", type=float, required=True, help="1 = right, 0 = wrong")
+    what = fb.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="task name (rating) or key (finance/rating)")
+    what.add_argument(
+        "--out-of-scope",
+        action="store_true",
+        help="no served task fits the description: learn to refuse it (and choose the "
+        "refusal threshold again)",
+    )
+    fb.add_argument("--reward", type=float, default=None, help="with --task: 1 right, 0 wrong")
     fb.add_argument("--router", default=None, help="router directory (default: settings)")
 
     dom = sub.add_parser("train-domain", help="train the XLM-R domain classifier")
@@ -102,14 +149,25 @@ def _progress(row: dict) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from mole.gating.router import QRouter, TrainConfig, read_examples
+    from mole.gating.scope import read_out_of_scope
     from mole.gating.settings import load_settings
     from mole.protocol.registry import load_registry
 
     registry = load_registry(args.registry)
     examples = read_examples(args.data)
     heldout_paths = args.heldout
-    if heldout_paths is None and str(args.data) == str(DEFAULT_TRAIN_DATA):
+    shipped = str(args.data) == str(DEFAULT_TRAIN_DATA)
+    if heldout_paths is None and shipped:
         heldout_paths = [str(p) for p in DEFAULT_HELDOUT_DATA]
+    oos_path = args.out_of_scope or (DEFAULT_OUT_OF_SCOPE_TRAIN if shipped else None)
+    cal_in = args.calibrate_in or (DEFAULT_IN_SCOPE_CALIBRATION if shipped else None)
+    cal_out = args.calibrate_out or (DEFAULT_OUT_OF_SCOPE_CALIBRATION if shipped else None)
+    if (cal_in is None) != (cal_out is None) or (cal_in is not None and oos_path is None):
+        raise InvalidInput(
+            "refusal needs all three of --out-of-scope, --calibrate-in and --calibrate-out "
+            "(or none: a router that never refuses)"
+        )
+    out_of_scope = [o.description for o in read_out_of_scope(oos_path)] if oos_path else []
     if heldout_paths:
         train = examples
         heldout = [ex for path in heldout_paths for ex in read_examples(path)]
@@ -129,17 +187,37 @@ def _train(args: argparse.Namespace) -> int:
         f"({source}); domains: {domains}",
         flush=True,
     )
-    report = router.train(train, validation=heldout, progress=_progress)
+    report = router.train(train, validation=heldout, out_of_scope=out_of_scope, progress=_progress)
     report["data"] = _shown(args.data)
     report["data_sha256"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
     report["heldout"] = source
-    router.report = report
+    if oos_path is not None:
+        report["out_of_scope_data"] = _shown(oos_path)
     acc = report.get("validation_accuracy")
     shown = f"{acc:.4f} ({len(heldout)} descriptions)" if acc is not None else "n/a"
     print(
         f"train accuracy {report['train_accuracy']:.4f}; held-out accuracy {shown}; "
         f"{report['seconds']} s"
     )
+    if cal_in is not None and cal_out is not None:
+        choice = router.calibrate(
+            read_examples(cal_in),
+            [o.description for o in read_out_of_scope(cal_out)],
+            max_in_scope_refused=args.max_in_scope_refused,
+        )
+        report["refusal_calibration"] = {
+            "in_scope": _shown(cal_in),
+            "out_of_scope": _shown(cal_out),
+        }
+        print(
+            f"refusal threshold {choice.threshold:.4f}: refuses "
+            f"{choice.out_of_scope_refused:.1%} of {choice.n_out_of_scope} unserved and "
+            f"{choice.in_scope_refused:.1%} of {choice.n_in_scope} served descriptions "
+            f"({_shown(cal_out)}, {_shown(cal_in)})"
+        )
+    else:
+        print("no out-of-scope data: this router will never refuse a description")
+    router.report = report
     if args.min_accuracy is not None and (acc is None or acc < args.min_accuracy):
         print(f"held-out accuracy {shown} is under {args.min_accuracy}: not saved", file=sys.stderr)
         return 1
@@ -153,7 +231,13 @@ def _route(args: argparse.Namespace) -> int:
     from mole.gating.pipeline import GatingPipeline
 
     pipeline = GatingPipeline.load(args.registry, router=args.router)
-    result = pipeline.route(args.text, args.description)
+    result = pipeline.route(
+        args.text,
+        args.description,
+        task=args.task,
+        language=args.language,
+        candidates=args.candidates,
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -163,7 +247,13 @@ def _route(args: argparse.Namespace) -> int:
             f"  language  {result.language.name} ({result.language.code}) "
             f"p={result.language_confidence:.3f}"
         )
-        print(f"  task      {result.task_key}  Q={result.task_scores[result.task]:.3f}")
+        if result.task_scores:
+            print(
+                f"  task      {result.task_key}  Q={result.task_scores[result.task]:.3f}  "
+                f"scope={result.scope_score:.3f}"
+            )
+        else:
+            print(f"  task      {result.task_key}  (given)")
         print(f"  expert    {e.base_model_key}  adapter {e.adapter_name} ({e.adapter_path})")
         print("  timings   " + "  ".join(f"{k}={v:.3f}" for k, v in result.timings.items()))
     return 0
@@ -175,6 +265,26 @@ def _feedback(args: argparse.Namespace) -> int:
 
     path = args.router or load_settings().router_path
     router = QRouter.load(path)
+    if args.out_of_scope:
+        if args.reward is not None:
+            raise InvalidInput("--reward goes with --task, not with --out-of-scope")
+        before = router.scope_score(args.description)
+        choice = router.feedback_out_of_scope(args.description)
+        after = router.scope_score(args.description)
+        router.save(path)
+        if choice is None:
+            verdict = "no threshold data, so no threshold"
+        else:
+            refused = "refused" if after < choice.threshold else "still served"
+            verdict = (
+                f"threshold {choice.threshold:.4f} (refuses {choice.out_of_scope_refused:.1%}"
+                f" of {choice.n_out_of_scope} unserved, {choice.in_scope_refused:.1%} of "
+                f"{choice.n_in_scope} served); this description is {refused}"
+            )
+        print(f"scope score {before:.3f} -> {after:.3f}; {verdict}; saved {path}")
+        return 0
+    if args.reward is None:
+        raise InvalidInput("--task needs --reward (1 = right, 0 = wrong)")
     domain, task = args.task.split("/", 1) if "/" in args.task else (None, args.task)
     before = router.route(args.description, domain).q_values.get(task)
     router.feedback(args.description, task, args.reward, domain)
@@ -186,7 +296,6 @@ def _feedback(args: argparse.Namespace) -> int:
 
 def _train_domain(args: argparse.Namespace) -> int:
     from mole.gating.domain import routing_prompt, train_domain_classifier
-    from mole.gating.errors import InvalidInput
 
     pairs = []
     with open(args.data, encoding="utf-8") as f:

@@ -21,7 +21,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from mole.gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
+from mole.gating.errors import (
+    ArtifactError,
+    GatingError,
+    InvalidInput,
+    UnknownDomain,
+    UnknownTask,
+)
 from mole.gating.router import Route
 from mole.gating.xlmr import (
     cls_embeddings,
@@ -201,6 +207,17 @@ class EncoderQRouter:
                         p -= self.online_lr * p.grad
             self.feedback_count += 1
         return float(reward) - float(q.detach())
+
+    def feedback_out_of_scope(self, description: str) -> None:
+        """The encoder router has no refuse head, so it cannot learn a refusal.
+
+        Raises:
+            GatingError: always; the hashed router (:mod:`gating.router`) learns refusals.
+        """
+        raise GatingError(
+            "the encoder task router has no refuse head and never refuses; use the hashed "
+            "router (`mole gating train`) to learn refusals"
+        )
 
     def save(self, directory: str | os.PathLike | None = None) -> Path:
         """Write ``router_<domain>.pth`` files (the encoder is unchanged by feedback)."""

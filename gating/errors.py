@@ -13,6 +13,7 @@ Hierarchy::
     ├── UnknownDomain                unknown_domain         .domain, .known
     ├── DomainWithoutTasks           domain_without_tasks   .domain, .served_domains
     ├── UnknownTask                  unknown_task           .task, .known
+    ├── TaskNotServed                task_not_served        .served, .score, .threshold, .candidates
     └── ArtifactError                gating_artifact        a model file is missing or invalid
 """
 
@@ -117,6 +118,33 @@ class UnknownTask(GatingError):
         super().__init__(message)
         self.task = task
         self.known = known
+
+
+class TaskNotServed(GatingError):
+    """The description asks for something none of the served tasks does (the router
+    refused it): resending it will not help; name a served task or rephrase.
+
+    ``candidates`` (the router's tasks with their Q-values, best first) is filled only
+    when the caller asked for them; ``score`` is the description's scope score and
+    ``threshold`` the score under which a description is refused.
+    """
+
+    code = "task_not_served"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        served: list[str],
+        score: float,
+        threshold: float,
+        candidates: list[dict[str, float | str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.served = served
+        self.score = score
+        self.threshold = threshold
+        self.candidates = candidates
 
 
 class ArtifactError(GatingError):

@@ -2,9 +2,12 @@
 
 Stages (each timed): language of the text (fastText, served languages only), domain
 (no model when the registry has one), task (Q-learning router over the description),
-expert selection (the registry). Every failure is a :class:`gating.errors.GatingError`
-with a ``code``; nothing falls back silently. ``route`` is thread-safe: the components
-guard their own state, and the pipeline keeps none per request.
+expert selection (the registry). A caller who knows the language or the task names it
+and that step is skipped. A description no served task fits is refused
+(:class:`gating.errors.TaskNotServed`) rather than sent to the least-bad expert. Every
+failure is a :class:`gating.errors.GatingError` with a ``code``; nothing falls back
+silently. ``route`` is thread-safe: the components guard their own state, and the
+pipeline keeps none per request.
 
 Usage as a library::
 
@@ -12,6 +15,8 @@ Usage as a library::
     gating = GatingPipeline.load()
     result = gating.route(text, description)
     result.routing_path   # "english -> finance -> rating -> llama-2-7b-hf"
+    gating.route(text, task="rating", language="de").routing_path
+    # "german(given) -> finance(given) -> rating(given) -> llama-2-7b-hf"
 """
 
 from __future__ import annotations
@@ -28,20 +33,24 @@ from mole.gating.errors import (
     ArtifactError,
     GatingError,
     InvalidInput,
+    TaskNotServed,
     UnknownTask,
     UnsupportedLanguage,
 )
 from mole.gating.language import Detection, LanguageDetector
 from mole.gating.router import QRouter, Route
+from mole.gating.scope import ThresholdChoice
 from mole.gating.selector import ExpertSelector
 from mole.gating.settings import GatingSettings, load_settings
 from mole.protocol.registry import (
     ExpertSpec,
     ExpertsRegistry,
     Language,
+    TaskSpec,
     UnknownExpert,
     load_registry,
 )
+from mole.protocol.registry import language as registry_language
 
 #: texts longer than this are cut for language detection only (bounded latency)
 MAX_DETECT_CHARS = 4000
@@ -55,6 +64,8 @@ class TaskRouter(Protocol):
     def feedback(
         self, description: str, task: str, reward: float, domain: str | None = None
     ) -> float: ...
+
+    def feedback_out_of_scope(self, description: str) -> ThresholdChoice | None: ...
 
     def save(self, directory: str | os.PathLike | None = None) -> Path: ...
 
@@ -79,7 +90,11 @@ class GatingResult:
     routing_path: str
     timings: dict[str, float]
     domain_probabilities: dict[str, float] = field(default_factory=dict)
-    task_scores: dict[str, float] = field(default_factory=dict)
+    task_scores: dict[str, float] = field(default_factory=dict)  # empty when task was given
+    #: the steps the caller named instead of gating: "language", "domain", "task"
+    given: tuple[str, ...] = ()
+    #: the description's scope score (None when the task was given or the router has none)
+    scope_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         e = self.expert
@@ -103,6 +118,8 @@ class GatingResult:
                 "kind": e.kind,
             },
             "routing_path": self.routing_path,
+            "given": list(self.given),
+            "scope_score": round(self.scope_score, 4) if self.scope_score is not None else None,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
@@ -239,35 +256,90 @@ class GatingPipeline:
         check_domain(pred, self.registry.domains)
         return pred
 
-    def route(self, text: str, description: str) -> GatingResult:
+    def route(
+        self,
+        text: str,
+        description: str | None = None,
+        *,
+        task: str | None = None,
+        language: str | None = None,
+        candidates: bool = False,
+    ) -> GatingResult:
         """Route one request. Thread-safe.
 
+        Args:
+            text: the text the expert will read.
+            description: what the caller wants done; required unless ``task`` is given
+                (it is also the evidence for the language of a very short text).
+            task: skip domain and task routing: a task name (``rating``) or key
+                (``finance/rating``) the registry serves.
+            language: skip language detection: an ISO code or a name (``de``, ``german``).
+            candidates: on a refusal, put the router's tasks and their Q-values in the
+                error (``TaskNotServed.candidates``), best first.
+
+        The routing path names each step; a step the caller gave is suffixed
+        ``(given)`` (a domain implied by a given task counts as given):
+        ``german(given) -> finance(given) -> rating(given) -> llama-2-7b-hf``.
+
         Raises:
-            InvalidInput: empty or non-string text/description.
-            UnsupportedLanguage, LanguageUncertain: see :mod:`gating.language`.
+            InvalidInput: empty or non-string text/description, or neither a description
+                nor a task.
+            UnsupportedLanguage: a given language the registry (or the task) does not
+                serve, or a detected one; LanguageUncertain: see :mod:`gating.language`.
+            UnknownTask: a given task the registry does not serve (``.known`` lists the
+                served task keys), or a stale router's task.
+            TaskNotServed: the router found no served task that fits the description.
             DomainWithoutTasks: the domain classifier chose a domain without tasks.
-            UnknownTask: the router's task is not in the registry (a stale router).
         """
         _check_text("text", text)
-        _check_text("description", description)
+        if description is not None or task is None:
+            _check_text("description", description)
+        given: list[str] = []
         t0 = time.perf_counter()
-        detection = self.detect_language(text, description)
+        if language is not None:
+            lang, lang_confidence = self._given_language(language), 1.0
+            given.append("language")
+        else:
+            detection = self.detect_language(text, description)
+            lang, lang_confidence = detection.language, detection.confidence
         t1 = time.perf_counter()
-        dom = self.classify_domain(description, text)
-        t2 = time.perf_counter()
-        route = self.router.route(description, dom.domain)
-        t3 = time.perf_counter()
-        expert = self.selector.select(detection.language, dom.domain, route.task)
+        route: Route | None = None
+        if task is not None:
+            spec = self._given_task(task)
+            domain, task_name = spec.domain, spec.name
+            dom = DomainPrediction(domain, 1.0, {domain: 1.0})
+            given += ["domain", "task"]
+            t2 = t3 = time.perf_counter()
+        else:
+            assert description is not None  # checked above
+            dom = self.classify_domain(description, text)
+            t2 = time.perf_counter()
+            route = self.router.route(description, dom.domain)
+            t3 = time.perf_counter()
+            if route.refused:
+                raise self._refusal(route, candidates)
+            domain, task_name = dom.domain, route.task
+        expert = self.selector.select(lang, domain, task_name)
         t4 = time.perf_counter()
-        lang = detection.language
-        path = f"{lang.name} -> {dom.domain} -> {route.task} -> {expert.base_model_key}"
+
+        def step(name: str, kind: str) -> str:
+            return f"{name}(given)" if kind in given else name
+
+        path = " -> ".join(
+            (
+                step(lang.name, "language"),
+                step(domain, "domain"),
+                step(task_name, "task"),
+                expert.base_model_key,
+            )
+        )
         return GatingResult(
-            language=detection.language,
-            language_confidence=detection.confidence,
-            domain=dom.domain,
+            language=lang,
+            language_confidence=lang_confidence,
+            domain=domain,
             domain_confidence=dom.confidence,
-            task=route.task,
-            task_key=f"{dom.domain}/{route.task}",
+            task=task_name,
+            task_key=f"{domain}/{task_name}",
             expert=expert,
             routing_path=path,
             timings={
@@ -278,7 +350,63 @@ class GatingPipeline:
                 "total_ms": (t4 - t0) * 1e3,
             },
             domain_probabilities=dom.probabilities,
-            task_scores=route.q_values,
+            task_scores=route.q_values if route is not None else {},
+            given=tuple(given),
+            scope_score=route.scope if route is not None else None,
+        )
+
+    def served_tasks(self) -> list[str]:
+        """The registry's task keys (``finance/rating``), in registry order."""
+        return list(self.registry.tasks)
+
+    def _given_language(self, value: str) -> Language:
+        served = [lang.name for lang in self.registry.languages]
+        try:
+            lang = registry_language(value)
+        except KeyError:
+            raise UnsupportedLanguage(
+                f"unknown language {value!r}; give one of the served languages by name or "
+                f"ISO code: {', '.join(served)}",
+                language=str(value),
+                served=served,
+            ) from None
+        if lang.name not in served:
+            raise UnsupportedLanguage(
+                f"{lang.name} is not served; served languages: {', '.join(served)}",
+                language=lang.name,
+                served=served,
+            )
+        return lang
+
+    def _given_task(self, value: str) -> TaskSpec:
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput("task must be a non-empty string (e.g. rating or finance/rating)")
+        try:
+            return self.registry.task(value.strip())
+        except UnknownExpert as err:
+            served = self.served_tasks()
+            raise UnknownTask(
+                f"{err}; the task is a served task's name or key: {', '.join(served)}",
+                task=value,
+                known=served,
+            ) from None
+
+    def _refusal(self, route: Route, candidates: bool) -> TaskNotServed:
+        served = self.served_tasks()
+        offered = "; ".join(f"{k} ({self.registry.tasks[k].description})" for k in served)
+        assert route.scope is not None and route.threshold is not None
+        ranked = sorted(route.q_values.items(), key=lambda kv: kv[1], reverse=True)
+        return TaskNotServed(
+            "no served task fits this description (its scope score "
+            f"{route.scope:.3f} is under the threshold {route.threshold:.3f}); this "
+            f"service offers: {offered}. Name one with the task field, or describe the "
+            "task in other words",
+            served=served,
+            score=round(route.scope, 4),
+            threshold=round(route.threshold, 4),
+            candidates=[{"task": f"{route.domain}/{t}", "q": round(q, 4)} for t, q in ranked]
+            if candidates
+            else None,
         )
 
     def select(self, language_name_or_code: str, task_key: str) -> ExpertSpec:
@@ -312,5 +440,8 @@ class GatingPipeline:
             domain, task = task.split("/", 1)
         return self.router.feedback(description, task, reward, domain)
 
-    def save_router(self, directory: str | os.PathLike | None = None) -> Path:
-        return self.router.save(directory)
+    def feedback_out_of_scope(self, description: str) -> ThresholdChoice | None:
+        """Teach the router that no served task fits ``description``; returns the refusal
+        threshold chosen again with it (None: the router keeps no threshold data)."""
+        _check_text("description", description)
+        return self.router.feedback_out_of_scope(description)

@@ -7,8 +7,17 @@ regressed to the reward (a one-step bandit, no bootstrapping). Unlike the origin
 state is a sparse hashed n-gram vector (:mod:`gating.features`) and Q is linear per
 action, so routing costs tens of microseconds on the CPU and needs no torch.
 
+Refusal: beside the tasks, the router learns a *refuse* head, regressed to 1 on
+descriptions of tasks nobody serves ("Translate this into French") and to 0 on served
+ones; an out-of-scope training example also regresses every task's Q to 0 (no task is
+right for it, so no exploration is needed to learn that). A description's scope score is
+``max_a Q(a) - Q(refuse)``; under the threshold chosen by :meth:`QRouter.calibrate`
+(:mod:`gating.scope`) the route is marked ``refused``. A router never calibrated has no
+threshold and refuses nothing.
+
 Online learning: :meth:`QRouter.feedback` applies one update for a routed request's
-reward; :meth:`QRouter.save` persists it.
+reward; :meth:`QRouter.feedback_out_of_scope` teaches a refusal; both add the description
+to the threshold's data and choose the threshold again. :meth:`QRouter.save` persists it.
 
 Clients send the same task description with many texts, so the last ``ROUTE_CACHE_SIZE``
 routes are kept per (domain, description) and reused until the weights change (any
@@ -16,8 +25,10 @@ feedback or training clears them). Featurizing a description was a seventh of a
 frontend process's Python time under load.
 
 Artifact: a directory holding ``meta.json`` (format, feature spec, domains and their
-tasks, hyper-parameters, training report) and ``weights.npz`` (per domain: the non-zero
-rows of the weight matrix and the bias), a few hundred KB.
+tasks, hyper-parameters, training report, the refusal threshold and how it was chosen),
+``weights.npz`` (per domain: the non-zero rows of the weight matrix and the bias; the
+refuse head likewise) and ``scope.json`` (the descriptions the threshold was chosen
+from), a few hundred KB.
 """
 
 from __future__ import annotations
@@ -36,11 +47,14 @@ import numpy as np
 
 from mole.gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
 from mole.gating.features import FeatureSpec, Featurizer
+from mole.gating.scope import ScopeData, ThresholdChoice, choose_threshold
 
 FORMAT = "mole-hashed-qrouter"
-FORMAT_VERSION = 1
+#: v2 added the refuse head and the refusal threshold (v1 routers must be retrained)
+FORMAT_VERSION = 2
 META_FILE = "meta.json"
 WEIGHTS_FILE = "weights.npz"
+SCOPE_FILE = "scope.json"
 #: Routes remembered per (domain, description); descriptions are cut at 2000 characters.
 ROUTE_CACHE_SIZE = 1024
 
@@ -74,11 +88,18 @@ class TrainConfig:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A routing decision: the task and the Q-value of every action."""
+    """A routing decision: the task and the Q-value of every action.
+
+    ``scope`` is the scope score (best task's Q minus the refuse head's; None for a
+    router without one) and ``refused`` whether it is under the router's threshold.
+    """
 
     domain: str
     task: str
     q_values: dict[str, float]
+    scope: float | None = None
+    refused: bool = False
+    threshold: float | None = None  # the threshold ``refused`` was decided with
 
     @property
     def confidence(self) -> float:
@@ -98,11 +119,30 @@ class _DomainQ:
     def q(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
         return val @ self.weights[idx] + self.bias
 
-    def update(self, idx: np.ndarray, val: np.ndarray, action: int, reward: float, lr: float):
+    def update(
+        self, idx: np.ndarray, val: np.ndarray, action: int, reward: float, lr: float
+    ) -> float:
         err = reward - float(val @ self.weights[idx, action] + self.bias[action])
         # np.add.at: a hashed index may repeat within one description
         np.add.at(self.weights[:, action], idx, lr * err * val)
         self.bias[action] += lr * err
+        return err
+
+
+@dataclass(slots=True)
+class _RefuseHead:
+    """Q(refuse): a linear regression to 1 for unserved descriptions, 0 for served ones."""
+
+    weights: np.ndarray  # float32 [dim]
+    bias: float = 0.0
+
+    def q(self, idx: np.ndarray, val: np.ndarray) -> float:
+        return float(val @ self.weights[idx]) + self.bias
+
+    def update(self, idx: np.ndarray, val: np.ndarray, target: float, lr: float) -> float:
+        err = target - self.q(idx, val)
+        np.add.at(self.weights, idx, lr * err * val)
+        self.bias += lr * err
         return err
 
 
@@ -133,6 +173,11 @@ class QRouter:
                 np.zeros((self.spec.dim, len(tasks)), dtype=np.float32),
                 np.full(len(tasks), self.config.optimistic_init, dtype=np.float32),
             )
+        self._refuse = _RefuseHead(np.zeros(self.spec.dim, dtype=np.float32))
+        #: scope score under which a route is refused; None: never calibrated, never refuses
+        self.threshold: float | None = None
+        self.threshold_choice: ThresholdChoice | None = None
+        self.scope_data: ScopeData | None = None
         self.report: dict = {}
         self.path: Path | None = None
         self.feedback_count = 0
@@ -173,19 +218,32 @@ class QRouter:
             cached = self._routes.get(key)
             if cached is not None:
                 self._routes.move_to_end(key)
-                return Route(domain, cached.task, dict(cached.q_values))
+                return Route(
+                    domain,
+                    cached.task,
+                    dict(cached.q_values),
+                    cached.scope,
+                    cached.refused,
+                    cached.threshold,
+                )
         idx, val = self.featurize(description)
         with self._lock:
             values = q.q(idx, val)
+            refuse_q = self._refuse.q(idx, val)
+            threshold = self.threshold
             generation = self._generation
         best = int(np.argmax(values))
         scores = {t: float(v) for t, v in zip(q.tasks, values, strict=True)}
+        scope = float(values[best]) - refuse_q
+        refused = threshold is not None and scope < threshold
         with self._lock:
             if generation == self._generation:  # no update since: still this router's answer
-                self._routes[key] = Route(domain, q.tasks[best], dict(scores))
+                self._routes[key] = Route(
+                    domain, q.tasks[best], dict(scores), scope, refused, threshold
+                )
                 if len(self._routes) > ROUTE_CACHE_SIZE:
                     self._routes.popitem(last=False)
-        return Route(domain, q.tasks[best], scores)
+        return Route(domain, q.tasks[best], scores, scope, refused, threshold)
 
     def _weights_changed(self) -> None:
         """Forget remembered routes; call with the lock held, after changing weights."""
@@ -218,20 +276,111 @@ class QRouter:
         idx, val = self.featurize(description)
         with self._lock:
             err = q.update(idx, val, q.index[task], float(reward), self.online_lr)
+            if float(reward) >= 0.5:
+                # a served task was right, so the description is in scope: it joins the
+                # threshold's data (a wrong task says nothing about scope)
+                self._refuse.update(idx, val, 0.0, self.online_lr)
+                if self.scope_data is not None:
+                    self.scope_data.add_in_scope(description, domain)
             self.feedback_count += 1
             self._weights_changed()
+            if self.scope_data is not None:
+                self._recalibrate()
         return err
+
+    def feedback_out_of_scope(self, description: str) -> ThresholdChoice | None:
+        """Learn that no served task fits ``description`` (a refusal the router should
+        have made, or one it made rightly): every task's Q in every domain is regressed
+        to 0 and the refuse head to 1, the description joins the threshold's data, and
+        the threshold is chosen again. Returns the new choice (None when the router has
+        no threshold data). Call :meth:`save` to persist.
+        """
+        if not isinstance(description, str) or not description.strip():
+            raise InvalidInput("description must be a non-empty string")
+        idx, val = self.featurize(description)
+        with self._lock:
+            self._learn_out_of_scope(idx, val, self.online_lr)
+            if self.scope_data is not None:
+                self.scope_data.add_out_of_scope(description)
+            self.feedback_count += 1
+            self._weights_changed()
+            if self.scope_data is not None:
+                self._recalibrate()
+            return self.threshold_choice
+
+    def _learn_out_of_scope(self, idx: np.ndarray, val: np.ndarray, lr: float) -> None:
+        for q in self._q.values():
+            for action in range(len(q.tasks)):
+                q.update(idx, val, action, 0.0, lr)
+        self._refuse.update(idx, val, 1.0, lr)
+
+    # -- refusal threshold -----------------------------------------------------------
+    def scope_score(self, description: str, domain: str | None = None) -> float:
+        """``max_a Q(a) - Q(refuse)`` in ``domain``; with no domain, the highest over all
+        domains (an unserved description must be out of every domain's scope)."""
+        idx, val = self.featurize(description)
+        with self._lock:
+            return self._scope_score(idx, val, domain)
+
+    def _scope_score(self, idx: np.ndarray, val: np.ndarray, domain: str | None) -> float:
+        qs = [self._domain(domain)[1]] if domain is not None else list(self._q.values())
+        best = max(float(np.max(q.q(idx, val))) for q in qs)
+        return best - self._refuse.q(idx, val)
+
+    def calibrate(
+        self,
+        in_scope: Sequence[Example],
+        out_of_scope: Sequence[str],
+        *,
+        max_in_scope_refused: float | None = None,
+    ) -> ThresholdChoice:
+        """Choose the refusal threshold from served and unserved descriptions (use ones
+        kept out of training) and keep them as the threshold's data.
+
+        Raises:
+            InvalidInput: either side is empty; UnknownDomain: an example's domain.
+        """
+        data = ScopeData()
+        if max_in_scope_refused is not None:
+            data.max_in_scope_refused = max_in_scope_refused
+        for ex in in_scope:
+            self._domain(ex.domain)
+            data.add_in_scope(ex.description, ex.domain)
+        for description in out_of_scope:
+            data.add_out_of_scope(description)
+        with self._lock:
+            self.scope_data = data
+            choice = self._recalibrate()
+            self._weights_changed()
+        return choice
+
+    def _recalibrate(self) -> ThresholdChoice:
+        """Score the threshold's data with the current weights and choose again; call
+        with the lock held."""
+        data = self.scope_data
+        assert data is not None
+        ins = [self._scope_score(*self.featurize(e.description), e.domain) for e in data.in_scope]
+        outs = [self._scope_score(*self.featurize(d), None) for d in data.out_of_scope]
+        choice = choose_threshold(ins, outs, max_in_scope_refused=data.max_in_scope_refused)
+        self.threshold_choice = choice
+        self.threshold = choice.threshold
+        self._routes.clear()  # cached routes carry the old threshold's verdict
+        return choice
 
     def train(
         self,
         examples: Sequence[Example],
         *,
         validation: Sequence[Example] = (),
+        out_of_scope: Sequence[str] = (),
         progress: Callable[[dict], None] | None = None,
     ) -> dict:
         """Epsilon-greedy bandit training: one action per example, reward 1 if correct.
 
-        Returns a report with the final training and validation accuracy.
+        ``out_of_scope`` descriptions (of tasks nobody serves) are shuffled in with the
+        examples; each regresses every task's Q to 0 and the refuse head to 1, while a
+        served example regresses the refuse head to 0. Returns a report with the final
+        training and validation accuracy.
         """
         cfg = self.config
         rng = random.Random(cfg.seed)
@@ -239,9 +388,14 @@ class QRouter:
             raise InvalidInput("no training examples")
         for ex in list(examples) + list(validation):
             self._check_example(ex)
+        for description in out_of_scope:
+            if not isinstance(description, str) or not description.strip():
+                raise InvalidInput("out-of-scope descriptions must be non-empty strings")
         eps = cfg.eps_start
         feats = [self.featurize(ex.description) for ex in examples]
-        order = list(range(len(examples)))
+        oos_feats = [self.featurize(d) for d in out_of_scope]
+        n = len(examples)
+        order = list(range(n + len(oos_feats)))
         total = max(1, cfg.epochs * len(examples))
         step = 0
         history = []
@@ -250,11 +404,18 @@ class QRouter:
             rng.shuffle(order)
             rewards = 0.0
             for i in order:
+                if i >= n:
+                    with self._lock:
+                        self._learn_out_of_scope(*oos_feats[i - n], cfg.lr)
+                        self._weights_changed()
+                    continue
                 ex = examples[i]
                 q = self._q[ex.domain]
                 idx, val = feats[i]
                 eps = cfg.eps_start + (cfg.eps_end - cfg.eps_start) * min(1.0, step / total)
                 with self._lock:
+                    if out_of_scope:
+                        self._refuse.update(idx, val, 0.0, cfg.lr)
                     if rng.random() < eps:
                         action = rng.randrange(len(q.tasks))
                     else:
@@ -279,6 +440,7 @@ class QRouter:
                 progress(row)
         report = {
             "examples": len(examples),
+            "out_of_scope_examples": len(out_of_scope),
             "train_accuracy": round(self.accuracy(examples), 4),
             "seconds": round(time.perf_counter() - t0, 3),
             "config": cfg.to_dict(),
@@ -286,6 +448,9 @@ class QRouter:
         if validation:
             report["validation_examples"] = len(validation)
             report["validation_accuracy"] = round(self.accuracy(validation), 4)
+        if self.scope_data is not None:
+            with self._lock:
+                self._recalibrate()  # the weights moved under the old threshold
         self.report = report
         return report
 
@@ -312,7 +477,7 @@ class QRouter:
 
     # -- persistence -------------------------------------------------------------------
     def save(self, directory: str | os.PathLike | None = None) -> Path:
-        """Write ``meta.json`` + ``weights.npz`` atomically (tmp + rename)."""
+        """Write ``meta.json``, ``weights.npz`` and ``scope.json`` (each tmp + rename)."""
         target = Path(directory) if directory is not None else self.path
         if target is None:
             raise ValueError("save() needs a directory for a router that was not loaded")
@@ -324,6 +489,11 @@ class QRouter:
                 arrays[f"rows_{i}"] = rows
                 arrays[f"values_{i}"] = q.weights[rows].astype(np.float16)
                 arrays[f"bias_{i}"] = q.bias.copy()
+            rows = np.flatnonzero(self._refuse.weights).astype(np.int32)
+            arrays["refuse_rows"] = rows
+            arrays["refuse_values"] = self._refuse.weights[rows].astype(np.float16)
+            arrays["refuse_bias"] = np.asarray([self._refuse.bias], dtype=np.float32)
+            choice = self.threshold_choice
             meta = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -333,11 +503,21 @@ class QRouter:
                 "feedback_count": self.feedback_count,
                 "train": self.config.to_dict(),
                 "report": self.report,
+                "refusal": {
+                    "threshold": self.threshold,
+                    "choice": choice.to_dict() if choice is not None else None,
+                    "data": SCOPE_FILE if self.scope_data is not None else None,
+                },
             }
+            scope = self.scope_data.to_dict() if self.scope_data is not None else None
         tmp_w = target / (WEIGHTS_FILE + ".tmp.npz")
         np.savez_compressed(tmp_w, **arrays)
         tmp_m = target / (META_FILE + ".tmp")
         tmp_m.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if scope is not None:
+            tmp_s = target / (SCOPE_FILE + ".tmp")
+            tmp_s.write_text(json.dumps(scope, indent=1, ensure_ascii=False) + "\n", "utf-8")
+            os.replace(tmp_s, target / SCOPE_FILE)
         os.replace(tmp_w, target / WEIGHTS_FILE)
         os.replace(tmp_m, target / META_FILE)
         self.path = target
@@ -362,7 +542,7 @@ class QRouter:
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(
                 f"{d / META_FILE}: format {meta.get('format')!r} v{meta.get('format_version')}"
-                f" is not {FORMAT!r} v{FORMAT_VERSION}"
+                f" is not {FORMAT!r} v{FORMAT_VERSION}; retrain it with `mole gating train`"
             )
         try:
             spec = FeatureSpec.from_dict(meta["features"])
@@ -378,6 +558,19 @@ class QRouter:
                         raise ArtifactError(f"{d / WEIGHTS_FILE}: arrays of domain {i} mismatch")
                     q.weights[rows] = values.astype(np.float32)
                     q.bias[:] = npz[f"bias_{i}"]
+                rows, values = npz["refuse_rows"], npz["refuse_values"]
+                if values.shape != rows.shape or (len(rows) and rows.max() >= spec.dim):
+                    raise ArtifactError(f"{d / WEIGHTS_FILE}: refuse head arrays mismatch")
+                router._refuse.weights[rows] = values.astype(np.float32)
+                router._refuse.bias = float(npz["refuse_bias"][0])
+            refusal = meta["refusal"]
+            if refusal["threshold"] is not None:
+                router.threshold = float(refusal["threshold"])
+            if refusal.get("choice"):
+                router.threshold_choice = ThresholdChoice(**refusal["choice"])
+            if refusal.get("data"):
+                raw = json.loads((d / str(refusal["data"])).read_text(encoding="utf-8"))
+                router.scope_data = ScopeData.from_dict(raw)
         except ArtifactError:
             raise
         except (KeyError, TypeError, ValueError, OSError) as err:

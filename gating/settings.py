@@ -18,11 +18,18 @@ CONFIGS_GATING = config_path("gating")
 DEFAULT_SETTINGS_PATH = CONFIGS_GATING / "settings.json"
 DEFAULT_ROUTER_DIR = CONFIGS_GATING / "task_router"
 DEFAULT_TRAIN_DATA = CONFIGS_GATING.parent / "router_data" / "train.jsonl"
+ROUTER_DATA = CONFIGS_GATING.parent / "router_data"
 #: written separately from train.jsonl and never used for training
-DEFAULT_HELDOUT_DATA = (
-    CONFIGS_GATING.parent / "router_data" / "heldout.jsonl",
-    CONFIGS_GATING.parent / "router_data" / "heldout_fresh.jsonl",
-)
+DEFAULT_HELDOUT_DATA = (ROUTER_DATA / "heldout.jsonl", ROUTER_DATA / "heldout_fresh.jsonl")
+#: descriptions of tasks nobody serves, in the 12 served languages, in three disjoint sets:
+#: trained on (the refuse head), the threshold is chosen on (with heldout.jsonl), and
+#: only measured on (with heldout_fresh.jsonl; see tests/gating/test_refusal.py)
+DEFAULT_OUT_OF_SCOPE_TRAIN = ROUTER_DATA / "out_of_scope_train.jsonl"
+DEFAULT_OUT_OF_SCOPE_CALIBRATION = ROUTER_DATA / "out_of_scope_calibration.jsonl"
+DEFAULT_OUT_OF_SCOPE_HELDOUT = ROUTER_DATA / "out_of_scope_heldout.jsonl"
+#: the served descriptions the threshold is chosen on (the other held-out file is kept
+#: for measuring)
+DEFAULT_IN_SCOPE_CALIBRATION = ROUTER_DATA / "heldout.jsonl"
 
 
 @dataclass(slots=True)

@@ -105,6 +105,11 @@ def test_train_reports_heldout_and_saves(tmp_path, capsys):
     assert "held-out accuracy" in out
     router = QRouter.load(tmp_path / "r")
     assert router.report["validation_accuracy"] >= 0.95
+    # the shipped data comes with its unserved descriptions: the router refuses
+    assert "refusal threshold" in out
+    assert router.threshold is not None
+    assert router.report["out_of_scope_examples"] > 100
+    assert router.route("Translate this text into French.", "finance").refused
     assert router.report["validation_examples"] == sum(
         1 for p in DEFAULT_HELDOUT_DATA for line in open(p, encoding="utf-8") if line.strip()
     )
@@ -164,3 +169,47 @@ def test_feedback_command(tmp_path, capsys):
     )
     assert "Q(news)" in capsys.readouterr().out
     assert QRouter.load(router_dir).feedback_count == 1
+
+
+def test_train_without_unserved_data_says_it_will_never_refuse(tmp_path, capsys):
+    data = tmp_path / "small.jsonl"
+    lines = DEFAULT_TRAIN_DATA.read_text(encoding="utf-8").splitlines()[:40]
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert _run(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "2"]) == 0
+    assert "will never refuse" in capsys.readouterr().out
+    assert QRouter.load(tmp_path / "r").threshold is None
+    # half the refusal data is an error, not a silent router without refusal
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "q")]
+    assert _run([*argv, "--calibrate-in", str(DEFAULT_HELDOUT_DATA[0])]) == 2
+    assert "error [bad_request]: refusal needs all three" in capsys.readouterr().err
+
+
+def test_feedback_out_of_scope_command(tmp_path, capsys):
+    router_dir = tmp_path / "r"
+    QRouter.load(DEFAULT_ROUTER_DIR).save(router_dir)
+    description = "Write a limerick about interest rates."
+    argv = ["feedback", "--router", str(router_dir), "--description", description]
+    for _ in range(5):
+        assert _run([*argv, "--out-of-scope"]) == 0
+    out = capsys.readouterr().out
+    assert "this description is refused" in out.splitlines()[-1]
+    router = QRouter.load(router_dir)
+    assert router.feedback_count == 5
+    assert router.scope_data.out_of_scope[-1] == description
+    assert router.route(description, "finance").refused
+    assert _run([*argv, "--out-of-scope", "--reward", "1"]) == 2
+    assert "--reward goes with --task" in capsys.readouterr().err
+    assert _run([*argv, "--task", "rating"]) == 2
+    assert "--task needs --reward" in capsys.readouterr().err
+
+
+def test_route_command_with_given_task_and_language(capsys):
+    argv = ["route", "--text", "Der Gewinn stieg.", "--task", "rating", "--language", "de"]
+    assert _run(argv) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "german(given) -> finance(given) -> rating(given) -> llama-2-7b-hf"
+    )
+    argv = ["route", "--text", "Der Gewinn stieg.", "--description", "Translate to French"]
+    assert _run([*argv, "--candidates"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error [task_not_served]: no served task fits this description")
