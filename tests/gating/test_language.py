@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
+from collections import defaultdict
 
 import pytest
 
 import tests.gating.po_samples as po_samples
 from mole.gating.errors import ArtifactError, InvalidInput, LanguageUncertain, UnsupportedLanguage
 from mole.gating.language import LanguageDetector, bundled_model_path
+from mole.gating.settings import DEFAULT_HELDOUT_DATA
 from mole.protocol.registry import language
 
 SERVED = ["en", "de", "fr", "es", "ja", "zh", "nl", "it", "sv", "da", "pl", "tr"]
@@ -189,3 +192,69 @@ def test_the_one_label_first_look_decides_as_the_full_ranking_does():
     assert len(texts) > 500
     differ = [t for t in texts if _outcome(fast, t) != _outcome(full, t)]
     assert differ == []
+
+
+def _served_descriptions() -> dict[str, list[str]]:
+    """The held-out task descriptions (written for this project), by language."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for path in DEFAULT_HELDOUT_DATA:
+        for line in path.read_text("utf-8").splitlines():
+            row = json.loads(line)
+            out[row["language"]].append(row["description"])
+    return out
+
+
+def _short_text_accuracy(detector, description_language: str | None) -> dict[str, float]:
+    """Share of 10-30 character texts detected right, per language; a refusal is wrong.
+    Each text comes with a held-out description in ``description_language`` (None: the
+    text's own language; "-": no description)."""
+    descriptions = _served_descriptions()
+    accuracy = {}
+    for code in SERVED:
+        texts = po_samples.short_texts(code, limit=150)
+        assert len(texts) >= 100, code
+        pool = descriptions[description_language or code] if description_language != "-" else []
+        hits = 0
+        for i, text in enumerate(texts):
+            description = pool[i % len(pool)] if pool else None
+            with contextlib.suppress(LanguageUncertain, UnsupportedLanguage):
+                hits += detector.detect(text, description).code == code
+        accuracy[code] = round(hits / len(texts), 3)
+    return accuracy
+
+
+def test_short_texts_with_a_description_in_their_language(detector):
+    """Texts of 10-30 characters, each with a description in its language: the
+    description's language settles what the text alone cannot (Danish that fastText
+    reads as Norwegian, Dutch it reads as German)."""
+    with_description = _short_text_accuracy(detector, None)
+    alone = _short_text_accuracy(detector, "-")
+    mean = sum(with_description.values()) / len(with_description)
+    print(f"\nshort texts, same-language description: mean {mean:.3f} {with_description}")
+    print(f"short texts alone: mean {sum(alone.values()) / len(alone):.3f} {alone}")
+    assert mean >= 0.94
+    assert sum(acc >= 0.95 for acc in with_description.values()) >= 9, with_description
+    for code in SERVED:
+        assert with_description[code] >= alone[code], code
+
+
+def test_short_texts_under_an_english_description_lose_little(detector):
+    """The common case of an English description over texts in other languages: the
+    prior must not drag short texts fastText reads well into English."""
+    english = _short_text_accuracy(detector, "en")
+    alone = _short_text_accuracy(detector, "-")
+    mean_en, mean_alone = (sum(d.values()) / len(d) for d in (english, alone))
+    print(f"\nshort texts, English description: mean {mean_en:.3f} {english}")
+    assert mean_en >= mean_alone - 0.05
+
+
+def test_description_language_settles_a_short_text_fasttext_misreads(detector):
+    text = "Statische bestanden"  # Dutch ("static files"); fastText alone: German 0.85
+    assert detector.detect(text).code == "de"
+    dutch = detector.detect(text, "Geef de stemming van deze recensie een cijfer van 1 tot 5.")
+    assert (dutch.code, dutch.used_description) == ("nl", True)
+    # an English description does not outweigh a text fastText is sure of
+    english = detector.detect(text, "Rate the sentiment of this review from 1 to 5.")
+    assert (english.code, english.used_description) == ("de", False)
+    # a description is read once, then remembered
+    assert detector._description_languages("Rate it") is detector._description_languages("Rate it")

@@ -161,9 +161,14 @@ def test_unsupported_and_uncertain_language(pipeline):
         pipeline.route("12345 67890 ---", "ok")  # fastText would say "english" (0.74)
     assert err.value.code == "language_uncertain"
     assert "no letters" in err.value.message
+    # tickers say nothing of a language: without a description they are refused ...
     with pytest.raises(LanguageUncertain) as err:
-        pipeline.route("AAPL MSFT GOOG TSLA NVDA", DESCRIPTIONS["news"])
+        pipeline.route("AAPL MSFT GOOG TSLA NVDA", task="news")
     assert err.value.confidence < err.value.floor
+    # ... and with one, its language decides
+    assert pipeline.route("AAPL MSFT GOOG TSLA NVDA", DESCRIPTIONS["news"]).language.code == "en"
+    detection = pipeline.detector.detect("AAPL MSFT GOOG TSLA NVDA", DESCRIPTIONS["news"])
+    assert detection.used_description
 
 
 class _FixedDomain:
