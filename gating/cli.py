@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from mole.gating.errors import GatingError, InvalidInput
+from mole.gating.scope import MAX_IN_SCOPE_REFUSED
 from mole.gating.settings import (
     DEFAULT_HELDOUT_DATA,
     DEFAULT_IN_SCOPE_CALIBRATION,
@@ -84,8 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--max-in-scope-refused",
         type=float,
-        default=0.02,
-        help="the threshold refuses at most this share of --calibrate-in (default 0.02)",
+        default=MAX_IN_SCOPE_REFUSED,
+        help="the threshold refuses at most this share of --calibrate-in (default %(default)s)",
     )
     train.add_argument(
         "--min-accuracy",

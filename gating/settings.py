@@ -20,7 +20,11 @@ DEFAULT_ROUTER_DIR = CONFIGS_GATING / "task_router"
 DEFAULT_TRAIN_DATA = CONFIGS_GATING.parent / "router_data" / "train.jsonl"
 ROUTER_DATA = CONFIGS_GATING.parent / "router_data"
 #: written separately from train.jsonl and never used for training
-DEFAULT_HELDOUT_DATA = (ROUTER_DATA / "heldout.jsonl", ROUTER_DATA / "heldout_fresh.jsonl")
+DEFAULT_HELDOUT_DATA = (
+    ROUTER_DATA / "heldout.jsonl",
+    ROUTER_DATA / "heldout_fresh.jsonl",
+    ROUTER_DATA / "heldout_short.jsonl",  # task names of 1-5 words ("Sentiment analysis")
+)
 #: descriptions of tasks nobody serves, in the 12 served languages, in three disjoint sets:
 #: trained on (the refuse head), the threshold is chosen on (with heldout.jsonl), and
 #: only measured on (with heldout_fresh.jsonl; see tests/gating/test_refusal.py)

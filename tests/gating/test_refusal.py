@@ -1,10 +1,10 @@
 """Refusal of descriptions no served task fits: the threshold, its data, feedback, errors.
 
 Figures come from the shipped router on data kept out of its training: the served
-descriptions of heldout_fresh.jsonl and the unserved ones of out_of_scope_heldout.jsonl
-were used neither to train nor to choose the threshold (heldout.jsonl and
-out_of_scope_calibration.jsonl chose it; out_of_scope_train.jsonl trained the refuse
-head).
+descriptions of heldout_fresh.jsonl and heldout_short.jsonl and the unserved ones of
+out_of_scope_heldout.jsonl were used neither to train nor to choose the threshold
+(heldout.jsonl and out_of_scope_calibration.jsonl chose it; out_of_scope_train.jsonl
+trained the refuse head).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mole.gating.settings import (
 
 SERVED = ["en", "de", "fr", "es", "ja", "zh", "nl", "it", "sv", "da", "pl", "tr"]
 IN_SCOPE_FRESH = DEFAULT_HELDOUT_DATA[1]
+IN_SCOPE_SHORT = DEFAULT_HELDOUT_DATA[2]  # task names of 1-5 words
 
 
 def _languages(path: Path) -> list[str]:
@@ -97,7 +98,8 @@ def test_out_of_scope_sets_cover_every_served_language_and_are_disjoint():
 def test_out_of_scope_descriptions_are_in_the_language_they_are_labelled():
     """fastText (not the data's author) agrees with the labels, so the per-language
     figures below are about the language they claim. The few it does not agree with are
-    its own misses on one short sentence (a Dutch question it reads as German)."""
+    its own misses on one short sentence (a Dutch question it reads as German). Task
+    names of one or two words ("Resumen") are left out: no detector can place them."""
     detector = LanguageDetector(SERVED)
     total, disagree = 0, []
     for path in (
@@ -106,6 +108,8 @@ def test_out_of_scope_descriptions_are_in_the_language_they_are_labelled():
         DEFAULT_OUT_OF_SCOPE_HELDOUT,
     ):
         for o in read_out_of_scope(path):
+            if len(o.description) < 20:
+                continue
             total += 1
             try:
                 code = detector.detect(o.description).code
@@ -123,10 +127,14 @@ def test_held_out_unserved_descriptions_are_refused_and_served_ones_are_not(ship
     descriptions used neither for training nor for choosing the threshold."""
     out = _refusal_by_language(shipped, DEFAULT_OUT_OF_SCOPE_HELDOUT, in_scope=False)
     fresh = _refusal_by_language(shipped, IN_SCOPE_FRESH, in_scope=True)
+    short = _refusal_by_language(shipped, IN_SCOPE_SHORT, in_scope=True)
     print("\nrefused, unserved held-out:", {k: f"{sum(v)}/{len(v)}" for k, v in out.items()})
     print("refused, served held-out:", {k: f"{sum(v)}/{len(v)}" for k, v in fresh.items()})
+    print("refused, served short held-out:", {k: f"{sum(v)}/{len(v)}" for k, v in short.items()})
+    served = {k: fresh[k] + short[k] for k in fresh}
+    print(f"unserved refused {_share(out):.3f}; served refused {_share(served):.3f}")
     assert _share(out) >= 0.90
-    assert _share(fresh) <= 0.02
+    assert _share(served) <= 0.02
     # no language is left behind entirely
     assert min(sum(v) / len(v) for v in out.values()) >= 0.5, out
 
@@ -171,7 +179,7 @@ def test_the_threshold_saved_is_the_one_its_saved_data_chooses(shipped):
     assert again.threshold == pytest.approx(shipped.threshold, abs=2e-3)
     meta = json.loads((DEFAULT_ROUTER_DIR / "meta.json").read_text("utf-8"))
     assert meta["refusal"]["threshold"] == shipped.threshold
-    assert meta["refusal"]["choice"]["max_in_scope_refused"] == 0.02
+    assert meta["refusal"]["choice"]["max_in_scope_refused"] == 0.01
 
 
 # -- choosing a threshold ----------------------------------------------------------------

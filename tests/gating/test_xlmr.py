@@ -92,7 +92,11 @@ def test_domain_cls_original_format_matches_the_formula(tiny_xlmr, tmp_path):
         assert pred.probabilities["general"] == pytest.approx(float(row[1]), abs=1e-5)
         assert pred.domain == ["finance", "general"][int(row.argmax())]
         assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert clf.predict(*pairs[0]) == preds[0]
+    # one text alone and the same text in a padded batch agree to float32 rounding (a
+    # batch's matmuls may sum in another order: 0.72430879 vs 0.72430885 was seen)
+    single = clf.predict(*pairs[0])
+    assert single.domain == preds[0].domain
+    assert single.probabilities == pytest.approx(preds[0].probabilities, abs=1e-6)
 
 
 def test_domain_classifier_is_thread_safe(tiny_xlmr, tmp_path):
