@@ -21,7 +21,7 @@ import random
 import sys
 from pathlib import Path
 
-from mole.gating.errors import GatingError, InvalidInput
+from mole.gating.errors import GatingError, InvalidInput, TaskNotServed
 from mole.gating.scope import MAX_IN_SCOPE_REFUSED
 from mole.gating.settings import (
     DEFAULT_HELDOUT_DATA,
@@ -232,13 +232,19 @@ def _route(args: argparse.Namespace) -> int:
     from mole.gating.pipeline import GatingPipeline
 
     pipeline = GatingPipeline.load(args.registry, router=args.router)
-    result = pipeline.route(
-        args.text,
-        args.description,
-        task=args.task,
-        language=args.language,
-        candidates=args.candidates,
-    )
+    try:
+        result = pipeline.route(
+            args.text,
+            args.description,
+            task=args.task,
+            language=args.language,
+            candidates=args.candidates,
+        )
+    except TaskNotServed as err:
+        print(f"error [{err.code}]: {err.message}", file=sys.stderr)
+        for c in err.candidates or ():
+            print(f"  candidate {c['task']}  Q={c['q']:.3f}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -359,8 +359,14 @@ class QRouter:
         with the lock held."""
         data = self.scope_data
         assert data is not None
-        ins = [self._scope_score(*self.featurize(e.description), e.domain) for e in data.in_scope]
-        outs = [self._scope_score(*self.featurize(d), None) for d in data.out_of_scope]
+        ins: list[float] = []
+        for e in data.in_scope:
+            idx, val = self.featurize(e.description)
+            ins.append(self._scope_score(idx, val, e.domain))
+        outs: list[float] = []
+        for d in data.out_of_scope:
+            idx, val = self.featurize(d)
+            outs.append(self._scope_score(idx, val, None))
         choice = choose_threshold(ins, outs, max_in_scope_refused=data.max_in_scope_refused)
         self.threshold_choice = choice
         self.threshold = choice.threshold
@@ -405,8 +411,9 @@ class QRouter:
             rewards = 0.0
             for i in order:
                 if i >= n:
+                    oos_idx, oos_val = oos_feats[i - n]
                     with self._lock:
-                        self._learn_out_of_scope(*oos_feats[i - n], cfg.lr)
+                        self._learn_out_of_scope(oos_idx, oos_val, cfg.lr)
                         self._weights_changed()
                     continue
                 ex = examples[i]

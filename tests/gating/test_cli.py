@@ -213,3 +213,11 @@ def test_route_command_with_given_task_and_language(capsys):
     assert _run([*argv, "--candidates"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error [task_not_served]: no served task fits this description")
+    assert [line.split()[1] for line in err.splitlines()[1:]] == sorted(
+        ["finance/rating", "finance/pii", "finance/news", "finance/esci"],
+        key=lambda t: (
+            -QRouter.load(DEFAULT_ROUTER_DIR)
+            .route("Translate to French", "finance")
+            .q_values[t.split("/")[1]]
+        ),
+    )
