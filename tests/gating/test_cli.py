@@ -11,6 +11,7 @@ from pathlib import Path
 from mole.gating import cli
 from mole.gating.router import QRouter
 from mole.gating.settings import DEFAULT_HELDOUT_DATA, DEFAULT_ROUTER_DIR, DEFAULT_TRAIN_DATA
+from tests.gating.refusal_support import served_though_unserved
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -187,7 +188,7 @@ def test_train_without_unserved_data_says_it_will_never_refuse(tmp_path, capsys)
 def test_feedback_out_of_scope_command(tmp_path, capsys):
     router_dir = tmp_path / "r"
     QRouter.load(DEFAULT_ROUTER_DIR).save(router_dir)
-    description = "Write a limerick about interest rates."
+    description = served_though_unserved(QRouter.load(router_dir))
     argv = ["feedback", "--router", str(router_dir), "--description", description]
     for _ in range(5):
         assert _run([*argv, "--out-of-scope"]) == 0

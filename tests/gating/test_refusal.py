@@ -35,6 +35,7 @@ from mole.gating.settings import (
     DEFAULT_ROUTER_DIR,
     DEFAULT_TRAIN_DATA,
 )
+from tests.gating.refusal_support import served_though_unserved
 
 SERVED = ["en", "de", "fr", "es", "ja", "zh", "nl", "it", "sv", "da", "pl", "tr"]
 IN_SCOPE_FRESH = DEFAULT_HELDOUT_DATA[1]
@@ -242,13 +243,7 @@ def router_copy(tmp_path) -> Path:
 
 def test_out_of_scope_feedback_is_learned_saved_and_moves_the_threshold_data(router_copy):
     router = QRouter.load(router_copy)
-    served_before = [
-        o.description
-        for o in read_out_of_scope(DEFAULT_OUT_OF_SCOPE_HELDOUT)
-        if not router.route(o.description, "finance").refused
-    ]
-    assert served_before, "every held-out unserved description is refused already"
-    description = served_before[0]
+    description = served_though_unserved(router)
     n_out = len(router.scope_data.out_of_scope)
     before = router.scope_score(description)
     choice = router.feedback_out_of_scope(description)
@@ -268,7 +263,7 @@ def test_out_of_scope_feedback_is_learned_saved_and_moves_the_threshold_data(rou
 
 def test_repeated_feedback_makes_a_served_description_refused(router_copy):
     router = QRouter.load(router_copy)
-    description = "Write a limerick about interest rates."
+    description = served_though_unserved(router)
     for _ in range(5):
         router.feedback_out_of_scope(description)
     assert router.route(description, "finance").refused
@@ -334,3 +329,19 @@ def test_pipeline_refusal_lists_candidates_when_asked(pipeline, registry):
     assert {c["task"]: c["q"] for c in cands} == {
         f"finance/{t}": round(q, 4) for t, q in qs.items()
     }
+
+
+def test_pipeline_feedback_out_of_scope_turns_a_route_into_a_refusal(router_copy, registry):
+    from mole.gating import GatingPipeline
+
+    pipeline = GatingPipeline.load(registry, router=router_copy)
+    description = served_though_unserved(pipeline.router)
+    served = pipeline.route(TEXT, description)  # answered before: no task fits, yet it routes
+    assert served.task_key in registry.tasks
+    for _ in range(5):
+        choice = pipeline.feedback_out_of_scope(description)
+    assert choice is not None and choice.threshold == pipeline.router.threshold
+    with pytest.raises(TaskNotServed):
+        pipeline.route(TEXT, description)
+    with pytest.raises(InvalidInput):
+        pipeline.feedback_out_of_scope("  ")
