@@ -370,7 +370,10 @@ class QRouter:
         choice = choose_threshold(ins, outs, max_in_scope_refused=data.max_in_scope_refused)
         self.threshold_choice = choice
         self.threshold = choice.threshold
-        self._routes.clear()  # cached routes carry the old threshold's verdict
+        # cached routes carry the old threshold's verdict, and a route being worked out
+        # right now read it: neither may be served from the cache
+        self._generation += 1
+        self._routes.clear()
         return choice
 
     def train(
