@@ -165,11 +165,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "index": {"type": "integer"},
             "ok": {"type": "boolean"},
             "result": _ref("ClassifyResponse"),
-            "error": {
-                "type": "object",
-                "required": ["code", "detail"],
-                "properties": {"code": _STR, "detail": _STR},
-            },
+            # a failed item: the fields of the top-level Error document
+            "error": _STR,
+            "detail": _STR,
+            "field": _STR,
+            "request_id": _STR,
         },
     }
     batch_response = {

@@ -207,6 +207,30 @@ class RateLimiter:
                 return self._run(active, cost, enforce=True).decision
         return self._hit_leased(tuple(active), cost, cap)
 
+    def hit_from_lease(
+        self, checks: Sequence[tuple[str, Rate | None]], cost: float = 1.0
+    ) -> Decision | None:
+        """``hit`` answered from this process's lease alone, without SQLite and without
+        waiting for the lock; None when that cannot be done (no lease, too few units,
+        expired, another thread busy). An event loop calls this first and ``hit`` in a
+        thread only on None."""
+        active = tuple((key, rate) for key, rate in checks if rate is not None)
+        if not active or cost <= 0:
+            return Decision(True)
+        if min(LEASE_MAX, min(rate.count for _, rate in active) // LEASE_SHARE) <= 0:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            lease = self._leases.get(active)
+            if lease is None or lease.units < cost or self._clock() >= lease.expires:
+                return None
+            lease.units -= cost
+            self._leases.move_to_end(active)
+            return Decision(True)
+        finally:
+            self._lock.release()
+
     def _hit_leased(self, active: tuple, cost: float, cap: int) -> Decision:
         """``hit`` for rates large enough to lease (see the module's docstring)."""
         with self._lock:

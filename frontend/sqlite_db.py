@@ -5,6 +5,10 @@ gunicorn worker process shares. A connection must never cross a fork (field-note
 each store holds a :class:`ProcessLocalConnection` that opens a fresh connection the first
 time it is used in a process, in WAL mode so readers do not block the writer. Callers
 serialise their own use of it with their own lock.
+
+The files hold password hashes and who asked for what, so each is created mode 0600 in a
+directory created 0700, and an existing file readable by others is narrowed to 0600
+(SQLite gives its ``-wal`` and ``-shm`` files the database file's mode).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class ProcessLocalConnection:
     def get(self) -> sqlite3.Connection:
         """This process's connection (autocommit; use explicit BEGIN for transactions)."""
         if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)
             conn = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout_s,
@@ -79,6 +83,16 @@ class ProcessLocalConnection:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+
+
+def private_file(path: Path) -> None:
+    """Make ``path`` exist with mode 0600 (its directory 0700 when created here)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
 
 
 class WriterLock:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import falcon
+import falcon.asgi
 
+from mole.frontend.dispatch import Dispatcher
 from mole.frontend.gating_holder import GatingHolder
 from mole.frontend.media import respond
 
@@ -14,14 +15,14 @@ class Health:
     def __init__(self, version: str) -> None:
         self._version = version
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         respond(req, resp, {"status": "healthy", "version": self._version})
 
 
 class Live:
     auth = "public"
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         respond(req, resp, {"status": "alive"})
 
 
@@ -30,15 +31,17 @@ class Ready:
 
     auth = "public"
 
-    def __init__(self, gating: GatingHolder, dispatcher, *, probe_timeout: float) -> None:
+    def __init__(
+        self, gating: GatingHolder, dispatcher: Dispatcher, *, probe_timeout: float
+    ) -> None:
         self._gating = gating
         self._dispatcher = dispatcher
         self._probe_timeout = probe_timeout
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         gating = self._gating.state()
         try:
-            status = self._dispatcher.status(self._probe_timeout)
+            status = await self._dispatcher.status(self._probe_timeout)
             services = status.get("services", {}) or {}
             backend = {
                 "ready": True,

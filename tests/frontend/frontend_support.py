@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -17,11 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from falcon import testing
+from falcon.util.sync import async_to_sync
 
 from mole.frontend.analytics import Analytics
 from mole.frontend.app import Components, create_app
 from mole.frontend.dispatch import BrokerDispatcher
 from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.guard import ConnectionGauge, ServerGuard
 from mole.frontend.limits import Limits
 from mole.frontend.metrics import Metrics
 from mole.frontend.passwords import PasswordHasher
@@ -163,4 +166,33 @@ class Api:
         return {"Authorization": f"Bearer {result.json['access_token']}"}
 
     def close(self) -> None:
-        self.components.close()
+        # on the loop falcon.testing runs every simulated request on (its bus client's)
+        async_to_sync(self.components.aclose)
+
+
+@contextlib.contextmanager
+def served(api: Api) -> Iterator[str]:
+    """``api``'s app on a real uvicorn server (real sockets, its own event loop in a thread)
+    on a free loopback port; yields the base URL. The bus client of the app is made on
+    that loop and closed there by the lifespan shut-down when the block ends."""
+    import uvicorn
+
+    port = free_port()
+    app = ServerGuard(
+        api.app,
+        max_connections=1000,
+        gauge=ConnectionGauge(),
+        on_shutdown=api.components.dispatcher.close,
+    )
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 20, "uvicorn to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)

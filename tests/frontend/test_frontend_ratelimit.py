@@ -205,6 +205,7 @@ def test_disabled_limits_never_refuse(make_offline):
         rate_limit_login_address="0",
         rate_limit_classify_user="off",
         rate_limit_classify_address="off",
+        rate_limit_register_address="off",
     )
     assert api.components.limits.limiter is None  # no database is even opened
     api.components.users.create("grace", PASSWORD)
