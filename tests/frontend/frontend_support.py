@@ -144,6 +144,16 @@ def make_components(
     )
 
 
+class Clock:
+    """A clock the test moves by hand (rate-limit windows, token expiry)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Api:
     """A falcon.testing client with helpers for tokens."""
 
@@ -196,3 +206,31 @@ def served(api: Api) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@contextlib.contextmanager
+def frontend_process(
+    broker_url: str, data_dir: Path, log: Path, *args: str, **env: str
+) -> Iterator[str]:
+    """``python -m mole.frontend`` (gunicorn over uvicorn workers) on a free port, with
+    the cheap argon2 profile and a generated secret; yields the base URL once it answers
+    /api/v1/health. Extra flags in ``args``, variables in ``env``."""
+    port = free_port()
+    environment = child_env(MOLE_ARGON2_PROFILE="cheap", **env)
+    for key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR"):
+        environment.pop(key, None)
+    argv = [
+        *("-m", "mole.frontend", "--bind", f"127.0.0.1:{port}", "--broker", broker_url),
+        *("--data-dir", str(data_dir), *args),
+    ]
+    import sys
+
+    with child([sys.executable, *argv], log, env=environment) as proc:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            return call("GET", f"{base}/api/v1/health", timeout=5)[0] == 200
+
+        wait_for(up, 60, "the frontend to answer", interval=0.2)
+        yield base

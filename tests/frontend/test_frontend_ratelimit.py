@@ -9,72 +9,14 @@ import threading
 
 import pytest
 
-from mole.frontend.gating_holder import GatingHolder
 from mole.frontend.limits import Limits
 from mole.frontend.ratelimit import Rate, RateLimiter, RateSpecError, parse_rate
 from mole.frontend.settings import SettingsError, settings_from_env
-from tests.frontend.frontend_support import PASSWORD, Api, make_components, make_settings
+from tests.frontend.frontend_support import PASSWORD, Clock
 
 EN = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
 RATE = "Rate the sentiment of this financial statement"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _api(tmp_path, hasher, gating, broker_url, clock, **limits) -> Api:
-    settings = make_settings(tmp_path, **limits)
-    components = make_components(settings, hasher=hasher, gating=gating, broker_url=broker_url)
-    components.limits = Limits.from_settings(settings, clock=clock)
-    return Api(components)
-
-
-@pytest.fixture
-def make_api(tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers):
-    made = []
-
-    def make(clock, **limits):
-        api = _api(
-            tmp_path,
-            hasher,
-            GatingHolder.loaded(gating_pipeline, registry),
-            broker_url,
-            clock,
-            **limits,
-        )
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
-
-
-@pytest.fixture
-def make_offline(tmp_path, hasher, registry, dead_broker_url):
-    made = []
-
-    def make(clock, **limits):
-        api = _api(
-            tmp_path,
-            hasher,
-            GatingHolder(registry_path=registry.path, loader=lambda reg: None),
-            dead_broker_url,
-            clock,
-            **limits,
-        )
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
 
 
 def classify(api, headers, address="127.0.0.1", text=EN):
