@@ -49,9 +49,8 @@ class RequestContext:
         self._log_access = log_access
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        req.context.request_id = self._new_id()
+        req.context.request_id = self._new_id()  # echoed in process_response
         req.context.started = time.perf_counter()
-        resp.set_header("X-Request-ID", req.context.request_id)
         length = req.content_length
         if length is not None and length > self._max_body:
             raise APIError(
