@@ -37,23 +37,28 @@ _ERROR_TEXT = {
     403: "Not allowed (admin only, or registration switched off)",
     404: "Unknown route",
     405: "Method not allowed on this route",
-    409: "Username already taken",
+    408: "The request body (body_timeout) or head (header_timeout) did not arrive in time; "
+    "the connection is closed",
+    409: "Username already taken (names are compared without regard to case)",
     413: "Body over the size limit",
+    431: "Request line and headers over the size limit (headers_too_large)",
     415: "Unsupported Content-Type",
     422: "Validation error (field named), unsupported language (served ones listed), "
     "worker refused the payload, or invalid registry",
     429: "Rate limited (error rate_limited: too many login attempts or classifications for "
-    "this user or client address; a failed login and each batch item count) or the "
+    "this user or client address, or registrations from this address; a failed login and "
+    "each batch item count) or the "
     "model's queue is full (overloaded); Retry-After says how many seconds to wait",
     500: "Internal error",
     502: "The worker was lost or failed",
-    503: "Not ready, or no worker serves the model (Retry-After)",
+    503: "Not ready, no worker serves the model, or this server process has too many open "
+    "connections (too_many_connections) (Retry-After)",
     504: "REQUEST_TIMEOUT_SECONDS passed",
 }
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    classify_errors = _errors(400, 401, 413, 415, 422, 429, 502, 503, 504)
+    classify_errors = _errors(400, 401, 408, 413, 415, 422, 429, 502, 503, 504)
     classify_request = {
         "type": "object",
         "required": ["text", "description"],
@@ -385,7 +390,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                         "Created",
                     ),
-                    **_errors(400, 403, 409, 413, 415, 422, 429),
+                    **_errors(400, 403, 408, 409, 413, 415, 422, 429),
                 },
             }
         },
@@ -422,7 +427,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             },
                         }
                     ),
-                    **_errors(401, 413, 415, 422, 429),
+                    **_errors(401, 408, 413, 415, 422, 429),
                 },
             }
         },
@@ -455,7 +460,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json(_ref("BatchResponse")),
-                    **_errors(400, 401, 413, 415, 422, 429, 503),
+                    **_errors(400, 401, 408, 413, 415, 422, 429, 503),
                 },
             }
         },
