@@ -62,6 +62,8 @@ class Limits:
         self.classify_user = classify_user
         self.classify_address = classify_address
         self.register_address = register_address
+        # (username, address) -> the classify checks, built once per client
+        self._classify_checks: dict[tuple[str, str], tuple[tuple[str, Rate], ...]] = {}
         self.login_failure_cost = max(1, int(login_failure_cost))
 
     @classmethod
@@ -123,6 +125,20 @@ class Limits:
             decision = await asyncio.to_thread(self.limiter.hit, checks)
             self._check(decision, "register", "registrations", "ask an administrator for more")
 
+    def _checks_for(self, username: str, address: str) -> tuple[tuple[str, Rate], ...]:
+        key = (username, address)
+        checks = self._classify_checks.get(key)
+        if checks is None:
+            if len(self._classify_checks) >= 10_000:
+                self._classify_checks.clear()
+            candidates = (
+                (f"classify:user:{username}", self.classify_user),
+                (f"classify:addr:{address}", self.classify_address),
+            )
+            checks = tuple((name, rate) for name, rate in candidates if rate is not None)
+            self._classify_checks[key] = checks
+        return checks
+
     async def classify(self, username: str, address: str, cost: int = 1) -> None:
         """Spend ``cost`` classifications (a batch's number of items).
 
@@ -130,10 +146,7 @@ class Limits:
             APIError: rate_limited (429, Retry-After).
         """
         if self.limiter is not None:
-            checks = [
-                (f"classify:user:{username}", self.classify_user),
-                (f"classify:addr:{address}", self.classify_address),
-            ]
+            checks = self._checks_for(username, address)
             decision = self.limiter.hit_from_lease(checks, cost)
             if decision is None:
                 decision = await asyncio.to_thread(self.limiter.hit, checks, cost)

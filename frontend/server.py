@@ -11,7 +11,8 @@ not do itself, written only against public interfaces (asyncio's ``Protocol`` me
 and httptools' parser callbacks, each calling uvicorn's own):
 
 * a request head (request line and headers) must arrive within ``header_timeout_s`` of
-  the connection opening or of its first byte on a kept-alive connection; a connection
+  the connection opening, or of the first read that brought part of it on a kept-alive
+  connection (idle time between requests is uvicorn's keep-alive limit); a connection
   that sent part of a head then gets ``408 header_timeout`` and is closed, one that sent
   nothing is closed;
 * a head of more than ``max_header_bytes`` is refused with ``431 headers_too_large``
@@ -75,24 +76,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._mole_awaiting_head and self._mole_head_over_limit(data):
+        if not self._mole_awaiting_head:
+            super().data_received(data)
+            return
+        if self._mole_head_over_limit(data):
             self._mole_refuse(
                 "headers_too_large",
                 f"the request line and headers are over {self.max_header_bytes} bytes",
             )
             return
         super().data_received(data)
+        # NOTE: the clock starts only for a head that did not arrive in one read, so the
+        # usual request (its head in one packet) costs no timer
+        if self._mole_awaiting_head and self._mole_timer is None and self._mole_started_head():
+            self._mole_arm_head_timer()
 
     # httptools parser callbacks -----------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if not self._mole_awaiting_head:  # a new request on a kept-alive connection
-            self._mole_awaiting_head = True
-            self._mole_head_bytes = 0
-            self._mole_tail = b""
-        if self._mole_timer is None:
-            self._mole_arm_head_timer()
-        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._mole_awaiting_head = False
@@ -107,6 +106,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     # ours ---------------------------------------------------------------------------------
+
+    def _mole_started_head(self) -> bool:
+        return bool(self._mole_head_bytes or self._mole_tail)
 
     def _mole_head_over_limit(self, data: bytes) -> bool:
         """Whether the head being received passes the limit with ``data``: the head ends
@@ -133,7 +135,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._mole_timer = None
         if not self._mole_awaiting_head or self._mole_transport.is_closing():
             return
-        if self._mole_head_bytes or self._mole_tail:
+        if self._mole_started_head():
             self._mole_refuse(
                 "header_timeout",
                 f"the request line and headers did not arrive within "
