@@ -113,6 +113,27 @@ def test_msgpack_in_and_out(offline_api):
     assert msgpack.unpackb(r.content)["error"] == "not_found"
 
 
+_GOOD = msgpack.packb({"username": "packer2", "password": "longenough"})
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (_GOOD[:-4], "ends in the middle of a msgpack object"),  # cut short
+        (_GOOD + b"\x01", "more than one msgpack object (1 bytes follow"),
+        (b"\xc1", "starts no msgpack type"),
+        (b"\x91" * 5000, "nests arrays or maps too deeply"),
+        (b"\x81\xa1u\xa2\xff\xfe", "not valid UTF-8"),
+    ],
+)
+def test_a_bad_msgpack_body_is_explained_in_words(offline_api, body, words):
+    r = offline_api.client.simulate_post(
+        "/api/v1/auth/register", body=body, headers={"Content-Type": "application/msgpack"}
+    )
+    document = assert_error(r, 400, "invalid_body")
+    assert words in document["detail"]
+
+
 def test_json_is_the_default_and_wins_on_equal_preference(offline_api):
     r = offline_api.client.simulate_get("/api/v1/health", headers={"Accept": "*/*"})
     assert r.headers["Content-Type"] == "application/json"

@@ -302,6 +302,21 @@ def test_the_gunicorn_master_holds_no_broker_connection(server):
     assert any(_socket_inodes(int(c)) & broker for c in children)
 
 
+def test_the_server_opens_no_control_socket_another_stack_could_share(server):
+    """gunicorn's control socket would be one path per user (~/.gunicorn/gunicorn.ctl), the
+    same for every stack on the machine: no process of the frontend holds a Unix socket
+    bound to a path."""
+    pids = [server["proc"].pid]
+    pids += [int(c) for c in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
+    ours = set().union(*(_socket_inodes(pid) for pid in pids))
+    bound = {}
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8:  # the eighth column is the path, when there is one
+            bound[fields[6]] = fields[7]
+    assert not {inode: bound[inode] for inode in ours if inode in bound}
+
+
 def test_graceful_shutdown_finishes_the_request_in_flight(server):
     base = server["base"]
     user = token(base, "admin", "admin-password")
