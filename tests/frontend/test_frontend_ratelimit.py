@@ -294,3 +294,34 @@ def test_small_rates_are_checked_in_sqlite_every_time(tmp_path):
     assert results == [True] * 60 + [False]
     assert len(transactions) == 61
     limiter.close()
+
+
+class CountingLimiter(RateLimiter):
+    """The real limiter, counting the checks that go to SQLite (in a thread)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sqlite_checks = 0
+
+    def hit(self, checks, cost=1.0):
+        self.sqlite_checks += 1
+        return super().hit(checks, cost)
+
+
+def test_requests_in_flight_share_one_refill_of_an_empty_lease(tmp_path):
+    """16 classify checks of one client at once on an empty lease: one goes to SQLite at a
+    time and the others are answered from the lease it took (its size doubles each time:
+    0, 1, 2, 4, 8 units), so 5 checks reach SQLite rather than 16."""
+    import asyncio
+
+    limiter = CountingLimiter(tmp_path / "ratelimit.sqlite3")
+    limits = Limits(limiter, classify_user=parse_rate("100000/second"))
+
+    async def burst() -> None:
+        await asyncio.gather(*(limits.classify("alice", "10.0.0.1") for _ in range(16)))
+
+    try:
+        asyncio.run(burst())
+    finally:
+        limits.close()
+    assert limiter.sqlite_checks == 5
