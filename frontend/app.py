@@ -85,7 +85,7 @@ def create_app(
     *,
     new_id: Callable[[], str] = new_request_id,
     clock: Callable[[], float] = time.monotonic,
-) -> falcon.asgi.App:
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """Build the ASGI app from its parts."""
     s = components.settings
     metrics = components.metrics

@@ -30,7 +30,9 @@ log = logging.getLogger("mole.frontend.classify")
 _OPTION_NAMES = ("return_probabilities", "return_raw_response")
 
 
-def _string(item: dict, name: str, *, prefix: str, required: bool, limit: int) -> str | None:
+def _string(
+    item: dict[str, Any], name: str, *, prefix: str, required: bool, limit: int
+) -> str | None:
     value = item.get(name)
     if value is None:
         if required:
@@ -133,7 +135,7 @@ class Classifier:
 
     def _record(
         self,
-        facts: dict,
+        facts: dict[str, Any],
         started: float,
         *,
         ok: bool,
@@ -156,7 +158,12 @@ class Classifier:
         )
 
     async def _classify(
-        self, item: dict[str, Any], request_id: str, deadline: float, started: float, facts: dict
+        self,
+        item: dict[str, Any],
+        request_id: str,
+        deadline: float,
+        started: float,
+        facts: dict[str, Any],
     ) -> dict[str, Any]:
         try:
             pipeline, _ = self.gating.get()
@@ -198,7 +205,16 @@ class Classifier:
         self.metrics.dispatched(expert.base_model_key, replied - gated)
         return self._shape(item, request_id, routed, reply, started, gated, replied)
 
-    def _shape(self, item, request_id, routed, reply, started, gated, replied) -> dict[str, Any]:
+    def _shape(
+        self,
+        item: dict[str, Any],
+        request_id: str,
+        routed: Any,
+        reply: Any,
+        started: float,
+        gated: float,
+        replied: float,
+    ) -> dict[str, Any]:
         expert = routed.expert
         if not isinstance(reply, dict) or "result" not in reply:
             raise APIError(
@@ -248,9 +264,12 @@ class Classifier:
             body["truncated"] = True
         return body
 
-    async def classify_batch(self, items: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
-        """Every item concurrently (at most ``batch_concurrency`` at once) on the shared
-        client; one deadline for the whole batch. Item ``i`` is ``request_id-i``."""
+    async def classify_batch(
+        self, items: list[tuple[int, dict[str, Any]]], request_id: str
+    ) -> dict[str, Any]:
+        """Every ``(index, item)`` concurrently (at most ``batch_concurrency`` at once) on
+        the shared client; one deadline for the whole batch. Item ``i`` is answered as
+        request ``request_id-i``."""
         started = self._clock()
         deadline = started + self.request_timeout_s
         gate = asyncio.Semaphore(self._batch_concurrency)
@@ -269,7 +288,7 @@ class Classifier:
                     )
             return {"index": index, "ok": True, "result": result}
 
-        results = list(await asyncio.gather(*(one(i, item) for i, item in items)))
+        results = list(await asyncio.gather(*(one(index, entry) for index, entry in items)))
         ok = sum(1 for r in results if r["ok"])
         return {
             "request_id": request_id,

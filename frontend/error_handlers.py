@@ -58,7 +58,7 @@ async def handle_http_error(
     if status == 404:
         detail = f"no route {req.path}"
     elif status == 405:
-        allowed = (ex.headers or {}).get("Allow", "")
+        allowed = dict(ex.headers or {}).get("Allow", "")
         detail = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
     send(req, resp, APIError(code, detail, headers=dict(ex.headers or {}), status=status))
 
@@ -72,7 +72,7 @@ async def handle_unexpected(
     send(req, resp, APIError("internal_error", detail))
 
 
-def install(app: falcon.asgi.App) -> None:
+def install(app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]) -> None:
     """Register the handlers so every error leaves in the one shape."""
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

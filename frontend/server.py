@@ -42,7 +42,7 @@ _HEAD_END = b"\r\n\r\n"
 
 def raw_error(code: str, detail: str) -> bytes:
     """A whole HTTP/1.1 error response in the documented shape, closing the connection."""
-    body = error_json(code, detail)
+    body: bytes = error_json(code, detail)
     head = (
         f"HTTP/1.1 {status_line(code)}\r\n"
         "content-type: application/json\r\n"
@@ -178,7 +178,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class MoleUvicornWorker(UvicornWorker):
+class MoleUvicornWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
     """gunicorn worker class: uvicorn with the frontend's protocol and limits."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

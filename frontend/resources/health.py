@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon.asgi
 
 from mole.frontend.dispatch import Dispatcher
@@ -55,12 +57,10 @@ class Ready:
                 "detail": f"broker did not answer: {type(err).__name__}: {err}",
             }
         ok = gating["ready"] and backend["ready"]
-        body = {
-            "status": "ready" if ok else "not_ready",
-            "checks": {"gating": gating, "broker": backend},
-        }
+        checks: dict[str, dict[str, Any]] = {"gating": gating, "broker": backend}
+        body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "checks": checks}
         if not ok:
-            waiting = [name for name, check in body["checks"].items() if not check["ready"]]
+            waiting = [name for name, check in checks.items() if not check["ready"]]
             body.update(
                 error="not_ready",
                 request_id=req.context.request_id,
