@@ -56,7 +56,7 @@ class Analytics:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         clock: Callable[[], float] = time.time,
         flush_interval_s: float = 1.0,
@@ -66,7 +66,7 @@ class Analytics:
         self._clock = clock
         self._flush_interval = flush_interval_s
         self._retention = retention_s
-        self._buffer: list[tuple] = []
+        self._buffer: list[tuple[Any, ...]] = []
         self._buffer_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self._connection = ProcessLocalConnection(self.path, _SCHEMA)
@@ -76,7 +76,8 @@ class Analytics:
         self._flushing = False  # a flush is queued in a thread (event loop callers)
 
     def _db(self) -> sqlite3.Connection:
-        return self._connection.get()
+        connection: sqlite3.Connection = self._connection.get()
+        return connection
 
     def record(
         self,

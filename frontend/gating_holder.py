@@ -61,7 +61,7 @@ class GatingHolder:
         self._next_check = 0.0
 
     @classmethod
-    def loaded(cls, pipeline: Any, registry: ExpertsRegistry, **kw) -> GatingHolder:
+    def loaded(cls, pipeline: Any, registry: ExpertsRegistry, **kw: Any) -> GatingHolder:
         """A holder around an already-built pipeline (tests, monolithic tools)."""
         holder = cls(registry_path=registry.path, **kw)
         holder._pipeline, holder._registry = pipeline, registry
@@ -108,8 +108,8 @@ class GatingHolder:
         return self._pipeline is not None
 
     def state(self) -> dict[str, Any]:
-        if self._pipeline is not None:
-            reg = self._registry
+        reg = self._registry
+        if self._pipeline is not None and reg is not None:
             return {
                 "ready": True,
                 "tasks": len(reg.tasks),

@@ -19,11 +19,11 @@ _NULLABLE_NUM = {"type": ["number", "null"]}
 _OBJ = {"type": "object"}
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict, description: str = "OK") -> dict:
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -291,7 +291,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     }
     responses = {}
     for status, text in _ERROR_TEXT.items():
-        headers = {"X-Request-ID": {"schema": _STR}}
+        headers: dict[str, dict[str, Any]] = {"X-Request-ID": {"schema": _STR}}
         if status == 429:
             headers["Retry-After"] = {
                 "schema": {"type": "string", "pattern": "^[0-9]+$"},
@@ -307,7 +307,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "headers": headers,
             "content": {"application/json": {"schema": _ref("Error")}},
         }
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     user_errors = _errors(401)
     admin_errors = _errors(401, 403)
 

@@ -190,10 +190,11 @@ class RateLimiter:
         self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._since_prune = 0
         self._warned_at = 0.0
-        self._leases: OrderedDict[tuple, _Lease] = OrderedDict()
+        self._leases: OrderedDict[tuple[tuple[str, Rate], ...], _Lease] = OrderedDict()
 
     def _db(self) -> sqlite3.Connection:
-        return self._connection.get()
+        connection: sqlite3.Connection = self._connection.get()
+        return connection
 
     def hit(self, checks: Sequence[tuple[str, Rate | None]], cost: float = 1.0) -> Decision:
         """Spend ``cost`` on every key if all of them allow it, else spend nothing.
@@ -231,7 +232,7 @@ class RateLimiter:
         finally:
             self._lock.release()
 
-    def _hit_leased(self, active: tuple, cost: float, cap: int) -> Decision:
+    def _hit_leased(self, active: tuple[tuple[str, Rate], ...], cost: float, cap: int) -> Decision:
         """``hit`` for rates large enough to lease (see the module's docstring)."""
         with self._lock:
             now = self._clock()

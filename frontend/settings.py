@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 #: The secret the original's compose files and .env.example hard-code. Refused at start.
 KNOWN_WEAK_SECRETS = frozenset({"your-super-secret-key-change-in-production"})
@@ -62,7 +63,7 @@ class Settings:
     keepalive_s: int = 5  # an idle kept-alive connection is closed after this
     access_log: bool = False  # one line per request (no query, body or headers)
 
-    def with_(self, **changes) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests use it)."""
         return replace(self, **changes)
 
@@ -88,7 +89,7 @@ def _bool(value: str, name: str) -> bool:
     raise SettingsError(f"{name}={value!r}: expected true or false")
 
 
-def _number(value: str, name: str, kind: type = float):
+def _number(value: str, name: str, kind: type[float] | type[int] = float) -> Any:
     try:
         number = kind(value)
     except ValueError:
@@ -98,7 +99,7 @@ def _number(value: str, name: str, kind: type = float):
     return number
 
 
-def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from environment variables (``os.environ`` by default).
 
     Keyword overrides (command-line flags) win over the environment.
@@ -107,7 +108,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Sett
         SettingsError: a variable is malformed.
     """
     env = os.environ if env is None else env
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if env.get("MOLE_DATA_DIR"):
         kw["data_dir"] = Path(env["MOLE_DATA_DIR"]).expanduser() / "frontend"
     if env.get("MOLE_BROKER_URL"):
@@ -167,13 +168,13 @@ _LIMIT_FIELDS = (
 )
 
 
-def _rate_limits(env: Mapping[str, str]) -> dict:
+def _rate_limits(env: Mapping[str, str]) -> dict[str, Any]:
     """MOLE_RATE_LIMIT_{LOGIN,CLASSIFY} set both the per-user and the per-address limit;
     a ``_USER`` or ``_ADDRESS`` suffix sets one; MOLE_RATE_LIMIT_REGISTER (per address
     only) limits registrations; MOLE_RATE_LIMITS=off disables them all."""
     from mole.frontend.ratelimit import RateSpecError, parse_rate
 
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if env.get("MOLE_RATE_LIMITS", "").strip().lower() in ("0", "off", "false", "no"):
         return {name: "off" for name in _LIMIT_FIELDS}
     for kind in ("login", "classify", "register"):

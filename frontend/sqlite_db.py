@@ -34,7 +34,7 @@ class ProcessLocalConnection:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         schema: str,
         *,
         synchronous: str = "NORMAL",
@@ -107,7 +107,7 @@ class WriterLock:
     threads first (flock locks belong to the open file, which the threads share).
     """
 
-    def __init__(self, database: str | os.PathLike) -> None:
+    def __init__(self, database: str | os.PathLike[str]) -> None:
         self.path = Path(f"{database}.writer-lock")
         self._fd: int | None = None
         self._pid: int | None = None
@@ -123,7 +123,7 @@ class WriterLock:
         fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
 
     def close(self) -> None:

@@ -82,7 +82,7 @@ def check_password(password: object) -> str:
 class UserStore:
     """Users in one SQLite file. Thread-safe; fork-safe (opens lazily per process)."""
 
-    def __init__(self, path: str | os.PathLike, hasher: PasswordHasher) -> None:
+    def __init__(self, path: str | os.PathLike[str], hasher: PasswordHasher) -> None:
         self.path = Path(path)
         self.hasher = hasher
         self._lock = threading.Lock()
@@ -90,7 +90,8 @@ class UserStore:
 
     def _db(self) -> sqlite3.Connection:
         # NOTE: called with self._lock held. A connection made before fork is never reused.
-        return self._connection.get()
+        connection: sqlite3.Connection = self._connection.get()
+        return connection
 
     def create(self, username: str, password: str, *, admin: bool = False) -> User:
         """Add a user.
