@@ -88,9 +88,22 @@ class BrokerDispatcher:
         """
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._client is None or self._owner != owner:
+            self._retire()
             self._client = self._make()
             self._owner = owner
         return self._client
+
+    def _retire(self) -> None:
+        """Hand a client of another loop of this process back to that loop to be closed
+        (a client is only ever touched from its own loop)."""
+        old, owner = self._client, self._owner
+        self._client = self._owner = None
+        if old is None or owner is None or owner[0] != os.getpid():
+            return  # none, or inherited through fork: the parent's to close
+        try:
+            owner[1].call_soon_threadsafe(lambda: owner[1].create_task(old.close()))
+        except RuntimeError:  # that loop is closed: the client goes with garbage collection
+            pass
 
     async def start(self) -> None:
         await self.client().__aenter__()

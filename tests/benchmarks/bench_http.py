@@ -428,6 +428,17 @@ def main() -> int:
                     f"frontend CPU {mole['cpu_us']['frontend']:.0f} vs "
                     f"{base['cpu_us']['frontend']:.0f} us/req"
                 )
+    mole, base = by.get(("mole", 0.0, 8)), by.get((LEGACY, 0.0, 8))
+    if mole and base and base["rps"]:
+        checks = {
+            "throughput >= 4x": mole["rps"] >= 4 * base["rps"],
+            "p99 <= half": mole["p99_ms"] <= base["p99_ms"] / 2,
+            "frontend CPU <= 250 us/classify": mole["cpu_us"]["frontend"] <= 250,
+        }
+        print(
+            "issue targets at 0 ms, 8 connections: "
+            + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks.items())
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
