@@ -5,11 +5,14 @@ confidence), never the text of a request: texts may hold personal data.
 
 Rows are buffered in memory and written in one transaction at most every
 ``flush_interval_s`` (and before every summary), so the hot path costs a list append;
-every gunicorn worker process writes the same WAL-mode file.
+every gunicorn worker process writes the same WAL-mode file. On an event loop the write
+runs in a thread (it may wait for another process's write), never on the loop itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mole.frontend.sqlite_db import ProcessLocalConnection, WriterLock
+
+log = logging.getLogger("mole.frontend.analytics")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -51,7 +56,7 @@ class Analytics:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         clock: Callable[[], float] = time.time,
         flush_interval_s: float = 1.0,
@@ -61,16 +66,18 @@ class Analytics:
         self._clock = clock
         self._flush_interval = flush_interval_s
         self._retention = retention_s
-        self._buffer: list[tuple] = []
+        self._buffer: list[tuple[Any, ...]] = []
         self._buffer_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self._connection = ProcessLocalConnection(self.path, _SCHEMA)
         self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._last_flush = clock()
         self._last_prune = 0.0
+        self._flushing = False  # a flush is queued in a thread (event loop callers)
 
     def _db(self) -> sqlite3.Connection:
-        return self._connection.get()
+        connection: sqlite3.Connection = self._connection.get()
+        return connection
 
     def record(
         self,
@@ -90,8 +97,25 @@ class Analytics:
         with self._buffer_lock:
             self._buffer.append(row)
             due = now - self._last_flush >= self._flush_interval or len(self._buffer) >= 1000
-        if due:
+            if due and self._flushing:
+                return
+            self._flushing = due
+        if not due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a plain thread: write now
+            self._flush_then_clear()
+            return
+        loop.run_in_executor(None, self._flush_then_clear)
+
+    def _flush_then_clear(self) -> None:
+        try:
             self.flush()
+        except Exception:  # analytics must never fail a request; the rows are lost
+            log.exception("analytics write failed")
+        finally:
+            self._flushing = False
 
     def flush(self) -> None:
         with self._buffer_lock:

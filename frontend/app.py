@@ -1,21 +1,23 @@
-"""The Falcon app factory. It takes every dependency as an argument: no globals, no env.
+"""The Falcon ASGI app factory. It takes every dependency as an argument: no globals, no env.
 
 ``create_app`` wires resources to the objects it is given (tests pass a real SQLite user
 store in a temporary directory, real gating, a dispatcher on a real broker);
 ``build_components`` makes those objects from :class:`~frontend.settings.Settings` for
-the real server (``frontend.wsgi``), in each gunicorn worker process after fork.
+the real server (``frontend.asgi``), in each gunicorn worker process after fork.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import falcon
+import falcon.asgi
 
-from mole.frontend import errors
+from mole.frontend import error_handlers
 from mole.frontend.analytics import Analytics
 from mole.frontend.classify import Classifier
 from mole.frontend.dispatch import Dispatcher, dispatcher_for
@@ -31,6 +33,8 @@ from mole.frontend.tokens import TokenService
 from mole.frontend.users import UserStore
 
 API = "/api/v1"
+
+log = logging.getLogger("mole.frontend")
 
 
 def new_request_id() -> str:
@@ -57,14 +61,23 @@ class Components:
     classifier: Classifier | None = None  # set by create_app
     limits: Limits | None = None  # None: nothing is rate-limited
 
-    def close(self) -> None:
-        for part in (self.classifier, self.dispatcher, self.analytics, self.users, self.limits):
+    async def aclose(self) -> None:
+        """Close the bus client, then flush and close the stores (off the loop)."""
+        try:
+            await self.dispatcher.close()
+        except Exception:  # closing must go on for the others
+            log.exception("closing the dispatcher failed")
+        self.metrics.flush()
+        await asyncio.to_thread(self._close_stores)
+
+    def _close_stores(self) -> None:
+        for part in (self.classifier, self.analytics, self.users, self.limits):
             if part is None:
                 continue
             try:
                 part.close()
             except Exception:  # closing must go on for the others
-                pass
+                log.exception("closing %s failed", type(part).__name__)
 
 
 def create_app(
@@ -72,12 +85,12 @@ def create_app(
     *,
     new_id: Callable[[], str] = new_request_id,
     clock: Callable[[], float] = time.monotonic,
-) -> falcon.App:
-    """Build the WSGI app from its parts."""
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
+    """Build the ASGI app from its parts."""
     s = components.settings
     metrics = components.metrics
     limits = components.limits or Limits.disabled()
-    limits.on_refused = lambda name: metrics.child(metrics.rate_limited, name).inc()
+    limits.on_refused = metrics.refused
     classifier = Classifier(
         gating=components.gating,
         dispatcher=components.dispatcher,
@@ -87,31 +100,45 @@ def create_app(
         batch_concurrency=s.batch_concurrency,
         clock=clock,
     )
-    app = falcon.App(
+    app = falcon.asgi.App(
         middleware=[
-            RequestContext(new_id, s.max_body_bytes, metrics),
+            RequestContext(new_id, s.max_body_bytes, metrics, log_access=s.access_log),
             Authenticator(components.tokens, components.users, cache_ttl_s=s.user_cache_ttl_s),
         ],
     )
     app.req_options.strip_url_path_trailing_slash = True
-    errors.install(app)
+    error_handlers.install(app)
     app.add_route("/", root.Root(s.version))
     app.add_route(f"{API}/openapi.json", root.OpenAPI(openapi_document(s)))
     app.add_route("/metrics", root.MetricsResource(metrics))
     app.add_route(
         f"{API}/auth/register",
         auth.Register(
-            components.users, enabled=s.allow_registration, max_body=s.max_body_bytes, limits=limits
+            components.users,
+            enabled=s.allow_registration,
+            max_body=s.max_body_bytes,
+            body_timeout_s=s.body_timeout_s,
+            limits=limits,
         ),
     )
     app.add_route(
         f"{API}/auth/token",
-        auth.Token(components.users, components.tokens, max_body=s.max_body_bytes, limits=limits),
+        auth.Token(
+            components.users,
+            components.tokens,
+            max_body=s.max_body_bytes,
+            body_timeout_s=s.body_timeout_s,
+            limits=limits,
+        ),
     )
     app.add_route(
         f"{API}/classify",
         classify.Classify(
-            classifier, max_body=s.max_body_bytes, max_chars=s.max_text_chars, limits=limits
+            classifier,
+            max_body=s.max_body_bytes,
+            max_chars=s.max_text_chars,
+            body_timeout_s=s.body_timeout_s,
+            limits=limits,
         ),
     )
     app.add_route(
@@ -121,6 +148,7 @@ def create_app(
             max_body=s.max_body_bytes,
             max_chars=s.max_text_chars,
             limit=s.batch_limit,
+            body_timeout_s=s.body_timeout_s,
             limits=limits,
         ),
     )
@@ -147,7 +175,7 @@ def create_app(
     )
     app.add_route(f"{API}/admin/registry", admin.Registry(components.gating))
     app.add_route(f"{API}/admin/registry/reload", admin.RegistryReload(components.gating))
-    components.classifier = classifier  # NOTE: so Components.close() stops its batch pool
+    components.classifier = classifier
     return app
 
 

@@ -3,15 +3,19 @@
 One deadline per HTTP request (``REQUEST_TIMEOUT_SECONDS``), shared by every stage and, for
 a batch, by every item: gating's time is taken from it and the broker request gets only
 what is left.
+
+Everything here runs on the event loop: gating is short CPU work (tens of microseconds)
+and runs inline; the broker round trip is awaited; analytics and metrics only append to
+in-memory tallies that are written out in batches, off the request path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mole.frontend.analytics import Analytics
@@ -26,7 +30,9 @@ log = logging.getLogger("mole.frontend.classify")
 _OPTION_NAMES = ("return_probabilities", "return_raw_response")
 
 
-def _string(item: dict, name: str, *, prefix: str, required: bool, limit: int) -> str | None:
+def _string(
+    item: dict[str, Any], name: str, *, prefix: str, required: bool, limit: int
+) -> str | None:
     value = item.get(name)
     if value is None:
         if required:
@@ -41,6 +47,11 @@ def _string(item: dict, name: str, *, prefix: str, required: bool, limit: int) -
     return value
 
 
+#: Optional string fields of a ClassifyRequest that are passed to the worker as they are.
+#: A new optional field is one more name here (and in the OpenAPI schema).
+OPTIONAL_TEXT_FIELDS: tuple[str, ...] = ("query", "product")
+
+
 def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]:
     """Check one ClassifyRequest; returns the normalised fields.
 
@@ -51,8 +62,10 @@ def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]
         raise validation(prefix.rstrip(".") or "body", "must be a JSON object")
     text = _string(item, "text", prefix=prefix, required=True, limit=max_chars)
     description = _string(item, "description", prefix=prefix, required=True, limit=max_chars)
-    query = _string(item, "query", prefix=prefix, required=False, limit=max_chars)
-    product = _string(item, "product", prefix=prefix, required=False, limit=max_chars)
+    optional = {
+        name: _string(item, name, prefix=prefix, required=False, limit=max_chars)
+        for name in OPTIONAL_TEXT_FIELDS
+    }
     options = item.get("options")
     options = {} if options is None else options
     if not isinstance(options, dict):
@@ -63,17 +76,11 @@ def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]
         if not isinstance(value, bool):
             raise validation(f"{prefix}options.{name}", "must be true or false")
         parsed_options[name] = value
-    return {
-        "text": text,
-        "description": description,
-        "query": query,
-        "product": product,
-        "options": parsed_options,
-    }
+    return {"text": text, "description": description, **optional, "options": parsed_options}
 
 
 class Classifier:
-    """Gating + dispatch + analytics for one process. Thread-safe."""
+    """Gating + dispatch + analytics for one process, on its event loop."""
 
     def __init__(
         self,
@@ -92,17 +99,19 @@ class Classifier:
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=batch_concurrency, thread_name_prefix="batch")
+        self._batch_concurrency = batch_concurrency
 
     def deadline(self) -> float:
         return self._clock() + self.request_timeout_s
 
-    def classify(self, item: dict[str, Any], request_id: str, deadline: float) -> dict[str, Any]:
+    async def classify(
+        self, item: dict[str, Any], request_id: str, deadline: float
+    ) -> dict[str, Any]:
         """Answer one parsed item, or raise APIError (recorded in analytics either way)."""
         started = self._clock()
         facts: dict[str, Any] = {}
         try:
-            body = self._classify(item, request_id, deadline, started, facts)
+            body = await self._classify(item, request_id, deadline, started, facts)
         except APIError as err:
             self._record(facts, started, ok=False, error=err.code)
             log.debug(
@@ -126,7 +135,7 @@ class Classifier:
 
     def _record(
         self,
-        facts: dict,
+        facts: dict[str, Any],
         started: float,
         *,
         ok: bool,
@@ -141,17 +150,20 @@ class Classifier:
             )
         except Exception:  # analytics must never fail a request
             log.exception("could not record analytics")
-        m = self.metrics
-        m.child(
-            m.classifications,
+        self.metrics.classification(
             facts.get("language") or "unknown",
             facts.get("task") or "unknown",
             facts.get("model") or "unknown",
             "ok" if ok else (error or "error"),
-        ).inc()
+        )
 
-    def _classify(
-        self, item: dict[str, Any], request_id: str, deadline: float, started: float, facts: dict
+    async def _classify(
+        self,
+        item: dict[str, Any],
+        request_id: str,
+        deadline: float,
+        started: float,
+        facts: dict[str, Any],
     ) -> dict[str, Any]:
         try:
             pipeline, _ = self.gating.get()
@@ -182,21 +194,27 @@ class Classifier:
             "text": item["text"],
             "options": item["options"],
         }
-        if item.get("query") is not None:
-            payload["query"] = item["query"]
-        if item.get("product") is not None:
-            payload["product"] = item["product"]
+        for name in OPTIONAL_TEXT_FIELDS:
+            if item.get(name) is not None:
+                payload[name] = item[name]
         try:
-            reply = self.dispatcher.dispatch(expert, payload, remaining)
+            reply = await self.dispatcher.dispatch(expert, payload, remaining)
         except RequestError as err:
             raise from_request_error(err) from None
         replied = self._clock()
-        self.metrics.child(self.metrics.dispatch_latency, expert.base_model_key).observe(
-            replied - gated
-        )
+        self.metrics.dispatched(expert.base_model_key, replied - gated)
         return self._shape(item, request_id, routed, reply, started, gated, replied)
 
-    def _shape(self, item, request_id, routed, reply, started, gated, replied) -> dict[str, Any]:
+    def _shape(
+        self,
+        item: dict[str, Any],
+        request_id: str,
+        routed: Any,
+        reply: Any,
+        started: float,
+        gated: float,
+        replied: float,
+    ) -> dict[str, Any]:
         expert = routed.expert
         if not isinstance(reply, dict) or "result" not in reply:
             raise APIError(
@@ -246,31 +264,31 @@ class Classifier:
             body["truncated"] = True
         return body
 
-    def classify_batch(self, items: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
-        """Every item concurrently on the shared client; one deadline for the whole batch."""
+    async def classify_batch(
+        self, items: list[tuple[int, dict[str, Any]]], request_id: str
+    ) -> dict[str, Any]:
+        """Every ``(index, item)`` concurrently (at most ``batch_concurrency`` at once) on
+        the shared client; one deadline for the whole batch. Item ``i`` is answered as
+        request ``request_id-i``."""
         started = self._clock()
         deadline = started + self.request_timeout_s
+        gate = asyncio.Semaphore(self._batch_concurrency)
 
-        def one(index: int, item: dict[str, Any]) -> dict[str, Any]:
-            try:
-                result = self.classify(item, f"{request_id}-{index}", deadline)
-            except APIError as err:
-                return {
-                    "index": index,
-                    "ok": False,
-                    "error": {"code": err.code, "detail": err.detail},
-                }
-            except Exception:
-                log.exception("batch item %d of request %s failed", index, request_id)
-                return {
-                    "index": index,
-                    "ok": False,
-                    "error": {"code": "internal_error", "detail": "internal error"},
-                }
+        async def one(index: int, item: dict[str, Any]) -> dict[str, Any]:
+            item_id = f"{request_id}-{index}"
+            async with gate:
+                try:
+                    result = await self.classify(item, item_id, deadline)
+                except APIError as err:
+                    return batch_failure(index, err, item_id)
+                except Exception:
+                    log.exception("batch item %d of request %s failed", index, request_id)
+                    return batch_failure(
+                        index, APIError("internal_error", "internal error"), item_id
+                    )
             return {"index": index, "ok": True, "result": result}
 
-        futures = [self._pool.submit(one, i, item) for i, item in enumerate(items)]
-        results = [f.result() for f in futures]
+        results = list(await asyncio.gather(*(one(index, entry) for index, entry in items)))
         ok = sum(1 for r in results if r["ok"])
         return {
             "request_id": request_id,
@@ -281,7 +299,13 @@ class Classifier:
         }
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: batches run as tasks on the loop."""
+
+
+def batch_failure(index: int, err: APIError, request_id: str) -> dict[str, Any]:
+    """A failed batch item: the top-level error fields (``error``, ``detail``,
+    ``request_id``, ``field`` when one is at fault) beside ``index`` and ``ok``."""
+    return {"index": index, "ok": False, **err.body(request_id)}
 
 
 def _float_or_none(value: Any) -> float | None:

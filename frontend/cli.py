@@ -1,4 +1,5 @@
-"""``mole frontend`` / ``python -m frontend``: check the settings, then run gunicorn.
+"""``mole frontend`` / ``python -m frontend``: check the settings, then run gunicorn
+(the process manager) over uvicorn workers (``frontend.server``).
 
 Before gunicorn starts (so before any fork) the launcher refuses unsafe settings with a
 clear message (weak JWT secret, bad numbers), creates the generated JWT secret once so
@@ -37,10 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="gunicorn worker processes (default 2)",
     )
     parser.add_argument(
-        "--threads",
+        "--max-connections",
         type=int,
-        default=int(os.environ.get("MOLE_FRONTEND_THREADS", "16")),
-        help="threads per worker process (default 16)",
+        default=None,
+        help="open connections per worker process before new requests get a 503 "
+        "(default MOLE_MAX_CONNECTIONS or 4096)",
     )
     parser.add_argument(
         "--data-dir",
@@ -62,8 +64,12 @@ def prepare(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
         env["MOLE_DATA_DIR"] = str(args.data_dir.resolve())
     if args.broker:
         env["MOLE_BROKER_URL"] = args.broker
-    if args.workers < 1 or args.threads < 1:
-        raise SettingsError("--workers and --threads must be at least 1")
+    if args.workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if args.max_connections is not None:
+        if args.max_connections < 1:
+            raise SettingsError("--max-connections must be at least 1")
+        env["MOLE_MAX_CONNECTIONS"] = str(args.max_connections)
     settings = settings_from_env(env)
     if settings.service_mode == "monolithic" and args.workers > 1:
         # Each gunicorn worker process would hold its own copy of every resident model.
@@ -92,7 +98,6 @@ def prepare(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     env["MOLE_FRONTEND_BIND"] = args.bind
     env["MOLE_FRONTEND_WORKERS"] = str(args.workers)
-    env["MOLE_FRONTEND_THREADS"] = str(args.threads)
     if args.access_log:
         env["MOLE_FRONTEND_ACCESS_LOG"] = "-"
     return env
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         "gunicorn",
         "--config",
         "python:mole.frontend.gunicorn_conf",
-        "mole.frontend.wsgi:app",
+        "mole.frontend.asgi:app",
     ]
     sys.stdout.flush()
     sys.stderr.flush()

@@ -6,6 +6,13 @@ Falcon's router)::
     {"error": "<code>", "detail": "<what happened and what to do>", "request_id": "...",
      "field": "<the field at fault>"}          # field only for 400/422 about one field
 
+Batch items that fail carry the same fields (``error``, ``detail``, ``field``,
+``request_id``) beside their ``index`` and ``ok``. Errors the HTTP server refuses before
+the app sees a request (a head too large or too slow, the connection cap) are written in
+the same shape by ``frontend.server`` and ``frontend.guard``; only a request line the
+parser cannot read at all is answered by uvicorn itself, as plain text.
+The handlers that turn exceptions into responses are in ``frontend.error_handlers``.
+
 Codes come from three places: ``protocol.errors.ErrorCode`` (the bus), gating's error
 codes (``gating.errors.GatingError.code``), and the frontend's own (auth, validation).
 :data:`STATUS_BY_CODE` maps all of them; nothing else in ``frontend`` picks a status for
@@ -14,15 +21,9 @@ an error code.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import falcon
-
-from mole.frontend.media import respond
 from mole.protocol.errors import RequestError
-
-log = logging.getLogger("mole.frontend")
 
 #: error code -> HTTP status. The single place that decides.
 STATUS_BY_CODE: dict[str, int] = {
@@ -49,6 +50,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "validation_error": 422,
     "unsupported_media_type": 415,
     "payload_too_large": 413,
+    "body_timeout": 408,  # the body did not arrive in time (frontend.media)
+    "header_timeout": 408,  # the request head did not arrive in time (frontend.server)
+    "headers_too_large": 431,  # the request head is over the limit (frontend.server)
+    "too_many_connections": 503,  # the process's connection cap (frontend.guard)
     "not_authenticated": 401,
     "invalid_token": 401,
     "invalid_credentials": 401,
@@ -68,18 +73,7 @@ RETRY_AFTER_BY_CODE: dict[str, int] = {
     "unknown_service": 5,
     "overloaded": 1,
     "not_ready": 5,
-}
-
-#: Falcon's own HTTP errors (router, body parsing) -> our codes.
-_CODE_BY_STATUS = {
-    400: "invalid_body",
-    401: "not_authenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
+    "too_many_connections": 1,
 }
 
 
@@ -109,6 +103,7 @@ class APIError(Exception):
         self.extra = extra or {}
 
     def body(self, request_id: str | None) -> dict[str, Any]:
+        """The documented error shape: ``{error, detail, request_id[, field]}``."""
         body: dict[str, Any] = {"error": self.code, "detail": self.detail, "request_id": request_id}
         if self.field is not None:
             body["field"] = self.field
@@ -156,48 +151,16 @@ def from_gating_error(err: Exception) -> APIError:
     return APIError(code, detail, field=field, extra=extra, status=STATUS_BY_CODE.get(code, 422))
 
 
-def _request_id(req: falcon.Request) -> str | None:
-    return getattr(req.context, "request_id", None)
+def status_line(code: str) -> str:
+    """``"408 Request Timeout"`` for an error code (for answers written below Falcon)."""
+    from http import HTTPStatus
+
+    status = STATUS_BY_CODE.get(code, 500)
+    return f"{status} {HTTPStatus(status).phrase}"
 
 
-def _send(req: falcon.Request, resp: falcon.Response, err: APIError) -> None:
-    respond(req, resp, err.body(_request_id(req)), err.status)
-    for name, value in err.headers.items():
-        resp.set_header(name, value)
+def error_json(code: str, detail: str, request_id: str | None = None) -> bytes:
+    """The error document as JSON bytes, for answers written below Falcon."""
+    import orjson
 
-
-def handle_api_error(req, resp, ex: APIError, params) -> None:
-    _send(req, resp, ex)
-
-
-def handle_http_error(req, resp, ex: falcon.HTTPError, params) -> None:
-    """Falcon's own errors (unknown route, wrong method, ...) in our shape."""
-    status = ex.status_code
-    code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_body")
-    detail = ex.description or ex.title or code
-    if status == 404:
-        detail = f"no route {req.path}"
-    elif status == 405:
-        allowed = (ex.headers or {}).get("Allow", "")
-        detail = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
-    err = APIError(code, detail, headers=dict(ex.headers or {}), status=status)
-    _send(req, resp, err)
-
-
-def handle_unexpected(req, resp, ex: Exception, params) -> None:
-    """A bug: log it with the request id (never the request text), answer 500."""
-    log.exception("unhandled error in %s %s (request %s)", req.method, req.path, _request_id(req))
-    _send(
-        req,
-        resp,
-        APIError(
-            "internal_error", f"internal error; see the server log for request {_request_id(req)}"
-        ),
-    )
-
-
-def install(app: falcon.App) -> None:
-    """Register the handlers so every error leaves in the one shape."""
-    app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(falcon.HTTPError, handle_http_error)
-    app.add_error_handler(APIError, handle_api_error)
+    return orjson.dumps(APIError(code, detail).body(request_id))

@@ -7,7 +7,9 @@ A registry reload is validated in full before anything changes: the new file is 
 a new pipeline is built on it, and only then swapped in; on any failure the old registry
 and pipeline stay in force. Because each gunicorn worker process holds its own pipeline,
 a reload also bumps a stamp file in the data directory; the other processes notice it
-(at most one ``stat`` a second) and rebuild from the same file.
+(at most one ``stat`` a second) and rebuild from the same file in a background thread,
+serving with the old pipeline until the new one is built (building takes seconds, and
+``get`` is called on the event loop).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mole.protocol.registry import ExpertsRegistry, RegistryError, load_registry
+from mole.protocol.registry import ExpertsRegistry, load_registry
 
 log = logging.getLogger("mole.frontend.gating")
 
@@ -59,7 +61,7 @@ class GatingHolder:
         self._next_check = 0.0
 
     @classmethod
-    def loaded(cls, pipeline: Any, registry: ExpertsRegistry, **kw) -> GatingHolder:
+    def loaded(cls, pipeline: Any, registry: ExpertsRegistry, **kw: Any) -> GatingHolder:
         """A holder around an already-built pipeline (tests, monolithic tools)."""
         holder = cls(registry_path=registry.path, **kw)
         holder._pipeline, holder._registry = pipeline, registry
@@ -106,8 +108,8 @@ class GatingHolder:
         return self._pipeline is not None
 
     def state(self) -> dict[str, Any]:
-        if self._pipeline is not None:
-            reg = self._registry
+        reg = self._registry
+        if self._pipeline is not None and reg is not None:
             return {
                 "ready": True,
                 "tasks": len(reg.tasks),
@@ -175,9 +177,12 @@ class GatingHolder:
         if stamp == self._stamp_seen:
             return
         self._stamp_seen = stamp
+        threading.Thread(target=self._follow, name="gating-follow", daemon=True).start()
+
+    def _follow(self) -> None:
         try:
             pipeline, registry = self._build()
-        except (RegistryError, Exception) as err:  # keep serving the old one
+        except Exception as err:  # keep serving the old one
             log.error("registry reload signalled by another process failed: %s", err)
             return
         with self._lock:

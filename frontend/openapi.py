@@ -19,11 +19,11 @@ _NULLABLE_NUM = {"type": ["number", "null"]}
 _OBJ = {"type": "object"}
 
 
-def _ref(name: str) -> dict:
+def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict, description: str = "OK") -> dict:
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -37,23 +37,28 @@ _ERROR_TEXT = {
     403: "Not allowed (admin only, or registration switched off)",
     404: "Unknown route",
     405: "Method not allowed on this route",
-    409: "Username already taken",
+    408: "The request body (body_timeout) or head (header_timeout) did not arrive in time; "
+    "the connection is closed",
+    409: "Username already taken (names are compared without regard to case)",
     413: "Body over the size limit",
+    431: "Request line and headers over the size limit (headers_too_large)",
     415: "Unsupported Content-Type",
     422: "Validation error (field named), unsupported language (served ones listed), "
     "worker refused the payload, or invalid registry",
     429: "Rate limited (error rate_limited: too many login attempts or classifications for "
-    "this user or client address; a failed login and each batch item count) or the "
+    "this user or client address, or registrations from this address; a failed login and "
+    "each batch item count) or the "
     "model's queue is full (overloaded); Retry-After says how many seconds to wait",
     500: "Internal error",
     502: "The worker was lost or failed",
-    503: "Not ready, or no worker serves the model (Retry-After)",
+    503: "Not ready, no worker serves the model, or this server process has too many open "
+    "connections (too_many_connections) (Retry-After)",
     504: "REQUEST_TIMEOUT_SECONDS passed",
 }
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    classify_errors = _errors(400, 401, 413, 415, 422, 429, 502, 503, 504)
+    classify_errors = _errors(400, 401, 408, 413, 415, 422, 429, 502, 503, 504)
     classify_request = {
         "type": "object",
         "required": ["text", "description"],
@@ -165,11 +170,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "index": {"type": "integer"},
             "ok": {"type": "boolean"},
             "result": _ref("ClassifyResponse"),
-            "error": {
-                "type": "object",
-                "required": ["code", "detail"],
-                "properties": {"code": _STR, "detail": _STR},
-            },
+            # a failed item: the fields of the top-level Error document
+            "error": _STR,
+            "detail": _STR,
+            "field": _STR,
+            "request_id": _STR,
         },
     }
     batch_response = {
@@ -286,7 +291,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     }
     responses = {}
     for status, text in _ERROR_TEXT.items():
-        headers = {"X-Request-ID": {"schema": _STR}}
+        headers: dict[str, dict[str, Any]] = {"X-Request-ID": {"schema": _STR}}
         if status == 429:
             headers["Retry-After"] = {
                 "schema": {"type": "string", "pattern": "^[0-9]+$"},
@@ -302,7 +307,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "headers": headers,
             "content": {"application/json": {"schema": _ref("Error")}},
         }
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     user_errors = _errors(401)
     admin_errors = _errors(401, 403)
 
@@ -385,7 +390,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         },
                         "Created",
                     ),
-                    **_errors(400, 403, 409, 413, 415, 422, 429),
+                    **_errors(400, 403, 408, 409, 413, 415, 422, 429),
                 },
             }
         },
@@ -422,7 +427,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                             },
                         }
                     ),
-                    **_errors(401, 413, 415, 422, 429),
+                    **_errors(401, 408, 413, 415, 422, 429),
                 },
             }
         },
@@ -455,7 +460,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json(_ref("BatchResponse")),
-                    **_errors(400, 401, 413, 415, 422, 429, 503),
+                    **_errors(400, 401, 408, 413, 415, 422, 429, 503),
                 },
             }
         },

@@ -145,6 +145,9 @@ LEASE_TTL_S = 1.0
 LEASES_KEPT = 4096
 
 
+ALLOWED = Decision(True)
+
+
 class _Lease:
     """One process's local allowance for one set of (key, rate) checks."""
 
@@ -187,10 +190,11 @@ class RateLimiter:
         self._writers = WriterLock(self.path)  # processes queue in the kernel, not in SQLite
         self._since_prune = 0
         self._warned_at = 0.0
-        self._leases: OrderedDict[tuple, _Lease] = OrderedDict()
+        self._leases: OrderedDict[tuple[tuple[str, Rate], ...], _Lease] = OrderedDict()
 
     def _db(self) -> sqlite3.Connection:
-        return self._connection.get()
+        connection: sqlite3.Connection = self._connection.get()
+        return connection
 
     def hit(self, checks: Sequence[tuple[str, Rate | None]], cost: float = 1.0) -> Decision:
         """Spend ``cost`` on every key if all of them allow it, else spend nothing.
@@ -207,7 +211,28 @@ class RateLimiter:
                 return self._run(active, cost, enforce=True).decision
         return self._hit_leased(tuple(active), cost, cap)
 
-    def _hit_leased(self, active: tuple, cost: float, cap: int) -> Decision:
+    def hit_from_lease(
+        self, checks: tuple[tuple[str, Rate], ...], cost: float = 1.0
+    ) -> Decision | None:
+        """``hit`` answered from this process's lease alone, without SQLite and without
+        waiting for the lock; None when that cannot be done (no lease, too few units,
+        expired, another thread busy). An event loop calls this first and ``hit`` in a
+        thread only on None. ``checks`` holds no None rates (the caller built it once)."""
+        if not checks or cost <= 0:
+            return Decision(True)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            lease = self._leases.get(checks)
+            if lease is None or lease.units < cost or self._clock() >= lease.expires:
+                return None
+            lease.units -= cost
+            self._leases.move_to_end(checks)
+            return ALLOWED
+        finally:
+            self._lock.release()
+
+    def _hit_leased(self, active: tuple[tuple[str, Rate], ...], cost: float, cap: int) -> Decision:
         """``hit`` for rates large enough to lease (see the module's docstring)."""
         with self._lock:
             now = self._clock()

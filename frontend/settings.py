@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 #: The secret the original's compose files and .env.example hard-code. Refused at start.
 KNOWN_WEAK_SECRETS = frozenset({"your-super-secret-key-change-in-production"})
@@ -52,9 +53,17 @@ class Settings:
     rate_limit_login_address: str = "60/minute"
     rate_limit_classify_user: str = "6000/minute"  # 100 items/s sustained, a burst of 6000
     rate_limit_classify_address: str = "12000/minute"
+    rate_limit_register_address: str = "20/hour"
     login_failure_cost: int = 5  # a failed login spends this many units of the login limits
+    # Slow and abusive clients (frontend.server, frontend.guard, frontend.media)
+    header_timeout_s: float = 10.0  # the request head must arrive within this
+    body_timeout_s: float = 30.0  # the whole body must arrive within this
+    max_header_bytes: int = 32 * 1024  # request line and headers together
+    max_connections: int = 4096  # per serving process; beyond it a 503 and close
+    keepalive_s: int = 5  # an idle kept-alive connection is closed after this
+    access_log: bool = False  # one line per request (no query, body or headers)
 
-    def with_(self, **changes) -> Settings:
+    def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests use it)."""
         return replace(self, **changes)
 
@@ -80,7 +89,7 @@ def _bool(value: str, name: str) -> bool:
     raise SettingsError(f"{name}={value!r}: expected true or false")
 
 
-def _number(value: str, name: str, kind: type = float):
+def _number(value: str, name: str, kind: type[float] | type[int] = float) -> Any:
     try:
         number = kind(value)
     except ValueError:
@@ -90,7 +99,7 @@ def _number(value: str, name: str, kind: type = float):
     return number
 
 
-def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from environment variables (``os.environ`` by default).
 
     Keyword overrides (command-line flags) win over the environment.
@@ -99,7 +108,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Sett
         SettingsError: a variable is malformed.
     """
     env = os.environ if env is None else env
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if env.get("MOLE_DATA_DIR"):
         kw["data_dir"] = Path(env["MOLE_DATA_DIR"]).expanduser() / "frontend"
     if env.get("MOLE_BROKER_URL"):
@@ -130,7 +139,18 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Sett
         kw["max_body_bytes"] = _number(env["MOLE_MAX_BODY_BYTES"], "MOLE_MAX_BODY_BYTES", int)
     if env.get("MOLE_MAX_TEXT_CHARS"):
         kw["max_text_chars"] = _number(env["MOLE_MAX_TEXT_CHARS"], "MOLE_MAX_TEXT_CHARS", int)
+    if env.get("MOLE_FRONTEND_ACCESS_LOG"):
+        kw["access_log"] = True
     kw.update(_rate_limits(env))
+    for name, key, kind in (
+        ("MOLE_HEADER_TIMEOUT_SECONDS", "header_timeout_s", float),
+        ("MOLE_BODY_TIMEOUT_SECONDS", "body_timeout_s", float),
+        ("MOLE_MAX_HEADER_BYTES", "max_header_bytes", int),
+        ("MOLE_MAX_CONNECTIONS", "max_connections", int),
+        ("MOLE_KEEPALIVE_SECONDS", "keepalive_s", int),
+    ):
+        if env.get(name):
+            kw[key] = _number(env[name], name, kind)
     if env.get("EXPERT_REGISTRY_PATH"):
         kw["registry_path"] = Path(env["EXPERT_REGISTRY_PATH"])
     if env.get("MOLE_ARGON2_PROFILE"):
@@ -139,20 +159,28 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides) -> Sett
     return Settings(**kw)
 
 
-def _rate_limits(env: Mapping[str, str]) -> dict:
+_LIMIT_FIELDS = (
+    "rate_limit_login_user",
+    "rate_limit_login_address",
+    "rate_limit_classify_user",
+    "rate_limit_classify_address",
+    "rate_limit_register_address",
+)
+
+
+def _rate_limits(env: Mapping[str, str]) -> dict[str, Any]:
     """MOLE_RATE_LIMIT_{LOGIN,CLASSIFY} set both the per-user and the per-address limit;
-    a ``_USER`` or ``_ADDRESS`` suffix sets one; MOLE_RATE_LIMITS=off disables them all."""
+    a ``_USER`` or ``_ADDRESS`` suffix sets one; MOLE_RATE_LIMIT_REGISTER (per address
+    only) limits registrations; MOLE_RATE_LIMITS=off disables them all."""
     from mole.frontend.ratelimit import RateSpecError, parse_rate
 
-    kw: dict = {}
+    kw: dict[str, Any] = {}
     if env.get("MOLE_RATE_LIMITS", "").strip().lower() in ("0", "off", "false", "no"):
-        return {
-            f"rate_limit_{kind}_{scope}": "off"
-            for kind in ("login", "classify")
-            for scope in ("user", "address")
-        }
-    for kind in ("login", "classify"):
+        return {name: "off" for name in _LIMIT_FIELDS}
+    for kind in ("login", "classify", "register"):
         for scope in ("user", "address"):
+            if f"rate_limit_{kind}_{scope}" not in _LIMIT_FIELDS:
+                continue
             for name in (
                 f"MOLE_RATE_LIMIT_{kind.upper()}",
                 f"MOLE_RATE_LIMIT_{kind.upper()}_{scope.upper()}",
@@ -201,7 +229,7 @@ def resolve_secret(settings: Settings) -> str:
     if settings.jwt_secret is not None:
         return check_secret(settings.jwt_secret)
     path = settings.data_dir / SECRET_FILE_NAME
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         # Write a private temporary file, then link it into place: the link fails if
         # another process won the race, and nobody ever reads a half-written secret.

@@ -5,6 +5,10 @@ gunicorn worker process shares. A connection must never cross a fork (field-note
 each store holds a :class:`ProcessLocalConnection` that opens a fresh connection the first
 time it is used in a process, in WAL mode so readers do not block the writer. Callers
 serialise their own use of it with their own lock.
+
+The files hold password hashes and who asked for what, so each is created mode 0600 in a
+directory created 0700, and an existing file readable by others is narrowed to 0600
+(SQLite gives its ``-wal`` and ``-shm`` files the database file's mode).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class ProcessLocalConnection:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         schema: str,
         *,
         synchronous: str = "NORMAL",
@@ -46,7 +50,7 @@ class ProcessLocalConnection:
     def get(self) -> sqlite3.Connection:
         """This process's connection (autocommit; use explicit BEGIN for transactions)."""
         if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)
             conn = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout_s,
@@ -81,6 +85,16 @@ class ProcessLocalConnection:
         self._conn = None
 
 
+def private_file(path: Path) -> None:
+    """Make ``path`` exist with mode 0600 (its directory 0700 when created here)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+
+
 class WriterLock:
     """A blocking cross-process lock beside a database file, for its short writes.
 
@@ -93,7 +107,7 @@ class WriterLock:
     threads first (flock locks belong to the open file, which the threads share).
     """
 
-    def __init__(self, database: str | os.PathLike) -> None:
+    def __init__(self, database: str | os.PathLike[str]) -> None:
         self.path = Path(f"{database}.writer-lock")
         self._fd: int | None = None
         self._pid: int | None = None
@@ -109,7 +123,7 @@ class WriterLock:
         fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
 
     def close(self) -> None:

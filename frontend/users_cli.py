@@ -2,8 +2,13 @@
 an admin.
 
     mole users create NAME [--admin] [--password-stdin]
+    mole users passwd NAME [--password-stdin]
+    mole users delete NAME
     mole users list
     mole users disable NAME | enable NAME | grant-admin NAME | revoke-admin NAME
+
+Names are matched without regard to case, as logins are. A deleted or disabled user's
+tokens stop working within the frontend's user cache TTL (a few seconds).
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read the password from standard input (else prompt, or MOLE_USER_PASSWORD)",
     )
+    passwd = sub.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("username")
+    passwd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (else prompt, or MOLE_USER_PASSWORD)",
+    )
+    sub.add_parser("delete", help="remove a user").add_argument("username")
     sub.add_parser("list", help="list users and roles")
     for action in ("disable", "enable", "grant-admin", "revoke-admin"):
         sub.add_parser(action, help=f"{action} a user").add_argument("username")
@@ -68,9 +81,15 @@ def run(args: argparse.Namespace) -> int:
                     f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on
                 ]
                 print(f"{user.username}\t{','.join(flags) or '-'}")
-        else:
-            if store.get(args.username) is None:
+        elif args.action == "passwd":
+            if store.get(args.username) is None:  # before asking for a password
                 raise UserError("not_found", f"no user {args.username!r}")
+            store.set_password(args.username, _password(args))
+            print(f"passwd: {args.username}")
+        elif args.action == "delete":
+            store.delete(args.username)
+            print(f"delete: {args.username}")
+        else:
             change = {
                 "disable": {"disabled": True},
                 "enable": {"disabled": False},

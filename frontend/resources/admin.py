@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
-import falcon
+import falcon.asgi
 
+from mole.frontend.dispatch import Dispatcher
 from mole.frontend.errors import APIError, from_request_error
 from mole.frontend.gating_holder import GatingHolder, NotReady
 from mole.frontend.media import respond
@@ -15,7 +18,7 @@ from mole.protocol.registry import ExpertsRegistry, RegistryError
 log = logging.getLogger("mole.frontend.admin")
 
 
-def registry_view(registry: ExpertsRegistry) -> dict:
+def registry_view(registry: ExpertsRegistry) -> dict[str, Any]:
     return {
         "path": str(registry.path) if registry.path else None,
         "base_models": sorted(registry.base_models),
@@ -43,13 +46,13 @@ def registry_view(registry: ExpertsRegistry) -> dict:
 class Workers:
     auth = "admin"
 
-    def __init__(self, dispatcher, *, timeout: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, *, timeout: float) -> None:
         self._dispatcher = dispatcher
         self._timeout = timeout
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
-            status = self._dispatcher.status(self._timeout)
+            status = await self._dispatcher.status(self._timeout)
         except RequestError as err:
             raise from_request_error(err) from None
         respond(
@@ -71,7 +74,7 @@ class Registry:
     def __init__(self, gating: GatingHolder) -> None:
         self._gating = gating
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
             _, registry = self._gating.get()
         except NotReady as err:
@@ -87,9 +90,9 @@ class RegistryReload:
     def __init__(self, gating: GatingHolder) -> None:
         self._gating = gating
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
-            registry = self._gating.reload()
+            registry = await asyncio.to_thread(self._gating.reload)
         except RegistryError as err:
             message = str(err)
             key = message.split(":", 1)[0] if ":" in message else None

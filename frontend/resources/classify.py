@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-import falcon
+import falcon.asgi
 
 from mole.frontend.analytics import Analytics
-from mole.frontend.classify import Classifier, parse_item
+from mole.frontend.classify import Classifier, batch_failure, parse_item
+from mole.frontend.dispatch import Dispatcher
 from mole.frontend.errors import APIError, validation
 from mole.frontend.gating_holder import GatingHolder, NotReady
 from mole.frontend.limits import Limits, client_address
@@ -21,19 +23,26 @@ class Classify:
     auth = "user"
 
     def __init__(
-        self, classifier: Classifier, *, max_body: int, max_chars: int, limits: Limits | None = None
+        self,
+        classifier: Classifier,
+        *,
+        max_body: int,
+        max_chars: int,
+        body_timeout_s: float,
+        limits: Limits | None = None,
     ) -> None:
         self._classifier = classifier
+        self._body_timeout = body_timeout_s
         self._max_body = max_body
         self._max_chars = max_chars
         self._limits = limits or Limits.disabled()
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = parse_body(req, self._max_body)
-        self._limits.classify(req.context.user.username, client_address(req))
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        body = await parse_body(req, self._max_body, self._body_timeout)
+        await self._limits.classify(req.context.user.username, client_address(req))
         item = parse_item(body, max_chars=self._max_chars)
         request_id = req.context.request_id
-        body = self._classifier.classify(item, request_id, self._classifier.deadline())
+        body = await self._classifier.classify(item, request_id, self._classifier.deadline())
         respond(req, resp, body)
 
 
@@ -47,16 +56,18 @@ class ClassifyBatch:
         max_body: int,
         max_chars: int,
         limit: int,
+        body_timeout_s: float,
         limits: Limits | None = None,
     ) -> None:
         self._classifier = classifier
+        self._body_timeout = body_timeout_s
         self._max_body = max_body
         self._max_chars = max_chars
         self._limit = limit
         self._limits = limits or Limits.disabled()
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = parse_body(req, self._max_body)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        body = await parse_body(req, self._max_body, self._body_timeout)
         if not isinstance(body, dict):
             raise validation("body", "must be an object with an items list")
         items = body.get("items")
@@ -65,28 +76,20 @@ class ClassifyBatch:
         if len(items) > self._limit:
             raise validation("items", f"has {len(items)} entries; the limit is {self._limit}")
         # every item counts, valid or not: each is work the client asked for
-        self._limits.classify(req.context.user.username, client_address(req), len(items))
-        parsed: list[Any] = []
+        await self._limits.classify(req.context.user.username, client_address(req), len(items))
+        request_id = req.context.request_id
+        valid: list[tuple[int, dict[str, Any]]] = []
+        failed: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
-                parsed.append(
-                    parse_item(item, max_chars=self._max_chars, prefix=f"items[{index}].")
+                valid.append(
+                    (index, parse_item(item, max_chars=self._max_chars, prefix=f"items[{index}]."))
                 )
             except APIError as err:
-                parsed.append(err)
-        valid = [(i, p) for i, p in enumerate(parsed) if not isinstance(p, APIError)]
-        answer = self._classifier.classify_batch([p for _, p in valid], req.context.request_id)
-        results: list[dict[str, Any] | None] = [None] * len(parsed)
-        for (index, _), result in zip(valid, answer["results"], strict=True):
-            results[index] = {**result, "index": index}
-        for index, item in enumerate(parsed):
-            if isinstance(item, APIError):
-                results[index] = {
-                    "index": index,
-                    "ok": False,
-                    "error": {"code": item.code, "detail": item.detail},
-                }
-        answer["results"] = results
+                failed.append(batch_failure(index, err, f"{request_id}-{index}"))
+        answer = await self._classifier.classify_batch(valid, request_id)
+        answer["results"] = sorted([*answer["results"], *failed], key=lambda r: r["index"])
+        results = answer["results"]
         answer["successful"] = sum(1 for r in results if r["ok"])
         answer["failed"] = len(results) - answer["successful"]
         respond(req, resp, answer)
@@ -98,14 +101,19 @@ class Stats:
     auth = "user"
 
     def __init__(
-        self, gating: GatingHolder, dispatcher, analytics: Analytics, *, probe_timeout: float
+        self,
+        gating: GatingHolder,
+        dispatcher: Dispatcher,
+        analytics: Analytics,
+        *,
+        probe_timeout: float,
     ) -> None:
         self._gating = gating
         self._dispatcher = dispatcher
         self._analytics = analytics
         self._probe_timeout = probe_timeout
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         try:
             _, registry = self._gating.get()
         except NotReady as err:
@@ -117,7 +125,7 @@ class Stats:
         workers: dict[str, int] | None = None
         broker_error = None
         try:
-            status = self._dispatcher.status(self._probe_timeout)
+            status = await self._dispatcher.status(self._probe_timeout)
             services = status.get("services", {}) or {}
             workers = {m: int((services.get(m) or {}).get("workers", 0)) for m in models}
         except Exception as err:  # stats still answer without the broker
@@ -140,6 +148,6 @@ class Stats:
             },
             "live_workers": workers,
             "broker_error": broker_error,
-            "analytics": self._analytics.summary(),
+            "analytics": await asyncio.to_thread(self._analytics.summary),
         }
         respond(req, resp, body)

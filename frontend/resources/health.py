@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import falcon
+from typing import Any
 
+import falcon.asgi
+
+from mole.frontend.dispatch import Dispatcher
 from mole.frontend.gating_holder import GatingHolder
 from mole.frontend.media import respond
 
@@ -14,14 +17,14 @@ class Health:
     def __init__(self, version: str) -> None:
         self._version = version
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         respond(req, resp, {"status": "healthy", "version": self._version})
 
 
 class Live:
     auth = "public"
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         respond(req, resp, {"status": "alive"})
 
 
@@ -30,15 +33,17 @@ class Ready:
 
     auth = "public"
 
-    def __init__(self, gating: GatingHolder, dispatcher, *, probe_timeout: float) -> None:
+    def __init__(
+        self, gating: GatingHolder, dispatcher: Dispatcher, *, probe_timeout: float
+    ) -> None:
         self._gating = gating
         self._dispatcher = dispatcher
         self._probe_timeout = probe_timeout
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         gating = self._gating.state()
         try:
-            status = self._dispatcher.status(self._probe_timeout)
+            status = await self._dispatcher.status(self._probe_timeout)
             services = status.get("services", {}) or {}
             backend = {
                 "ready": True,
@@ -52,12 +57,10 @@ class Ready:
                 "detail": f"broker did not answer: {type(err).__name__}: {err}",
             }
         ok = gating["ready"] and backend["ready"]
-        body = {
-            "status": "ready" if ok else "not_ready",
-            "checks": {"gating": gating, "broker": backend},
-        }
+        checks: dict[str, dict[str, Any]] = {"gating": gating, "broker": backend}
+        body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "checks": checks}
         if not ok:
-            waiting = [name for name, check in body["checks"].items() if not check["ready"]]
+            waiting = [name for name, check in checks.items() if not check["ready"]]
             body.update(
                 error="not_ready",
                 request_id=req.context.request_id,

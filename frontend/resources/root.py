@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import falcon
+from typing import Any
+
+import falcon.asgi
 
 from mole.frontend.media import respond
 from mole.frontend.metrics import Metrics
@@ -14,7 +16,7 @@ class Root:
     def __init__(self, version: str) -> None:
         self._version = version
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         respond(
             req,
             resp,
@@ -30,10 +32,10 @@ class Root:
 class OpenAPI:
     auth = "public"
 
-    def __init__(self, document: dict) -> None:
+    def __init__(self, document: dict[str, Any]) -> None:
         self._document = document
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         respond(req, resp, self._document)
 
 
@@ -43,5 +45,5 @@ class MetricsResource:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.data, resp.content_type = self._metrics.exposition()

@@ -11,7 +11,7 @@ Three parts, each a flag (all on by default; durations are flags so a short run 
    case), as median / p99 microseconds.
 2. fault run: a real stack (``python -m broker``, two worker processes of one service
    running the fixed-answer test double ``tests/frontend/fixed_worker.py`` under the real
-   worker runtime, ``python -m frontend`` with 2 gunicorn processes) takes classify
+   worker runtime, ``python -m mole.frontend`` with 2 gunicorn/uvicorn processes) takes classify
    requests over HTTP at a fixed offered rate (open loop: request i is sent at t0 + i/rate
    whatever happened to the others) while a worker is SIGKILLed and restarted every
    ``--kill-every`` seconds (the two in turn). Printed: answered, errors by status and
@@ -176,8 +176,6 @@ class Stack:
                 self.broker_url,
                 "--workers",
                 str(self.frontend_workers),
-                "--threads",
-                "16",
                 "--data-dir",
                 str(self.tmp / "data"),
             ],

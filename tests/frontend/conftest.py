@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.limits import Limits
 from mole.frontend.passwords import PasswordHasher
 from mole.protocol.registry import load_registry
 from tests.frontend.frontend_support import (
@@ -104,3 +105,52 @@ def api(tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers) 
     api = Api(make_components(settings, hasher=hasher, gating=gating, broker_url=broker_url))
     yield api
     api.close()
+
+
+def _limited_api(tmp_path, hasher, gating, broker_url, clock, **limits) -> Api:
+    settings = make_settings(tmp_path, **limits)
+    components = make_components(settings, hasher=hasher, gating=gating, broker_url=broker_url)
+    components.limits = Limits.from_settings(settings, clock=clock)
+    return Api(components)
+
+
+@pytest.fixture
+def make_api(tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers):
+    made = []
+
+    def make(clock, **limits):
+        api = _limited_api(
+            tmp_path,
+            hasher,
+            GatingHolder.loaded(gating_pipeline, registry),
+            broker_url,
+            clock,
+            **limits,
+        )
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
+def make_offline(tmp_path, hasher, registry, dead_broker_url):
+    made = []
+
+    def make(clock, **limits):
+        api = _limited_api(
+            tmp_path,
+            hasher,
+            GatingHolder(registry_path=registry.path, loader=lambda reg: None),
+            dead_broker_url,
+            clock,
+            **limits,
+        )
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -17,11 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from falcon import testing
+from falcon.util.sync import async_to_sync
 
 from mole.frontend.analytics import Analytics
 from mole.frontend.app import Components, create_app
 from mole.frontend.dispatch import BrokerDispatcher
 from mole.frontend.gating_holder import GatingHolder
+from mole.frontend.guard import ConnectionGauge, ServerGuard
 from mole.frontend.limits import Limits
 from mole.frontend.metrics import Metrics
 from mole.frontend.passwords import PasswordHasher
@@ -141,6 +144,16 @@ def make_components(
     )
 
 
+class Clock:
+    """A clock the test moves by hand (rate-limit windows, token expiry)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Api:
     """A falcon.testing client with helpers for tokens."""
 
@@ -163,4 +176,61 @@ class Api:
         return {"Authorization": f"Bearer {result.json['access_token']}"}
 
     def close(self) -> None:
-        self.components.close()
+        # on the loop falcon.testing runs every simulated request on (its bus client's)
+        async_to_sync(self.components.aclose)
+
+
+@contextlib.contextmanager
+def served(api: Api) -> Iterator[str]:
+    """``api``'s app on a real uvicorn server (real sockets, its own event loop in a thread)
+    on a free loopback port; yields the base URL. The bus client of the app is made on
+    that loop and closed there by the lifespan shut-down when the block ends."""
+    import uvicorn
+
+    port = free_port()
+    app = ServerGuard(
+        api.app,
+        max_connections=1000,
+        gauge=ConnectionGauge(),
+        on_shutdown=api.components.dispatcher.close,
+    )
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 20, "uvicorn to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@contextlib.contextmanager
+def frontend_process(
+    broker_url: str, data_dir: Path, log: Path, *args: str, **env: str
+) -> Iterator[str]:
+    """``python -m mole.frontend`` (gunicorn over uvicorn workers) on a free port, with
+    the cheap argon2 profile and a generated secret; yields the base URL once it answers
+    /api/v1/health. Extra flags in ``args``, variables in ``env``."""
+    port = free_port()
+    environment = child_env(MOLE_ARGON2_PROFILE="cheap", **env)
+    for key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR"):
+        environment.pop(key, None)
+    argv = [
+        *("-m", "mole.frontend", "--bind", f"127.0.0.1:{port}", "--broker", broker_url),
+        *("--data-dir", str(data_dir), *args),
+    ]
+    import sys
+
+    with child([sys.executable, *argv], log, env=environment) as proc:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            return call("GET", f"{base}/api/v1/health", timeout=5)[0] == 200
+
+        wait_for(up, 60, "the frontend to answer", interval=0.2)
+        yield base

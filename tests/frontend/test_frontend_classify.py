@@ -235,15 +235,17 @@ def test_batch_runs_items_concurrently_each_with_its_outcome(api):
     assert b["successful"] == 6
     assert b["failed"] == 2
     assert [x["index"] for x in b["results"]] == list(range(8))
+    # a failed item carries the top level's error fields, with its own request id
     assert b["results"][2] == {
         "index": 2,
         "ok": False,
-        "error": {
-            "code": "validation_error",
-            "detail": "items[2].description: is required (a non-empty string)",
-        },
+        "error": "validation_error",
+        "detail": "items[2].description: is required (a non-empty string)",
+        "field": "items[2].description",
+        "request_id": f"{b['request_id']}-2",
     }
-    assert b["results"][7]["error"]["code"] == "overloaded"
+    assert b["results"][7]["error"] == "overloaded"
+    assert b["results"][7]["request_id"] == f"{b['request_id']}-7"
     assert b["results"][0]["result"]["language"] == "english"
     assert elapsed < 2.5, f"6 x 0.5 s items took {elapsed:.1f} s: not concurrent"
 

@@ -53,8 +53,6 @@ def _serve(tmp_path_factory, logs_dir, broker_url, name, **env_extra):
             broker_url,
             "--workers",
             "2",
-            "--threads",
-            "1",
             "--data-dir",
             str(data),
             "--access-log",

@@ -9,72 +9,14 @@ import threading
 
 import pytest
 
-from mole.frontend.gating_holder import GatingHolder
 from mole.frontend.limits import Limits
 from mole.frontend.ratelimit import Rate, RateLimiter, RateSpecError, parse_rate
 from mole.frontend.settings import SettingsError, settings_from_env
-from tests.frontend.frontend_support import PASSWORD, Api, make_components, make_settings
+from tests.frontend.frontend_support import PASSWORD, Clock
 
 EN = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
 RATE = "Rate the sentiment of this financial statement"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _api(tmp_path, hasher, gating, broker_url, clock, **limits) -> Api:
-    settings = make_settings(tmp_path, **limits)
-    components = make_components(settings, hasher=hasher, gating=gating, broker_url=broker_url)
-    components.limits = Limits.from_settings(settings, clock=clock)
-    return Api(components)
-
-
-@pytest.fixture
-def make_api(tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers):
-    made = []
-
-    def make(clock, **limits):
-        api = _api(
-            tmp_path,
-            hasher,
-            GatingHolder.loaded(gating_pipeline, registry),
-            broker_url,
-            clock,
-            **limits,
-        )
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
-
-
-@pytest.fixture
-def make_offline(tmp_path, hasher, registry, dead_broker_url):
-    made = []
-
-    def make(clock, **limits):
-        api = _api(
-            tmp_path,
-            hasher,
-            GatingHolder(registry_path=registry.path, loader=lambda reg: None),
-            dead_broker_url,
-            clock,
-            **limits,
-        )
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
 
 
 def classify(api, headers, address="127.0.0.1", text=EN):
@@ -205,6 +147,7 @@ def test_disabled_limits_never_refuse(make_offline):
         rate_limit_login_address="0",
         rate_limit_classify_user="off",
         rate_limit_classify_address="off",
+        rate_limit_register_address="off",
     )
     assert api.components.limits.limiter is None  # no database is even opened
     api.components.users.create("grace", PASSWORD)
@@ -351,3 +294,34 @@ def test_small_rates_are_checked_in_sqlite_every_time(tmp_path):
     assert results == [True] * 60 + [False]
     assert len(transactions) == 61
     limiter.close()
+
+
+class CountingLimiter(RateLimiter):
+    """The real limiter, counting the checks that go to SQLite (in a thread)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sqlite_checks = 0
+
+    def hit(self, checks, cost=1.0):
+        self.sqlite_checks += 1
+        return super().hit(checks, cost)
+
+
+def test_requests_in_flight_share_one_refill_of_an_empty_lease(tmp_path):
+    """16 classify checks of one client at once on an empty lease: one goes to SQLite at a
+    time and the others are answered from the lease it took (its size doubles each time:
+    0, 1, 2, 4, 8 units), so 5 checks reach SQLite rather than 16."""
+    import asyncio
+
+    limiter = CountingLimiter(tmp_path / "ratelimit.sqlite3")
+    limits = Limits(limiter, classify_user=parse_rate("100000/second"))
+
+    async def burst() -> None:
+        await asyncio.gather(*(limits.classify("alice", "10.0.0.1") for _ in range(16)))
+
+    try:
+        asyncio.run(burst())
+    finally:
+        limits.close()
+    assert limiter.sqlite_checks == 5

@@ -17,6 +17,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from tests.frontend.frontend_support import served
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -27,8 +29,12 @@ CHECKS = [
 
 
 def test_api_matches_its_openapi_document(api):
-    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api.app)
     headers = api.user("schema-admin", admin=True)
+    with served(api) as base:
+        _conforms_everywhere(schemathesis.openapi.from_url(f"{base}/api/v1/openapi.json"), headers)
+
+
+def _conforms_everywhere(schema, headers: dict[str, str]) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 13  # every route (schemathesis may skip the document itself)
     calls: dict[str, int] = {}
@@ -87,29 +93,36 @@ def test_429_answers_conform_to_the_document(
     )
     try:
         headers = api.user("limited-admin", admin=True)
-        schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api.app)
-        statuses: dict[str, set[int]] = {}
-        for result in schema.get_all_operations():
-            operation = result.ok()
-            if operation.definition.raw.get("operationId") not in LIMITED:
-                continue
-
-            @given(case=operation.as_strategy())
-            @settings(
-                max_examples=8,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                derandomize=True,
-                database=None,
+        with served(api) as base:
+            statuses = _provoke_limits(
+                schemathesis.openapi.from_url(f"{base}/api/v1/openapi.json"), headers
             )
-            def conforms(case):
-                response = case.call(headers=headers)
-                statuses.setdefault(case.operation.label, set()).add(response.status_code)
-                case.validate_response(response, checks=CHECKS)
-
-            conforms()
     finally:
         api.close()
     assert len(statuses) == len(LIMITED)
     limited = [label for label, seen in statuses.items() if 429 in seen]
     assert len(limited) >= 3, statuses  # classify, batch and the login pair all hit 429
+
+
+def _provoke_limits(schema, headers: dict[str, str]) -> dict[str, set[int]]:
+    statuses: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.definition.raw.get("operationId") not in LIMITED:
+            continue
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=8,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        def conforms(case):
+            response = case.call(headers=headers)
+            statuses.setdefault(case.operation.label, set()).add(response.status_code)
+            case.validate_response(response, checks=CHECKS)
+
+        conforms()
+    return statuses

@@ -1,84 +1,91 @@
-"""Legacy HTTP coordinator for the benchmark: JWT check, gating, then HTTP to a worker.
+"""Legacy HTTP coordinator for the benchmark, as the original ran it (FastAPI under uvicorn)
+with the one fix a careful user would make: ONE shared ``httpx.AsyncClient`` per process
+(keep-alive connections to the worker) instead of a new client per request.
 
-    LEGACY_CLIENT_MODE=per_call|shared LEGACY_WORKER_URL=http://127.0.0.1:9001 \
-    JWT_SECRET_KEY=... gunicorn -k gthread --threads 16 -w 2 \
-        tests.benchmarks.legacy_http.coordinator:app
+    LEGACY_WORKER_URL=http://127.0.0.1:9001 JWT_SECRET_KEY=... \
+        uvicorn --workers 2 tests.benchmarks.legacy_http.coordinator:app
 
-``per_call`` reproduces the original (a new client for every request); ``shared`` is the
-careful fix (one keep-alive client per process). Everything else is the same as MoLE's
-frontend does per request: bearer-token verification and the real gating pipeline.
+Per request it does what MoLE's frontend does: bearer-token verification (the same
+``TokenService``, with its cache of verified tokens, so the baseline is not slowed by
+token checks MoLE skips) and the real gating pipeline, then one HTTP call to the worker.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
-import falcon
-import httpx2 as httpx  # an httpx-compatible client (same Client() construction cost)
+import httpx
+from fastapi import FastAPI, Header, HTTPException
+from pydantic import BaseModel
 
 from mole.frontend.tokens import TokenError, TokenService
 from mole.gating import GatingPipeline
 
-MODE = os.environ.get("LEGACY_CLIENT_MODE", "per_call")
 WORKER_URL = os.environ.get("LEGACY_WORKER_URL", "http://127.0.0.1:9001")
 TIMEOUT_S = float(os.environ.get("REQUEST_TIMEOUT_SECONDS", "120"))
 TOKENS = TokenService(os.environ["JWT_SECRET_KEY"])
 GATING = GatingPipeline.load()
-_SHARED = httpx.Client(timeout=TIMEOUT_S) if MODE == "shared" else None
+CLIENT: dict[str, httpx.AsyncClient] = {}
 
 
-def _forward(payload: dict) -> dict:
-    if _SHARED is not None:
-        return _SHARED.post(f"{WORKER_URL}/infer", json=payload).json()
-    # As the original did: a new client per call (it builds an SSL context every time).
-    with httpx.Client(timeout=TIMEOUT_S) as client:
-        return client.post(f"{WORKER_URL}/infer", json=payload).json()
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # one client per process, made on its event loop; pool large enough for every request
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=TIMEOUT_S, limits=limits) as client:
+        CLIENT["worker"] = client
+        yield
 
 
-class Classify:
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.monotonic()
-        _scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
-        try:
-            TOKENS.verify(token)
-        except TokenError as err:
-            raise falcon.HTTPUnauthorized(description=str(err)) from None
-        body = json.loads(req.bounded_stream.read())
-        routed = GATING.route(body["text"], body["description"])
-        expert = routed.expert
-        reply = _forward(
-            {
+app = FastAPI(lifespan=lifespan)
+
+
+class ClassifyRequest(BaseModel):
+    text: str
+    description: str
+
+
+@app.post("/api/v1/classify")
+async def classify(
+    body: ClassifyRequest, authorization: str = Header(default="")
+) -> dict[str, Any]:
+    started = time.monotonic()
+    _scheme, _, token = authorization.partition(" ")
+    try:
+        TOKENS.verify(token)
+    except TokenError as err:
+        raise HTTPException(status_code=401, detail=str(err)) from None
+    routed = GATING.route(body.text, body.description)
+    expert = routed.expert
+    reply = (
+        await CLIENT["worker"].post(
+            f"{WORKER_URL}/infer",
+            json={
                 "task": expert.task_key,
                 "language": expert.language.code,
                 "adapter": expert.adapter_name,
                 "model": expert.base_model_key,
-                "text": body["text"],
-            }
+                "text": body.text,
+            },
         )
-        resp.data = json.dumps(
-            {
-                "request_id": uuid.uuid4().hex,
-                "language": routed.language.name,
-                "domain": routed.domain,
-                "task": routed.task,
-                "result": reply["result"],
-                "confidence": reply["confidence"],
-                "routing_path": f"{routed.routing_path.rsplit(' -> ', 1)[0]} -> "
-                f"gateway:{expert.base_model_key}",
-                "processing_time_ms": (time.monotonic() - started) * 1000,
-            }
-        ).encode()
-        resp.content_type = "application/json"
+    ).json()
+    return {
+        "request_id": uuid.uuid4().hex,
+        "language": routed.language.name,
+        "domain": routed.domain,
+        "task": routed.task,
+        "result": reply["result"],
+        "confidence": reply["confidence"],
+        "routing_path": routed.routing_path,
+        "processing_time_ms": (time.monotonic() - started) * 1000,
+    }
 
 
-class Health:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok", "mode": MODE}
-
-
-app = falcon.App()
-app.add_route("/api/v1/classify", Classify())
-app.add_route("/api/v1/health", Health())
+@app.get("/api/v1/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}

@@ -1,45 +1,39 @@
-"""Legacy HTTP expert worker for the benchmark: POST /infer -> fixed label after a delay.
+"""Legacy HTTP expert worker for the benchmark (FastAPI under uvicorn, as the original's
+expert worker): POST /infer answers a fixed label after ``LEGACY_DELAY_S`` seconds.
 
-    LEGACY_DELAY_S=0.02 gunicorn -k gthread --threads 32 -w 1 \
-        tests.benchmarks.legacy_http.worker:app
+    LEGACY_DELAY_S=0.02 uvicorn tests.benchmarks.legacy_http.worker:app
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import time
+from typing import Any
 
-import falcon
+from fastapi import FastAPI
 
 DELAY_S = float(os.environ.get("LEGACY_DELAY_S", "0"))
 
-
-class Infer:
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        payload = json.loads(req.bounded_stream.read() or b"{}")
-        started = time.monotonic()
-        if DELAY_S > 0:
-            time.sleep(DELAY_S)
-        resp.data = json.dumps(
-            {
-                "result": "1",
-                "label": "1",
-                "confidence": 0.5,
-                "model": payload.get("model"),
-                "adapter": payload.get("adapter"),
-                "worker_id": f"legacy-{os.getpid()}",
-                "timings": {"inference_ms": (time.monotonic() - started) * 1000},
-            }
-        ).encode()
-        resp.content_type = "application/json"
+app = FastAPI()
 
 
-class Health:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok"}
+@app.post("/infer")
+async def infer(payload: dict[str, Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    if DELAY_S > 0:
+        await asyncio.sleep(DELAY_S)
+    return {
+        "result": "1",
+        "label": "1",
+        "confidence": 0.5,
+        "model": payload.get("model"),
+        "adapter": payload.get("adapter"),
+        "worker_id": f"legacy-{os.getpid()}",
+        "timings": {"inference_ms": (time.monotonic() - started) * 1000},
+    }
 
 
-app = falcon.App()
-app.add_route("/infer", Infer())
-app.add_route("/health", Health())
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
