@@ -27,7 +27,13 @@ from mole.protocol.errors import MoleError, RequestError
 
 log = logging.getLogger("mole.frontend.classify")
 
-_OPTION_NAMES = ("return_probabilities", "return_raw_response")
+_OPTION_NAMES = ("return_probabilities", "return_raw_response", "return_candidates")
+
+#: Optional fields that skip a gating step: ``task`` (``rating`` or ``finance/rating``) and
+#: ``language`` (an ISO 639-1 code or an English name).
+GATING_CHOICE_FIELDS: tuple[str, ...] = ("task", "language")
+#: Longest accepted value of a gating choice (task keys and language names are short).
+CHOICE_LIMIT = 100
 
 
 def _string(
@@ -51,6 +57,23 @@ def _string(
 #: A new optional field is one more name here (and in the OpenAPI schema).
 OPTIONAL_TEXT_FIELDS: tuple[str, ...] = ("query", "product")
 
+#: Every field a ClassifyRequest may carry; any other is refused by name, so a typo
+#: (``"langauge"``) or a field of another API (``"model"``) is never silently ignored.
+KNOWN_FIELDS: frozenset[str] = frozenset(
+    ("text", "description", "options", *OPTIONAL_TEXT_FIELDS, *GATING_CHOICE_FIELDS)
+)
+
+
+def _refuse_unknown(names: set[str], known: frozenset[str] | tuple[str, ...], where: str) -> None:
+    unknown = sorted(names - set(known))
+    if unknown:
+        listed = ", ".join(repr(name) for name in unknown)
+        raise validation(
+            f"{where}{unknown[0]}",
+            f"unknown field{'s' if len(unknown) > 1 else ''} {listed}; "
+            f"accepted: {', '.join(sorted(known))}",
+        )
+
 
 def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]:
     """Check one ClassifyRequest; returns the normalised fields.
@@ -60,8 +83,19 @@ def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]
     """
     if not isinstance(item, dict):
         raise validation(prefix.rstrip(".") or "body", "must be a JSON object")
+    _refuse_unknown(set(item), KNOWN_FIELDS, prefix)
     text = _string(item, "text", prefix=prefix, required=True, limit=max_chars)
-    description = _string(item, "description", prefix=prefix, required=True, limit=max_chars)
+    choices = {
+        name: _string(item, name, prefix=prefix, required=False, limit=CHOICE_LIMIT)
+        for name in GATING_CHOICE_FIELDS
+    }
+    for name, value in choices.items():
+        if value is not None and not value.strip():
+            raise validation(prefix + name, "must not be empty (leave it out to detect it)")
+    # a caller who names the task needs no description to route by
+    description = _string(
+        item, "description", prefix=prefix, required=choices["task"] is None, limit=max_chars
+    )
     optional = {
         name: _string(item, name, prefix=prefix, required=False, limit=max_chars)
         for name in OPTIONAL_TEXT_FIELDS
@@ -70,13 +104,20 @@ def parse_item(item: Any, *, max_chars: int, prefix: str = "") -> dict[str, Any]
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise validation(prefix + "options", "must be an object")
+    _refuse_unknown(set(options), _OPTION_NAMES, prefix + "options.")
     parsed_options = {}
     for name in _OPTION_NAMES:
         value = options.get(name, False)
         if not isinstance(value, bool):
             raise validation(f"{prefix}options.{name}", "must be true or false")
         parsed_options[name] = value
-    return {"text": text, "description": description, **optional, "options": parsed_options}
+    return {
+        "text": text,
+        "description": description,
+        **choices,
+        **optional,
+        "options": parsed_options,
+    }
 
 
 class Classifier:
@@ -169,10 +210,17 @@ class Classifier:
             pipeline, _ = self.gating.get()
         except NotReady as err:
             raise APIError("not_ready", str(err)) from None
+        given = frozenset(name for name in GATING_CHOICE_FIELDS if item.get(name) is not None)
         try:
-            routed = pipeline.route(item["text"], item["description"])
+            routed = pipeline.route(
+                item["text"],
+                item["description"],
+                task=item.get("task"),
+                language=item.get("language"),
+                candidates=item["options"]["return_candidates"],
+            )
         except MoleError as err:
-            raise from_gating_error(err) from None
+            raise from_gating_error(err, given) from None
         expert = routed.expert
         facts.update(
             language=routed.language.name,
@@ -244,6 +292,7 @@ class Classifier:
             "result": result,
             "confidence": _float_or_none(reply.get("confidence")),
             "routing_path": routed.routing_path,
+            "given": list(getattr(routed, "given", ()) or ()),
             "processing_time_ms": round((self._clock() - started) * 1000.0, 3),
             "worker_id": _str_or_none(reply.get("worker_id")),
             "model": _str_or_none(reply.get("model")) or expert.base_model_key,

@@ -42,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_domain": 422,
     "domain_without_tasks": 422,
     "unknown_task": 422,
+    "task_not_served": 422,  # no served task matches the description (gating refused it)
     "unknown_expert": 422,
     "gating_error": 422,
     "gating_artifact": 503,  # a gating model file is missing: the operator must act
@@ -130,8 +131,13 @@ def from_request_error(err: RequestError) -> APIError:
     return APIError(code, message)
 
 
-def from_gating_error(err: Exception) -> APIError:
-    """The HTTP error for a gating failure; it keeps gating's code and its facts (served...)."""
+def from_gating_error(err: Exception, given: frozenset[str] = frozenset()) -> APIError:
+    """The HTTP error for a gating failure; it keeps gating's code and its facts (served...).
+
+    ``given`` names the request fields the caller set to skip a gating step (``task``,
+    ``language``): an error about such a step names that field, not the text it would
+    otherwise have been detected from.
+    """
     code = str(getattr(err, "code", None) or "gating_error")
     extra: dict[str, Any] = {}
     to_dict = getattr(err, "to_dict", None)
@@ -141,7 +147,11 @@ def from_gating_error(err: Exception) -> APIError:
             for k, v in to_dict().items()
             if k not in ("error", "message", "detail", "request_id", "field")
         }
-    if "language" in code:
+    if "language" in code and "language" in given:
+        field = "language"
+    elif code == "unknown_task" and "task" in given:
+        field = "task"
+    elif "language" in code:
         field = "text"
     elif code == "bad_request":
         field = "description" if "description" in str(err) else "text"

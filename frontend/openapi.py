@@ -61,7 +61,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     classify_errors = _errors(400, 401, 408, 413, 415, 422, 429, 502, 503, 504)
     classify_request = {
         "type": "object",
-        "required": ["text", "description"],
+        "required": ["text"],
+        "additionalProperties": False,
+        "description": (
+            "`description` is required unless `task` is given. Unknown fields are refused "
+            "(422 validation_error naming them)."
+        ),
         "properties": {
             "text": {
                 "type": "string",
@@ -77,6 +82,27 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "pattern": r"\S",
                 "description": "what to do with the text; used for routing",
             },
+            "task": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 100,
+                "examples": ["rating", "finance/rating"],
+                "description": (
+                    "the task, when the caller knows it: skips task routing (and the domain, "
+                    "which the task implies); an unserved task is a 422 unknown_task naming "
+                    "the served ones"
+                ),
+            },
+            "language": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 100,
+                "examples": ["de", "german"],
+                "description": (
+                    "the text's language (ISO 639-1 code or English name): skips language "
+                    "detection; an unserved language is a 422 unsupported_language"
+                ),
+            },
             "query": {
                 "type": "string",
                 "maxLength": settings.max_text_chars,
@@ -89,9 +115,18 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "options": {
                 "type": "object",
+                "additionalProperties": False,
                 "properties": {
                     "return_probabilities": {"type": "boolean", "default": False},
                     "return_raw_response": {"type": "boolean", "default": False},
+                    "return_candidates": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": (
+                            "on a 422 task_not_served, list the router's tasks with their "
+                            "scores (`candidates`, best first)"
+                        ),
+                    },
                 },
             },
         },
@@ -138,6 +173,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "additionalProperties": {"type": "number"},
             },
             "raw_response": _NULLABLE_STR,
+            "given": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["language", "domain", "task"]},
+                "description": "gating steps the request named rather than gating detected",
+            },
             "routing_path": {
                 "type": "string",
                 "examples": ["english -> finance -> rating -> llama-2-7b-hf"],

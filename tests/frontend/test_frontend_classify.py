@@ -64,19 +64,19 @@ def test_classify_options_return_probabilities_and_raw_response(api):
 
 
 def test_rating_routes_to_the_registry_expert(api):
-    r = classify(api, api.user(), text=EN, description=RATE)
+    r = classify(api, api.user(), text=EN, description=RATE, task="rating")
+    assert r.status_code == 200, r.text
     expert = api.components.gating.registry.resolve("finance/rating", "en")
-    if r.json["task"] == "rating":
-        assert r.json["routing_path"] == f"english -> finance -> rating -> {expert.base_model_key}"
-        assert r.json["adapter"] == expert.adapter_name
+    path = f"english -> finance(given) -> rating(given) -> {expert.base_model_key}"
+    assert r.json["routing_path"] == path
+    assert r.json["adapter"] == expert.adapter_name
 
 
 def test_pii_has_entities_with_offsets_and_result_is_json_text(api):
     text = "Contact John Smith at 12 Baker Street, London, phone 020 7946 0958."
-    r = classify(api, api.user(), text=text, description=PII)
+    r = classify(api, api.user(), text=text, description=PII, task="finance/pii")
     assert r.status_code == 200, r.text
-    if r.json["task"] != "pii":
-        pytest.skip(f"the task router chose {r.json['task']} for the PII description")
+    assert r.json["task"] == "pii"
     entities = r.json["entities"]
     assert entities
     assert set(entities[0]) == {"text", "label", "start", "end"}

@@ -214,7 +214,7 @@ def test_a_bug_is_a_500_in_the_shape_and_logs_no_text(
     class Exploding:
         """A gating stand-in with a bug (the only way to reach the 500 path)."""
 
-        def route(self, text, description):
+        def route(self, text, description, **choices):
             raise RuntimeError("boom")
 
     api = Api(
