@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mole.frontend.sqlite_db import ProcessLocalConnection, WriterLock
+
+T = TypeVar("T")
 
 log = logging.getLogger("mole.frontend.analytics")
 
@@ -74,6 +76,7 @@ class Analytics:
         self._last_flush = clock()
         self._last_prune = 0.0
         self._flushing = False  # a flush is queued in a thread (event loop callers)
+        self._timer_armed = False  # a flush is scheduled for rows that are not due yet
 
     def _db(self) -> sqlite3.Connection:
         connection: sqlite3.Connection = self._connection.get()
@@ -100,13 +103,27 @@ class Analytics:
             if due and self._flushing:
                 return
             self._flushing = due
-        if not due:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a plain thread: write now
-            self._flush_then_clear()
+            if due:
+                self._flush_then_clear()
             return
+        if due:
+            loop.run_in_executor(None, self._flush_then_clear)
+        elif not self._timer_armed:
+            # NOTE: without it, rows of a process that gets no more traffic would wait for
+            # its next request; readers in other processes (stats, the dashboard) would
+            # miss them indefinitely. One timer per interval, not one per request.
+            self._timer_armed = True
+            loop.call_later(self._flush_interval, self._flush_later, loop)
+
+    def _flush_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer_armed = False
+        with self._buffer_lock:
+            if self._flushing or not self._buffer:
+                return
+            self._flushing = True
         loop.run_in_executor(None, self._flush_then_clear)
 
     def _flush_then_clear(self) -> None:
@@ -132,6 +149,14 @@ class Analytics:
                 db.execute("DELETE FROM events WHERE ts < ?", (now - self._retention,))
                 self._last_prune = now
             db.execute("COMMIT")
+
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``query`` on this process's connection after writing out what is buffered,
+        so a reader sees every request this process answered (blocking: call it in a
+        thread from the event loop)."""
+        self.flush()
+        with self._db_lock:
+            return query(self._db())
 
     def summary(self) -> dict[str, Any]:
         """Totals, per-language/task/model counts and latency percentiles."""

@@ -27,7 +27,7 @@ from mole.frontend.metrics import Metrics
 from mole.frontend.middleware import Authenticator, RequestContext
 from mole.frontend.openapi import openapi_document
 from mole.frontend.passwords import PasswordHasher
-from mole.frontend.resources import admin, auth, classify, health, root
+from mole.frontend.resources import admin, auth, classify, dashboard, health, root
 from mole.frontend.settings import Settings, resolve_secret
 from mole.frontend.tokens import TokenService
 from mole.frontend.users import UserStore
@@ -174,6 +174,15 @@ def create_app(
         admin.Workers(components.dispatcher, timeout=s.broker_probe_timeout_s * 3),
     )
     app.add_route(f"{API}/admin/registry", admin.Registry(components.gating))
+    app.add_route(
+        f"{API}/admin/dashboard",
+        dashboard.Data(
+            components.dispatcher, components.analytics, timeout=s.broker_probe_timeout_s * 3
+        ),
+    )
+    page = dashboard.Page()
+    app.add_route("/dashboard", page)
+    app.add_route("/dashboard/{asset}", page, suffix="asset")
     app.add_route(f"{API}/admin/registry/reload", admin.RegistryReload(components.gating))
     components.classifier = classifier
     return app

@@ -554,6 +554,48 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        "/api/v1/admin/dashboard": {
+            "get": {
+                "summary": (
+                    "What the fleet dashboard (/dashboard) shows: the broker's fleet, request "
+                    "rate, latency percentiles and errors per bucket, and the routing "
+                    "breakdown; admin only"
+                ),
+                "operationId": "adminDashboard",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "span",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 60, "maximum": 21600},
+                        "description": "seconds the charts cover (600)",
+                    },
+                    {
+                        "name": "bucket",
+                        "in": "query",
+                        "schema": {"type": "number", "exclusiveMinimum": 0},
+                        "description": "seconds per chart point (10; at most 720 points)",
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["now", "fleet", "fleet_error", "series", "routing"],
+                            "properties": {
+                                "now": {"type": "number"},
+                                "fleet": {"type": ["object", "null"]},
+                                "fleet_error": {"type": ["object", "null"]},
+                                "series": _OBJ,
+                                "routing": {"type": "array"},
+                            },
+                        }
+                    ),
+                    **admin_errors,
+                    **_errors(422),
+                },
+            }
+        },
         "/api/v1/admin/workers": {
             "get": {
                 "summary": "Live workers and services (broker mmi.status); admin only",

@@ -194,9 +194,16 @@ function renderServices(fleet, current, now) {
     if (!open) continue;
     const workers = service.worker_rows.filter((w) => workerMatches(w, filter));
     for (const [id, entry] of state.gone) if (entry.row.service === service.name) workers.push({ ...entry.row, state: "gone" });
+    if (workers.length) rows.push(workerHeader());
     for (const w of workers) rows.push(workerRow(w, now));
   }
   body.replaceChildren(...rows);
+}
+
+function workerHeader() {
+  return el("tr", { class: "worker-head" },
+    ...["worker", "device · address", "slots", "last heartbeat", "in flight", "served", "throughput"]
+      .map((name) => el("td", {}, name)));
 }
 
 function workerRow(w, now) {

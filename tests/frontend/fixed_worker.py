@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--registry", default=None)
+    parser.add_argument("--id-prefix", default="fixed", help="worker ids are PREFIX-N")
+    parser.add_argument("--heartbeat-interval", type=float, default=2.5)
     args = parser.parse_args(argv)
     registry = load_registry(args.registry)
     runtimes = [
@@ -169,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             args.broker,
             service,
             FixedAnswerHandler(
-                registry, service, delay_s=args.delay, slots=args.slots, worker_id=f"fixed-{i}"
+                registry,
+                service,
+                delay_s=args.delay,
+                slots=args.slots,
+                worker_id=f"{args.id_prefix}-{i}",
             ),
-            worker_id=f"fixed-{i}",
+            worker_id=f"{args.id_prefix}-{i}",
+            heartbeat_interval=args.heartbeat_interval,
         )
         for i, service in enumerate(args.service)
     ]
