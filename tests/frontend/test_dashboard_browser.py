@@ -139,3 +139,63 @@ def test_the_data_endpoint_is_for_admins_only(api):
     assert "/dashboard/dashboard.js" in page.text
     assert api.client.simulate_get("/dashboard/dashboard.js").status_code == 200
     assert api.client.simulate_get("/dashboard/secrets.txt").status_code == 404
+
+
+def test_dashboard_stays_usable_with_100_workers(tmp_path, registry):
+    """100 workers registered by raw RFC 18 sockets: the page draws them collapsed under
+    their services, expands one on a click, and the filter finds one worker among all."""
+    import msgpack
+    import zmq
+    from selenium.webdriver.common.by import By
+
+    broker = f"tcp://127.0.0.1:{free_port()}"
+    services = sorted(registry.base_models)
+    context = zmq.Context.instance()
+    sockets = []
+    with (
+        # heartbeats every 5 s (liveness 15 s): the silent raw sockets stay registered
+        child([sys.executable, "-m", "mole.broker", "--bind", broker], tmp_path / "broker.log",
+              env=child_env(MOLE_HEARTBEAT_INTERVAL="5")),
+        frontend_process(broker, tmp_path / "data", tmp_path / "frontend.log",
+                         MOLE_BOOTSTRAP_ADMIN="admin:admin-password-1") as base,
+        browser.chromium() as driver,
+    ):  # fmt: skip
+        try:
+            for n in range(100):
+                sock = context.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(broker)
+                service = services[n % len(services)]
+                meta = msgpack.packb({"worker_id": f"gpu-{n:03d}", "slots": 4, "device": "cuda:0"})
+                sock.send_multipart([b"MDPW02", b"\x01", service.encode(), meta])
+                sockets.append(sock)
+            wait_for(lambda: len(_live_workers(broker)) == 100, 30, "100 workers", 0.3)
+            driver.get(f"{base}/dashboard")
+            browser.wait_for(driver, lambda d: d.find_element(By.ID, "login-form").is_displayed(),
+                             30, "the login form")  # fmt: skip
+            driver.find_element(By.NAME, "username").send_keys("admin")
+            driver.find_element(By.NAME, "password").send_keys("admin-password-1")
+            driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+            browser.wait_for(driver, lambda d: _text(d, "#worker-count") == "100",
+                             30, "the worker count to read 100")  # fmt: skip
+            # collapsed: one row per service, no worker rows until asked
+            assert _text(driver, "tr.worker-row") == ""
+            rows = driver.find_elements(By.CSS_SELECTOR, "tr.service-row")
+            assert len(rows) == len(services)
+            driver.find_element(
+                By.CSS_SELECTOR, f'tr.service-row[data-service="{services[0]}"]'
+            ).click()
+            expected = sum(1 for n in range(100) if n % len(services) == 0)
+            browser.wait_for(
+                driver,
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.worker-row")) == expected,
+                10,
+                f"{expected} worker rows of {services[0]}",
+            )
+            driver.find_element(By.ID, "worker-filter").send_keys("gpu-042")
+            browser.wait_for(driver, lambda d: _text(d, "tr.worker-row").startswith("gpu-042"),
+                             10, "the filter to find gpu-042")  # fmt: skip
+            assert len(driver.find_elements(By.CSS_SELECTOR, "tr.worker-row")) == 1
+        finally:
+            for sock in sockets:
+                sock.close(0)
