@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,13 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.procs import ROOT, free_port
 
 
 @dataclass
@@ -61,7 +54,11 @@ def http(
 
 
 class Stack:
-    """A running ``mole up`` (distributed or monolithic) on free ports."""
+    """A running ``mole up`` (distributed or monolithic) on free ports.
+
+    ``python`` and ``cwd`` choose which installation of MoLE runs: by default this
+    checkout's (the test interpreter, from the repository root); the packaging tests pass a
+    fresh venv holding the built wheel and a folder outside the repository."""
 
     def __init__(
         self,
@@ -71,6 +68,8 @@ class Stack:
         monolithic: bool = False,
         env: dict[str, str] | None = None,
         models: list[str] | None = None,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
     ) -> None:
         self.data_dir = data_dir
         self.broker_port = free_port()
@@ -78,7 +77,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.broker_url = f"tcp://127.0.0.1:{self.broker_port}"
         argv = [
-            sys.executable,
+            python,
             "-m",
             "mole",
             "up",
@@ -105,7 +104,7 @@ class Stack:
         self.ready = threading.Event()
         self.process = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
