@@ -58,7 +58,8 @@ class Stack:
 
     ``python`` and ``cwd`` choose which installation of MoLE runs: by default this
     checkout's (the test interpreter, from the repository root); the packaging tests pass a
-    fresh venv holding the built wheel and a folder outside the repository."""
+    fresh venv holding the built wheel, a folder outside the repository and an environment
+    (``environ``, instead of this process's) without PYTHONPATH."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class Stack:
         models: list[str] | None = None,
         python: str = sys.executable,
         cwd: Path = ROOT,
+        environ: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.broker_port = free_port()
@@ -105,7 +107,7 @@ class Stack:
         self.process = subprocess.Popen(
             argv,
             cwd=cwd,
-            env={**os.environ, **(env or {})},
+            env={**(os.environ if environ is None else environ), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
