@@ -2,7 +2,7 @@
 
 gunicorn runs without ``preload_app``, so this module is imported after fork, and the
 ZeroMQ client, SQLite connections and gating models it creates belong to this worker
-process only (a ZeroMQ socket shared across fork hangs requests; see field notes).
+process only (a ZeroMQ socket shared across fork hangs requests; see docs/design.md).
 """
 
 from __future__ import annotations

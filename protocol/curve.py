@@ -1,6 +1,6 @@
 """CURVE keys for the client side of a connection (clients and workers dialling the broker).
 
-The broker may require CURVE encryption and authentication (DESIGN.md). A peer that dials
+The broker may require CURVE encryption and authentication (docs/design.md). A peer that dials
 it needs the broker's public key and its own key pair; ``mole keys generate`` writes them
 in ``zmq.auth``'s certificate format, which :meth:`CurveKeys.from_files` reads.
 """
