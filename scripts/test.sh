@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the tests. Installs first when .venv is missing.
 #   scripts/test.sh           ruff, then the whole suite (unit, process-level, end-to-end)
-#   scripts/test.sh --fast    ruff, then the unit tests only: in-process, under a minute
+#   scripts/test.sh --fast    ruff, then the unit tests that load no transformers model
+#                             (-m "unit and not slow"): in-process, under a minute
 # Further arguments go to pytest (e.g. scripts/test.sh --fast -k envelope).
 # Which tests are `unit` and which `process`: tests/support/pyramid.py.
 set -euo pipefail

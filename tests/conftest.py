@@ -7,8 +7,10 @@ as ``mole`` (installed, editable).
 
 Layers: every collected test is marked ``unit`` or ``process`` here, by the rule written
 in :mod:`tests.support.pyramid` (``process`` when the code the test and its fixtures name
-can start a process). ``scripts/test.sh --fast`` runs ``-m unit``. A ``unit`` test that
-starts a process anyway fails, saying what it started.
+can start a process). A test that uses a fixture building or loading transformers models
+(``MODEL_FIXTURES``) is also ``slow``. ``scripts/test.sh --fast`` runs
+``-m "unit and not slow"``. A ``unit`` test that starts a process anyway fails, saying what
+it started.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---- the pyramid: unit vs process --------------------------------------------------------
 
 _SPAWN_WATCH = SpawnWatch()
+# Fixtures that build or load transformers models: a test using one is also `slow` (seconds
+# of CPU per test on 2 cores), so the fast lane (`unit and not slow`) stays under a minute.
+MODEL_FIXTURES = frozenset({"tiny_models", "tiny_xlmr"})
 
 
 def _fixture_modules(item: pytest.Function, root: Path) -> list[types.ModuleType | type]:
@@ -82,6 +87,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 code.append(function)
         spawns = any(analysis.spawns(part) for part in code)
         item.add_marker(pytest.mark.process if spawns else pytest.mark.unit)
+        if MODEL_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 def _watched(item: pytest.Item) -> Generator[None, object, object]:
