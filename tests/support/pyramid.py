@@ -152,13 +152,17 @@ class SpawnAnalysis:
         return False
 
 
-def fixture_function(name: str, modules: Iterable[types.ModuleType]) -> Callable[..., Any] | None:
-    """The function behind the fixture ``name``, looked up in ``modules`` (nearest first).
-    Fixtures from pytest and its plugins are not found and need no analysis."""
-    for module in modules:
-        candidate = getattr(module, name, None)
+def fixture_function(
+    name: str, places: Iterable[types.ModuleType | type]
+) -> Callable[..., Any] | None:
+    """The function behind the fixture ``name``, looked up in ``places`` (modules or a test
+    class, nearest first). Fixtures from pytest and its plugins are not found and need no
+    analysis."""
+    for place in places:
+        candidate = getattr(place, name, None)
         if candidate is not None and callable(candidate):
-            return inspect.unwrap(candidate)
+            function: Callable[..., Any] = inspect.unwrap(candidate)
+            return function
     return None
 
 
