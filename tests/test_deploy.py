@@ -103,7 +103,7 @@ def extras() -> dict[str, list[str]]:
     return {"": project["dependencies"], **project["optional-dependencies"]}
 
 
-def test_dockerfile_copies_existing_paths_and_builds_a_wheel():
+def test_dockerfile_copies_existing_paths_and_builds_a_wheel() -> None:
     stages = dockerfile_stages()
     for stage in stages.values():
         for copy in stage.all("COPY"):
@@ -122,7 +122,7 @@ def test_dockerfile_copies_existing_paths_and_builds_a_wheel():
 
 
 @pytest.mark.parametrize("target", sorted(ROLES))
-def test_each_image_installs_the_wheel_with_its_extra_and_runs_unprivileged(target):
+def test_each_image_installs_the_wheel_with_its_extra_and_runs_unprivileged(target: str) -> None:
     stages = dockerfile_stages()
     assert target in stages, f"no --target {target}"
     chain = lineage(stages, target)
@@ -141,7 +141,7 @@ def test_each_image_installs_the_wheel_with_its_extra_and_runs_unprivileged(targ
     assert argv[1] == target
 
 
-def test_broker_image_has_no_torch():
+def test_broker_image_has_no_torch() -> None:
     stages = dockerfile_stages()
     chain = lineage(stages, "broker")
     assert "worker" not in {stage.name for stage in chain}
@@ -153,7 +153,7 @@ def test_broker_image_has_no_torch():
 
 
 @pytest.mark.parametrize("name", ["compose.coordinator.yml", "compose.worker.yml"])
-def test_compose_files_parse_and_name_real_commands_and_settings(name):
+def test_compose_files_parse_and_name_real_commands_and_settings(name: str) -> None:
     doc = yaml.safe_load((DEPLOY / name).read_text())
     assert doc["services"], f"{name} defines no service"
     stages = dockerfile_stages()
@@ -167,7 +167,7 @@ def test_compose_files_parse_and_name_real_commands_and_settings(name):
 
 
 @pytest.mark.parametrize("unit", sorted(p.name for p in (DEPLOY / "systemd").glob("*.service")))
-def test_systemd_units_parse_and_name_real_commands(unit):
+def test_systemd_units_parse_and_name_real_commands(unit: str) -> None:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str
     parser.read(DEPLOY / "systemd" / unit)

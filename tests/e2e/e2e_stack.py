@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.procs import ROOT, free_port
 
@@ -21,15 +22,21 @@ from tests.support.procs import ROOT, free_port
 @dataclass
 class HttpReply:
     status: int
-    body: dict
-    headers: dict = field(default_factory=dict)
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def http(
-    method: str, url: str, *, json_body=None, form=None, token=None, timeout: float = 60.0
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    form: dict[str, str] | None = None,
+    token: str | None = None,
+    timeout: float = 60.0,
 ) -> HttpReply:
-    headers = {}
-    data = None
+    headers: dict[str, str] = {}
+    data: bytes | None = None
     if json_body is not None:
         data = json.dumps(json_body).encode()
         headers["Content-Type"] = "application/json"
@@ -115,6 +122,7 @@ class Stack:
         threading.Thread(target=self._read_output, daemon=True).start()
 
     def _read_output(self) -> None:
+        assert self.process.stdout is not None  # started with stdout=PIPE
         for line in self.process.stdout:
             self.output.append(line.rstrip())
             if "] ready in " in line:
@@ -150,4 +158,4 @@ class Stack:
         creds = json.loads((self.data_dir / "local-admin.json").read_text())
         reply = http("POST", f"{self.url}/api/v1/auth/token", form=creds)
         assert reply.status == 200, reply.body
-        return reply.body["access_token"]
+        return str(reply.body["access_token"])

@@ -25,7 +25,7 @@ def _rules() -> dict[str, tuple[list[str], list[str]]]:
     return rules
 
 
-def test_readme_first_code_block_is_make_up_and_make_test():
+def test_readme_first_code_block_is_make_up_and_make_test() -> None:
     readme = (ROOT / "README.md").read_text()
     first = re.search(r"^```[a-z]*\n(.*?)^```", readme, re.M | re.S)
     assert first is not None
@@ -33,7 +33,7 @@ def test_readme_first_code_block_is_make_up_and_make_test():
     assert [c for c in commands if c] == ["make up", "make test"]
 
 
-def test_make_up_and_make_test_install_first():
+def test_make_up_and_make_test_install_first() -> None:
     rules = _rules()
     install_stamp = next(
         target for target, (_, recipe) in rules.items() if "bash scripts/install.sh" in recipe
@@ -49,7 +49,7 @@ def test_make_up_and_make_test_install_first():
         assert any(runs in line for line in recipe), (target, recipe)
 
 
-def test_ci_runs_the_test_command():
+def test_ci_runs_the_test_command() -> None:
     lines = [
         line.strip()
         for line in (ROOT / ".ci" / "run").read_text().splitlines()
@@ -58,7 +58,7 @@ def test_ci_runs_the_test_command():
     assert "make test" in [re.sub(r"^exec\s+", "", line) for line in lines]
 
 
-def test_test_script_has_a_fast_lane_of_unit_tests():
+def test_test_script_has_a_fast_lane_of_unit_tests() -> None:
     script = (ROOT / "scripts" / "test.sh").read_text()
     assert '"--fast"' in script
     assert re.search(r'pytest[^\n]*-m "unit', script)

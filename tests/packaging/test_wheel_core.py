@@ -20,7 +20,7 @@ MDP_CLIENT = b"MDPC02"
 REQUEST, FINAL = b"\x01", b"\x03"
 
 
-def test_wheel_installs_only_the_mole_package_and_carries_its_data(wheel: Path):
+def test_wheel_installs_only_the_mole_package_and_carries_its_data(wheel: Path) -> None:
     names = wheel_names(wheel)
     tops = {name.split("/")[0] for name in names}
     (dist_info,) = [top for top in tops if top.endswith(".dist-info")]
@@ -38,7 +38,7 @@ def test_wheel_installs_only_the_mole_package_and_carries_its_data(wheel: Path):
     )
 
 
-def test_wheel_core_requirements_are_pyzmq_and_msgpack_only(wheel: Path):
+def test_wheel_core_requirements_are_pyzmq_and_msgpack_only(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         (metadata_name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = Parser().parsestr(archive.read(metadata_name).decode())
@@ -51,7 +51,7 @@ def test_wheel_core_requirements_are_pyzmq_and_msgpack_only(wheel: Path):
     assert not any(r.startswith("torch") for r in core)
 
 
-def test_core_install_imports_the_client_without_torch(core_python: Path, tmp_path: Path):
+def test_core_install_imports_the_client_without_torch(core_python: Path, tmp_path: Path) -> None:
     script = (
         "import json, sys\n"
         "from mole import AsyncClient, Client\n"
@@ -90,19 +90,22 @@ def _mmi_service(endpoint: str, name: bytes, timeout_ms: int = 30_000) -> list[b
     """Ask the broker whether ``name`` has a worker, as RFC 18's client would: a DEALER
     sends [MDPC02, REQUEST, "mmi.service", name] (MDP/0.2 has no empty delimiter frame) and
     reads the FINAL."""
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
         sock.send_multipart([MDP_CLIENT, REQUEST, b"mmi.service", name])
         assert sock.poll(timeout_ms), "the broker did not answer mmi.service"
-        return sock.recv_multipart()
+        frames: list[bytes] = sock.recv_multipart()
+        return frames
     finally:
         sock.close()
 
 
-def test_core_install_runs_mole_broker_and_answers_mmi_service(core_python: Path, tmp_path: Path):
+def test_core_install_runs_mole_broker_and_answers_mmi_service(
+    core_python: Path, tmp_path: Path
+) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     log = tmp_path / "broker.log"
     with open(log, "wb") as out:

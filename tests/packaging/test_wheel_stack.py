@@ -21,7 +21,7 @@ DESCRIPTION = "Classify the sentiment of this financial statement on a scale of 
 MODEL = "llama-2-7b-hf"  # english / finance / rating is served by this base model
 
 
-def test_wheel_venv_imports_mole_from_the_wheel(full_python: Path, tmp_path: Path):
+def test_wheel_venv_imports_mole_from_the_wheel(full_python: Path, tmp_path: Path) -> None:
     script = (
         "import json, mole, mole.cli.up, mole.configs, mole.frontend, mole.worker.engine\n"
         "print(json.dumps([mole.__file__, mole.cli.up.__file__, mole.frontend.__file__,\n"
@@ -43,7 +43,7 @@ def test_wheel_venv_imports_mole_from_the_wheel(full_python: Path, tmp_path: Pat
 
 def test_mole_up_from_the_wheel_classifies(
     full_python: Path, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
-):
+) -> None:
     outside = tmp_path_factory.mktemp("elsewhere")  # not the repository: no source on sys.path
     stack = Stack(
         tmp_path_factory.mktemp("wheel-stack"),
