@@ -3,7 +3,7 @@
 Reads top to bottom as: socket setup, the loop (wait in recv, drain, timers when due), then
 one handler per kind of message, then dispatch, purge, timers and shutdown.
 
-What it guarantees (DESIGN.md "Broker behaviour", docs/interfaces.md):
+What it guarantees (docs/design.md "Decisions and why", docs/interfaces.md):
 
 * every request gets exactly one final answer: the worker's reply or a broker error reply
   (``no_worker``, ``deadline_exceeded``, ``overloaded``, ``worker_lost``, ``bad_request``,
@@ -17,7 +17,7 @@ What it guarantees (DESIGN.md "Broker behaviour", docs/interfaces.md):
 * a malformed message is logged (rate-limited), counted, and never crashes the loop or
   leaks a worker slot.
 
-Hot-path habits taken from the field notes: frames are sent with a loop of
+Hot-path habits (why: docs/design.md): frames are sent with a loop of
 ``send(frame, SNDMORE)``, the socket is drained with ``NOBLOCK`` until ``zmq.Again`` on each
 wake-up, payload frames are received and forwarded as ``zmq.Frame`` objects (no copy), and
 nothing is logged per message. Replies and requests for workers are queued while a run of

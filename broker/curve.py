@@ -7,7 +7,7 @@ heartbeat interval (removing a ``.key`` file revokes that peer; see ``broker.cor
 an already connected peer is cut off). An optional ACL (``broker.acl``) says which keys may
 register which services.
 
-Field-notes pitfalls handled here: without an authenticator a CURVE server accepts any key,
+Pitfalls handled here (docs/design.md): without an authenticator a CURVE server accepts any key,
 so the socket sets a ZAP domain and ``ZAP_ENFORCE_DOMAIN`` to fail closed; and since
 ``ROUTER_HANDOVER`` lets another allowed key take over a routing id, the broker turns
 handover off under CURVE and binds each worker registration to its key (``broker.core``).

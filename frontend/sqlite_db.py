@@ -1,7 +1,7 @@
 """One SQLite connection per process, opened lazily, for the frontend's small stores.
 
 Users, analytics and rate-limit buckets each keep a file in the data directory that every
-gunicorn worker process shares. A connection must never cross a fork (field-notes), so
+gunicorn worker process shares. A connection must never cross a fork (docs/design.md), so
 each store holds a :class:`ProcessLocalConnection` that opens a fresh connection the first
 time it is used in a process, in WAL mode so readers do not block the writer. Callers
 serialise their own use of it with their own lock.

@@ -6,6 +6,8 @@ and ``AsyncClient`` (asyncio) are imported on first use, so the broker and worke
 need only the framing, do not load the client machinery.
 """
 
+from typing import TYPE_CHECKING
+
 from mole.protocol.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -20,6 +22,11 @@ from mole.protocol.errors import (
     WorkerLost,
     error_for_code,
 )
+
+if TYPE_CHECKING:  # the type checker sees the lazily imported names as what they are
+    from mole.protocol._pending import ClientClosed
+    from mole.protocol.aio import AsyncClient
+    from mole.protocol.client import Client
 
 __all__ = [
     "AsyncClient",
@@ -40,7 +47,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name == "Client":
         from mole.protocol.client import Client
 

@@ -1,6 +1,6 @@
 """CURVE keys for the client side of a connection (clients and workers dialling the broker).
 
-The broker may require CURVE encryption and authentication (DESIGN.md). A peer that dials
+The broker may require CURVE encryption and authentication (docs/design.md). A peer that dials
 it needs the broker's public key and its own key pair; ``mole keys generate`` writes them
 in ``zmq.auth``'s certificate format, which :meth:`CurveKeys.from_files` reads.
 """
@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -76,7 +77,7 @@ class CurveKeys:
             )
         return cls.from_files(server, secret)
 
-    def apply(self, socket: zmq.Socket) -> None:
+    def apply(self, socket: zmq.Socket[Any]) -> None:
         """Make ``socket`` a CURVE client of the broker (call before connect)."""
         socket.curve_serverkey = self.server_public
         socket.curve_publickey = self.public

@@ -35,7 +35,8 @@ MAX_HEADER_BYTES = 4096
 
 def pack(obj: Any) -> bytes:
     """msgpack with the options every peer in this project uses."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:
@@ -77,7 +78,7 @@ class ReplyHeader:
         return pack(header)
 
 
-def _header_map(frame: bytes) -> dict | None:
+def _header_map(frame: bytes) -> dict[str, Any] | None:
     """The header dict if ``frame`` is one of ours, else None (an opaque body)."""
     if not frame or len(frame) > MAX_HEADER_BYTES or frame[0] & 0xF0 != 0x80:
         return None  # msgpack fixmap starts 0x80..0x8f; our headers are small maps
@@ -124,6 +125,8 @@ def decode_reply_header(frame: bytes) -> ReplyHeader:
     )
 
 
-def error_reply(request_id: str, code: ErrorCode | str, message: str, details=None) -> list[bytes]:
+def error_reply(
+    request_id: str, code: ErrorCode | str, message: str, details: Any = None
+) -> list[bytes]:
     """The body frames of an error reply: a header only, no payload."""
     return [ReplyHeader(request_id, False, str(code), message, details).encode()]

@@ -23,6 +23,7 @@ Hierarchy (grouped by who gave up, as httpx groups by cause)::
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -48,7 +49,7 @@ class RequestError(MoleError):
 
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, *, request_id: str | None = None, details=None) -> None:
+    def __init__(self, message: str, *, request_id: str | None = None, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
@@ -115,7 +116,7 @@ _BY_CODE: dict[str, type[RequestError]] = {
 
 
 def error_for_code(
-    code: str, message: str, *, request_id: str | None = None, details=None
+    code: str, message: str, *, request_id: str | None = None, details: Any = None
 ) -> RequestError:
     """The exception for an error code; an unknown code becomes ``InternalError``."""
     cls = _BY_CODE.get(code, InternalError)

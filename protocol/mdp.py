@@ -20,7 +20,7 @@ empty delimiter frame)::
                        MDPW02 0x05 / 0x06                       HEARTBEAT / DISCONNECT
 
 The optional metadata frame after READY's service is this project's extension (see
-DESIGN.md); a READY without it is a plain RFC 18 worker with one slot.
+docs/interfaces.md); a READY without it is a plain RFC 18 worker with one slot.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class ExpertSpec:
     label_set: tuple[str, ...]
     generation: dict[str, Any]
 
-    def adapter_dir(self, adapters_root: str | os.PathLike) -> Path:
+    def adapter_dir(self, adapters_root: str | os.PathLike[str]) -> Path:
         return Path(adapters_root) / self.adapter_path
 
 
@@ -215,7 +215,7 @@ class ExpertsRegistry:
         ]
 
 
-def _require(mapping: dict, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+def _require(mapping: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
     if key not in mapping:
         raise RegistryError(f"{where}: missing required key {key!r}")
     value = mapping[key]
@@ -355,7 +355,7 @@ def registry_path_from_env() -> Path:
     return Path(os.environ.get("EXPERT_REGISTRY_PATH") or DEFAULT_REGISTRY_PATH)
 
 
-def load_registry(path: str | os.PathLike | None = None) -> ExpertsRegistry:
+def load_registry(path: str | os.PathLike[str] | None = None) -> ExpertsRegistry:
     """Read and validate the registry (default: ``EXPERT_REGISTRY_PATH`` or configs/)."""
     p = Path(path) if path is not None else registry_path_from_env()
     try:

@@ -1,10 +1,40 @@
 #!/usr/bin/env bash
-# Install MoLE and its test dependencies into ./.venv (Python 3.11+, no GPU, no model hub).
+# Install MoLE and everything its tests need into ./.venv (Python 3.11+, CPU is enough, no
+# model hub). Prints one line per step; pip's own log goes to .venv/install.log and is shown
+# only when a step fails. Safe to run again: it installs only what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch is pinned in pyproject.toml; on CPU machines this takes the CPU build.
-.venv/bin/python -m pip install -q -e '.[dev]'
-echo "installed: $(.venv/bin/mole --help >/dev/null && echo 'mole command ready in .venv/bin/mole')"
+LOG=.venv/install.log
+
+step() { printf '==> %s\n' "$*"; }
+quietly() {
+    if ! "$@" >>"$LOG" 2>&1; then
+        echo "failed: $*" >&2
+        echo "--- last lines of $LOG:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+}
+
+# pip's "new release available" notice is noise here, and setuptools' informational
+# "Editable installation" warning (it always fires for an editable install with a mapped
+# package layout such as ours) is not a problem to act on: filter exactly that message.
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+export PYTHONWARNINGS="ignore:Editable installation:UserWarning${PYTHONWARNINGS:+,$PYTHONWARNINGS}"
+
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "MoLE needs Python 3.11 or newer; $PY is $("$PY" -V 2>&1). Set PYTHON=python3.11." >&2; exit 1; }
+    step "creating .venv with $("$PY" -V 2>&1)"
+    "$PY" -m venv .venv
+fi
+: >"$LOG"
+step "updating pip in .venv"
+quietly .venv/bin/python -m pip install --upgrade pip
+step "installing MoLE (editable) with its frontend, worker and test dependencies (torch pinned in pyproject.toml; the first time this downloads about 2 GB)"
+quietly .venv/bin/python -m pip install -e '.[dev]'
+step "checking the install"
+quietly .venv/bin/mole --help
+quietly .venv/bin/python -c 'import mole, mole.broker, mole.frontend, mole.gating, mole.worker'
+step "done: .venv/bin/mole is ready (pip's log: $LOG)"

@@ -74,7 +74,12 @@ class EchoHandler(Handler):
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _serve(
-        self, request: WorkRequest, responder: Responder, control: dict, delay: float, partials: int
+        self,
+        request: WorkRequest,
+        responder: Responder,
+        control: dict[str, Any],
+        delay: float,
+        partials: int,
     ) -> None:
         try:
             for index in range(partials):
@@ -92,7 +97,7 @@ class EchoHandler(Handler):
             log.exception("echo request %s failed", request.request_id)
             responder.error("internal", f"echo handler failed: {err}")
 
-    def _answer(self, request: WorkRequest, responder: Responder, control: dict) -> None:
+    def _answer(self, request: WorkRequest, responder: Responder, control: dict[str, Any]) -> None:
         with self._lock:
             self.handled += 1
         if "error" in control:
@@ -108,7 +113,7 @@ class EchoHandler(Handler):
         )
 
 
-def _control(payload: Any) -> dict:
+def _control(payload: Any) -> dict[str, Any]:
     if isinstance(payload, dict):
         control = payload.get("_echo")
         if isinstance(control, dict):

@@ -33,9 +33,6 @@ class WorkRequest:
             return False
         return (time.monotonic() if now is None else now) >= self.deadline
 
-    def seconds_left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
 
 class Responder(abc.ABC):
     """Where a handler sends the answer to one request. Thread-safe; final answer once."""

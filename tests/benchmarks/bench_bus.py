@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,10 @@ from forwarder import recv_message as _recv_message  # the same receive loop as 
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(ROOT))
+
+from tests.support.procs import free_port  # noqa: E402 - after the root is importable
+
 PYTHON = sys.executable
 
 C_HDR, C_REQUEST, C_FINAL = b"MDPC02", b"\x01", b"\x03"
@@ -51,12 +54,6 @@ W_HDR, W_READY, W_REQUEST, W_FINAL, W_HEARTBEAT, W_DISCONNECT = (
 )
 SNDMORE, NOBLOCK = zmq.SNDMORE, zmq.NOBLOCK
 SERVICE = b"bench-echo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -291,7 +288,7 @@ class Target:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        port = _free_port()
+        port = free_port()
         self.client_url = f"tcp://127.0.0.1:{port}"
         if kind == "broker":
             self.server = _spawn(
@@ -299,7 +296,7 @@ class Target:
             )
             self.worker_url = self.client_url
         else:
-            back = _free_port()
+            back = free_port()
             self.worker_url = f"tcp://127.0.0.1:{back}"
             self.server = _spawn(
                 str(HERE.parent / "forwarder.py"),

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from mole.protocol import AsyncClient, Client
+from tests.support.procs import free_port
 
 RAW_ECHO = r"""
 import sys, zmq
@@ -45,12 +45,6 @@ while True:
         rid = decode_request_header(hdr).request_id
         sock.send_multipart([ident, h, b"\x03", svc, ReplyHeader(rid).encode(), *body])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

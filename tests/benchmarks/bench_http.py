@@ -34,11 +34,9 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,18 +44,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.support.procs import free_port, wait_http  # noqa: E402 - after the root is importable
+
 PY = sys.executable
 SECRET = "bench-secret-" + "s" * 40
 TEXT = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
 DESCRIPTION = "Rate the sentiment of this financial statement"
 LEGACY = "legacy (fixed)"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -109,21 +105,6 @@ def proc(args: list[str], log: Path, environment: dict[str, str]):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-
-
-def wait_http(url: str, timeout: float, p: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if p.poll() is not None:
-            raise SystemExit(f"{url}: process exited ({p.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} not ready after {timeout:.0f} s; see {log}")
 
 
 def get_token(base: str) -> str:

@@ -49,6 +49,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.support.procs import free_port  # noqa: E402 - after the root is importable
+
 FIXED_WORKER = REPO / "tests" / "frontend" / "fixed_worker.py"
 SERVICE = "llama-2-7b-hf"  # english / finance / rating routes here
 TEXT = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
@@ -103,14 +105,6 @@ def limiter_cost(checks: int) -> None:
 
 
 # ---------------------------------------------------------------- the stack
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:

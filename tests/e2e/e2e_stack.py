@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,28 +14,29 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.procs import ROOT, free_port
 
 
 @dataclass
 class HttpReply:
     status: int
-    body: dict
-    headers: dict = field(default_factory=dict)
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def http(
-    method: str, url: str, *, json_body=None, form=None, token=None, timeout: float = 60.0
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    form: dict[str, str] | None = None,
+    token: str | None = None,
+    timeout: float = 60.0,
 ) -> HttpReply:
-    headers = {}
-    data = None
+    headers: dict[str, str] = {}
+    data: bytes | None = None
     if json_body is not None:
         data = json.dumps(json_body).encode()
         headers["Content-Type"] = "application/json"
@@ -61,7 +61,12 @@ def http(
 
 
 class Stack:
-    """A running ``mole up`` (distributed or monolithic) on free ports."""
+    """A running ``mole up`` (distributed or monolithic) on free ports.
+
+    ``python`` and ``cwd`` choose which installation of MoLE runs: by default this
+    checkout's (the test interpreter, from the repository root); the packaging tests pass a
+    fresh venv holding the built wheel, a folder outside the repository and an environment
+    (``environ``, instead of this process's) without PYTHONPATH."""
 
     def __init__(
         self,
@@ -71,6 +76,9 @@ class Stack:
         monolithic: bool = False,
         env: dict[str, str] | None = None,
         models: list[str] | None = None,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
+        environ: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.broker_port = free_port()
@@ -78,7 +86,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.broker_url = f"tcp://127.0.0.1:{self.broker_port}"
         argv = [
-            sys.executable,
+            python,
             "-m",
             "mole",
             "up",
@@ -105,8 +113,8 @@ class Stack:
         self.ready = threading.Event()
         self.process = subprocess.Popen(
             argv,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            env={**(os.environ if environ is None else environ), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -114,6 +122,7 @@ class Stack:
         threading.Thread(target=self._read_output, daemon=True).start()
 
     def _read_output(self) -> None:
+        assert self.process.stdout is not None  # started with stdout=PIPE
         for line in self.process.stdout:
             self.output.append(line.rstrip())
             if "] ready in " in line:
@@ -149,4 +158,4 @@ class Stack:
         creds = json.loads((self.data_dir / "local-admin.json").read_text())
         reply = http("POST", f"{self.url}/api/v1/auth/token", form=creds)
         assert reply.status == 200, reply.body
-        return reply.body["access_token"]
+        return str(reply.body["access_token"])

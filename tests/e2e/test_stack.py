@@ -15,6 +15,7 @@ from mole.protocol.client import Client
 from mole.protocol.registry import load_registry
 from tests.e2e.e2e_stack import Stack, http
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
+from tests.support.procs import alive, descendants, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,32 +39,6 @@ def _text(task: str, code: str) -> str:
     return ESCI_TEXTS[code] if task == "esci" else TEXTS[code]
 
 
-def _descendants(pid: int) -> set[int]:
-    found, frontier = set(), [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = open(f"/proc/{parent}/task/{parent}/children").read().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            if child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def stack(tiny_models, tmp_path_factory):
     stack = Stack(
@@ -73,11 +48,11 @@ def stack(tiny_models, tmp_path_factory):
         stack.wait_ready()
         yield stack
     finally:
-        processes = _descendants(stack.process.pid)
+        processes = descendants(stack.process.pid)
         code = stack.stop()
         assert code == 0, "\n".join(stack.output[-20:])
-        time.sleep(0.5)
-        orphans = [p for p in processes if _alive(p)]
+        wait_until(lambda: not any(alive(p) for p in processes), timeout=10.0)
+        orphans = [p for p in processes if alive(p)]
         assert not orphans, f"processes left after mole up stopped: {orphans}"
 
 
@@ -116,9 +91,6 @@ def test_readme_sequence(stack, token):
     assert reply.headers.get("x-request-id") == body["request_id"]
 
 
-DISTRIBUTED_ANSWERS: dict[tuple[str, str], dict] = {}
-
-
 @pytest.mark.parametrize(("task", "code"), PAIRS, ids=[f"{t}-{c}" for t, c in PAIRS])
 def test_every_task_and_language_reaches_its_expert(stack, token, task, code):
     expert = REGISTRY.resolve(task, code)
@@ -138,19 +110,31 @@ def test_every_task_and_language_reaches_its_expert(stack, token, task, code):
         assert body["result"] in expert.label_set
         assert set(body["probabilities"]) == set(expert.label_set)
         assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-4
-    DISTRIBUTED_ANSWERS[(task, code)] = body
 
 
-def test_monolithic_mode_gives_the_same_answers(stack, tiny_models, tmp_path_factory):
-    if len(DISTRIBUTED_ANSWERS) < len(PAIRS):
-        pytest.skip("needs the distributed answers of the previous test")
+@pytest.fixture(scope="module")
+def distributed_answers(stack, token) -> dict[tuple[str, str], dict]:
+    """The distributed stack's answer for every (task, language), asked here so a test that
+    compares against them does not depend on another test having run first."""
+    answers = {}
+    for task, code in PAIRS:
+        reply = classify(
+            stack, token, _text(task, code), DESCRIPTIONS[task], return_probabilities=True
+        )
+        assert reply.status == 200, (task, code, reply.body)
+        answers[(task, code)] = reply.body
+    return answers
+
+
+def test_monolithic_mode_gives_the_same_answers(distributed_answers, tiny_models, tmp_path_factory):
+    assert len(distributed_answers) == len(PAIRS)
     mono = Stack(tmp_path_factory.mktemp("mono"), tiny_models, monolithic=True)
     try:
         mono.wait_ready()
         user = {"username": "bob", "password": "correct-horse-43"}
         assert http("POST", f"{mono.url}/api/v1/auth/register", json_body=user).status == 201
         mono_token = http("POST", f"{mono.url}/api/v1/auth/token", form=user).body["access_token"]
-        for (task, code), distributed in DISTRIBUTED_ANSWERS.items():
+        for (task, code), distributed in distributed_answers.items():
             reply = classify(
                 mono, mono_token, _text(task, code), DESCRIPTIONS[task], return_probabilities=True
             )
@@ -195,7 +179,9 @@ def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
     threads = [threading.Thread(target=stream) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    assert wait_until(lambda: any(status == 200 for _, status, _ in outcomes), timeout=60.0), (
+        "no request succeeded before the kill"
+    )
     os.kill(old_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     deadline = killed_at + 240
@@ -206,7 +192,9 @@ def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
             break
         time.sleep(0.5)
     back_at = time.monotonic()
-    time.sleep(3.0)
+    wait_until(
+        lambda: any(status == 200 for sent, status, _ in outcomes if sent > back_at), timeout=60.0
+    )
     stop.set()
     for t in threads:
         t.join(timeout=90)

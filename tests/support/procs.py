@@ -1,0 +1,128 @@
+"""Process helpers shared by the process-level tests and the benchmarks: free loopback
+ports, polling waits, spawning a logged child, stopping it, and finding what it left.
+
+One copy of each, so a fix (a port race, a zombie counted as alive) lands everywhere.
+Benchmarks run as scripts put the repository root on ``sys.path`` before importing this.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now. The OS picks it, so two
+    callers never get the same one while both sockets are open; a child binds it soon after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05
+) -> T | None:
+    """Poll ``predicate`` until it returns something true and return that; None when
+    ``timeout`` seconds pass first. Exceptions count as "not yet" (the peer may be starting)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception:  # the peer may not be up yet
+            pass
+        if time.monotonic() >= end:
+            return None
+        time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when a GET of ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until ``url`` answers 200, or fail naming ``log`` when the process that should
+    serve it exits or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
+        if http_ok(url):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s; see {log}")
+
+
+def spawn(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with stdout and stderr appended to ``log`` (read it when it fails)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` right now (children, their children, ...)."""
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
