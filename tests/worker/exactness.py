@@ -97,9 +97,10 @@ class Reference:
                 self.tokenizer, prompt_text, answer_prefix, label
             )
             ids = torch.tensor([prompt_ids + label_ids], device=self.device)
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-            k = len(prompt_ids)
-            scores.append(sum(float(logp[k - 1 + t, tok]) for t, tok in enumerate(label_ids)))
+            # logits of the last len(label)+1 positions: row t predicts label token t
+            logits = model(input_ids=ids, logits_to_keep=len(label_ids) + 1).logits[0]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            scores.append(sum(float(logp[t, tok]) for t, tok in enumerate(label_ids)))
         probs = torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=0).tolist()
         return dict(zip(labels, probs, strict=True))
 
