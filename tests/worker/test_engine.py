@@ -202,7 +202,8 @@ def test_esci_reads_query_and_product_from_fields_or_text(engines):
     assert engine.infer(payload_for(expert))["result"] in "ESCI"
     with pytest.raises(InvalidPayload) as err:
         engine.prepare({"task": "finance/esci", "language": "en", "text": "just words"})
-    assert err.value.field == "text"
+    assert err.value.field == "query"
+    assert "'query' and 'product'" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ reply payload or its own exception, so one bad job never fails its batch-mates.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 from mole.protocol.errors import DeadlineExceeded
 from mole.protocol.registry import ExpertSpec, ExpertsRegistry, language, load_registry
 from mole.worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
+from mole.worker.engine.esci import query_and_product
 from mole.worker.engine.generation import GenRow, generate_batch
 from mole.worker.engine.loading import LoadedModel, load_base_model
 from mole.worker.engine.pii import parse_pii
@@ -37,7 +37,6 @@ from mole.worker.engine.templates import Template, load_template, render_within
 
 log = logging.getLogger("mole.worker.engine")
 
-_ESCI_TEXT = re.compile(r"query\s*:\s*(?P<query>.*?)\s*product\s*:\s*(?P<product>.*)$", re.I | re.S)
 MAX_TEXT_CHARS = 200_000  # a sanity bound before tokenizing; the real limit is in tokens
 
 
@@ -355,22 +354,7 @@ class Engine:
             raise InvalidPayload("text", f"longer than {MAX_TEXT_CHARS} characters")
         fields = prompt.template.fields
         if "query" in fields or "product" in fields:
-            query, product = payload.get("query"), payload.get("product")
-            for name, value in (("query", query), ("product", product)):
-                if value is not None and not isinstance(value, str):
-                    raise InvalidPayload(name, "must be a string")
-            if not (query and product):
-                match = _ESCI_TEXT.search(text)
-                if match is None:
-                    raise InvalidPayload(
-                        "text",
-                        "ESCI needs a query and a product: give fields query and "
-                        "product, or text of the form 'Query: ... Product: ...'",
-                    )
-                query = query or match.group("query")
-                product = product or match.group("product")
-            if not query.strip() or not product.strip():
-                raise InvalidPayload("query" if not query.strip() else "product", "is empty")
+            query, product = query_and_product(payload, text, expert.language.code)
             values.update(query=query, product=product)
             text = f"Query: {query} Product: {product}"
         else:
