@@ -60,6 +60,9 @@ class TinySize:
     intermediate: int
     vocab: int
     max_positions: int = 2048
+    #: std of the random weights; larger than transformers' 0.02 gives a narrow model
+    #: confident answers and adapters that visibly change them
+    init_std: float = 0.02
 
 
 #: every dimension a multiple of 64: bitsandbytes' CPU nf4 kernels need whole blocks
@@ -67,7 +70,9 @@ SIZES: dict[str, TinySize] = {
     "test": TinySize(hidden=192, layers=2, heads=6, kv_heads=2, intermediate=512, vocab=3000),
     "bench": TinySize(hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1408, vocab=3000),
     #: for real tokenizers (32k-152k tokens): a narrow model keeps the embeddings small
-    "narrow": TinySize(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=3000),
+    "narrow": TinySize(
+        hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=3000, init_std=0.2
+    ),
 }
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -194,11 +199,16 @@ def build_config(architecture: str, size: TinySize, tokenizer) -> Any:
             num_key_value_heads=size.kv_heads,
             max_position_embeddings=size.max_positions,
             tie_word_embeddings=False,
+            initializer_range=size.init_std,
             **ids,
         )
     if architecture == "bloom":
         return transformers.BloomConfig(
-            hidden_size=size.hidden, n_layer=size.layers, n_head=size.heads, **ids
+            hidden_size=size.hidden,
+            n_layer=size.layers,
+            n_head=size.heads,
+            initializer_range=size.init_std,
+            **ids,
         )
     if architecture == "xglm":
         return transformers.XGLMConfig(
@@ -207,6 +217,7 @@ def build_config(architecture: str, size: TinySize, tokenizer) -> Any:
             num_layers=size.layers,
             attention_heads=size.heads,
             max_position_embeddings=size.max_positions,
+            init_std=size.init_std,
             **ids,
         )
     raise ValueError(f"no tiny architecture {architecture!r}")

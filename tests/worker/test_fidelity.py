@@ -9,6 +9,7 @@ one forward pass, with the instruction cache on or off.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,53 @@ def test_cue_to_label_boundary_per_family(family, prompt, answer_prefix, labels)
         prompt_ids = tok(rendered)["input_ids"]
         for label, label_ids in zip(labels, ids, strict=True):
             assert tok(rendered + answer_prefix + label)["input_ids"] == prompt_ids + label_ids
+
+
+@pytest.fixture(scope="module")
+def split_adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """llama-2's rating experts with one adapter directory per language (the registry
+    shares one), so one forward pass really mixes three adapters."""
+    from mole.protocol.registry import parse_registry
+    from mole.worker.tiny import generate
+
+    raw = copy.deepcopy(REGISTRY.raw)
+    mapping = raw["tasks"]["finance/rating"]["language_mapping"]
+    for name in ("german", "french"):
+        mapping[name]["adapter_path"] += f"-{name}"
+    registry = parse_registry(raw, path=REGISTRY.path)
+    out = tmp_path_factory.mktemp("split_adapters")
+    generate(
+        out,
+        registry=registry,
+        keys=["llama-2-7b-hf"],
+        size="narrow",
+        tokenizers={"llama2": realtokenizers.llama2_shape()},
+    )
+    return out, registry
+
+
+def test_mixed_adapters_in_one_forward_pass_equal_the_reference(split_adapters):
+    from tests.worker.enginehelpers import settings_for
+
+    root, registry = split_adapters
+    key = "llama-2-7b-hf"
+    experts = registry.experts_for_base_model(key)
+    assert len({e.adapter_path for e in experts}) == 3
+    reference = _reference_for(root, key)
+    for cache in (True, False):
+        engine = Engine.load(key, registry, settings_for(root, prefix_cache=cache, warmup=False))
+        jobs = [engine.prepare(payload(e, t)) for t in REFERENCE_TEXTS.values() for e in experts]
+        assert len({j.adapter_key for j in jobs}) == 3
+        wants = [
+            reference.probabilities(
+                root / "adapters" / j.expert.adapter_path,
+                j.prompt_text,
+                j.prompt.template.answer_prefix,
+                j.expert.label_set,
+            )
+            for j in jobs
+        ]
+        # the adapters disagree, so a batch that ignored or swapped them would fail
+        assert max(abs(wants[0][k] - wants[1][k]) for k in wants[0]) > 1e-3
+        for reply, want in zip(engine._classify(jobs), wants, strict=True):
+            _assert_close(reply["probabilities"], want)
