@@ -131,3 +131,69 @@ def max_cache_delta(cached: Any, plain: Any, texts: dict[str, str] | None = None
             for label, p in off["probabilities"].items():
                 worst = max(worst, abs(on["probabilities"][label] - p))
     return worst
+
+
+@dataclass(frozen=True, slots=True)
+class ExactnessRow:
+    """One base model: worst |Δprobability| of cache on vs off, and engine vs reference."""
+
+    key: str
+    family: str
+    cache_delta: float
+    reference_delta: float
+
+
+def registry_in_dtype(registry: Any, dtype: str) -> Any:
+    """The registry with every base model loaded in ``dtype`` (float32 for exactness)."""
+    from mole.protocol.registry import parse_registry
+
+    raw = copy.deepcopy(registry.raw)
+    for spec in raw["base_models"].values():
+        spec["dtype"] = dtype
+        spec["load_in_4bit"] = False
+    return parse_registry(raw, path=registry.path)
+
+
+def exactness_report(
+    root: Path, registry: Any, device: str, texts: dict[str, str] | None = None
+) -> list[ExactnessRow]:
+    """For each base model of ``registry`` built under ``root`` (tiny, real tokenizers):
+    engine probabilities with the cache on and off against the reference, on ``device``."""
+    from mole.worker.engine.engine import Engine
+    from mole.worker.engine.settings import EngineSettings
+
+    texts = texts or {k: TEXTS[k] for k in ("de", "ja", "tr")}
+    rows = []
+    for key, spec in registry.base_models.items():
+        engines = {}
+        for cache in (True, False):
+            settings = EngineSettings(
+                models_dir=root / "models",
+                adapters_dir=root / "adapters",
+                device=device,
+                prefix_cache=cache,
+                warmup=False,
+                keep_dtype=True,
+            )
+            engines[cache] = Engine.load(key, registry, settings)
+        model_dtype = engines[True].loaded.model.get_base_model().dtype
+        reference = Reference(root / "models" / key, device=device, dtype=model_dtype)
+        worst_ref = 0.0
+        for expert in engines[True].experts:
+            if expert.kind != "classification":
+                continue
+            jobs = [engines[True].prepare(payload(expert, t)) for t in texts.values()]
+            for job, reply in zip(jobs, engines[True].run(jobs), strict=True):
+                want = reference.probabilities(
+                    root / "adapters" / expert.adapter_path,
+                    job.prompt_text,
+                    job.prompt.template.answer_prefix,
+                    expert.label_set,
+                )
+                for label, p in want.items():
+                    worst_ref = max(worst_ref, abs(reply["probabilities"][label] - p))
+        cache_delta = max_cache_delta(engines[True], engines[False], texts)
+        rows.append(ExactnessRow(key, spec.family, cache_delta, worst_ref))
+        for engine in engines.values():
+            engine.close()
+    return rows
