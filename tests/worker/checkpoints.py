@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def save_as_hub_ships_it(
@@ -15,7 +16,7 @@ def save_as_hub_ships_it(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    kwargs: dict = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
     if quantize_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

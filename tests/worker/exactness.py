@@ -63,10 +63,10 @@ class Reference:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.base = AutoModelForCausalLM.from_pretrained(
+        base: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, local_files_only=True
-        ).to(device)
-        self.base.eval()
+        )
+        self.base = base.to(device).eval()
         self.device = device
         self._with_adapter: dict[Path, Any] = {}
 
