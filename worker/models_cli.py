@@ -1,7 +1,9 @@
-"""``mole models tiny --out DIR``: generate tiny offline models and LoRA adapters.
+"""``mole models tiny`` and ``mole models check``.
 
-They have the registry's architectures and adapter layout but random weights: for tests
-and the one-command local stack, never for answers that mean anything.
+``tiny --out DIR`` generates tiny offline models and LoRA adapters: the registry's
+architectures and adapter layout with random weights, for tests and the one-command local
+stack, never for answers that mean anything. ``check [KEY…]`` loads base models with their
+adapters as a worker would and asks each adapter once (see :mod:`mole.worker.models_check`).
 """
 
 from __future__ import annotations
@@ -41,13 +43,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="only this base_model_key (repeatable)",
     )
 
+    check = sub.add_parser(
+        "check",
+        help="load base models with their adapters as a worker would; one request each",
+    )
+    check.add_argument("keys", nargs="*", metavar="KEY", help="base_model_keys (default: all)")
+    check.add_argument("--registry", default=None, help="experts registry file")
+    check.add_argument("--models-dir", default=None, help="base models by key (MOLE_MODELS_DIR)")
+    check.add_argument("--adapters-dir", default=None, help="adapters root (MOLE_ADAPTERS_DIR)")
+    check.add_argument("--device", default=None, help="auto, cpu or cuda[:n] (MOLE_DEVICE)")
+    check.add_argument(
+        "--load-in-4bit", action="store_true", help="force nf4 even on CPU (MOLE_FORCE_4BIT)"
+    )
+    check.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="generation budget of the PII check request (default 64)",
+    )
+
+
+USAGE = (
+    "usage: mole models tiny [--out DIR] [--size test|bench] [--model-key KEY]\n"
+    "       mole models check [KEY ...] [--models-dir DIR] [--adapters-dir DIR] [--device D]"
+)
+
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "action", None) != "tiny":
-        print(
-            "usage: mole models tiny [--out DIR] [--size test|bench] [--model-key KEY]",
-            file=sys.stderr,
-        )
+    action = getattr(args, "action", None)
+    if action == "check":
+        return run_check(args)
+    if action != "tiny":
+        print(USAGE, file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mole.protocol.registry import RegistryError, load_registry
@@ -68,3 +95,48 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"use them with: MOLE_MODELS_DIR={out / 'models'} MOLE_ADAPTERS_DIR={out / 'adapters'}")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Print the check table; exit 0 when every adapter answered, 1 otherwise."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
+    from mole.protocol.registry import RegistryError, load_registry
+    from mole.worker.engine.settings import EngineSettings
+    from mole.worker.models_check import check_models, format_table
+
+    try:
+        registry = load_registry(args.registry)
+    except RegistryError as err:
+        print(f"mole models check: {err}", file=sys.stderr)
+        return 2
+    unknown = [k for k in args.keys if k not in registry.base_models]
+    if unknown:
+        print(
+            f"mole models check: not in the registry's base_models: {', '.join(unknown)} "
+            f"(has: {', '.join(registry.base_models)})",
+            file=sys.stderr,
+        )
+        return 2
+    settings = EngineSettings(warmup=False)
+    if args.models_dir:
+        settings.models_dir = Path(args.models_dir).expanduser()
+    if args.adapters_dir:
+        settings.adapters_dir = Path(args.adapters_dir).expanduser()
+    if args.device:
+        settings.device = args.device
+    if args.load_in_4bit:
+        settings.force_4bit = True
+    keys = list(args.keys) or list(registry.base_models)
+
+    def progress(key: str, rows: list) -> None:
+        failed = sum(not r.ok for r in rows)
+        print(f"checked {key}: {len(rows) - failed}/{len(rows)} adapters ok", flush=True)
+
+    rows = check_models(
+        keys, registry, settings, max_new_tokens=args.max_new_tokens, on_model=progress
+    )
+    print()
+    print(format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} adapters answered")
+    return 1 if failed else 0

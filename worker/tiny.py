@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,19 @@ class TinySize:
     intermediate: int
     vocab: int
     max_positions: int = 2048
+    #: std of the random weights; larger than transformers' 0.02 gives a narrow model
+    #: confident answers and adapters that visibly change them
+    init_std: float = 0.02
 
 
 #: every dimension a multiple of 64: bitsandbytes' CPU nf4 kernels need whole blocks
 SIZES: dict[str, TinySize] = {
     "test": TinySize(hidden=192, layers=2, heads=6, kv_heads=2, intermediate=512, vocab=3000),
     "bench": TinySize(hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1408, vocab=3000),
+    #: for real tokenizers (32k-152k tokens): a narrow model keeps the embeddings small
+    "narrow": TinySize(
+        hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=3000, init_std=0.2
+    ),
 }
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -192,11 +199,16 @@ def build_config(architecture: str, size: TinySize, tokenizer) -> Any:
             num_key_value_heads=size.kv_heads,
             max_position_embeddings=size.max_positions,
             tie_word_embeddings=False,
+            initializer_range=size.init_std,
             **ids,
         )
     if architecture == "bloom":
         return transformers.BloomConfig(
-            hidden_size=size.hidden, n_layer=size.layers, n_head=size.heads, **ids
+            hidden_size=size.hidden,
+            n_layer=size.layers,
+            n_head=size.heads,
+            initializer_range=size.init_std,
+            **ids,
         )
     if architecture == "xglm":
         return transformers.XGLMConfig(
@@ -205,6 +217,7 @@ def build_config(architecture: str, size: TinySize, tokenizer) -> Any:
             num_layers=size.layers,
             attention_heads=size.heads,
             max_position_embeddings=size.max_positions,
+            init_std=size.init_std,
             **ids,
         )
     raise ValueError(f"no tiny architecture {architecture!r}")
@@ -280,6 +293,7 @@ def generate(
     size: str = "test",
     keys: list[str] | None = None,
     log: Callable[[str], None] | None = None,
+    tokenizers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write tiny models and adapters for the registry's base models under ``out``.
 
@@ -289,6 +303,8 @@ def generate(
         size: ``"test"`` (~1 M parameters, seconds) or ``"bench"`` (~25 M parameters).
         keys: only these base model keys (default: all of the registry's).
         log: called with one progress line per model and adapter.
+        tokenizers: family -> a real tokenizer to build that family's models on (the
+            model's vocabulary is the tokenizer's); other families get the trained BPE.
 
     Returns:
         A summary: {"models": {key: parameters}, "adapters": [adapter_path, ...]}.
@@ -308,14 +324,18 @@ def generate(
     out = Path(out)
     spec = SIZES[size]
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    tokenizer = build_tokenizer(spec.vocab)
-    # Encoding with padding changes a fast tokenizer's saved state: train with a copy so
-    # every model directory gets the same tokenizer files, whatever the order.
-    train_tokenizer = copy.deepcopy(tokenizer)
+    trained = build_tokenizer(spec.vocab)
+    real = dict(tokenizers or {})
     summary: dict[str, Any] = {"models": {}, "adapters": []}
     for key in wanted:
         t0 = time.perf_counter()
         base = registry.base_models[key]
+        tokenizer = real.get(base.family, trained)
+        # Encoding with padding changes a fast tokenizer's saved state: train with a copy
+        # so every model directory gets the same tokenizer files, whatever the order.
+        train_tokenizer = copy.deepcopy(tokenizer)
+        if train_tokenizer.pad_token_id is None:
+            train_tokenizer.pad_token = train_tokenizer.eos_token
         model, architecture = build_model(key, base.family, spec, tokenizer)
         model_dir = out / "models" / key
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +351,7 @@ def generate(
                 "parameters": n_params,
                 "size": size,
                 "hf_name_replaced": base.hf_name,
+                "tokenizer": "real" if tokenizer is not trained else "trained here",
             },
         )
         summary["models"][key] = n_params

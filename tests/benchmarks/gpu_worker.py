@@ -10,9 +10,15 @@ batch 1, 8 and 32 for:
   cache), mixed adapters per batch, on the news task's six labels (1-4 tokens each);
 - generation: greedy generate of 25 new tokens (what the original service did per request).
 
-Prints a table. Skips cleanly (exit 0) without CUDA. Finishes in well under 5 minutes on an
-H100 (a time guard skips remaining cells past --budget seconds). ``--smoke-cpu`` runs the
-same code on a tiny config on CPU, to check the script without a GPU.
+Before that, the exactness check of tests/worker/test_fidelity.py runs on the device: tiny
+models of every registry base model on their families' real tokenizers (from packages),
+label probabilities with the instruction cache on and off against a plain transformers +
+peft whole-prompt reference, in float32 (must agree within 1e-5) and, on CUDA, in float16
+(reported). ``--skip-exactness`` leaves it out.
+
+Prints tables. Skips cleanly (exit 0) without CUDA. Finishes in under 5 minutes on an H100
+(a time guard skips remaining cells past --budget seconds). ``--smoke-cpu`` runs the same
+code on a tiny config on CPU, to check the script without a GPU.
 
 Run:  python tests/benchmarks/gpu_worker.py
 """
@@ -196,11 +202,42 @@ def measure(model, tokenizer, precision, prompt, label_ids, over_budget, cell_se
     return rows_out
 
 
+def exactness(device: str) -> bool:
+    """The fidelity check on ``device``; prints a table, returns whether float32 agreed."""
+    import tempfile
+
+    from mole.protocol.registry import load_registry
+    from mole.worker.tiny import generate
+    from tests.worker.exactness import exactness_report, registry_in_dtype
+    from tests.worker.realtokenizers import real_tokenizers
+
+    t0 = time.perf_counter()
+    passed = True
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, size="narrow", tokenizers=real_tokenizers())
+        print(f"exactness: tiny real-tokenizer models built in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"{'dtype':<9}{'family':<9}{'base model':<44}{'cache on/off':>13}{'vs reference':>14}"
+        )
+        for dtype in ("float32", "float16") if device == "cuda" else ("float32",):
+            registry = registry_in_dtype(load_registry(), dtype)
+            for row in exactness_report(Path(tmp), registry, device):
+                ok = max(row.cache_delta, row.reference_delta) < 1e-5
+                passed = passed and (ok or dtype != "float32")
+                print(
+                    f"{dtype:<9}{row.family:<9}{row.key:<44}{row.cache_delta:>13.2e}"
+                    f"{row.reference_delta:>14.2e}{'' if ok or dtype != 'float32' else '  FAIL'}"
+                )
+    print(f"exactness: {'PASS' if passed else 'FAIL'} in {time.perf_counter() - t0:.0f} s\n")
+    return passed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="7B-shaped label scoring vs generation")
     parser.add_argument("--smoke-cpu", action="store_true", help="tiny config on CPU")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for all cells")
     parser.add_argument("--cell-seconds", type=float, default=3.0)
+    parser.add_argument("--skip-exactness", action="store_true", help="throughput only")
     args = parser.parse_args()
 
     import torch
@@ -217,6 +254,7 @@ def main() -> int:
     from mole.worker.tiny import build_tokenizer
 
     started = time.perf_counter()
+    exact = True if args.skip_exactness else exactness(device)
     root = Path(__file__).resolve().parents[2]
     tokenizer = build_tokenizer()  # offline BPE; its ids are valid in a 32000 vocabulary
     template = load_template(root / "configs/templates/news.json", "llama-2-7b-hf", "llama2")
@@ -266,7 +304,7 @@ def main() -> int:
             if s and g:
                 print(f"{precision} batch {batch}: scoring/generation = {s / g:.1f}x")
     print(f"total {time.perf_counter() - started:.0f} s")
-    return 0
+    return 0 if exact else 1
 
 
 if __name__ == "__main__":

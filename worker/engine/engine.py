@@ -10,7 +10,6 @@ reply payload or its own exception, so one bad job never fails its batch-mates.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,9 +19,11 @@ from typing import Any
 from mole.protocol.errors import DeadlineExceeded
 from mole.protocol.registry import ExpertSpec, ExpertsRegistry, language, load_registry
 from mole.worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
+from mole.worker.engine.esci import query_and_product
 from mole.worker.engine.generation import GenRow, generate_batch
 from mole.worker.engine.loading import LoadedModel, load_base_model
 from mole.worker.engine.pii import parse_pii
+from mole.worker.engine.prefix import shared_prefix
 from mole.worker.engine.scoring import (
     PrefixKV,
     ScoreRow,
@@ -36,7 +37,6 @@ from mole.worker.engine.templates import Template, load_template, render_within
 
 log = logging.getLogger("mole.worker.engine")
 
-_ESCI_TEXT = re.compile(r"query\s*:\s*(?P<query>.*?)\s*product\s*:\s*(?P<product>.*)$", re.I | re.S)
 MAX_TEXT_CHARS = 200_000  # a sanity bound before tokenizing; the real limit is in tokens
 
 
@@ -50,7 +50,8 @@ class PromptSpec:
     single_token: bool  # every label is one distinct token: the one-pass path applies
     key: tuple = ()
     prefix_text: str = ""  # the fixed instruction up to the line of the first placeholder
-    prefix_ids: list[int] = field(default_factory=list)  # its tokens (with BOS); cached
+    #: the tokens every prompt of the template starts with (engine/prefix.py); cached
+    prefix_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -60,7 +61,7 @@ class Job:
     expert: ExpertSpec
     prompt: PromptSpec
     adapter_key: str | None
-    prompt_ids: list[int]
+    prompt_ids: list[int]  # the whole rendered prompt, tokenised in one piece
     truncated: bool
     input_text: str
     options: dict[str, bool]
@@ -68,6 +69,7 @@ class Job:
     received_at: float = field(default_factory=time.monotonic)
     max_new_tokens: int | None = None  # overrides the registry's (warm-up uses a few)
     deadline: float | None = None  # time.monotonic() after which nobody wants the answer
+    prompt_text: str = ""  # the rendered prompt ``prompt_ids`` are the tokens of
 
 
 def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> list[list[int]]:
@@ -198,11 +200,7 @@ class Engine:
                 ids, single = [], False
             spec = PromptSpec(template, expert.label_set, ids, single, key)
             if self.settings.prefix_cache and expert.kind == "classification":
-                first = min((template.prompt.find("{{" + f) for f in template.fields), default=-1)
-                cut = template.prompt.rfind("\n", 0, first) + 1 if first > 0 else 0
-                if cut > 0:
-                    spec.prefix_text = template.prompt[:cut]
-                    spec.prefix_ids = tok(spec.prefix_text, add_special_tokens=True)["input_ids"]
+                spec.prefix_text, spec.prefix_ids = shared_prefix(template, tok)
             self._prompts[key] = spec
             log.info(
                 "task %s: template %s, %s",
@@ -356,53 +354,26 @@ class Engine:
             raise InvalidPayload("text", f"longer than {MAX_TEXT_CHARS} characters")
         fields = prompt.template.fields
         if "query" in fields or "product" in fields:
-            query, product = payload.get("query"), payload.get("product")
-            for name, value in (("query", query), ("product", product)):
-                if value is not None and not isinstance(value, str):
-                    raise InvalidPayload(name, "must be a string")
-            if not (query and product):
-                match = _ESCI_TEXT.search(text)
-                if match is None:
-                    raise InvalidPayload(
-                        "text",
-                        "ESCI needs a query and a product: give fields query and "
-                        "product, or text of the form 'Query: ... Product: ...'",
-                    )
-                query = query or match.group("query")
-                product = product or match.group("product")
-            if not query.strip() or not product.strip():
-                raise InvalidPayload("query" if not query.strip() else "product", "is empty")
+            query, product = query_and_product(payload, text, expert.language.code)
             values.update(query=query, product=product)
             text = f"Query: {query} Product: {product}"
         else:
             if not text.strip():
                 raise InvalidPayload("text", "is empty")
             values["input"] = text
-        budget = self.settings.max_input_tokens
-        for _ in range(4):
-            try:
-                rendered = render_within(prompt.template, values, self.loaded.tokenizer, budget)
-            except ValueError as err:
-                raise InvalidPayload("text", str(err)) from err
-            ids = rendered.input_ids
-            if not prompt.prefix_ids or not rendered.text.startswith(prompt.prefix_text):
-                break
-            # Tokenize the instruction prefix and the rest apart, so that the prefix's
-            # cache (computed once per adapter) is exactly these tokens' cache.
-            rest = rendered.text[len(prompt.prefix_text) :]
-            ids = (
-                prompt.prefix_ids
-                + self.loaded.tokenizer(rest, add_special_tokens=False)["input_ids"]
+        try:
+            rendered = render_within(
+                prompt.template, values, self.loaded.tokenizer, self.settings.max_input_tokens
             )
-            if len(ids) <= self.settings.max_input_tokens:
-                break
-            budget -= len(ids) - self.settings.max_input_tokens
+        except ValueError as err:
+            raise InvalidPayload("text", str(err)) from err
         return Job(
             expert=expert,
             prompt=prompt,
             adapter_key=self.loaded.adapter_names.get(expert.adapter_name),
-            prompt_ids=ids,
-            truncated=rendered.truncated or budget < self.settings.max_input_tokens,
+            prompt_ids=rendered.input_ids,
+            prompt_text=rendered.text,
+            truncated=rendered.truncated,
             input_text=text,
             options=opts,
             request_id=request_id,
@@ -474,9 +445,14 @@ class Engine:
         }
 
     def _prefix(self, job: Job) -> PrefixKV | None:
-        """The cached instruction prefix of a job's template under its adapter."""
+        """The cached instruction prefix of a job's template under its adapter.
+
+        Only when the job's own (whole-prompt) ids start with the cached ids, so the
+        cache holds exactly the keys/values of the prompt's first tokens.
+        """
         spec = job.prompt
-        if not spec.prefix_ids or job.prompt_ids[: len(spec.prefix_ids)] != spec.prefix_ids:
+        n = len(spec.prefix_ids)
+        if not n or len(job.prompt_ids) <= n or job.prompt_ids[:n] != spec.prefix_ids:
             return None
         key = (spec.key, job.adapter_key)
         if key not in self._prefix_kv:

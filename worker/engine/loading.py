@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mole.protocol.registry import BaseModelSpec, ExpertSpec
+from mole.worker.engine.checkpoint import hf_cache_snapshot, inspect_checkpoint
 from mole.worker.engine.errors import ModelLoadError
 from mole.worker.engine.settings import EngineSettings
 
@@ -62,9 +63,8 @@ def resolve_device(setting: str) -> str:
 def resolve_model_source(spec: BaseModelSpec, settings: EngineSettings) -> tuple[str, bool]:
     """Where to load ``spec`` from: (path or HF name, is_local_directory).
 
-    ``MOLE_MODELS_DIR/<key>`` first, then ``hf_name`` as a local directory, then the HF
-    name through the local HF cache (never the network: the loader passes
-    ``local_files_only``).
+    ``MOLE_MODELS_DIR/<key>`` first, then ``hf_name`` as a local directory, then the
+    snapshot of ``hf_name`` in the local HF cache (``HF_HUB_CACHE``; never the network).
     """
     if settings.models_dir is not None:
         candidate = settings.models_dir / spec.key
@@ -72,6 +72,9 @@ def resolve_model_source(spec: BaseModelSpec, settings: EngineSettings) -> tuple
             return str(candidate), True
     if Path(spec.hf_name).expanduser().is_dir():
         return str(Path(spec.hf_name).expanduser()), True
+    snapshot = hf_cache_snapshot(spec.hf_name)
+    if snapshot is not None:
+        return str(snapshot), True
     return spec.hf_name, False
 
 
@@ -146,8 +149,8 @@ def load_base_model(
     device = resolve_device(settings.device)
     source, local = resolve_model_source(spec, settings)
     tiny = local and (Path(source) / TINY_MARKER).is_file()
-    if local and not (Path(source) / "config.json").is_file():
-        raise ModelLoadError(f"base model {spec.key!r}: {Path(source) / 'config.json'} not found")
+    checkpoint = inspect_checkpoint(spec.key, Path(source)) if local else None
+    prequantized = checkpoint is not None and checkpoint.prequantized_4bit
     log.info(
         "loading base model %s from %s%s on %s",
         spec.key,
@@ -175,10 +178,12 @@ def load_base_model(
     log.info("tokenizer loaded (%d tokens) in %.2f s", len(tokenizer), time.perf_counter() - t0)
 
     dtype, dtype_name = _torch_dtype(spec.dtype, device, settings)
-    quant = _quantization(spec, device, settings, dtype)
+    # a checkpoint saved in 4 bits carries its own quantization_config: load it as it is
+    quant = None if prequantized else _quantization(spec, device, settings, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "low_cpu_mem_usage": True}
     if quant is not None:
         kwargs["quantization_config"] = quant
+    if quant is not None or prequantized:
         kwargs["device_map"] = (
             "cpu"
             if device == "cpu"
@@ -189,18 +194,19 @@ def load_base_model(
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"base model {spec.key!r}: cannot load {source!r}: {err}") from err
-    if quant is None:
+    quantized = quant is not None or prequantized
+    if not quantized:
         model = model.to(device)
     model.eval()
     log.info(
         "base model loaded (%s%s, %.1f M parameters) in %.2f s",
         dtype_name,
-        ", nf4" if quant is not None else "",
+        ", nf4 as saved" if prequantized else ", nf4" if quant is not None else "",
         sum(p.numel() for p in model.parameters()) / 1e6,
         time.perf_counter() - t0,
     )
 
-    loaded = LoadedModel(model, tokenizer, source, device, dtype_name, quant is not None, tiny)
+    loaded = LoadedModel(model, tokenizer, source, device, dtype_name, quantized, tiny)
     _load_adapters(loaded, experts, settings)
     loaded.model.eval()
     loaded.load_seconds = time.perf_counter() - t_start

@@ -5,8 +5,10 @@ near-JSON: code fences, chatter around the array, a truncated tail, trailing com
 quotes. The repair cascade follows the original service (direct parse, bracket-balanced
 extraction, truncation repair, syntax fixes, per-object regex); labels go through the
 original alias map, unknown labels are dropped, and ``occurrence`` (the 1-based index of
-identical text) becomes the offset of that occurrence in the input. Entity text that is not
-in the input is dropped. Nothing here raises on model output: the worst case is no entity.
+identical text) becomes the offset of that occurrence in the input, found even where the
+prompt cleaning changed whitespace or the model changed case or Unicode form
+(:mod:`mole.worker.engine.spans`). Entity text that is not in the input is dropped.
+Nothing here raises on model output: the worst case is no entity.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from mole.worker.engine.spans import find_span
 
 #: aliases seen in model output -> the registry's label
 LABEL_ALIASES: dict[str, str] = {
@@ -251,24 +255,14 @@ def _occurrence(value: Any) -> int | None:
     return n if n >= 1 else None
 
 
-def _nth(haystack: str, needle: str, n: int) -> int:
-    pos = -1
-    for _ in range(n):
-        pos = haystack.find(needle, pos + 1)
-        if pos < 0:
-            return -1
-    return pos
-
-
 def locate(text: str, needle: str, occurrence: int) -> int:
     """Start of the ``occurrence``-th (1-based) ``needle`` in ``text``; -1 if absent.
 
-    Exact match first; then a case-insensitive one (models often change case).
+    See :func:`mole.worker.engine.spans.find_span` for how whitespace, case and Unicode
+    normalisation are forgiven.
     """
-    pos = _nth(text, needle, occurrence)
-    if pos < 0:
-        pos = _nth(text.lower(), needle.lower(), occurrence)
-    return pos
+    span = find_span(text, needle, occurrence)
+    return -1 if span is None else span[0]
 
 
 def parse_pii(raw: str, text: str, labels: tuple[str, ...]) -> PiiResult:
@@ -287,23 +281,16 @@ def parse_pii(raw: str, text: str, labels: tuple[str, ...]) -> PiiResult:
         occurrence = _occurrence(obj.get("occurrence", 1))
         if canonical is None or occurrence is None:
             continue
-        start = locate(text, span, occurrence)
-        if start < 0 and span != span.strip():
-            span = span.strip()
-            start = locate(text, span, occurrence)
-        if start < 0:
+        found = find_span(text, span, occurrence)
+        if found is None:
             continue
         key = (span, canonical, occurrence)
         if key in seen:
             continue
         seen.add(key)
+        start, end = found
         result.items.append({"text": span, "label": canonical, "occurrence": occurrence})
         result.entities.append(
-            {
-                "text": text[start : start + len(span)],
-                "label": canonical,
-                "start": start,
-                "end": start + len(span),
-            }
+            {"text": text[start:end], "label": canonical, "start": start, "end": end}
         )
     return result

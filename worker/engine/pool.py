@@ -108,16 +108,6 @@ class ModelPool:
             except Exception:
                 log.exception("closing %s failed", key)
 
-    def evict(self, base_model_key: str) -> bool:
-        """Free one engine now; whether it was resident."""
-        with self._lock:
-            engine = self._engines.pop(base_model_key, None)
-        if engine is None:
-            return False
-        self.evictions += 1
-        engine.close()
-        return True
-
     def infer(
         self, base_model_key: str, payload: Any, request_id: str = "", timeout: float | None = None
     ) -> dict[str, Any]:
