@@ -40,7 +40,7 @@ def _family(name: str) -> str:
 
 def _exported() -> set[str]:
     worker = WorkerMetrics("svc")
-    worker.observe_batch([], [], [])
+    worker.observe_batch([])
     frontend = Metrics()
     texts = [
         render(FULL_STATUS),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import Iterable
-from typing import Protocol
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -25,11 +25,14 @@ BATCH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class JobLike(Protocol):
-    """What a metric needs of an engine job: its adapter and its prompt's token ids."""
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """One request of a computed batch, as the metrics see it."""
 
-    adapter_key: str | None
-    prompt_ids: list[int]
+    adapter: str | None  # the registry's adapter name; None for the bare base model
+    tokens_in: int  # prompt tokens read
+    outcome: object  # the result, or the exception it failed with
+    seconds: float  # from its arrival at the worker to its answer
 
 
 def _rss_bytes() -> float:
@@ -103,20 +106,17 @@ class WorkerMetrics:
     def observe_load(self, seconds: float) -> None:
         self.load_seconds.labels(self.model_key).set(seconds)
 
-    def observe_batch(
-        self, jobs: Iterable[JobLike], outcomes: Iterable[object], latencies_s: Iterable[float]
-    ) -> None:
-        """One computed batch: each job with its outcome (a result or an exception) and the
-        seconds from its arrival to its answer."""
+    def observe_batch(self, batch: Iterable[Computed]) -> None:
+        """One computed batch (a failed request is counted, its time kept out of latency)."""
         size = 0
-        for job, outcome, seconds in zip(jobs, outcomes, latencies_s, strict=True):
+        for item in batch:
             size += 1
-            adapter = job.adapter_key or "__base__"
-            self.tokens_in.labels(self.model_key, adapter).inc(len(job.prompt_ids))
-            failed = isinstance(outcome, Exception)
+            adapter = item.adapter or "__base__"
+            self.tokens_in.labels(self.model_key, adapter).inc(item.tokens_in)
+            failed = isinstance(item.outcome, Exception)
             self.requests.labels(self.model_key, adapter, "error" if failed else "ok").inc()
             if not failed:
-                self.latency.labels(self.model_key, adapter).observe(seconds)
+                self.latency.labels(self.model_key, adapter).observe(item.seconds)
         if size:
             self.batch_size.labels(self.model_key).observe(size)
 

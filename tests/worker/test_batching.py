@@ -120,3 +120,33 @@ def test_metadata_names_tasks_languages_adapters(engine):
     assert meta["adapters"] == ["fin-sentiment-de", "fin-sentiment-en", "fin-sentiment-fr"]
     assert meta["tiny_model"] is True
     assert meta["max_batch"] >= 1
+
+
+def test_metrics_see_every_computed_batch_and_its_adapters(engine):
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mole.worker.metrics import WorkerMetrics
+
+    experts = [REGISTRY.resolve("finance/rating", c) for c in ("en", "de")]
+    payloads = [payload_for(experts[i % 2], f"Profits rose {i}%.") for i in range(6)]
+    payloads.append({"task": "finance/rating", "language": "en", "text": ""})  # refused early
+    metrics = WorkerMetrics(engine.base_model_key)
+    handler = BatchingHandler(engine, max_batch=8, batch_wait_ms=200, metrics=metrics)
+    handler.start()
+    try:
+        _submit_all(handler, payloads)
+    finally:
+        handler.close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+    model = ("model", engine.base_model_key)
+    assert samples[("mole_worker_batch_size_count", (model,))] == handler.batches
+    assert samples[("mole_worker_batch_size_sum", (model,))] == 6  # the refused one never ran
+    for expert in experts:
+        adapter = ("adapter", expert.adapter_name)
+        assert samples[("mole_worker_request_seconds_count", (adapter, model))] == 3
+        assert samples[("mole_worker_tokens_in_total", (adapter, model))] > 3

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import urllib.request
-from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mole.worker.metrics import WorkerMetrics
-
-
-@dataclass
-class FakeJob:  # the two fields a metric reads of an engine job
-    adapter_key: str | None
-    prompt_ids: list[int] = field(default_factory=list)
+from mole.worker.metrics import Computed, WorkerMetrics
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -31,9 +24,14 @@ def test_batches_latency_tokens_and_memory_are_scraped():
     metrics = WorkerMetrics("tiny-llama")
     port = metrics.serve(0)
     metrics.observe_load(3.25)
-    jobs = [FakeJob("fin-a", [1, 2, 3]), FakeJob("fin-b", [1] * 10), FakeJob(None, [5])]
-    metrics.observe_batch(jobs, [{"ok": 1}, ValueError("bad"), {"ok": 1}], [0.02, 0.5, 3.0])
-    metrics.observe_batch(jobs[:1], [{"ok": 1}], [0.03])
+    metrics.observe_batch(
+        [
+            Computed("fin-a", 3, {"ok": 1}, 0.02),
+            Computed("fin-b", 10, ValueError("bad"), 0.5),
+            Computed(None, 1, {"ok": 1}, 3.0),
+        ]
+    )
+    metrics.observe_batch([Computed("fin-a", 3, {"ok": 1}, 0.03)])
     samples = _scrape(port)
     model = ("model", "tiny-llama")
     assert samples[("mole_worker_model_load_seconds", (model,))] == 3.25
@@ -58,7 +56,7 @@ def test_batches_latency_tokens_and_memory_are_scraped():
 
 def test_two_workers_in_one_process_keep_their_own_figures():
     one, two = WorkerMetrics("m1"), WorkerMetrics("m2")
-    one.observe_batch([FakeJob("x", [1])], [{}], [0.1])
+    one.observe_batch([Computed("x", 1, {}, 0.1)])
     port = two.serve(0)
     samples = _scrape(port)
     assert not any(labels and ("model", "m1") in labels for _, labels in samples)

@@ -19,6 +19,7 @@ from typing import Any
 from mole.protocol.errors import ErrorCode, RequestError
 from mole.worker.engine.engine import Engine, Job
 from mole.worker.handler import Handler, Responder, WorkRequest
+from mole.worker.metrics import Computed, WorkerMetrics
 
 log = logging.getLogger("mole.worker.batching")
 
@@ -34,6 +35,8 @@ class BatchingHandler(Handler):
         batch_wait_ms: how long a lone request waits for company (default: engine's).
         slots: requests the broker may give at once (default: twice ``max_batch``, so the
             next batch is queued while one computes).
+        metrics: where each computed batch is reported (``mole worker --metrics-port``);
+            None reports nowhere.
     """
 
     def __init__(
@@ -43,8 +46,10 @@ class BatchingHandler(Handler):
         max_batch: int | None = None,
         batch_wait_ms: float | None = None,
         slots: int | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.max_batch = max(1, max_batch or engine.settings.max_batch)
         self.batch_wait_s = (
             engine.settings.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
@@ -139,6 +144,14 @@ class BatchingHandler(Handler):
         if not jobs:
             return
         outcomes = self.engine.run(jobs)
+        if self.metrics is not None:
+            done = time.monotonic()
+            self.metrics.observe_batch(
+                Computed(
+                    job.expert.adapter_name, len(job.prompt_ids), outcome, done - job.received_at
+                )
+                for job, outcome in zip(jobs, outcomes, strict=True)
+            )
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(jobs))
         for job, responder, outcome in zip(jobs, owners, outcomes, strict=True):
