@@ -1,8 +1,9 @@
 """``mole broker``: run the Majordomo broker in the foreground.
 
 Settings come from defaults, then ``MOLE_*`` environment variables (see
-``broker.settings.ENV_VARS``), then these flags. SIGTERM or SIGINT stops it cleanly: workers
-get DISCONNECT, waiting requests get an error reply, and the process exits 0.
+``broker.settings.ENV_VARS``), then these flags. SIGTERM or SIGINT stops it cleanly: new
+requests are refused while the ones queued or in flight are served (``--drain-timeout``),
+then workers get DISCONNECT, what is left gets an error reply, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "MOLE_BROKER_CURVE_ACL)",
     )
     parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM, serve the requests queued or in flight for at most this long "
+        "before exiting; new requests are refused meanwhile "
+        "(env MOLE_BROKER_DRAIN_TIMEOUT, default 10; 0 stops at once)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -121,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from mole.broker.core import Broker  # after logging is set up; keeps --help cheap
+    from mole.broker.shell import Broker  # after logging is set up; keeps --help cheap
 
     try:
         settings = with_overrides(
@@ -137,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             curve_secret=args.curve_secret,
             curve_allow=args.curve_allow,
             curve_acl=args.curve_acl,
+            drain_timeout=args.drain_timeout,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)

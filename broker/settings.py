@@ -49,6 +49,8 @@ class BrokerSettings:
             removing a file cuts that peer off.
         curve_acl: optional JSON file mapping keys (file stem or z85) to the services they
             may register as workers (``broker.acl``); needs ``curve_allow``.
+        drain_timeout: on SIGTERM the broker stops taking new requests and serves the ones
+            queued or in flight for at most this long before it shuts down (0: at once).
     """
 
     bind: str = DEFAULT_BIND
@@ -66,6 +68,7 @@ class BrokerSettings:
     curve_secret: str | None = None
     curve_allow: str | None = None
     curve_acl: str | None = None
+    drain_timeout: float = 10.0
 
     @property
     def expiry(self) -> float:
@@ -92,6 +95,8 @@ class BrokerSettings:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1 (got {getattr(self, name)!r})")
+        if self.drain_timeout < 0:
+            raise SettingsError(f"drain_timeout must be >= 0 (got {self.drain_timeout!r})")
         if self.release_grace < 0:
             raise SettingsError(f"release_grace must be >= 0 (got {self.release_grace!r})")
         if self.curve_allow and not self.curve_secret:
@@ -122,6 +127,7 @@ ENV_VARS: dict[str, str] = {
     "MOLE_BROKER_CURVE_SECRET": "curve_secret",
     "MOLE_BROKER_CURVE_ALLOW": "curve_allow",
     "MOLE_BROKER_CURVE_ACL": "curve_acl",
+    "MOLE_BROKER_DRAIN_TIMEOUT": "drain_timeout",
 }
 
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}

@@ -2,7 +2,7 @@
 
 Plain ``__slots__`` classes rather than dataclasses: the broker creates one
 :class:`Request` per message on its hot path, and these stay small and cheap. The broker
-loop (``broker.core``) is the only code that mutates them; :mod:`broker.status` reads them.
+core (``broker.engine``) is the only code that mutates them; :mod:`broker.status` reads them.
 
 Structures that keep dispatch O(1) in the number of services and workers:
 
@@ -19,13 +19,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from mole.protocol.mdp import Framing
+
 
 class Request:
     """One client request, from its arrival until its one final answer.
 
     ``body`` holds the frames after the service frame, as received (the payload frames
     stay ``zmq.Frame`` objects, forwarded without copying). ``header`` is our decoded
-    request header, or None for an opaque RFC 18 body.
+    request header, or None for an opaque RFC 18 body. ``framing`` is how the client
+    framed it (MDP/0.1, 0.2, 0.2 behind a delimiter): its answers go out the same way.
     """
 
     __slots__ = (
@@ -35,6 +38,7 @@ class Request:
         "deadline",
         "dispatches",
         "done",
+        "framing",
         "header",
         "lost",
         "received_at",
@@ -54,8 +58,10 @@ class Request:
         body: list,
         deadline: float,
         now: float,
+        framing: Framing = Framing.MDP02,
     ) -> None:
         self.ticket = ticket
+        self.framing = framing
         self.client = client
         self.service = service
         self.request_id = request_id
@@ -76,6 +82,7 @@ class Worker:
     __slots__ = (
         "address",
         "alive",
+        "framing",
         "identity",
         "in_flight",
         "key",
@@ -96,8 +103,10 @@ class Worker:
         metadata: dict,
         address: str | None,
         now: float,
+        framing: Framing = Framing.MDP02,
     ) -> None:
         self.identity = identity
+        self.framing = framing  # how the worker frames messages; what it is sent matches
         self.service = service
         self.slots = slots
         self.in_flight: dict[bytes, Request] = {}
@@ -166,6 +175,7 @@ def worker_status(worker: Worker, now: float) -> dict[str, Any]:
         "registered_s": round(max(0.0, now - worker.registered_at), 3),
         "metadata": worker.metadata,
         "curve_key": worker.key,
+        "protocol": worker.framing.name,
     }
 
 
