@@ -37,6 +37,9 @@ from mole.protocol._pending import (
     decode_reply,
     new_routing_id,
 )
+from mole.protocol._pending import (
+    RawReply as RawReply,  # re-exported: what request() returns for a plain worker
+)
 from mole.protocol.client import MONITOR_EVENTS, apply_monitor_events, configure_socket, send_nowait
 from mole.protocol.curve import CurveKeys
 from mole.protocol.envelope import pack
