@@ -196,21 +196,28 @@ class BrokerEngine:
         out = self._out = []
         self.counters["malformed"] += 1
         self.counters["unreadable"] += 1
-        self._warn.log(
-            logging.WARNING,
-            "unreadable message from %s: %s (%s)",
-            identity.hex(),
-            error.reason,
-            description,
-        )
         worker = self.workers.get(identity)
         if error.role == "worker" or worker is not None:
+            self.counters["protocol_errors"] += 1
+            self._warn.log(
+                logging.WARNING,
+                "protocol violation by worker %s: %s (%s); sent DISCONNECT",
+                identity.hex(),
+                error.reason,
+                description,
+            )
             if worker is not None:
-                self.counters["protocol_errors"] += 1
                 self._purge(worker, f"protocol violation: {error.reason}", now, disconnect=True)
             else:
                 self._out.append((identity, mdp.to_worker(error.framing, _DISCONNECT), None))
         elif error.role == "client" and error.service:
+            self._warn.log(
+                logging.WARNING,
+                "unreadable request from client %s: %s (%s); answered bad_request",
+                identity.hex(),
+                error.reason,
+                description,
+            )
             self._reply_direct(
                 identity,
                 error.framing,
@@ -218,6 +225,14 @@ class BrokerEngine:
                 None,
                 ErrorCode.BAD_REQUEST,
                 f"the broker cannot read this request: {error.reason}",
+            )
+        else:
+            self._warn.log(
+                logging.WARNING,
+                "unreadable message from %s: %s (%s); no protocol to answer in",
+                identity.hex(),
+                error.reason,
+                description,
             )
         return out
 

@@ -263,3 +263,15 @@ def test_dispatch_stays_constant_work_with_many_workers():
     [(worker, ticket, _)] = dispatched(h.request(b"c", SVC, "r1"))
     assert worker == b"target"
     assert len(_final(h, b"target", ticket, "r1")) == 1
+
+
+def test_invented_service_names_do_not_accumulate():
+    h = Harness()
+    for i in range(20):
+        _, frames = only(h.request(b"c", f"invented-now-{i}", f"a{i}", ttl_ms=0))
+        assert unpack(frames[3])["code"] == "deadline_exceeded"
+    for i in range(20):
+        assert h.request(b"c", f"invented-soon-{i}", f"b{i}", ttl_ms=50) == []
+    codes = [unpack(frames[3])["code"] for _, frames in h.advance(0.05)]
+    assert codes == ["no_worker"] * 20
+    assert h.status()["services"] == {}
