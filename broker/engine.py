@@ -181,7 +181,26 @@ class BrokerEngine:
     ) -> list[Outgoing]:
         """A worker message; ``address`` (the peer's IP) is only needed for READY."""
         out = self._out = []
-        self._worker_message(identity, msg, now, key, address)
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, msg.framing, key, now):
+            return out
+        command = msg.command
+        if worker is None:
+            if command is READY:
+                self._ready(identity, msg, now, key, address)
+            elif command is not _DISCONNECT:
+                self._unknown_worker(identity, msg)
+            return out
+        worker.last_seen = now  # any message counts as a heartbeat
+        self._activity.move_to_end(identity)
+        if command is FINAL or command is PARTIAL:
+            self._reply(worker, msg, now)
+        elif command is READY:
+            self._violation(identity, msg.framing, "READY from an already registered worker", now)
+        elif command is _DISCONNECT:
+            log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
+            self._purge(worker, "it sent DISCONNECT", now, disconnect=False)
+        # HEARTBEAT: nothing more (the decoder refuses a worker REQUEST)
         return out
 
     def on_unreadable(
@@ -469,7 +488,7 @@ class BrokerEngine:
         else:
             answer = b"501"
         body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
-        self._to_client(client, msg.framing, ClientCommand.FINAL, bytes(msg.service_frame), body)
+        self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
 
     def _bad_header(self, client: bytes, msg: ClientRequest) -> None:
         self.counters["malformed"] += 1
@@ -522,49 +541,28 @@ class BrokerEngine:
 
     # ================================================================== workers
 
-    def _worker_message(
+    def _worker_key_ok(
         self,
         identity: bytes,
-        msg: WorkerEvent,
-        now: float,
+        worker: Worker | None,
+        framing: Framing,
         key: str | None,
-        address: str | None,
-    ) -> None:
-        worker = self.workers.get(identity)
-        if self._keys:
-            if not self.admission.worker_allowed(key):
-                return self._refuse_worker_key(identity, worker, msg.framing, key, now)
-            if worker is not None and not self.admission.same_worker(worker.key, key):
-                # ROUTER_HANDOVER let another allowed key take this routing id over
-                return self._violation(
-                    identity,
-                    msg.framing,
-                    "message under another CURVE key than the worker registered with",
-                    now,
-                )
-        command = msg.command
-        if worker is not None:
-            worker.last_seen = now
-            self._activity.move_to_end(identity)
-        if command is FINAL or command is PARTIAL:
-            if worker is None:
-                return self._unknown_worker(identity, msg)
-            return self._reply(worker, msg, now)
-        if command is HEARTBEAT:
-            if worker is None:
-                return self._unknown_worker(identity, msg)
-            return None
-        if command is READY:
-            if worker is not None:
-                return self._violation(
-                    identity, msg.framing, "READY from an already registered worker", now
-                )
-            return self._ready(identity, msg, now, key, address)
-        # DISCONNECT (the decoder refuses a worker REQUEST)
-        if worker is not None:
-            log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
-            self._purge(worker, "it sent DISCONNECT", now, disconnect=False)
-        return None
+        now: float,
+    ) -> bool:
+        """Under an allow-list: may this worker message be read? Refuses it when not."""
+        if not self.admission.worker_allowed(key):
+            self._refuse_worker_key(identity, worker, framing, key, now)
+            return False
+        if worker is not None and not self.admission.same_worker(worker.key, key):
+            # ROUTER_HANDOVER let another allowed key take this routing id over
+            self._violation(
+                identity,
+                framing,
+                "message under another CURVE key than the worker registered with",
+                now,
+            )
+            return False
+        return True
 
     def _reply(self, worker: Worker, msg: WorkerEvent, now: float) -> None:
         """A worker's PARTIAL or FINAL for one of its tickets."""
@@ -588,17 +586,17 @@ class BrokerEngine:
                 if req.header is not None:
                     body = self._reply_body(req, body)
                 if req.client_key is None or self._deliverable(req):
-                    self._to_client(
-                        req.client, req.framing, ClientCommand.FINAL, service.name_bytes, body
-                    )
+                    if req.framing is MDP02 and body:  # the common case, without a call
+                        frames = [C_HDR, C_FINAL, service.name_bytes, *body]
+                        self._out.append((req.client, frames, None))
+                    else:
+                        self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
             if service.queue:
                 self._dispatch(service, now)
         elif not req.done and (req.client_key is None or self._deliverable(req)):
             if req.header is not None:
                 body = self._reply_body(req, body)
-            self._to_client(
-                req.client, req.framing, ClientCommand.PARTIAL, req.service.name_bytes, body
-            )
+            self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
         return None
 
     def _reply_body(self, req: Request, body: list) -> list:
@@ -608,7 +606,7 @@ class BrokerEngine:
         Worker errors in our header are counted per service and code.
         """
         first = body[0] if body else b""
-        if len(first) > 6 and first[1:7] == _HEADER_AFTER_MAP and 0x80 <= first[0] <= 0x8F:
+        if first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F:
             if len(first) <= MAX_HEADER_BYTES and _OK_FALSE in first:
                 self._count_worker_error(req.service, first)
             return body
@@ -869,9 +867,7 @@ class BrokerEngine:
         req.service.errors += 1
         self._count_error(code)
         if req.client_key is None or self._deliverable(req):
-            self._to_client(
-                req.client, req.framing, ClientCommand.FINAL, req.service.name_bytes, body
-            )
+            self._to_client(req.client, req.framing, C_FINAL, req.service.name_bytes, body)
 
     def _reply_direct(
         self,
@@ -888,15 +884,19 @@ class BrokerEngine:
         else:
             body = pack({"error": code.value, "message": message})
         self._count_error(code)
-        self._to_client(client, framing, ClientCommand.FINAL, service, [body])
+        self._to_client(client, framing, C_FINAL, service, [body])
 
     def _to_client(
-        self, client: bytes, framing: Framing, command: ClientCommand, service: bytes, body: list
+        self, client: bytes, framing: Framing, command: bytes, service: bytes, body: list
     ) -> None:
+        """Queue ``[header, command, service, *body]`` for a client, in its framing.
+
+        ``command`` is the command frame (``C_FINAL`` or ``C_PARTIAL``).
+        """
         if framing is MDP02 and body:
-            frames: list | None = [C_HDR, _CLIENT_BYTES[command], service, *body]
+            frames: list | None = [C_HDR, command, service, *body]
         else:
-            frames = mdp.to_client(framing, command, service, body)
+            frames = mdp.to_client(framing, ClientCommand(command[0]), service, body)
             if frames is None:  # MDP/0.1 has no PARTIAL
                 self.counters["partials_dropped"] += 1
                 return
@@ -1092,7 +1092,6 @@ class BrokerEngine:
 # ---------------------------------------------------------------------- helpers
 
 _DISCONNECT = WorkerCommand.DISCONNECT
-_CLIENT_BYTES = {c: bytes([c]) for c in ClientCommand}
 #: Marker: the frame is our header but a field has the wrong type.
 _BAD_HEADER: dict = {}
 
@@ -1113,10 +1112,8 @@ def _request_header(frame: Any) -> dict | None:
     if not isinstance(header, dict) or header.get("v") != VERSION or "id" not in header:
         return None
     ttl = header.get("ttl")
-    attempt = header.get("attempt", 0)
-    if (ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool))) or (
-        not isinstance(attempt, int) or isinstance(attempt, bool)
-    ):
+    # type() rather than isinstance(): a bool is an int to isinstance, and ``true`` is junk
+    if (ttl is not None and type(ttl) is not int) or type(header.get("attempt", 0)) is not int:
         return _BAD_HEADER
     return header
 

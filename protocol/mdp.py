@@ -279,6 +279,25 @@ class WorkerEvent:
     metadata: bytes | None = None
 
 
+_MDP02 = Framing.MDP02
+_MDP02_DELIMITED = Framing.MDP02_DELIMITED
+_MDP01 = Framing.MDP01
+_FINAL = WorkerCommand.FINAL
+#: Service frames already read: the hot path skips decoding and checking them again.
+_known_names: dict[bytes, str] = {}
+_KNOWN_NAMES_LIMIT = 4096
+
+
+def _inbound_service_name(frame: bytes) -> str:
+    """:func:`_service_name`, remembered for up to _KNOWN_NAMES_LIMIT distinct frames."""
+    name = _known_names.get(frame)
+    if name is None:
+        name = _service_name(frame)
+        if len(_known_names) < _KNOWN_NAMES_LIMIT:
+            _known_names[bytes(frame)] = name
+    return name
+
+
 def decode_inbound(frames: list) -> ClientRequest | WorkerEvent:
     """Read one message that reached the broker's ROUTER (routing id removed).
 
@@ -294,23 +313,29 @@ def decode_inbound(frames: list) -> ClientRequest | WorkerEvent:
     if count == 0:
         raise UnreadableMessage("empty message")
     head = frames[0]
+    # fast paths for the two messages of every request: RFC 18 REQUEST and FINAL
+    if count >= 4:
+        if head == CLIENT_HEADER and frames[1] == CLIENT_REQUEST:
+            name = _known_names.get(frames[2])
+            if name is not None:
+                return ClientRequest(name, frames[2], frames[3:], _MDP02)
+        elif head == WORKER_HEADER and frames[1] == W_FINAL and frames[2] and not frames[3]:
+            return WorkerEvent(_FINAL, _MDP02, "", frames[2], frames[4:])
     start = 0
-    framing = Framing.MDP02
+    framing = _MDP02
     if not head:
         if count < 2:
             raise UnreadableMessage("a lone empty frame")
         head = frames[1]
         start = 1
         framing = (
-            Framing.MDP01
-            if head == CLIENT_HEADER_01 or head == WORKER_HEADER_01
-            else Framing.MDP02_DELIMITED
+            _MDP01 if head == CLIENT_HEADER_01 or head == WORKER_HEADER_01 else _MDP02_DELIMITED
         )
     if head == CLIENT_HEADER or head == WORKER_HEADER:
         if head == CLIENT_HEADER:
             return _inbound_client(frames, start, framing)
         return _inbound_worker(frames, start, framing)
-    if framing == Framing.MDP01:
+    if framing is _MDP01:
         if head == CLIENT_HEADER_01:
             return _inbound_client(frames, start, framing)
         return _inbound_worker(frames, start, framing)
@@ -323,7 +348,7 @@ def decode_inbound(frames: list) -> ClientRequest | WorkerEvent:
 
 
 def _inbound_client(frames: list, start: int, framing: Framing) -> ClientRequest:
-    if framing == Framing.MDP01:  # "" MDPC01 service body...
+    if framing is _MDP01:  # "" MDPC01 service body...
         if len(frames) < start + 3:
             service = frames[start + 1] if len(frames) > start + 1 else None
             raise UnreadableMessage(
@@ -355,7 +380,7 @@ def _inbound_client(frames: list, start: int, framing: Framing) -> ClientRequest
         service_frame = service
         body = frames[start + 3 :]
     try:
-        name = _service_name(service_frame)
+        name = _inbound_service_name(service_frame)
     except MalformedMessage as err:
         raise UnreadableMessage(
             str(err), role="client", framing=framing, service=service_frame
@@ -367,7 +392,7 @@ def _inbound_worker(frames: list, start: int, framing: Framing) -> WorkerEvent:
     count = len(frames) - start
     if count < 2:
         raise UnreadableMessage("worker message without a command", role="worker", framing=framing)
-    table = _WORKER_COMMANDS_01 if framing == Framing.MDP01 else _WORKER_COMMANDS
+    table = _WORKER_COMMANDS_01 if framing is _MDP01 else _WORKER_COMMANDS
     command = table.get(frames[start + 1])
     if command is None:
         raise UnreadableMessage(
@@ -384,7 +409,7 @@ def _inbound_worker(frames: list, start: int, framing: Framing) -> WorkerEvent:
                 role="worker",
                 framing=framing,
             )
-        return WorkerEvent(command, framing, client=frames[first], body=frames[first + 2 :])
+        return WorkerEvent(command, framing, "", frames[first], frames[first + 2 :])
     if command is WorkerCommand.HEARTBEAT or command is WorkerCommand.DISCONNECT:
         if rest:
             raise UnreadableMessage(
@@ -392,7 +417,7 @@ def _inbound_worker(frames: list, start: int, framing: Framing) -> WorkerEvent:
             )
         return WorkerEvent(command, framing)
     if command is WorkerCommand.READY:
-        most = 1 if framing == Framing.MDP01 else 2  # the metadata frame is ours, 0.2 only
+        most = 1 if framing is _MDP01 else 2  # the metadata frame is ours, 0.2 only
         if not 1 <= rest <= most:
             raise UnreadableMessage(
                 "READY needs a service frame"
@@ -401,7 +426,7 @@ def _inbound_worker(frames: list, start: int, framing: Framing) -> WorkerEvent:
                 framing=framing,
             )
         try:
-            name = _service_name(frames[first])
+            name = _inbound_service_name(frames[first])
         except MalformedMessage as err:
             raise UnreadableMessage(str(err), role="worker", framing=framing) from None
         metadata = bytes(frames[first + 1]) if rest == 2 else None

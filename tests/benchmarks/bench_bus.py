@@ -552,40 +552,43 @@ def bench_idle(args) -> None:
 
 
 def bench_dispatch(args) -> None:
-    """The broker's own per-request Python work, in-process with a no-op socket.
+    """The broker core's own per-request Python work, in-process, no sockets.
 
     Registers N workers (spread over services, or all on one service), then times request
-    + reply cycles through the same handlers the loop calls. Flat numbers across N show
-    that dispatch is O(1) in the number of workers and services.
+    + reply cycles as the shell runs them: ``mdp.decode_inbound`` of the client's frames,
+    ``BrokerEngine.on_client``, decoding the worker's FINAL, ``BrokerEngine.on_worker``,
+    with the timers run every 100 cycles. Flat numbers across N show that dispatch is
+    O(1) in the number of workers and services.
     """
     sys.path.insert(0, str(ROOT))
-    from mole.broker.core import Broker
+    from mole.broker.engine import BrokerEngine
     from mole.broker.settings import BrokerSettings
+    from mole.protocol.mdp import decode_inbound
 
     print("\n== dispatch cost in-process (no sockets): request + reply handling per cycle")
     payload = b"x" * args.payload
     cycles = 30_000
 
     def one(workers: int, services: int) -> float:
-        broker = Broker(BrokerSettings(bind="inproc://unused"))
-        broker._sendf = lambda data, flags=0: None
+        now = time.monotonic()
+        engine = BrokerEngine(BrokerSettings(bind="inproc://unused"), now)
         for i in range(workers):
             frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
-            broker._on_worker(f"w{i}".encode(), frames, None)
+            engine.on_worker(f"w{i}".encode(), decode_inbound(frames), now)
         service = b"svc-0"
         client = b"client"
+        headers = [msgpack.packb({"v": 1, "id": n, "ttl": 30_000}) for n in range(cycles)]
         t0 = time.process_time()
         for n in range(cycles):
-            header = msgpack.packb({"v": 1, "id": n, "ttl": 30_000})
-            broker._on_client(client, [C_HDR, C_REQUEST, service, header, payload])
-            ticket = broker._ticket_prefix + broker._ticket_seq.to_bytes(8, "big")
-            worker = broker.requests[ticket].worker
-            broker._on_worker(worker.identity, [W_HDR, W_FINAL, ticket, b"", header, payload], None)
-            broker._flush()  # the loop sends its queued messages between runs of messages
+            header = headers[n]
+            [(worker, sent, _req)] = engine.on_client(
+                client, decode_inbound([C_HDR, C_REQUEST, service, header, payload]), now
+            )
+            final = decode_inbound([W_HDR, W_FINAL, sent[2], b"", header, payload])
+            engine.on_worker(worker, final, now)
             if n % 100 == 0:
-                broker._run_timers(time.monotonic())
+                engine.on_tick(time.monotonic())
         elapsed = time.process_time() - t0
-        broker._ctx.term()
         return 1e6 * elapsed / cycles
 
     for workers, services in ((1, 1), (1000, 1), (1000, 1000), (10_000, 10_000)):
