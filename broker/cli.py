@@ -110,6 +110,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(env MOLE_BROKER_DRAIN_TIMEOUT, default 10; 0 stops at once)",
     )
     parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a worker holding a request this long makes the broker also give it to another "
+        "free worker (first answer wins); 0 derives it from each request's deadline "
+        "(env MOLE_BROKER_ATTEMPT_TIMEOUT, default 0)",
+    )
+    parser.add_argument(
+        "--service-attempt-timeouts",
+        default=None,
+        metavar="NAME=SECONDS,...",
+        help="per-service attempt timeouts; NAME may end in '*' "
+        "(env MOLE_BROKER_SERVICE_ATTEMPT_TIMEOUTS)",
+    )
+    parser.add_argument(
+        "--suspect-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="attempt timeouts in a row after which a worker gets no new work until it "
+        "answers again (env MOLE_BROKER_SUSPECT_AFTER, default 2)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -148,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
             curve_allow=args.curve_allow,
             curve_acl=args.curve_acl,
             drain_timeout=args.drain_timeout,
+            attempt_timeout=args.attempt_timeout,
+            service_attempt_timeouts=args.service_attempt_timeouts,
+            suspect_after=args.suspect_after,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)

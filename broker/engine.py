@@ -42,7 +42,7 @@ import msgpack
 
 from mole.broker.admission import Admission, OpenAdmission
 from mole.broker.ratelog import RateLimitedLog
-from mole.broker.settings import BrokerSettings
+from mole.broker.settings import BrokerSettings, parse_service_timeouts
 from mole.broker.state import Request, Service, Worker, service_status, worker_status
 from mole.protocol import mdp
 from mole.protocol.envelope import MAX_HEADER_BYTES, VERSION, ReplyHeader, pack
@@ -100,7 +100,13 @@ COUNTERS = (
     "bodyless_replies",
     "partials_dropped",
     "raw_replies",
+    "attempt_timeouts",
+    "redispatched_after_timeout",
+    "duplicate_finals_dropped",
+    "workers_suspected",
 )
+#: Shortest attempt timeout derived from a deadline (an explicit setting may be shorter).
+MIN_DERIVED_ATTEMPT_TIMEOUT = 1.0
 
 
 class BrokerEngine:
@@ -140,6 +146,9 @@ class BrokerEngine:
         self.counters["errors_by_code"] = {}
         self._deadlines: list[tuple[float, bytes]] = []  # heap; stale entries skipped
         self._releases: list[tuple[float, bytes, bytes]] = []  # (when, worker, ticket)
+        #: (when, ticket, attempt number, counted): per-attempt timeouts; stale ones skipped
+        self._attempts: list[tuple[float, bytes, int, bool]] = []
+        self._service_timeouts = parse_service_timeouts(settings.service_attempt_timeouts)
         self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
         self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
         self._tick = settings.heartbeat_interval / 10
@@ -299,7 +308,11 @@ class BrokerEngine:
             return out
         self._release(worker, req)
         req.dispatches -= 1
-        self._enqueue(req, front=True)
+        if req.holders:  # an earlier attempt is still out: that one goes on
+            req.worker = req.holders[-1]
+        else:
+            req.worker = None
+            self._enqueue(req, front=True)
         self._purge(worker, "it is unreachable", now, disconnect=False)
         return out
 
@@ -311,6 +324,7 @@ class BrokerEngine:
         self._send_heartbeats(now)
         self._expire_silent_workers(now)
         self._expire_deadlines(now)
+        self._expire_attempts(now)
         self._release_held_slots(now)
         return out
 
@@ -331,6 +345,8 @@ class BrokerEngine:
             due = min(due, self._deadlines[0][0])
         if self._releases:
             due = min(due, self._releases[0][0])
+        if self._attempts:
+            due = min(due, self._attempts[0][0])
         return min(due, self.admission.next_check())
 
     def begin_drain(self, now: float) -> None:
@@ -427,7 +443,7 @@ class BrokerEngine:
             problem = mdp.check_service_name(name)
             if problem is not None:
                 return self._refuse_service_name(client, msg, header, problem)
-            service = self.services[name] = Service(bytes(msg.service_frame))
+            service = self.services[name] = self._new_service(bytes(msg.service_frame))
         if self._draining_since is not None:
             self.counters["refused_while_draining"] += 1
             self._reply_direct(
@@ -567,6 +583,8 @@ class BrokerEngine:
     def _reply(self, worker: Worker, msg: WorkerEvent, now: float) -> None:
         """A worker's PARTIAL or FINAL for one of its tickets."""
         final = msg.command is FINAL
+        if worker.timeouts:  # it answers (even late): not hung after all
+            self._answered_again(worker, now)
         req = worker.in_flight.get(msg.client)
         if req is None:
             self.counters["late_replies"] += 1  # not (or no longer) this worker's request
@@ -579,8 +597,12 @@ class BrokerEngine:
             self._release(worker, req)
             if req.done:
                 self.counters["late_replies"] += 1
+                if req.dispatches > 1:  # another attempt's final came first
+                    self.counters["duplicate_finals_dropped"] += 1
             else:
                 self._finish(req)
+                if req.holders:  # another attempt is still out: keep its slot a while
+                    self._hold_other_slots(req, worker, now + self.settings.release_grace)
                 worker.served += 1
                 service.served += 1
                 if req.header is not None:
@@ -593,7 +615,11 @@ class BrokerEngine:
                         self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
             if service.queue:
                 self._dispatch(service, now)
-        elif not req.done and (req.client_key is None or self._deliverable(req)):
+        elif (
+            not req.done
+            and req.worker is worker  # partials of the latest attempt only: no interleaving
+            and (req.client_key is None or self._deliverable(req))
+        ):
             if req.header is not None:
                 body = self._reply_body(req, body)
             self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
@@ -686,7 +712,7 @@ class BrokerEngine:
             slots = raw_slots
         service = self.services.get(name)
         if service is None:
-            service = self.services[name] = Service(name.encode("utf-8"))
+            service = self.services[name] = self._new_service(name.encode("utf-8"))
         worker = Worker(identity, service, slots, metadata, address, now, msg.framing)
         worker.key = key
         self.workers[identity] = worker
@@ -770,6 +796,11 @@ class BrokerEngine:
             body = [self._fresh_header(req, now), *body[1:]]
         req.dispatches += 1
         req.worker = worker
+        req.holders.append(worker)
+        heapq.heappush(
+            self._attempts,
+            (now + self._attempt_timeout(req), req.ticket, req.dispatches, True),
+        )
         worker.in_flight[req.ticket] = req
         worker.service.in_flight += 1
         if len(worker.in_flight) >= worker.slots:
@@ -786,9 +817,11 @@ class BrokerEngine:
         """``worker`` no longer holds ``req``: free its slot."""
         if worker.in_flight.pop(req.ticket, None) is None:
             return
+        if worker in req.holders:
+            req.holders.remove(worker)
         service = worker.service
         service.in_flight -= 1
-        if worker.alive and worker.identity not in service.available:
+        if worker.alive and not worker.suspect and worker.identity not in service.available:
             service.available[worker.identity] = worker
 
     def _enqueue(self, req: Request, *, front: bool) -> bool:
@@ -913,6 +946,20 @@ class BrokerEngine:
         by_code = self.counters["errors_by_code"]
         by_code[str(code)] = by_code.get(str(code), 0) + 1
 
+    def _new_service(self, name_bytes: bytes) -> Service:
+        """A service entry, with its attempt timeout from the settings."""
+        service = Service(name_bytes)
+        timeouts = self._service_timeouts
+        if service.name in timeouts:
+            service.attempt_timeout = timeouts[service.name]
+        else:
+            prefixes = [p for p in timeouts if p.endswith("*") and service.name.startswith(p[:-1])]
+            if prefixes:
+                service.attempt_timeout = timeouts[max(prefixes, key=len)]
+            elif self.settings.attempt_timeout > 0:
+                service.attempt_timeout = self.settings.attempt_timeout
+        return service
+
     def _forget_if_idle(self, service: Service) -> None:
         """Drop a service nothing refers to, so invented names cannot grow the tables."""
         if service.idle() and self.services.get(service.name) is service:
@@ -936,6 +983,9 @@ class BrokerEngine:
         for req in reversed(list(worker.in_flight.values())):
             self._release(worker, req)
             if req.done:
+                continue
+            if req.holders:  # another attempt is still out on a live worker: it goes on
+                req.worker = req.holders[-1]
                 continue
             req.worker = None
             req.lost = True
@@ -1038,11 +1088,85 @@ class BrokerEngine:
                 f"worker {worker.worker_id} of {service.name!r} did not answer before the "
                 f"deadline ({waited:.1f}s)",
             )
-            # keep the slot reserved a while for the late reply, then free it
-            heapq.heappush(
-                self._releases, (now + self.settings.release_grace, worker.identity, req.ticket)
-            )
+            # keep the slots reserved a while for the late reply, then free them
+            self._hold_other_slots(req, None, now + self.settings.release_grace)
         self._forget_if_idle(service)
+
+    def _attempt_timeout(self, req: Request) -> float:
+        """How long one attempt of ``req`` may take before it also goes to another worker."""
+        timeout = req.service.attempt_timeout
+        if timeout is None:
+            whole = req.deadline - req.received_at
+            timeout = max(MIN_DERIVED_ATTEMPT_TIMEOUT, whole / self.settings.max_attempts)
+        return timeout
+
+    def _expire_attempts(self, now: float) -> None:
+        """Attempts that ran past their timeout: count them against their worker, and give
+        the request to another free worker of the service while attempts and deadline
+        allow (the first final answer wins)."""
+        heap = self._attempts
+        if len(heap) > 4096 and len(heap) > 4 * len(self.requests):
+            requests = self.requests
+            heap[:] = [entry for entry in heap if entry[1] in requests]  # answered: stale
+            heapq.heapify(heap)
+        while heap and heap[0][0] <= now:
+            _, ticket, number, counted = heapq.heappop(heap)
+            req = self.requests.get(ticket)
+            if req is None or req.done or req.dispatches != number or req.worker is None:
+                continue  # answered, or a newer attempt is out
+            worker = req.worker
+            if counted:
+                self.counters["attempt_timeouts"] += 1
+                worker.timeouts += 1
+                if worker.timeouts >= self.settings.suspect_after and not worker.suspect:
+                    self._mark_suspect(worker)
+            if req.dispatches >= self.settings.max_attempts or req.deadline <= now:
+                continue
+            other = next((w for w in req.service.available.values() if w not in req.holders), None)
+            if other is None:  # no other worker free now: look again a little later
+                retry = now + min(self.settings.heartbeat_interval, self._attempt_timeout(req))
+                heapq.heappush(heap, (retry, ticket, number, False))
+                continue
+            self.counters["redispatched_after_timeout"] += 1
+            log.info(
+                "request %s of %r: worker %s did not answer within %.1fs; also sent to %s",
+                req.request_id or ticket.hex(),
+                req.service.name,
+                worker.worker_id,
+                now - req.received_at,
+                other.worker_id,
+            )
+            self._assign(other, req, now)
+
+    def _mark_suspect(self, worker: Worker) -> None:
+        """``worker`` timed out ``suspect_after`` times in a row: no new work for it."""
+        worker.suspect = True
+        worker.service.available.pop(worker.identity, None)
+        self.counters["workers_suspected"] += 1
+        log.warning(
+            "worker %s of %r is suspect: %d attempt(s) in a row timed out; it gets no new "
+            "requests until it answers again",
+            worker.worker_id,
+            worker.service.name,
+            worker.timeouts,
+        )
+
+    def _answered_again(self, worker: Worker, now: float) -> None:
+        """A worker that had timed out answered: clear its count, and its suspicion."""
+        worker.timeouts = 0
+        if worker.suspect:
+            worker.suspect = False
+            log.info("worker %s answered again: no longer suspect", worker.worker_id)
+            if len(worker.in_flight) < worker.slots:
+                worker.service.available[worker.identity] = worker
+                self._dispatch(worker.service, now)
+
+    def _hold_other_slots(self, req: Request, answered: Worker | None, until: float) -> None:
+        """Keep the slots of the workers still holding ``req`` until ``until``, then free
+        them (their replies, if they come, are dropped as late)."""
+        for holder in req.holders:
+            if holder is not answered:
+                heapq.heappush(self._releases, (until, holder.identity, req.ticket))
 
     def _release_held_slots(self, now: float) -> None:
         """Free slots held for requests answered at their deadline whose reply never came."""
@@ -1079,9 +1203,8 @@ class BrokerEngine:
                 continue
             if req.worker is None:
                 self._dequeue(req)
-            else:  # keep the worker's slot until its (dropped) reply, as for a deadline
-                when = req.deadline + self.settings.release_grace
-                heapq.heappush(self._releases, (when, req.worker.identity, req.ticket))
+            else:  # keep the workers' slots until their (dropped) replies, as for a deadline
+                self._hold_other_slots(req, None, req.deadline + self.settings.release_grace)
             self._finish(req)  # no answer: the key is revoked
             dropped += 1
             self._forget_if_idle(req.service)

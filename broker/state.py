@@ -40,6 +40,7 @@ class Request:
         "done",
         "framing",
         "header",
+        "holders",
         "lost",
         "received_at",
         "request_id",
@@ -69,7 +70,10 @@ class Request:
         self.body = body
         self.deadline = deadline
         self.dispatches = 0
-        self.worker: Worker | None = None
+        self.worker: Worker | None = None  # the worker of the latest attempt
+        #: every worker that holds this request now (more than one after a per-attempt
+        #: timeout gave it to another worker while the first may still answer)
+        self.holders: list[Worker] = []
         self.done = False  # answered (by the worker or the broker): later replies are dropped
         self.lost = False  # was on a worker that was purged
         self.received_at = now
@@ -92,6 +96,8 @@ class Worker:
         "served",
         "service",
         "slots",
+        "suspect",
+        "timeouts",
         "worker_id",
     )
 
@@ -118,6 +124,10 @@ class Worker:
         self.worker_id = str(wid) if wid not in (None, "") else identity.hex()
         self.registered_at = now
         self.alive = True
+        #: per-attempt timeouts in a row; at ``suspect_after`` the worker is suspect: it gets
+        #: no new work until it answers again (or is purged)
+        self.timeouts = 0
+        self.suspect = False
         self.key: str | None = None  # the CURVE public key it registered with, if any
 
     @property
@@ -129,6 +139,7 @@ class Service:
     """A service name (a base_model_key), its workers and its waiting requests."""
 
     __slots__ = (
+        "attempt_timeout",
         "available",
         "errors",
         "in_flight",
@@ -148,6 +159,9 @@ class Service:
         self.in_flight = 0
         self.served = 0
         self.errors = 0
+        #: seconds an attempt may take before the request also goes to another worker;
+        #: None: derived from each request's deadline (see broker.engine)
+        self.attempt_timeout: float | None = None
 
     def idle(self) -> bool:
         """True when nothing refers to this service and no worker ever served it.
@@ -176,6 +190,8 @@ def worker_status(worker: Worker, now: float) -> dict[str, Any]:
         "metadata": worker.metadata,
         "curve_key": worker.key,
         "protocol": worker.framing.name,
+        "suspect": worker.suspect,
+        "attempt_timeouts": worker.timeouts,
     }
 
 

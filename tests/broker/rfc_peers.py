@@ -56,6 +56,7 @@ class RfcWorker:
         reply: body frames of the answer to a request's body frames.
         partials: RFC 18 only: PARTIAL bodies sent before each FINAL.
         heartbeat: seconds between the worker's HEARTBEATs.
+        answers: False makes a hung worker: it heartbeats but never answers a request.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class RfcWorker:
         reply: Callable[[list[bytes]], list[bytes]] = lambda body: [b.upper() for b in body],
         partials: tuple[bytes, ...] = (),
         heartbeat: float = 0.2,
+        answers: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.service = service.encode()
@@ -76,6 +78,7 @@ class RfcWorker:
         self.reply = reply
         self.partials = partials
         self.heartbeat = heartbeat
+        self.answers = answers
         self.received: list[list[bytes]] = []  # every message from the broker, prefix removed
         self.requests = 0
         self._stop = threading.Event()
@@ -115,6 +118,8 @@ class RfcWorker:
                     if frames[0] == g["header"] and frames[1] == g["request"]:
                         client, body = frames[2], frames[4:]
                         self.requests += 1
+                        if not self.answers:
+                            continue
                         for part in self.partials:
                             self._send(sock, g["partial"], client, b"", part)
                         self._send(sock, g["reply"], client, b"", *self.reply(body))

@@ -23,6 +23,7 @@ from tests.broker.brokerfix import (
     wait_workers,
     workers_of,
 )
+from tests.broker.rfc_peers import RfcWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -193,7 +194,9 @@ def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(bus):
     sent = [client.send("slow", i, ttl_ms=30_000) for i in range(4)]
     assert wait_until(lambda: workers_of(client, "slow")[0]["in_flight"] == 4, 5)
     broker.signal(signal.SIGTERM)
-    refused = client.call("slow", "too late", ttl_ms=30_000, timeout=5)
+    other = bus.client(url)  # its own socket: the first client's replies stay unread
+    assert wait_until(lambda: other.status()["broker"]["draining"], 5)
+    refused = other.call("slow", "too late", ttl_ms=30_000, timeout=5)
     assert refused.code == "no_worker"
     assert "shutting down" in refused.header["msg"]
     replies = [client.recv_final(10) for _ in sent]
@@ -201,3 +204,36 @@ def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(bus):
     assert sorted(r.request_id for r in replies) == sorted(sent)
     assert broker.wait(10) == 0
     assert "draining" in broker.log()
+
+
+def test_a_heartbeating_worker_that_never_answers_loses_the_request_to_another(bus):
+    """What a hung GPU with a live heartbeat thread looks like: after the attempt timeout
+    the request also goes to a healthy worker, whose answer the client gets, and the hung
+    worker is shown suspect in mmi.status."""
+    broker = bus.broker("--attempt-timeout", "0.5", "--suspect-after", "1")
+    url = broker.endpoint
+    client = bus.client(url)
+    hung = RfcWorker(url, "gpu", answers=False, heartbeat=HEARTBEAT).start()
+    try:
+        wait_workers(client, "gpu", 1)
+        rid = client.send("gpu", "classify me", ttl_ms=60_000)
+        assert wait_until(lambda: hung.requests == 1, 5)
+        bus.worker(url, "gpu", worker_id="w-healthy")
+        reply = client.recv_final(30)
+        assert reply is not None
+        assert reply.ok
+        assert reply.request_id == rid
+        assert reply.payload["worker"] == "w-healthy"
+        assert reply.payload["attempt"] == 1
+        rows = {w["id"]: w for w in client.status()["workers"]}
+        assert rows["w-healthy"]["suspect"] is False
+        [hung_row] = [row for name, row in rows.items() if name != "w-healthy"]
+        assert hung_row["suspect"] is True
+        counters = client.status()["counters"]
+        assert counters["redispatched_after_timeout"] == 1
+        assert counters["workers_suspected"] == 1
+        for i in range(3):  # no new work for the suspect worker
+            assert client.call("gpu", i, ttl_ms=10_000).payload["worker"] == "w-healthy"
+        assert hung.requests == 1
+    finally:
+        hung.stop()
