@@ -146,8 +146,10 @@ class BrokerEngine:
         self.counters["errors_by_code"] = {}
         self._deadlines: list[tuple[float, bytes]] = []  # heap; stale entries skipped
         self._releases: list[tuple[float, bytes, bytes]] = []  # (when, worker, ticket)
-        #: (when, ticket, attempt number, counted): per-attempt timeouts; stale ones skipped
-        self._attempts: list[tuple[float, bytes, int, bool]] = []
+        #: per-attempt timeouts in buckets of one tick: bucket number -> [(ticket, attempt
+        #: number, counted)]; cheaper than a heap on the hot path (an append per dispatch)
+        self._attempts: dict[int, list[tuple[bytes, int, bool]]] = {}
+        self._attempts_from = 0  # the lowest bucket not yet run
         self._service_timeouts = parse_service_timeouts(settings.service_attempt_timeouts)
         self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
         self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
@@ -346,7 +348,7 @@ class BrokerEngine:
         if self._releases:
             due = min(due, self._releases[0][0])
         if self._attempts:
-            due = min(due, self._attempts[0][0])
+            due = min(due, self._attempts_from * tick)
         return min(due, self.admission.next_check())
 
     def begin_drain(self, now: float) -> None:
@@ -797,10 +799,18 @@ class BrokerEngine:
         req.dispatches += 1
         req.worker = worker
         req.holders.append(worker)
-        heapq.heappush(
-            self._attempts,
-            (now + self._attempt_timeout(req), req.ticket, req.dispatches, True),
-        )
+        # the attempt's timer, inline (this runs once per request): see _attempt_timer
+        timeout = req.service.attempt_timeout
+        if timeout is None:
+            timeout = (req.deadline - req.received_at) / self.settings.max_attempts
+            if timeout < MIN_DERIVED_ATTEMPT_TIMEOUT:
+                timeout = MIN_DERIVED_ATTEMPT_TIMEOUT
+        bucket = math.ceil((now + timeout) / self._tick)
+        entries = self._attempts.get(bucket)
+        if entries is None or bucket < self._attempts_from:
+            self._attempt_timer(now + timeout, req.ticket, req.dispatches, True)
+        else:
+            entries.append((req.ticket, req.dispatches, True))
         worker.in_flight[req.ticket] = req
         worker.service.in_flight += 1
         if len(worker.in_flight) >= worker.slots:
@@ -1100,43 +1110,56 @@ class BrokerEngine:
             timeout = max(MIN_DERIVED_ATTEMPT_TIMEOUT, whole / self.settings.max_attempts)
         return timeout
 
+    def _attempt_timer(self, when: float, ticket: bytes, number: int, counted: bool) -> None:
+        """Look at attempt ``number`` of ``ticket`` at ``when`` (rounded up to a tick)."""
+        bucket = max(math.ceil(when / self._tick), self._attempts_from)
+        entries = self._attempts.get(bucket)
+        if entries is None:
+            self._attempts[bucket] = [(ticket, number, counted)]
+        else:
+            entries.append((ticket, number, counted))
+
     def _expire_attempts(self, now: float) -> None:
         """Attempts that ran past their timeout: count them against their worker, and give
         the request to another free worker of the service while attempts and deadline
         allow (the first final answer wins)."""
-        heap = self._attempts
-        if len(heap) > 4096 and len(heap) > 4 * len(self.requests):
-            requests = self.requests
-            heap[:] = [entry for entry in heap if entry[1] in requests]  # answered: stale
-            heapq.heapify(heap)
-        while heap and heap[0][0] <= now:
-            _, ticket, number, counted = heapq.heappop(heap)
-            req = self.requests.get(ticket)
-            if req is None or req.done or req.dispatches != number or req.worker is None:
-                continue  # answered, or a newer attempt is out
-            worker = req.worker
-            if counted:
-                self.counters["attempt_timeouts"] += 1
-                worker.timeouts += 1
-                if worker.timeouts >= self.settings.suspect_after and not worker.suspect:
-                    self._mark_suspect(worker)
-            if req.dispatches >= self.settings.max_attempts or req.deadline <= now:
-                continue
-            other = next((w for w in req.service.available.values() if w not in req.holders), None)
-            if other is None:  # no other worker free now: look again a little later
-                retry = now + min(self.settings.heartbeat_interval, self._attempt_timeout(req))
-                heapq.heappush(heap, (retry, ticket, number, False))
-                continue
-            self.counters["redispatched_after_timeout"] += 1
-            log.info(
-                "request %s of %r: worker %s did not answer within %.1fs; also sent to %s",
-                req.request_id or ticket.hex(),
-                req.service.name,
-                worker.worker_id,
-                now - req.received_at,
-                other.worker_id,
-            )
-            self._assign(other, req, now)
+        last = math.floor(now / self._tick)
+        if not self._attempts:
+            self._attempts_from = last + 1
+            return
+        for bucket in range(self._attempts_from, last + 1):
+            self._attempts_from = bucket + 1
+            for ticket, number, counted in self._attempts.pop(bucket, ()):
+                req = self.requests.get(ticket)
+                if req is None or req.done or req.dispatches != number or req.worker is None:
+                    continue  # answered, or a newer attempt is out
+                self._attempt_timed_out(req, now, counted)
+
+    def _attempt_timed_out(self, req: Request, now: float, counted: bool) -> None:
+        worker = req.worker
+        assert worker is not None
+        if counted:
+            self.counters["attempt_timeouts"] += 1
+            worker.timeouts += 1
+            if worker.timeouts >= self.settings.suspect_after and not worker.suspect:
+                self._mark_suspect(worker)
+        if req.dispatches >= self.settings.max_attempts or req.deadline <= now:
+            return
+        other = next((w for w in req.service.available.values() if w not in req.holders), None)
+        if other is None:  # no other worker free now: look again a little later
+            retry = now + min(self.settings.heartbeat_interval, self._attempt_timeout(req))
+            self._attempt_timer(retry, req.ticket, req.dispatches, False)
+            return
+        self.counters["redispatched_after_timeout"] += 1
+        log.info(
+            "request %s of %r: worker %s did not answer within %.1fs; also sent to %s",
+            req.request_id or req.ticket.hex(),
+            req.service.name,
+            worker.worker_id,
+            now - req.received_at,
+            other.worker_id,
+        )
+        self._assign(other, req, now)
 
     def _mark_suspect(self, worker: Worker) -> None:
         """``worker`` timed out ``suspect_after`` times in a row: no new work for it."""

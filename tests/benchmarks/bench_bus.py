@@ -109,10 +109,19 @@ class EchoWorkers:
     """Minimal MDP echo workers: each request's header and payload frames go straight back."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, count: int, slots: int, heartbeat: float
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        count: int,
+        slots: int,
+        heartbeat: float,
+        plain: bool = False,
     ) -> None:
         self.sockets = [_dealer(ctx, endpoint) for _ in range(count)]
         for i, sock in enumerate(self.sockets):
+            if plain:  # a plain RFC 18 READY: no metadata frame, so one slot
+                sock.send_multipart([W_HDR, W_READY, SERVICE])
+                continue
             sock.send_multipart(
                 [
                     W_HDR,
@@ -217,7 +226,12 @@ def role_peers(args) -> None:
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     workers = EchoWorkers(
-        ctx, args.worker_endpoint or args.endpoint, args.workers, args.slots, args.heartbeat
+        ctx,
+        args.worker_endpoint or args.endpoint,
+        args.workers,
+        args.slots,
+        args.heartbeat,
+        plain=args.plain_ready,
     )
     for sock in workers.sockets:
         poller.register(sock, zmq.POLLIN)
@@ -333,9 +347,11 @@ def run_load(
     duration: float,
     layout: str = "shared",
     measure_server: bool = True,
+    plain_ready: bool = False,
 ) -> dict:
     """Run echo workers and clients against ``target``; req/s, p50/p99, errors, server CPU."""
     common = (
+        *(["--plain-ready"] if plain_ready else []),
         "--endpoint",
         target.client_url,
         "--worker-endpoint",
@@ -428,8 +444,10 @@ def _median(results: list[dict]) -> dict:
 
 
 def bench_throughput(args) -> None:
+    kind_of_worker = "plain RFC 18 (READY without metadata)" if args.plain_ready else "MoLE"
     print(
-        f"\n== throughput: {args.workers} workers x {args.slots} slots, {args.clients} "
+        f"\n== throughput: {args.workers} {kind_of_worker} workers x {args.slots} slots, "
+        f"{args.clients} "
         f"clients x {args.inflight} in flight, {args.payload} B payloads, "
         f"{args.duration:g} s per run, load layout {args.layout!r}"
     )
@@ -448,6 +466,7 @@ def bench_throughput(args) -> None:
                     args.warmup,
                     args.duration,
                     args.layout,
+                    plain_ready=args.plain_ready,
                 )
             finally:
                 target.close()
@@ -612,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--warmup", type=float, default=1.0)
         p.add_argument("--duration", type=float, default=5.0)
     peers.add_argument("--heartbeat", type=float, default=2.5)
+    for p in (peers, parser):
+        p.add_argument(
+            "--plain-ready",
+            action="store_true",
+            help="workers send a plain RFC 18 READY (no metadata: one slot each)",
+        )
     i = sub.add_parser("_idle")
     i.add_argument("--endpoint", required=True)
     i.add_argument("--count", type=int, default=1000)
