@@ -55,7 +55,7 @@ BROKER_VERSION = "0.2.0"
 
 #: One message to send: (routing id, frames, the request it dispatches or None). The shell
 #: reports a failed send of a dispatch back through :meth:`BrokerEngine.on_unreachable`.
-Outgoing = tuple[bytes, list, "Request | None"]
+Outgoing = tuple[bytes, list[Any], "Request | None"]
 
 C_HDR = mdp.CLIENT_HEADER
 W_HDR = mdp.WORKER_HEADER
@@ -349,7 +349,7 @@ class BrokerEngine:
             due = min(due, self._releases[0][0])
         if self._attempts:
             due = min(due, self._attempts_from * tick)
-        return min(due, self.admission.next_check())
+        return float(min(due, self.admission.next_check()))
 
     def begin_drain(self, now: float) -> None:
         """Stop taking new requests; queued and in-flight ones are still served."""
@@ -491,7 +491,9 @@ class BrokerEngine:
             self._forget_if_idle(service)
         return None
 
-    def _mmi(self, client: bytes, msg: ClientRequest, header: dict | None, now: float) -> None:
+    def _mmi(
+        self, client: bytes, msg: ClientRequest, header: dict[str, Any] | None, now: float
+    ) -> None:
         """RFC 8 service discovery and our ``mmi.status``; other ``mmi.*`` names get 501."""
         name = msg.service
         if name == mdp.MMI_SERVICE:
@@ -527,7 +529,7 @@ class BrokerEngine:
         )
 
     def _refuse_service_name(
-        self, client: bytes, msg: ClientRequest, header: dict | None, problem: str
+        self, client: bytes, msg: ClientRequest, header: dict[str, Any] | None, problem: str
     ) -> None:
         self.counters["bad_service_names"] += 1
         self.counters["malformed"] += 1
@@ -627,7 +629,7 @@ class BrokerEngine:
             self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
         return None
 
-    def _reply_body(self, req: Request, body: list) -> list:
+    def _reply_body(self, req: Request, body: list[Any]) -> list[Any]:
         """The body a client of ours gets: the worker's when it carries our reply header,
         else the worker's frames behind a header marking them raw (a plain RFC 18 worker).
 
@@ -888,7 +890,8 @@ class BrokerEngine:
         header = dict(req.header or {})
         header["ttl"] = max(1, int((req.deadline - now) * 1000))
         header["attempt"] = int(header.get("attempt", 0)) + req.dispatches
-        return pack(header)
+        packed: bytes = pack(header)
+        return packed
 
     def _finish(self, req: Request) -> None:
         """Mark ``req`` answered and forget it (its worker slot is freed separately)."""
@@ -917,7 +920,7 @@ class BrokerEngine:
         client: bytes,
         framing: Framing,
         service: bytes,
-        header: dict | None,
+        header: dict[str, Any] | None,
         code: ErrorCode,
         message: str,
     ) -> None:
@@ -930,19 +933,19 @@ class BrokerEngine:
         self._to_client(client, framing, C_FINAL, service, [body])
 
     def _to_client(
-        self, client: bytes, framing: Framing, command: bytes, service: bytes, body: list
+        self, client: bytes, framing: Framing, command: bytes, service: bytes, body: list[Any]
     ) -> None:
         """Queue ``[header, command, service, *body]`` for a client, in its framing.
 
         ``command`` is the command frame (``C_FINAL`` or ``C_PARTIAL``).
         """
         if framing is MDP02 and body:
-            frames: list | None = [C_HDR, command, service, *body]
+            frames: list[Any] | None = [C_HDR, command, service, *body]
         else:
             frames = mdp.to_client(framing, ClientCommand(command[0]), service, body)
-            if frames is None:  # MDP/0.1 has no PARTIAL
-                self.counters["partials_dropped"] += 1
-                return
+        if frames is None:  # MDP/0.1 has no PARTIAL
+            self.counters["partials_dropped"] += 1
+            return
         self._out.append((client, frames, None))
 
     def _deliverable(self, req: Request) -> bool:
@@ -1239,14 +1242,14 @@ class BrokerEngine:
 
 _DISCONNECT = WorkerCommand.DISCONNECT
 #: Marker: the frame is our header but a field has the wrong type.
-_BAD_HEADER: dict = {}
+_BAD_HEADER: dict[str, Any] = {}
 
 
 def _to_worker(worker: Worker, command: WorkerCommand) -> Outgoing:
     return (worker.identity, mdp.to_worker(worker.framing, command), None)
 
 
-def _request_header(frame: Any) -> dict | None:
+def _request_header(frame: Any) -> dict[str, Any] | None:
     """Our request header as a dict, None for an opaque body, _BAD_HEADER when invalid."""
     data = frame if isinstance(frame, bytes) else frame.bytes
     if not data or len(data) > MAX_HEADER_BYTES or data[0] & 0xF0 != 0x80:
@@ -1264,7 +1267,7 @@ def _request_header(frame: Any) -> dict | None:
     return header
 
 
-def _describe(frames: list) -> str:
+def _describe(frames: list[Any]) -> str:
     """A short, safe description of a message's frames for a log line."""
     shown = [
         repr(bytes(f[:16]) if isinstance(f, bytes) else bytes(f.buffer[:16])) for f in frames[:4]

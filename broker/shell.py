@@ -75,14 +75,14 @@ class Broker:
         self,
         settings: BrokerSettings,
         *,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings.validated()
         self._ctx = context or zmq.Context()
         self._own_ctx = context is None
         self._clock = clock
-        self.socket: zmq.Socket | None = None
+        self.socket: zmq.Socket[Any] | None = None
         self.endpoint: str | None = None
         self.engine = BrokerEngine(self.settings, clock())
         self._authenticator: Any = None
@@ -228,7 +228,7 @@ class Broker:
                 except zmq.Again:
                     break
             first = frame = recv(0, False)
-            frames: list = [frame]
+            frames: list[Any] = [frame]
             size = len(frame)
             while frame.more:
                 frame = recv(0, False)
@@ -310,6 +310,7 @@ class Broker:
 
 def _peer_address(frame: Any) -> str | None:
     try:
-        return frame.get("Peer-Address")
+        address: str | None = frame.get("Peer-Address")
+        return address
     except (zmq.ZMQError, AttributeError, UnicodeDecodeError):
         return None
