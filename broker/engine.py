@@ -459,11 +459,13 @@ class BrokerEngine:
             return self._forget_if_idle(service)
         self.counters["requests"] += 1
         request_id = None
+        by_key: tuple[bytes, str] = (client, "")
         if header is not None:
             request_id = header["id"]
             if type(request_id) is not str:
                 request_id = str(request_id)
-            if (client, request_id) in self.by_key:
+            by_key = (client, request_id)
+            if by_key in self.by_key:
                 self.counters["duplicates"] += 1  # the first copy is still live: it answers
                 return None
         self._ticket_seq += 1
@@ -472,7 +474,7 @@ class BrokerEngine:
             ticket, client, service, request_id, header, body, now + deadline_s, now, msg.framing
         )
         if request_id is not None:
-            self.by_key[(client, request_id)] = req
+            self.by_key[by_key] = req
         if self._keys:
             req.client_key = key
         if deadline_s <= 0:
@@ -807,7 +809,7 @@ class BrokerEngine:
             timeout = (req.deadline - req.received_at) / self.settings.max_attempts
             if timeout < MIN_DERIVED_ATTEMPT_TIMEOUT:
                 timeout = MIN_DERIVED_ATTEMPT_TIMEOUT
-        bucket = math.ceil((now + timeout) / self._tick)
+        bucket = int((now + timeout) / self._tick) + 1  # rounded up (by up to a tick)
         entries = self._attempts.get(bucket)
         if entries is None or bucket < self._attempts_from:
             self._attempt_timer(now + timeout, req.ticket, req.dispatches, True)

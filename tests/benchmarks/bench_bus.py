@@ -24,10 +24,12 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,10 +67,32 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _spawn(*args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+def _spawn(*args: str, stdout=subprocess.DEVNULL, tree: Path | None = None) -> subprocess.Popen:
+    env = _env()
+    if tree is not None:  # the baseline's sources first: python -m finds its mole package
+        env["PYTHONPATH"] = str(tree)
     return subprocess.Popen(
-        [PYTHON, *args], cwd=ROOT, env=_env(), stdout=stdout, stderr=subprocess.DEVNULL
+        [PYTHON, *args], cwd=tree or ROOT, env=env, stdout=stdout, stderr=subprocess.DEVNULL
     )
+
+
+def baseline_tree(rev: str) -> Path:
+    """The broker and protocol of git revision ``rev``, laid out as an importable ``mole``
+    package in a temporary directory, so the bench can run it beside today's broker."""
+    tree = Path(tempfile.mkdtemp(prefix="bench-bus-baseline-"))
+    src = tree / "src"
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", rev, "broker", "protocol", "mole", "configs"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    shutil.copytree(src / "mole", tree / "mole")
+    for part in ("broker", "protocol", "configs"):
+        (tree / "mole" / part).symlink_to(src / part)
+    return tree
 
 
 def _raise_fd_limit() -> None:
@@ -303,13 +327,19 @@ def role_idle(endpoint: str, count: int, heartbeat: float) -> None:
 class Target:
     """A broker or forwarder process; load processes bring the echo workers and clients."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, tree: Path | None = None) -> None:
         self.kind = kind
         port = _free_port()
         self.client_url = f"tcp://127.0.0.1:{port}"
-        if kind == "broker":
+        if kind in ("broker", "baseline"):
             self.server = _spawn(
-                "-m", "mole.broker", "--bind", self.client_url, "--log-level", "WARNING"
+                "-m",
+                "mole.broker",
+                "--bind",
+                self.client_url,
+                "--log-level",
+                "WARNING",
+                tree=tree if kind == "baseline" else None,
             )
             self.worker_url = self.client_url
         else:
@@ -451,10 +481,12 @@ def bench_throughput(args) -> None:
         f"clients x {args.inflight} in flight, {args.payload} B payloads, "
         f"{args.duration:g} s per run, load layout {args.layout!r}"
     )
-    runs: dict[str, list[dict]] = {"broker": [], "forwarder": []}
+    kinds = ("broker", "forwarder", "baseline") if args.baseline else ("broker", "forwarder")
+    tree = baseline_tree(args.baseline) if args.baseline else None
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for i in range(args.repeat):
-        for kind in ("broker", "forwarder"):
-            target = Target(kind)
+        for kind in kinds:
+            target = Target(kind, tree)
             try:
                 r = run_load(
                     target,
@@ -476,6 +508,11 @@ def bench_throughput(args) -> None:
     print(_line("median broker", b))
     print(_line("median forwarder", f))
     print(f"  broker / forwarder throughput: {b['rps'] / f['rps']:.0%}")
+    if args.baseline:
+        old = _median(runs["baseline"])
+        print(_line(f"median baseline {args.baseline[:10]}", old))
+        print(f"  baseline / forwarder throughput: {old['rps'] / f['rps']:.0%}")
+        print(f"  broker / baseline throughput: {b['rps'] / old['rps']:.0%}")
 
 
 def bench_latency(args) -> None:
@@ -610,9 +647,47 @@ def bench_dispatch(args) -> None:
         elapsed = time.process_time() - t0
         return 1e6 * elapsed / cycles
 
+    old_core = None
+    if args.baseline:  # the old core's handlers (its private API), on today's state records
+        import importlib.util
+
+        path = baseline_tree(args.baseline) / "src" / "broker" / "core.py"
+        spec = importlib.util.spec_from_file_location("bench_baseline_core", path)
+        assert spec is not None and spec.loader is not None
+        old_core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old_core)
+
+    def old(workers: int, services: int) -> float:
+        broker = old_core.Broker(BrokerSettings(bind="inproc://unused"))
+        broker._sendf = lambda data, flags=0: None
+        for i in range(workers):
+            frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
+            broker._on_worker(f"w{i}".encode(), frames, None)
+        headers = [msgpack.packb({"v": 1, "id": n, "ttl": 30_000}) for n in range(cycles)]
+        t0 = time.process_time()
+        for n in range(cycles):
+            header = headers[n]
+            broker._on_client(b"client", [C_HDR, C_REQUEST, b"svc-0", header, payload])
+            ticket = broker._ticket_prefix + broker._ticket_seq.to_bytes(8, "big")
+            worker = broker.requests[ticket].worker
+            broker._on_worker(worker.identity, [W_HDR, W_FINAL, ticket, b"", header, payload], None)
+            broker._flush()
+            if n % 100 == 0:
+                broker._run_timers(time.monotonic())
+        elapsed = time.process_time() - t0
+        broker._ctx.term()
+        return 1e6 * elapsed / cycles
+
     for workers, services in ((1, 1), (1000, 1), (1000, 1000), (10_000, 10_000)):
-        best = min(one(workers, services) for _ in range(3))
-        print(f"  {workers:>6} workers on {services:>6} service(s): {best:5.2f} us per cycle")
+        mine, theirs = [], []
+        for _ in range(args.dispatch_repeat):  # interleaved, best of each
+            mine.append(one(workers, services))
+            if old_core is not None:
+                theirs.append(old(workers, services))
+        line = f"  {workers:>6} workers on {services:>6} service(s): {min(mine):5.2f} us per cycle"
+        if theirs:
+            line += f"   (baseline {args.baseline[:10]}: {min(theirs):5.2f} us)"
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -650,6 +725,16 @@ def main(argv: list[str] | None = None) -> int:
         help="how the load's sockets are spread over processes",
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--dispatch-repeat", type=int, default=5, help="runs per point of the dispatch bench"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REV",
+        default=None,
+        help="also run the broker of this git revision (throughput: interleaved with the "
+        "others; dispatch: its core's handlers, old API), e.g. 79f3420",
+    )
     parser.add_argument("--idle-workers", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument(
