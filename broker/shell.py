@@ -220,7 +220,6 @@ class Broker:
         client_type = mdp.ClientRequest
         limit = self.settings.max_message_bytes
         checks_keys = engine.admission.checks_keys
-        outbox = self._outbox
         for _ in range(DRAIN_BATCH):
             if identity is None:
                 try:
@@ -239,30 +238,32 @@ class Broker:
             now = clock()
             try:
                 if size > limit:
-                    outbox.extend(engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now))
+                    self._outbox.extend(
+                        engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now)
+                    )
                 else:
                     try:
                         msg = decode(frames)
                     except mdp.UnreadableMessage as err:
-                        outbox.extend(
+                        self._outbox.extend(
                             engine.on_unreadable(identity, err, describe_frames(frames), now)
                         )
                     else:
                         key = peer_key(first) if checks_keys else None
                         if type(msg) is client_type:
-                            outbox.extend(engine.on_client(identity, msg, now, key))
+                            self._outbox.extend(engine.on_client(identity, msg, now, key))
                         else:
                             address = (
                                 _peer_address(first)
                                 if msg.command is mdp.WorkerCommand.READY
                                 else None
                             )
-                            outbox.extend(engine.on_worker(identity, msg, now, key, address))
+                            self._outbox.extend(engine.on_worker(identity, msg, now, key, address))
             except Exception:  # a bug must not take the broker down; count and go on
                 engine.counters["internal_errors"] += 1
                 log.exception("internal error handling a message from %s", identity.hex())
             identity = None
-            if len(outbox) >= SEND_BATCH:
+            if len(self._outbox) >= SEND_BATCH:
                 self._flush()
         self._flush()
 

@@ -250,8 +250,8 @@ class Client:
         if waiter.error is not None:
             raise waiter.error
         if raw:
-            return decode_payload(waiter.body or [], raw=True)
-        return decode_reply(service, waiter.body or [])
+            return decode_payload(waiter.body if waiter.body is not None else [], raw=True)
+        return decode_reply(service, waiter.body if waiter.body is not None else [])
 
     def _iterate(self, pending: Pending, sink: StreamSink) -> Iterator[Any]:
         finished = False

@@ -199,8 +199,8 @@ class SerialClient:
         if answer.error is not None:
             raise answer.error
         if raw:
-            return decode_payload(answer.body or [], raw=True)
-        return decode_reply(service, answer.body or [])
+            return decode_payload(answer.body if answer.body is not None else [], raw=True)
+        return decode_reply(service, answer.body if answer.body is not None else [])
 
     def _on_monitor(self) -> None:
         socket = self._socket

@@ -7,10 +7,14 @@ leading empty delimiter.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import zmq
 
+from mole.protocol.aio import AsyncClient
 from mole.protocol.client import Client, RawReply
+from mole.protocol.threaded import PerThreadClient
 from tests.broker.brokerfix import Bus, wait_until, wait_workers
 from tests.broker.rfc_peers import RfcWorker, rfc7_client_request, rfc18_client_request
 
@@ -129,3 +133,26 @@ def test_project_client_streams_a_plain_workers_partials_as_raw_frames(bus_url, 
     with Client(url, timeout=20.0) as client:
         parts = list(client.stream("plain-stream", {"text": "hi"}))
     assert parts == [RawReply((b"a",)), RawReply((b"b",)), RawReply((b"z",))]
+
+
+def test_per_thread_and_asyncio_clients_return_raw_replies_too(bus_url, workers):
+    _, url = bus_url
+    _worker(bus_url, workers, "plain-others", reply=lambda body: [b"r1", b"r2"])
+    client = PerThreadClient(url, timeout=20.0)
+    try:
+        assert client.request("plain-others", 1) == RawReply((b"r1", b"r2"))
+    finally:
+        client.close()
+
+    async def ask() -> object:
+        async with AsyncClient(url, timeout=20.0) as aclient:
+            return await aclient.request("plain-others", 2)
+
+    assert asyncio.run(ask()) == RawReply((b"r1", b"r2"))
+
+
+def test_a_bodyless_plain_reply_is_an_empty_raw_reply(bus_url, workers):
+    _, url = bus_url
+    _worker(bus_url, workers, "plain-empty", reply=lambda body: [])
+    with Client(url, timeout=20.0) as client:
+        assert client.request("plain-empty", 1) == RawReply(())

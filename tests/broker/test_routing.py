@@ -9,6 +9,7 @@ are raw-pyzmq processes (``tests/support/peers.py``), clients raw DEALER sockets
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -102,3 +103,20 @@ def test_reconnecting_client_keeps_its_routing_id_and_is_not_served_twice(shared
     assert old.recv(0.1) is None
     assert workers_of(watcher, service)[0]["served"] == 1
     assert watcher.status()["counters"]["duplicates"] >= 1
+
+
+def test_a_burst_larger_than_a_send_batch_is_answered_in_full(shared):
+    """Many messages read in one wake-up: the shell sends what the core produced in batches
+    (broker.shell.SEND_BATCH); none may be lost between batches."""
+    bus, url = shared
+    service = _service()
+    client = bus.client(url)
+    bus.worker(url, service, slots=64, worker_id="w-burst")
+    wait_workers(client, service, 1)
+    sent = {client.send(service, i, ttl_ms=30_000) for i in range(300)}
+    replies = []
+    end = time.monotonic() + 30
+    while len(replies) < len(sent) and (reply := client.recv_final(end - time.monotonic())):
+        replies.append(reply)
+    assert all(r.ok for r in replies)
+    assert {r.request_id for r in replies} == sent
