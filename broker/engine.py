@@ -156,6 +156,8 @@ class BrokerEngine:
         self._tick = settings.heartbeat_interval / 10
         self._warn = RateLimitedLog(log)
         self._out: list[Outgoing] = []
+        #: the earliest timer set since the last :meth:`take_wake_hint` (see there)
+        self.wake_hint = math.inf
         self._draining_since: float | None = None
         self._default_deadline = settings.default_deadline
         self._max_deadline = settings.max_deadline
@@ -351,6 +353,17 @@ class BrokerEngine:
             due = min(due, self._attempts_from * tick)
         return float(min(due, self.admission.next_check()))
 
+    def take_wake_hint(self) -> float:
+        """The earliest timer set since the last call (``inf`` if none), and forget it.
+
+        The shell asks this after handling messages, to wake up earlier when one of them
+        set a timer sooner than it planned (a short deadline, say), without computing
+        :meth:`next_timer` per batch.
+        """
+        hint = self.wake_hint
+        self.wake_hint = math.inf
+        return hint
+
     def begin_drain(self, now: float) -> None:
         """Stop taking new requests; queued and in-flight ones are still served."""
         if self._draining_since is None:
@@ -484,6 +497,8 @@ class BrokerEngine:
             return self._forget_if_idle(service)
         self.requests[ticket] = req
         heapq.heappush(self._deadlines, (req.deadline, ticket))
+        if req.deadline < self.wake_hint:
+            self.wake_hint = req.deadline
         if service.available and not service.queue:
             self._assign(next(iter(service.available.values())), req, now)
             return None
@@ -724,6 +739,7 @@ class BrokerEngine:
         self.workers[identity] = worker
         self._activity[identity] = worker
         self._heartbeats.append((now + self.settings.heartbeat_interval, worker))
+        self.wake_hint = min(self.wake_hint, now + self.settings.heartbeat_interval)
         service.workers[identity] = worker
         service.available[identity] = worker
         self.counters["workers_registered"] += 1
@@ -1121,6 +1137,7 @@ class BrokerEngine:
         entries = self._attempts.get(bucket)
         if entries is None:
             self._attempts[bucket] = [(ticket, number, counted)]
+            self.wake_hint = min(self.wake_hint, bucket * self._tick)
         else:
             entries.append((ticket, number, counted))
 
@@ -1195,6 +1212,7 @@ class BrokerEngine:
         for holder in req.holders:
             if holder is not answered:
                 heapq.heappush(self._releases, (until, holder.identity, req.ticket))
+                self.wake_hint = min(self.wake_hint, until)
 
     def _release_held_slots(self, now: float) -> None:
         """Free slots held for requests answered at their deadline whose reply never came."""

@@ -187,6 +187,7 @@ class Broker:
                 if now >= wake_at:
                     self._outbox.extend(engine.on_tick(now))
                     self._flush()
+                    engine.take_wake_hint()  # next_timer sees every timer set so far
                     wake_at = engine.next_timer(now, MAX_POLL_S)
                 timeout = int((wake_at - now) * 1000) + 1
                 # a wait that ends early is harmless (the loop waits again); one that ends
@@ -199,8 +200,9 @@ class Broker:
                 except zmq.Again:
                     continue
                 self._drain(identity)
-                # a message may have brought a timer forward (a new worker's heartbeat)
-                wake_at = min(wake_at, engine.next_timer(clock(), MAX_POLL_S))
+                hint = engine.take_wake_hint()  # a message may have set an earlier timer
+                if hint < wake_at:
+                    wake_at = hint
         finally:
             self._shutdown()
 

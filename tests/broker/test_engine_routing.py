@@ -275,3 +275,12 @@ def test_invented_service_names_do_not_accumulate():
     codes = [unpack(frames[3])["code"] for _, frames in h.advance(0.05)]
     assert codes == ["no_worker"] * 20
     assert h.status()["services"] == {}
+
+
+def test_the_shell_learns_of_a_timer_a_message_set_sooner_than_it_planned():
+    h = Harness()
+    h.engine.take_wake_hint()
+    h.request(b"c", "nobody-yet", "r1", ttl_ms=50)
+    assert h.engine.take_wake_hint() == h.now + 0.05  # the deadline
+    assert h.engine.take_wake_hint() == float("inf")  # told once
+    assert h.engine.next_timer(h.now, 10.0) == h.now + 0.05
