@@ -149,11 +149,11 @@ class BrokerEngine:
         #: per-attempt timeouts in buckets of one tick: bucket number -> [(ticket, attempt
         #: number, counted)]; cheaper than a heap on the hot path (an append per dispatch)
         self._attempts: dict[int, list[tuple[bytes, int, bool]]] = {}
-        self._attempts_from = 0  # the lowest bucket not yet run
+        self._tick = settings.heartbeat_interval / 10
+        self._attempts_from = math.floor(now / self._tick)  # the lowest bucket not yet run
         self._service_timeouts = parse_service_timeouts(settings.service_attempt_timeouts)
         self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
         self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
-        self._tick = settings.heartbeat_interval / 10
         self._warn = RateLimitedLog(log)
         self._out: list[Outgoing] = []
         #: the earliest timer set since the last :meth:`take_wake_hint` (see there)

@@ -160,3 +160,14 @@ def test_per_service_attempt_timeouts_by_name_and_prefix():
         parse_service_timeouts("a=0")
     with pytest.raises(SettingsError, match="NAME=SECONDS"):
         parse_service_timeouts("justaname")
+
+
+def test_a_late_start_clock_does_not_make_the_first_tick_walk_from_zero():
+    """Buckets are counted from the engine's start, not from the clock's zero."""
+    h = Harness(attempt_timeout=1.0, heartbeat_interval=10.0)
+    h.now = 1e9  # a monotonic clock of a machine up for decades
+    h.engine = type(h.engine)(h.settings, h.now)
+    h.ready(b"a", SVC)
+    dispatched(h.request(b"c", SVC, "r1", ttl_ms=60_000))
+    h.ready(b"b", SVC)
+    assert dispatched(h.advance(1.0))[0][0] == b"b"
