@@ -11,11 +11,20 @@ and forwarder runs interleaved), then:
 
 * latency at 1 client x 1 in flight;
 * 1,000 idle registered workers on 1,000 other services: the broker's CPU for heartbeats,
-  and dispatch latency/throughput with them registered versus without.
+  and dispatch latency/throughput with them registered versus without;
+* the broker core's per-request Python work in-process (``--only dispatch``), flat from 1
+  to 10,000 workers.
 
-The machine is shared, so it also prints the load average before and after.
+``--plain-ready`` makes the echo workers plain RFC 18 workers (READY without metadata, one
+slot each). ``--baseline GIT_REV`` also runs that revision's broker, interleaved with
+today's and the forwarder (and, for ``dispatch``, its core's handlers), so a change is
+compared within one run. The machine is shared, so it also prints the load average before
+and after.
 
     .venv/bin/python tests/benchmarks/bench_bus.py --repeat 3
+    .venv/bin/python tests/benchmarks/bench_bus.py --only throughput --baseline 79f3420
+    .venv/bin/python tests/benchmarks/bench_bus.py --only throughput --workers 64 \
+        --slots 1 --plain-ready --baseline 79f3420
 """
 
 from __future__ import annotations
