@@ -252,7 +252,7 @@ class Broker:
                         )
                     else:
                         key = peer_key(first) if checks_keys else None
-                        if type(msg) is client_type:
+                        if isinstance(msg, client_type):
                             self._outbox.extend(engine.on_client(identity, msg, now, key))
                         else:
                             address = (

@@ -64,7 +64,7 @@ class RawReply:
     frames: tuple[bytes, ...]
 
 
-class _RawBody(list):
+class _RawBody(list[bytes]):
     """Body frames that came behind a raw reply header (see :class:`RawReply`)."""
 
 
@@ -298,7 +298,7 @@ class Correlator:
             request_id=pending.request_id,
         )
 
-    def fail_all(self, error_factory) -> int:
+    def fail_all(self, error_factory: Callable[[Pending], BaseException]) -> int:
         """End every pending request with ``error_factory(pending)``; returns how many."""
         with self._lock:
             pending = list(self._pending.values())

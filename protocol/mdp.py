@@ -39,6 +39,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from mole.protocol.envelope import VERSION, pack
 from mole.protocol.errors import MalformedMessage
@@ -263,7 +264,7 @@ class ClientRequest:
 
     service: str
     service_frame: bytes
-    body: list
+    body: list[Any]
     framing: Framing
 
 
@@ -275,7 +276,7 @@ class WorkerEvent:
     framing: Framing
     service: str = ""
     client: bytes = b""
-    body: list = field(default_factory=list)
+    body: list[Any] = field(default_factory=list)
     metadata: bytes | None = None
 
 
@@ -298,7 +299,7 @@ def _inbound_service_name(frame: bytes) -> str:
     return name
 
 
-def decode_inbound(frames: list) -> ClientRequest | WorkerEvent:
+def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
     """Read one message that reached the broker's ROUTER (routing id removed).
 
     Accepts MDP/0.2 with or without a leading empty delimiter and MDP/0.1. The first few
@@ -347,7 +348,7 @@ def decode_inbound(frames: list) -> ClientRequest | WorkerEvent:
     )
 
 
-def _inbound_client(frames: list, start: int, framing: Framing) -> ClientRequest:
+def _inbound_client(frames: list[Any], start: int, framing: Framing) -> ClientRequest:
     if framing is _MDP01:  # "" MDPC01 service body...
         if len(frames) < start + 3:
             service = frames[start + 1] if len(frames) > start + 1 else None
@@ -388,7 +389,7 @@ def _inbound_client(frames: list, start: int, framing: Framing) -> ClientRequest
     return ClientRequest(name, service_frame, body, framing)
 
 
-def _inbound_worker(frames: list, start: int, framing: Framing) -> WorkerEvent:
+def _inbound_worker(frames: list[Any], start: int, framing: Framing) -> WorkerEvent:
     count = len(frames) - start
     if count < 2:
         raise UnreadableMessage("worker message without a command", role="worker", framing=framing)
@@ -434,7 +435,9 @@ def _inbound_worker(frames: list, start: int, framing: Framing) -> WorkerEvent:
     raise UnreadableMessage("a worker may not send REQUEST", role="worker", framing=framing)
 
 
-def to_client(framing: Framing, command: ClientCommand, service: bytes, body: list) -> list | None:
+def to_client(
+    framing: Framing, command: ClientCommand, service: bytes, body: list[Any]
+) -> list[Any] | None:
     """The frames of a broker -> client message in the client's framing.
 
     None when the framing cannot carry it (MDP/0.1 has no PARTIAL). An empty body gets
@@ -452,8 +455,8 @@ def to_client(framing: Framing, command: ClientCommand, service: bytes, body: li
 
 
 def to_worker(
-    framing: Framing, command: WorkerCommand, client: bytes = b"", body: list | None = None
-) -> list:
+    framing: Framing, command: WorkerCommand, client: bytes = b"", body: list[Any] | None = None
+) -> list[Any]:
     """The frames of a broker -> worker REQUEST, HEARTBEAT or DISCONNECT in its framing."""
     if framing == Framing.MDP01:
         head = [EMPTY, WORKER_HEADER_01, _WORKER_BYTES_01[command]]
