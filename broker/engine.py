@@ -847,8 +847,7 @@ class BrokerEngine:
         """``worker`` no longer holds ``req``: free its slot."""
         if worker.in_flight.pop(req.ticket, None) is None:
             return
-        if worker in req.holders:
-            req.holders.remove(worker)
+        req.holders.remove(worker)  # a worker holding the ticket is always among them
         service = worker.service
         service.in_flight -= 1
         if worker.alive and not worker.suspect and worker.identity not in service.available:
@@ -1274,11 +1273,11 @@ def _request_header(frame: Any) -> dict[str, Any] | None:
     data = frame if isinstance(frame, bytes) else frame.bytes
     if not data or len(data) > MAX_HEADER_BYTES or data[0] & 0xF0 != 0x80:
         return None  # not a msgpack fixmap: an opaque RFC 18 body
-    try:
-        header = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    try:  # msgpack's defaults: str for strings, str or bytes map keys only
+        header = msgpack.unpackb(data)
     except Exception:
         return None
-    if not isinstance(header, dict) or header.get("v") != VERSION or "id" not in header:
+    if header.get("v") != VERSION or "id" not in header:  # a fixmap decodes to a dict
         return None
     ttl = header.get("ttl")
     # type() rather than isinstance(): a bool is an int to isinstance, and ``true`` is junk
