@@ -15,7 +15,9 @@ Its public methods are the whole broker:
   sender's protocol where it has one;
 * :meth:`BrokerEngine.on_unreachable` -- a request could not be sent to its worker;
 * :meth:`BrokerEngine.on_tick` -- heartbeats, expiry of silent workers, deadlines,
-  allow-list re-reads; :meth:`BrokerEngine.next_timer` says when it is next due;
+  per-attempt timeouts (a request also given to another worker; suspect workers),
+  allow-list re-reads; :meth:`BrokerEngine.next_timer` says when it is next due and
+  :meth:`BrokerEngine.take_wake_hint` when a message set an earlier timer;
 * :meth:`BrokerEngine.begin_drain`, :meth:`BrokerEngine.drained`,
   :meth:`BrokerEngine.shutdown` -- stopping; :meth:`BrokerEngine.status` -- ``mmi.status``.
 
