@@ -30,6 +30,7 @@ and after.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -89,6 +90,7 @@ def baseline_tree(rev: str) -> Path:
     """The broker and protocol of git revision ``rev``, laid out as an importable ``mole``
     package in a temporary directory, so the bench can run it beside today's broker."""
     tree = Path(tempfile.mkdtemp(prefix="bench-bus-baseline-"))
+    atexit.register(shutil.rmtree, tree, ignore_errors=True)
     src = tree / "src"
     src.mkdir()
     archive = subprocess.run(
