@@ -4,7 +4,7 @@
 for its services and workers. Importing this package pulls in pyzmq and msgpack only.
 """
 
-from mole.broker.core import Broker
 from mole.broker.settings import BrokerSettings, SettingsError, settings_from_env
+from mole.broker.shell import Broker
 
 __all__ = ["Broker", "BrokerSettings", "SettingsError", "settings_from_env"]

@@ -1,8 +1,9 @@
 """``mole broker``: run the Majordomo broker in the foreground.
 
 Settings come from defaults, then ``MOLE_*`` environment variables (see
-``broker.settings.ENV_VARS``), then these flags. SIGTERM or SIGINT stops it cleanly: workers
-get DISCONNECT, waiting requests get an error reply, and the process exits 0.
+``broker.settings.ENV_VARS``), then these flags. SIGTERM or SIGINT stops it cleanly: new
+requests are refused while the ones queued or in flight are served (``--drain-timeout``),
+then workers get DISCONNECT, what is left gets an error reply, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -100,6 +101,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "MOLE_BROKER_CURVE_ACL)",
     )
     parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM, serve the requests queued or in flight for at most this long "
+        "before exiting; new requests are refused meanwhile "
+        "(env MOLE_BROKER_DRAIN_TIMEOUT, default 10; 0 stops at once)",
+    )
+    parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a worker holding a request this long makes the broker also give it to another "
+        "free worker (first answer wins); 0 derives it from each request's deadline "
+        "(env MOLE_BROKER_ATTEMPT_TIMEOUT, default 0)",
+    )
+    parser.add_argument(
+        "--service-attempt-timeouts",
+        default=None,
+        metavar="NAME=SECONDS,...",
+        help="per-service attempt timeouts; NAME may end in '*' "
+        "(env MOLE_BROKER_SERVICE_ATTEMPT_TIMEOUTS)",
+    )
+    parser.add_argument(
+        "--suspect-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="attempt timeouts in a row after which a worker gets no new work until it "
+        "answers again (env MOLE_BROKER_SUSPECT_AFTER, default 2)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -121,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from mole.broker.core import Broker  # after logging is set up; keeps --help cheap
+    from mole.broker.shell import Broker  # after logging is set up; keeps --help cheap
 
     try:
         settings = with_overrides(
@@ -137,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
             curve_secret=args.curve_secret,
             curve_allow=args.curve_allow,
             curve_acl=args.curve_acl,
+            drain_timeout=args.drain_timeout,
+            attempt_timeout=args.attempt_timeout,
+            service_attempt_timeouts=args.service_attempt_timeouts,
+            suspect_after=args.suspect_after,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)

@@ -3,14 +3,14 @@
 With a secret key the broker's ROUTER becomes a CURVE server. With an allow-list
 directory, a ZAP authenticator (``zmq.auth``'s thread authenticator) admits only the
 public keys in that directory, through a :class:`KeyRing` the broker re-reads every
-heartbeat interval (removing a ``.key`` file revokes that peer; see ``broker.core`` for how
+heartbeat interval (removing a ``.key`` file revokes that peer; see ``broker.engine`` for how
 an already connected peer is cut off). An optional ACL (``broker.acl``) says which keys may
 register which services.
 
 Pitfalls handled here (docs/design.md): without an authenticator a CURVE server accepts any key,
 so the socket sets a ZAP domain and ``ZAP_ENFORCE_DOMAIN`` to fail closed; and since
 ``ROUTER_HANDOVER`` lets another allowed key take over a routing id, the broker turns
-handover off under CURVE and binds each worker registration to its key (``broker.core``).
+handover off under CURVE and binds each worker registration to its key (``broker.admission``).
 """
 
 from __future__ import annotations

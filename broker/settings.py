@@ -49,6 +49,16 @@ class BrokerSettings:
             removing a file cuts that peer off.
         curve_acl: optional JSON file mapping keys (file stem or z85) to the services they
             may register as workers (``broker.acl``); needs ``curve_allow``.
+        attempt_timeout: seconds a worker may hold a request before the broker also gives
+            it to another free worker of the service (the first final answer wins); 0
+            derives it from each request's deadline: deadline / max_attempts, at least
+            ``MIN_DERIVED_ATTEMPT_TIMEOUT``.
+        service_attempt_timeouts: per-service attempt timeouts, ``"name=seconds,..."``; a
+            name ending in ``*`` is a prefix. Overrides ``attempt_timeout``.
+        suspect_after: attempt timeouts in a row after which a worker is suspect: it gets
+            no new requests until it answers again or is purged.
+        drain_timeout: on SIGTERM the broker stops taking new requests and serves the ones
+            queued or in flight for at most this long before it shuts down (0: at once).
     """
 
     bind: str = DEFAULT_BIND
@@ -66,6 +76,10 @@ class BrokerSettings:
     curve_secret: str | None = None
     curve_allow: str | None = None
     curve_acl: str | None = None
+    drain_timeout: float = 10.0
+    attempt_timeout: float = 0.0
+    service_attempt_timeouts: str = ""
+    suspect_after: int = 2
 
     @property
     def expiry(self) -> float:
@@ -88,10 +102,16 @@ class BrokerSettings:
             "max_message_bytes",
             "max_slots",
             "hwm",
+            "suspect_after",
         )
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1 (got {getattr(self, name)!r})")
+        if self.attempt_timeout < 0:
+            raise SettingsError(f"attempt_timeout must be >= 0 (got {self.attempt_timeout!r})")
+        parse_service_timeouts(self.service_attempt_timeouts)
+        if self.drain_timeout < 0:
+            raise SettingsError(f"drain_timeout must be >= 0 (got {self.drain_timeout!r})")
         if self.release_grace < 0:
             raise SettingsError(f"release_grace must be >= 0 (got {self.release_grace!r})")
         if self.curve_allow and not self.curve_secret:
@@ -122,6 +142,10 @@ ENV_VARS: dict[str, str] = {
     "MOLE_BROKER_CURVE_SECRET": "curve_secret",
     "MOLE_BROKER_CURVE_ALLOW": "curve_allow",
     "MOLE_BROKER_CURVE_ACL": "curve_acl",
+    "MOLE_BROKER_DRAIN_TIMEOUT": "drain_timeout",
+    "MOLE_BROKER_ATTEMPT_TIMEOUT": "attempt_timeout",
+    "MOLE_BROKER_SERVICE_ATTEMPT_TIMEOUTS": "service_attempt_timeouts",
+    "MOLE_BROKER_SUSPECT_AFTER": "suspect_after",
 }
 
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}
@@ -155,3 +179,21 @@ def settings_from_env(
 def with_overrides(settings: BrokerSettings, **overrides) -> BrokerSettings:
     """``settings`` with every override that is not None applied (flags over env)."""
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_service_timeouts(text: str) -> dict[str, float]:
+    """``"svc=5,gpu/*=30"`` -> ``{"svc": 5.0, "gpu/*": 30.0}``; raises SettingsError."""
+    timeouts: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not sep or not name.strip() or not seconds > 0:
+            raise SettingsError(
+                f"service attempt timeout {item!r} must be NAME=SECONDS with SECONDS > 0 "
+                "(e.g. 'llama-2-7b-hf=20,gpu/*=40')"
+            )
+        timeouts[name.strip()] = seconds
+    return timeouts

@@ -2,7 +2,7 @@
 
 Plain ``__slots__`` classes rather than dataclasses: the broker creates one
 :class:`Request` per message on its hot path, and these stay small and cheap. The broker
-loop (``broker.core``) is the only code that mutates them; :mod:`broker.status` reads them.
+core (``broker.engine``) is the only code that mutates them; :mod:`broker.status` reads them.
 
 Structures that keep dispatch O(1) in the number of services and workers:
 
@@ -19,13 +19,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from mole.protocol.mdp import Framing
+
 
 class Request:
     """One client request, from its arrival until its one final answer.
 
     ``body`` holds the frames after the service frame, as received (the payload frames
     stay ``zmq.Frame`` objects, forwarded without copying). ``header`` is our decoded
-    request header, or None for an opaque RFC 18 body.
+    request header, or None for an opaque RFC 18 body. ``framing`` is how the client
+    framed it (MDP/0.1, 0.2, 0.2 behind a delimiter): its answers go out the same way.
     """
 
     __slots__ = (
@@ -35,7 +38,9 @@ class Request:
         "deadline",
         "dispatches",
         "done",
+        "framing",
         "header",
+        "holders",
         "lost",
         "received_at",
         "request_id",
@@ -50,12 +55,14 @@ class Request:
         client: bytes,
         service: Service,
         request_id: str | None,
-        header: dict | None,
-        body: list,
+        header: dict[str, Any] | None,
+        body: list[Any],
         deadline: float,
         now: float,
+        framing: Framing = Framing.MDP02,
     ) -> None:
         self.ticket = ticket
+        self.framing = framing
         self.client = client
         self.service = service
         self.request_id = request_id
@@ -63,7 +70,10 @@ class Request:
         self.body = body
         self.deadline = deadline
         self.dispatches = 0
-        self.worker: Worker | None = None
+        self.worker: Worker | None = None  # the worker of the latest attempt
+        #: every worker that holds this request now (more than one after a per-attempt
+        #: timeout gave it to another worker while the first may still answer)
+        self.holders: list[Worker] = []
         self.done = False  # answered (by the worker or the broker): later replies are dropped
         self.lost = False  # was on a worker that was purged
         self.received_at = now
@@ -76,6 +86,7 @@ class Worker:
     __slots__ = (
         "address",
         "alive",
+        "framing",
         "identity",
         "in_flight",
         "key",
@@ -85,6 +96,8 @@ class Worker:
         "served",
         "service",
         "slots",
+        "suspect",
+        "timeouts",
         "worker_id",
     )
 
@@ -93,11 +106,13 @@ class Worker:
         identity: bytes,
         service: Service,
         slots: int,
-        metadata: dict,
+        metadata: dict[str, Any],
         address: str | None,
         now: float,
+        framing: Framing = Framing.MDP02,
     ) -> None:
         self.identity = identity
+        self.framing = framing  # how the worker frames messages; what it is sent matches
         self.service = service
         self.slots = slots
         self.in_flight: dict[bytes, Request] = {}
@@ -109,6 +124,10 @@ class Worker:
         self.worker_id = str(wid) if wid not in (None, "") else identity.hex()
         self.registered_at = now
         self.alive = True
+        #: per-attempt timeouts in a row; at ``suspect_after`` the worker is suspect: it gets
+        #: no new work until it answers again (or is purged)
+        self.timeouts = 0
+        self.suspect = False
         self.key: str | None = None  # the CURVE public key it registered with, if any
 
     @property
@@ -120,6 +139,7 @@ class Service:
     """A service name (a base_model_key), its workers and its waiting requests."""
 
     __slots__ = (
+        "attempt_timeout",
         "available",
         "errors",
         "in_flight",
@@ -139,6 +159,9 @@ class Service:
         self.in_flight = 0
         self.served = 0
         self.errors = 0
+        #: seconds an attempt may take before the request also goes to another worker;
+        #: None: derived from each request's deadline (see broker.engine)
+        self.attempt_timeout: float | None = None
 
     def idle(self) -> bool:
         """True when nothing refers to this service and no worker ever served it.
@@ -166,6 +189,9 @@ def worker_status(worker: Worker, now: float) -> dict[str, Any]:
         "registered_s": round(max(0.0, now - worker.registered_at), 3),
         "metadata": worker.metadata,
         "curve_key": worker.key,
+        "protocol": worker.framing.name,
+        "suspect": worker.suspect,
+        "attempt_timeouts": worker.timeouts,
     }
 
 

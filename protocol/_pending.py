@@ -50,6 +50,24 @@ class ClientClosed(MoleError):
     """The client was closed while the request was still waiting for its answer."""
 
 
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """A reply from a worker that does not speak this project's envelope.
+
+    A plain Majordomo (RFC 18, or RFC 7) worker answers with whatever frames it likes; the
+    broker puts a reply header marked raw in front (``mdp.raw_reply_header``) so the
+    client can still match it to its request. ``request()`` then returns this object and
+    ``stream()`` yields one per PARTIAL and for the FINAL, with the worker's frames exactly
+    as sent, rather than trying to decode them as msgpack.
+    """
+
+    frames: tuple[bytes, ...]
+
+
+class _RawBody(list[bytes]):
+    """Body frames that came behind a raw reply header (see :class:`RawReply`)."""
+
+
 class Sink(Protocol):
     """Where the replies of one request go. Called from the thread that reads the socket."""
 
@@ -244,12 +262,15 @@ class Correlator:
             log.warning("dropping a malformed message from the broker: %s", err)
             return
         rid = header.request_id
+        body = message.body[1:]
+        if header.ok and mdp.is_raw_reply(bytes(message.body[0])):
+            body = _RawBody(body)
         if message.command == mdp.ClientCommand.PARTIAL and header.ok:
             pending = self._pending.get(rid)
             if pending is None:
                 self.dropped += 1
                 return
-            pending.sink.on_partial(message.body[1:])
+            pending.sink.on_partial(body)
             return
         pending = self.take(rid)
         if pending is None:
@@ -257,7 +278,7 @@ class Correlator:
             log.debug("dropping an answer to request %s, which is no longer pending", rid)
             return
         if header.ok:
-            pending.sink.on_final(message.body[1:])
+            pending.sink.on_final(body)
         else:
             pending.sink.on_error(
                 error_for_code(
@@ -277,7 +298,7 @@ class Correlator:
             request_id=pending.request_id,
         )
 
-    def fail_all(self, error_factory) -> int:
+    def fail_all(self, error_factory: Callable[[Pending], BaseException]) -> int:
         """End every pending request with ``error_factory(pending)``; returns how many."""
         with self._lock:
             pending = list(self._pending.values())
@@ -288,7 +309,12 @@ class Correlator:
 
 
 def decode_payload(body: list[bytes], *, raw: bool = False) -> Any:
-    """The reply payload of a final or partial body (frames after the reply header)."""
+    """The reply payload of a final or partial body (frames after the reply header).
+
+    A plain worker's reply (behind a raw reply header) is returned as a :class:`RawReply`.
+    """
+    if isinstance(body, _RawBody):
+        return RawReply(tuple(bytes(frame) for frame in body))
     if raw:
         return bytes(body[0]) if body else b""
     if not body:
@@ -319,6 +345,7 @@ __all__ = [
     "Correlator",
     "LinkState",
     "Pending",
+    "RawReply",
     "RequestError",
     "Sink",
     "decode_payload",

@@ -41,6 +41,9 @@ from mole.protocol._pending import (
     decode_reply,
     new_routing_id,
 )
+from mole.protocol._pending import (
+    RawReply as RawReply,  # re-exported: what request() returns for a plain worker
+)
 from mole.protocol.client import MONITOR_EVENTS, configure_socket
 from mole.protocol.curve import CurveKeys
 from mole.protocol.envelope import pack

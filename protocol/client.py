@@ -43,6 +43,9 @@ from mole.protocol._pending import (
     decode_reply,
     new_routing_id,
 )
+from mole.protocol._pending import (
+    RawReply as RawReply,  # re-exported: what request() returns for a plain worker
+)
 from mole.protocol._wake import Waker
 from mole.protocol.curve import CurveKeys
 from mole.protocol.envelope import pack
@@ -247,8 +250,8 @@ class Client:
         if waiter.error is not None:
             raise waiter.error
         if raw:
-            return decode_payload(waiter.body or [], raw=True)
-        return decode_reply(service, waiter.body or [])
+            return decode_payload(waiter.body if waiter.body is not None else [], raw=True)
+        return decode_reply(service, waiter.body if waiter.body is not None else [])
 
     def _iterate(self, pending: Pending, sink: StreamSink) -> Iterator[Any]:
         finished = False

@@ -21,17 +21,34 @@ empty delimiter frame)::
 
 The optional metadata frame after READY's service is this project's extension (see
 docs/interfaces.md); a READY without it is a plain RFC 18 worker with one slot.
+
+The broker also serves the Majordomo peers that exist outside this project, on the same
+socket, through :func:`decode_inbound` (one fast decoder for every framing it reads) and
+:func:`to_client` / :func:`to_worker` (the answer in the framing the peer used):
+
+* MDP/0.1 (ZeroMQ RFC 7), spoken by the zguide's clients and workers: an empty frame, then
+  ``MDPC01 service body...`` from a client (REQ socket; the reply is ``"" MDPC01 service
+  body...``, there are no partials), or ``MDPW01 command ...`` from a worker, whose commands
+  are READY 0x01, REQUEST 0x02, REPLY 0x03, HEARTBEAT 0x04, DISCONNECT 0x05;
+* MDP/0.2 behind an empty delimiter frame (clients on REQ sockets, majortomo's peers): the
+  RFC 18 frames after one empty frame, answered with the same empty frame first.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
+from mole.protocol.envelope import VERSION, pack
 from mole.protocol.errors import MalformedMessage
 
 CLIENT_HEADER = b"MDPC02"
 WORKER_HEADER = b"MDPW02"
+#: MDP/0.1 (RFC 7) protocol headers.
+CLIENT_HEADER_01 = b"MDPC01"
+WORKER_HEADER_01 = b"MDPW01"
 
 #: Services whose names start with this prefix are answered by the broker itself (RFC 8).
 MMI_PREFIX = "mmi."
@@ -41,6 +58,14 @@ MMI_STATUS = "mmi.status"
 #: Longest service name we accept, in bytes. Keys such as
 #: ``unsloth/mistral-7b-instruct-v0.3-bnb-4bit`` are far shorter.
 MAX_SERVICE_LENGTH = 255
+
+
+class Framing(IntEnum):
+    """How a peer frames its messages; the broker answers each peer in its own framing."""
+
+    MDP02 = 0  #: RFC 18 as written: no empty frame before the header
+    MDP02_DELIMITED = 1  #: RFC 18 frames behind one empty delimiter frame
+    MDP01 = 2  #: RFC 7: an empty frame, then MDPC01 / MDPW01 and the 0.1 grammar
 
 
 class ClientCommand(IntEnum):
@@ -60,6 +85,15 @@ class WorkerCommand(IntEnum):
 
 _CLIENT_COMMANDS = {bytes([c]): ClientCommand(c) for c in ClientCommand}
 _WORKER_COMMANDS = {bytes([c]): WorkerCommand(c) for c in WorkerCommand}
+#: RFC 7 worker command bytes, mapped onto their 0.2 meaning (0.1 REPLY is a FINAL).
+_WORKER_COMMANDS_01 = {
+    b"\x01": WorkerCommand.READY,
+    b"\x02": WorkerCommand.REQUEST,
+    b"\x03": WorkerCommand.FINAL,
+    b"\x04": WorkerCommand.HEARTBEAT,
+    b"\x05": WorkerCommand.DISCONNECT,
+}
+_WORKER_BYTES_01 = {command: byte for byte, command in _WORKER_COMMANDS_01.items()}
 
 # Pre-built frames: the hot paths send these without allocating.
 CLIENT_REQUEST = bytes([ClientCommand.REQUEST])
@@ -191,3 +225,295 @@ def decode_worker(frames: list[bytes]) -> WorkerMessage:
     if rest:
         raise MalformedMessage(f"{command.name} carries {len(rest)} unexpected frames")
     return WorkerMessage(command)
+
+
+# --------------------------------------------------------------------------- the broker's view
+
+
+class UnreadableMessage(MalformedMessage):
+    """A message the broker cannot read, with what it could tell about the sender.
+
+    ``role`` is ``"client"`` or ``"worker"`` when the protocol header was recognisable
+    (the broker then answers in that protocol: an error reply or DISCONNECT), else None;
+    ``framing`` is how the sender framed it; ``service`` the raw service frame of a client
+    message when there was one (an error reply needs it).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        role: str | None = None,
+        framing: Framing = Framing.MDP02,
+        service: bytes | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.role = role
+        self.framing = framing
+        self.service = service
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """A client REQUEST as the broker reads it, in any framing.
+
+    ``service_frame`` is the raw service frame (the reply echoes it); ``body`` the frames
+    after it, as received (payload frames may be ``zmq.Frame`` objects).
+    """
+
+    service: str
+    service_frame: bytes
+    body: list[Any]
+    framing: Framing
+
+
+@dataclass(slots=True)
+class WorkerEvent:
+    """A worker message as the broker reads it, in any framing (0.1 REPLY is FINAL)."""
+
+    command: WorkerCommand
+    framing: Framing
+    service: str = ""
+    client: bytes = b""
+    body: list[Any] = field(default_factory=list)
+    metadata: bytes | None = None
+
+
+_MDP02 = Framing.MDP02
+_MDP02_DELIMITED = Framing.MDP02_DELIMITED
+_MDP01 = Framing.MDP01
+_FINAL = WorkerCommand.FINAL
+#: Service frames already read: the hot path skips decoding and checking them again.
+_known_names: dict[bytes, str] = {}
+_KNOWN_NAMES_LIMIT = 4096
+
+
+def _inbound_service_name(frame: bytes) -> str:
+    """:func:`_service_name`, remembered for up to _KNOWN_NAMES_LIMIT distinct frames."""
+    name = _known_names.get(frame)
+    if name is None:
+        name = _service_name(frame)
+        if len(_known_names) < _KNOWN_NAMES_LIMIT:
+            _known_names[bytes(frame)] = name
+    return name
+
+
+def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
+    """Read one message that reached the broker's ROUTER (routing id removed).
+
+    Accepts MDP/0.2 with or without a leading empty delimiter and MDP/0.1. The first few
+    frames must be ``bytes`` (header, command, service or address, empty frame); later
+    ones may be ``zmq.Frame`` objects and are passed through untouched.
+
+    Raises:
+        UnreadableMessage: anything none of these grammars allows, with the reason and,
+            when the header was recognisable, the sender's role and framing.
+    """
+    count = len(frames)
+    if count == 0:
+        raise UnreadableMessage("empty message")
+    head = frames[0]
+    # fast paths for the two messages of every request: RFC 18 REQUEST and FINAL
+    if count >= 4:
+        if head == CLIENT_HEADER and frames[1] == CLIENT_REQUEST:
+            name = _known_names.get(frames[2])
+            if name is not None:
+                return ClientRequest(name, frames[2], frames[3:], _MDP02)
+        elif head == WORKER_HEADER and frames[1] == W_FINAL and frames[2] and not frames[3]:
+            return WorkerEvent(_FINAL, _MDP02, "", frames[2], frames[4:])
+    start = 0
+    framing = _MDP02
+    if not head:
+        if count < 2:
+            raise UnreadableMessage("a lone empty frame")
+        head = frames[1]
+        start = 1
+        framing = (
+            _MDP01 if head == CLIENT_HEADER_01 or head == WORKER_HEADER_01 else _MDP02_DELIMITED
+        )
+    if head == CLIENT_HEADER or head == WORKER_HEADER:
+        if head == CLIENT_HEADER:
+            return _inbound_client(frames, start, framing)
+        return _inbound_worker(frames, start, framing)
+    if framing is _MDP01:
+        if head == CLIENT_HEADER_01:
+            return _inbound_client(frames, start, framing)
+        return _inbound_worker(frames, start, framing)
+    if head == CLIENT_HEADER_01 or head == WORKER_HEADER_01:
+        raise UnreadableMessage(f"MDP/0.1 (RFC 7) needs an empty frame before {head!r}")
+    shown = bytes(head[:16]) if isinstance(head, bytes) else bytes(head.buffer[:16])
+    raise UnreadableMessage(
+        f"no Majordomo protocol header (MDPC01/MDPC02/MDPW01/MDPW02), got {shown!r}"
+    )
+
+
+def _inbound_client(frames: list[Any], start: int, framing: Framing) -> ClientRequest:
+    if framing is _MDP01:  # "" MDPC01 service body...
+        if len(frames) < start + 3:
+            service = frames[start + 1] if len(frames) > start + 1 else None
+            raise UnreadableMessage(
+                "MDP/0.1 client request needs a service frame and a body",
+                role="client",
+                framing=framing,
+                service=service,
+            )
+        service_frame = frames[start + 1]
+        body = frames[start + 2 :]
+    else:  # [""] MDPC02 0x01 service body...
+        count = len(frames) - start
+        service = frames[start + 2] if count >= 3 else None
+        if count < 2 or frames[start + 1] != CLIENT_REQUEST:
+            command = bytes(frames[start + 1][:4]) if count >= 2 else b""
+            raise UnreadableMessage(
+                f"client command {command!r}: a client may only send REQUEST (0x01)",
+                role="client",
+                framing=framing,
+                service=service,
+            )
+        if count < 4:
+            raise UnreadableMessage(
+                "client REQUEST without a service frame and a body",
+                role="client",
+                framing=framing,
+                service=service,
+            )
+        service_frame = service
+        body = frames[start + 3 :]
+    try:
+        name = _inbound_service_name(service_frame)
+    except MalformedMessage as err:
+        raise UnreadableMessage(
+            str(err), role="client", framing=framing, service=service_frame
+        ) from None
+    return ClientRequest(name, service_frame, body, framing)
+
+
+def _inbound_worker(frames: list[Any], start: int, framing: Framing) -> WorkerEvent:
+    count = len(frames) - start
+    if count < 2:
+        raise UnreadableMessage("worker message without a command", role="worker", framing=framing)
+    table = _WORKER_COMMANDS_01 if framing is _MDP01 else _WORKER_COMMANDS
+    command = table.get(frames[start + 1])
+    if command is None:
+        raise UnreadableMessage(
+            f"unknown worker command {bytes(frames[start + 1][:4])!r}",
+            role="worker",
+            framing=framing,
+        )
+    rest = count - 2
+    first = start + 2
+    if command is WorkerCommand.FINAL or command is WorkerCommand.PARTIAL:
+        if rest < 2 or not frames[first] or frames[first + 1] != EMPTY:
+            raise UnreadableMessage(
+                f"{command.name} needs a client address frame and an empty frame",
+                role="worker",
+                framing=framing,
+            )
+        return WorkerEvent(command, framing, "", frames[first], frames[first + 2 :])
+    if command is WorkerCommand.HEARTBEAT or command is WorkerCommand.DISCONNECT:
+        if rest:
+            raise UnreadableMessage(
+                f"{command.name} carries {rest} unexpected frame(s)", role="worker", framing=framing
+            )
+        return WorkerEvent(command, framing)
+    if command is WorkerCommand.READY:
+        most = 1 if framing is _MDP01 else 2  # the metadata frame is ours, 0.2 only
+        if not 1 <= rest <= most:
+            raise UnreadableMessage(
+                "READY needs a service frame"
+                + (" and at most one metadata frame" if most == 2 else ""),
+                role="worker",
+                framing=framing,
+            )
+        try:
+            name = _inbound_service_name(frames[first])
+        except MalformedMessage as err:
+            raise UnreadableMessage(str(err), role="worker", framing=framing) from None
+        metadata = bytes(frames[first + 1]) if rest == 2 else None
+        return WorkerEvent(command, framing, service=name, metadata=metadata)
+    raise UnreadableMessage("a worker may not send REQUEST", role="worker", framing=framing)
+
+
+def to_client(
+    framing: Framing, command: ClientCommand, service: bytes, body: list[Any]
+) -> list[Any] | None:
+    """The frames of a broker -> client message in the client's framing.
+
+    None when the framing cannot carry it (MDP/0.1 has no PARTIAL). An empty body gets
+    one empty frame: RFC 18's PARTIAL and FINAL carry at least one body frame.
+    """
+    if not body:
+        body = [EMPTY]
+    if framing == Framing.MDP02:
+        return [CLIENT_HEADER, _CLIENT_BYTES[command], service, *body]
+    if framing == Framing.MDP01:
+        if command != ClientCommand.FINAL:
+            return None
+        return [EMPTY, CLIENT_HEADER_01, service, *body]
+    return [EMPTY, CLIENT_HEADER, _CLIENT_BYTES[command], service, *body]
+
+
+def to_worker(
+    framing: Framing, command: WorkerCommand, client: bytes = b"", body: list[Any] | None = None
+) -> list[Any]:
+    """The frames of a broker -> worker REQUEST, HEARTBEAT or DISCONNECT in its framing."""
+    if framing == Framing.MDP01:
+        head = [EMPTY, WORKER_HEADER_01, _WORKER_BYTES_01[command]]
+    elif framing == Framing.MDP02:
+        head = [WORKER_HEADER, _WORKER_BYTES[command]]
+    else:
+        head = [EMPTY, WORKER_HEADER, _WORKER_BYTES[command]]
+    if command == WorkerCommand.REQUEST:
+        return [*head, client, EMPTY, *(body or ())]
+    return head
+
+
+_CLIENT_BYTES = {c: bytes([c]) for c in ClientCommand}
+_WORKER_BYTES = {c: bytes([c]) for c in WorkerCommand}
+
+#: Longest service name (in characters) a new service may have; see check_service_name.
+SERVICE_NAME_RULE = (
+    f"1 to {MAX_SERVICE_LENGTH} bytes of UTF-8, printable, no whitespace-only name, "
+    "no control or format characters"
+)
+
+
+def check_service_name(name: str) -> str | None:
+    """Why ``name`` may not be a service, or None when it may.
+
+    A service name is shown in logs and ``mole status`` and used as a key: it must be
+    printable (no control, format or line-separator characters, no NUL), not blank, and
+    at most MAX_SERVICE_LENGTH bytes. Checked once per new name, not per message.
+    """
+    if not name.strip():
+        return "service name is blank"
+    if len(name.encode("utf-8")) > MAX_SERVICE_LENGTH:
+        return f"service name is longer than {MAX_SERVICE_LENGTH} bytes"
+    if not name.isprintable():
+        bad = next(ch for ch in name if not ch.isprintable())
+        kind = unicodedata.category(bad)
+        return f"service name contains the non-printable character U+{ord(bad):04X} ({kind})"
+    return None
+
+
+# --------------------------------------------------------------------------- raw replies
+
+#: The last key/value of a reply header the broker writes in front of a reply from a
+#: worker that does not speak this project's envelope (a plain RFC 18 worker): msgpack of
+#: ``"raw": true``. The frames after such a header are the worker's body, as it sent it.
+RAW_REPLY_MARK = b"\xa3raw\xc3"
+
+
+def raw_reply_header(request_id: str) -> bytes:
+    """The reply header the broker puts before a plain RFC 18 worker's reply body.
+
+    It carries the request id (so our clients can match the reply) and ends with
+    :data:`RAW_REPLY_MARK` (so they return the frames as they are instead of decoding them).
+    """
+    return pack({"v": VERSION, "id": request_id, "ok": True, "raw": True})
+
+
+def is_raw_reply(header: bytes) -> bool:
+    """True when a reply header is :func:`raw_reply_header`'s (the body is not ours)."""
+    return header.endswith(RAW_REPLY_MARK)

@@ -37,6 +37,9 @@ from mole.protocol._pending import (
     decode_reply,
     new_routing_id,
 )
+from mole.protocol._pending import (
+    RawReply as RawReply,  # re-exported: what request() returns for a plain worker
+)
 from mole.protocol.client import MONITOR_EVENTS, apply_monitor_events, configure_socket, send_nowait
 from mole.protocol.curve import CurveKeys
 from mole.protocol.envelope import pack
@@ -196,8 +199,8 @@ class SerialClient:
         if answer.error is not None:
             raise answer.error
         if raw:
-            return decode_payload(answer.body or [], raw=True)
-        return decode_reply(service, answer.body or [])
+            return decode_payload(answer.body if answer.body is not None else [], raw=True)
+        return decode_reply(service, answer.body if answer.body is not None else [])
 
     def _on_monitor(self) -> None:
         socket = self._socket

@@ -11,22 +11,34 @@ and forwarder runs interleaved), then:
 
 * latency at 1 client x 1 in flight;
 * 1,000 idle registered workers on 1,000 other services: the broker's CPU for heartbeats,
-  and dispatch latency/throughput with them registered versus without.
+  and dispatch latency/throughput with them registered versus without;
+* the broker core's per-request Python work in-process (``--only dispatch``), flat from 1
+  to 10,000 workers.
 
-The machine is shared, so it also prints the load average before and after.
+``--plain-ready`` makes the echo workers plain RFC 18 workers (READY without metadata, one
+slot each). ``--baseline GIT_REV`` also runs that revision's broker, interleaved with
+today's and the forwarder (and, for ``dispatch``, its core's handlers), so a change is
+compared within one run. The machine is shared, so it also prints the load average before
+and after.
 
     .venv/bin/python tests/benchmarks/bench_bus.py --repeat 3
+    .venv/bin/python tests/benchmarks/bench_bus.py --only throughput --baseline 79f3420
+    .venv/bin/python tests/benchmarks/bench_bus.py --only throughput --workers 64 \
+        --slots 1 --plain-ready --baseline 79f3420
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,10 +74,33 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _spawn(*args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+def _spawn(*args: str, stdout=subprocess.DEVNULL, tree: Path | None = None) -> subprocess.Popen:
+    env = _env()
+    if tree is not None:  # the baseline's sources first: python -m finds its mole package
+        env["PYTHONPATH"] = str(tree)
     return subprocess.Popen(
-        [PYTHON, *args], cwd=ROOT, env=_env(), stdout=stdout, stderr=subprocess.DEVNULL
+        [PYTHON, *args], cwd=tree or ROOT, env=env, stdout=stdout, stderr=subprocess.DEVNULL
     )
+
+
+def baseline_tree(rev: str) -> Path:
+    """The broker and protocol of git revision ``rev``, laid out as an importable ``mole``
+    package in a temporary directory, so the bench can run it beside today's broker."""
+    tree = Path(tempfile.mkdtemp(prefix="bench-bus-baseline-"))
+    atexit.register(shutil.rmtree, tree, ignore_errors=True)
+    src = tree / "src"
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", rev, "broker", "protocol", "mole", "configs"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    shutil.copytree(src / "mole", tree / "mole")
+    for part in ("broker", "protocol", "configs"):
+        (tree / "mole" / part).symlink_to(src / part)
+    return tree
 
 
 def _raise_fd_limit() -> None:
@@ -106,10 +141,19 @@ class EchoWorkers:
     """Minimal MDP echo workers: each request's header and payload frames go straight back."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, count: int, slots: int, heartbeat: float
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        count: int,
+        slots: int,
+        heartbeat: float,
+        plain: bool = False,
     ) -> None:
         self.sockets = [_dealer(ctx, endpoint) for _ in range(count)]
         for i, sock in enumerate(self.sockets):
+            if plain:  # a plain RFC 18 READY: no metadata frame, so one slot
+                sock.send_multipart([W_HDR, W_READY, SERVICE])
+                continue
             sock.send_multipart(
                 [
                     W_HDR,
@@ -214,7 +258,12 @@ def role_peers(args) -> None:
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     workers = EchoWorkers(
-        ctx, args.worker_endpoint or args.endpoint, args.workers, args.slots, args.heartbeat
+        ctx,
+        args.worker_endpoint or args.endpoint,
+        args.workers,
+        args.slots,
+        args.heartbeat,
+        plain=args.plain_ready,
     )
     for sock in workers.sockets:
         poller.register(sock, zmq.POLLIN)
@@ -286,13 +335,19 @@ def role_idle(endpoint: str, count: int, heartbeat: float) -> None:
 class Target:
     """A broker or forwarder process; load processes bring the echo workers and clients."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, tree: Path | None = None) -> None:
         self.kind = kind
         port = free_port()
         self.client_url = f"tcp://127.0.0.1:{port}"
-        if kind == "broker":
+        if kind in ("broker", "baseline"):
             self.server = _spawn(
-                "-m", "mole.broker", "--bind", self.client_url, "--log-level", "WARNING"
+                "-m",
+                "mole.broker",
+                "--bind",
+                self.client_url,
+                "--log-level",
+                "WARNING",
+                tree=tree if kind == "baseline" else None,
             )
             self.worker_url = self.client_url
         else:
@@ -330,9 +385,11 @@ def run_load(
     duration: float,
     layout: str = "shared",
     measure_server: bool = True,
+    plain_ready: bool = False,
 ) -> dict:
     """Run echo workers and clients against ``target``; req/s, p50/p99, errors, server CPU."""
     common = (
+        *(["--plain-ready"] if plain_ready else []),
         "--endpoint",
         target.client_url,
         "--worker-endpoint",
@@ -425,15 +482,19 @@ def _median(results: list[dict]) -> dict:
 
 
 def bench_throughput(args) -> None:
+    kind_of_worker = "plain RFC 18 (READY without metadata)" if args.plain_ready else "MoLE"
     print(
-        f"\n== throughput: {args.workers} workers x {args.slots} slots, {args.clients} "
+        f"\n== throughput: {args.workers} {kind_of_worker} workers x {args.slots} slots, "
+        f"{args.clients} "
         f"clients x {args.inflight} in flight, {args.payload} B payloads, "
         f"{args.duration:g} s per run, load layout {args.layout!r}"
     )
-    runs: dict[str, list[dict]] = {"broker": [], "forwarder": []}
+    kinds = ("broker", "forwarder", "baseline") if args.baseline else ("broker", "forwarder")
+    tree = baseline_tree(args.baseline) if args.baseline else None
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for i in range(args.repeat):
-        for kind in ("broker", "forwarder"):
-            target = Target(kind)
+        for kind in kinds:
+            target = Target(kind, tree)
             try:
                 r = run_load(
                     target,
@@ -445,6 +506,7 @@ def bench_throughput(args) -> None:
                     args.warmup,
                     args.duration,
                     args.layout,
+                    plain_ready=args.plain_ready,
                 )
             finally:
                 target.close()
@@ -454,6 +516,11 @@ def bench_throughput(args) -> None:
     print(_line("median broker", b))
     print(_line("median forwarder", f))
     print(f"  broker / forwarder throughput: {b['rps'] / f['rps']:.0%}")
+    if args.baseline:
+        old = _median(runs["baseline"])
+        print(_line(f"median baseline {args.baseline[:10]}", old))
+        print(f"  baseline / forwarder throughput: {old['rps'] / f['rps']:.0%}")
+        print(f"  broker / baseline throughput: {b['rps'] / old['rps']:.0%}")
 
 
 def bench_latency(args) -> None:
@@ -549,36 +616,70 @@ def bench_idle(args) -> None:
 
 
 def bench_dispatch(args) -> None:
-    """The broker's own per-request Python work, in-process with a no-op socket.
+    """The broker core's own per-request Python work, in-process, no sockets.
 
     Registers N workers (spread over services, or all on one service), then times request
-    + reply cycles through the same handlers the loop calls. Flat numbers across N show
-    that dispatch is O(1) in the number of workers and services.
+    + reply cycles as the shell runs them: ``mdp.decode_inbound`` of the client's frames,
+    ``BrokerEngine.on_client``, decoding the worker's FINAL, ``BrokerEngine.on_worker``,
+    with the timers run every 100 cycles. Flat numbers across N show that dispatch is
+    O(1) in the number of workers and services.
     """
     sys.path.insert(0, str(ROOT))
-    from mole.broker.core import Broker
+    from mole.broker.engine import BrokerEngine
     from mole.broker.settings import BrokerSettings
+    from mole.protocol.mdp import decode_inbound
 
     print("\n== dispatch cost in-process (no sockets): request + reply handling per cycle")
     payload = b"x" * args.payload
     cycles = 30_000
 
     def one(workers: int, services: int) -> float:
-        broker = Broker(BrokerSettings(bind="inproc://unused"))
+        now = time.monotonic()
+        engine = BrokerEngine(BrokerSettings(bind="inproc://unused"), now)
+        for i in range(workers):
+            frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
+            engine.on_worker(f"w{i}".encode(), decode_inbound(frames), now)
+        service = b"svc-0"
+        client = b"client"
+        headers = [msgpack.packb({"v": 1, "id": n, "ttl": 30_000}) for n in range(cycles)]
+        t0 = time.process_time()
+        for n in range(cycles):
+            header = headers[n]
+            [(worker, sent, _req)] = engine.on_client(
+                client, decode_inbound([C_HDR, C_REQUEST, service, header, payload]), now
+            )
+            final = decode_inbound([W_HDR, W_FINAL, sent[2], b"", header, payload])
+            engine.on_worker(worker, final, now)
+            if n % 100 == 0:
+                engine.on_tick(time.monotonic())
+        elapsed = time.process_time() - t0
+        return 1e6 * elapsed / cycles
+
+    old_core = None
+    if args.baseline:  # the old core's handlers (its private API), on today's state records
+        import importlib.util
+
+        path = baseline_tree(args.baseline) / "src" / "broker" / "core.py"
+        spec = importlib.util.spec_from_file_location("bench_baseline_core", path)
+        assert spec is not None and spec.loader is not None
+        old_core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old_core)
+
+    def old(workers: int, services: int) -> float:
+        broker = old_core.Broker(BrokerSettings(bind="inproc://unused"))
         broker._sendf = lambda data, flags=0: None
         for i in range(workers):
             frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
             broker._on_worker(f"w{i}".encode(), frames, None)
-        service = b"svc-0"
-        client = b"client"
+        headers = [msgpack.packb({"v": 1, "id": n, "ttl": 30_000}) for n in range(cycles)]
         t0 = time.process_time()
         for n in range(cycles):
-            header = msgpack.packb({"v": 1, "id": n, "ttl": 30_000})
-            broker._on_client(client, [C_HDR, C_REQUEST, service, header, payload])
+            header = headers[n]
+            broker._on_client(b"client", [C_HDR, C_REQUEST, b"svc-0", header, payload])
             ticket = broker._ticket_prefix + broker._ticket_seq.to_bytes(8, "big")
             worker = broker.requests[ticket].worker
             broker._on_worker(worker.identity, [W_HDR, W_FINAL, ticket, b"", header, payload], None)
-            broker._flush()  # the loop sends its queued messages between runs of messages
+            broker._flush()
             if n % 100 == 0:
                 broker._run_timers(time.monotonic())
         elapsed = time.process_time() - t0
@@ -586,8 +687,15 @@ def bench_dispatch(args) -> None:
         return 1e6 * elapsed / cycles
 
     for workers, services in ((1, 1), (1000, 1), (1000, 1000), (10_000, 10_000)):
-        best = min(one(workers, services) for _ in range(3))
-        print(f"  {workers:>6} workers on {services:>6} service(s): {best:5.2f} us per cycle")
+        mine, theirs = [], []
+        for _ in range(args.dispatch_repeat):  # interleaved, best of each
+            mine.append(one(workers, services))
+            if old_core is not None:
+                theirs.append(old(workers, services))
+        line = f"  {workers:>6} workers on {services:>6} service(s): {min(mine):5.2f} us per cycle"
+        if theirs:
+            line += f"   (baseline {args.baseline[:10]}: {min(theirs):5.2f} us)"
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -606,6 +714,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--warmup", type=float, default=1.0)
         p.add_argument("--duration", type=float, default=5.0)
     peers.add_argument("--heartbeat", type=float, default=2.5)
+    for p in (peers, parser):
+        p.add_argument(
+            "--plain-ready",
+            action="store_true",
+            help="workers send a plain RFC 18 READY (no metadata: one slot each)",
+        )
     i = sub.add_parser("_idle")
     i.add_argument("--endpoint", required=True)
     i.add_argument("--count", type=int, default=1000)
@@ -619,6 +733,16 @@ def main(argv: list[str] | None = None) -> int:
         help="how the load's sockets are spread over processes",
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--dispatch-repeat", type=int, default=5, help="runs per point of the dispatch bench"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REV",
+        default=None,
+        help="also run the broker of this git revision (throughput: interleaved with the "
+        "others; dispatch: its core's handlers, old API), e.g. 79f3420",
+    )
     parser.add_argument("--idle-workers", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument(

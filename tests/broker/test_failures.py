@@ -23,6 +23,7 @@ from tests.broker.brokerfix import (
     wait_workers,
     workers_of,
 )
+from tests.broker.rfc_peers import RfcWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,18 +78,6 @@ def test_sigstopped_worker_is_purged_and_its_request_redispatched(bus):
     assert client.recv(2.0) is None
     wait_workers(client, "hangs", 2)
     assert client.status()["counters"]["workers_purged"] == 1
-
-
-def test_lost_worker_after_max_attempts_is_worker_lost(bus):
-    url = bus.broker("--max-attempts", "1").endpoint
-    client, a, rid = _hold_one_request(bus, url, "fragile", delay=30.0)
-    a.send_signal(signal.SIGKILL)
-    reply = client.recv_final(10)
-    assert reply is not None
-    assert reply.request_id == rid
-    assert reply.code == "worker_lost"
-    assert "after 1 attempt" in reply.header["msg"]
-    assert client.recv(0.5) is None
 
 
 def test_request_for_a_closed_worker_goes_to_a_live_one_without_using_an_attempt(bus):
@@ -157,7 +146,8 @@ def test_broker_restart_workers_reregister_and_retries_succeed(bus):
 
 def test_sigterm_disconnects_workers_answers_waiting_requests_and_exits_0(bus):
     # the raw worker below never heartbeats, and must still hold its request at SIGTERM
-    broker = bus.broker(*SILENT_WORKER_KEPT)
+    # a short drain: the held request is never answered, so the drain runs out
+    broker = bus.broker(*SILENT_WORKER_KEPT, "--drain-timeout", "0.5")
     url = broker.endpoint
     client = bus.client(url)
     ctx = zmq.Context.instance()
@@ -191,3 +181,59 @@ def test_sigterm_disconnects_workers_answers_waiting_requests_and_exits_0(bus):
     assert got[-1] == [b"MDPW02", b"\x06"]
     worker.close(0)
     assert "SIGTERM received" in broker.log()
+
+
+def test_sigterm_drains_requests_in_flight_and_refuses_new_ones(bus):
+    """SIGTERM: the requests a worker holds are still answered by it; a new request is
+    refused at once with a message saying why; then the broker exits 0."""
+    broker = bus.broker("--drain-timeout", "20")
+    url = broker.endpoint
+    client = bus.client(url)
+    bus.worker(url, "slow", slots=4, delay=1.0, worker_id="w-slow")
+    wait_workers(client, "slow", 1)
+    sent = [client.send("slow", i, ttl_ms=30_000) for i in range(4)]
+    assert wait_until(lambda: workers_of(client, "slow")[0]["in_flight"] == 4, 5)
+    broker.signal(signal.SIGTERM)
+    other = bus.client(url)  # its own socket: the first client's replies stay unread
+    assert wait_until(lambda: other.status()["broker"]["draining"], 5)
+    refused = other.call("slow", "too late", ttl_ms=30_000, timeout=5)
+    assert refused.code == "no_worker"
+    assert "shutting down" in refused.header["msg"]
+    replies = [client.recv_final(10) for _ in sent]
+    assert all(r is not None and r.ok for r in replies)
+    assert sorted(r.request_id for r in replies) == sorted(sent)
+    assert broker.wait(10) == 0
+    assert "draining" in broker.log()
+
+
+def test_a_heartbeating_worker_that_never_answers_loses_the_request_to_another(bus):
+    """What a hung GPU with a live heartbeat thread looks like: after the attempt timeout
+    the request also goes to a healthy worker, whose answer the client gets, and the hung
+    worker is shown suspect in mmi.status."""
+    broker = bus.broker("--attempt-timeout", "0.5", "--suspect-after", "1")
+    url = broker.endpoint
+    client = bus.client(url)
+    hung = RfcWorker(url, "gpu", answers=False, heartbeat=HEARTBEAT).start()
+    try:
+        wait_workers(client, "gpu", 1)
+        rid = client.send("gpu", "classify me", ttl_ms=60_000)
+        assert wait_until(lambda: hung.requests == 1, 5)
+        bus.worker(url, "gpu", worker_id="w-healthy")
+        reply = client.recv_final(30)
+        assert reply is not None
+        assert reply.ok
+        assert reply.request_id == rid
+        assert reply.payload["worker"] == "w-healthy"
+        assert reply.payload["attempt"] == 1
+        rows = {w["id"]: w for w in client.status()["workers"]}
+        assert rows["w-healthy"]["suspect"] is False
+        [hung_row] = [row for name, row in rows.items() if name != "w-healthy"]
+        assert hung_row["suspect"] is True
+        counters = client.status()["counters"]
+        assert counters["redispatched_after_timeout"] == 1
+        assert counters["workers_suspected"] == 1
+        for i in range(3):  # no new work for the suspect worker
+            assert client.call("gpu", i, ttl_ms=10_000).payload["worker"] == "w-healthy"
+        assert hung.requests == 1
+    finally:
+        hung.stop()

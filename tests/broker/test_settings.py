@@ -61,11 +61,27 @@ def test_bad_environment_value_names_the_variable(env, field):
         {"default_deadline": -1},
         {"max_message_bytes": 0},
         {"bind": ""},
+        {"drain_timeout": -1},
+        {"attempt_timeout": -0.5},
+        {"suspect_after": 0},
+        {"service_attempt_timeouts": "svc=soon"},
     ],
 )
 def test_invalid_values_are_refused(override):
     with pytest.raises(SettingsError):
         with_overrides(BrokerSettings(), **override).validated()
+
+
+def test_drain_and_attempt_settings_from_the_environment():
+    env = {
+        "MOLE_BROKER_DRAIN_TIMEOUT": "3",
+        "MOLE_BROKER_ATTEMPT_TIMEOUT": "4.5",
+        "MOLE_BROKER_SERVICE_ATTEMPT_TIMEOUTS": "gpu/*=20",
+        "MOLE_BROKER_SUSPECT_AFTER": "5",
+    }
+    s = settings_from_env(env).validated()
+    assert (s.drain_timeout, s.attempt_timeout, s.suspect_after) == (3.0, 4.5, 5)
+    assert s.service_attempt_timeouts == "gpu/*=20"
 
 
 def _mole_broker(*argv: str, env: dict | None = None, timeout: float = 30):

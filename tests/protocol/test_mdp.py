@@ -156,3 +156,97 @@ def test_worker_encode_decode_is_identity(command, service, client, body):
         assert message.service == service
     elif command in (WorkerCommand.REQUEST, WorkerCommand.PARTIAL, WorkerCommand.FINAL):
         assert (message.client, message.body) == (client, body)
+
+
+# --------------------------------------------------------------------------- the broker's decoder
+
+
+@pytest.mark.parametrize(
+    ("frames", "kind", "framing"),
+    [
+        ([b"MDPC02", b"\x01", b"svc", b"body"], mdp.ClientRequest, mdp.Framing.MDP02),
+        (
+            [b"", b"MDPC02", b"\x01", b"svc", b"body"],
+            mdp.ClientRequest,
+            mdp.Framing.MDP02_DELIMITED,
+        ),
+        ([b"", b"MDPC01", b"svc", b"body"], mdp.ClientRequest, mdp.Framing.MDP01),
+        ([b"MDPW02", b"\x05"], mdp.WorkerEvent, mdp.Framing.MDP02),
+        ([b"", b"MDPW02", b"\x01", b"svc"], mdp.WorkerEvent, mdp.Framing.MDP02_DELIMITED),
+        ([b"", b"MDPW01", b"\x03", b"client", b"", b"r"], mdp.WorkerEvent, mdp.Framing.MDP01),
+    ],
+)
+def test_decode_inbound_reads_every_framing(frames, kind, framing):
+    msg = mdp.decode_inbound(frames)
+    assert type(msg) is kind
+    assert msg.framing is framing
+
+
+def test_mdp01_reply_is_a_final_and_mdp01_ready_has_no_metadata():
+    reply = mdp.decode_inbound([b"", b"MDPW01", b"\x03", b"client", b"", b"r"])
+    assert (reply.command, reply.client, reply.body) == (
+        mdp.WorkerCommand.FINAL,
+        b"client",
+        [b"r"],
+    )
+    with pytest.raises(mdp.UnreadableMessage) as err:
+        mdp.decode_inbound([b"", b"MDPW01", b"\x01", b"svc", b"metadata"])
+    assert err.value.role == "worker"
+    assert err.value.framing is mdp.Framing.MDP01
+
+
+def test_to_client_and_to_worker_answer_in_the_peers_framing():
+    final = mdp.ClientCommand.FINAL
+    assert mdp.to_client(mdp.Framing.MDP01, final, b"s", [b"x"]) == [b"", b"MDPC01", b"s", b"x"]
+    assert mdp.to_client(mdp.Framing.MDP01, mdp.ClientCommand.PARTIAL, b"s", [b"x"]) is None
+    assert mdp.to_client(mdp.Framing.MDP02_DELIMITED, final, b"s", []) == [
+        b"",
+        b"MDPC02",
+        b"\x03",
+        b"s",
+        b"",
+    ]
+    beat = mdp.WorkerCommand.HEARTBEAT
+    assert mdp.to_worker(mdp.Framing.MDP01, beat) == [b"", b"MDPW01", b"\x04"]
+    assert mdp.to_worker(mdp.Framing.MDP02, mdp.WorkerCommand.REQUEST, b"t", [b"b"]) == [
+        b"MDPW02",
+        b"\x02",
+        b"t",
+        b"",
+        b"b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "blank"),
+        ("   ", "blank"),
+        ("a\x00b", "U+0000"),
+        ("line\nbreak", "U+000A"),
+        ("x" * 256, "longer than 255"),
+    ],
+)
+def test_check_service_name_refuses(name, problem):
+    assert problem in mdp.check_service_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["llama-2-7b-hf", "unsloth/mistral-7b-instruct-v0.3-bnb-4bit", "a b"]
+)
+def test_check_service_name_accepts(name):
+    assert mdp.check_service_name(name) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"", b"MDPC02", b"MDPW02", b"MDPC01", b"MDPW01"]) | st.binary(max_size=6),
+        max_size=7,
+    )
+)
+def test_decode_inbound_raises_only_unreadable(frames):
+    try:
+        mdp.decode_inbound(frames)
+    except mdp.UnreadableMessage as err:
+        assert err.reason

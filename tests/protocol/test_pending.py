@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mole.protocol import mdp
-from mole.protocol._pending import Correlator, LinkState, decode_payload
+from mole.protocol._pending import Correlator, LinkState, RawReply, decode_payload
 from mole.protocol.envelope import ReplyHeader, decode_request_header, error_reply, pack
 from mole.protocol.errors import NoWorker
 
@@ -127,3 +127,28 @@ def test_fail_all_ends_every_request_once():
     assert core.fail_all(lambda p: RuntimeError(p.request_id)) == 3
     assert all(len(s.events) == 1 and s.events[0][0] == "error" for s in sinks)
     assert len(core) == 0
+
+
+def test_a_raw_reply_is_handed_over_as_raw_frames_not_decoded():
+    """The broker marks a plain worker's reply with a raw header (written here by hand)."""
+    core = Correlator("tcp://x:1")
+    sink = Recorder()
+    pending = core.open("svc", [pack(1)], 10.0, sink)
+    raw_header = pack({"v": 1, "id": pending.request_id, "ok": True, "raw": True})
+    core.dispatch([mdp.CLIENT_HEADER, mdp.CLIENT_PARTIAL, b"svc", raw_header, b"part"])
+    core.dispatch([mdp.CLIENT_HEADER, mdp.CLIENT_FINAL, b"svc", raw_header, b"\xc1not", b"two"])
+    assert [kind for kind, _ in sink.events] == ["partial", "final"]
+    partial, final = (body for _, body in sink.events)
+    assert decode_payload(partial) == RawReply((b"part",))
+    assert decode_payload(final) == RawReply((b"\xc1not", b"two"))
+    assert core.dropped == 0
+
+
+def test_a_reply_of_ours_is_still_decoded():
+    core = Correlator("tcp://x:1")
+    sink = Recorder()
+    pending = core.open("svc", [pack(1)], 10.0, sink)
+    core.dispatch(_reply(mdp.CLIENT_FINAL, pending.request_id, pack({"label": "4"})))
+    [(kind, body)] = sink.events
+    assert kind == "final"
+    assert decode_payload(body) == {"label": "4"}
