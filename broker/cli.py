@@ -134,6 +134,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "answers again (env MOLE_BROKER_SUSPECT_AFTER, default 2)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("MOLE_BROKER_METRICS_PORT") or 0) or None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (env "
+        "MOLE_BROKER_METRICS_PORT; default off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=os.environ.get("MOLE_BROKER_METRICS_HOST", "127.0.0.1"),
+        help="address the metrics endpoint binds (env MOLE_BROKER_METRICS_HOST, default "
+        "127.0.0.1; 0.0.0.0 for a Prometheus on another machine)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -180,7 +194,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"mole broker: {err}", file=sys.stderr)
         return 2
     _raise_open_files_limit()
-    broker = Broker(settings)
+    snapshot = None
+    if args.metrics_port:
+        from mole.broker.metrics import MetricsServer, StatusSnapshot
+
+        snapshot = StatusSnapshot()
+        try:
+            MetricsServer(snapshot, args.metrics_port, args.metrics_host).start()
+        except OSError as err:
+            print(
+                f"mole broker: cannot serve metrics on {args.metrics_host}:{args.metrics_port}:"
+                f" {err}",
+                file=sys.stderr,
+            )
+            return 1
+    broker = Broker(settings, status_snapshot=snapshot)
     try:
         broker.bind()
     except SettingsError as err:

@@ -31,6 +31,7 @@ import zmq
 from mole.broker.admission import Admission, KeyAdmission, OpenAdmission
 from mole.broker.curve import enable_curve, peer_key
 from mole.broker.engine import BrokerEngine, Outgoing, describe_frames
+from mole.broker.metrics import StatusSnapshot
 from mole.broker.settings import BrokerSettings
 from mole.protocol import mdp
 
@@ -69,6 +70,8 @@ class Broker:
         settings: tuning, see :class:`broker.settings.BrokerSettings`.
         context: the ZeroMQ context (a new one by default).
         clock: monotonic seconds.
+        status_snapshot: where the loop publishes its status for the metrics endpoint
+            (``--metrics-port``), about once a second; None publishes nothing.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Broker:
         *,
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        status_snapshot: StatusSnapshot | None = None,
     ) -> None:
         self.settings = settings.validated()
         self._ctx = context or zmq.Context()
@@ -88,6 +92,7 @@ class Broker:
         self._authenticator: Any = None
         self._stop_requested = False
         self._outbox: list[Outgoing] = []
+        self._snapshot = status_snapshot
 
     # ------------------------------------------------------------------ socket
 
@@ -186,6 +191,8 @@ class Broker:
                     break
                 if now >= wake_at:
                     self._outbox.extend(engine.on_tick(now))
+                    if self._snapshot is not None and self._snapshot.due():
+                        self._snapshot.publish(engine.status(now))
                     self._flush()
                     engine.take_wake_hint()  # next_timer sees every timer set so far
                     wake_at = engine.next_timer(now, MAX_POLL_S)
