@@ -8,10 +8,12 @@ others keep being served; and the broker fails closed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -445,12 +447,18 @@ def test_frontend_dispatcher_uses_curve_keys_from_env(secure, monkeypatch):
     monkeypatch.setenv("MOLE_CURVE_SERVER_KEY", str(secure.keys / "broker.key"))
     monkeypatch.setenv("MOLE_CURVE_SECRET_KEY", str(secure.keys / "client-a.key_secret"))
     dispatcher = BrokerDispatcher(secure.url, default_timeout=10)
-    try:
-        expert = SimpleNamespace(base_model_key="svc")
-        assert dispatcher.dispatch(expert, {"text": "hi"}, timeout=10)["echo"] == {"text": "hi"}
-        assert dispatcher.status(timeout=5)["workers"][0]["curve_key"] == secure.public("worker-a")
-    finally:
-        dispatcher.close()
+
+    async def use() -> tuple[Any, dict[str, Any]]:
+        try:
+            expert = SimpleNamespace(base_model_key="svc")
+            reply = await dispatcher.dispatch(expert, {"text": "hi"}, timeout=10)
+            return reply, await dispatcher.status(timeout=5)
+        finally:
+            await dispatcher.close()
+
+    reply, status = asyncio.run(use())
+    assert reply["echo"] == {"text": "hi"}
+    assert status["workers"][0]["curve_key"] == secure.public("worker-a")
     monkeypatch.delenv("MOLE_CURVE_SECRET_KEY")
     with pytest.raises(CurveKeyError, match="MOLE_CURVE_SECRET_KEY is not set"):
         BrokerDispatcher(secure.url)  # a half-configured frontend fails at start-up
