@@ -34,6 +34,18 @@ step "updating pip in .venv"
 quietly .venv/bin/python -m pip install --upgrade pip
 step "installing MoLE (editable) with its frontend, worker and test dependencies (torch pinned in pyproject.toml; the first time this downloads about 2 GB)"
 quietly .venv/bin/python -m pip install -e '.[dev]'
+# The dashboard's browser test drives Debian's Chromium (no browser download at test time).
+# As root on a Debian-like machine the install adds it; elsewhere that test says it was not
+# run and why.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing Debian's chromium and chromium-driver (for the dashboard's browser test)"
+        quietly apt-get update -q
+        quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+    else
+        step "skipping chromium (not root or no apt-get): the dashboard's browser test will be skipped"
+    fi
+fi
 step "checking the install"
 quietly .venv/bin/mole --help
 quietly .venv/bin/python -c 'import mole, mole.broker, mole.frontend, mole.gating, mole.worker'
