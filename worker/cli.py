@@ -93,6 +93,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=int(env("MOLE_HEARTBEAT_LIVENESS", "3")),
         help="heartbeats missed before the broker counts as lost (env MOLE_HEARTBEAT_LIVENESS)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("MOLE_WORKER_METRICS_PORT", "0")) or None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (env "
+        "MOLE_WORKER_METRICS_PORT; default off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=env("MOLE_WORKER_METRICS_HOST", "127.0.0.1"),
+        help="address the metrics endpoint binds (env MOLE_WORKER_METRICS_HOST, default 127.0.0.1)",
+    )
     parser.add_argument("--log-level", default=env("MOLE_LOG_LEVEL", "INFO"))
 
 
@@ -144,6 +157,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"mole worker: {err}", file=sys.stderr)
         return 2
     worker_id = args.worker_id or default_worker_id(args.model_key)
+    metrics = None
+    if args.metrics_port:
+        from mole.worker.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(args.model_key)
+        try:  # before loading: a port in use must not cost a minute of loading
+            port = metrics.serve(args.metrics_port, args.metrics_host)
+        except OSError as err:
+            print(
+                f"mole worker: cannot serve metrics on {args.metrics_host}:"
+                f"{args.metrics_port}: {err}",
+                file=sys.stderr,
+            )
+            return 2
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
     t0 = time.perf_counter()
     try:
         registry = load_registry(args.registry)
@@ -152,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     except (ModelLoadError, RegistryError) as err:
         log.error("cannot start worker for %s: %s", args.model_key, err)
         return 2
+    if metrics is not None:
+        metrics.observe_load(time.perf_counter() - t0)
     if engine.tiny:
         log.warning("serving a TINY random-weight model: its predictions mean nothing")
     log.info(
@@ -160,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         args.model_key,
         ", ".join(engine.metadata()["tasks"]),
     )
-    handler = BatchingHandler(engine)
+    handler = BatchingHandler(engine, metrics=metrics)
     runtime = WorkerRuntime(
         args.broker,
         args.model_key,

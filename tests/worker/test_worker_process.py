@@ -3,13 +3,13 @@ serves real requests over ZeroMQ, and fails fast naming what it cannot load."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import msgpack
@@ -63,6 +63,19 @@ def spawn_worker(tiny: Path, url: str, *args: str, **env: str) -> subprocess.Pop
     )
 
 
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A worker's /metrics, parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def stop(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -80,9 +93,16 @@ def test_worker_registers_after_loading_and_serves_over_zeromq(tiny_models):
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
     port = free_port()
+    metrics_port = free_port()
     router.bind(f"tcp://127.0.0.1:{port}")
     proc = spawn_worker(
-        tiny_models, f"tcp://127.0.0.1:{port}", "--model-key", KEY, WORKER_ID="w-test"
+        tiny_models,
+        f"tcp://127.0.0.1:{port}",
+        "--model-key",
+        KEY,
+        "--metrics-port",
+        str(metrics_port),
+        WORKER_ID="w-test",
     )
     try:
         assert router.poll(120_000), "worker never sent READY"
@@ -143,6 +163,16 @@ def test_worker_registers_after_loading_and_serves_over_zeromq(tiny_models):
         assert not bad.ok
         assert bad.code == "bad_request"
         assert "task" in bad.message
+        # --metrics-port: what it computed, scraped from the running worker
+        samples = scrape(metrics_port)
+        model = ("model", KEY)
+        assert samples[("mole_worker_model_load_seconds", (model,))] > 0
+        assert samples[("mole_worker_batch_size_sum", (model,))] == 2  # "bad" never ran
+        for adapter in ("fin-sentiment-en", "fin-sentiment-de"):
+            labels = (("adapter", adapter), model)
+            assert samples[("mole_worker_request_seconds_count", labels)] == 1
+            assert samples[("mole_worker_tokens_in_total", labels)] > 3
+        assert samples[("mole_worker_memory_bytes", (model,))] > 50 * 2**20
     finally:
         log = stop(proc)
         router.close(0)
@@ -152,10 +182,6 @@ def test_worker_registers_after_loading_and_serves_over_zeromq(tiny_models):
     assert proc.returncode == 0, log
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("broker.__main__") is None,
-    reason="the broker package (python -m broker) is not in this build yet",
-)
 def test_worker_serves_through_a_real_broker_process(tiny_models):
     from mole.protocol import Client
 
