@@ -39,12 +39,22 @@ class RawBroker:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        assert self._ready.wait(5)
+        assert self._ready.wait(15)
 
     def _run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.linger = 0
-        sock.bind(self.url)
+        # a broker "restarted" on the same port may find the previous socket still closing
+        # (its thread is slow to stop on a loaded machine): retry the bind for a while
+        give_up = time.monotonic() + 10
+        while True:
+            try:
+                sock.bind(self.url)
+                break
+            except zmq.ZMQError as err:
+                if err.errno != zmq.EADDRINUSE or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.05)
         self._ready.set()
         next_beat = time.monotonic()
         try:

@@ -138,3 +138,35 @@ def test_prequantised_bnb_4bit_checkpoint_in_the_hf_cache_serves_through_a_worke
     )
     assert reply["probabilities"] == pytest.approx(want, abs=1e-5)
     assert reply["adapter"] == expert.adapter_name
+
+
+def test_incomplete_hf_cache_snapshot_is_named(sharded, real_tokenizer_models, tmp_path):
+    """A download cut short: refs/main and a snapshot without config.json or shards."""
+    cache = tmp_path / "hub"
+    snapshot = hf_cache_snapshot_dir(cache, "meta-llama/Llama-3.1-8B-Instruct")
+    (snapshot / "tokenizer.json").write_bytes(
+        (sharded / "llama-3.1-8b-instruct" / "tokenizer.json").read_bytes()
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mole",
+            "models",
+            "check",
+            "llama-3.1-8b-instruct",
+            "--models-dir",
+            str(tmp_path / "none"),
+            "--adapters-dir",
+            str(real_tokenizer_models / "adapters"),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert str(snapshot) in done.stdout
+    assert "config.json" in done.stdout
+    assert "model.safetensors" in done.stdout

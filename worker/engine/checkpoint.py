@@ -45,14 +45,17 @@ class Checkpoint:
 
 
 def hf_cache_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot directory of ``repo_id`` (its ``main`` revision), offline."""
-    from huggingface_hub import try_to_load_from_cache
+    """The cached snapshot directory of ``repo_id`` (its ``main`` revision), offline.
+
+    Found from the cache's ``refs/main`` even when files inside it are missing, so an
+    interrupted download is reported by its path rather than as "not in the cache".
+    """
+    from huggingface_hub import snapshot_download
 
     try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError:  # not a valid repository id
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a repo id
         return None
-    return Path(found).parent if isinstance(found, str) else None
 
 
 def _weights_missing(directory: Path) -> list[str]:
