@@ -241,6 +241,8 @@ class Classifier:
             "adapter": expert.adapter_name,
             "text": item["text"],
             "options": item["options"],
+            # the worker's ESCI error then says that gating chose the task (or was told it)
+            "routed_by": "caller" if item.get("task") is not None else "gating",
         }
         for name in OPTIONAL_TEXT_FIELDS:
             if item.get(name) is not None:

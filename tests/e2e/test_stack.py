@@ -126,6 +126,34 @@ def distributed_answers(stack, token) -> dict[tuple[str, str], dict]:
     return answers
 
 
+def test_esci_without_a_query_says_that_gating_chose_esci(stack, token):
+    """Gating picks ESCI from the description; the real worker finds no query and product
+    in the text and its error says what is missing, in which words, and who chose ESCI."""
+    description = (
+        "Label this query and product pair as exact, substitute, complement or irrelevant."
+    )
+    reply = classify(stack, token, "Waterproof hiking boots for women", description)
+    assert reply.status == 422, reply.body
+    assert reply.body["error"] == "bad_request"
+    detail = reply.body["detail"]
+    assert "gating" in detail
+    assert "esci" in detail
+    assert "query" in detail.lower()
+    given = http(
+        "POST",
+        f"{stack.url}/api/v1/classify",
+        token=token,
+        json_body={
+            "text": "Waterproof hiking boots for women",
+            "task": "esci",
+            "query": "hiking boots",
+            "product": "Women's waterproof leather hiking boots",
+        },
+    )
+    assert given.status == 200, given.body
+    assert given.body["task"] == "esci"
+
+
 def test_monolithic_mode_gives_the_same_answers(distributed_answers, tiny_models, tmp_path_factory):
     assert len(distributed_answers) == len(PAIRS)
     mono = Stack(tmp_path_factory.mktemp("mono"), tiny_models, monolithic=True)
