@@ -106,7 +106,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "query": {
                 "type": "string",
                 "maxLength": settings.max_text_chars,
-                "description": "ESCI only: the search query",
+                "description": (
+                    "ESCI only: the search query (or mark both parts in `text` in the request's "
+                    "own words: `Query: … Product: …`, `検索クエリ：…。商品：…`, "
+                    "`Consulta: … Producto: …`)"
+                ),
             },
             "product": {
                 "type": "string",
