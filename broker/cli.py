@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from mole.broker.bind_policy import check_bind
 from mole.broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
 
 
@@ -100,6 +101,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "MOLE_BROKER_CURVE_ACL)",
     )
     parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow binding a non-loopback address without CURVE and an allow-list: anyone "
+        "who reaches the port can pose as a worker (env MOLE_BROKER_INSECURE=1; default off, "
+        "the broker refuses such a bind; a warning is logged on every start)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -137,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             curve_secret=args.curve_secret,
             curve_allow=args.curve_allow,
             curve_acl=args.curve_acl,
+            insecure=args.insecure,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)
@@ -153,6 +163,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"mole broker: cannot bind {settings.bind}: {err}", file=sys.stderr)
         broker.close()
         return 1
+    # After bind, so an endpoint that cannot be bound at all is reported as such; the
+    # broker reads no message before this check, so a refused bind serves nobody.
+    try:
+        insecure_warning = check_bind(settings)
+    except SettingsError as err:
+        print(f"mole broker: {err}", file=sys.stderr)
+        broker.close()
+        return 2
+    if insecure_warning is not None:
+        logging.getLogger("mole.broker").warning(insecure_warning)
 
     def _stop(signum, _frame):
         logging.getLogger("mole.broker").info(

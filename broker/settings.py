@@ -49,6 +49,8 @@ class BrokerSettings:
             removing a file cuts that peer off.
         curve_acl: optional JSON file mapping keys (file stem or z85) to the services they
             may register as workers (``broker.acl``); needs ``curve_allow``.
+        insecure: accept binding a non-loopback address without CURVE and an allow-list
+            (``broker.bind_policy`` refuses it otherwise); a warning is logged on every start.
     """
 
     bind: str = DEFAULT_BIND
@@ -66,6 +68,7 @@ class BrokerSettings:
     curve_secret: str | None = None
     curve_allow: str | None = None
     curve_acl: str | None = None
+    insecure: bool = False
 
     @property
     def expiry(self) -> float:
@@ -122,13 +125,23 @@ ENV_VARS: dict[str, str] = {
     "MOLE_BROKER_CURVE_SECRET": "curve_secret",
     "MOLE_BROKER_CURVE_ALLOW": "curve_allow",
     "MOLE_BROKER_CURVE_ACL": "curve_acl",
+    "MOLE_BROKER_INSECURE": "insecure",
 }
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}
 
 
-def _convert(name: str, raw: str, source: str):
+def _convert(name: str, raw: str, source: str) -> object:
     kind = _TYPES[name]
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise SettingsError(f"{source}={raw!r} is not a yes/no value (use 1 or 0)")
     try:
         if kind == "int":
             return int(raw)
