@@ -88,3 +88,37 @@ def mole(
         text=True,
         timeout=timeout,
     )
+
+
+def mmi_status(sock: zmq.Socket, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The broker's ``mmi.status`` document (our envelope), or None without an answer."""
+    sock.send_multipart(request_frames("mmi.status", {}))
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    frames = sock.recv_multipart()
+    document: dict[str, Any] = unpack(frames[-1])
+    return document
+
+
+def recv_reply(sock: zmq.Socket, timeout: float) -> tuple[dict[str, Any], Any] | None:
+    """The next FINAL's (reply header, payload) in our envelope, skipping PARTIALs."""
+    end = time.monotonic() + timeout
+    while sock.poll(max(0, int((end - time.monotonic()) * 1000))):
+        frames = sock.recv_multipart()
+        if frames[1] != FINAL:
+            continue
+        header = unpack(frames[3])
+        payload = unpack(frames[4]) if len(frames) > 4 else None
+        return header, payload
+    return None
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true; that value, or None at timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
