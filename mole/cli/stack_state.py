@@ -67,13 +67,18 @@ def write_state(state: StackState) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a running process? A zombie (exited, not yet reaped) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
         return True
-    return True
+    try:  # Linux: the state letter follows the parenthesised command name
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def read_state(data_dir: Path | None = None) -> StackState | None:
