@@ -48,6 +48,16 @@ def dealer(endpoint: str, curve: tuple[bytes, bytes, bytes] | None = None) -> zm
     return sock
 
 
+def offer(sock: zmq.Socket, frames: list[bytes]) -> bool:
+    """Send without blocking; False when the socket has no connection to queue it on (a
+    DEALER whose CURVE handshake is refused ends up so)."""
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
 def request_frames(service: str, payload: Any, ttl_ms: int = 5000) -> list[bytes]:
     """A client REQUEST in the project's two-frame envelope (docs/interfaces.md)."""
     header = {"v": 1, "id": uuid.uuid4().hex, "attempt": 0, "ttl": ttl_ms}
@@ -56,7 +66,8 @@ def request_frames(service: str, payload: Any, ttl_ms: int = 5000) -> list[bytes
 
 def mmi_service(sock: zmq.Socket, service: str, timeout: float = 5.0) -> bytes | None:
     """Ask ``mmi.service`` about ``service`` (plain RFC 8 body); the status bytes or None."""
-    sock.send_multipart([CLIENT, REQUEST, b"mmi.service", service.encode()])
+    if not offer(sock, [CLIENT, REQUEST, b"mmi.service", service.encode()]):
+        return None
     if not sock.poll(int(timeout * 1000)):
         return None
     frames = sock.recv_multipart()
