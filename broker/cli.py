@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if insecure_warning is not None:
         logging.getLogger("mole.broker").warning(insecure_warning)
 
-    def _stop(signum, _frame):
+    def _stop(signum: int, _frame: object) -> None:
         logging.getLogger("mole.broker").info(
             "%s received: shutting down", signal.Signals(signum).name
         )

@@ -22,8 +22,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mole.worker.runtime import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_STUCK_LIMIT_S
+
+if TYPE_CHECKING:
+    from mole.worker.engine.settings import EngineSettings
 
 log = logging.getLogger("mole.worker")
 
@@ -145,7 +149,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
     """EngineSettings from the environment, overridden by the flags that were given."""
     from mole.worker.engine.settings import EngineSettings
 

@@ -213,7 +213,7 @@ class WorkerRuntime:
         liveness: int = DEFAULT_LIVENESS,
         reconnect_initial: float = 0.25,
         reconnect_max: float = 8.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveKeys | None = None,
         max_reply_bytes: int = 16 * 1024 * 1024 - 4096,
         stuck_limit: float | None = DEFAULT_STUCK_LIMIT_S,
@@ -248,7 +248,9 @@ class WorkerRuntime:
         self._last_progress = time.monotonic()
         self._waker = Waker(self._context)
         self._socket_thread: int | None = None  # the thread that owns the socket
-        self._outbox: collections.deque = collections.deque()
+        self._outbox: collections.deque[
+            tuple[int, bytes, bytes, list[bytes], _Responder | None]
+        ] = collections.deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._generation = 0
@@ -507,7 +509,7 @@ class WorkerRuntime:
             self.connected.clear()
             sock.close(0)
 
-    def _decline_incoming(self, sock: zmq.Socket, events: dict[Any, int]) -> None:
+    def _decline_incoming(self, sock: zmq.Socket[bytes], events: dict[Any, int]) -> None:
         """While stuck: read what arrives, answer nothing, hand nothing to the handler."""
         if sock not in events:
             return
@@ -522,7 +524,7 @@ class WorkerRuntime:
             if message.command == mdp.WorkerCommand.REQUEST:
                 self.declined += 1
 
-    def _drain_done(self, sock: zmq.Socket, now: float) -> bool:
+    def _drain_done(self, sock: zmq.Socket[bytes], now: float) -> bool:
         """While draining: once nothing is in flight (or time is up), DISCONNECT and stop."""
         if self._in_flight and now < self._drain_deadline:
             return False
@@ -543,11 +545,11 @@ class WorkerRuntime:
         self.drained.set()
         return True
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+    def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
         send_frames(sock, frames)
         self._last_sent = time.monotonic()
 
-    def _flush(self, sock: zmq.Socket) -> None:
+    def _flush(self, sock: zmq.Socket[bytes]) -> None:
         """Send what handlers queued; drop answers that belong to an older connection."""
         outbox = self._outbox
         while outbox:
@@ -580,11 +582,11 @@ class WorkerRuntime:
         if threading.get_ident() != self._socket_thread:
             self._waker.wake()
 
-    def _reply_now(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
+    def _reply_now(self, sock: zmq.Socket[bytes], ticket: bytes, body: list[bytes]) -> None:
         self.rejected += 1
         self._send(sock, [mdp.WORKER_HEADER, mdp.W_FINAL, ticket, mdp.EMPTY, *body])
 
-    def _on_message(self, sock: zmq.Socket, frames: list[bytes]) -> str | None:
+    def _on_message(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> str | None:
         try:
             message = mdp.decode_worker(frames)
         except MalformedMessage as err:
@@ -603,7 +605,7 @@ class WorkerRuntime:
             )
         return None
 
-    def _on_request(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
+    def _on_request(self, sock: zmq.Socket[bytes], ticket: bytes, body: list[bytes]) -> None:
         if not body:
             self._reply_now(
                 sock,

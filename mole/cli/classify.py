@@ -82,7 +82,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _call(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            reply: dict[str, Any] = json.loads(response.read())
+            return reply
     except urllib.error.HTTPError as err:
         try:
             body = json.loads(err.read())
@@ -103,7 +104,7 @@ def get_token(url: str, username: str, password: str, timeout: float) -> str:
         data=form,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    return _call(request, timeout)["access_token"]
+    return str(_call(request, timeout)["access_token"])
 
 
 def classify(

@@ -289,6 +289,21 @@ def test_broker_sigkill_under_http_load_heals_by_itself(stack):
         assert "Traceback" not in path.read_text(errors="replace"), path.name
 
 
+def test_mole_drain_takes_a_worker_out_and_it_stays_out(stack):
+    status = json.loads(mole("status", "--json", env=stack.env()).stdout)
+    (worker,) = status["workers"]
+    worker_id = worker["metadata"]["worker_id"]
+    mark = len(stack.output)
+    result = mole("drain", worker_id, env=stack.env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"worker {worker_id}" in result.stdout and "drained" in result.stdout
+    assert stack.wait_for_line(f"worker-{MODEL} exited with 0; not restarted", 30, start=mark)
+    status = json.loads(mole("status", "--json", env=stack.env()).stdout)
+    assert status["workers"] == []
+    log = (stack.data_dir / "logs" / f"worker-{MODEL}.log").read_text()
+    assert "draining: no new work" in log
+
+
 def test_mole_down_stops_every_process(stack):
     pids = list(stack.record()["processes"].values())
     result = mole("down", env=stack.env(), timeout=120)
