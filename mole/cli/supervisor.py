@@ -5,7 +5,8 @@ child that dies is started again after a back-off that doubles from ``backoff_in
 ``backoff_max`` and starts over once the child has stayed up for ``stable_after`` seconds,
 so a crash loop costs little and a rare crash heals fast. The restart policy says which
 exits count: ``always`` (the broker, the frontend: the stack needs them) or ``on-failure``
-(workers: exit status 0 means a drained worker that was asked to stop).
+(workers: exit status 0 means a drained worker that was asked to stop); exit status 2
+(a setting or file the process cannot use) is never restarted.
 
 Stopping goes tier by tier, highest first (frontend, then workers, then broker), each
 with SIGTERM and SIGKILL after its grace period, so the frontend finishes its requests
@@ -29,6 +30,9 @@ from typing import IO, Literal
 _PR_SET_PDEATHSIG = 1
 
 RestartPolicy = Literal["never", "always", "on-failure"]
+#: The exit status MoLE's commands use for a setting or file they cannot use: restarting
+#: would fail the same way, so such a child is never restarted.
+CONFIG_ERROR_EXIT = 2
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -66,6 +70,8 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
     def wants_restart(self, code: int) -> bool:
+        if code == CONFIG_ERROR_EXIT:  # it would fail the same way again
+            return False
         if self.restart == "always":
             return True
         return self.restart == "on-failure" and code != 0

@@ -35,7 +35,7 @@ from mole.cli.stack_state import (
     remove_state,
     write_state,
 )
-from mole.cli.supervisor import Child, Supervisor
+from mole.cli.supervisor import CONFIG_ERROR_EXIT, Child, Supervisor
 
 TINY_DONE_MARKER = ".mole-tiny-complete"
 #: tiers of the staged shutdown: the highest stops first
@@ -394,6 +394,11 @@ def _watch(
                 continue
             if event.restart_in is None:
                 _log(f"{child.name} exited with {event.code}; not restarted (see {child.log_path})")
+                if event.code == CONFIG_ERROR_EXIT:
+                    for line in _tail(child.log_path, 5):
+                        _log(f"  {child.name} | {line}")
+                    if not announced or child.tier != WORKER_TIER:
+                        return 1  # the stack cannot become whole: say so now, not later
                 if not any(c.alive() or c.next_start is not None for c in supervisor.children):
                     return 1
                 continue
@@ -431,6 +436,13 @@ def _watch(
                 return 1
         time.sleep(0.5)
     return 0
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
 
 
 def _print_table(

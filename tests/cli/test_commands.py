@@ -365,3 +365,30 @@ def test_mole_drain_explains_an_unknown_worker(tmp_path):
     result = mole("drain", "w-1", "--timeout", "1", env=env)
     assert result.returncode == 1
     assert "does not answer" in result.stderr
+
+
+def test_supervisor_never_restarts_a_configuration_error(tmp_path):
+    supervisor = Supervisor(tmp_path)
+    child = supervisor.start("frontend", _exits(2), restart="always")
+    child.process.wait()
+    (event,) = supervisor.check()
+    assert (event.kind, event.code, event.restart_in) == ("exited", 2, None)
+    assert supervisor.check(time.monotonic() + 100) == []
+    supervisor.stop_all()
+
+
+def test_mole_up_fails_fast_naming_a_worker_that_cannot_load(tmp_path):
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    result = mole(
+        "up", "--models", "llama-2-7b-hf", "--models-dir", str(empty),
+        "--broker-port", str(free_port()), "--http-port", str(free_port()),
+        "--frontend-workers", "1",
+        env=_env(tmp_path / "data"), timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "worker-llama-2-7b-hf exited with 2; not restarted" in result.stdout
+    assert "worker-llama-2-7b-hf | " in result.stdout  # its log's last lines, shown
+    assert "cannot start worker for llama-2-7b-hf" in result.stdout
+    assert "all processes stopped" in result.stdout
+    assert not (tmp_path / "data" / "stack.json").exists()
