@@ -96,7 +96,7 @@ class Supervisor:
         log_dir: Path,
         *,
         grace_seconds: float = 10.0,
-        backoff_initial: float = 0.5,
+        backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
         stable_after: float = 30.0,
     ) -> None:
