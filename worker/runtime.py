@@ -413,10 +413,16 @@ class WorkerRuntime:
         sock.setsockopt(zmq.RCVHWM, 0)
         if self._curve is not None:
             self._curve.apply(sock)
+        # A new handshake on this socket means ZeroMQ reconnected underneath us, perhaps to
+        # a restarted broker that does not know this worker: a heartbeat sent at once gets
+        # its DISCONNECT (and so our READY) now instead of a heartbeat interval later.
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        handshakes = 0
         sock.connect(self.broker_url)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.socket, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         self.registrations += 1
         self._send(
             sock,
@@ -453,6 +459,11 @@ class WorkerRuntime:
                     return heard
                 if self._waker.socket in events:
                     self._waker.drain()
+                if monitor in events:
+                    handshakes += self._handshakes(monitor)
+                    if handshakes > 1 and not self.stuck.is_set():
+                        self._send(sock, [mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
+                        self.heartbeats_sent += 1
                 now = time.monotonic()
                 stuck = self._compute_stuck(now)
                 if not stuck:
@@ -507,7 +518,21 @@ class WorkerRuntime:
                     self.heartbeats_sent += 1
         finally:
             self.connected.clear()
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
+
+    @staticmethod
+    def _handshakes(monitor: zmq.Socket[bytes]) -> int:
+        """Read the monitor's pending events; how many were completed handshakes."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        count = 0
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                count += 1
+        return count
 
     def _decline_incoming(self, sock: zmq.Socket[bytes], events: dict[Any, int]) -> None:
         """While stuck: read what arrives, answer nothing, hand nothing to the handler."""

@@ -506,3 +506,24 @@ def test_a_busy_handler_that_keeps_answering_is_not_stuck(broker, running):
 def test_stuck_limit_must_be_positive(broker):
     with pytest.raises(ValueError, match="stuck_limit"):
         _runtime(broker, EchoHandler(), stuck_limit=0)
+
+
+def test_heartbeats_at_once_when_zeromq_reconnects_to_a_restarted_broker():
+    """Heartbeats every 60 s: the only heartbeat the new broker can get within the test's
+    wait is the one the worker sends when its socket's handshake with it succeeds."""
+    first = RawBroker(heartbeat_interval=60)
+    runtime = _runtime(first, EchoHandler(), heartbeat_interval=60, liveness=10).start()
+    second = None
+    try:
+        first.expect(W.READY)
+        first.stop()
+        second = RawBroker(port=first.port, heartbeat_interval=60)
+        _wait_for(lambda: any(second.heartbeats.values()), timeout=20)
+        assert runtime.registrations == 1  # same connection: ZeroMQ reconnected underneath
+        (ident,) = second.heartbeats
+        second.send(ident, [mdp.WORKER_HEADER, mdp.W_DISCONNECT])  # as RFC 18 answers it
+        second.expect(W.READY, timeout=10)  # registered anew with the restarted broker
+    finally:
+        runtime.stop()
+        if second is not None:
+            second.stop()
