@@ -518,7 +518,8 @@ def test_heartbeats_at_once_when_zeromq_reconnects_to_a_restarted_broker():
         first.expect(W.READY)
         first.stop()
         second = RawBroker(port=first.port, heartbeat_interval=60)
-        _wait_for(lambda: any(second.heartbeats.values()), timeout=20)
+        # len() only: the broker's thread adds the key while this thread looks
+        _wait_for(lambda: len(second.heartbeats) > 0, timeout=20)
         assert runtime.registrations == 1  # same connection: ZeroMQ reconnected underneath
         (ident,) = second.heartbeats
         second.send(ident, [mdp.WORKER_HEADER, mdp.W_DISCONNECT])  # as RFC 18 answers it
