@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from mole.broker.bind_policy import check_bind
 from mole.broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
 
 
@@ -148,6 +149,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "127.0.0.1; 0.0.0.0 for a Prometheus on another machine)",
     )
     parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow binding a non-loopback address without CURVE and an allow-list: anyone "
+        "who reaches the port can pose as a worker (env MOLE_BROKER_INSECURE=1; default off, "
+        "the broker refuses such a bind; a warning is logged on every start)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("MOLE_LOG_LEVEL", "INFO").upper(),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -189,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             attempt_timeout=args.attempt_timeout,
             service_attempt_timeouts=args.service_attempt_timeouts,
             suspect_after=args.suspect_after,
+            insecure=args.insecure,
         ).validated()
     except SettingsError as err:
         print(f"mole broker: {err}", file=sys.stderr)
@@ -219,8 +229,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"mole broker: cannot bind {settings.bind}: {err}", file=sys.stderr)
         broker.close()
         return 1
+    # After bind, so an endpoint that cannot be bound at all is reported as such; the
+    # broker reads no message before this check, so a refused bind serves nobody.
+    try:
+        insecure_warning = check_bind(settings)
+    except SettingsError as err:
+        print(f"mole broker: {err}", file=sys.stderr)
+        broker.close()
+        return 2
+    if insecure_warning is not None:
+        logging.getLogger("mole.broker").warning(insecure_warning)
 
-    def _stop(signum, _frame):
+    def _stop(signum: int, _frame: object) -> None:
         logging.getLogger("mole.broker").info(
             "%s received: shutting down", signal.Signals(signum).name
         )

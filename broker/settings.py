@@ -59,6 +59,8 @@ class BrokerSettings:
             no new requests until it answers again or is purged.
         drain_timeout: on SIGTERM the broker stops taking new requests and serves the ones
             queued or in flight for at most this long before it shuts down (0: at once).
+        insecure: accept binding a non-loopback address without CURVE and an allow-list
+            (``broker.bind_policy`` refuses it otherwise); a warning is logged on every start.
     """
 
     bind: str = DEFAULT_BIND
@@ -80,6 +82,7 @@ class BrokerSettings:
     attempt_timeout: float = 0.0
     service_attempt_timeouts: str = ""
     suspect_after: int = 2
+    insecure: bool = False
 
     @property
     def expiry(self) -> float:
@@ -146,13 +149,23 @@ ENV_VARS: dict[str, str] = {
     "MOLE_BROKER_ATTEMPT_TIMEOUT": "attempt_timeout",
     "MOLE_BROKER_SERVICE_ATTEMPT_TIMEOUTS": "service_attempt_timeouts",
     "MOLE_BROKER_SUSPECT_AFTER": "suspect_after",
+    "MOLE_BROKER_INSECURE": "insecure",
 }
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}
 
 
-def _convert(name: str, raw: str, source: str):
+def _convert(name: str, raw: str, source: str) -> object:
     kind = _TYPES[name]
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise SettingsError(f"{source}={raw!r} is not a yes/no value (use 1 or 0)")
     try:
         if kind == "int":
             return int(raw)

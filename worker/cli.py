@@ -7,7 +7,11 @@ once with exit code 2 and a message naming the model, file or adapter.
 Environment: ``WORKER_MODEL_KEY``, ``WORKER_ID``, ``MOLE_BROKER_URL``,
 ``EXPERT_REGISTRY_PATH``, ``MOLE_MODELS_DIR``, ``MOLE_ADAPTERS_DIR``, ``MOLE_DEVICE``,
 ``MOLE_FORCE_4BIT``, ``MOLE_KEEP_DTYPE``, ``MOLE_MAX_BATCH``, ``MOLE_BATCH_WAIT_MS``,
-``MOLE_MAX_INPUT_TOKENS``, ``MOLE_TORCH_THREADS``; flags override them.
+``MOLE_MAX_INPUT_TOKENS``, ``MOLE_TORCH_THREADS``, ``MOLE_WORKER_STUCK_LIMIT``,
+``MOLE_WORKER_DRAIN_TIMEOUT``; flags override them.
+
+SIGTERM drains the worker (no new work, in-flight answered, then DISCONNECT; a second
+SIGTERM stops it at once), so ``systemctl stop`` or ``docker stop`` loses no request.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mole.worker.runtime import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_STUCK_LIMIT_S
+
+if TYPE_CHECKING:
+    from mole.worker.engine.settings import EngineSettings
 
 log = logging.getLogger("mole.worker")
 
@@ -39,25 +49,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--registry", default=None, help="experts registry file (env EXPERT_REGISTRY_PATH)"
     )
-    parser.add_argument("--worker-id", default=env("WORKER_ID"), help="id (env WORKER_ID)")
     parser.add_argument(
-        "--models-dir", default=None, help="local base models by key (env MOLE_MODELS_DIR)"
+        "--worker-id",
+        default=env("WORKER_ID"),
+        help="id shown by `mole status` (env WORKER_ID, default HOST-PID)",
     )
     parser.add_argument(
-        "--adapters-dir", default=None, help="adapters root (env MOLE_ADAPTERS_DIR)"
+        "--models-dir",
+        default=None,
+        help="local base models by key (env MOLE_MODELS_DIR; default: the registry's "
+        "hf_name through the local HF cache)",
     )
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:n] (env MOLE_DEVICE)")
+    parser.add_argument(
+        "--adapters-dir",
+        default=None,
+        help="root of the registry's adapter paths (env MOLE_ADAPTERS_DIR)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="auto, cpu or cuda[:n] (env MOLE_DEVICE, default auto)"
+    )
     parser.add_argument(
         "--load-in-4bit",
         action="store_true",
         default=None,
-        help="load nf4 even on CPU (env MOLE_FORCE_4BIT)",
+        help="load nf4 even on CPU (env MOLE_FORCE_4BIT, default off: nf4 only where the "
+        "registry asks for it and CUDA is present)",
     )
     parser.add_argument(
         "--keep-dtype",
         action="store_true",
         default=None,
-        help="keep float16 on CPU instead of float32 (env MOLE_KEEP_DTYPE)",
+        help="keep float16 on CPU instead of float32 (env MOLE_KEEP_DTYPE, default off)",
     )
     parser.add_argument(
         "--max-batch",
@@ -78,20 +100,52 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="prompt limit in tokens (env MOLE_MAX_INPUT_TOKENS, default 1024)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (env MOLE_TORCH_THREADS)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (env MOLE_TORCH_THREADS, default: torch's choice)",
     )
-    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up requests")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the warm-up requests (default: warm up every task before registering)",
+    )
     parser.add_argument(
         "--heartbeat-interval",
         type=float,
         default=float(env("MOLE_HEARTBEAT_INTERVAL", "2.5")),
-        help="seconds; must match the broker's (env MOLE_HEARTBEAT_INTERVAL)",
+        help="seconds; must match the broker's (env MOLE_HEARTBEAT_INTERVAL, default 2.5)",
     )
     parser.add_argument(
         "--liveness",
         type=int,
         default=int(env("MOLE_HEARTBEAT_LIVENESS", "3")),
-        help="heartbeats missed before the broker counts as lost (env MOLE_HEARTBEAT_LIVENESS)",
+        help="heartbeats missed before the broker counts as lost "
+        "(env MOLE_HEARTBEAT_LIVENESS, default 3)",
+    )
+    parser.add_argument(
+        "--stuck-limit",
+        type=float,
+        default=float(env("MOLE_WORKER_STUCK_LIMIT", str(DEFAULT_STUCK_LIMIT_S))),
+        metavar="SECONDS",
+        help="when the model holds requests and answers none for this long, stop "
+        "heartbeating so the broker purges this worker and re-dispatches its work; it "
+        "registers again once the model answers (env MOLE_WORKER_STUCK_LIMIT, default "
+        f"{DEFAULT_STUCK_LIMIT_S:.0f}; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(env("MOLE_WORKER_DRAIN_TIMEOUT", str(DEFAULT_DRAIN_TIMEOUT_S))),
+        metavar="SECONDS",
+        help="on SIGTERM, how long to finish in-flight requests before DISCONNECT "
+        f"(env MOLE_WORKER_DRAIN_TIMEOUT, default {DEFAULT_DRAIN_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env("MOLE_LOG_LEVEL", "INFO").upper(),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (env MOLE_LOG_LEVEL, default INFO)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -106,10 +160,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=env("MOLE_WORKER_METRICS_HOST", "127.0.0.1"),
         help="address the metrics endpoint binds (env MOLE_WORKER_METRICS_HOST, default 127.0.0.1)",
     )
-    parser.add_argument("--log-level", default=env("MOLE_LOG_LEVEL", "INFO"))
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
     """EngineSettings from the environment, overridden by the flags that were given."""
     from mole.worker.engine.settings import EngineSettings
 
@@ -144,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download weights at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from mole.worker.quiet import silence_third_party_noise
+
+    silence_third_party_noise()  # before torch, transformers, peft, bitsandbytes import
     from mole.protocol.curve import CurveKeyError, CurveKeys
     from mole.protocol.registry import RegistryError, load_registry
     from mole.worker.engine.batching import BatchingHandler
@@ -199,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         liveness=args.liveness,
         curve=curve,
+        stuck_limit=args.stuck_limit if args.stuck_limit > 0 else None,
+        drain_timeout=args.drain_timeout,
     )
     stop_on_signals(runtime)
     log.info("worker %s registering %r with %s", worker_id, args.model_key, args.broker)

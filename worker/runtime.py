@@ -22,6 +22,19 @@ Robustness rules this module enforces, whatever the handler does:
   answers to requests of the previous connection are dropped (that broker re-dispatches
   them itself);
 - :meth:`WorkerRuntime.stop` sends DISCONNECT before closing.
+
+Two rules make a worker's registration mean that it can do the work:
+
+- **Graceful drain** (:meth:`WorkerRuntime.drain`, SIGTERM): RFC 18 has no "pause", so the
+  worker stops taking work by not handing new requests to its handler (it leaves them
+  unanswered), keeps heartbeating and answering what the handler holds, and when that is
+  done (or the drain timeout passes) sends DISCONNECT. The broker then purges it and
+  re-dispatches whatever it still counted as ours, the declined requests included, to
+  another worker: nothing in flight is lost and nothing is computed twice.
+- **Stuck compute loop**: when the handler holds requests but has answered nothing for
+  ``stuck_limit`` seconds (a hung GPU, a deadlock), the worker goes silent: no heartbeat,
+  no reply, so the broker purges it within its expiry and re-dispatches its requests. It
+  registers again only after the handler answers again.
 """
 
 from __future__ import annotations
@@ -55,6 +68,11 @@ log = logging.getLogger("mole.worker")
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.5
 DEFAULT_LIVENESS = 3
+#: Seconds the handler may hold work without answering anything before the worker goes
+#: silent (a batch of the largest model on CPU stays well under it).
+DEFAULT_STUCK_LIMIT_S = 60.0
+#: Seconds a draining worker waits for its handler's in-flight work before DISCONNECT.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 
 def default_worker_id(service: str) -> str:
@@ -98,6 +116,7 @@ class _Responder(Responder):
         self.done = False
 
     def partial(self, payload: Any) -> None:
+        self._runtime._handler_progress(self, finished=False)
         if self.done:
             log.warning("request %s: partial after its final answer ignored", self.request_id)
             return
@@ -116,6 +135,7 @@ class _Responder(Responder):
         self._runtime._post(self._generation, self.ticket, mdp.W_PARTIAL, body, None)
 
     def final(self, payload: Any) -> None:
+        self._runtime._handler_progress(self, finished=True)
         try:
             body = [ReplyHeader(self.request_id).encode(), pack(payload)]
         except Exception as err:
@@ -142,6 +162,11 @@ class _Responder(Responder):
         self._close(body, "final")
 
     def error(self, code: ErrorCode | str, message: str, details: Any = None) -> None:
+        self._runtime._handler_progress(self, finished=True)
+        self._close_with_error(code, message, details)
+
+    def _close_with_error(self, code: ErrorCode | str, message: str, details: Any = None) -> None:
+        """Close with an error reply; the runtime uses it directly (not handler progress)."""
         try:
             body = error_reply(self.request_id, code, message, details)
         except Exception:  # details not serialisable
@@ -172,6 +197,9 @@ class WorkerRuntime:
         curve: CURVE keys when the broker requires encryption (see protocol.curve).
         max_reply_bytes: a larger reply becomes an ``internal`` error (the broker would
             drop the connection of a peer sending a frame over its message limit).
+        stuck_limit: seconds the handler may hold requests without answering any before
+            the worker stops heartbeating (None: never).
+        drain_timeout: default seconds :meth:`drain` waits for in-flight work.
     """
 
     def __init__(
@@ -185,9 +213,11 @@ class WorkerRuntime:
         liveness: int = DEFAULT_LIVENESS,
         reconnect_initial: float = 0.25,
         reconnect_max: float = 8.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveKeys | None = None,
         max_reply_bytes: int = 16 * 1024 * 1024 - 4096,
+        stuck_limit: float | None = DEFAULT_STUCK_LIMIT_S,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
     ) -> None:
         if not service or service.startswith(mdp.MMI_PREFIX):
             raise ValueError(f"cannot serve {service!r}: empty or reserved (mmi.*) name")
@@ -205,9 +235,22 @@ class WorkerRuntime:
         self._context = context or zmq.Context.instance()
         self._curve = curve
         self.max_reply_bytes = max_reply_bytes
+        if stuck_limit is not None and stuck_limit <= 0:
+            raise ValueError(f"stuck_limit must be > 0 seconds or None (got {stuck_limit!r})")
+        self.stuck_limit = stuck_limit
+        self.drain_timeout = drain_timeout
+        self._draining = threading.Event()
+        self._drain_deadline = float("inf")
+        # Requests the handler holds and has not answered (kept across reconnections, and
+        # after the runtime closed them at their deadline): what "stuck" is measured on.
+        self._held: dict[_Responder, float] = {}
+        self._held_lock = threading.Lock()
+        self._last_progress = time.monotonic()
         self._waker = Waker(self._context)
         self._socket_thread: int | None = None  # the thread that owns the socket
-        self._outbox: collections.deque = collections.deque()
+        self._outbox: collections.deque[
+            tuple[int, bytes, bytes, list[bytes], _Responder | None]
+        ] = collections.deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._generation = 0
@@ -218,7 +261,11 @@ class WorkerRuntime:
         self.served = 0
         self.rejected = 0
         self.heartbeats_sent = 0
+        self.declined = 0  # requests left to the broker to re-dispatch (draining or stuck)
+        self.stuck_episodes = 0
+        self.stuck = threading.Event()  # set while the compute loop counts as stuck
         self.connected = threading.Event()  # set while registered and hearing the broker
+        self.drained = threading.Event()  # set once a drain ended with DISCONNECT
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,9 +298,74 @@ class WorkerRuntime:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def drain(self, timeout: float | None = None) -> None:
+        """Stop taking work, finish what the handler holds, then DISCONNECT and stop.
+
+        Returns at once (safe from any thread); :attr:`drained` is set when it is done and
+        :meth:`run` returns. ``timeout`` (default ``drain_timeout``) bounds the wait for
+        in-flight work; what is still unfinished then is re-dispatched by the broker.
+        """
+        if self._draining.is_set():
+            return
+        wait = self.drain_timeout if timeout is None else timeout
+        self._drain_deadline = time.monotonic() + max(0.0, wait)
+        self._draining.set()
+        log.info(
+            "worker %s: draining: no new work; %d request(s) in flight, up to %.0f s",
+            self.worker_id,
+            len(self._in_flight),
+            wait,
+        )
+        self._waker.wake()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    # ------------------------------------------------------------------ progress
+
+    def _handler_progress(self, responder: _Responder, *, finished: bool) -> None:
+        """Any thread: the handler answered something, so its compute loop is alive."""
+        self._last_progress = time.monotonic()
+        if finished:
+            with self._held_lock:
+                self._held.pop(responder, None)
+        if self.stuck.is_set():
+            self._waker.wake()
+
+    def _hold(self, responder: _Responder, now: float) -> None:
+        with self._held_lock:
+            if not self._held:
+                self._last_progress = now  # idle until now: measure from this request on
+            self._held[responder] = now
+
+    def _compute_stuck(self, now: float) -> bool:
+        """Is the handler holding work without having answered for ``stuck_limit``?"""
+        if self.stuck_limit is None:
+            return False
+        with self._held_lock:
+            held = len(self._held)
+        stuck = held > 0 and now - self._last_progress > self.stuck_limit
+        if stuck and not self.stuck.is_set():
+            self.stuck.set()
+            self.stuck_episodes += 1
+            log.error(
+                "worker %s: compute loop stuck: %d request(s) held and no answer for %.1f s "
+                "(limit %.1f s); heartbeats stopped so the broker purges this worker and "
+                "re-dispatches its requests",
+                self.worker_id,
+                held,
+                now - self._last_progress,
+                self.stuck_limit,
+            )
+        elif not stuck and self.stuck.is_set():
+            self.stuck.clear()
+            log.warning("worker %s: compute loop answers again; registering anew", self.worker_id)
+        return stuck
 
     def metadata(self) -> dict[str, Any]:
         """READY's metadata frame: ours, then what the handler adds."""
@@ -273,8 +385,16 @@ class WorkerRuntime:
     def _connections(self) -> None:
         backoff = self.reconnect_initial
         while not self._stop.is_set():
-            heard = self._one_connection()
+            while self._compute_stuck(time.monotonic()) and not self._stop.is_set():
+                if self._draining.is_set():  # nothing to hand back: the broker purged us
+                    self._stop.set()
+                    self.drained.set()
+                    return
+                self._stop.wait(self.heartbeat_interval)  # stay unregistered until it recovers
             if self._stop.is_set():
+                return
+            heard = self._one_connection()
+            if self._stop.is_set() or self._draining.is_set():
                 return
             backoff = self.reconnect_initial if heard else min(backoff * 2, self.reconnect_max)
             log.info(
@@ -293,10 +413,16 @@ class WorkerRuntime:
         sock.setsockopt(zmq.RCVHWM, 0)
         if self._curve is not None:
             self._curve.apply(sock)
+        # A new handshake on this socket means ZeroMQ reconnected underneath us, perhaps to
+        # a restarted broker that does not know this worker: a heartbeat sent at once gets
+        # its DISCONNECT (and so our READY) now instead of a heartbeat interval later.
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        handshakes = 0
         sock.connect(self.broker_url)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.socket, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         self.registrations += 1
         self._send(
             sock,
@@ -333,7 +459,33 @@ class WorkerRuntime:
                     return heard
                 if self._waker.socket in events:
                     self._waker.drain()
-                self._flush(sock)
+                if monitor in events:
+                    handshakes += self._handshakes(monitor)
+                    if handshakes > 1 and not self.stuck.is_set():
+                        self._send(sock, [mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
+                        self.heartbeats_sent += 1
+                now = time.monotonic()
+                stuck = self._compute_stuck(now)
+                if not stuck:
+                    self._flush(sock)
+                if self._draining.is_set() and self._drain_done(sock, now):
+                    return heard
+                if stuck:
+                    # Silent on purpose: any message would keep the broker counting us alive.
+                    self._decline_incoming(sock, events)
+                    if now - last_heard >= silent_limit:
+                        log.warning(
+                            "worker %s: purged by the broker while stuck; waiting for the "
+                            "compute loop before registering again",
+                            self.worker_id,
+                        )
+                        return heard
+                    if sock in events:
+                        last_heard = now
+                    # Nothing is sent while stuck: push the timers that would wake us to send.
+                    self._last_sent = now
+                    next_expiry_scan = now + self.heartbeat_interval
+                    continue
                 if sock in events:
                     for _ in range(1024):
                         frames = recv_frames(sock)
@@ -366,13 +518,63 @@ class WorkerRuntime:
                     self.heartbeats_sent += 1
         finally:
             self.connected.clear()
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
 
-    def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+    @staticmethod
+    def _handshakes(monitor: zmq.Socket[bytes]) -> int:
+        """Read the monitor's pending events; how many were completed handshakes."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        count = 0
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                count += 1
+        return count
+
+    def _decline_incoming(self, sock: zmq.Socket[bytes], events: dict[Any, int]) -> None:
+        """While stuck: read what arrives, answer nothing, hand nothing to the handler."""
+        if sock not in events:
+            return
+        for _ in range(1024):
+            frames = recv_frames(sock)
+            if frames is None:
+                return
+            try:
+                message = mdp.decode_worker(frames)
+            except MalformedMessage:
+                continue
+            if message.command == mdp.WorkerCommand.REQUEST:
+                self.declined += 1
+
+    def _drain_done(self, sock: zmq.Socket[bytes], now: float) -> bool:
+        """While draining: once nothing is in flight (or time is up), DISCONNECT and stop."""
+        if self._in_flight and now < self._drain_deadline:
+            return False
+        if self._in_flight:
+            log.warning(
+                "worker %s: drain timeout with %d request(s) unfinished; the broker "
+                "re-dispatches them",
+                self.worker_id,
+                len(self._in_flight),
+            )
+        self._send(sock, mdp.encode_worker(mdp.WorkerCommand.DISCONNECT))
+        log.info(
+            "worker %s: drained (%d request(s) left to other workers); DISCONNECT sent",
+            self.worker_id,
+            self.declined,
+        )
+        self._stop.set()
+        self.drained.set()
+        return True
+
+    def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
         send_frames(sock, frames)
         self._last_sent = time.monotonic()
 
-    def _flush(self, sock: zmq.Socket) -> None:
+    def _flush(self, sock: zmq.Socket[bytes]) -> None:
         """Send what handlers queued; drop answers that belong to an older connection."""
         outbox = self._outbox
         while outbox:
@@ -405,11 +607,11 @@ class WorkerRuntime:
         if threading.get_ident() != self._socket_thread:
             self._waker.wake()
 
-    def _reply_now(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
+    def _reply_now(self, sock: zmq.Socket[bytes], ticket: bytes, body: list[bytes]) -> None:
         self.rejected += 1
         self._send(sock, [mdp.WORKER_HEADER, mdp.W_FINAL, ticket, mdp.EMPTY, *body])
 
-    def _on_message(self, sock: zmq.Socket, frames: list[bytes]) -> str | None:
+    def _on_message(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> str | None:
         try:
             message = mdp.decode_worker(frames)
         except MalformedMessage as err:
@@ -428,7 +630,7 @@ class WorkerRuntime:
             )
         return None
 
-    def _on_request(self, sock: zmq.Socket, ticket: bytes, body: list[bytes]) -> None:
+    def _on_request(self, sock: zmq.Socket[bytes], ticket: bytes, body: list[bytes]) -> None:
         if not body:
             self._reply_now(
                 sock,
@@ -485,6 +687,11 @@ class WorkerRuntime:
         if ticket in self._in_flight:
             log.warning("worker %s: duplicate ticket for request %s ignored", self.worker_id, rid)
             return
+        if self._draining.is_set() or self.stuck.is_set():
+            # Left unanswered: our DISCONNECT (draining) or our purge (stuck) makes the
+            # broker re-dispatch it to another worker, where an error reply would not.
+            self.declined += 1
+            return
         if len(self._in_flight) >= self.slots:
             self._reply_now(
                 sock,
@@ -503,6 +710,7 @@ class WorkerRuntime:
             return
         responder = _Responder(self, self._generation, ticket, rid, deadline)
         self._in_flight[ticket] = responder
+        self._hold(responder, now)
         request = WorkRequest(rid, payload, deadline, header.attempt, now)
         try:
             self.handler.submit(request, responder)
@@ -515,21 +723,27 @@ class WorkerRuntime:
         for responder in [
             r for r in self._in_flight.values() if r.deadline is not None and r.deadline <= now
         ]:
-            responder.error(
+            responder._close_with_error(
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"worker {self.worker_id} did not finish before the deadline",
             )
 
 
 def stop_on_signals(runtime: WorkerRuntime) -> None:
-    """Make SIGTERM and SIGINT stop ``runtime`` cleanly (it sends DISCONNECT first).
+    """SIGTERM or SIGINT drains ``runtime`` (in-flight work answered, then DISCONNECT); a
+    second signal stops it at once (DISCONNECT; the broker re-dispatches what is left).
 
-    NOTE: the handler only starts a thread: ``stop()`` takes locks that a signal handler,
-    which may interrupt their holder, must not take.
+    NOTE: the handler only starts a thread: ``drain()`` and ``stop()`` take locks that a
+    signal handler, which may interrupt their holder, must not take.
     """
 
-    def _stop(signum, frame) -> None:
-        threading.Thread(target=runtime.stop, kwargs={"timeout": 0}, daemon=True).start()
+    def _stop(signum: int, frame: object) -> None:
+        if runtime.draining:
+            target: Any = runtime.stop
+            kwargs: dict[str, Any] = {"timeout": 0}
+        else:
+            target, kwargs = runtime.drain, {}
+        threading.Thread(target=target, kwargs=kwargs, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -1,9 +1,11 @@
 """``mole classify TEXT --description D``: one request through the running stack.
 
 It speaks to the frontend over HTTP exactly as any user's program would (token, then
-classify), so it doubles as a smoke test of a running ``mole up``. Credentials come from
-flags, ``MOLE_USERNAME``/``MOLE_PASSWORD`` or ``MOLE_TOKEN``, or else the local admin that
-``mole up`` created in the data directory.
+classify), so it doubles as a smoke test of a running ``mole up``. The URL comes from
+``--url``, ``MOLE_URL``, or else the running stack's record (``stack.json`` in the data
+directory), so a stack started on another port is found without flags. Credentials come
+from flags, ``MOLE_USERNAME``/``MOLE_PASSWORD`` or ``MOLE_TOKEN``, or else the local admin
+that ``mole up`` created in the data directory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mole.cli.up import default_data_dir
+from mole.cli.stack_state import default_data_dir, read_state
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ClassifyFailed(Exception):
@@ -33,21 +37,53 @@ def configure(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="what to do with the text, e.g. 'Classify the sentiment ...'",
     )
-    parser.add_argument("--url", default=os.environ.get("MOLE_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--username", default=os.environ.get("MOLE_USERNAME"))
-    parser.add_argument("--password", default=os.environ.get("MOLE_PASSWORD"))
-    parser.add_argument("--token", default=os.environ.get("MOLE_TOKEN"))
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--probabilities", action="store_true", help="return every label's p")
-    parser.add_argument("--raw", action="store_true", help="return the model's raw output")
-    parser.add_argument("--json", action="store_true", help="print the JSON reply")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MOLE_URL"),
+        help="the frontend (env MOLE_URL; default: the URL of the stack `mole up` runs "
+        f"from the data directory, else {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--username", default=os.environ.get("MOLE_USERNAME"), help="env MOLE_USERNAME"
+    )
+    parser.add_argument(
+        "--password", default=os.environ.get("MOLE_PASSWORD"), help="env MOLE_PASSWORD"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MOLE_TOKEN"),
+        help="a bearer token instead of a username and password (env MOLE_TOKEN)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the data directory of `mole up` (default: MOLE_DATA_DIR or ~/.cache/mole); "
+        "its local admin is used when no credentials are given",
+    )
+    parser.add_argument(
+        "--probabilities", action="store_true", help="return every label's p (default off)"
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="return the model's raw output (default off)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the JSON reply (default: a table)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for each HTTP answer (default 120)",
+    )
 
 
 def _call(request: urllib.request.Request, timeout: float) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            reply: dict[str, Any] = json.loads(response.read())
+            return reply
     except urllib.error.HTTPError as err:
         try:
             body = json.loads(err.read())
@@ -68,7 +104,7 @@ def get_token(url: str, username: str, password: str, timeout: float) -> str:
         data=form,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    return _call(request, timeout)["access_token"]
+    return str(_call(request, timeout)["access_token"])
 
 
 def classify(
@@ -130,8 +166,16 @@ def render(reply: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def resolve_url(args: argparse.Namespace) -> str:
+    """``--url``/``MOLE_URL``, else the running stack's URL, else the default."""
+    if args.url:
+        return str(args.url).rstrip("/")
+    state = read_state(args.data_dir)
+    return state.url if state is not None else DEFAULT_URL
+
+
 def run(args: argparse.Namespace) -> int:
-    url = args.url.rstrip("/")
+    url = resolve_url(args)
     try:
         token = args.token or get_token(url, *_credentials(args), args.timeout)
         reply = classify(

@@ -14,11 +14,15 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     gen = sub.add_parser("generate", help="create a key pair")
     gen.add_argument("name", help="file stem, e.g. broker, worker-gpu1, frontend")
-    gen.add_argument("--dir", type=Path, default=Path("keys"), help="output directory")
-    gen.add_argument("--force", action="store_true", help="overwrite an existing pair")
+    gen.add_argument(
+        "--dir", type=Path, default=Path("keys"), help="output directory (default ./keys)"
+    )
+    gen.add_argument(
+        "--force", action="store_true", help="overwrite an existing pair (default: refuse)"
+    )
 
 
 def generate(name: str, directory: Path, *, force: bool = False) -> tuple[Path, Path]:
