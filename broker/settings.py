@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
-DEFAULT_BIND = "tcp://*:5555"
+DEFAULT_BIND = "tcp://127.0.0.1:5555"  # loopback: a wider bind needs CURVE (bind_policy)
 
 
 class SettingsError(ValueError):

@@ -18,7 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("mole.broker.cli", "run the Majordomo broker"),
     "status": ("mole.broker.status_cli", "show the broker's services and workers"),
     "worker": ("mole.worker.cli", "run an expert worker for one base model"),
-    "models": ("mole.worker.models_cli", "generate tiny offline models and adapters"),
+    "models": (
+        "mole.worker.models_cli",
+        "generate tiny offline models and adapters, or check real ones (mole models check)",
+    ),
     "gating": ("mole.gating.cli", "train and try the gating models"),
     "frontend": ("mole.frontend.cli", "run the HTTP frontend under gunicorn"),
     "users": ("mole.frontend.users_cli", "manage frontend users"),

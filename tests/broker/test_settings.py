@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_defaults_match_the_design():
     s = BrokerSettings()
-    assert s.bind == "tcp://*:5555"
+    assert s.bind == "tcp://127.0.0.1:5555"
     assert (s.heartbeat_interval, s.liveness) == (2.5, 3)
     assert s.expiry == 7.5
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mole.protocol.client import Client
+from mole.protocol.curve import CurveKeys
 from mole.protocol.registry import load_registry
 from tests.e2e.e2e_stack import Stack, http
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
@@ -177,8 +178,11 @@ def test_monolithic_mode_gives_the_same_answers(distributed_answers, tiny_models
         assert mono.stop() == 0
 
 
-def _worker_pid(broker_url: str, service: str) -> int | None:
-    with Client(broker_url, timeout=5.0) as client:
+def _worker_pid(stack: Stack, service: str) -> int | None:
+    # mole up runs its bus under CURVE: ask with the operator's keys it made
+    keys = stack.data_dir / "keys"
+    curve = CurveKeys.from_files(keys / "broker.key", keys / "operator.key_secret")
+    with Client(stack.broker_url, timeout=5.0, curve=curve) as client:
         status = client.status(timeout=5.0)
     for worker in status["workers"]:
         if worker["service"] == service:
@@ -188,7 +192,7 @@ def _worker_pid(broker_url: str, service: str) -> int | None:
 
 def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
     service = "llama-2-7b-hf"
-    old_pid = _worker_pid(stack.broker_url, service)
+    old_pid = _worker_pid(stack, service)
     assert old_pid, "the llama-2 worker is not registered"
     outcomes: list[tuple[float, int, str | None]] = []
     failures: list[BaseException] = []
@@ -215,7 +219,7 @@ def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
     deadline = killed_at + 240
     new_pid = None
     while time.monotonic() < deadline:
-        new_pid = _worker_pid(stack.broker_url, service)
+        new_pid = _worker_pid(stack, service)
         if new_pid and new_pid != old_pid:
             break
         time.sleep(0.5)
