@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from types import FrameType
 
 from mole.broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
 
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         broker.close()
         return 1
 
-    def _stop(signum, _frame):
+    def _stop(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("mole.broker").info(
             "%s received: shutting down", signal.Signals(signum).name
         )
