@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from types import FrameType
 
 from mole.broker.bind_policy import check_bind
 from mole.broker.settings import DEFAULT_BIND, SettingsError, settings_from_env, with_overrides
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if insecure_warning is not None:
         logging.getLogger("mole.broker").warning(insecure_warning)
 
-    def _stop(signum: int, _frame: object) -> None:
+    def _stop(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("mole.broker").info(
             "%s received: shutting down", signal.Signals(signum).name
         )

@@ -18,15 +18,27 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
 from mole.broker.acl import Acl, load_acl
 from mole.broker.settings import BrokerSettings, SettingsError
 
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
 log = logging.getLogger("mole.broker")
 
 ZAP_DOMAIN = "mole"
+
+#: One ``.key`` file as :meth:`KeyRing.refresh` compares it: (name, mtime_ns, size), or
+#: ``("<unreadable>",)`` when the directory cannot be listed.
+_KeyFileStamp = tuple[str, int, int] | tuple[str]
+#: The ACL file's (mtime_ns, size), ``("<unreadable>",)``, or None without an ACL.
+_AclStamp = tuple[int, int] | tuple[str] | None
+#: Everything whose change makes the ring re-read its files.
+_Signature = tuple[tuple[_KeyFileStamp, ...], _AclStamp]
 
 
 class KeyRing:
@@ -43,7 +55,7 @@ class KeyRing:
         self.keys: dict[str, str] = {}
         self._stems: dict[str, str] = {}  # every key ever loaded -> stem, to name revoked ones
         self.acl: Acl | None = None
-        self._signature: tuple | None = None
+        self._signature: _Signature | None = None
 
     # -- ZAP -------------------------------------------------------------------------
     def callback(self, domain: str, key: bytes) -> bool:
@@ -71,7 +83,8 @@ class KeyRing:
         return key is not None and self.acl.allows(key, self.keys.get(key), service)
 
     # -- loading -----------------------------------------------------------------------
-    def _current_signature(self) -> tuple:
+    def _current_signature(self) -> _Signature:
+        listing: list[_KeyFileStamp]
         try:
             listing = sorted(
                 (e.name, e.stat().st_mtime_ns, e.stat().st_size)
@@ -80,7 +93,7 @@ class KeyRing:
             )
         except OSError:
             listing = [("<unreadable>",)]
-        acl = None
+        acl: _AclStamp = None
         if self.acl_file is not None:
             try:
                 st = self.acl_file.stat()
@@ -157,7 +170,9 @@ class KeyRing:
         return keys
 
 
-def enable_curve(sock: zmq.Socket, settings: BrokerSettings, context: zmq.Context):
+def enable_curve(
+    sock: zmq.Socket[bytes], settings: BrokerSettings, context: zmq.Context[zmq.Socket[bytes]]
+) -> tuple[ThreadAuthenticator | None, KeyRing | None]:
     """Make ``sock`` a CURVE server (before bind); return ``(authenticator, keyring)``.
 
     Both are None without an allow-list (encryption only). Raises:
@@ -176,7 +191,8 @@ def enable_curve(sock: zmq.Socket, settings: BrokerSettings, context: zmq.Contex
             f"{settings.curve_secret} holds no secret key; pass the "
             ".key_secret file written by `mole keys generate broker`"
         )
-    authenticator = keyring = None
+    authenticator: ThreadAuthenticator | None = None
+    keyring: KeyRing | None = None
     if settings.curve_allow:
         keyring = KeyRing(settings.curve_allow, settings.curve_acl)
         keyring.load()
@@ -213,6 +229,8 @@ def enable_curve(sock: zmq.Socket, settings: BrokerSettings, context: zmq.Contex
 def peer_key(frame: zmq.Frame) -> str | None:
     """The z85 public key a received frame's sender authenticated with (CURVE), or None."""
     try:
-        return frame.get("User-Id")
+        key = frame.get("User-Id")
     except (zmq.ZMQError, AttributeError, UnicodeDecodeError):
         return None
+    # pyzmq types a named property as ``int | str``; "User-Id" is always a string.
+    return key if isinstance(key, str) else None

@@ -1276,7 +1276,7 @@ def _request_header(frame: Any) -> dict[str, Any] | None:
     if not data or len(data) > MAX_HEADER_BYTES or data[0] & 0xF0 != 0x80:
         return None  # not a msgpack fixmap: an opaque RFC 18 body
     try:  # msgpack's defaults: str for strings, str or bytes map keys only
-        header = msgpack.unpackb(data)
+        header: dict[str, Any] = msgpack.unpackb(data)
     except Exception:
         return None
     if header.get("v") != VERSION or "id" not in header:  # a fixmap decodes to a dict

@@ -113,11 +113,11 @@ def render(status: dict[str, Any]) -> str:
             for code in sorted(value):
                 errors.add(value[code], code=str(code))
         elif name in ("queued", "live_requests"):
-            help_text = {
+            gauge_help = {
                 "queued": "requests waiting for a worker, all services",
                 "live_requests": "requests the broker holds (queued or in flight)",
             }
-            family(name, "gauge", help_text[name]).add(value)  # fmt: skip
+            family(name, "gauge", gauge_help[name]).add(value)  # fmt: skip
         elif isinstance(value, dict):
             continue  # a structured counter this exporter does not know: left out
         else:

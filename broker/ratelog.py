@@ -32,7 +32,7 @@ class RateLimitedLog:
         self._count = 0
         self._suppressed = 0
 
-    def log(self, level: int, msg: str, *args) -> None:
+    def log(self, level: int, msg: str, *args: object) -> None:
         now = self._clock()
         if now - self._window_start >= self._period:
             if self._suppressed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"  # loopback: a wider bind needs CURVE (bind_policy)
 
@@ -158,7 +159,7 @@ _FALSE = ("0", "false", "no", "off")
 _TYPES = {f.name: f.type for f in fields(BrokerSettings)}
 
 
-def _convert(name: str, raw: str, source: str) -> object:
+def _convert(name: str, raw: str, source: str) -> bool | int | float | str:
     kind = _TYPES[name]
     if kind == "bool":
         if raw.strip().lower() in _TRUE:
@@ -181,7 +182,9 @@ def settings_from_env(
 ) -> BrokerSettings:
     """Defaults overridden by the ``MOLE_*`` variables set in ``env`` (os.environ if None)."""
     env = os.environ if env is None else env
-    values = {}
+    # Keys are field names chosen at run time, so no static type per key: Any, and
+    # _convert has already parsed each value as its field's declared type.
+    values: dict[str, Any] = {}
     for var, name in ENV_VARS.items():
         raw = env.get(var)
         if raw is not None and raw != "":
@@ -189,7 +192,7 @@ def settings_from_env(
     return replace(base or BrokerSettings(), **values)
 
 
-def with_overrides(settings: BrokerSettings, **overrides) -> BrokerSettings:
+def with_overrides(settings: BrokerSettings, **overrides: Any) -> BrokerSettings:
     """``settings`` with every override that is not None applied (flags over env)."""
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -33,7 +33,7 @@ def fetch_status(
     url: str,
     timeout: float = 3.0,
     *,
-    context: zmq.Context | None = None,
+    context: zmq.Context[zmq.Socket[bytes]] | None = None,
     curve: CurveKeys | None = None,
 ) -> dict[str, Any]:
     """Ask the broker at ``url`` for its ``mmi.status`` document.
@@ -73,7 +73,7 @@ def fetch_status(
         sock.close(0)
 
 
-def _parse_reply(frames: list[bytes], request_id: str) -> dict | None:
+def _parse_reply(frames: list[bytes], request_id: str) -> dict[str, Any] | None:
     """The status dict from a reply to our request; None for a reply to something else."""
     if len(frames) < 5 or frames[0] != mdp.CLIENT_HEADER or frames[1] != mdp.CLIENT_FINAL:
         return None
@@ -242,7 +242,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _show(status: dict, as_json: bool, out: TextIO) -> None:
+def _show(status: dict[str, Any], as_json: bool, out: TextIO) -> None:
     if as_json:
         out.write(json.dumps(status, indent=2, sort_keys=True, default=str) + "\n")
     else:

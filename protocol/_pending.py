@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from mole.protocol import mdp
 from mole.protocol.envelope import RequestHeader, decode_reply_header, unpack
@@ -308,6 +308,14 @@ class Correlator:
         return len(pending)
 
 
+@overload
+def decode_payload(body: list[bytes], *, raw: Literal[True]) -> bytes | RawReply: ...
+
+
+@overload
+def decode_payload(body: list[bytes], *, raw: Literal[False] = False) -> Any: ...
+
+
 def decode_payload(body: list[bytes], *, raw: bool = False) -> Any:
     """The reply payload of a final or partial body (frames after the reply header).
 
@@ -348,21 +356,32 @@ __all__ = [
     "RawReply",
     "RequestError",
     "Sink",
+    "StreamItem",
+    "StreamSink",
     "decode_payload",
     "new_routing_id",
 ]
 
 
-class StreamSink:
+#: What a :class:`StreamSink` hands on: ``("partial" | "final", body frames)`` or
+#: ``("error", exception)``.
+StreamItem = tuple[str, Any]
+
+#: The queue a :class:`StreamSink` fills; the client that made the sink reads it back.
+QueueT = TypeVar("QueueT")
+
+
+class StreamSink(Generic[QueueT]):
     """Sink of one streamed request: hands ("partial"|"final"|"error", value) to ``put``.
 
     The blocking client passes a ``queue.SimpleQueue``'s ``put`` and the asyncio client an
-    ``asyncio.Queue``'s ``put_nowait``: the correlation core never knows which.
+    ``asyncio.Queue``'s ``put_nowait``: the correlation core never knows which. The sink
+    keeps the queue, typed as given, for the reading side.
     """
 
     __slots__ = ("_put", "queue")
 
-    def __init__(self, queue: Any, put: Callable[[tuple[str, Any]], None]) -> None:
+    def __init__(self, queue: QueueT, put: Callable[[StreamItem], None]) -> None:
         self.queue = queue
         self._put = put
 

@@ -21,7 +21,7 @@ _names = itertools.count(1)
 class Waker:
     """An inproc PAIR pair: ``wake()`` from any thread, poll ``socket`` in the owner."""
 
-    def __init__(self, context: zmq.Context) -> None:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
         address = f"inproc://mole-wake-{id(self):x}-{next(_names)}"
         self.socket = context.socket(zmq.PAIR)  # polled and drained by the owner thread
         self.socket.linger = 0

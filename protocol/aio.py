@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -28,13 +29,15 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from mole.protocol import mdp
-from mole.protocol._frames import recv_frames, send_frames
+from mole.protocol._frames import pending_events, recv_frames, send_frames
 from mole.protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     DEFAULT_MAX_REQUEST_BYTES,
     ClientClosed,
     Correlator,
     Pending,
+    Sink,
+    StreamItem,
     StreamSink,
     check_timeout,
     decode_payload,
@@ -58,7 +61,7 @@ class _FutureSink:
 
     __slots__ = ("future", "timer")
 
-    def __init__(self, future: asyncio.Future) -> None:
+    def __init__(self, future: asyncio.Future[list[bytes]]) -> None:
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
 
@@ -80,6 +83,19 @@ class _FutureSink:
             self.timer.cancel()
 
 
+@dataclass(slots=True)
+class _Attachment:
+    """The loop the client is used on and the sockets made on it, set together once.
+
+    Holding the three in one optional attribute lets every callback see a fully started
+    client or none at all.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    socket: zmq.Socket[bytes]
+    monitor: zmq.Socket[bytes]
+
+
 class AsyncClient:
     """An asyncio Majordomo client. Use it from one event loop; share it among tasks.
 
@@ -93,7 +109,7 @@ class AsyncClient:
         url: str,
         *,
         timeout: float = 30.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | zmq.asyncio.Context | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 3.0,
         reconnect_interval: float = 0.1,
@@ -117,9 +133,7 @@ class AsyncClient:
         self._core = Correlator(
             url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
         )
-        self._socket: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._io: _Attachment | None = None
         self._check_scheduled = False
         self._closed = False
 
@@ -141,10 +155,10 @@ class AsyncClient:
     ) -> AsyncIterator[Any]:
         """Yield each PARTIAL reply payload, then the FINAL one; errors raise."""
         timeout = check_timeout(timeout, self.timeout)
-        self._start()
-        stream_queue: asyncio.Queue = asyncio.Queue()
+        io = self._start()
+        stream_queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         sink = StreamSink(stream_queue, stream_queue.put_nowait)
-        pending = self._submit(service, [pack(payload)], timeout, sink)
+        pending = self._submit(io, service, [pack(payload)], timeout, sink)
         finished = False
         try:
             while True:
@@ -173,9 +187,12 @@ class AsyncClient:
         body = await self._call(mdp.MMI_SERVICE, [name.encode("utf-8")], timeout)
         return decode_payload(body, raw=True) == b"200"
 
-    async def status(self, timeout: float | None = None) -> dict:
+    async def status(self, timeout: float | None = None) -> dict[str, Any]:
         """The broker's ``mmi.status`` report."""
-        return decode_payload(await self._call(mdp.MMI_STATUS, [pack({})], timeout))
+        report: dict[str, Any] = decode_payload(
+            await self._call(mdp.MMI_STATUS, [pack({})], timeout)
+        )
+        return report
 
     @property
     def connected(self) -> bool:
@@ -185,7 +202,7 @@ class AsyncClient:
     def pending(self) -> int:
         return len(self._core)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{pending, resent, dropped_replies, connected, connects}`` for metrics."""
         return self._core.stats()
 
@@ -199,60 +216,63 @@ class AsyncClient:
                 f"client closed while request {p.request_id} to {p.service!r} was pending"
             )
         )
-        if self._socket is not None:
-            self._loop.remove_reader(self._socket.getsockopt(zmq.FD))
-            self._loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+        io = self._io
+        if io is not None:
+            io.loop.remove_reader(io.socket.FD)
+            io.loop.remove_reader(io.monitor.FD)
             with contextlib.suppress(zmq.ZMQError):
-                self._socket.disable_monitor()
-            self._monitor.close(0)
-            self._socket.close(0)
+                io.socket.disable_monitor()
+            io.monitor.close(0)
+            io.socket.close(0)
 
     async def __aenter__(self) -> AsyncClient:
         self._start()
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     # ------------------------------------------------------------------ internals
 
-    def _start(self) -> None:
+    def _start(self) -> _Attachment:
+        """The client's loop and sockets, made on the running loop at first use."""
         if self._closed:
             raise ClientClosed("the client is closed")
-        if self._socket is not None:
-            if asyncio.get_running_loop() is not self._loop:
+        if self._io is not None:
+            if asyncio.get_running_loop() is not self._io.loop:
                 raise RuntimeError(
                     "an AsyncClient belongs to the event loop that first used "
                     "it; create one client per loop"
                 )
-            return
-        self._loop = asyncio.get_running_loop()
-        context = self._context or zmq.Context.instance()
-        if isinstance(context, zmq.asyncio.Context):
-            context = zmq.Context.shadow(context.underlying)
+            return self._io
+        loop = asyncio.get_running_loop()
+        context = _sync_context(self._context)
         socket = context.socket(zmq.DEALER)
         configure_socket(socket, self.routing_id, *self._options)
         if self._curve is not None:
             self._curve.apply(socket)
-        self._monitor = socket.get_monitor_socket(MONITOR_EVENTS)
+        monitor = socket.get_monitor_socket(MONITOR_EVENTS)
         socket.connect(self.url)
-        self._socket = socket
-        self._loop.add_reader(socket.getsockopt(zmq.FD), self._on_readable)
-        self._loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
-        self._loop.call_soon(self._on_monitor)
+        self._io = io = _Attachment(loop, socket, monitor)
+        loop.add_reader(socket.FD, self._on_readable)
+        loop.add_reader(monitor.FD, self._on_monitor)
+        loop.call_soon(self._on_monitor)
+        return io
 
-    def _submit(self, service: str, body: list[bytes], timeout: float, sink) -> Pending:
+    def _submit(
+        self, io: _Attachment, service: str, body: list[bytes], timeout: float, sink: Sink
+    ) -> Pending:
         pending = self._core.open(service, body, timeout, sink)
-        self._send(self._core.frames(pending))
+        self._send(io, self._core.frames(pending))
         return pending
 
     async def _call(self, service: str, body: list[bytes], timeout: float | None) -> list[bytes]:
         timeout = check_timeout(timeout, self.timeout)
-        self._start()
-        loop = self._loop
-        future = loop.create_future()
+        io = self._start()
+        loop = io.loop
+        future: asyncio.Future[list[bytes]] = loop.create_future()
         sink = _FutureSink(future)
-        pending = self._submit(service, body, timeout, sink)
+        pending = self._submit(io, service, body, timeout, sink)
         sink.timer = loop.call_at(
             loop.time() + (pending.expires - time.monotonic()), self._expire, pending
         )
@@ -267,20 +287,21 @@ class AsyncClient:
         if self._core.take(pending.request_id) is not None:
             pending.sink.on_error(self._core.deadline_error(pending))
 
-    def _send(self, frames: list[bytes]) -> None:
+    def _send(self, io: _Attachment, frames: list[bytes]) -> None:
         try:
-            send_frames(self._socket, frames)
+            send_frames(io.socket, frames)
         except zmq.Again:  # cannot happen with SNDHWM=0; the request is resent or expires
             log.warning("send queue full; a request will be retried or time out")
         if not self._check_scheduled:  # a send may have consumed the descriptor's edge
             self._check_scheduled = True
-            self._loop.call_soon(self._on_readable)
+            io.loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
         self._check_scheduled = False
-        socket = self._socket
-        if socket is None or socket.closed:
+        io = self._io
+        if io is None or io.socket.closed:
             return
+        socket = io.socket
         dispatch = self._core.dispatch
         for _ in range(_RECV_BURST):
             frames = recv_frames(socket)
@@ -292,17 +313,18 @@ class AsyncClient:
                 log.exception("error while dispatching a reply")
         else:  # more may be waiting: let other callbacks run, then continue
             self._check_scheduled = True
-            self._loop.call_soon(self._on_readable)
+            io.loop.call_soon(self._on_readable)
             return
-        if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN and not self._check_scheduled:
+        if pending_events(socket) & zmq.POLLIN and not self._check_scheduled:
             self._check_scheduled = True
-            self._loop.call_soon(self._on_readable)
+            io.loop.call_soon(self._on_readable)
 
     def _on_monitor(self) -> None:
-        monitor = self._monitor
-        if monitor is None or monitor.closed:
+        io = self._io
+        if io is None or io.monitor.closed:
             return
-        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        monitor = io.monitor
+        while pending_events(monitor) & zmq.POLLIN:
             event = parse_monitor_message(monitor.recv_multipart())
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 log.info("lost the connection to the broker at %s", self.url)
@@ -315,4 +337,16 @@ class AsyncClient:
                     len(resend),
                 )
                 for frames in resend:
-                    self._send(frames)
+                    self._send(io, frames)
+
+
+def _sync_context(
+    context: zmq.Context[zmq.Socket[bytes]] | zmq.asyncio.Context | None,
+) -> zmq.Context[zmq.Socket[bytes]]:
+    """A plain context for the client's sockets: the one given (an asyncio one shadowed,
+    as the loop drives plain sockets here), else the process-wide instance."""
+    if context is None:
+        return zmq.Context.instance()
+    if isinstance(context, zmq.asyncio.Context):
+        return zmq.Context.shadow(context.underlying)
+    return context

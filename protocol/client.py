@@ -37,6 +37,8 @@ from mole.protocol._pending import (
     ClientClosed,
     Correlator,
     Pending,
+    Sink,
+    StreamItem,
     StreamSink,
     check_timeout,
     decode_payload,
@@ -58,7 +60,7 @@ _RECV_BURST = 1024  # messages read per wake-up before the outbox gets a turn
 
 
 def configure_socket(
-    socket: zmq.Socket,
+    socket: zmq.Socket[bytes],
     routing_id: bytes,
     heartbeat_interval: float,
     heartbeat_timeout: float,
@@ -128,7 +130,7 @@ class Client:
         url: str,
         *,
         timeout: float = 30.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 3.0,
         reconnect_interval: float = 0.1,
@@ -141,7 +143,7 @@ class Client:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
         self.routing_id = routing_id or new_routing_id()
-        self._context = context or zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context.instance()
         self._core = Correlator(
             url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
         )
@@ -161,9 +163,10 @@ class Client:
         self._thread = threading.Thread(target=self._run, name="mole-client-io", daemon=True)
         self._thread.start()
         self._ready.wait()
-        if self._startup_error is not None:
+        startup_error = self._io_thread_startup_error()
+        if startup_error is not None:
             self._waker.close()
-            raise self._startup_error
+            raise startup_error
 
     # ------------------------------------------------------------------ public API
 
@@ -175,7 +178,7 @@ class Client:
                 (``DeadlineExceeded`` also when the client's own deadline passes).
             ClientClosed: the client was closed meanwhile.
         """
-        return self._call(service, [pack(payload)], timeout, raw=False)
+        return decode_reply(service, self._call(service, [pack(payload)], timeout))
 
     def stream(self, service: str, payload: Any, timeout: float | None = None) -> Iterator[Any]:
         """Yield each PARTIAL reply payload, then the FINAL one; errors raise.
@@ -185,19 +188,22 @@ class Client:
         Leaving the loop early forgets the request (its later replies are dropped).
         """
         timeout = check_timeout(timeout, self.timeout)
-        stream_queue: queue.SimpleQueue = queue.SimpleQueue()
+        stream_queue: queue.SimpleQueue[StreamItem] = queue.SimpleQueue()
         sink = StreamSink(stream_queue, stream_queue.put)
         pending = self._submit(service, [pack(payload)], timeout, sink)
         return self._iterate(pending, sink)
 
     def service_available(self, name: str, timeout: float | None = None) -> bool:
         """Whether a live worker of ``name`` is registered (RFC 8 ``mmi.service``)."""
-        answer = self._call(mdp.MMI_SERVICE, [name.encode("utf-8")], timeout, raw=True)
-        return answer == b"200"
+        body = self._call(mdp.MMI_SERVICE, [name.encode("utf-8")], timeout)
+        return decode_payload(body, raw=True) == b"200"
 
-    def status(self, timeout: float | None = None) -> dict:
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
         """The broker's ``mmi.status`` report (services, workers, queues, counters)."""
-        return self._call(mdp.MMI_STATUS, [pack({})], timeout, raw=False)
+        report: dict[str, Any] = decode_reply(
+            mdp.MMI_STATUS, self._call(mdp.MMI_STATUS, [pack({})], timeout)
+        )
+        return report
 
     @property
     def connected(self) -> bool:
@@ -208,7 +214,7 @@ class Client:
     def pending(self) -> int:
         return len(self._core)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{pending, resent, dropped_replies, connected, connects}`` for metrics."""
         return self._core.stats()
 
@@ -224,22 +230,34 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ callers' side
 
-    def _submit(self, service: str, body: list[bytes], timeout: float, sink) -> Pending:
+    def _submit(self, service: str, body: list[bytes], timeout: float, sink: Sink) -> Pending:
         if self._closed:
             raise ClientClosed("the client is closed")
         pending = self._core.open(service, body, timeout, sink)
         self._outbox.append(self._core.frames(pending))
         self._waker.wake()
-        if self._closed and self._core.take(pending.request_id) is not None:
+        if self._closed_meanwhile() and self._core.take(pending.request_id) is not None:
             raise ClientClosed("the client was closed while the request was being sent")
         return pending
 
-    def _call(self, service: str, body: list[bytes], timeout: float | None, *, raw: bool):
+    # Other threads change these two fields. Reading them through a method keeps a type
+    # checker from treating a value this thread saw earlier as still true.
+
+    def _closed_meanwhile(self) -> bool:
+        """Whether ``close`` or the ending I/O thread has closed the client by now."""
+        return self._closed
+
+    def _io_thread_startup_error(self) -> BaseException | None:
+        """What stopped the I/O thread from making its socket, once ``_ready`` is set."""
+        return self._startup_error
+
+    def _call(self, service: str, body: list[bytes], timeout: float | None) -> list[bytes]:
+        """Send one request and wait for its final answer's body frames (raises its error)."""
         timeout = check_timeout(timeout, self.timeout)
         waiter = _Waiter()
         pending = self._submit(service, body, timeout, waiter)
@@ -249,11 +267,11 @@ class Client:
             waiter.wait(None)  # the answer is being handed over right now
         if waiter.error is not None:
             raise waiter.error
-        if raw:
-            return decode_payload(waiter.body if waiter.body is not None else [], raw=True)
-        return decode_reply(service, waiter.body if waiter.body is not None else [])
+        return waiter.body if waiter.body is not None else []
 
-    def _iterate(self, pending: Pending, sink: StreamSink) -> Iterator[Any]:
+    def _iterate(
+        self, pending: Pending, sink: StreamSink[queue.SimpleQueue[StreamItem]]
+    ) -> Iterator[Any]:
         finished = False
         try:
             while True:
@@ -314,7 +332,9 @@ class Client:
             socket.close(0)
             self._waker.close()
 
-    def _loop(self, socket: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller) -> None:
+    def _loop(
+        self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes], poller: zmq.Poller
+    ) -> None:
         waker = self._waker.socket
         outbox = self._outbox
         dispatch = self._core.dispatch
@@ -335,12 +355,12 @@ class Client:
             if monitor in events:
                 self._on_monitor(socket, monitor)
 
-    def _on_monitor(self, socket: zmq.Socket, monitor: zmq.Socket) -> None:
+    def _on_monitor(self, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         apply_monitor_events(monitor, self._core, self.url, lambda f: send_nowait(socket, f))
 
 
 def apply_monitor_events(
-    monitor: zmq.Socket, core: Correlator, url: str, resend: Callable[[list[bytes]], None]
+    monitor: zmq.Socket[bytes], core: Correlator, url: str, resend: Callable[[list[bytes]], None]
 ) -> None:
     """Read the socket monitor's waiting events into ``core``'s link state.
 
@@ -367,7 +387,7 @@ def apply_monitor_events(
                 resend(frames)
 
 
-def send_nowait(socket: zmq.Socket, frames: list[bytes]) -> None:
+def send_nowait(socket: zmq.Socket[bytes], frames: list[bytes]) -> None:
     """Send a multipart message without blocking; never raises."""
     try:
         send_frames(socket, frames)

@@ -83,7 +83,7 @@ class SerialClient:
         url: str,
         *,
         timeout: float = 30.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 3.0,
         reconnect_interval: float = 0.1,
@@ -100,7 +100,7 @@ class SerialClient:
             url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
         )
         context = context or zmq.Context.instance()
-        socket = context.socket(zmq.DEALER)
+        socket: zmq.Socket[bytes] = context.socket(zmq.DEALER)
         try:
             configure_socket(
                 socket,
@@ -132,21 +132,25 @@ class SerialClient:
                 (``DeadlineExceeded`` also when the client's own deadline passes).
             ClientClosed: the client is closed.
         """
-        return self._call(service, [pack(payload)], timeout, raw=False)
+        return decode_reply(service, self._call(service, [pack(payload)], timeout))
 
     def service_available(self, name: str, timeout: float | None = None) -> bool:
         """Whether a live worker of ``name`` is registered (RFC 8 ``mmi.service``)."""
-        return self._call(mdp.MMI_SERVICE, [name.encode("utf-8")], timeout, raw=True) == b"200"
+        body = self._call(mdp.MMI_SERVICE, [name.encode("utf-8")], timeout)
+        return decode_payload(body, raw=True) == b"200"
 
-    def status(self, timeout: float | None = None) -> dict:
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
         """The broker's ``mmi.status`` report (services, workers, queues, counters)."""
-        return self._call(mdp.MMI_STATUS, [pack({})], timeout, raw=False)
+        report: dict[str, Any] = decode_reply(
+            mdp.MMI_STATUS, self._call(mdp.MMI_STATUS, [pack({})], timeout)
+        )
+        return report
 
     @property
     def connected(self) -> bool:
         return self._core.link.connected
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return self._core.stats()
 
     def close(self) -> None:
@@ -161,7 +165,8 @@ class SerialClient:
 
     # ------------------------------------------------------------------ the wait
 
-    def _call(self, service: str, body: list[bytes], timeout: float | None, *, raw: bool):
+    def _call(self, service: str, body: list[bytes], timeout: float | None) -> list[bytes]:
+        """Send one request and wait for its final answer's body frames (raises its error)."""
         if self._closed:
             raise ClientClosed("the client is closed")
         timeout = check_timeout(timeout, self.timeout)
@@ -198,9 +203,7 @@ class SerialClient:
             self._on_monitor()  # answered, so connected: the handshake event is waiting
         if answer.error is not None:
             raise answer.error
-        if raw:
-            return decode_payload(answer.body if answer.body is not None else [], raw=True)
-        return decode_reply(service, answer.body if answer.body is not None else [])
+        return answer.body if answer.body is not None else []
 
     def _on_monitor(self) -> None:
         socket = self._socket
@@ -247,7 +250,7 @@ class PerThreadClient:
     def service_available(self, name: str, timeout: float | None = None) -> bool:
         return self._client().service_available(name, timeout)
 
-    def status(self, timeout: float | None = None) -> dict:
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
         return self._client().status(timeout)
 
     @property
@@ -255,7 +258,7 @@ class PerThreadClient:
         """True while any of the threads' sockets is connected to the broker."""
         return any(c.connected for c in list(self._clients))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """The threads' counters summed (``connected``: any socket is)."""
         clients = list(self._clients)
         stats = [c.stats() for c in clients]
@@ -279,5 +282,5 @@ class PerThreadClient:
     def __enter__(self) -> PerThreadClient:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
