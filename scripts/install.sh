@@ -30,8 +30,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 : >"$LOG"
-step "updating pip in .venv"
-quietly .venv/bin/python -m pip install --upgrade pip
+step "updating pip and setuptools in .venv"
+# setuptools >= 77 reads pyproject's SPDX license; the wheel tests and the type check build
+# without isolation, with the venv's own setuptools (a new venv brings 65)
+quietly .venv/bin/python -m pip install --upgrade pip 'setuptools>=77'
+
 step "installing MoLE (editable) with its frontend, worker and test dependencies (torch pinned in pyproject.toml; the first time this downloads about 2 GB)"
 quietly .venv/bin/python -m pip install -e '.[dev]'
 # The dashboard's browser test drives Debian's Chromium (no browser download at test time).
