@@ -20,6 +20,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 from mole.gating.errors import GatingError, InvalidInput, TaskNotServed
 from mole.gating.scope import MAX_IN_SCOPE_REFUSED
@@ -143,7 +144,7 @@ def _shown(path: str | Path) -> str:
         return str(p)
 
 
-def _progress(row: dict) -> None:
+def _progress(row: dict[str, Any]) -> None:
     parts = [f"{k}={v}" for k, v in row.items() if k not in ("epoch", "epochs")]
     print(f"  epoch {row['epoch']:>3}/{row['epochs']}  " + "  ".join(parts), flush=True)
 
@@ -293,11 +294,11 @@ def _feedback(args: argparse.Namespace) -> int:
     if args.reward is None:
         raise InvalidInput("--task needs --reward (1 = right, 0 = wrong)")
     domain, task = args.task.split("/", 1) if "/" in args.task else (None, args.task)
-    before = router.route(args.description, domain).q_values.get(task)
+    q_before = router.route(args.description, domain).q_values.get(task)
     router.feedback(args.description, task, args.reward, domain)
-    after = router.route(args.description, domain).q_values.get(task)
+    q_after = router.route(args.description, domain).q_values.get(task)
     router.save(path)
-    print(f"Q({task}) {before:.3f} -> {after:.3f}; saved {path}")
+    print(f"Q({task}) {q_before:.3f} -> {q_after:.3f}; saved {path}")
     return 0
 
 

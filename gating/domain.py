@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mole.gating.errors import ArtifactError, DomainWithoutTasks, InvalidInput
 from mole.gating.xlmr import (
@@ -35,6 +36,10 @@ from mole.gating.xlmr import (
     load_encoder,
     load_tokenizer,
 )
+
+if TYPE_CHECKING:  # annotations only: torch is imported lazily
+    from torch import Tensor
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ARTIFACT_FILE = "domain_cls.pt"
 FORMAT_VERSION = 2
@@ -69,7 +74,14 @@ class SingleDomain:
 class XLMRDomainClassifier:
     """CLS of a frozen XLM-R encoder -> linear head blended with class prototypes."""
 
-    def __init__(self, *, encoder, tokenizer, artifact: dict, source: Path) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        artifact: dict[str, Any],
+        source: Path,
+    ) -> None:
         torch, _ = import_torch()
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -80,17 +92,17 @@ class XLMRDomainClassifier:
         self.alpha = float(artifact["alpha_proto"])
         self.proto_temp = float(artifact["proto_temp"])
         self.is_ready = bool(artifact.get("is_ready", True))
-        self._weight = artifact["classifier"]["1.weight"].float()
-        self._bias = artifact["classifier"]["1.bias"].float()
+        self._weight: Tensor = artifact["classifier"]["1.weight"].float()
+        self._bias: Tensor = artifact["classifier"]["1.bias"].float()
         protos = artifact["prototypes_t"].float()
-        self._protos = torch.nn.functional.normalize(protos, dim=-1)
+        self._protos: Tensor = torch.nn.functional.normalize(protos, dim=-1)
 
     @classmethod
     def load(
         cls,
-        directory: str | os.PathLike,
+        directory: str | os.PathLike[str],
         *,
-        encoder_dir: str | os.PathLike | None = None,
+        encoder_dir: str | os.PathLike[str] | None = None,
     ) -> XLMRDomainClassifier:
         """Load ``directory/domain_cls.pt`` and a local encoder.
 
@@ -120,14 +132,15 @@ class XLMRDomainClassifier:
         tokenizer = load_tokenizer(encoder_path)
         return cls(encoder=encoder, tokenizer=tokenizer, artifact=artifact, source=path)
 
-    def probabilities(self, texts: list[str]):
-        """[N, C] blended probabilities (torch tensor)."""
+    def probabilities(self, texts: list[str]) -> Tensor:
+        """[N, C] blended probabilities."""
         torch, _ = import_torch()
         h = cls_embeddings(self.encoder, self.tokenizer, texts, self.max_len)
         head = torch.softmax(h @ self._weight.T + self._bias, dim=-1)
         cos = torch.nn.functional.normalize(h, dim=-1) @ self._protos.T
         proto = torch.softmax(self.proto_temp * cos, dim=-1)
-        return (1.0 - self.alpha) * head + self.alpha * proto
+        blended: Tensor = (1.0 - self.alpha) * head + self.alpha * proto
+        return blended
 
     def predict_batch(self, pairs: Sequence[tuple[str, str]]) -> list[DomainPrediction]:
         if not pairs:
@@ -203,8 +216,8 @@ def check_domain(prediction: DomainPrediction, served_domains: list[str]) -> Non
 def train_domain_classifier(
     examples: Sequence[tuple[str, str]],
     *,
-    encoder_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    encoder_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     model_name: str | None = None,
     epochs: int = 30,
     lr: float = 1e-2,
@@ -213,8 +226,8 @@ def train_domain_classifier(
     proto_temp: float = 10.0,
     validation_split: float = 0.1,
     seed: int = 13,
-    progress: Callable[[dict], None] | None = None,
-) -> dict:
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train the head and prototypes on a frozen encoder and write ``domain_cls.pt`` (v2).
 
     Args:
@@ -253,14 +266,14 @@ def train_domain_classifier(
     opt = torch.optim.AdamW(head.parameters(), lr=lr)
     xt, yt = feats[train_idx], labels[train_idx]
 
-    def prototypes(idx):
-        protos = torch.zeros(len(domains), hidden)
+    def prototypes(idx: list[int]) -> Tensor:
+        protos: Tensor = torch.zeros(len(domains), hidden)
         for c in range(len(domains)):
             rows = feats[[i for i in idx if labels[i] == c]]
             protos[c] = rows.mean(0) if len(rows) else 0.0
         return protos
 
-    def accuracy(idx, protos) -> float:
+    def accuracy(idx: list[int], protos: Tensor) -> float:
         if not idx:
             return math.nan
         head.eval()
@@ -276,7 +289,8 @@ def train_domain_classifier(
         return float((p.argmax(-1) == labels[idx]).float().mean())
 
     protos = prototypes(train_idx)
-    best = (-1.0, None, None)
+    # (validation accuracy, head weights, prototypes) of the best epoch so far
+    best: tuple[float, dict[str, Tensor] | None, Tensor | None] = (-1.0, None, None)
     for epoch in range(1, epochs + 1):
         head.train()
         perm = torch.randperm(len(train_idx))
@@ -302,7 +316,10 @@ def train_domain_classifier(
                     "validation_accuracy": round(score, 4),
                 }
             )
-    _, state, protos = best
+    _, state, best_protos = best
+    if state is None or best_protos is None:
+        raise InvalidInput(f"the domain classifier needs at least one epoch, got {epochs}")
+    protos = best_protos
     artifact = {
         "format_version": FORMAT_VERSION,
         "model_name": model_name or str(encoder_path),

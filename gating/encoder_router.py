@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mole.gating.errors import (
     ArtifactError,
@@ -37,6 +38,11 @@ from mole.gating.xlmr import (
     load_tokenizer,
 )
 
+if TYPE_CHECKING:  # annotations only: torch is imported lazily
+    from torch import Tensor
+    from torch.nn import Module
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 ENCODER_FILE = "encoder.pth"
 
 
@@ -44,7 +50,8 @@ def _router_file(domain: str) -> str:
     return f"router_{domain}.pth"
 
 
-def _load_weights(path: Path) -> dict:
+def _load_weights(path: Path) -> dict[str, Any]:
+    """A state_dict read weights-only; its values are checked by the caller."""
     torch, _ = import_torch()
     if not path.is_file():
         raise ArtifactError(f"missing router artifact: {path}")
@@ -54,7 +61,8 @@ def _load_weights(path: Path) -> dict:
         raise ArtifactError(f"{path}: not a weights-only state_dict ({err})") from err
     if not isinstance(state, dict):
         raise ArtifactError(f"{path}: expected a state_dict, got {type(state).__name__}")
-    return state
+    weights: dict[str, Any] = state
+    return weights
 
 
 class EncoderQRouter:
@@ -62,9 +70,9 @@ class EncoderQRouter:
 
     def __init__(
         self,
-        encoder,
-        tokenizer,
-        heads: dict,
+        encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        heads: dict[str, Module],
         domains: dict[str, list[str]],
         *,
         max_len: int = 128,
@@ -88,10 +96,10 @@ class EncoderQRouter:
     @classmethod
     def load(
         cls,
-        directory: str | os.PathLike,
-        domains: dict[str, Sequence[str]],
+        directory: str | os.PathLike[str],
+        domains: Mapping[str, Sequence[str]],
         *,
-        encoder_dir: str | os.PathLike | None = None,
+        encoder_dir: str | os.PathLike[str] | None = None,
         max_len: int = 128,
     ) -> EncoderQRouter:
         """Load ``encoder.pth`` and one ``router_<domain>.pth`` per domain of ``domains``.
@@ -111,7 +119,7 @@ class EncoderQRouter:
         encoder = load_encoder(enc_dir, {k[len("model.") :]: v for k, v in state.items()})
         tokenizer = load_tokenizer(enc_dir)
         hidden = encoder.config.hidden_size
-        heads = {}
+        heads: dict[str, Module] = {}
         for domain, tasks in domains.items():
             path = d / _router_file(domain)
             sd = _load_weights(path)
@@ -151,7 +159,7 @@ class EncoderQRouter:
     def _domain(self, domain: str | None) -> str:
         if domain is None and len(self.heads) == 1:
             return next(iter(self.heads))
-        if domain not in self.heads:
+        if domain is None or domain not in self.heads:
             raise UnknownDomain(
                 f"the encoder router has no domain {domain!r}",
                 domain=str(domain),
@@ -159,12 +167,14 @@ class EncoderQRouter:
             )
         return domain
 
-    def q_values(self, descriptions: list[str], domain: str | None = None):
+    def q_values(self, descriptions: list[str], domain: str | None = None) -> tuple[str, Tensor]:
+        """The domain routed in and its Q-values, [N, n_tasks]."""
         torch, _ = import_torch()
-        domain = self._domain(domain)
+        name = self._domain(domain)
         h = cls_embeddings(self.encoder, self.tokenizer, descriptions, self.max_len)
         with self._lock, torch.inference_mode():
-            return domain, self.heads[domain](h)
+            q: Tensor = self.heads[name](h)
+            return name, q
 
     def route_batch(self, descriptions: Sequence[str], domain: str | None = None) -> list[Route]:
         for desc in descriptions:
@@ -204,7 +214,8 @@ class EncoderQRouter:
                 loss.backward()
                 with torch.no_grad():
                     for p in net.parameters():
-                        p -= self.online_lr * p.grad
+                        if p.grad is not None:  # every head parameter gets one from the loss
+                            p.sub_(self.online_lr * p.grad)  # in place, as -= was
             self.feedback_count += 1
         return float(reward) - float(q.detach())
 
@@ -219,7 +230,7 @@ class EncoderQRouter:
             "router (`mole gating train`) to learn refusals"
         )
 
-    def save(self, directory: str | os.PathLike | None = None) -> Path:
+    def save(self, directory: str | os.PathLike[str] | None = None) -> Path:
         """Write ``router_<domain>.pth`` files (the encoder is unchanged by feedback)."""
         torch, _ = import_torch()
         target = Path(directory) if directory is not None else self.path

@@ -19,6 +19,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+from typing import Any
+
 from mole.protocol.errors import MoleError
 
 
@@ -31,7 +33,7 @@ class GatingError(MoleError):
         super().__init__(message)
         self.message = message
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-able view for error bodies: code, message and the cause's fields."""
         extra = {
             k: v for k, v in vars(self).items() if k not in ("message", "args") and v is not None

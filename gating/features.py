@@ -21,8 +21,10 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 _WORD = re.compile(r"\w+")
 _SPACE = re.compile(r"\s+")
@@ -42,7 +44,7 @@ class FeatureSpec:
     def dim(self) -> int:
         return 1 << self.n_bits
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "n_bits": self.n_bits,
             "char_ngrams": list(self.char_ngrams),
@@ -58,7 +60,7 @@ class FeatureSpec:
             raise ValueError("n-gram sizes must be in [1, 8]")
 
     @classmethod
-    def from_dict(cls, d: dict) -> FeatureSpec:
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
         return cls(
             n_bits=int(d["n_bits"]),
             char_ngrams=tuple(int(n) for n in d["char_ngrams"]),
@@ -84,9 +86,9 @@ class Featurizer:
         self._mask = np.uint64(self.spec.dim - 1)
         self._max_n = max(self.spec.char_ngrams, default=0)
 
-    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, text: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         s = normalize(text)
-        parts: list[np.ndarray] = []
+        parts: list[NDArray[np.uint64]] = []
         # word n-grams: a handful of CRC-32 calls
         words = _WORD.findall(s)
         hashes: list[int] = []

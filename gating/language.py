@@ -106,7 +106,7 @@ class LanguageDetector:
         self,
         served: list[str] | None = None,
         *,
-        model_path: str | os.PathLike | None = None,
+        model_path: str | os.PathLike[str] | None = None,
         floor: float = 0.3,
         top_k: int = 10,
         short_chars: int = 31,

@@ -57,7 +57,9 @@ MAX_DETECT_CHARS = 4000
 
 
 class TaskRouter(Protocol):
-    domains: dict[str, list[str]]
+    # read-only: both routers expose a fresh copy through a property
+    @property
+    def domains(self) -> dict[str, list[str]]: ...
 
     def route(self, description: str, domain: str | None = None) -> Route: ...
 
@@ -67,7 +69,7 @@ class TaskRouter(Protocol):
 
     def feedback_out_of_scope(self, description: str) -> ThresholdChoice | None: ...
 
-    def save(self, directory: str | os.PathLike | None = None) -> Path: ...
+    def save(self, directory: str | os.PathLike[str] | None = None) -> Path: ...
 
 
 class DomainClassifier(Protocol):
@@ -176,10 +178,10 @@ class GatingPipeline:
     @classmethod
     def load(
         cls,
-        registry: ExpertsRegistry | str | os.PathLike | None = None,
+        registry: ExpertsRegistry | str | os.PathLike[str] | None = None,
         *,
         settings: GatingSettings | None = None,
-        router: TaskRouter | str | os.PathLike | None = None,
+        router: TaskRouter | str | os.PathLike[str] | None = None,
         detector: LanguageDetector | None = None,
         domain_classifier: DomainClassifier | None = None,
     ) -> GatingPipeline:
@@ -225,17 +227,20 @@ class GatingPipeline:
                 domain_classifier = XLMRDomainClassifier.load(
                     settings.domain_model_dir, encoder_dir=settings.encoder_dir
                 )
+        task_router: TaskRouter
         if router is None and settings.encoder_router_dir is not None:
             from mole.gating.encoder_router import EncoderQRouter
 
-            router = EncoderQRouter.load(
+            task_router = EncoderQRouter.load(
                 settings.encoder_router_dir,
                 {d: [t.name for t in registry.tasks_of_domain(d)] for d in registry.domains},
                 encoder_dir=settings.encoder_dir,
             )
         elif router is None or isinstance(router, str | os.PathLike):
-            router = QRouter.load(router if router is not None else settings.router_path)
-        pipeline = cls(registry, detector, domain_classifier, router)
+            task_router = QRouter.load(router if router is not None else settings.router_path)
+        else:
+            task_router = router
+        pipeline = cls(registry, detector, domain_classifier, task_router)
         pipeline.warm_up()
         return pipeline
 

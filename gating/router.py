@@ -39,15 +39,21 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mole.gating.errors import ArtifactError, InvalidInput, UnknownDomain, UnknownTask
 from mole.gating.features import FeatureSpec, Featurizer
 from mole.gating.scope import ScopeData, ThresholdChoice, choose_threshold
+
+#: a description's hashed feature indices and their values (see :class:`Featurizer`)
+Indices = NDArray[np.int64]
+Floats = NDArray[np.float32]  # feature values, weights, biases
 
 FORMAT = "mole-hashed-qrouter"
 #: v2 added the refuse head and the refusal threshold (v1 routers must be retrained)
@@ -75,7 +81,7 @@ class TrainConfig:
     optimistic_init: float = 1.0  # Q starts at 1 so untried actions get tried
     seed: int = 13
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "epochs": self.epochs,
             "lr": self.lr,
@@ -109,19 +115,17 @@ class Route:
 @dataclass(slots=True)
 class _DomainQ:
     tasks: list[str]
-    weights: np.ndarray  # float32 [dim, n_tasks]
-    bias: np.ndarray  # float32 [n_tasks]
+    weights: Floats  # float32 [dim, n_tasks]
+    bias: Floats  # float32 [n_tasks]
     index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {t: i for i, t in enumerate(self.tasks)}
 
-    def q(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
+    def q(self, idx: Indices, val: Floats) -> Floats:
         return val @ self.weights[idx] + self.bias
 
-    def update(
-        self, idx: np.ndarray, val: np.ndarray, action: int, reward: float, lr: float
-    ) -> float:
+    def update(self, idx: Indices, val: Floats, action: int, reward: float, lr: float) -> float:
         err = reward - float(val @ self.weights[idx, action] + self.bias[action])
         # np.add.at: a hashed index may repeat within one description
         np.add.at(self.weights[:, action], idx, lr * err * val)
@@ -133,13 +137,13 @@ class _DomainQ:
 class _RefuseHead:
     """Q(refuse): a linear regression to 1 for unserved descriptions, 0 for served ones."""
 
-    weights: np.ndarray  # float32 [dim]
+    weights: Floats  # float32 [dim]
     bias: float = 0.0
 
-    def q(self, idx: np.ndarray, val: np.ndarray) -> float:
+    def q(self, idx: Indices, val: Floats) -> float:
         return float(val @ self.weights[idx]) + self.bias
 
-    def update(self, idx: np.ndarray, val: np.ndarray, target: float, lr: float) -> float:
+    def update(self, idx: Indices, val: Floats, target: float, lr: float) -> float:
         err = target - self.q(idx, val)
         np.add.at(self.weights, idx, lr * err * val)
         self.bias += lr * err
@@ -151,7 +155,7 @@ class QRouter:
 
     def __init__(
         self,
-        domains: dict[str, Sequence[str]],
+        domains: Mapping[str, Sequence[str]],
         *,
         spec: FeatureSpec | None = None,
         config: TrainConfig | None = None,
@@ -178,7 +182,7 @@ class QRouter:
         self.threshold: float | None = None
         self.threshold_choice: ThresholdChoice | None = None
         self.scope_data: ScopeData | None = None
-        self.report: dict = {}
+        self.report: dict[str, Any] = {}
         self.path: Path | None = None
         self.feedback_count = 0
         self._lock = threading.RLock()
@@ -308,7 +312,7 @@ class QRouter:
                 self._recalibrate()
             return self.threshold_choice
 
-    def _learn_out_of_scope(self, idx: np.ndarray, val: np.ndarray, lr: float) -> None:
+    def _learn_out_of_scope(self, idx: Indices, val: Floats, lr: float) -> None:
         for q in self._q.values():
             for action in range(len(q.tasks)):
                 q.update(idx, val, action, 0.0, lr)
@@ -322,7 +326,7 @@ class QRouter:
         with self._lock:
             return self._scope_score(idx, val, domain)
 
-    def _scope_score(self, idx: np.ndarray, val: np.ndarray, domain: str | None) -> float:
+    def _scope_score(self, idx: Indices, val: Floats, domain: str | None) -> float:
         qs = [self._domain(domain)[1]] if domain is not None else list(self._q.values())
         best = max(float(np.max(q.q(idx, val))) for q in qs)
         return best - self._refuse.q(idx, val)
@@ -382,8 +386,8 @@ class QRouter:
         *,
         validation: Sequence[Example] = (),
         out_of_scope: Sequence[str] = (),
-        progress: Callable[[dict], None] | None = None,
-    ) -> dict:
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Epsilon-greedy bandit training: one action per example, reward 1 if correct.
 
         ``out_of_scope`` descriptions (of tasks nobody serves) are shuffled in with the
@@ -486,13 +490,13 @@ class QRouter:
         return hits / len(examples)
 
     # -- persistence -------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike | None = None) -> Path:
+    def save(self, directory: str | os.PathLike[str] | None = None) -> Path:
         """Write ``meta.json``, ``weights.npz`` and ``scope.json`` (each tmp + rename)."""
         target = Path(directory) if directory is not None else self.path
         if target is None:
             raise ValueError("save() needs a directory for a router that was not loaded")
         target.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, NDArray[Any]] = {}
         with self._lock:
             for i, (_domain, q) in enumerate(self._q.items()):
                 rows = np.flatnonzero(np.any(q.weights != 0, axis=1)).astype(np.int32)
@@ -521,7 +525,9 @@ class QRouter:
             }
             scope = self.scope_data.to_dict() if self.scope_data is not None else None
         tmp_w = target / (WEIGHTS_FILE + ".tmp.npz")
-        np.savez_compressed(tmp_w, **arrays)
+        # the keys are rows_*/values_*/bias_*/refuse_*, never numpy's own keyword
+        # ``allow_pickle``, which is what the stub's overload fears a ``**`` dict might hold
+        np.savez_compressed(tmp_w, **arrays)  # type: ignore[arg-type]
         tmp_m = target / (META_FILE + ".tmp")
         tmp_m.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if scope is not None:
@@ -534,7 +540,7 @@ class QRouter:
         return target
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> QRouter:
+    def load(cls, directory: str | os.PathLike[str]) -> QRouter:
         """Read a router directory written by :meth:`save`.
 
         Raises:
@@ -591,7 +597,7 @@ class QRouter:
         return router
 
 
-def read_examples(path: str | os.PathLike) -> list[Example]:
+def read_examples(path: str | os.PathLike[str]) -> list[Example]:
     """Read training examples; errors name the line (or item).
 
     Formats: JSON lines ``{description, domain, task}`` (ours), or the original MoLE's

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +50,21 @@ class GatingSettings:
     encoder_dir: Path | None = None
 
 
-def _path(value, base: Path) -> Path | None:
-    if value in (None, ""):
-        return None
-    p = Path(os.path.expanduser(str(value)))
+def _resolve(value: str, base: Path) -> Path:
+    """``value`` with ``~`` expanded; a relative path is taken relative to ``base``."""
+    p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else base / p
 
 
+def _path(value: object, base: Path) -> Path | None:
+    """A settings-file value as a path; None or "" (not set) gives None."""
+    if value in (None, ""):
+        return None
+    return _resolve(str(value), base)
+
+
 def load_settings(
-    path: str | os.PathLike | None = None, env: dict[str, str] | None = None
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> GatingSettings:
     """Read the settings file (default configs/gating/settings.json) and apply ``env``.
 
@@ -65,7 +72,7 @@ def load_settings(
         ArtifactError: the file is unreadable or a value has the wrong type.
     """
     p = Path(path) if path is not None else DEFAULT_SETTINGS_PATH
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     try:
         raw = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
     except (OSError, json.JSONDecodeError) as err:
@@ -85,16 +92,16 @@ def load_settings(
             encoder_dir=_path(raw.get("encoder_dir"), base),
         )
         cwd = Path.cwd()
-        if env.get("MOLE_GATING_LANGUAGE_FLOOR"):
-            s.language_floor = float(env["MOLE_GATING_LANGUAGE_FLOOR"])
-        if env.get("MOLE_GATING_ROUTER"):
-            s.router_path = _path(env["MOLE_GATING_ROUTER"], cwd)
-        if env.get("MOLE_GATING_DOMAIN_DIR"):
-            s.domain_model_dir = _path(env["MOLE_GATING_DOMAIN_DIR"], cwd)
-        if env.get("MOLE_GATING_ENCODER_ROUTER_DIR"):
-            s.encoder_router_dir = _path(env["MOLE_GATING_ENCODER_ROUTER_DIR"], cwd)
-        if env.get("MOLE_GATING_ENCODER_DIR"):
-            s.encoder_dir = _path(env["MOLE_GATING_ENCODER_DIR"], cwd)
+        if environ.get("MOLE_GATING_LANGUAGE_FLOOR"):
+            s.language_floor = float(environ["MOLE_GATING_LANGUAGE_FLOOR"])
+        if environ.get("MOLE_GATING_ROUTER"):
+            s.router_path = _resolve(environ["MOLE_GATING_ROUTER"], cwd)
+        if environ.get("MOLE_GATING_DOMAIN_DIR"):
+            s.domain_model_dir = _resolve(environ["MOLE_GATING_DOMAIN_DIR"], cwd)
+        if environ.get("MOLE_GATING_ENCODER_ROUTER_DIR"):
+            s.encoder_router_dir = _resolve(environ["MOLE_GATING_ENCODER_ROUTER_DIR"], cwd)
+        if environ.get("MOLE_GATING_ENCODER_DIR"):
+            s.encoder_dir = _resolve(environ["MOLE_GATING_ENCODER_DIR"], cwd)
     except (TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"gating settings {p}: bad value ({err})") from err
     if not 0.0 <= s.language_floor < 1.0:

@@ -11,9 +11,14 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from mole.gating.errors import ArtifactError
+
+if TYPE_CHECKING:  # annotations only: the default gating path must not import torch
+    from torch import Tensor
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # NOTE: a fast tokenizer called with padding/truncation arguments mutates its Rust-side
 # settings, and concurrent calls can fail with "Already borrowed"; tokenising is cheap next
@@ -21,8 +26,13 @@ from mole.gating.errors import ArtifactError
 _TOKENIZE_LOCK = threading.Lock()
 
 
-def import_torch():
-    """torch and transformers, or an ArtifactError that says how to get them."""
+def import_torch() -> tuple[ModuleType, ModuleType]:
+    """torch and transformers, or an ArtifactError that says how to get them.
+
+    The modules come back as plain ``ModuleType`` values (a module cannot be named as a
+    type), so what callers compute with them is untyped until it lands in an annotated
+    name; the signatures here and in the callers say what those values are.
+    """
     try:
         import torch
         import transformers
@@ -31,7 +41,7 @@ def import_torch():
     return torch, transformers
 
 
-def find_encoder_dir(*candidates: str | os.PathLike | None) -> Path:
+def find_encoder_dir(*candidates: str | os.PathLike[str] | None) -> Path:
     """The first candidate that is a local model directory (has config.json)."""
     tried = []
     for c in candidates:
@@ -48,17 +58,21 @@ def find_encoder_dir(*candidates: str | os.PathLike | None) -> Path:
     )
 
 
-def load_tokenizer(encoder_dir: Path):
+def load_tokenizer(encoder_dir: Path) -> PreTrainedTokenizerBase:
     _, transformers = import_torch()
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+        tokenizer: PreTrainedTokenizerBase = transformers.AutoTokenizer.from_pretrained(
+            str(encoder_dir), local_files_only=True
+        )
     except Exception as err:  # transformers raises OSError/ValueError variants
         raise ArtifactError(f"cannot load the tokenizer from {encoder_dir}: {err}") from err
+    return tokenizer
 
 
-def load_encoder(encoder_dir: Path, state_dict: dict[str, Any] | None = None):
+def load_encoder(encoder_dir: Path, state_dict: dict[str, Tensor] | None = None) -> PreTrainedModel:
     """An XLM-R encoder in eval mode: from ``encoder_dir``, or its config + ``state_dict``."""
     _torch, transformers = import_torch()
+    model: PreTrainedModel
     try:
         if state_dict is None:
             model = transformers.AutoModel.from_pretrained(
@@ -85,14 +99,21 @@ def load_encoder(encoder_dir: Path, state_dict: dict[str, Any] | None = None):
         raise
     except Exception as err:
         raise ArtifactError(f"cannot load the XLM-R encoder from {encoder_dir}: {err}") from err
-    model.eval()
+    # transformers 5.25 leaves PreTrainedModel.eval (its override of Module.eval) unannotated
+    model.eval()  # type: ignore[no-untyped-call]
     return model
 
 
-def cls_embeddings(model, tokenizer, texts: list[str], max_len: int, batch_size: int = 32):
+def cls_embeddings(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_len: int,
+    batch_size: int = 32,
+) -> Tensor:
     """CLS (first token) hidden states, float32 [N, H]."""
     torch, _ = import_torch()
-    out = []
+    out: list[Tensor] = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
             with _TOKENIZE_LOCK:
@@ -105,4 +126,5 @@ def cls_embeddings(model, tokenizer, texts: list[str], max_len: int, batch_size:
                 )
             hidden = model(**enc).last_hidden_state
             out.append(hidden[:, 0, :].float())
-    return torch.cat(out) if out else torch.zeros(0, model.config.hidden_size)
+    embeddings: Tensor = torch.cat(out) if out else torch.zeros(0, model.config.hidden_size)
+    return embeddings
