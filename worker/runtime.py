@@ -672,8 +672,9 @@ class WorkerRuntime:
             )
             return
         now = time.monotonic()
-        deadline = None if header.ttl_ms is None else now + header.ttl_ms / 1000.0
-        if deadline is not None and header.ttl_ms <= 0:
+        ttl_ms = header.ttl_ms
+        deadline = None if ttl_ms is None else now + ttl_ms / 1000.0
+        if ttl_ms is not None and ttl_ms <= 0:
             self._reply_now(
                 sock,
                 ticket,
