@@ -31,17 +31,13 @@ import msgpack
 import zmq
 import zmq.auth
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.procs import free_port  # noqa: E402 - after the root is importable
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "bench"
 CLIENT, REQUEST, FINAL = b"MDPC02", b"\x01", b"\x03"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_keys(directory: Path) -> dict[str, Path]:

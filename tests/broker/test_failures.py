@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 import msgpack
@@ -24,6 +23,7 @@ from tests.broker.brokerfix import (
     workers_of,
 )
 from tests.broker.rfc_peers import RfcWorker
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,14 +110,8 @@ def test_request_for_a_closed_worker_goes_to_a_live_one_without_using_an_attempt
     assert counters["redispatched"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_broker_restart_workers_reregister_and_retries_succeed(bus):
-    url = f"tcp://127.0.0.1:{_free_port()}"
+    url = f"tcp://127.0.0.1:{free_port()}"
     first = bus.broker(bind=url)
     client = bus.client(url, identity=b"client-keeps-its-id")
     bus.worker(url, "steady", worker_id="w-1")

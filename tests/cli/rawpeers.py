@@ -6,7 +6,6 @@ and the stack as a third-party (or hostile) peer sees them.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,6 @@ CLIENT = b"MDPC02"
 WORKER = b"MDPW02"
 REQUEST, FINAL = b"\x01", b"\x03"
 READY, W_REQUEST, W_FINAL, HEARTBEAT, DISCONNECT = b"\x01", b"\x02", b"\x04", b"\x05", b"\x06"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pack(obj: Any) -> bytes:

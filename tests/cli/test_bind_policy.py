@@ -19,7 +19,8 @@ import zmq.auth
 
 from mole.broker.bind_policy import InsecureBindRefused, check_bind, is_loopback
 from mole.broker.settings import BrokerSettings, settings_from_env
-from tests.cli.rawpeers import ROOT, dealer, free_port, mmi_service, mole, wait_for_broker
+from tests.cli.rawpeers import ROOT, dealer, mmi_service, mole, wait_for_broker
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,7 +30,8 @@ from mole.cli.stack_state import (
     write_state,
 )
 from mole.cli.supervisor import Supervisor
-from tests.cli.rawpeers import free_port, mole
+from tests.cli.rawpeers import mole
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -38,7 +38,6 @@ from tests.cli.rawpeers import (
     ROOT,
     WORKER,
     dealer,
-    free_port,
     mmi_service,
     mmi_status,
     mole,
@@ -46,6 +45,7 @@ from tests.cli.rawpeers import (
     pack,
     request_frames,
 )
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(600)
 MODEL = "llama-2-7b-hf"

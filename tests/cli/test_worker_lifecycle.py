@@ -28,7 +28,6 @@ from mole.worker.runtime import WorkerRuntime
 from tests.cli.rawpeers import (
     ROOT,
     dealer,
-    free_port,
     mmi_service,
     mmi_status,
     recv_reply,
@@ -36,6 +35,7 @@ from tests.cli.rawpeers import (
     wait_for_broker,
     wait_until,
 )
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(120)
 HB = "0.2"  # broker and worker heartbeat interval: a purge takes 0.6 s

@@ -18,11 +18,11 @@ from tests.frontend.frontend_support import (
     FIXED_WORKER,
     Api,
     child,
-    free_port,
     make_components,
     make_settings,
     wait_for,
 )
+from tests.support.procs import free_port
 
 
 @pytest.fixture(scope="session")

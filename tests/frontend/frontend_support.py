@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,7 @@ from mole.frontend.passwords import PasswordHasher
 from mole.frontend.settings import Settings
 from mole.frontend.tokens import TokenService
 from mole.frontend.users import UserStore
+from tests.support.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,12 +65,6 @@ def call(method: str, url: str, body=None, headers=None, form=False, timeout=30)
 FIXED_WORKER = Path(__file__).resolve().parent / "fixed_worker.py"
 SECRET = "test-secret-" + "k" * 40
 PASSWORD = "correct horse battery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:

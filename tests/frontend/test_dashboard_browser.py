@@ -22,11 +22,11 @@ from tests.frontend.frontend_support import (
     call,
     child,
     child_env,
-    free_port,
     frontend_process,
     wait_for,
 )
 from tests.support import browser
+from tests.support.procs import free_port
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.frontend.frontend_support import REPO, call, child_env, free_port, wait_for
+from tests.frontend.frontend_support import REPO, call, child_env, wait_for
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.slow
 

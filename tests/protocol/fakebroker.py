@@ -7,7 +7,6 @@ garble replies, and close and rebind the socket to simulate a broker restart.
 
 from __future__ import annotations
 
-import socket
 import threading
 from dataclasses import dataclass
 
@@ -15,12 +14,7 @@ import zmq
 
 from mole.protocol import mdp
 from mole.protocol.envelope import ReplyHeader, decode_request_header, error_reply
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.procs import free_port
 
 
 @dataclass

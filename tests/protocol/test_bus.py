@@ -18,10 +18,10 @@ from tests.protocol.busprocs import (
     HEARTBEAT_INTERVAL,
     LIVENESS,
     Procs,
-    free_port,
     kill,
     wait_until,
 )
+from tests.support.procs import free_port
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -152,7 +152,7 @@ def test_deadline_with_broker_reachable_but_silent():
 
 
 def test_deadline_with_no_broker_says_unreachable_and_does_not_hang():
-    from tests.protocol.fakebroker import free_port
+    from tests.support.procs import free_port
 
     with Client(f"tcp://127.0.0.1:{free_port()}", timeout=5, deadline_grace=0.05) as client:
         start = time.monotonic()

@@ -17,9 +17,10 @@ from mole.protocol import ClientClosed
 from mole.protocol.envelope import pack
 from mole.protocol.errors import DeadlineExceeded, Overloaded, UnknownService
 from mole.protocol.threaded import PerThreadClient, SerialClient
-from tests.protocol.busprocs import Procs, free_port, wait_until
+from tests.protocol.busprocs import Procs, wait_until
 from tests.protocol.fakebroker import FakeBroker, echo, error, final
-from tests.protocol.fakebroker import free_port as fake_port
+from tests.support.procs import free_port
+from tests.support.procs import free_port as fake_port
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import queue
-import socket
 import threading
 import time
 
@@ -17,12 +16,7 @@ import zmq
 
 from mole.protocol import mdp
 from mole.protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.procs import free_port
 
 
 class RawBroker:

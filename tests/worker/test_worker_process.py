@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ import zmq
 
 from mole.protocol import mdp
 from mole.protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
+from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "llama-2-7b-hf"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_env(tiny: Path, **extra: str) -> dict[str, str]:
