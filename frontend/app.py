@@ -101,6 +101,9 @@ def create_app(
         clock=clock,
     )
     app = falcon.asgi.App(
+        # falcon's defaults, named so its annotations bind the middleware's types
+        request_type=falcon.asgi.Request,
+        response_type=falcon.asgi.Response,
         middleware=[
             RequestContext(new_id, s.max_body_bytes, metrics, log_access=s.access_log),
             Authenticator(components.tokens, components.users, cache_ttl_s=s.user_cache_ttl_s),

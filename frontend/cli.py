@@ -120,5 +120,4 @@ def run(args: argparse.Namespace) -> int:
     ]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, env)
-    return 0  # not reached
+    os.execve(sys.executable, argv, env)  # replaces this process: never returns

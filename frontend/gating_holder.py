@@ -128,7 +128,7 @@ class GatingHolder:
         """
         self._maybe_follow_reload()
         pipeline, registry = self._pipeline, self._registry
-        if pipeline is None:
+        if pipeline is None or registry is None:  # both are set together
             raise NotReady(self.state()["detail"])
         return pipeline, registry
 

@@ -81,7 +81,15 @@ class Limits:
             )
         }
         limiter = RateLimiter(settings.ratelimit_db, clock=clock) if any(rates.values()) else None
-        return cls(limiter, login_failure_cost=settings.login_failure_cost, **rates)
+        return cls(
+            limiter,
+            login_user=rates["login_user"],
+            login_address=rates["login_address"],
+            classify_user=rates["classify_user"],
+            classify_address=rates["classify_address"],
+            register_address=rates["register_address"],
+            login_failure_cost=settings.login_failure_cost,
+        )
 
     @classmethod
     def disabled(cls) -> Limits:

@@ -102,7 +102,7 @@ def run_check(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
     from mole.protocol.registry import RegistryError, load_registry
     from mole.worker.engine.settings import EngineSettings
-    from mole.worker.models_check import check_models, format_table
+    from mole.worker.models_check import CheckRow, check_models, format_table
 
     try:
         registry = load_registry(args.registry)
@@ -128,7 +128,7 @@ def run_check(args: argparse.Namespace) -> int:
         settings.force_4bit = True
     keys = list(args.keys) or list(registry.base_models)
 
-    def progress(key: str, rows: list) -> None:
+    def progress(key: str, rows: list[CheckRow]) -> None:
         failed = sum(not r.ok for r in rows)
         print(f"checked {key}: {len(rows) - failed}/{len(rows)} adapters ok", flush=True)
 

@@ -23,9 +23,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mole.protocol.registry import ExpertsRegistry, load_registry
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 TINY_MARKER = "mole_tiny.json"
 
@@ -140,7 +144,7 @@ def _seed(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:4], "little")
 
 
-def build_tokenizer(vocab_size: int = 3000):
+def build_tokenizer(vocab_size: int = 3000) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on :data:`CORPUS` and wrap it for transformers.
 
     ``padding_side`` is given to the constructor so that it is saved with the tokenizer.
@@ -164,7 +168,8 @@ def build_tokenizer(vocab_size: int = 3000):
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    return PreTrainedTokenizerFast(
+    # transformers leaves this constructor (TokenizersBackend.__init__) unannotated
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
@@ -175,7 +180,7 @@ def build_tokenizer(vocab_size: int = 3000):
     )
 
 
-def build_config(architecture: str, size: TinySize, tokenizer) -> Any:
+def build_config(architecture: str, size: TinySize, tokenizer: PreTrainedTokenizerBase) -> Any:
     """A transformers config of the given architecture at a tiny size."""
     import transformers
 
@@ -229,7 +234,9 @@ def _write_marker(directory: Path, info: dict[str, Any]) -> None:
     (directory / TINY_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
-def build_model(key: str, family: str, size: TinySize, tokenizer):
+def build_model(
+    key: str, family: str, size: TinySize, tokenizer: PreTrainedTokenizerBase
+) -> tuple[PreTrainedModel, str]:
     """A randomly initialised model for ``key`` (seeded by the key, so reproducible)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -239,11 +246,21 @@ def build_model(key: str, family: str, size: TinySize, tokenizer):
         raise ValueError(f"base model {key!r}: no tiny architecture for family {family!r}")
     torch.manual_seed(_seed("model", key))
     config = build_config(architecture, size, tokenizer)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model.eval(), architecture
+    # from_config and PreTrainedModel.eval are unannotated in transformers
+    model: PreTrainedModel = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+        config, dtype=torch.float32
+    )
+    model.eval()  # type: ignore[no-untyped-call]
+    return model, architecture
 
 
-def train_adapter(model, architecture: str, tokenizer, adapter_path: str, out_dir: Path) -> None:
+def train_adapter(
+    model: PreTrainedModel,
+    architecture: str,
+    tokenizer: PreTrainedTokenizerBase,
+    adapter_path: str,
+    out_dir: Path,
+) -> None:
     """Wrap ``model`` with a fresh LoRA, train it a few steps, save it, unwrap."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -282,12 +299,12 @@ def train_adapter(model, architecture: str, tokenizer, adapter_path: str, out_di
     peft_model.unload()  # leaves the base model as it was
 
 
-def _count(model) -> int:
+def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def generate(
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     *,
     registry: ExpertsRegistry | None = None,
     size: str = "test",
@@ -312,7 +329,7 @@ def generate(
     import torch
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated upstream
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     registry = registry or load_registry()

@@ -14,7 +14,7 @@ from mole.frontend.errors import APIError
 from mole.frontend.limits import Limits, client_address
 from mole.frontend.media import parse_body, parse_form, respond
 from mole.frontend.tokens import TokenService
-from mole.frontend.users import UserError, UserStore
+from mole.frontend.users import UserError, UserStore, check_password, check_username
 
 
 class Register:
@@ -54,9 +54,10 @@ class Register:
         await self._limits.login(username if isinstance(username, str) else "", address)
         await self._limits.register(address)
         try:
-            user = await asyncio.to_thread(
-                self._users.create, body.get("username"), body.get("password")
-            )
+            # validated here too so the store is handed strings (it checks them again)
+            new_username = check_username(body.get("username"))
+            new_password = check_password(body.get("password"))
+            user = await asyncio.to_thread(self._users.create, new_username, new_password)
         except UserError as err:
             raise APIError(err.code, str(err), field=err.field) from None
         respond(req, resp, {"username": user.username, "disabled": False}, 201)

@@ -14,16 +14,26 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVarTuple
 
 from mole.protocol.errors import ErrorCode, RequestError
 from mole.worker.engine.engine import Engine, Job
 from mole.worker.handler import Handler, Responder, WorkRequest
 from mole.worker.metrics import Computed, WorkerMetrics
 
+Args = TypeVarTuple("Args")
+
 log = logging.getLogger("mole.worker.batching")
 
-_STOP = object()
+
+class _Stop:
+    """The inference thread's signal to finish (a class, so the queue's items narrow)."""
+
+
+_STOP = _Stop()
+#: a request waiting for the inference thread, with where its answer goes
+_Pending = tuple[WorkRequest, Responder]
 
 
 class BatchingHandler(Handler):
@@ -55,7 +65,7 @@ class BatchingHandler(Handler):
             engine.settings.batch_wait_ms if batch_wait_ms is None else batch_wait_ms
         ) / 1000.0
         self.slots = slots or 2 * self.max_batch
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[_Pending | _Stop] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.batches = 0  # counters, for tests and metadata
         self.served = 0
@@ -82,7 +92,7 @@ class BatchingHandler(Handler):
             self._thread = None
 
     # ---- inference thread --------------------------------------------------------------
-    def _collect(self, first) -> tuple[list, bool]:
+    def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch = [first]
         stop = False
         deadline = time.monotonic() + self.batch_wait_s
@@ -92,7 +102,7 @@ class BatchingHandler(Handler):
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _STOP:
+            if isinstance(item, _Stop):
                 stop = True
                 break
             batch.append(item)
@@ -101,7 +111,7 @@ class BatchingHandler(Handler):
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
-            if first is _STOP:
+            if isinstance(first, _Stop):
                 return
             batch, stop = self._collect(first)
             try:
@@ -117,7 +127,7 @@ class BatchingHandler(Handler):
             if stop:
                 return
 
-    def _serve(self, batch: list[tuple[WorkRequest, Responder]]) -> None:
+    def _serve(self, batch: list[_Pending]) -> None:
         now = time.monotonic()
         jobs: list[Job] = []
         owners: list[Responder] = []
@@ -169,7 +179,7 @@ class BatchingHandler(Handler):
                 _safe(responder.final, outcome)
 
 
-def _safe(fn, *args) -> None:
+def _safe(fn: Callable[[*Args], object], *args: *Args) -> None:
     """Answer a responder without letting a broken one stop the inference thread."""
     try:
         fn(*args)

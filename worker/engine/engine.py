@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mole.protocol.errors import DeadlineExceeded
 from mole.protocol.registry import ExpertSpec, ExpertsRegistry, language, load_registry
@@ -35,6 +36,9 @@ from mole.worker.engine.scoring import (
 from mole.worker.engine.settings import EngineSettings
 from mole.worker.engine.templates import Template, load_template, render_within
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 log = logging.getLogger("mole.worker.engine")
 
 MAX_TEXT_CHARS = 200_000  # a sanity bound before tokenizing; the real limit is in tokens
@@ -48,7 +52,7 @@ class PromptSpec:
     labels: tuple[str, ...]
     label_ids: list[list[int]]
     single_token: bool  # every label is one distinct token: the one-pass path applies
-    key: tuple = ()
+    key: tuple[str, Path]  # (task key, template path): one spec per pair
     prefix_text: str = ""  # the fixed instruction up to the line of the first placeholder
     #: the tokens every prompt of the template starts with (engine/prefix.py); cached
     prefix_ids: list[int] = field(default_factory=list)
@@ -72,7 +76,9 @@ class Job:
     prompt_text: str = ""  # the rendered prompt ``prompt_ids`` are the tokens of
 
 
-def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> list[list[int]]:
+def label_token_ids(
+    tokenizer: PreTrainedTokenizerBase, template: Template, labels: tuple[str, ...]
+) -> list[list[int]]:
     """Token ids of each label as it continues the template's answer cue.
 
     Tokenizing ``cue + prefix + label`` and removing the cue's tokens gives the ids the
@@ -80,7 +86,7 @@ def label_token_ids(tokenizer, template: Template, labels: tuple[str, ...]) -> l
     """
     cue = template.answer_cue
     cue_ids = tokenizer(cue, add_special_tokens=False)["input_ids"] if cue else []
-    result = []
+    result: list[list[int]] = []
     for label in labels:
         text = template.answer_prefix + label
         full = tokenizer(cue + text, add_special_tokens=False)["input_ids"]
@@ -148,7 +154,8 @@ class Engine:
         for expert in self.experts:
             self._prompt_for(expert)
         self._use_positions = accepts_position_ids(loaded.model)
-        self._prefix_kv: dict[tuple, PrefixKV | None] = {}
+        # (prompt spec key, loaded adapter name) -> that template's instruction prefix cache
+        self._prefix_kv: dict[tuple[tuple[str, Path], str | None], PrefixKV | None] = {}
         self._lock = threading.Lock()  # one forward pass at a time on this model
 
     # ---- loading -------------------------------------------------------------------
@@ -404,10 +411,10 @@ class Engine:
             for indices, fn in ((cls, self._classify), (ext, self._extract)):
                 lengths = {i: len(jobs[i].prompt_ids) for i in indices}
                 for chunk in length_buckets(indices, lengths, self.settings.max_batch):
-                    for i, out in zip(
+                    for i, computed in zip(
                         chunk, self._run_isolated(fn, [jobs[i] for i in chunk]), strict=True
                     ):
-                        outcomes[i] = out
+                        outcomes[i] = computed
             elapsed_ms = (time.monotonic() - started) * 1000.0
         for job, out in zip(jobs, outcomes, strict=True):
             if isinstance(out, dict):
@@ -416,12 +423,14 @@ class Engine:
                     "inference_ms": round(elapsed_ms, 3),
                     "batch_size": len(jobs),
                 }
-        return outcomes  # type: ignore[return-value]
+        return outcomes  # type: ignore[return-value]  # every slot was filled above
 
-    def _run_isolated(self, fn, jobs: list[Job]) -> list[dict[str, Any] | Exception]:
+    def _run_isolated(
+        self, fn: Callable[[list[Job]], Sequence[dict[str, Any]]], jobs: list[Job]
+    ) -> list[dict[str, Any] | Exception]:
         """Run a batch; if it fails, run its jobs one by one so a bad one fails alone."""
         try:
-            return fn(jobs)
+            return list(fn(jobs))
         except Exception as err:
             if len(jobs) == 1:
                 log.exception("inference failed for request %s", jobs[0].request_id)

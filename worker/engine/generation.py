@@ -7,10 +7,26 @@ every row continues from its own last token.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+#: (max_new_tokens, temperature, top_p, repetition_penalty): rows sharing it generate together
+SettingsKey = tuple[int, float, float, float]
+
+
+class GenerativeModel(Protocol):
+    """What generation needs of a model: a transformers causal LM or a PeftModel wrapping
+    one (both have ``generate``, which ``torch.nn.Module`` alone does not promise)."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
 
 
 @dataclass(slots=True)
@@ -27,7 +43,7 @@ class Generated:
     confidence: float  # mean probability of the chosen tokens
 
 
-def _settings_key(gen: dict[str, Any]) -> tuple:
+def _settings_key(gen: dict[str, Any]) -> SettingsKey:
     return (
         int(gen.get("max_new_tokens", 256)),
         float(gen.get("temperature", 0.0) or 0.0),
@@ -37,10 +53,12 @@ def _settings_key(gen: dict[str, Any]) -> tuple:
 
 
 @torch.inference_mode()
-def generate_batch(model, tokenizer, rows: list[GenRow]) -> list[Generated]:
+def generate_batch(
+    model: GenerativeModel, tokenizer: PreTrainedTokenizerBase, rows: list[GenRow]
+) -> list[Generated]:
     """Generate a continuation for each row; results in row order."""
     results: list[Generated | None] = [None] * len(rows)
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[SettingsKey, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(_settings_key(row.generation), []).append(i)
     for key, indices in groups.items():
@@ -50,7 +68,12 @@ def generate_batch(model, tokenizer, rows: list[GenRow]) -> list[Generated]:
     return [r for r in results if r is not None]
 
 
-def _generate_group(model, tokenizer, rows: list[GenRow], key: tuple) -> list[Generated]:
+def _generate_group(
+    model: GenerativeModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[GenRow],
+    key: SettingsKey,
+) -> list[Generated]:
     max_new_tokens, temperature, top_p, repetition_penalty = key
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
@@ -78,7 +101,7 @@ def _generate_group(model, tokenizer, rows: list[GenRow], key: tuple) -> list[Ge
         kwargs["adapter_names"] = [r.adapter or "__base__" for r in rows]
     out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
     new = out.sequences[:, width:]
-    results = []
+    results: list[Generated] = []
     for i in range(len(rows)):
         tokens = new[i].tolist()
         n = len(tokens)
@@ -88,6 +111,7 @@ def _generate_group(model, tokenizer, rows: list[GenRow], key: tuple) -> list[Ge
             float(torch.softmax(step[i].float(), dim=-1)[tokens[t]])
             for t, step in enumerate(out.scores[:n])
         ]
-        text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
+        # decode of one flat id list is one string; the stub's union also covers batches
+        text = cast(str, tokenizer.decode(tokens[:n], skip_special_tokens=True))
         results.append(Generated(text, n, sum(probs) / len(probs) if probs else 0.0))
     return results

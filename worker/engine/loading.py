@@ -12,12 +12,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mole.protocol.registry import BaseModelSpec, ExpertSpec
 from mole.worker.engine.checkpoint import hf_cache_snapshot, inspect_checkpoint
 from mole.worker.engine.errors import ModelLoadError
 from mole.worker.engine.settings import EngineSettings
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BitsAndBytesConfig
 
 log = logging.getLogger("mole.worker.engine")
 
@@ -78,7 +82,7 @@ def resolve_model_source(spec: BaseModelSpec, settings: EngineSettings) -> tuple
     return spec.hf_name, False
 
 
-def _torch_dtype(name: str, device: str, settings: EngineSettings) -> tuple[Any, str]:
+def _torch_dtype(name: str, device: str, settings: EngineSettings) -> tuple[torch.dtype | str, str]:
     import torch
 
     key = _DTYPES.get(name.lower())
@@ -92,10 +96,13 @@ def _torch_dtype(name: str, device: str, settings: EngineSettings) -> tuple[Any,
             "(MOLE_KEEP_DTYPE=1 keeps float16)"
         )
         key = "float32"
-    return getattr(torch, key), key
+    dtype: torch.dtype = getattr(torch, key)
+    return dtype, key
 
 
-def _quantization(spec: BaseModelSpec, device: str, settings: EngineSettings, dtype):
+def _quantization(
+    spec: BaseModelSpec, device: str, settings: EngineSettings, dtype: torch.dtype | str
+) -> BitsAndBytesConfig | None:
     """A BitsAndBytesConfig for nf4 when configured (CUDA) or forced (CPU tests); else None."""
     want = settings.force_4bit or (spec.load_in_4bit and device.startswith("cuda"))
     if spec.load_in_4bit and not want:
@@ -115,7 +122,8 @@ def _quantization(spec: BaseModelSpec, device: str, settings: EngineSettings, dt
     compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
     if device == "cpu" and compute == torch.float16:
         compute = torch.float32
-    return BitsAndBytesConfig(
+    # transformers leaves BitsAndBytesConfig.__init__ unannotated
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
@@ -142,7 +150,7 @@ def load_base_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated upstream
     t_start = time.perf_counter()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
@@ -191,7 +199,9 @@ def load_base_model(
         )
     t0 = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # typed as a torch module: transformers' decorated PreTrainedModel.to/eval lose
+        # their signatures in its annotations, torch.nn.Module's are exact
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"base model {spec.key!r}: cannot load {source!r}: {err}") from err
     quantized = quant is not None or prequantized
@@ -223,13 +233,11 @@ def _adapters_by_path(experts: list[ExpertSpec]) -> dict[str, list[str]]:
 def check_adapters(experts: list[ExpertSpec], settings: EngineSettings) -> None:
     """Raise ModelLoadError naming the first adapter whose directory is missing."""
     by_path = _adapters_by_path(experts)
-    if by_path and settings.adapters_dir is None:
-        raise ModelLoadError(
-            f"adapters {', '.join(sorted(by_path))} are needed but no adapters directory is "
-            "set (MOLE_ADAPTERS_DIR or --adapters-dir)"
-        )
+    if not by_path:
+        return
+    adapters_dir = _adapters_dir(settings, by_path)
     for adapter_path, names in sorted(by_path.items()):
-        config = settings.adapters_dir / adapter_path / "adapter_config.json"
+        config = adapters_dir / adapter_path / "adapter_config.json"
         if not config.is_file():
             raise ModelLoadError(
                 f"adapter {adapter_path!r} (for {', '.join(sorted(set(names)))}): "
@@ -237,16 +245,29 @@ def check_adapters(experts: list[ExpertSpec], settings: EngineSettings) -> None:
             )
 
 
-def _load_adapters(loaded: LoadedModel, experts: list[ExpertSpec], settings: EngineSettings):
+def _adapters_dir(settings: EngineSettings, by_path: dict[str, list[str]]) -> Path:
+    """The adapters directory, which must be set when ``by_path`` names adapters."""
+    if settings.adapters_dir is None:
+        raise ModelLoadError(
+            f"adapters {', '.join(sorted(by_path))} are needed but no adapters directory is "
+            "set (MOLE_ADAPTERS_DIR or --adapters-dir)"
+        )
+    return settings.adapters_dir
+
+
+def _load_adapters(
+    loaded: LoadedModel, experts: list[ExpertSpec], settings: EngineSettings
+) -> None:
     from peft import PeftModel
 
     by_path = _adapters_by_path(experts)
     if not by_path:
         return
     check_adapters(experts, settings)
+    adapters_dir = _adapters_dir(settings, by_path)
     model = loaded.model
     for index, (adapter_path, names) in enumerate(sorted(by_path.items())):
-        directory = settings.adapters_dir / adapter_path
+        directory = adapters_dir / adapter_path
         key = _adapter_key(adapter_path, index)
         t0 = time.perf_counter()
         try:

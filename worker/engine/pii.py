@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +177,7 @@ def _repair_truncated(text: str) -> str | None:
     return text[start : last + 1] + "]"
 
 
-def _candidates(raw: str):
+def _candidates(raw: str) -> Iterator[tuple[str, str]]:
     """Texts to try parsing, in the cascade's order, each with the step's name."""
     text = raw.strip()
     yield "direct", text
@@ -203,13 +204,14 @@ def _candidates(raw: str):
     yield "syntax_fix", _fix_syntax(text)
 
 
-def _as_list(value: Any) -> list | None:
+def _as_list(value: Any) -> list[Any] | None:
     if isinstance(value, list):
         return value
     if isinstance(value, dict):
         for key in ("entities", "pii", "items", "results"):
-            if isinstance(value.get(key), list):
-                return value[key]
+            items = value.get(key)
+            if isinstance(items, list):
+                return items
         if "text" in value:
             return [value]
     return None

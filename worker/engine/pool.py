@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from mole.protocol.registry import ExpertsRegistry, load_registry
@@ -40,7 +41,7 @@ class ModelPool:
         *,
         registry: ExpertsRegistry | None = None,
         settings: EngineSettings | None = None,
-        loader=None,
+        loader: Callable[[str], Engine] | None = None,
         worker_id: str = "pool",
     ) -> None:
         if max_resident < 1:

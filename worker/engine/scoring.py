@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 @dataclass(slots=True)
@@ -37,7 +41,7 @@ class ScoreRow:
 
 
 @torch.inference_mode()
-def compute_prefix(model, ids: list[int], adapter: str | None) -> PrefixKV | None:
+def compute_prefix(model: torch.nn.Module, ids: list[int], adapter: str | None) -> PrefixKV | None:
     """Run a shared prefix once; None where the cache layout is not [batch, heads, seq, dim]."""
     device = _device(model)
     out = model(
@@ -56,7 +60,9 @@ def compute_prefix(model, ids: list[int], adapter: str | None) -> PrefixKV | Non
     return PrefixKV([(x.keys, x.values) for x in layers], len(ids))
 
 
-def _prefixed_inputs(rows: list[ScoreRow], pad_id: int, device):
+def _prefixed_inputs(
+    rows: list[ScoreRow], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, DynamicCache, int]:
     """Inputs for rows whose prompt starts with a cached prefix: the rest of each prompt,
     left-padded, after the prefixes (left-padded too) placed in one cache."""
     from transformers import DynamicCache
@@ -72,7 +78,7 @@ def _prefixed_inputs(rows: list[ScoreRow], pad_id: int, device):
         mask[i, width_p - plen : width_p] = 1
         mask[i, width_p + width_r - len(rest) :] = 1
     template = next(r.prefix for r in rows if r.prefix)
-    data = []
+    data: list[tuple[torch.Tensor, torch.Tensor]] = []
     for layer, (k0, v0) in enumerate(template.layers):
         keys = k0.new_zeros((n, k0.shape[1], width_p, k0.shape[3]))
         values = v0.new_zeros((n, v0.shape[1], width_p, v0.shape[3]))
@@ -84,28 +90,27 @@ def _prefixed_inputs(rows: list[ScoreRow], pad_id: int, device):
     return input_ids.to(device), mask.to(device), DynamicCache(ddp_cache_data=data), width_p
 
 
-def accepts_position_ids(model) -> bool:
+def accepts_position_ids(model: torch.nn.Module) -> bool:
     """Whether the underlying transformers model takes ``position_ids`` (Bloom uses ALiBi)."""
-    base = model
-    for attr in ("get_base_model",):
-        if hasattr(base, attr):
-            base = base.get_base_model()
+    # A PeftModel wraps the transformers model; its own forward takes **kwargs.
+    get_base_model = getattr(model, "get_base_model", None)
+    base = get_base_model() if callable(get_base_model) else model
     return "position_ids" in inspect.signature(base.forward).parameters
 
 
-def _adapter_kwargs(model, adapters: list[str | None]) -> dict:
+def _adapter_kwargs(model: torch.nn.Module, adapters: list[str | None]) -> dict[str, Any]:
     if not hasattr(model, "peft_config"):
         return {}
     return {"adapter_names": [a if a is not None else "__base__" for a in adapters]}
 
 
-def _device(model) -> torch.device:
+def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 @torch.inference_mode()
 def score_batch(
-    model, rows: list[ScoreRow], pad_id: int, *, use_positions: bool
+    model: torch.nn.Module, rows: list[ScoreRow], pad_id: int, *, use_positions: bool
 ) -> list[list[float]]:
     """Sum of token log-probabilities of each label of each row, given its prompt.
 
@@ -183,7 +188,7 @@ def score_batch(
 
 
 @torch.inference_mode()
-def score_full(model, row: ScoreRow) -> list[float]:
+def score_full(model: torch.nn.Module, row: ScoreRow) -> list[float]:
     """Reference scorer: each label as a full prompt+label sequence, no cache, no padding.
 
     Slow; used by tests to check :func:`score_batch`, and as a readable definition of it.

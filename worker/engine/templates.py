@@ -16,9 +16,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mole.worker.engine.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 TEXT_FIELDS = ("input", "query", "product")
@@ -102,7 +105,7 @@ def _clean(text: str) -> str:
 def render_within(
     template: Template,
     values: dict[str, str],
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     max_input_tokens: int,
 ) -> RenderedPrompt:
     """Render ``template`` so the whole prompt fits ``max_input_tokens`` tokens.
@@ -114,7 +117,8 @@ def render_within(
     values = {k: (_clean(v) if k in TEXT_FIELDS else v) for k, v in values.items()}
 
     def encode(vals: dict[str, str]) -> list[int]:
-        return tokenizer(template.render(vals), add_special_tokens=True)["input_ids"]
+        ids: list[int] = tokenizer(template.render(vals), add_special_tokens=True)["input_ids"]
+        return ids
 
     ids = encode(values)
     if len(ids) <= max_input_tokens:
@@ -133,7 +137,8 @@ def render_within(
     lengths = _share({k: len(v) for k, v in pieces.items()}, budget)
     cut = dict(values)
     for key, ids_k in pieces.items():
-        cut[key] = tokenizer.decode(ids_k[: lengths[key]], skip_special_tokens=True)
+        # decode of one flat id list is one string; the stub's union also covers batches
+        cut[key] = cast(str, tokenizer.decode(ids_k[: lengths[key]], skip_special_tokens=True))
     ids = encode(cut)
     # Re-tokenizing decoded text can merge differently; trim until it fits.
     while len(ids) > max_input_tokens and any(cut[k] for k in pieces):
