@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the tests. Installs first when .venv is missing.
-#   scripts/test.sh           ruff, then the whole suite (unit, process-level, end-to-end)
+#   scripts/test.sh           ruff, mypy --strict, then the whole suite (unit, process-level,
+#                             end-to-end)
 #   scripts/test.sh --fast    ruff, then the unit tests that load no transformers model
 #                             (-m "unit and not slow"): in-process, under a minute
 # Further arguments go to pytest (e.g. scripts/test.sh --fast -k envelope).
@@ -24,5 +25,7 @@ if [ "$fast" = 1 ]; then
     echo "==> unit tests (the fast lane)"
     exec .venv/bin/python -m pytest -q -m "unit and not slow" "$@"
 fi
+echo "==> mypy --strict over the mole package (scripts/typecheck.sh)"
+bash scripts/typecheck.sh
 echo "==> the whole suite"
 exec .venv/bin/python -m pytest -q "$@"
