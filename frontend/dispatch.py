@@ -19,6 +19,7 @@ one vocabulary (``frontend.errors``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -100,10 +101,9 @@ class BrokerDispatcher:
         self._client = self._owner = None
         if old is None or owner is None or owner[0] != os.getpid():
             return  # none, or inherited through fork: the parent's to close
-        try:
+        # RuntimeError: that loop is closed, and the client goes with garbage collection
+        with contextlib.suppress(RuntimeError):
             owner[1].call_soon_threadsafe(lambda: owner[1].create_task(old.close()))
-        except RuntimeError:  # that loop is closed: the client goes with garbage collection
-            pass
 
     async def start(self) -> None:
         await self.client().__aenter__()

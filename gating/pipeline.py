@@ -400,7 +400,8 @@ class GatingPipeline:
     def _refusal(self, route: Route, candidates: bool) -> TaskNotServed:
         served = self.served_tasks()
         offered = "; ".join(f"{k} ({self.registry.tasks[k].description})" for k in served)
-        assert route.scope is not None and route.threshold is not None
+        assert route.scope is not None
+        assert route.threshold is not None
         ranked = sorted(route.q_values.items(), key=lambda kv: kv[1], reverse=True)
         return TaskNotServed(
             "no served task fits this description (its scope score "

@@ -21,6 +21,7 @@ Data files of unserved tasks are JSON lines ``{"description", "language"?,
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -139,7 +140,7 @@ def choose_threshold(
     outs = sorted(float(s) for s in out_of_scope_scores)
     points = sorted(set(ins) | set(outs))
     gaps = [(points[0] - 1.0, 1.0)]  # under everything: refuses nothing
-    gaps += [((a + b) / 2, b - a) for a, b in zip(points, points[1:], strict=False)]
+    gaps += [((a + b) / 2, b - a) for a, b in itertools.pairwise(points)]
     gaps.append((points[-1] + 1.0, 1.0))  # over everything: refuses everything
     best: tuple[float, float, float] | None = None  # (gain, width, threshold)
     for threshold, width in gaps:

@@ -41,7 +41,9 @@ class Waker:
             if self._armed or self._closed:
                 return
             self._armed = True
-            try:
+            # NOTE: try/except, not contextlib.suppress: this runs once per wake-up on the
+            # client's hot path, where a context manager's calls cost more than the send
+            try:  # noqa: SIM105
                 self._sender.send(b"", zmq.NOBLOCK)
             except zmq.ZMQError:  # full (cannot be: one message at a time) or closed
                 pass

@@ -329,10 +329,8 @@ def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
             raise UnreadableMessage("a lone empty frame")
         head = frames[1]
         start = 1
-        framing = (
-            _MDP01 if head == CLIENT_HEADER_01 or head == WORKER_HEADER_01 else _MDP02_DELIMITED
-        )
-    if head == CLIENT_HEADER or head == WORKER_HEADER:
+        framing = _MDP01 if head in (CLIENT_HEADER_01, WORKER_HEADER_01) else _MDP02_DELIMITED
+    if head in (CLIENT_HEADER, WORKER_HEADER):
         if head == CLIENT_HEADER:
             return _inbound_client(frames, start, framing)
         return _inbound_worker(frames, start, framing)
@@ -340,7 +338,7 @@ def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
         if head == CLIENT_HEADER_01:
             return _inbound_client(frames, start, framing)
         return _inbound_worker(frames, start, framing)
-    if head == CLIENT_HEADER_01 or head == WORKER_HEADER_01:
+    if head in (CLIENT_HEADER_01, WORKER_HEADER_01):
         raise UnreadableMessage(f"MDP/0.1 (RFC 7) needs an empty frame before {head!r}")
     shown = bytes(head[:16]) if isinstance(head, bytes) else bytes(head.buffer[:16])
     raise UnreadableMessage(

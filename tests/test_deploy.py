@@ -129,12 +129,14 @@ def test_each_image_installs_the_wheel_with_its_extra_and_runs_unprivileged(targ
     installs = [run for stage in chain for run in stage.all("RUN") if "pip install" in run]
     assert len(installs) == 1, installs
     (install,) = installs
-    assert "from=wheel" in install and "mole_framework-*.whl" in install
+    assert "from=wheel" in install
+    assert "mole_framework-*.whl" in install
     named = re.findall(r"\.whl\)?\[([a-z,]+)\]", install)
     expected = ROLES[target]
     assert named == ([expected] if expected else []), install
     users = [user for stage in chain for user in stage.all("USER")]
-    assert users and users[0] != "root", "the image must not run as root"
+    assert users, "the image must not run as root"
+    assert users[0] != "root", "the image must not run as root"
     (cmd,) = stages[target].all("CMD")
     argv = json.loads(cmd)
     _check_command(argv)
@@ -160,7 +162,8 @@ def test_compose_files_parse_and_name_real_commands_and_settings(name: str) -> N
     for service in doc["services"].values():
         _check_command(service["command"])
         target = service["build"]["target"]
-        assert target in stages and target == service["command"][1], service
+        assert target in stages, service
+        assert target == service["command"][1], service
         assert service["image"].startswith(f"mole-{target}:")
         for variable in service.get("environment", {}):
             assert _setting_is_read(variable), f"{name}: {variable} is read by no code"

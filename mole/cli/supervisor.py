@@ -134,7 +134,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         if child._log_file is None:
-            child._log_file = open(child.log_path, "ab")  # noqa: SIM115 - kept for the child's life
+            child._log_file = open(child.log_path, "ab")
         child.process = subprocess.Popen(
             child.argv,
             env=child.env,

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(ROOT))
 
-from tests.support.procs import free_port  # noqa: E402 - after the root is importable
+from tests.support.procs import free_port
 
 PYTHON = sys.executable
 
@@ -661,7 +661,8 @@ def bench_dispatch(args) -> None:
 
         path = baseline_tree(args.baseline) / "src" / "broker" / "core.py"
         spec = importlib.util.spec_from_file_location("bench_baseline_core", path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         old_core = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(old_core)
 

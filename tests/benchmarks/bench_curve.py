@@ -33,7 +33,7 @@ import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.procs import free_port  # noqa: E402 - after the root is importable
+from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "bench"
@@ -77,7 +77,7 @@ class Round:
                 [sys.executable, "-m", "mole.broker", "--bind", self.url, "--log-level", "WARNING"],
                 cwd=ROOT,
                 env=broker_env,
-                stdout=open(logs / f"broker-{tag}.log", "ab"),  # noqa: SIM115
+                stdout=open(logs / f"broker-{tag}.log", "ab"),
                 stderr=subprocess.STDOUT,
             ),
             subprocess.Popen(
@@ -85,7 +85,7 @@ class Round:
                  "--service", SERVICE, "--slots", "64", "--log-level", "WARNING"],
                 cwd=ROOT,
                 env=worker_env,
-                stdout=open(logs / f"worker-{tag}.log", "ab"),  # noqa: SIM115
+                stdout=open(logs / f"worker-{tag}.log", "ab"),
                 stderr=subprocess.STDOUT,
             ),
         ]  # fmt: skip

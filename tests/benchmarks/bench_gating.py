@@ -35,6 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib
+
 from mole.gating import GatingError, GatingPipeline, TaskNotServed
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
@@ -112,10 +114,8 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
             stages["short"].append(time.perf_counter() - t0)
         for text, desc in refused:
             t0 = time.perf_counter()
-            try:
+            with contextlib.suppress(TaskNotServed):
                 pipeline.route(text, desc)
-            except TaskNotServed:
-                pass
             stages["refused"].append(time.perf_counter() - t0)
         for desc in DESCRIPTIONS.values():
             fresh = f"{desc} #{len(stages['task_new'])}"  # never routed before

@@ -40,13 +40,13 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.support.procs import free_port, wait_http  # noqa: E402 - after the root is importable
+from tests.support.procs import free_port, wait_http
 
 PY = sys.executable
 SECRET = "bench-secret-" + "s" * 40
@@ -63,10 +63,8 @@ def process_tree(pid: int) -> list[int]:
         p = todo.pop()
         found.append(p)
         for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
+            with suppress(OSError):
                 todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
     return found
 
 

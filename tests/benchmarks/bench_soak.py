@@ -49,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.support.procs import free_port  # noqa: E402 - after the root is importable
+from tests.support.procs import free_port
 
 FIXED_WORKER = REPO / "tests" / "frontend" / "fixed_worker.py"
 SERVICE = "llama-2-7b-hf"  # english / finance / rating routes here

@@ -131,5 +131,5 @@ def test_a_revoked_clients_messages_and_pending_replies_are_dropped(keys):
 def test_without_an_allow_list_keys_are_not_consulted():
     h = Harness()
     h.ready(b"w", SVC)
-    client, frames = only(h.send(b"c", [C02, b"\x01", b"mmi.service", SVC.encode()], key=None))
+    _client, frames = only(h.send(b"c", [C02, b"\x01", b"mmi.service", SVC.encode()], key=None))
     assert frames == [C02, FINAL_C, b"mmi.service", b"200"]

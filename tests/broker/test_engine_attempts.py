@@ -85,7 +85,7 @@ def test_attempts_stop_at_max_attempts():
     h = Harness(attempt_timeout=1.0, heartbeat_interval=10.0, max_attempts=2, suspect_after=9)
     for name in (b"a", b"b", b"c"):
         h.ready(name, SVC)
-    [(first, ticket, _)] = dispatched(h.request(b"cl", SVC, "r1", ttl_ms=60_000))
+    [(first, _ticket, _)] = dispatched(h.request(b"cl", SVC, "r1", ttl_ms=60_000))
     [(second, _, _)] = dispatched(h.advance(1.0))
     assert first != second
     assert dispatched(h.advance(1.0)) == []  # two attempts out: no third

@@ -87,7 +87,7 @@ def test_mdp01_client_gets_no_partials_but_its_final():
 def test_mdp01_client_errors_come_in_its_framing():
     h = Harness(default_deadline=1.0)
     h.send(b"req", [b"", C01, b"nobody", b"ping"])
-    client, frames = only(h.advance(1.0))
+    _client, frames = only(h.advance(1.0))
     assert frames[:3] == [b"", C01, b"nobody"]
     assert unpack(frames[3])["error"] == "no_worker"
 

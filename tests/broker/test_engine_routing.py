@@ -99,7 +99,7 @@ def test_queue_limit_answers_overloaded():
     h.ready(b"w1", SVC)
     h.request(b"c", SVC, "r1")
     assert h.request(b"c", SVC, "r2") == []
-    client, frames = only(h.request(b"c", SVC, "r3"))
+    _client, frames = only(h.request(b"c", SVC, "r3"))
     reply = unpack(frames[3])
     assert (reply["id"], reply["ok"], reply["code"]) == ("r3", False, "overloaded")
     assert "queue limit" in reply["msg"]

@@ -72,7 +72,8 @@ def test_curve_with_allow_list_or_insecure_is_accepted():
     secure = BrokerSettings(bind="tcp://*:5555", curve_secret="k.key_secret", curve_allow="dir")
     assert check_bind(secure) is None
     warning = check_bind(BrokerSettings(bind="tcp://*:5555", insecure=True))
-    assert warning is not None and warning.startswith("INSECURE")
+    assert warning is not None
+    assert warning.startswith("INSECURE")
 
 
 def test_insecure_comes_from_the_environment_too():
@@ -134,7 +135,8 @@ def test_insecure_flag_serves_and_warns_on_start(tmp_path):
     finally:
         _stop(process)
     text = log.read_text()
-    assert "WARNING" in text and "INSECURE (--insecure)" in text
+    assert "WARNING" in text
+    assert "INSECURE (--insecure)" in text
 
 
 def test_exposed_bind_with_curve_and_allow_list_serves_only_allowed_keys(tmp_path):

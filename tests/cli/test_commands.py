@@ -59,8 +59,8 @@ def _parser(module) -> argparse.ArgumentParser:
 
 
 def _flags(parser: argparse.ArgumentParser):
-    for action in parser._actions:  # noqa: SLF001 - argparse's documented introspection
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 yield from _flags(sub)
         elif action.option_strings and "--help" not in action.option_strings:
@@ -88,7 +88,8 @@ def _owned_parsers():
 def test_every_flag_has_help_that_states_its_default(name, parser):
     for action in _flags(parser):
         flag = action.option_strings[-1]
-        assert action.help and len(action.help) > 10, f"mole {name} {flag}: no help"
+        assert action.help, f"mole {name} {flag}: no help"
+        assert len(action.help) > 10, f"mole {name} {flag}: no help"
         if action.default not in (None, False):
             assert "default" in action.help, f"mole {name} {flag}: default not stated"
 
@@ -146,7 +147,8 @@ def test_stack_record_round_trip_and_a_dead_pid_counts_as_no_stack(tmp_path):
     write_state(_state(tmp_path, os.getpid()))
     assert stat.S_IMODE((tmp_path / "stack.json").stat().st_mode) == 0o600
     state = read_state(tmp_path)
-    assert state is not None and state.url == "http://127.0.0.1:18000"
+    assert state is not None
+    assert state.url == "http://127.0.0.1:18000"
     env: dict[str, str] = {"MOLE_DATA_DIR": str(tmp_path)}
     assert apply_stack_defaults(env) is not None
     assert env["MOLE_BROKER_URL"] == "tcp://127.0.0.1:15555"

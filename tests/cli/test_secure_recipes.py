@@ -40,7 +40,8 @@ def _assert_secure_broker(argv: list[str], env: dict[str, str]) -> Path:
     settings = _broker_settings(argv, env)
     assert not settings.insecure
     assert check_bind(settings) is None  # accepted, and without the insecure warning
-    assert settings.curve_secret and settings.curve_allow
+    assert settings.curve_secret
+    assert settings.curve_allow
     return Path(settings.curve_secret)
 
 

@@ -184,7 +184,8 @@ def test_stuck_worker_is_purged_and_its_request_answered_elsewhere(broker):
         reply = recv_reply(client, 20)
         assert reply is not None
         header, payload = reply
-        assert header["ok"] and payload["worker_id"] == "healthy"
+        assert header["ok"]
+        assert payload["worker_id"] == "healthy"
         assert payload["echo"] == {"i": 1}
         assert [w["metadata"]["worker_id"] for w in _workers(broker)] == ["healthy"]
     finally:

@@ -231,7 +231,8 @@ def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
     for t in threads:
         t.join(timeout=90)
     assert not failures, failures
-    assert new_pid and new_pid != old_pid, "the supervisor did not bring the worker back"
+    assert new_pid, "the supervisor did not bring the worker back"
+    assert new_pid != old_pid, "the supervisor did not bring the worker back"
     statuses = {status for _, status, _ in outcomes}
     assert statuses <= {200, 502, 503, 504}, statuses
     for _, status, error in outcomes:

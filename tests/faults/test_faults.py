@@ -51,7 +51,8 @@ def test_worker_sigkill_under_load_loses_nothing(bus):
     load.drain(grace=2.0)
     report = load.report()
     _assert_exactly_once(report)
-    assert report.workers["victim"] > 0 and report.workers["survivor"] > 0, report
+    assert report.workers["victim"] > 0, report
+    assert report.workers["survivor"] > 0, report
 
 
 def test_worker_sigstop_is_purged_and_late_replies_dropped_then_it_rejoins(bus):

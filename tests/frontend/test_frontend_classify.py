@@ -110,7 +110,8 @@ def test_unsupported_language_is_422_listing_the_served_ones(api):
 )
 def test_classify_validation_names_the_field(api, body, field):
     r = api.client.simulate_post("/api/v1/classify", json=body, headers=api.user())
-    assert r.status_code == 422 and r.json["field"] == field, r.text
+    assert r.status_code == 422, r.text
+    assert r.json["field"] == field, r.text
 
 
 def test_text_over_the_limit_is_422(
@@ -165,7 +166,8 @@ def test_one_deadline_for_the_whole_request_gives_504(
         started = time.monotonic()
         r = classify(api, api.user(), text=f"{EN} __sleep:4", description=RATE)
         elapsed = time.monotonic() - started
-        assert r.status_code == 504 and r.json["error"] == "deadline_exceeded", r.text
+        assert r.status_code == 504, r.text
+        assert r.json["error"] == "deadline_exceeded", r.text
         assert elapsed < 3.5
     finally:
         api.close()

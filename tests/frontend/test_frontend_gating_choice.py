@@ -72,7 +72,8 @@ def test_an_unserved_task_description_is_refused_with_its_own_code(api):
     assert asked.status_code == 422, asked.text
     assert asked.json["error"] == "task_not_served"
     candidates = asked.json["candidates"]
-    assert [c["task"] for c in candidates][:1] and all("q" in c for c in candidates)
+    assert [c["task"] for c in candidates][:1]
+    assert all("q" in c for c in candidates)
     assert {c["task"] for c in candidates} <= set(asked.json["served"])
 
 

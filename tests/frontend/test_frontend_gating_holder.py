@@ -63,7 +63,7 @@ def test_reload_is_followed_by_the_other_worker_processes(tmp_path):
     wait_for(lambda: len(b.get()[1].tasks) == 3, 10, "b to follow the reload")
     raw["tasks"]["finance/news"]["label_set"] = ["dup", "dup"]
     path.write_text(json.dumps(raw))
-    with pytest.raises(RegistryError, match="finance/news.label_set"):
+    with pytest.raises(RegistryError, match=r"finance/news\.label_set"):
         a.reload()
     assert len(a.get()[1].tasks) == 3
     assert len(b.get()[1].tasks) == 3

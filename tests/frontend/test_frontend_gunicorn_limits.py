@@ -185,7 +185,8 @@ def test_failed_login_locks_out_then_wears_off(limited):
     locked_at = time.monotonic()
     good = {"username": "locky", "password": PASSWORD}
     status, headers, body = call("POST", f"{base}/api/v1/auth/token", good, form=True)
-    assert status == 429 and body["error"] == "rate_limited", body
+    assert status == 429, body
+    assert body["error"] == "rate_limited", body
     retry_after = int(headers["Retry-After"])
     assert 1 <= retry_after <= 10
     # the right password is refused until the failure's cost has drained, then works
@@ -266,7 +267,8 @@ def test_body_and_text_size_limits_over_real_http(limited):
     user = register_and_login(base, "sizes1")
     big = {"text": "word " * 2000, "description": DESCRIPTION}  # ~10 KB > 4096 bytes
     status, _, body = call("POST", f"{base}/api/v1/classify", big, user)
-    assert status == 413 and body["error"] == "payload_too_large", body
+    assert status == 413, body
+    assert body["error"] == "payload_too_large", body
     assert "4096" in body["detail"]
     assert body["request_id"]
     # chunked, so no Content-Length to refuse early: the bounded read still refuses it
@@ -289,8 +291,11 @@ def test_body_and_text_size_limits_over_real_http(limited):
     status, _, body = call(
         "POST", f"{base}/api/v1/classify", {"text": "x" * 501, "description": DESCRIPTION}, user
     )
-    assert status == 422 and body["field"] == "text" and "500" in body["detail"], body
+    assert status == 422, body
+    assert body["field"] == "text", body
+    assert "500" in body["detail"], body
     status, _, body = call(
         "POST", f"{base}/api/v1/classify", {"text": TEXT, "description": "y" * 501}, user
     )
-    assert status == 422 and body["field"] == "description", body
+    assert status == 422, body
+    assert body["field"] == "description", body

@@ -174,7 +174,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_is_closed(strict):
 def test_a_head_over_the_limit_gets_431(strict):
     with connect(strict) as s:
         s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n")
-        status, headers, body = read_response(s)
+        status, _headers, body = read_response(s)
         assert status == 431
         assert_error_shape(body, "headers_too_large")
         assert closed_by_peer(s, 5)

@@ -29,7 +29,8 @@ def test_given_task_skips_domain_and_task_routing(pipeline, registry):
     assert r.expert == registry.resolve("finance/pii", "en")
     assert r.routing_path == "english -> finance(given) -> pii(given) -> mistral-7B-Instruct-v0.3"
     assert r.given == ("domain", "task")
-    assert r.task_scores == {} and r.scope_score is None
+    assert r.task_scores == {}
+    assert r.scope_score is None
     # a bare task name resolves through the registry too
     assert pipeline.route(EN, task="news").task_key == "finance/news"
 
@@ -54,7 +55,8 @@ def test_detected_steps_are_not_marked(pipeline):
     r = pipeline.route(SENTENCES["de"], DESCRIPTIONS["rating"])
     assert r.routing_path == "german -> finance -> rating -> llama-2-7b-hf"
     assert r.given == ()
-    assert r.scope_score is not None and r.scope_score > pipeline.router.threshold
+    assert r.scope_score is not None
+    assert r.scope_score > pipeline.router.threshold
 
 
 def test_unserved_task_names_the_served_ones(pipeline, registry):
@@ -78,7 +80,8 @@ def test_unserved_or_unknown_language_names_the_served_ones(pipeline, registry):
         assert e.code == "unsupported_language"
         assert e.language == named
         assert e.served == served
-        assert "english" in e.message and "turkish" in e.message
+        assert "english" in e.message
+        assert "turkish" in e.message
 
 
 def test_given_language_the_task_does_not_serve(pipeline):

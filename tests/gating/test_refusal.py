@@ -164,7 +164,8 @@ def test_requests_of_the_original_report_are_refused(shipped):
 
 def test_the_threshold_saved_is_the_one_its_saved_data_chooses(shipped):
     data = shipped.scope_data
-    assert data is not None and shipped.threshold is not None
+    assert data is not None
+    assert shipped.threshold is not None
     assert {e.description for e in data.in_scope} == {
         ex.description for ex in read_examples(DEFAULT_IN_SCOPE_CALIBRATION)
     }
@@ -234,7 +235,7 @@ def test_choose_threshold_rejects_empty_sides():
 
 
 # -- feedback moves the threshold's data -------------------------------------------------
-@pytest.fixture()
+@pytest.fixture
 def router_copy(tmp_path) -> Path:
     target = tmp_path / "router"
     shutil.copytree(DEFAULT_ROUTER_DIR, target)
@@ -247,7 +248,8 @@ def test_out_of_scope_feedback_is_learned_saved_and_moves_the_threshold_data(rou
     n_out = len(router.scope_data.out_of_scope)
     before = router.scope_score(description)
     choice = router.feedback_out_of_scope(description)
-    assert choice is not None and choice.n_out_of_scope == n_out + 1
+    assert choice is not None
+    assert choice.n_out_of_scope == n_out + 1
     assert router.scope_data.out_of_scope[-1] == description
     assert router.scope_score(description) < before
     router.save(router_copy)
@@ -283,7 +285,8 @@ def test_a_router_trained_without_unserved_data_never_refuses():
     router = QRouter({"finance": ["rating", "pii", "news", "esci"]})
     router.train(read_examples(DEFAULT_TRAIN_DATA)[:40])
     route = router.route("Translate to French", "finance")
-    assert router.threshold is None and not route.refused
+    assert router.threshold is None
+    assert not route.refused
     assert router.feedback_out_of_scope("Translate to French") is None  # no data to move
 
 
@@ -316,7 +319,8 @@ def test_pipeline_refuses_with_task_not_served(pipeline, registry):
     for key in registry.tasks:
         assert key in e.message
     body = e.to_dict()
-    assert body["error"] == "task_not_served" and "candidates" not in body
+    assert body["error"] == "task_not_served"
+    assert "candidates" not in body
 
 
 def test_pipeline_refusal_lists_candidates_when_asked(pipeline, registry):
@@ -340,7 +344,8 @@ def test_pipeline_feedback_out_of_scope_turns_a_route_into_a_refusal(router_copy
     assert served.task_key in registry.tasks
     for _ in range(5):
         choice = pipeline.feedback_out_of_scope(description)
-    assert choice is not None and choice.threshold == pipeline.router.threshold
+    assert choice is not None
+    assert choice.threshold == pipeline.router.threshold
     with pytest.raises(TaskNotServed):
         pipeline.route(TEXT, description)
     with pytest.raises(InvalidInput):

@@ -37,7 +37,8 @@ def test_training_data_is_varied_and_separate_from_heldout(train_data, heldout):
     assert len(rows) >= 400
     assert len({r["description"] for r in rows}) == len(rows)
     languages = Counter(r["language"] for r in rows)
-    assert len(languages) >= 8 and min(languages.values()) >= 20, languages
+    assert len(languages) >= 8, languages
+    assert min(languages.values()) >= 20, languages
     assert set(Counter(r["task"] for r in rows)) == set(TASKS)
     assert {ex.description for ex in train_data}.isdisjoint({ex.description for ex in heldout})
     assert len(heldout) >= 100

@@ -368,7 +368,7 @@ def test_bad_encoder_router_artifacts(tiny_xlmr, tmp_path, kwargs, match):
 
 def test_encoder_router_missing_domain_file(tiny_xlmr, tmp_path):
     _encoder_router_dir(tiny_xlmr, tmp_path)
-    with pytest.raises(ArtifactError, match="router_legal.pth"):
+    with pytest.raises(ArtifactError, match=r"router_legal\.pth"):
         EncoderQRouter.load(
             tmp_path, {"finance": TASKS, "legal": ["contracts"]}, encoder_dir=tiny_xlmr
         )

@@ -48,8 +48,17 @@ def build_wheel(out: Path) -> Path:
             shutil.copy2(path, source / name)
     wheels = out / "wheels"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        + ["--wheel-dir", str(wheels), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -85,8 +94,17 @@ def install_wheel(python: Path, wheel: Path) -> None:
     """``pip install --no-deps WHEEL`` into the venv of ``python`` (its dependencies are
     provided by :func:`link_distributions` or :func:`borrow_site_packages`)."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps"]
-        + ["--no-index", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -88,7 +88,7 @@ def test_request_reply_service_available_and_status(bus):
     assert worker["slots"] == 2
     assert worker["metadata"]["worker_id"] == "echo-1"
     assert status["services"]["echo"]["workers"] == 1
-    with pytest.raises(UnknownService, match="mmi.nothing"):
+    with pytest.raises(UnknownService, match=r"mmi\.nothing"):
         b.client.request("mmi.nothing", {})
 
 

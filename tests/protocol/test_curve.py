@@ -37,9 +37,11 @@ def test_wrong_server_key_never_connects(keys):
     broker = FakeBroker(curve_secret=broker_secret)
     try:
         curve = CurveKeys.from_files(keys / "intruder.key", keys / "client.key_secret")
-        with Client(broker.url, timeout=5, curve=curve, deadline_grace=0.05) as client:
-            with pytest.raises(DeadlineExceeded, match="never connected"):
-                client.request("svc", 1, timeout=0.5)
+        with (
+            Client(broker.url, timeout=5, curve=curve, deadline_grace=0.05) as client,
+            pytest.raises(DeadlineExceeded, match="never connected"),
+        ):
+            client.request("svc", 1, timeout=0.5)
         assert broker.seen == []
     finally:
         broker.stop()

@@ -65,7 +65,8 @@ def test_occurrences_count_in_the_text_the_model_saw():
     starts = [0, 23, 40]
     for n, start in enumerate(starts, 1):
         span = find_span(text, "John Smith", n)
-        assert span is not None and span[0] == start
+        assert span is not None
+        assert span[0] == start
         assert " ".join(text[span[0] : span[1]].split()).lower() == "john smith"
     assert find_span(text, "John Smith", 4) is None
 

@@ -79,7 +79,7 @@ def test_concurrent_gets_load_once():
     pool.get("llama-2-7b-hf")
     assert first.closed
     assert pool.resident == ["llama-2-7b-hf"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_resident must be at least 1"):
         ModelPool(max_resident=0, registry=REGISTRY)
 
 

@@ -149,7 +149,7 @@ def test_reconnects_when_the_broker_goes_silent(broker, running):
 
 
 def test_reregisters_after_disconnect(broker, running):
-    runtime, ident, _ = running(EchoHandler())
+    _runtime, ident, _ = running(EchoHandler())
     broker.disconnect(ident)
     new_ident, _ = broker.expect(W.READY, timeout=10)
     broker.request(new_ident, b"t2", "after", request_id="r2")
@@ -346,7 +346,8 @@ def test_backoff_grows_when_the_broker_refuses_at_once(broker):
             times.append(time.monotonic())
             broker.disconnect(ident)
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert gaps[-1] >= 0.3 and gaps[-1] > gaps[0], gaps  # 0.05, 0.1, 0.2, 0.4 s
+        assert gaps[-1] >= 0.3, gaps
+        assert gaps[-1] > gaps[0], gaps  # 0.05, 0.1, 0.2, 0.4 s
     finally:
         runtime.stop()
 
@@ -372,7 +373,8 @@ def test_echo_entry_point_rejects_bad_settings_clearly():
         out = subprocess.run(
             base + extra, capture_output=True, text=True, timeout=60, env={**os.environ, **env}
         )
-        assert out.returncode == 2 and fragment in out.stderr, out.stderr
+        assert out.returncode == 2, out.stderr
+        assert fragment in out.stderr, out.stderr
 
 
 # ---- graceful drain (#16 item 4) -------------------------------------------------------

@@ -91,5 +91,6 @@ def query_and_product(payload: dict[str, Any], text: str, language: str) -> tupl
                 f"give the fields 'query' and 'product', or text marked as "
                 f"{markers_for(language)} (or 'Query: … Product: …')",
             )
-    assert query is not None and product is not None
+    assert query is not None
+    assert product is not None
     return query, product

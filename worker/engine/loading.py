@@ -113,7 +113,7 @@ def _quantization(
     if not want:
         return None
     try:
-        import bitsandbytes  # noqa: F401  (imported to fail early, with our message)
+        import bitsandbytes  # noqa: F401 - imported only to fail early, with our message
         from transformers import BitsAndBytesConfig
     except ImportError as err:
         raise ModelLoadError(f"4-bit loading needs bitsandbytes: {err}") from err
