@@ -199,8 +199,8 @@ def load_base_model(
         )
     t0 = time.perf_counter()
     try:
-        # typed as a torch module: transformers' decorated PreTrainedModel.to/eval lose
-        # their signatures in its annotations, torch.nn.Module's are exact
+        # typed as a torch module: transformers annotates PreTrainedModel.to through a
+        # decorator that drops ``self`` and leaves eval unannotated; torch.nn.Module's are exact
         model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"base model {spec.key!r}: cannot load {source!r}: {err}") from err
