@@ -267,6 +267,7 @@ def test_openapi_document_is_served_and_lists_every_route(offline_api):
         "/api/v1/admin/workers",
         "/api/v1/admin/registry",
         "/api/v1/admin/registry/reload",
+        "/api/v1/admin/dashboard",
     }
     assert set(doc["paths"]) == expected
     # every documented path answers something other than 404 on its documented method

@@ -55,7 +55,7 @@ def test_every_adapter_gets_a_row_with_its_label_and_confidence(tiny_models):
     for row, expert in zip(rows, expected, strict=True):
         assert row[0] == expert.base_model_key
         assert row[-1] == "ok"
-        assert float(row[2]) > 0  # load seconds
+        assert float(row[2]) >= 0.0  # load seconds, a number (tiny models load in < 0.05 s)
         assert row[4] == "GiB"  # memory "0.01 GiB"
         if expert.kind == "classification":
             assert row[5] in expert.label_set
