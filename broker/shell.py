@@ -49,6 +49,12 @@ DRAIN_BATCH = 1000
 SEND_BATCH = 32
 #: Longest sleep of the loop: how soon a stop request (SIGTERM) is noticed when idle.
 MAX_POLL_S = 0.2
+#: libzmq cuts a connection that sends one frame over ZMQ_MAXMSGSIZE before the broker
+#: sees it, so its client would wait in silence. The socket's cap is this many times the
+#: broker's own limit: a message up to that size still reaches the broker and is answered
+#: with an error naming the limit; only frames beyond it (memory the broker will not
+#: spend) cost the sender its connection.
+ANSWERED_OVERSIZE_FACTOR = 4
 #: How late (ms) the loop's wait may end for a timer before the wait is re-armed.
 TIMER_SLACK_MS = 2
 #: Frames turned into ``bytes`` for the decoder (delimiter, header, command, service or
@@ -111,7 +117,7 @@ class Broker:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(ZMTP_PING_TIMEOUT * 1000))
         else:
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer keeps its routing id
-        sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_bytes * ANSWERED_OVERSIZE_FACTOR)
         sock.setsockopt(zmq.SNDHWM, s.hwm)
         sock.setsockopt(zmq.RCVHWM, s.hwm)
         sock.setsockopt(zmq.LINGER, 1000)

@@ -15,6 +15,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mole.broker.shell import ANSWERED_OVERSIZE_FACTOR
 from tests.broker.brokerfix import Bus, wait_until, wait_workers, workers_of
 from tests.support.peers import pack, unpack
 
@@ -87,10 +88,26 @@ def test_a_request_too_big_in_total_is_answered_bad_request_naming_the_limit(liv
     _assert_healthy(client)
 
 
-def test_oversized_single_frame_drops_that_connection_only(live):
+def test_one_frame_over_the_limit_is_answered_too(live):
+    """A single frame over the broker's limit (within libzmq's larger cap) is answered."""
     _bus, broker, client = live
     peer = _peer(broker.endpoint)
-    peer.send_multipart([b"MDPC02", b"\x01", b"good", b"x" * (MAX_BYTES + 1)])
+    header = pack({"v": 1, "id": "r3"})
+    peer.send_multipart([b"MDPC02", b"\x01", b"good", header, b"x" * (MAX_BYTES + 1)])
+    assert peer.poll(5000)
+    reply = peer.recv_multipart()
+    body = unpack(reply[3])
+    assert (body["id"], body["code"]) == ("r3", "bad_request")
+    assert f"limit of {MAX_BYTES} bytes" in body["msg"]
+    peer.close(0)
+    _assert_healthy(client)
+
+
+def test_a_frame_beyond_the_socket_cap_drops_that_connection_only(live):
+    _bus, broker, client = live
+    peer = _peer(broker.endpoint)
+    huge = b"x" * (MAX_BYTES * ANSWERED_OVERSIZE_FACTOR + 1)
+    peer.send_multipart([b"MDPC02", b"\x01", b"good", huge])
     assert not peer.poll(500)  # ZMQ_MAXMSGSIZE: libzmq cut the peer before the broker saw it
     peer.close(0)
     _assert_healthy(client)
