@@ -50,7 +50,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _SPAWN_WATCH = SpawnWatch()
 # Fixtures that build or load transformers models: a test using one is also `slow` (seconds
 # of CPU per test on 2 cores), so the fast lane (`unit and not slow`) stays under a minute.
-MODEL_FIXTURES = frozenset({"tiny_models", "tiny_xlmr"})
+MODEL_FIXTURES = frozenset({"tiny_models", "tiny_xlmr", "real_tokenizer_models", "split_adapters"})
 
 
 def _fixture_modules(item: pytest.Function, root: Path) -> list[types.ModuleType | type]:

@@ -228,6 +228,7 @@ def test_load_errors_are_typed(tmp_path):
     assert load_settings(env={}).router_path == DEFAULT_ROUTER_DIR
 
 
+@pytest.mark.slow  # ~20 s of routing and retraining across threads: not in the fast lane
 def test_thread_safe_routing_and_feedback(pipeline, tmp_path):
     router = QRouter.load(DEFAULT_ROUTER_DIR)
     p = GatingPipeline(pipeline.registry, pipeline.detector, pipeline.domain_classifier, router)
