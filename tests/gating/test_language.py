@@ -224,6 +224,7 @@ def _short_text_accuracy(detector, description_language: str | None) -> dict[str
     return accuracy
 
 
+@pytest.mark.slow  # 1,800 labelled texts through fastText: not in the fast lane
 def test_short_texts_with_a_description_in_their_language(detector):
     """Texts of 10-30 characters, each with a description in its language: the
     description's language settles what the text alone cannot (Danish that fastText
@@ -239,6 +240,7 @@ def test_short_texts_with_a_description_in_their_language(detector):
         assert with_description[code] >= alone[code], code
 
 
+@pytest.mark.slow  # 1,800 labelled texts through fastText: not in the fast lane
 def test_short_texts_under_an_english_description_lose_little(detector):
     """The common case of an English description over texts in other languages: the
     prior must not drag short texts fastText reads well into English."""

@@ -161,6 +161,7 @@ def test_label_tokens_are_what_follows_the_prompt_in_the_whole_text(engines, key
                 assert whole["input_ids"] == job.prompt_ids + label_ids, (key, label)
 
 
+@pytest.mark.slow  # builds each family's real tokenizer (seconds each)
 @pytest.mark.parametrize("family", REAL_FAMILIES)
 @pytest.mark.parametrize(
     ("prompt", "answer_prefix", "labels"),
