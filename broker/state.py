@@ -130,10 +130,6 @@ class Worker:
         self.suspect = False
         self.key: str | None = None  # the CURVE public key it registered with, if any
 
-    @property
-    def free(self) -> bool:
-        return len(self.in_flight) < self.slots
-
 
 class Service:
     """A service name (a base_model_key), its workers and its waiting requests."""
