@@ -11,8 +11,8 @@ from tests.support.peers import (
     RawClient,
     start_worker,
     stop_process,
-    wait_until,
 )
+from tests.support.procs import wait_until
 
 #: Short heartbeats: a silent worker is purged after HEARTBEAT * LIVENESS = 0.6 s.
 HEARTBEAT = 0.2

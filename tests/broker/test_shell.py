@@ -15,7 +15,7 @@ import zmq
 
 from mole.broker.settings import BrokerSettings
 from mole.broker.shell import SEND_BATCH, Broker
-from tests.support.peers import wait_until
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

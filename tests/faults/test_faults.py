@@ -14,7 +14,8 @@ import time
 import pytest
 
 from tests.faults.fault_load import FixedRateLoad
-from tests.support.peers import RawClient, wait_until
+from tests.support.peers import RawClient
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.slow
 SERVICE = "faulty"

@@ -66,21 +66,6 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something true; return that (or None)."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception:  # the peer may not be up yet
-            pass
-        if time.monotonic() >= end:
-            return None
-        time.sleep(interval)
-
-
 # --------------------------------------------------------------------------- client
 
 
