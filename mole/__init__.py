@@ -11,13 +11,10 @@ Importing ``mole`` costs what importing ``mole.protocol`` costs: pyzmq and msgpa
 torch, transformers or falcon.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from mole.protocol import (
-    AsyncClient,
     BadRequest,
-    Client,
-    ClientClosed,
     DeadlineExceeded,
     ErrorCode,
     InternalError,
@@ -30,10 +27,33 @@ from mole.protocol import (
     WorkerLost,
 )
 
-try:
-    __version__ = version("mole-framework")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:  # imported on first use below; the type checker sees what they are
+    from mole.protocol import AsyncClient, Client, ClientClosed
+
+#: Names resolved on first use: the client classes pull in asyncio and the client
+#: machinery, and the version lookup pulls in importlib.metadata. Every broker and worker
+#: process imports ``mole`` first, so eager imports here would cost each of them ~0.2 s.
+_LAZY_CLIENT_NAMES = frozenset({"AsyncClient", "Client", "ClientClosed"})
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mole-framework")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_CLIENT_NAMES:
+        import mole.protocol
+
+        return getattr(mole.protocol, name)
+    if name == "__version__":
+        return _installed_version()
+    raise AttributeError(f"module 'mole' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncClient",

@@ -60,4 +60,4 @@ def __getattr__(name: str) -> type:
         from mole.protocol._pending import ClientClosed
 
         return ClientClosed
-    raise AttributeError(f"module 'protocol' has no attribute {name!r}")
+    raise AttributeError(f"module 'mole.protocol' has no attribute {name!r}")
