@@ -202,9 +202,8 @@ def run(args: argparse.Namespace) -> int:
     silence_third_party_noise()  # before torch, transformers, peft, bitsandbytes import
     from mole.protocol.curve import CurveKeyError, CurveKeys
     from mole.protocol.registry import RegistryError, load_registry
-    from mole.worker.engine.batching import BatchingHandler
-    from mole.worker.engine.engine import Engine
     from mole.worker.engine.errors import ModelLoadError
+    from mole.worker.engine.loading import preflight
     from mole.worker.runtime import WorkerRuntime, default_worker_id, stop_on_signals
 
     try:  # before loading the model: a key problem must not cost a minute of loading
@@ -232,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         registry = load_registry(args.registry)
         settings = settings_from_args(args)
+        preflight(args.model_key, registry, settings)  # before torch is imported: seconds
+        from mole.worker.engine.batching import BatchingHandler
+        from mole.worker.engine.engine import Engine
+
         engine = Engine.load(args.model_key, registry, settings, worker_id=worker_id)
     except (ModelLoadError, RegistryError) as err:
         log.error("cannot start worker for %s: %s", args.model_key, err)

@@ -326,18 +326,18 @@ def generate(
     Returns:
         A summary: {"models": {key: parameters}, "adapters": [adapter_path, ...]}.
     """
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated upstream
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     registry = registry or load_registry()
     log = log or (lambda _msg: None)
     wanted = list(keys) if keys else list(registry.base_models)
     unknown = [k for k in wanted if k not in registry.base_models]
-    if unknown:
+    if unknown:  # before importing torch (seconds): a typo is answered at once
         raise ValueError(f"not in the registry's base_models: {', '.join(unknown)}")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated upstream
     out = Path(out)
     spec = SIZES[size]
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))

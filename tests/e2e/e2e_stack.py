@@ -76,6 +76,7 @@ class Stack:
         monolithic: bool = False,
         env: dict[str, str] | None = None,
         models: list[str] | None = None,
+        registry: Path | None = None,
         python: str = sys.executable,
         cwd: Path = ROOT,
         environ: dict[str, str] | None = None,
@@ -109,6 +110,8 @@ class Stack:
             argv.append("--monolithic")
         if models:
             argv += ["--models", ",".join(models)]
+        if registry is not None:
+            argv += ["--registry", str(registry)]
         self.output: list[str] = []
         self.ready = threading.Event()
         self.process = subprocess.Popen(

@@ -47,15 +47,28 @@ class Checkpoint:
 def hf_cache_snapshot(repo_id: str) -> Path | None:
     """The cached snapshot directory of ``repo_id`` (its ``main`` revision), offline.
 
-    Found from the cache's ``refs/main`` even when files inside it are missing, so an
-    interrupted download is reported by its path rather than as "not in the cache".
+    Read from the cache's documented layout (``models--org--name/refs/main`` holds the
+    revision whose files are under ``snapshots/<revision>/``) rather than through
+    ``huggingface_hub.snapshot_download``, whose import pulls in the hub's HTTP stack
+    (seconds) on a path that must fail fast when the model is not there. Found from
+    ``refs/main`` even when files inside it are missing, so an interrupted download is
+    reported by its path rather than as "not in the cache".
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants
 
+    if (
+        not repo_id
+        or repo_id.count("/") > 1
+        or any(part in ("", ".", "..") for part in repo_id.split("/"))
+    ):
+        return None  # not a hub repository id
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), or not a repo id
+        revision = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+    except OSError:
         return None
+    snapshot = repo / "snapshots" / revision
+    return snapshot if revision and snapshot.is_dir() else None
 
 
 def _weights_missing(directory: Path) -> list[str]:

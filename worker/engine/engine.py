@@ -22,7 +22,7 @@ from mole.protocol.registry import ExpertSpec, ExpertsRegistry, language, load_r
 from mole.worker.engine.errors import EngineClosed, InvalidPayload, ModelLoadError
 from mole.worker.engine.esci import query_and_product
 from mole.worker.engine.generation import GenRow, generate_batch
-from mole.worker.engine.loading import LoadedModel, load_base_model
+from mole.worker.engine.loading import LoadedModel, load_base_model, preflight
 from mole.worker.engine.pii import parse_pii
 from mole.worker.engine.prefix import shared_prefix
 from mole.worker.engine.scoring import (
@@ -174,15 +174,8 @@ class Engine:
         """
         registry = registry or load_registry()
         settings = settings or EngineSettings()
-        if base_model_key not in registry.base_models:
-            raise ModelLoadError(
-                f"base model {base_model_key!r} is not in the registry's base_models "
-                f"({', '.join(registry.base_models)})"
-            )
-        experts = registry.experts_for_base_model(base_model_key)
-        if not experts:
-            raise ModelLoadError(f"no task of the registry uses base model {base_model_key!r}")
-        loaded = load_base_model(registry.base_models[base_model_key], experts, settings)
+        spec, experts = preflight(base_model_key, registry, settings)
+        loaded = load_base_model(spec, experts, settings)
         engine = cls(base_model_key, registry, loaded, settings, worker_id)
         if settings.warmup:
             engine.warm_up()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mole.protocol.registry import BaseModelSpec, ExpertSpec
+from mole.protocol.registry import BaseModelSpec, ExpertSpec, ExpertsRegistry
 from mole.worker.engine.checkpoint import hf_cache_snapshot, inspect_checkpoint
 from mole.worker.engine.errors import ModelLoadError
 from mole.worker.engine.settings import EngineSettings
@@ -80,6 +80,44 @@ def resolve_model_source(spec: BaseModelSpec, settings: EngineSettings) -> tuple
     if snapshot is not None:
         return str(snapshot), True
     return spec.hf_name, False
+
+
+def _not_found(spec: BaseModelSpec, source: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"base model {spec.key!r}: {source!r} is not a local directory and is not in the "
+        f"local Hugging Face cache (nothing is downloaded at run time): put a copy in "
+        f"MOLE_MODELS_DIR/{spec.key}/ or pre-download {source!r}"
+    )
+
+
+def preflight(
+    base_model_key: str, registry: ExpertsRegistry, settings: EngineSettings
+) -> tuple[BaseModelSpec, list[ExpertSpec]]:
+    """Check everything about ``base_model_key`` that needs no torch: the key is in the
+    registry and serves some task, the model's files are on this machine, every adapter
+    directory exists. Returns the model's spec and its experts.
+
+    Why a separate step: importing torch and transformers takes seconds (a minute on a busy
+    machine), and a worker started with a wrong key or without its files should say so at
+    once, before paying for them (``mole worker`` runs this first).
+
+    Raises:
+        ModelLoadError: naming the key, the model source or the adapter that is missing.
+    """
+    if base_model_key not in registry.base_models:
+        raise ModelLoadError(
+            f"base model {base_model_key!r} is not in the registry's base_models "
+            f"({', '.join(registry.base_models)})"
+        )
+    experts = registry.experts_for_base_model(base_model_key)
+    if not experts:
+        raise ModelLoadError(f"no task of the registry uses base model {base_model_key!r}")
+    spec = registry.base_models[base_model_key]
+    source, local = resolve_model_source(spec, settings)
+    if not local:
+        raise _not_found(spec, source)
+    check_adapters(experts, settings)
+    return spec, experts
 
 
 def _torch_dtype(name: str, device: str, settings: EngineSettings) -> tuple[torch.dtype | str, str]:
@@ -156,6 +194,8 @@ def load_base_model(
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     source, local = resolve_model_source(spec, settings)
+    if not local:
+        raise _not_found(spec, source)
     tiny = local and (Path(source) / TINY_MARKER).is_file()
     checkpoint = inspect_checkpoint(spec.key, Path(source)) if local else None
     prequantized = checkpoint is not None and checkpoint.prequantized_4bit
@@ -172,14 +212,8 @@ def load_base_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as err:
-        if local:
-            raise ModelLoadError(
-                f"base model {spec.key!r}: cannot load the tokenizer from {source}: {err}"
-            ) from err
         raise ModelLoadError(
-            f"base model {spec.key!r}: {source!r} is not a local directory and is not in the "
-            f"local Hugging Face cache (nothing is downloaded at run time): put a copy in "
-            f"MOLE_MODELS_DIR/{spec.key}/ or pre-download {source!r}"
+            f"base model {spec.key!r}: cannot load the tokenizer from {source}: {err}"
         ) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
