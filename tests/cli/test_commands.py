@@ -116,7 +116,7 @@ def test_stack_keys_are_private_reused_and_only_workers_may_serve(tmp_path):
         "operator.key",
         "worker.key",
     ]
-    assert json.loads(keys.acl.read_text()) == {"worker": ["*"]}
+    assert json.loads(keys.acl.read_text()) == {"worker": ["*"], "operator": ["@manage"]}
     public, secret = zmq.auth.load_certificate(str(keys.secret("worker")))
     assert secret is not None
     allowed, _ = zmq.auth.load_certificate(str(keys.allow_dir / "worker.key"))
