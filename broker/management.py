@@ -96,7 +96,9 @@ def parse_command(service: str, frame: bytes, *, enveloped: bool) -> ManageComma
     if not isinstance(worker, str) or not worker.strip():
         raise _bad(service, "no worker id given")
     if len(worker) > MAX_WORKER_ID_LENGTH or not worker.isprintable():
-        raise _bad(service, f"the worker id must be printable, at most {MAX_WORKER_ID_LENGTH}")
+        raise _bad(
+            service, f"the worker id must be printable, at most {MAX_WORKER_ID_LENGTH} characters"
+        )
     if type(disconnect) is not bool:
         raise _bad(service, "'disconnect' must be true or false")
     if disconnect and service != mdp.MMI_DRAIN:

@@ -661,7 +661,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("WorkerDrainReport")),
                         **admin_errors,
-                        **_errors(404, 502, 503, 504),
+                        **_errors(404, 422, 502, 503, 504),
                     },
                 }
             }
