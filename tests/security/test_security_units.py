@@ -54,6 +54,17 @@ def test_acl_manage_is_a_permission_that_no_service_pattern_grants(tmp_path, key
     assert acl.allows(a, "a", "@manage")
 
 
+def test_key_ring_manage_without_an_acl_is_any_allowed_key(tmp_path, keydir):
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    shutil.copy(keydir / "a.key", allow / "a.key")
+    ring = KeyRing(allow)
+    ring.load()
+    assert ring.may_manage(_public(keydir, "a"))
+    assert not ring.may_manage(_public(keydir, "b"))  # not allow-listed
+    assert not ring.may_manage(None)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
