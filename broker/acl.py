@@ -9,6 +9,15 @@ A key is named by its file stem in the allow-list directory (``worker-gpu1`` for
 or a prefix ending in ``*`` (``"*"`` alone allows every service). With an ACL given, a key
 the file does not name may not register any service; clients need no entry (the ACL is
 about who may *serve*, not who may ask).
+
+An entry starting with ``@`` is a permission, never a service pattern (``"*"`` does not
+grant it): ``"@manage"`` lets that key use the broker's management services
+(``mmi.drain``, ``mmi.resume``)::
+
+    {"worker": ["*"], "operator": ["@manage"]}
+
+With an ACL given, only keys it grants ``@manage`` may manage; without an ACL every
+allow-listed key may (as every one may register).
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from pathlib import Path
 from mole.broker.settings import SettingsError
 
 Z85_KEY_LENGTH = 40
+#: The permission to use the broker's management services (``mmi.drain``/``mmi.resume``).
+MANAGE = "@manage"
+PERMISSIONS = (MANAGE,)
 
 
 class Acl:
@@ -29,18 +41,25 @@ class Acl:
 
     def allows(self, key: str, stem: str | None, service: str) -> bool:
         """May the peer with z85 ``key`` (file stem ``stem``) register ``service``?"""
-        patterns = self.rules.get(key)
-        if patterns is None and stem is not None:
-            patterns = self.rules.get(stem)
-        if not patterns:
-            return False
-        for pattern in patterns:
+        for pattern in self._entries(key, stem):
+            if pattern.startswith("@"):
+                continue  # a permission, not a service pattern
             if pattern.endswith("*"):
                 if service.startswith(pattern[:-1]):
                     return True
             elif service == pattern:
                 return True
         return False
+
+    def may_manage(self, key: str, stem: str | None) -> bool:
+        """May the peer with z85 ``key`` (file stem ``stem``) use management services?"""
+        return MANAGE in self._entries(key, stem)
+
+    def _entries(self, key: str, stem: str | None) -> tuple[str, ...]:
+        patterns = self.rules.get(key)
+        if patterns is None and stem is not None:
+            patterns = self.rules.get(stem)
+        return patterns or ()
 
 
 def load_acl(path: str | Path) -> Acl:
@@ -75,6 +94,12 @@ def load_acl(path: str | Path) -> Acl:
         if any("*" in p[:-1] for p in patterns):
             raise SettingsError(
                 f"CURVE ACL {path}: entry {name!r}: '*' is only allowed at the end of a pattern"
+            )
+        unknown = [p for p in patterns if p.startswith("@") and p not in PERMISSIONS]
+        if unknown:
+            raise SettingsError(
+                f"CURVE ACL {path}: entry {name!r}: unknown permission {unknown[0]!r}; "
+                f"entries starting with '@' are permissions: {', '.join(PERMISSIONS)}"
             )
         rules[name] = tuple(patterns)
     return Acl(rules)

@@ -10,6 +10,7 @@ peer's identity matters it asks its :class:`Admission`:
 * a worker message arrives: :meth:`Admission.worker_allowed`, and for a registered worker
   :meth:`Admission.same_worker` (a routing id taken over by another key is refused);
 * a READY: :meth:`Admission.may_register` (the ACL);
+* a management request (``mmi.drain``, ``mmi.resume``): :meth:`Admission.may_manage`;
 * every check interval: :meth:`Admission.refresh`, after which the core asks
   :meth:`Admission.revoked_worker` / :meth:`Admission.allows` about the peers it holds.
 
@@ -47,6 +48,8 @@ class Admission(Protocol):
 
     def may_register(self, key: str | None, service: str) -> bool: ...
 
+    def may_manage(self, key: str | None) -> bool: ...
+
     def allows(self, key: str | None) -> bool: ...
 
     def revoked_worker(self, key: str | None, service: str) -> str | None: ...
@@ -80,6 +83,10 @@ class OpenAdmission:
         return True
 
     def may_register(self, key: str | None, service: str) -> bool:
+        return True
+
+    def may_manage(self, key: str | None) -> bool:
+        """Without an allow-list anyone on the bus may manage, as anyone may register."""
         return True
 
     def allows(self, key: str | None) -> bool:
@@ -150,6 +157,9 @@ class KeyAdmission:
 
     def may_register(self, key: str | None, service: str) -> bool:
         return self.keyring.may_register(key, service)
+
+    def may_manage(self, key: str | None) -> bool:
+        return self.keyring.may_manage(key)
 
     def allows(self, key: str | None) -> bool:
         return self.keyring.allows(key)

@@ -82,6 +82,18 @@ class KeyRing:
             return True
         return key is not None and self.acl.allows(key, self.keys.get(key), service)
 
+    def may_manage(self, key: str | None) -> bool:
+        """May this key use the broker's management services (``mmi.drain``)?
+
+        Any allow-listed key when no ACL is given; else only keys the ACL grants
+        ``@manage`` (see ``broker.acl``).
+        """
+        if not self.allows(key):
+            return False
+        if self.acl is None:
+            return True
+        return key is not None and self.acl.may_manage(key, self.keys.get(key))
+
     # -- loading -----------------------------------------------------------------------
     def _current_signature(self) -> _Signature:
         listing: list[_KeyFileStamp]

@@ -19,7 +19,9 @@ Its public methods are the whole broker:
   allow-list re-reads; :meth:`BrokerEngine.next_timer` says when it is next due and
   :meth:`BrokerEngine.take_wake_hint` when a message set an earlier timer;
 * :meth:`BrokerEngine.begin_drain`, :meth:`BrokerEngine.drained`,
-  :meth:`BrokerEngine.shutdown` -- stopping; :meth:`BrokerEngine.status` -- ``mmi.status``.
+  :meth:`BrokerEngine.shutdown` -- stopping; :meth:`BrokerEngine.status` -- ``mmi.status``;
+* :meth:`BrokerEngine.drain_worker`, :meth:`BrokerEngine.resume_worker` -- one worker out
+  of service and back (``mmi.drain``, ``mmi.resume``; ``broker.management``).
 
 What it guarantees (DESIGN.md "Broker behaviour", docs/interfaces.md): every request gets
 exactly one final answer (the worker's, or an error reply with a code); a worker sees an
@@ -42,7 +44,9 @@ from typing import Any
 
 import msgpack
 
+from mole.broker import management
 from mole.broker.admission import Admission, OpenAdmission
+from mole.broker.management import DrainRecord, ManagementError
 from mole.broker.ratelog import RateLimitedLog
 from mole.broker.settings import BrokerSettings, parse_service_timeouts
 from mole.broker.state import Request, Service, Worker, service_status, worker_status
@@ -106,6 +110,10 @@ COUNTERS = (
     "redispatched_after_timeout",
     "duplicate_finals_dropped",
     "workers_suspected",
+    "workers_drained",
+    "workers_resumed",
+    "management_refused",
+    "drained_ready_refused",
 )
 #: Shortest attempt timeout derived from a deadline (an explicit setting may be shorter).
 MIN_DERIVED_ATTEMPT_TIMEOUT = 1.0
@@ -163,6 +171,10 @@ class BrokerEngine:
         self._draining_since: float | None = None
         self._default_deadline = settings.default_deadline
         self._max_deadline = settings.max_deadline
+        #: worker ids the operator drained (``mmi.drain``), kept until ``mmi.resume``
+        self._drained: dict[str, DrainRecord] = {}
+        #: registered drained workers to send DISCONNECT once they are idle
+        self._disconnect_when_idle: dict[bytes, Worker] = {}
 
     def attach(self, admission: Admission, endpoint: str | None) -> None:
         """Use ``admission`` from now on, and show ``endpoint`` in ``mmi.status``.
@@ -332,6 +344,8 @@ class BrokerEngine:
         self._expire_deadlines(now)
         self._expire_attempts(now)
         self._release_held_slots(now)
+        if self._disconnect_when_idle:
+            self._disconnect_idle_drained(now)
         return out
 
     def next_timer(self, now: float, longest: float) -> float:
@@ -431,8 +445,138 @@ class BrokerEngine:
             },
             "services": {svc.name: service_status(svc) for svc in self.services.values()},
             "workers": [worker_status(w, now) for w in self.workers.values()],
+            "drained": [self._drained_row(record, now) for record in self._drained.values()],
             "counters": counters,
         }
+
+    # ================================================================== management
+
+    def drain_worker(
+        self, worker_id: str, now: float, *, disconnect: bool = False
+    ) -> dict[str, Any]:
+        """Take ``worker_id`` out of service: no new requests; what it holds finishes and
+        is answered as usual. With ``disconnect`` it is told DISCONNECT once idle.
+
+        The id is remembered until :meth:`resume_worker`: if the worker registers again
+        (an RFC 18 worker does after a DISCONNECT) it stays drained, or with
+        ``disconnect`` its READY is refused. Asking again is how an operator polls: the
+        report (``broker.management.report``) says the state and what is in flight.
+
+        Raises:
+            ManagementError: ``unknown_worker`` when no registered worker has this id
+                (or identity) and it was not drained before.
+        """
+        workers = self._workers_named(worker_id)
+        record = self._drain_record(worker_id, workers)
+        if record is None:
+            if not workers:
+                raise self._unknown_worker_id(worker_id)
+            first = workers[0]
+            record = DrainRecord(first.worker_id, first.service.name, now, disconnect)
+            self._drained[record.worker_id] = record
+            self.counters["workers_drained"] += 1
+        elif disconnect:
+            record.disconnect = True
+        for worker in workers:
+            if not worker.draining:
+                worker.draining = True
+                worker.service.available.pop(worker.identity, None)
+                log.info(
+                    "worker %s of %r drained by the operator: no new requests, %d in flight%s",
+                    worker.worker_id,
+                    worker.service.name,
+                    len(worker.in_flight),
+                    "; DISCONNECT once idle" if record.disconnect else "",
+                )
+            if record.disconnect:
+                self._disconnect_when_idle[worker.identity] = worker
+        if record.disconnect:
+            self._disconnect_idle_drained(now)
+        return self._manage_report(record.worker_id, record.service, record, workers, now)
+
+    def resume_worker(self, worker_id: str, now: float) -> dict[str, Any]:
+        """Undo :meth:`drain_worker`: the worker takes new requests again (or, if it is
+        not registered now, once it registers).
+
+        Raises:
+            ManagementError: ``unknown_worker`` when the id is neither registered nor
+                drained.
+        """
+        workers = self._workers_named(worker_id)
+        record = self._drain_record(worker_id, workers)
+        if record is None and not workers:
+            raise self._unknown_worker_id(worker_id)
+        if record is not None:
+            del self._drained[record.worker_id]
+            self.counters["workers_resumed"] += 1
+        for worker in workers:
+            self._disconnect_when_idle.pop(worker.identity, None)
+            if worker.draining:
+                worker.draining = False
+                log.info(
+                    "worker %s of %r resumed by the operator",
+                    worker.worker_id,
+                    worker.service.name,
+                )
+                if not worker.suspect and len(worker.in_flight) < worker.slots:
+                    worker.service.available[worker.identity] = worker
+                    self._dispatch(worker.service, now)
+        service = workers[0].service.name if workers else record.service if record else ""
+        name = workers[0].worker_id if workers else worker_id
+        return self._manage_report(name, service, None, workers, now)
+
+    def _workers_named(self, name: str) -> list[Worker]:
+        """Registered workers whose id (or routing identity in hex) is ``name``."""
+        return [w for w in self.workers.values() if name in (w.worker_id, w.identity.hex())]
+
+    def _drain_record(self, name: str, workers: list[Worker]) -> DrainRecord | None:
+        record = self._drained.get(name)
+        if record is None and workers:
+            record = self._drained.get(workers[0].worker_id)
+        return record
+
+    def _unknown_worker_id(self, name: str) -> ManagementError:
+        known = sorted({w.worker_id for w in self.workers.values()} | set(self._drained))
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        return ManagementError(
+            ErrorCode.UNKNOWN_WORKER,
+            f"no worker {name!r} is registered or drained; known: {shown or 'none'} "
+            "(`mole status` lists them)",
+        )
+
+    def _manage_report(
+        self,
+        worker_id: str,
+        service_name: str,
+        record: DrainRecord | None,
+        workers: list[Worker],
+        now: float,
+    ) -> dict[str, Any]:
+        service = self.services.get(service_name)
+        serving = 0
+        if service is not None:
+            serving = sum(
+                1
+                for w in service.workers.values()
+                if not w.draining and not w.suspect and w not in workers
+            )
+        in_flight = sum(len(w.in_flight) for w in workers)
+        return management.report(
+            worker_id, service_name, record, len(workers), in_flight, serving, now
+        )
+
+    def _disconnect_idle_drained(self, now: float) -> None:
+        """Drained workers marked "disconnect when idle" that are idle: DISCONNECT them."""
+        for identity, worker in list(self._disconnect_when_idle.items()):
+            if not worker.alive or not worker.draining:
+                del self._disconnect_when_idle[identity]
+            elif not worker.in_flight:
+                del self._disconnect_when_idle[identity]
+                self._purge(worker, "drained by the operator, now idle", now, disconnect=True)
+
+    def _drained_row(self, record: DrainRecord, now: float) -> dict[str, Any]:
+        workers = [w for w in self.workers.values() if w.worker_id == record.worker_id]
+        return self._manage_report(record.worker_id, record.service, record, workers, now)
 
     # ================================================================== clients
 
@@ -456,7 +600,7 @@ class BrokerEngine:
         service = self.services.get(name)
         if service is None:
             if name.startswith(MMI_PREFIX):
-                return self._mmi(client, msg, header, now)
+                return self._mmi(client, msg, header, now, key)
             problem = mdp.check_service_name(name)
             if problem is not None:
                 return self._refuse_service_name(client, msg, header, problem)
@@ -511,10 +655,18 @@ class BrokerEngine:
         return None
 
     def _mmi(
-        self, client: bytes, msg: ClientRequest, header: dict[str, Any] | None, now: float
+        self,
+        client: bytes,
+        msg: ClientRequest,
+        header: dict[str, Any] | None,
+        now: float,
+        key: str | None,
     ) -> None:
-        """RFC 8 service discovery and our ``mmi.status``; other ``mmi.*`` names get 501."""
+        """RFC 8 service discovery, our ``mmi.status`` and the management services
+        (``mmi.drain``, ``mmi.resume``); other ``mmi.*`` names get 501."""
         name = msg.service
+        if name == mdp.MMI_DRAIN or name == mdp.MMI_RESUME:
+            return self._mmi_manage(client, msg, header, now, key)
         if name == mdp.MMI_SERVICE:
             asked = msg.body[1] if header is not None else msg.body[0]
             try:
@@ -526,6 +678,53 @@ class BrokerEngine:
             answer = pack(self.status(now))
         else:
             answer = b"501"
+        body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
+        self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
+
+    def _mmi_manage(
+        self,
+        client: bytes,
+        msg: ClientRequest,
+        header: dict[str, Any] | None,
+        now: float,
+        key: str | None,
+    ) -> None:
+        """``mmi.drain`` / ``mmi.resume``: the report, or an error reply with its code.
+
+        Under an allow-list only keys with the management permission may use them
+        (``broker.acl``: ``@manage``); without one, anyone on the bus may, as with
+        ``mmi.status``.
+        """
+        name = msg.service
+        try:
+            if self._keys and not self.admission.may_manage(key):
+                self.counters["management_refused"] += 1
+                self._warn.log(
+                    logging.WARNING,
+                    "%s from client %s refused: %s lacks the management permission",
+                    name,
+                    client.hex(),
+                    self.admission.name(key),
+                )
+                raise ManagementError(
+                    ErrorCode.FORBIDDEN,
+                    f"{name} is for operators: the CURVE key {self.admission.name(key)} "
+                    "lacks the management permission; use the operator's key (`mole up` "
+                    "keeps it in DATA_DIR/keys/operator.key_secret) or grant this key "
+                    '"@manage" in the broker\'s ACL',
+                )
+            frame = msg.body[1] if header is not None else (msg.body[0] if msg.body else b"")
+            command = management.parse_command(name, bytes(frame), enveloped=header is not None)
+            if command.service == mdp.MMI_DRAIN:
+                doc = self.drain_worker(command.worker_id, now, disconnect=command.disconnect)
+            else:
+                doc = self.resume_worker(command.worker_id, now)
+        except ManagementError as err:
+            self._reply_direct(
+                client, msg.framing, bytes(msg.service_frame), header, err.code, err.message
+            )
+            return
+        answer = pack(doc)
         body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
         self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
 
@@ -738,12 +937,27 @@ class BrokerEngine:
             service = self.services[name] = self._new_service(name.encode("utf-8"))
         worker = Worker(identity, service, slots, metadata, address, now, msg.framing)
         worker.key = key
+        record = self._drained.get(worker.worker_id)
+        if record is not None and record.disconnect:
+            self.counters["drained_ready_refused"] += 1
+            self._warn.log(
+                logging.INFO,
+                "READY from worker %s refused: it is drained (`mole drain --resume %s`); "
+                "sent DISCONNECT",
+                worker.worker_id,
+                worker.worker_id,
+            )
+            self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+            return self._forget_if_idle(service)
         self.workers[identity] = worker
         self._activity[identity] = worker
         self._heartbeats.append((now + self.settings.heartbeat_interval, worker))
         self.wake_hint = min(self.wake_hint, now + self.settings.heartbeat_interval)
         service.workers[identity] = worker
-        service.available[identity] = worker
+        if record is None:
+            service.available[identity] = worker
+        else:  # drained by the operator before it (re)connected: registered, no work
+            worker.draining = True
         self.counters["workers_registered"] += 1
         log.info(
             "worker %s registered for %r with %d slot(s) from %s (%s)",
@@ -852,7 +1066,12 @@ class BrokerEngine:
         req.holders.remove(worker)  # a worker holding the ticket is always among them
         service = worker.service
         service.in_flight -= 1
-        if worker.alive and not worker.suspect and worker.identity not in service.available:
+        if (
+            worker.alive
+            and not worker.suspect
+            and not worker.draining
+            and worker.identity not in service.available
+        ):
             service.available[worker.identity] = worker
 
     def _enqueue(self, req: Request, *, front: bool) -> bool:
@@ -1106,6 +1325,13 @@ class BrokerEngine:
                     f"no worker of service {service.name!r} registered within "
                     f"the deadline ({waited:.1f}s)",
                 )
+            elif all(w.draining for w in service.workers.values()):
+                self._answer_error(
+                    req,
+                    ErrorCode.NO_WORKER,
+                    f"every worker of service {service.name!r} is drained for maintenance "
+                    f"and none came back within the deadline ({waited:.1f}s)",
+                )
             else:
                 self._answer_error(
                     req,
@@ -1203,7 +1429,7 @@ class BrokerEngine:
         if worker.suspect:
             worker.suspect = False
             log.info("worker %s answered again: no longer suspect", worker.worker_id)
-            if len(worker.in_flight) < worker.slots:
+            if len(worker.in_flight) < worker.slots and not worker.draining:
                 worker.service.available[worker.identity] = worker
                 self._dispatch(worker.service, now)
 

@@ -38,6 +38,10 @@ COUNTER_HELP: dict[str, str] = {
     "curve_refused": "messages refused by the CURVE key checks",
     "dropped_sends": "messages that could not be delivered to a vanished peer",
     "internal_errors": "messages whose handling failed inside the broker",
+    "workers_drained": "worker ids drained by the operator (mmi.drain)",
+    "workers_resumed": "drained worker ids put back into service (mmi.resume)",
+    "management_refused": "management requests refused for a key without @manage",
+    "drained_ready_refused": "READYs refused because the worker was drained with disconnect",
 }
 
 SERVICE_GAUGES: dict[str, str] = {

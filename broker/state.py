@@ -86,6 +86,7 @@ class Worker:
     __slots__ = (
         "address",
         "alive",
+        "draining",
         "framing",
         "identity",
         "in_flight",
@@ -128,6 +129,8 @@ class Worker:
         #: no new work until it answers again (or is purged)
         self.timeouts = 0
         self.suspect = False
+        #: drained by the operator (``mmi.drain``): no new work, its requests finish
+        self.draining = False
         self.key: str | None = None  # the CURVE public key it registered with, if any
 
 
@@ -187,6 +190,7 @@ def worker_status(worker: Worker, now: float) -> dict[str, Any]:
         "curve_key": worker.key,
         "protocol": worker.framing.name,
         "suspect": worker.suspect,
+        "draining": worker.draining,
         "attempt_timeouts": worker.timeouts,
     }
 

@@ -176,6 +176,9 @@ def create_app(
         f"{API}/admin/workers",
         admin.Workers(components.dispatcher, timeout=s.broker_probe_timeout_s * 3),
     )
+    drain = admin.WorkerDrain(components.dispatcher, timeout=s.broker_probe_timeout_s * 3)
+    app.add_route(f"{API}/admin/workers/{{worker_id}}/drain", drain)
+    app.add_route(f"{API}/admin/workers/{{worker_id}}/resume", drain, suffix="resume")
     app.add_route(f"{API}/admin/registry", admin.Registry(components.gating))
     app.add_route(
         f"{API}/admin/dashboard",

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from mole.protocol.aio import AsyncClient
 from mole.protocol.curve import CurveKeys
-from mole.protocol.errors import InternalError, RequestError
+from mole.protocol.errors import InternalError, RequestError, UnknownWorker
 from mole.protocol.registry import ExpertSpec
 
 
@@ -48,6 +48,14 @@ class Dispatcher(Protocol):
 
     async def status(self, timeout: float) -> dict[str, Any]:
         """The serving side's status (``mmi.status`` shape); raises when unreachable."""
+
+    async def manage(self, service: str, worker_id: str, timeout: float) -> dict[str, Any]:
+        """The broker's report for ``mmi.drain``/``mmi.resume`` (``service``) of one worker.
+
+        Raises:
+            protocol.errors.RequestError: ``forbidden`` when the broker refuses this
+                process's key, ``unknown_worker``, or the bus's own errors.
+        """
 
     async def close(self) -> None: ...
 
@@ -115,6 +123,12 @@ class BrokerDispatcher:
         status: dict[str, Any] = await self.client().status(timeout=timeout)
         return status
 
+    async def manage(self, service: str, worker_id: str, timeout: float) -> dict[str, Any]:
+        report: dict[str, Any] = await self.client().request(
+            service, {"worker": worker_id}, timeout=timeout
+        )
+        return report
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._owner is not None and self._owner[0] == os.getpid():
@@ -177,6 +191,12 @@ class MonolithicDispatcher:
 
     async def status(self, timeout: float) -> dict[str, Any]:
         return await asyncio.to_thread(self._status)
+
+    async def manage(self, service: str, worker_id: str, timeout: float) -> dict[str, Any]:
+        raise UnknownWorker(
+            f"no worker {worker_id!r} to drain or resume: the frontend runs monolithic "
+            "(SERVICE_MODE=monolithic), with its models in-process and no broker"
+        )
 
     def _close(self) -> None:
         with self._lock:

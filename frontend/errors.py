@@ -35,6 +35,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate_limited": 429,  # frontend.limits: per user / per address limits
     "deadline_exceeded": 504,
     "worker_lost": 502,
+    "unknown_worker": 404,  # a management service named no registered worker
     "internal": 502,  # a bug upstream (broker or worker), not in the frontend
     # gating.errors.GatingError codes
     "unsupported_language": 422,

@@ -354,6 +354,25 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     user_errors = _errors(401)
     admin_errors = _errors(401, 403)
+    worker_drain_report = {
+        "type": "object",
+        "description": "The broker's report (docs/interfaces.md, mmi.drain)",
+        "required": ["worker", "service", "state", "in_flight", "registered"],
+        "properties": {
+            "worker": _STR,
+            "service": _STR,
+            "state": {
+                "type": "string",
+                "enum": ["draining", "drained", "offline", "active", "released"],
+            },
+            "in_flight": {"type": "integer"},
+            "registered": {"type": "integer"},
+            "serving_workers": {"type": "integer"},
+            "disconnect": {"type": "boolean"},
+            "since_s": {"type": "number"},
+            "note": _STR,
+        },
+    }
 
     paths: dict[str, Any] = {
         "/": {
@@ -624,6 +643,44 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        **{
+            f"/api/v1/admin/workers/{{worker_id}}/{action}": {
+                "post": {
+                    "summary": summary,
+                    "operationId": operation,
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "worker_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": _STR,
+                            "description": "the worker's id as /api/v1/admin/workers lists it",
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(_ref("WorkerDrainReport")),
+                        **admin_errors,
+                        **_errors(404, 422, 502, 503, 504),
+                    },
+                }
+            }
+            for action, operation, summary in (
+                (
+                    "drain",
+                    "adminDrainWorker",
+                    "Drain one worker (the broker's mmi.drain): no new requests, what it "
+                    "holds finishes; ask again to poll until state is drained; admin only, "
+                    "and 403 forbidden unless the broker's ACL grants the frontend's key "
+                    "@manage",
+                ),
+                (
+                    "resume",
+                    "adminResumeWorker",
+                    "Undo a drain (the broker's mmi.resume); admin only, same broker permission",
+                ),
+            )
+        },
         "/api/v1/admin/registry": {
             "get": {
                 "summary": "The experts registry in force; admin only",
@@ -665,6 +722,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Error": error,
                 "Ready": ready,
                 "Registry": registry,
+                "WorkerDrainReport": worker_drain_report,
             },
             "responses": responses,
         },

@@ -12,6 +12,7 @@ from mole.protocol.errors import (
     BadRequest,
     DeadlineExceeded,
     ErrorCode,
+    Forbidden,
     InternalError,
     MalformedMessage,
     MoleError,
@@ -19,6 +20,7 @@ from mole.protocol.errors import (
     Overloaded,
     RequestError,
     UnknownService,
+    UnknownWorker,
     WorkerLost,
     error_for_code,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "ClientClosed",
     "DeadlineExceeded",
     "ErrorCode",
+    "Forbidden",
     "InternalError",
     "MalformedMessage",
     "MoleError",
@@ -42,6 +45,7 @@ __all__ = [
     "Overloaded",
     "RequestError",
     "UnknownService",
+    "UnknownWorker",
     "WorkerLost",
     "error_for_code",
 ]

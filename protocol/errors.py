@@ -17,6 +17,8 @@ Hierarchy (grouped by who gave up, as httpx groups by cause)::
         ├── Overloaded              overloaded
         ├── DeadlineExceeded        deadline_exceeded
         ├── WorkerLost              worker_lost
+        ├── Forbidden               forbidden (a broker management service, wrong key)
+        ├── UnknownWorker           unknown_worker (a management service named no worker)
         └── InternalError           internal
 """
 
@@ -33,6 +35,8 @@ class ErrorCode(StrEnum):
     OVERLOADED = "overloaded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     WORKER_LOST = "worker_lost"
+    FORBIDDEN = "forbidden"
+    UNKNOWN_WORKER = "unknown_worker"
     INTERNAL = "internal"
 
 
@@ -95,6 +99,18 @@ class WorkerLost(RequestError):
     code = ErrorCode.WORKER_LOST
 
 
+class Forbidden(RequestError):
+    """The caller's CURVE key may not use this broker management service (``mmi.drain``)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class UnknownWorker(RequestError):
+    """A management service named a worker id the broker does not know."""
+
+    code = ErrorCode.UNKNOWN_WORKER
+
+
 class InternalError(RequestError):
     """A bug or an unexpected failure in the broker or worker."""
 
@@ -110,6 +126,8 @@ _BY_CODE: dict[str, type[RequestError]] = {
         Overloaded,
         DeadlineExceeded,
         WorkerLost,
+        Forbidden,
+        UnknownWorker,
         InternalError,
     )
 }

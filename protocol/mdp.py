@@ -54,6 +54,9 @@ WORKER_HEADER_01 = b"MDPW01"
 MMI_PREFIX = "mmi."
 MMI_SERVICE = "mmi.service"
 MMI_STATUS = "mmi.status"
+#: Broker management (ours): take one worker out of service, and back (docs/interfaces.md).
+MMI_DRAIN = "mmi.drain"
+MMI_RESUME = "mmi.resume"
 
 #: Longest service name we accept, in bytes. Keys such as
 #: ``unsloth/mistral-7b-instruct-v0.3-bnb-4bit`` are far shorter.

@@ -1,4 +1,5 @@
-"""Admin-only endpoints: live workers (broker status), the registry, registry reload."""
+"""Admin-only endpoints: live workers (broker status), draining one worker and resuming
+it (the broker's ``mmi.drain``/``mmi.resume``), the registry, registry reload."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mole.frontend.dispatch import Dispatcher
 from mole.frontend.errors import APIError, from_request_error
 from mole.frontend.gating_holder import GatingHolder, NotReady
 from mole.frontend.media import respond
+from mole.protocol import mdp
 from mole.protocol.errors import RequestError
 from mole.protocol.registry import ExpertsRegistry, RegistryError
 
@@ -66,6 +68,44 @@ class Workers:
                 "counters": status.get("counters", {}),
             },
         )
+
+
+class WorkerDrain:
+    """``POST .../admin/workers/{worker_id}/drain`` and ``.../resume``: the broker's
+    management services through this process's bus client.
+
+    Two checks, on purpose: the caller must be an admin here, and the broker must let the
+    frontend's CURVE key manage (``"@manage"`` in its ACL). ``mole up`` grants that to the
+    operator's key only, so there this answers 403 ``forbidden`` and ``mole drain`` is the
+    way; a deployment that wants drains from the admin API grants the frontend's key.
+    """
+
+    auth = "admin"
+
+    def __init__(self, dispatcher: Dispatcher, *, timeout: float) -> None:
+        self._dispatcher = dispatcher
+        self._timeout = timeout
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, worker_id: str
+    ) -> None:
+        await self._manage(req, resp, mdp.MMI_DRAIN, worker_id)
+
+    async def on_post_resume(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, worker_id: str
+    ) -> None:
+        await self._manage(req, resp, mdp.MMI_RESUME, worker_id)
+
+    async def _manage(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, service: str, worker_id: str
+    ) -> None:
+        try:
+            report = await self._dispatcher.manage(service, worker_id, self._timeout)
+        except RequestError as err:
+            raise from_request_error(err) from None
+        user = req.context.user.username
+        log.info("%s of worker %s by %s: %s", service, worker_id, user, report.get("state"))
+        respond(req, resp, report)
 
 
 class Registry:

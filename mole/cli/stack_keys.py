@@ -4,7 +4,9 @@ The broker gets a key pair, and so does each kind of local peer (workers, the fr
 the operator's commands such as ``mole status``). The peers' public keys go into an
 allow-list directory the broker reads, and an ACL lets only the worker key register
 services, so a local process without these files can neither register as a worker nor
-send requests, and the frontend's key cannot pose as a worker either. Every file is mode
+send requests, and the frontend's key cannot pose as a worker either. Only the operator's
+key may use the broker's management services (``mmi.drain``: ``@manage`` in the ACL), so
+neither the frontend's nor a worker's key can take workers out of service. Every file is mode
 0600 in a 0700 directory: only the user who runs the stack can read them.
 """
 
@@ -19,9 +21,10 @@ from pathlib import Path
 from mole.cli.keys import generate
 
 BROKER = "broker"
-#: the peers of a local stack; only ``worker`` may register services (see the ACL)
+#: the peers of a local stack; only ``worker`` may register services and only
+#: ``operator`` may manage the broker (see the ACL and ``broker.acl``)
 PEERS = ("worker", "frontend", "operator")
-ACL_RULES: dict[str, list[str]] = {"worker": ["*"]}
+ACL_RULES: dict[str, list[str]] = {"worker": ["*"], "operator": ["@manage"]}
 
 
 @dataclass(frozen=True)

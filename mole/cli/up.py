@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,18 @@ from mole.cli.stack_state import (
     remove_state,
     write_state,
 )
-from mole.cli.supervisor import CONFIG_ERROR_EXIT, Child, Supervisor
+from mole.cli.supervisor import CONFIG_ERROR_EXIT, Child, RestartPolicy, Supervisor
 
 TINY_DONE_MARKER = ".mole-tiny-complete"
 #: tiers of the staged shutdown: the highest stops first
 FRONTEND_TIER, WORKER_TIER, BROKER_TIER = 2, 1, 0
 WORKER_DRAIN_TIMEOUT_S = 20.0
+#: The broker's drain timeout (``--drain-timeout``): on SIGTERM it serves what is queued
+#: or in flight this long at most.
+BROKER_DRAIN_TIMEOUT_S = 10.0
+#: Seconds the supervisor waits beyond a child's own drain timeout before SIGKILL: time to
+#: send the last answers, DISCONNECT and close after the drain ends.
+SHUTDOWN_MARGIN_S = 5.0
 
 __all__ = ["configure", "default_data_dir", "run"]
 
@@ -311,30 +318,14 @@ def run(args: argparse.Namespace) -> int:
             env["SERVICE_MODE"] = "monolithic"
         else:
             assert keys is not None
-            supervisor.start(
-                "broker",
-                [*python, "broker", "--bind", broker_url],
-                {**env, **keys.broker_env()},
-                restart="always",
-                tier=BROKER_TIER,
-            )
-            for key in model_keys:
+            for spec in bus_children(python, broker_url, model_keys, env, keys):
                 supervisor.start(
-                    f"worker-{key}",
-                    [
-                        *python,
-                        "worker",
-                        "--model-key",
-                        key,
-                        "--broker",
-                        broker_url,
-                        "--drain-timeout",
-                        str(WORKER_DRAIN_TIMEOUT_S),
-                    ],
-                    {**env, **keys.peer_env("worker")},
-                    restart="on-failure",
-                    tier=WORKER_TIER,
-                    grace=WORKER_DRAIN_TIMEOUT_S + 5,
+                    spec.name,
+                    spec.argv,
+                    spec.env,
+                    restart=spec.restart,
+                    tier=spec.tier,
+                    grace=spec.grace,
                 )
         supervisor.start(
             "frontend",
@@ -361,6 +352,67 @@ def run(args: argparse.Namespace) -> int:
         supervisor.stop_all()
         remove_state(data_dir, os.getpid())
         _log("all processes stopped")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How the supervisor starts and stops one child of the stack."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    restart: RestartPolicy
+    tier: int
+    grace: float
+
+
+def bus_children(
+    python: list[str],
+    broker_url: str,
+    model_keys: list[str],
+    env: dict[str, str],
+    keys: StackKeys,
+) -> list[ChildSpec]:
+    """The broker and one worker per base model, each with the drain timeout it is given
+    and a supervisor grace longer than it (else SIGKILL would cut its drain short)."""
+    specs = [
+        ChildSpec(
+            "broker",
+            [
+                *python,
+                "broker",
+                "--bind",
+                broker_url,
+                "--drain-timeout",
+                str(BROKER_DRAIN_TIMEOUT_S),
+            ],
+            {**env, **keys.broker_env()},
+            "always",
+            BROKER_TIER,
+            BROKER_DRAIN_TIMEOUT_S + SHUTDOWN_MARGIN_S,
+        )
+    ]
+    for key in model_keys:
+        specs.append(
+            ChildSpec(
+                f"worker-{key}",
+                [
+                    *python,
+                    "worker",
+                    "--model-key",
+                    key,
+                    "--broker",
+                    broker_url,
+                    "--drain-timeout",
+                    str(WORKER_DRAIN_TIMEOUT_S),
+                ],
+                {**env, **keys.peer_env("worker")},
+                "on-failure",
+                WORKER_TIER,
+                WORKER_DRAIN_TIMEOUT_S + SHUTDOWN_MARGIN_S,
+            )
+        )
+    return specs
 
 
 def _record(state: StackState, supervisor: Supervisor) -> None:

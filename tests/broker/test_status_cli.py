@@ -57,11 +57,31 @@ def test_table_shows_services_and_workers(running):
     assert row.split() == ["llama-2-7b-hf", "1", "4", "0", "0", "1", "0"]
     worker = next(line for line in lines if line.startswith("w-llama"))
     cells = worker.split()
-    assert cells[:6] == ["w-llama", "llama-2-7b-hf", "127.0.0.1", "4", "0", "1"]
-    assert cells[6].endswith("s")
-    assert cells[7] == "ago"
+    assert cells[:7] == ["w-llama", "llama-2-7b-hf", "serving", "127.0.0.1", "4", "0", "1"]
+    assert cells[7].endswith("s")
+    assert cells[8] == "ago"
     assert "pid=" in worker
     assert err.getvalue() == ""
+
+
+def test_table_shows_drained_workers():
+    row = {"service": "svc", "slots": 1, "served": 0, "last_heartbeat_s": 0.1}
+    status = {
+        "workers": [
+            {**row, "id": "busy", "draining": True, "in_flight": 1},
+            {**row, "id": "idle", "draining": True, "in_flight": 0},
+            {**row, "id": "hung", "suspect": True, "in_flight": 1},
+        ],
+        "drained": [
+            {"worker": "idle", "service": "svc", "registered": 1},
+            {"worker": "gone", "service": "svc", "registered": 0},
+        ],
+    }
+    lines = status_cli.render_table(status).splitlines()
+    cells = [line.split() for line in lines]
+    states = {c[0]: c[2] for c in cells if c and c[0] in ("busy", "idle", "hung")}
+    assert states == {"busy": "draining", "idle": "drained", "hung": "suspect"}
+    assert lines[-1] == "drained, not connected (until `mole drain --resume ID`): gone (svc)"
 
 
 def test_json_is_the_status_document(running):

@@ -116,7 +116,7 @@ def test_stack_keys_are_private_reused_and_only_workers_may_serve(tmp_path):
         "operator.key",
         "worker.key",
     ]
-    assert json.loads(keys.acl.read_text()) == {"worker": ["*"]}
+    assert json.loads(keys.acl.read_text()) == {"worker": ["*"], "operator": ["@manage"]}
     public, secret = zmq.auth.load_certificate(str(keys.secret("worker")))
     assert secret is not None
     allowed, _ = zmq.auth.load_certificate(str(keys.allow_dir / "worker.key"))
@@ -395,3 +395,12 @@ def test_mole_up_fails_fast_naming_a_worker_that_cannot_load(tmp_path):
     assert "cannot start worker for llama-2-7b-hf" in result.stdout
     assert "all processes stopped" in result.stdout
     assert not (tmp_path / "data" / "stack.json").exists()
+
+
+def test_mole_up_gives_each_bus_process_more_grace_than_its_drain_timeout(tmp_path):
+    keys, _ = ensure_stack_keys(tmp_path)
+    specs = up.bus_children(["python", "-m", "mole"], "tcp://127.0.0.1:5555", ["m1"], {}, keys)
+    assert [s.name for s in specs] == ["broker", "worker-m1"]
+    for spec in specs:
+        drain_timeout = float(spec.argv[spec.argv.index("--drain-timeout") + 1])
+        assert spec.grace > drain_timeout, spec.name  # SIGKILL never cuts a drain short

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mole.broker import cli as broker_cli
+from mole.broker.acl import load_acl
 from mole.broker.bind_policy import check_bind
 from mole.broker.settings import settings_from_env, with_overrides
 from tests.cli.rawpeers import ROOT
@@ -80,6 +81,19 @@ def test_readme_recipe_runs_a_secure_broker_and_keyed_peers():
     generated = {argv[2] for _, argv in commands if argv[:2] == ["keys", "generate"]}
     assert {"broker", "frontend", "gpu1"} <= generated
     assert "--insecure" not in " ".join(" ".join(argv) for _, argv in commands)
+
+
+def test_readme_acl_lets_only_the_operator_drain_workers(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    [acl_text] = re.findall(r"echo '(\{.*\})' > /etc/mole/keys/acl\.json", text)
+    path = tmp_path / "acl.json"
+    path.write_text(acl_text)
+    acl = load_acl(path)
+    z85 = "x" * 40  # the ACL names keys by file stem here
+    assert acl.may_manage(z85, "operator")
+    assert not acl.may_manage(z85, "frontend")
+    assert not acl.may_manage(z85, "gpu1")
+    assert acl.allows(z85, "gpu1", "llama-2-7b-hf")
 
 
 def test_compose_coordinator_and_worker_are_keyed():

@@ -7,7 +7,8 @@
 - a second ``mole up`` on the same ports is refused, naming them;
 - the broker SIGKILLed under HTTP load: every request gets one answer, the stack heals by
   itself, and the time from SIGKILL to serving again is printed (#16 item 3);
-- ``mole drain`` takes a worker out over the CURVE bus (it drains and leaves);
+- ``mole drain`` takes a worker out over the CURVE bus (the broker drains it; ``--local``
+  has it drain itself and leave);
 - ``mole down`` under HTTP load: every request the frontend accepted is answered 200
   (frontend, then workers, then broker stop in that order), later ones are refused, and
   every process is gone and the stack's record removed.
@@ -313,10 +314,18 @@ def test_mole_drain_takes_a_worker_out(stack, tmp_path):
             status = json.loads(mole("status", "--json", env=stack.env()).stdout)
             ids = [w["metadata"].get("worker_id") for w in status["workers"]]
         assert "w-maint" in ids, log.read_text()
+        # through the broker, with the stack's operator key found from its record
         result = mole("drain", "w-maint", env=stack.env(), timeout=120)
         assert result.returncode == 0, result.stderr
-        assert "worker w-maint" in result.stdout
-        assert "drained" in result.stdout
+        assert "worker w-maint (maintenance) drained: idle" in result.stdout
+        status = json.loads(mole("status", "--json", env=stack.env()).stdout)
+        [row] = [w for w in status["workers"] if w["id"] == "w-maint"]
+        assert row["draining"] is True
+        assert extra.poll() is None  # drained, still connected
+        # --local: SIGTERM to its process, which drains itself and exits 0
+        result = mole("drain", "--local", "w-maint", env=stack.env(), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "drained and left the broker" in result.stdout
         assert extra.wait(30) == 0
         status = json.loads(mole("status", "--json", env=stack.env()).stdout)
         remaining = [w["metadata"].get("worker_id") for w in status["workers"]]

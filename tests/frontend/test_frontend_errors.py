@@ -265,6 +265,8 @@ def test_openapi_document_is_served_and_lists_every_route(offline_api):
         "/api/v1/health/live",
         "/api/v1/health/ready",
         "/api/v1/admin/workers",
+        "/api/v1/admin/workers/{worker_id}/drain",
+        "/api/v1/admin/workers/{worker_id}/resume",
         "/api/v1/admin/registry",
         "/api/v1/admin/registry/reload",
         "/api/v1/admin/dashboard",

@@ -43,6 +43,28 @@ def test_acl_matches_names_prefixes_and_z85_keys(tmp_path, keydir):
     assert not acl.allows("x" * 40, "c", "svc")  # absent from the ACL: nothing
 
 
+def test_acl_manage_is_a_permission_that_no_service_pattern_grants(tmp_path, keydir):
+    path = tmp_path / "acl.json"
+    path.write_text(json.dumps({"a": ["*"], "b": ["@manage"]}))
+    acl = load_acl(path)
+    a, b = _public(keydir, "a"), _public(keydir, "b")
+    assert not acl.may_manage(a, "a")  # "*" is every service, not every permission
+    assert acl.may_manage(b, "b")
+    assert not acl.allows(b, "b", "@manage")  # a permission is not a service to register
+    assert acl.allows(a, "a", "@manage")
+
+
+def test_key_ring_manage_without_an_acl_is_any_allowed_key(tmp_path, keydir):
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    shutil.copy(keydir / "a.key", allow / "a.key")
+    ring = KeyRing(allow)
+    ring.load()
+    assert ring.may_manage(_public(keydir, "a"))
+    assert not ring.may_manage(_public(keydir, "b"))  # not allow-listed
+    assert not ring.may_manage(None)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -50,6 +72,7 @@ def test_acl_matches_names_prefixes_and_z85_keys(tmp_path, keydir):
         ('{"a": "svc"}', "must be a list"),
         ('{"a": [""]}', "must be a list"),
         ('{"a": ["g*pu"]}', "only allowed at the end"),
+        ('{"a": ["@admin"]}', "unknown permission '@admin'"),
         ("{oops", "is not valid JSON"),
     ],
 )
