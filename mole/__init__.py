@@ -17,6 +17,7 @@ from mole.protocol import (
     BadRequest,
     DeadlineExceeded,
     ErrorCode,
+    Forbidden,
     InternalError,
     MalformedMessage,
     MoleError,
@@ -24,6 +25,7 @@ from mole.protocol import (
     Overloaded,
     RequestError,
     UnknownService,
+    UnknownWorker,
     WorkerLost,
 )
 
@@ -62,6 +64,7 @@ __all__ = [
     "ClientClosed",
     "DeadlineExceeded",
     "ErrorCode",
+    "Forbidden",
     "InternalError",
     "MalformedMessage",
     "MoleError",
@@ -69,6 +72,7 @@ __all__ = [
     "Overloaded",
     "RequestError",
     "UnknownService",
+    "UnknownWorker",
     "WorkerLost",
     "__version__",
 ]
