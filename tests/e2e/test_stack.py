@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -53,7 +54,9 @@ def registry_file(tmp_path_factory) -> Path:
     """The packaged registry with PII generation cut to PII_MAX_NEW_TOKENS."""
     document = json.loads(config_path("experts_registry.json").read_text(encoding="utf-8"))
     document["tasks"]["finance/pii"]["generation"]["max_new_tokens"] = PII_MAX_NEW_TOKENS
-    path = tmp_path_factory.mktemp("registry") / "experts_registry.json"
+    folder = tmp_path_factory.mktemp("registry")
+    shutil.copytree(config_path("templates"), folder / "templates")  # relative to the file
+    path = folder / "experts_registry.json"
     path.write_text(json.dumps(document), encoding="utf-8")
     return path
 

@@ -18,6 +18,7 @@ from mole.protocol.registry import BaseModelSpec, ExpertSpec, ExpertsRegistry
 from mole.worker.engine.checkpoint import hf_cache_snapshot, inspect_checkpoint
 from mole.worker.engine.errors import ModelLoadError
 from mole.worker.engine.settings import EngineSettings
+from mole.worker.engine.templates import load_template
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +96,8 @@ def preflight(
 ) -> tuple[BaseModelSpec, list[ExpertSpec]]:
     """Check everything about ``base_model_key`` that needs no torch: the key is in the
     registry and serves some task, the model's files are on this machine, every adapter
-    directory exists. Returns the model's spec and its experts.
+    directory exists, every prompt template file has an entry for this model. Returns the
+    model's spec and its experts.
 
     Why a separate step: importing torch and transformers takes seconds (a minute on a busy
     machine), and a worker started with a wrong key or without its files should say so at
@@ -117,6 +119,8 @@ def preflight(
     if not local:
         raise _not_found(spec, source)
     check_adapters(experts, settings)
+    for expert in experts:  # a missing or wrong template would fail after the model loads
+        load_template(expert.template_path, base_model_key, spec.family)
     return spec, experts
 
 
