@@ -65,6 +65,10 @@ _FASTTEXT_EXPONENT_SHORT = 0.3
 #: language (more evidence for a served reading): 0.5 left Danish at 94%, 0.2 at 96%
 _UNSERVED_SHARE = 0.5
 _UNSERVED_SHARE_DESCRIBED = 0.2
+#: Lingua is asked from this many characters (the labelled set's shortest): on a word or
+#: two ("x", "Hej") it names a language with no evidence, where "too short to tell"
+#: (LanguageUncertain) is the honest answer
+_LINGUA_MIN_CHARS = 10
 #: descriptions repeat across requests: their language distributions are remembered
 _DESCRIPTION_CACHE_SIZE = 1024
 
@@ -174,6 +178,13 @@ class LanguageDetector:
         every detection uses them)."""
         return list(self._served_names)
 
+    def defer_second_opinion_loading(self) -> None:
+        """Never wait for the short-text second opinion's models to load: the first short
+        text loads them in a thread and is read without them until then (for callers on
+        an event loop; see :meth:`ShortTextModel.defer_loading`)."""
+        if self.second_opinion is not None:
+            self.second_opinion.defer_loading()
+
     def _predict(self, text: str, k: int | None = None) -> list[tuple[str, float]]:
         with self._lock:
             labels, probs = self._model.predict(text, k=k or self.top_k)
@@ -207,9 +218,10 @@ class LanguageDetector:
                 served=self.served_names,
             )
         has_description = isinstance(description, str) and bool(description.strip())
+        lingua_weighs_in = self.second_opinion is not None and len(sample) >= _LINGUA_MIN_CHARS
         if (
             len(sample) < self.short_chars
-            and (has_description or self.second_opinion is not None)
+            and (has_description or lingua_weighs_in)
             and not _CJK_SCRIPT.search(sample)  # the script rule below is surer
         ):
             return self._detect_short(sample, description if has_description else None)
@@ -288,7 +300,11 @@ class LanguageDetector:
         desc_dist = self._description_languages(description) if description else {}
         served = self.served if self.served is not None else frozenset(LANGUAGE_NAMES)
         w, n = self.description_weight, len(served)
-        lingua = self.second_opinion.distribution(sample) if self.second_opinion else {}
+        lingua = (
+            self.second_opinion.distribution(sample)
+            if self.second_opinion is not None and len(sample) >= _LINGUA_MIN_CHARS
+            else {}
+        )
 
         def prior(code: str) -> float:
             return w * desc_dist.get(code, 0.0) + (1.0 - w) / n if desc_dist else 1.0 / n

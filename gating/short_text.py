@@ -10,10 +10,14 @@ description's language as a prior reaches >= 95% in every one of the 12 language
 fastText alone with the description left Danish at 77%.
 
 Its models ship inside the wheel (no download at run time). Loading the high-accuracy
-models for 12 languages costs about 290 MB of memory per process and ~1 s, so the
-detector is built on the first short text, once per process, and long texts never touch
-it. The package is optional: without it :func:`lingua_available` is False and gating
-decides short texts with fastText and the description alone (as before).
+models for 12 languages costs about 300-350 MB of memory per process and 4 s (more on a
+loaded machine), so they are loaded once per process, on the first short text, and long
+texts never touch them. Where requests run on an event loop (the frontend), that first
+short text must not stall every other request: :meth:`ShortTextModel.defer_loading` makes
+it start the load in a thread (Lingua releases the GIL while loading) and be answered
+without Lingua until the models are in. The package is optional: without it
+:func:`lingua_available` is False and gating decides short texts with fastText and the
+description alone (as before).
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ class ShortTextModel:
         self._languages = languages
         self._detector: Any = None
         self._lock = threading.Lock()
+        self._deferred = False
+        self._loader: threading.Thread | None = None
+        # not self._lock: the loading thread holds that one for seconds
+        self._loader_lock = threading.Lock()
 
     def _built(self) -> Any:
         if self._detector is None:
@@ -62,11 +70,29 @@ class ShortTextModel:
 
                     # high-accuracy mode (the default): its 1-5-gram models are what
                     # make 10-30 characters decidable; low-accuracy mode (trigrams
-                    # only) measured 0.95 mean with Danish and Swedish at 0.88
-                    self._detector = LanguageDetectorBuilder.from_languages(
-                        *self._languages
-                    ).build()
+                    # only) measured 0.95 mean with Danish and Swedish at 0.88.
+                    # Preloaded: otherwise build() is instant and each language's
+                    # models load inside some later detection call, on the request path
+                    self._detector = (
+                        LanguageDetectorBuilder.from_languages(*self._languages)
+                        .with_preloaded_language_models()
+                        .build()
+                    )
         return self._detector
+
+    def defer_loading(self) -> None:
+        """From now on, a short text that finds the models not loaded starts loading them
+        in a background thread and gets no opinion (an empty distribution) meanwhile,
+        instead of waiting seconds for them."""
+        self._deferred = True
+
+    def _load_in_background(self) -> None:
+        with self._loader_lock:
+            if self._loader is None:
+                self._loader = threading.Thread(
+                    target=self._built, name="lingua-load", daemon=True
+                )
+                self._loader.start()
 
     @property
     def loaded(self) -> bool:
@@ -76,7 +102,13 @@ class ShortTextModel:
     def distribution(self, text: str) -> dict[str, float]:
         """Lingua's confidence per served language (sums to 1; empty when it has no
         opinion, e.g. a script none of the served languages use)."""
-        values = self._built().compute_language_confidence_values(text)
+        detector = self._detector
+        if detector is None:
+            if self._deferred:
+                self._load_in_background()
+                return {}
+            detector = self._built()
+        values = detector.compute_language_confidence_values(text)
         return {
             v.language.iso_code_639_1.name.lower(): float(v.value) for v in values if v.value > 0
         }
