@@ -89,9 +89,7 @@ class ShortTextModel:
     def _load_in_background(self) -> None:
         with self._loader_lock:
             if self._loader is None:
-                self._loader = threading.Thread(
-                    target=self._built, name="lingua-load", daemon=True
-                )
+                self._loader = threading.Thread(target=self._built, name="lingua-load", daemon=True)
                 self._loader.start()
 
     @property
