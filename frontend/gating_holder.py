@@ -32,7 +32,11 @@ Loader = Callable[[ExpertsRegistry], Any]
 def default_loader(registry: ExpertsRegistry) -> Any:
     from mole.gating import GatingPipeline
 
-    return GatingPipeline.load(registry=registry)
+    pipeline = GatingPipeline.load(registry=registry)
+    # requests run on the event loop: Lingua's short-text models take seconds to load,
+    # so the first short text loads them in a thread instead of stalling every request
+    pipeline.detector.defer_second_opinion_loading()
+    return pipeline
 
 
 class NotReady(RuntimeError):

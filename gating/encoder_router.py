@@ -12,6 +12,24 @@ is fetched from the hub. Both files are read with ``torch.load(weights_only=True
 Routing is argmax Q, like the original. :meth:`EncoderQRouter.feedback` updates the
 Q-network head (not the encoder) with one MSE step toward the reward; :meth:`save` writes
 the heads back in the same format.
+
+It never refuses (every :class:`Route` it returns has ``refused=False``), and that is
+deliberate, not an oversight:
+
+* a refuse score has to be learned against descriptions of unserved tasks, and this router
+  only *reads* the original project's artifacts (``encoder.pth``, ``router_<domain>.pth``,
+  trained elsewhere with no out-of-scope data); nothing here trains the encoder router;
+* the threshold must be chosen from data (served and unserved held-out descriptions), and
+  no real XLM-R weights can be had in this project's environment (tests build a tiny random
+  one), so neither a threshold nor its refusal rates could be measured: a threshold shipped
+  unmeasured would refuse at random.
+
+What it would take, for whoever has the trained artifacts: a ``Linear(H, 1)`` refuse head
+fitted on the frozen CLS embeddings (ridge regression to 1 on
+``configs/router_data/out_of_scope_train.jsonl`` and 0 on ``train.jsonl``), the scope
+score ``max_a Q(a) - Q(refuse)`` as in :mod:`gating.router`, the threshold chosen by
+:func:`gating.scope.choose_threshold` on the two calibration files and saved beside the
+heads, and :meth:`feedback_out_of_scope` stepping that head toward 1.
 """
 
 from __future__ import annotations

@@ -210,6 +210,7 @@ class GatingPipeline:
                 top_k=settings.language_top_k,
                 short_chars=settings.language_short_chars,
                 description_weight=settings.language_description_weight,
+                second_opinion=settings.language_short_text_model == "lingua",
             )
         if domain_classifier is None:
             domains = registry.domains

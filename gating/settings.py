@@ -43,6 +43,8 @@ class GatingSettings:
     language_top_k: int = 10
     language_short_chars: int = 31
     language_description_weight: float = 0.5
+    #: "lingua": a second opinion on short texts when the package is installed; "none"
+    language_short_text_model: str = "lingua"
     language_model_path: Path | None = None
     router_path: Path = DEFAULT_ROUTER_DIR
     domain_model_dir: Path | None = None
@@ -85,6 +87,7 @@ def load_settings(
             language_top_k=int(lang.get("top_k", 10)),
             language_short_chars=int(lang.get("short_chars", 31)),
             language_description_weight=float(lang.get("description_weight", 0.5)),
+            language_short_text_model=str(lang.get("short_text_model", "lingua")),
             language_model_path=_path(lang.get("model_path"), base),
             router_path=_path(raw.get("router", {}).get("path"), base) or DEFAULT_ROUTER_DIR,
             domain_model_dir=_path(raw.get("domain", {}).get("model_dir"), base),
@@ -106,6 +109,11 @@ def load_settings(
         raise ArtifactError(f"gating settings {p}: bad value ({err})") from err
     if not 0.0 <= s.language_floor < 1.0:
         raise ArtifactError(f"gating settings: language floor {s.language_floor} not in [0, 1)")
+    if s.language_short_text_model not in ("lingua", "none"):
+        raise ArtifactError(
+            f"gating settings: language short_text_model {s.language_short_text_model!r} "
+            "must be 'lingua' or 'none'"
+        )
     if not 0.0 <= s.language_description_weight < 1.0:
         raise ArtifactError(
             f"gating settings: language description_weight {s.language_description_weight} "

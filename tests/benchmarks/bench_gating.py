@@ -38,6 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import contextlib
 
 from mole.gating import GatingError, GatingPipeline, TaskNotServed
+from mole.gating.language import LanguageDetector
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
 
 #: descriptions of tasks nobody serves (the refusal path)
@@ -55,6 +56,9 @@ def pct(values: list[float], q: float) -> float:
 
 def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
     pipeline = GatingPipeline.load()
+    # the same pipeline with fastText alone on short texts (no Lingua), for the side by side
+    served = [lang.code for lang in pipeline.registry.languages]
+    plain = GatingPipeline.load(detector=LanguageDetector(served, second_opinion=False))
     jobs = []
     for desc in DESCRIPTIONS.values():
         for text in SENTENCES.values():
@@ -84,6 +88,7 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
         "route": [],
         "route_cpu": [],
         "short": [],
+        "short_ft": [],
         "refused": [],
         "task_new": [],
     }
@@ -111,7 +116,11 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
         for text, desc in short:
             t0 = time.perf_counter()
             pipeline.route(text, desc)
-            stages["short"].append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            with contextlib.suppress(GatingError):
+                plain.route(text, desc)
+            stages["short"].append(t1 - t0)
+            stages["short_ft"].append(time.perf_counter() - t1)
         for text, desc in refused:
             t0 = time.perf_counter()
             with contextlib.suppress(TaskNotServed):
@@ -220,6 +229,7 @@ def main() -> int:
         "route",
         "route_cpu",
         "short",
+        "short_ft",
         "refused",
         "task_new",
     ):
@@ -235,7 +245,8 @@ def main() -> int:
     print(
         "  (route_cpu: this thread's CPU time per route, which a loaded machine's "
         "preemption does not inflate; short: route of a 25-character text, the "
-        "description's language weighed in; refused: route ending in TaskNotServed; "
+        "description's language and Lingua weighed in; short_ft: the same without Lingua "
+        "(fastText alone), interleaved with it; refused: route ending in TaskNotServed; "
         "task_new: the task router alone on a description it has not seen)"
     )
 

@@ -137,10 +137,13 @@ def test_description_helps_only_when_text_is_too_short(detector):
     )
     assert d.code == "de"
     assert not d.used_description
-    # a very short text fastText is lost on borrows the description
+    # a very short text fastText is lost on borrows the description (under 10
+    # characters Lingua is not asked: it would name a language with no evidence)
     short = detector.detect("Gut!", "Bewerte die Stimmung dieses Textes von 1 bis 5")
     assert short.used_description
     assert short.code == "de"
+    with pytest.raises(LanguageUncertain):
+        detector.detect("Gut!")
     # ... but one it is sure of keeps its language under an English description
     sure = detector.detect("Sehr schlecht", "Rate the sentiment from 1 to 5")
     assert sure.code == "de"
@@ -171,12 +174,14 @@ class _FullRankingDetector(LanguageDetector):
     """Always ranks top_k labels (no one-label first look): the detector as it was."""
 
     def _predict(self, text, k=None):
-        return [] if k == 1 else super()._predict(text)
+        return [] if k == 1 else super()._predict(text, k)
 
 
 def _outcome(detector, text):
     try:
-        return detector.detect(text)
+        d = detector.detect(text)
+        # Lingua's confidences differ in the last bits from call to call (summation order)
+        return d.code, round(d.confidence, 9), d.raw_label, d.used_description
     except (LanguageUncertain, UnsupportedLanguage) as err:
         return type(err).__name__, str(err)
 
@@ -224,20 +229,23 @@ def _short_text_accuracy(detector, description_language: str | None) -> dict[str
     return accuracy
 
 
-@pytest.mark.slow  # 1,800 labelled texts through fastText: not in the fast lane
+@pytest.mark.slow  # 1,800 labelled texts through fastText and Lingua: not in the fast lane
 def test_short_texts_with_a_description_in_their_language(detector):
-    """Texts of 10-30 characters, each with a description in its language: the
-    description's language settles what the text alone cannot (Danish that fastText
-    reads as Norwegian, Dutch it reads as German)."""
+    """Texts of 10-30 characters, each with a description in its language: >= 95% in
+    every served language. fastText alone misreads Danish as Norwegian and Dutch as
+    German; Lingua's opinion and the description's language settle them. (fastText's
+    exponent and the unserved share in gating/language.py were chosen on the even-indexed
+    half of these texts; tests/benchmarks/bench_short_language.py shows both halves.)"""
+    assert detector.second_opinion is not None  # lingua is in the frontend extra
     with_description = _short_text_accuracy(detector, None)
     alone = _short_text_accuracy(detector, "-")
     mean = sum(with_description.values()) / len(with_description)
     print(f"\nshort texts, same-language description: mean {mean:.3f} {with_description}")
     print(f"short texts alone: mean {sum(alone.values()) / len(alone):.3f} {alone}")
-    assert mean >= 0.94
-    assert sum(acc >= 0.95 for acc in with_description.values()) >= 9, with_description
+    assert min(with_description.values()) >= 0.95, with_description
+    assert mean >= 0.97
     for code in SERVED:
-        assert with_description[code] >= alone[code], code
+        assert with_description[code] >= alone[code] - 0.02, code
 
 
 @pytest.mark.slow  # 1,800 labelled texts through fastText: not in the fast lane
@@ -248,10 +256,42 @@ def test_short_texts_under_an_english_description_lose_little(detector):
     alone = _short_text_accuracy(detector, "-")
     mean_en, mean_alone = (sum(d.values()) / len(d) for d in (english, alone))
     print(f"\nshort texts, English description: mean {mean_en:.3f} {english}")
-    assert mean_en >= mean_alone - 0.05
+    assert mean_en >= mean_alone - 0.07
+    # ... and Lingua makes them better than fastText alone was under the same description
+    fasttext_only = _short_text_accuracy(LanguageDetector(SERVED, second_opinion=False), "en")
+    mean_ft = sum(fasttext_only.values()) / len(fasttext_only)
+    print(f"fastText alone, English description: mean {mean_ft:.3f} {fasttext_only}")
+    assert mean_en > mean_ft + 0.03
 
 
-def test_description_language_settles_a_short_text_fasttext_misreads(detector):
+@pytest.mark.slow  # 900 short texts in unserved languages through both models
+def test_short_texts_in_unserved_languages_are_still_mostly_refused(detector):
+    """Lingua only knows the served languages, so it must not turn every short Portuguese
+    or Norwegian text into Spanish or Danish: with it, short texts in unserved languages
+    are refused nearly as often as with fastText alone (Russian, by its script, always)."""
+    fasttext_only = LanguageDetector(SERVED, second_opinion=False)
+
+    def refused_share(det):
+        shares = {}
+        for code in ("pt", "nb", "ca", "ro", "ru", "id"):
+            texts = po_samples.short_texts(code, limit=150)
+            refused = 0
+            for text in texts:
+                try:
+                    det.detect(text)
+                except (UnsupportedLanguage, LanguageUncertain):
+                    refused += 1
+            shares[code] = round(refused / len(texts), 3)
+        return shares
+
+    both, alone = refused_share(detector), refused_share(fasttext_only)
+    print(f"\nshort unserved refused, fastText + Lingua: {both}\nfastText alone: {alone}")
+    assert both["ru"] >= 0.95
+    assert sum(both.values()) / len(both) >= sum(alone.values()) / len(alone) - 0.12
+
+
+def test_description_language_settles_a_short_text_fasttext_misreads():
+    detector = LanguageDetector(SERVED, second_opinion=False)
     text = "Statische bestanden"  # Dutch ("static files"); fastText alone: German 0.85
     assert detector.detect(text).code == "de"
     dutch = detector.detect(text, "Geef de stemming van deze recensie een cijfer van 1 tot 5.")
@@ -261,3 +301,72 @@ def test_description_language_settles_a_short_text_fasttext_misreads(detector):
     assert (english.code, english.used_description) == ("de", False)
     # a description is read once, then remembered
     assert detector._description_languages("Rate it") is detector._description_languages("Rate it")
+
+
+def test_lingua_weighs_in_on_short_texts_only_and_loads_once():
+    """Long texts never load Lingua's models (a few hundred MB); the first short text
+    loads them, once, restricted to the served languages."""
+    det = LanguageDetector(SERVED)
+    model = det.second_opinion
+    assert model is not None
+    assert model.served == tuple(sorted(SERVED))
+    assert det.detect("Die Bank hat ihre Gebühren für Girokonten deutlich erhöht.").code == "de"
+    assert not model.loaded
+    # Danish that fastText alone reads as Norwegian (and so refuses as unserved)
+    text = "forenklet kinesisk"  # "simplified Chinese"; fastText: Norwegian
+    with pytest.raises(UnsupportedLanguage):
+        LanguageDetector(SERVED, second_opinion=False).detect(text)
+    danish = "Bedøm stemningen i denne anmeldelse fra 1 til 5."
+    assert det.detect(text, danish).code == "da"
+    assert model.loaded
+    built = model._built()
+    det.detect("Nulstil adgangskode")
+    assert model._built() is built
+    dist = model.distribution(text)
+    assert set(dist) <= set(SERVED)
+    assert abs(sum(dist.values()) - 1.0) < 1e-6
+    assert LanguageDetector(None).second_opinion is None  # no served set: fastText only
+
+
+def test_deferred_loading_answers_without_lingua_until_its_models_are_loaded():
+    """On an event loop (the frontend) the first short text must not wait seconds for
+    Lingua: it starts the load in a thread and is read by fastText and the description."""
+    from tests.support.procs import wait_until
+
+    det = LanguageDetector(SERVED)
+    model = det.second_opinion
+    assert model is not None
+    det.defer_second_opinion_loading()
+    text = "forenklet kinesisk"  # Danish; fastText alone: Norwegian
+    with pytest.raises(UnsupportedLanguage):
+        det.detect(text)  # as fastText alone reads it: Lingua is not loaded yet
+    assert wait_until(lambda: model.loaded, timeout=60)
+    danish = "Bedøm stemningen i denne anmeldelse fra 1 til 5."
+    assert det.detect(text, danish).code == "da"
+    assert model.distribution(text)
+
+
+def test_short_text_model_is_a_setting(tmp_path):
+    from mole.gating.errors import ArtifactError as SettingsError
+    from mole.gating.settings import load_settings
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"language": {"short_text_model": "none"}}))
+    assert load_settings(path, env={}).language_short_text_model == "none"
+    assert load_settings(tmp_path / "absent.json", env={}).language_short_text_model == "lingua"
+    path.write_text(json.dumps({"language": {"short_text_model": "cld3"}}))
+    with pytest.raises(SettingsError, match="short_text_model"):
+        load_settings(path, env={})
+
+
+def test_gating_works_without_lingua_installed(monkeypatch):
+    """Lingua is optional at run time: where the package is missing (simulated here: it is
+    installed in this environment), short texts are read by fastText and the description."""
+    import mole.gating.language as language_module
+
+    monkeypatch.setattr(language_module, "lingua_available", lambda: False)
+    det = LanguageDetector(SERVED)
+    assert det.second_opinion is None
+    got = det.detect("Statische bestanden", "Geef de stemming van dit artikel een cijfer.")
+    assert (got.code, got.used_description) == ("nl", True)
+    assert det.detect("Statische bestanden").code == "de"  # fastText's own misreading
