@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.once import built_once
 from tests.support.pyramid import SpawnAnalysis, SpawnWatch, fixture_function
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,9 +41,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``adapters/``: point MOLE_MODELS_DIR / MOLE_ADAPTERS_DIR at them."""
     from mole.worker.tiny import generate
 
-    out = tmp_path_factory.mktemp("tiny")
-    generate(out)
-    return out
+    return built_once(tmp_path_factory, "tiny", generate)
 
 
 # ---- the pyramid: unit vs process --------------------------------------------------------

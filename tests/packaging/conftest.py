@@ -13,6 +13,7 @@ from tests.packaging.wheelhouse import (
     link_distributions,
     new_venv,
 )
+from tests.support.once import built_once
 
 # the core install's third-party dependencies, as pyproject.toml's `dependencies` name them
 CORE_DEPENDENCIES = ["pyzmq", "msgpack"]
@@ -20,7 +21,9 @@ CORE_DEPENDENCIES = ["pyzmq", "msgpack"]
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheel(tmp_path_factory.mktemp("wheel"))
+    folder = built_once(tmp_path_factory, "wheel", build_wheel)
+    (built,) = (folder / "wheels").glob("*.whl")
+    return built
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.once import built_once
+
 
 @pytest.fixture(scope="session")
 def real_tokenizer_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -17,6 +19,8 @@ def real_tokenizer_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mole.worker.tiny import generate
     from tests.worker.realtokenizers import real_tokenizers
 
-    out = tmp_path_factory.mktemp("real_tokenizers")
-    generate(out, size="narrow", tokenizers=real_tokenizers())
-    return out
+    return built_once(
+        tmp_path_factory,
+        "real_tokenizers",
+        lambda out: generate(out, size="narrow", tokenizers=real_tokenizers()),
+    )
