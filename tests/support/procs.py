@@ -30,22 +30,45 @@ def free_port() -> int:
         return port
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05
-) -> T | None:
-    """Poll ``predicate`` until it returns something true and return that; None when
-    ``timeout`` seconds pass first. Exceptions count as "not yet" (the peer may be starting)."""
+def _poll(
+    predicate: Callable[[], T], timeout: float, interval: float
+) -> tuple[T | None, BaseException | None]:
+    """Poll ``predicate`` until it returns something true or ``timeout`` seconds pass:
+    (that value or None, the last exception it raised). Exceptions count as "not yet" (the
+    peer may still be starting)."""
     end = time.monotonic() + timeout
+    last_error: BaseException | None = None
     while True:
         try:
             value = predicate()
             if value:
-                return value
-        except Exception:  # the peer may not be up yet
-            pass
+                return value, None
+        except Exception as err:  # the peer may not be up yet
+            last_error = err
         if time.monotonic() >= end:
-            return None
+            return None, last_error
         time.sleep(interval)
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05
+) -> T | None:
+    """Poll ``predicate`` until it returns something true and return that; None when
+    ``timeout`` seconds pass first (for a caller that asserts, or reports, itself)."""
+    return _poll(predicate, timeout, interval)[0]
+
+
+def must_wait(
+    predicate: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.02
+) -> T:
+    """Like :func:`wait_until`, but a timeout fails the test: AssertionError naming
+    ``what`` was awaited and the last exception the predicate raised. The timeout is a
+    generous bound on a wait for a condition, never a measurement."""
+    value, last_error = _poll(predicate, timeout, interval)
+    if not value:
+        detail = f" (last error: {last_error!r})" if last_error is not None else ""
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+    return value
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
