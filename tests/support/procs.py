@@ -7,6 +7,7 @@ Benchmarks run as scripts put the repository root on ``sys.path`` before importi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -69,6 +70,26 @@ def must_wait(
         detail = f" (last error: {last_error!r})" if last_error is not None else ""
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
     return value
+
+
+async def must_wait_async(
+    predicate: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.01
+) -> T:
+    """:func:`must_wait` for a coroutine: polls ``predicate`` between ``asyncio.sleep``
+    calls, so the event loop (and the client under test on it) keeps running."""
+    end = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as err:  # not ready yet
+            last_error = err
+        if time.monotonic() >= end:
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+        await asyncio.sleep(interval)
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
