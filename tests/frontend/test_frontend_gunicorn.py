@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.frontend.frontend_support import REPO, call, child_env, wait_for
-from tests.support.procs import free_port
+from tests.frontend.frontend_support import call, frontend_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,60 +23,24 @@ DESCRIPTION = "Rate the sentiment of this financial statement"
 
 @pytest.fixture(scope="module")
 def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
-    port = free_port()
     data = tmp_path_factory.mktemp("gunicorn-data")
-    env = child_env(
+    with frontend_server(
+        broker_url,
+        data,
+        logs_dir / "gunicorn.log",
+        *("--workers", "2"),
+        ready_workers=2,
+        stop_grace=40,
         MOLE_BOOTSTRAP_ADMIN="admin:admin-password",
-        MOLE_ARGON2_PROFILE="cheap",
         REQUEST_TIMEOUT_SECONDS="10",
-    )
-    env.pop("JWT_SECRET_KEY", None)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = logs_dir / "gunicorn.log"
-    out = open(log, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mole.frontend",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--broker",
-            broker_url,
-            "--workers",
-            "2",
-            "--data-dir",
-            str(data),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, log.read_text()
-        # both worker processes have loaded gating (a probe reaches only one of them)
-        return (
-            log.read_text(errors="replace").count("gating loaded in") >= 2
-            and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
-        )
-
-    try:
-        wait_for(ready, 120, "the frontend to be ready", interval=0.3)
+    ) as running:
         yield {
-            "base": base,
-            "proc": proc,
+            "base": running.base,
+            "proc": running.process,
             "data": data / "frontend",
-            "log": log,
+            "log": running.log,
             "broker_port": int(broker_url.rsplit(":", 1)[1]),
         }
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(40)
-        out.close()
 
 
 def token(base: str, username: str, password: str) -> dict[str, str]:
