@@ -595,8 +595,12 @@ class WorkerRuntime:
         return True
 
     def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        # The clock is read before the (non-blocking) send: the heartbeat schedule counts
+        # from the instant the message went out, even when whoever moves an injected clock
+        # does so as soon as it sees the message arrive.
+        sent_at = self._clock()
         send_frames(sock, frames)
-        self._last_sent = self._clock()
+        self._last_sent = sent_at
 
     def _flush(self, sock: zmq.Socket[bytes]) -> None:
         """Send what handlers queued; drop answers that belong to an older connection."""
