@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mole.protocol import Client
 from tests.frontend.frontend_support import call, frontend_server, wait_for
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,7 @@ def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_di
             "data": data / "frontend",
             "log": running.log,
             "broker_port": int(broker_url.rsplit(":", 1)[1]),
+            "broker_url": broker_url,
         }
 
 
@@ -215,12 +217,15 @@ def test_back_to_back_connections_do_not_starve_later_ones(server):
         response.read()
         return response.status
 
-    def hog() -> None:
+    busy: set[int] = set()
+
+    def hog(n: int) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         deadline = time.monotonic() + 20
         try:
             while not stop.is_set() and time.monotonic() < deadline:
                 assert one(conn) == 200
+                busy.add(n)
         finally:
             conn.close()
 
@@ -236,10 +241,10 @@ def test_back_to_back_connections_do_not_starve_later_ones(server):
             conn.close()
         late[n] = took
 
-    hogs = [threading.Thread(target=hog) for _ in range(12)]
+    hogs = [threading.Thread(target=hog, args=(n,)) for n in range(12)]
     for t in hogs:
         t.start()
-    time.sleep(1.0)  # every hog busy
+    wait_for(lambda: len(busy) == 12, 30, "every hog to be answered at least once")
     newcomers = [threading.Thread(target=newcomer, args=(n,)) for n in range(4)]
     started = time.monotonic()
     for t in newcomers:
@@ -294,7 +299,12 @@ def test_graceful_shutdown_finishes_the_request_in_flight(server):
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.5)
+    with Client(server["broker_url"], timeout=5) as broker:
+        wait_for(
+            lambda: sum(w["in_flight"] for w in broker.status()["workers"]) == 1,
+            30,
+            "the request to be with the worker",
+        )
     server["proc"].send_signal(signal.SIGTERM)
     thread.join(30)
     assert outcome["reply"][0] == 200, outcome

@@ -104,14 +104,11 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until ``url`` answers 200, or fail naming ``log`` when the process that should
     serve it exits or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
-        if http_ok(url):
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s; see {log}")
+    wait_until(lambda: process.poll() is not None or http_ok(url), timeout, interval=0.3)
+    if process.poll() is not None:
+        raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
+    if not http_ok(url):
+        raise RuntimeError(f"{url} not ready after {timeout:.0f} s; see {log}")
 
 
 def spawn(
