@@ -46,6 +46,7 @@ import signal
 import socket as socket_module
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -200,6 +201,16 @@ class WorkerRuntime:
         stuck_limit: seconds the handler may hold requests without answering any before
             the worker stops heartbeating (None: never).
         drain_timeout: default seconds :meth:`drain` waits for in-flight work.
+        clock: the monotonic clock behind every timer here (heartbeats, the broker's
+            liveness window, request deadlines, the stuck limit, the drain timeout);
+            ``time.monotonic`` by default. The deadlines a handler sees in
+            :class:`WorkRequest` are on it, so a handler that checks them uses the same one.
+            Tests pass a clock they move by hand, then call :meth:`wake`, so they can check
+            the heartbeat schedule exactly instead of measuring it.
+        pause: how the socket thread waits between connections (the back-off) and while
+            its compute loop is stuck, given the seconds; by default it waits on the stop
+            event, so :meth:`stop` cuts the wait short. A test passes one that records the
+            back-off and returns at once.
     """
 
     def __init__(
@@ -218,6 +229,8 @@ class WorkerRuntime:
         max_reply_bytes: int = 16 * 1024 * 1024 - 4096,
         stuck_limit: float | None = DEFAULT_STUCK_LIMIT_S,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+        pause: Callable[[float], object] | None = None,
     ) -> None:
         if not service or service.startswith(mdp.MMI_PREFIX):
             raise ValueError(f"cannot serve {service!r}: empty or reserved (mmi.*) name")
@@ -239,19 +252,21 @@ class WorkerRuntime:
             raise ValueError(f"stuck_limit must be > 0 seconds or None (got {stuck_limit!r})")
         self.stuck_limit = stuck_limit
         self.drain_timeout = drain_timeout
+        self._clock = clock
+        self._stop = threading.Event()
+        self._pause = pause if pause is not None else self._stop.wait
         self._draining = threading.Event()
         self._drain_deadline = float("inf")
         # Requests the handler holds and has not answered (kept across reconnections, and
         # after the runtime closed them at their deadline): what "stuck" is measured on.
         self._held: dict[_Responder, float] = {}
         self._held_lock = threading.Lock()
-        self._last_progress = time.monotonic()
+        self._last_progress = self._clock()
         self._waker = Waker(self._context)
         self._socket_thread: int | None = None  # the thread that owns the socket
         self._outbox: collections.deque[
             tuple[int, bytes, bytes, list[bytes], _Responder | None]
         ] = collections.deque()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._generation = 0
         self._in_flight: dict[bytes, _Responder] = {}
@@ -298,6 +313,15 @@ class WorkerRuntime:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def wake(self) -> None:
+        """Make the socket thread look at its clock and timers now, from any thread.
+
+        :meth:`drain`, :meth:`stop` and handler answers wake it themselves; the one other
+        caller is whoever moved an injected ``clock`` (a test) and wants the runtime to act
+        on the new time without waiting out the poll timeout it computed before.
+        """
+        self._waker.wake()
+
     def drain(self, timeout: float | None = None) -> None:
         """Stop taking work, finish what the handler holds, then DISCONNECT and stop.
 
@@ -308,7 +332,7 @@ class WorkerRuntime:
         if self._draining.is_set():
             return
         wait = self.drain_timeout if timeout is None else timeout
-        self._drain_deadline = time.monotonic() + max(0.0, wait)
+        self._drain_deadline = self._clock() + max(0.0, wait)
         self._draining.set()
         log.info(
             "worker %s: draining: no new work; %d request(s) in flight, up to %.0f s",
@@ -330,7 +354,7 @@ class WorkerRuntime:
 
     def _handler_progress(self, responder: _Responder, *, finished: bool) -> None:
         """Any thread: the handler answered something, so its compute loop is alive."""
-        self._last_progress = time.monotonic()
+        self._last_progress = self._clock()
         if finished:
             with self._held_lock:
                 self._held.pop(responder, None)
@@ -385,12 +409,12 @@ class WorkerRuntime:
     def _connections(self) -> None:
         backoff = self.reconnect_initial
         while not self._stop.is_set():
-            while self._compute_stuck(time.monotonic()) and not self._stop.is_set():
+            while self._compute_stuck(self._clock()) and not self._stop.is_set():
                 if self._draining.is_set():  # nothing to hand back: the broker purged us
                     self._stop.set()
                     self.drained.set()
                     return
-                self._stop.wait(self.heartbeat_interval)  # stay unregistered until it recovers
+                self._pause(self.heartbeat_interval)  # stay unregistered until it recovers
             if self._stop.is_set():
                 return
             heard = self._one_connection()
@@ -400,7 +424,7 @@ class WorkerRuntime:
             log.info(
                 "worker %s: reconnecting to %s in %.2f s", self.worker_id, self.broker_url, backoff
             )
-            self._stop.wait(backoff)
+            self._pause(backoff)
 
     def _one_connection(self) -> bool:
         """One socket's life; returns whether the broker said anything on it."""
@@ -439,11 +463,11 @@ class WorkerRuntime:
         )
         heard = False
         silent_limit = self.heartbeat_interval * self.liveness
-        last_heard = time.monotonic()
+        last_heard = self._clock()
         next_expiry_scan = last_heard + 0.1
         try:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 wait = (
                     min(
                         self._last_sent + self.heartbeat_interval,
@@ -464,7 +488,7 @@ class WorkerRuntime:
                     if handshakes > 1 and not self.stuck.is_set():
                         self._send(sock, [mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
                         self.heartbeats_sent += 1
-                now = time.monotonic()
+                now = self._clock()
                 stuck = self._compute_stuck(now)
                 if not stuck:
                     self._flush(sock)
@@ -491,7 +515,7 @@ class WorkerRuntime:
                         frames = recv_frames(sock)
                         if frames is None:
                             break
-                        last_heard = time.monotonic()
+                        last_heard = self._clock()
                         if self._on_message(sock, frames) == "disconnect":
                             # Not "heard": a broker that refuses us at once (a reserved
                             # name, a key it does not accept) gets a growing back-off.
@@ -501,7 +525,7 @@ class WorkerRuntime:
                             heard = True
                             self.connected.set()
                         self._flush(sock)  # an inline answer frees its slot at once
-                now = time.monotonic()
+                now = self._clock()
                 if now - last_heard >= silent_limit:
                     log.warning(
                         "worker %s: broker silent for %.1f s; reconnecting",
@@ -571,8 +595,12 @@ class WorkerRuntime:
         return True
 
     def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        # The clock is read before the (non-blocking) send: the heartbeat schedule counts
+        # from the instant the message went out, even when whoever moves an injected clock
+        # does so as soon as it sees the message arrive.
+        sent_at = self._clock()
         send_frames(sock, frames)
-        self._last_sent = time.monotonic()
+        self._last_sent = sent_at
 
     def _flush(self, sock: zmq.Socket[bytes]) -> None:
         """Send what handlers queued; drop answers that belong to an older connection."""
@@ -671,7 +699,7 @@ class WorkerRuntime:
                 ),
             )
             return
-        now = time.monotonic()
+        now = self._clock()
         ttl_ms = header.ttl_ms
         deadline = None if ttl_ms is None else now + ttl_ms / 1000.0
         if ttl_ms is not None and ttl_ms <= 0:

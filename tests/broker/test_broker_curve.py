@@ -15,6 +15,7 @@ import zmq.auth
 
 from tests.broker.brokerfix import SILENT_WORKER_KEPT
 from tests.support.peers import ROOT, child_env, pack, unpack
+from tests.support.procs import must_wait
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -72,12 +73,9 @@ def test_only_allow_listed_keys_get_through(bus, keys):
     worker = _socket(url, keydir, "worker", identity=b"W1")
     worker.send_multipart([b"MDPW02", b"\x01", b"secure", pack({"slots": 1})])
     client = _socket(url, keydir, "client")
-    status = None
-    for _ in range(20):
-        status = _ask_status(client)
-        if status and status["workers"]:
-            break
-        time.sleep(0.1)
+    status = must_wait(
+        lambda: (st := _ask_status(client)) and st["workers"] and st, "the worker to register"
+    )
     [row] = status["workers"]
     public_worker, _ = zmq.auth.load_certificate(str(keydir / "worker.key"))
     assert row["curve_key"] == public_worker.decode()
@@ -102,13 +100,12 @@ def test_only_allow_listed_keys_get_through(bus, keys):
 
 
 def _wait_registered(sock: zmq.Socket, count: int = 1) -> dict:
-    status = None
-    for _ in range(50):
-        status = _ask_status(sock)
-        if status and len(status["workers"]) == count:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"expected {count} worker(s), status {status}")
+    """The broker's status once exactly ``count`` workers are registered."""
+    status: dict = must_wait(
+        lambda: (st := _ask_status(sock)) and len(st["workers"]) == count and st,
+        f"{count} worker(s) to register",
+    )
+    return status
 
 
 def test_a_connected_workers_routing_id_cannot_be_taken_over(bus, keys):

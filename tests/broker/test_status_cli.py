@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from mole.broker import status_cli
 from tests.broker.brokerfix import wait_workers
 from tests.support.peers import ROOT, child_env
+from tests.support.procs import must_wait
 
 pytestmark = pytest.mark.timeout(120)
 MOLE = [sys.executable, "-m", "mole"]
@@ -139,11 +141,19 @@ def test_watch_refreshes_until_interrupted(running):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        lines.extend(proc.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    # refreshed at least once: the table's header twice
+    must_wait(lambda: sum("SERVICE" in line for line in lines) >= 2, "a second refresh")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    assert out.count("SERVICE") >= 2  # refreshed at least once
+    assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
+    reader.join(10)
 
 
 def test_bad_interval_is_refused():

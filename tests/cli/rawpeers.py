@@ -16,6 +16,8 @@ from typing import Any
 import msgpack
 import zmq
 
+from tests.support.procs import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = b"MDPC02"
 WORKER = b"MDPW02"
@@ -69,15 +71,15 @@ def mmi_service(sock: zmq.Socket, service: str, timeout: float = 5.0) -> bytes |
 
 def wait_for_broker(endpoint: str, timeout: float = 30.0) -> bool:
     """True once a broker at ``endpoint`` answers ``mmi.service``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+
+    def answers() -> bool:
         sock = dealer(endpoint)
         try:
-            if mmi_service(sock, "nothing", timeout=1.0) is not None:
-                return True
+            return mmi_service(sock, "nothing", timeout=1.0) is not None
         finally:
             sock.close(0)
-    return False
+
+    return bool(wait_until(answers, timeout))
 
 
 def mole(
@@ -114,15 +116,4 @@ def recv_reply(sock: zmq.Socket, timeout: float) -> tuple[dict[str, Any], Any] |
         header = unpack(frames[3])
         payload = unpack(frames[4]) if len(frames) > 4 else None
         return header, payload
-    return None
-
-
-def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something true; that value, or None at timeout."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
     return None

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import zmq.auth
 from mole.broker.bind_policy import InsecureBindRefused, check_bind, is_loopback
 from mole.broker.settings import BrokerSettings, settings_from_env
 from tests.cli.rawpeers import ROOT, dealer, mmi_service, mole, wait_for_broker
-from tests.support.procs import free_port
+from tests.support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,14 +160,16 @@ def test_exposed_bind_with_curve_and_allow_list_serves_only_allowed_keys(tmp_pat
     server_public, _ = zmq.auth.load_certificate(str(keys / "broker.key"))
     endpoint = f"tcp://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        answer = None
-        while answer is None and time.monotonic() < deadline:
+
+        def ask() -> bytes | None:
             pub, sec = zmq.auth.load_certificate(client_secret_file)
             sock = dealer(endpoint, (server_public, pub, sec))
-            answer = mmi_service(sock, "x", timeout=1.0)
-            sock.close(0)
-        assert answer == b"404"
+            try:
+                return mmi_service(sock, "x", timeout=1.0)
+            finally:
+                sock.close(0)
+
+        assert wait_until(ask, 30, interval=0) == b"404"
         pub, sec = zmq.auth.load_certificate(str(keys / "stranger.key_secret"))
         stranger = dealer(endpoint, (server_public, pub, sec))
         assert mmi_service(stranger, "x", timeout=1.5) is None

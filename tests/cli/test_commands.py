@@ -31,7 +31,7 @@ from mole.cli.stack_state import (
 )
 from mole.cli.supervisor import Supervisor
 from tests.cli.rawpeers import mole
-from tests.support.procs import free_port
+from tests.support.procs import free_port, must_wait
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -237,11 +237,15 @@ def test_mole_down_stops_the_recorded_process_and_waits_for_it(tmp_path):
             "def bye(*_):\n"
             f"    time.sleep(0.5); pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(0)\n"
             "signal.signal(signal.SIGTERM, bye)\n"
+            "print('ready', flush=True)\n"
             "time.sleep(60)\n",
-        ]
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        time.sleep(0.3)  # let it install its handler
+        assert fake_up.stdout is not None
+        assert fake_up.stdout.readline() == "ready\n"  # its SIGTERM handler is installed
         write_state(_state(tmp_path, fake_up.pid))
         result = mole("down", env=_env(tmp_path))
         assert result.returncode == 0, result.stderr
@@ -352,10 +356,7 @@ def test_supervisor_stops_tiers_in_order(tmp_path):
     supervisor.start("frontend", recorder("frontend", 0.6), tier=2)
     for name in ("broker", "worker", "frontend"):
         log = tmp_path / "logs" / f"{name}.log"
-        end = time.monotonic() + 30
-        while "ready" not in (log.read_text() if log.exists() else ""):
-            assert time.monotonic() < end, f"{name} never started"
-            time.sleep(0.05)
+        must_wait(lambda log=log: "ready" in log.read_text(), f"{name} to start", timeout=30)
     supervisor.stop_all()
     # the frontend lingers longest, yet is stopped and done before workers, then broker
     assert order.read_text().split() == ["frontend", "worker", "broker"]

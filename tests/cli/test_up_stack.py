@@ -46,7 +46,7 @@ from tests.cli.rawpeers import (
     pack,
     request_frames,
 )
-from tests.support.procs import free_port
+from tests.support.procs import free_port, must_wait, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 MODEL = "llama-2-7b-hf"
@@ -72,15 +72,18 @@ class UpStack:
     def record(self) -> dict:
         return json.loads((self.data_dir / "stack.json").read_text())
 
+    def has_line(self, text: str, start: int = 0) -> bool:
+        return any(text in line for line in self.output[start:])
+
     def wait_for_line(self, text: str, timeout: float, start: int = 0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(text in line for line in self.output[start:]):
-                return True
-            if self.process.poll() is not None:
-                return False
-            time.sleep(0.1)
-        return False
+        """True once ``mole up`` printed ``text`` (after line ``start``); False when it
+        exits first or ``timeout`` seconds pass."""
+        wait_until(
+            lambda: self.has_line(text, start) or self.process.poll() is not None,
+            timeout,
+            interval=0.1,
+        )
+        return self.has_line(text, start)
 
     def curve(self, name: str) -> tuple[bytes, bytes, bytes]:
         keys = self.data_dir / "keys"
@@ -256,22 +259,23 @@ def test_broker_sigkill_under_http_load_heals_by_itself(stack):
                 return
             outcomes.append((sent, time.monotonic(), status, error))
 
+    def answered(after: float = 0.0) -> list[float]:
+        """When the requests sent after ``after`` that got a 200 were answered."""
+        return [done for sent, done, status, _ in outcomes if sent > after and status == 200]
+
     threads = [threading.Thread(target=load) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(2.0)
+    must_wait(lambda: len(answered()) >= 8, "the stack to serve the load before the kill")
     mark = len(stack.output)
     os.kill(old_broker, signal.SIGKILL)
     killed = time.monotonic()
     healed = stack.wait_for_line("serving again", 120, start=mark)
-    served_again = None
-    end = time.monotonic() + 60
-    while served_again is None and time.monotonic() < end:
-        after = [done for sent, done, status, _ in outcomes if sent > killed and status == 200]
-        served_again = min(after) if after else None
-        time.sleep(0.1)
-    time.sleep(2.0)
+    # the load stays on until the healed stack has served some of what was sent after
+    wait_until(lambda: len(answered(killed)) >= 8, 60, interval=0.1)
     stop.set()
+    after = answered(killed)
+    served_again = min(after) if after else None
     for thread in threads:
         thread.join(180)
     assert not failures, failures
@@ -308,12 +312,12 @@ def test_mole_drain_takes_a_worker_out(stack, tmp_path):
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        end = time.monotonic() + 60
-        ids: list[str] = []
-        while "w-maint" not in ids and time.monotonic() < end:
+
+        def worker_ids() -> list[str]:
             status = json.loads(mole("status", "--json", env=stack.env()).stdout)
-            ids = [w["metadata"].get("worker_id") for w in status["workers"]]
-        assert "w-maint" in ids, log.read_text()
+            return [w["metadata"].get("worker_id") for w in status["workers"]]
+
+        assert wait_until(lambda: "w-maint" in worker_ids(), 60, interval=0), log.read_text()
         # through the broker, with the stack's operator key found from its record
         result = mole("drain", "w-maint", env=stack.env(), timeout=120)
         assert result.returncode == 0, result.stderr
@@ -363,7 +367,7 @@ def test_mole_down_under_load_answers_what_it_accepted_and_stops_every_process(s
     threads = [threading.Thread(target=load) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    must_wait(lambda: outcomes.count(200) >= 4, "the stack to serve the load")
     result = mole("down", env=stack.env(), timeout=120)
     stop.set()
     for thread in threads:

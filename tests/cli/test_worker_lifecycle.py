@@ -33,9 +33,8 @@ from tests.cli.rawpeers import (
     recv_reply,
     request_frames,
     wait_for_broker,
-    wait_until,
 )
-from tests.support.procs import free_port
+from tests.support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 HB = "0.2"  # broker and worker heartbeat interval: a purge takes 0.6 s

@@ -239,13 +239,11 @@ def test_worker_killed_and_restarted_under_a_stream_of_requests(stack, token):
     )
     os.kill(old_pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    deadline = killed_at + 240
-    new_pid = None
-    while time.monotonic() < deadline:
-        new_pid = _worker_pid(stack, service)
-        if new_pid and new_pid != old_pid:
-            break
-        time.sleep(0.5)
+    new_pid = wait_until(
+        lambda: (pid := _worker_pid(stack, service)) and pid != old_pid and pid,
+        timeout=240,
+        interval=0.5,
+    )
     back_at = time.monotonic()
     wait_until(
         lambda: any(status == 200 for sent, status, _ in outcomes if sent > back_at), timeout=60.0

@@ -15,7 +15,7 @@ import pytest
 
 from tests.faults.fault_load import FixedRateLoad
 from tests.support.peers import RawClient
-from tests.support.procs import wait_until
+from tests.support.procs import must_wait, wait_until
 
 pytestmark = pytest.mark.slow
 SERVICE = "faulty"
@@ -116,7 +116,8 @@ def test_broker_restart_clients_resend_and_workers_rejoin(bus):
         threads = [threading.Thread(target=one, args=(n,)) for n in range(20)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        # all twenty are sent, and held by the client, while no broker is there
+        must_wait(lambda: client.pending == 20, "the twenty requests to be pending")
         bus.broker.bind = endpoint
         bus.start_broker(endpoint)
         for t in threads:

@@ -9,11 +9,11 @@ import json
 import os
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from falcon import testing
@@ -30,7 +30,7 @@ from mole.frontend.passwords import PasswordHasher
 from mole.frontend.settings import Settings
 from mole.frontend.tokens import TokenService
 from mole.frontend.users import UserStore
-from tests.support.procs import free_port
+from tests.support.procs import free_port, must_wait
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,9 +76,10 @@ def child_env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def child(
-    args: list[str], log: Path, env: dict[str, str] | None = None
+    args: list[str], log: Path, env: dict[str, str] | None = None, grace: float = 15.0
 ) -> Iterator[subprocess.Popen]:
-    """A child process, stopped (by its pid) when the block ends."""
+    """A child process, stopped (by its pid) when the block ends: SIGTERM, then SIGKILL
+    after ``grace`` seconds."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env or child_env()
@@ -89,24 +90,15 @@ def child(
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(15)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as err:  # keep polling; report the last failure
-            last_error = err
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last_error})")
+    """:func:`tests.support.procs.must_wait` in the argument order the frontend tests use."""
+    return must_wait(predicate, what, timeout=timeout, interval=interval)
 
 
 def make_settings(tmp_path: Path, **changes) -> Settings:
@@ -202,29 +194,77 @@ def served(api: Api) -> Iterator[str]:
         thread.join(20)
 
 
+@dataclass
+class FrontendServer:
+    """A running ``python -m mole.frontend``: its URL, its gunicorn master, its log."""
+
+    base: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+    data_dir: Path
+
+
 @contextlib.contextmanager
-def frontend_process(
-    broker_url: str, data_dir: Path, log: Path, *args: str, **env: str
-) -> Iterator[str]:
+def frontend_server(
+    broker_url: str,
+    data_dir: Path,
+    log: Path,
+    *args: str,
+    ready_workers: int = 0,
+    drop_env: tuple[str, ...] = (),
+    stop_grace: float = 15.0,
+    **env: str,
+) -> Iterator[FrontendServer]:
     """``python -m mole.frontend`` (gunicorn over uvicorn workers) on a free port, with
-    the cheap argon2 profile and a generated secret; yields the base URL once it answers
-    /api/v1/health. Extra flags in ``args``, variables in ``env``."""
+    the cheap argon2 profile and a generated secret (``JWT_SECRET_KEY`` and
+    ``PROMETHEUS_MULTIPROC_DIR`` are not inherited, nor variables starting with a prefix in
+    ``drop_env``); extra flags in ``args``, variables in ``env``.
+
+    Ready once it answers /api/v1/health; with ``ready_workers``, once that many worker
+    processes have logged loading gating and /api/v1/health/ready answers 200 (a probe
+    reaches one worker process only, so the log is what shows every one is up). Stopped
+    with SIGTERM, then SIGKILL after ``stop_grace`` seconds.
+    """
+    import sys
+
     port = free_port()
-    environment = child_env(MOLE_ARGON2_PROFILE="cheap", **env)
-    for key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR"):
-        environment.pop(key, None)
+    environment = child_env()
+    for key in list(environment):
+        if key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR") or (
+            drop_env and key.startswith(drop_env)
+        ):
+            del environment[key]
+    environment.update(MOLE_ARGON2_PROFILE="cheap", **env)
     argv = [
         *("-m", "mole.frontend", "--bind", f"127.0.0.1:{port}", "--broker", broker_url),
         *("--data-dir", str(data_dir), *args),
     ]
-    import sys
-
-    with child([sys.executable, *argv], log, env=environment) as proc:
-        base = f"http://127.0.0.1:{port}"
+    with child([sys.executable, *argv], log, env=environment, grace=stop_grace) as proc:
+        server = FrontendServer(f"http://127.0.0.1:{port}", port, proc, log, data_dir)
 
         def up() -> bool:
             assert proc.poll() is None, log.read_text(errors="replace")
-            return call("GET", f"{base}/api/v1/health", timeout=5)[0] == 200
+            if not ready_workers:
+                return call("GET", f"{server.base}/api/v1/health", timeout=5)[0] == 200
+            loaded = log.read_text(errors="replace").count("gating loaded in")
+            return (
+                loaded >= ready_workers
+                and call("GET", f"{server.base}/api/v1/health/ready", timeout=5)[0] == 200
+            )
 
-        wait_for(up, 60, "the frontend to answer", interval=0.2)
-        yield base
+        if ready_workers:
+            wait_for(up, 120, f"the frontend's {ready_workers} workers to be ready", 0.3)
+        else:
+            wait_for(up, 60, "the frontend to answer", interval=0.2)
+        yield server
+
+
+@contextlib.contextmanager
+def frontend_process(
+    broker_url: str, data_dir: Path, log: Path, *args: str, **env: str
+) -> Iterator[str]:
+    """:func:`frontend_server` with the defaults; yields the base URL once it answers
+    /api/v1/health."""
+    with frontend_server(broker_url, data_dir, log, *args, **env) as server:
+        yield server.base

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.frontend.frontend_support import REPO, call, child_env, wait_for
-from tests.support.procs import free_port
+from mole.protocol import Client
+from tests.frontend.frontend_support import call, frontend_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,60 +24,25 @@ DESCRIPTION = "Rate the sentiment of this financial statement"
 
 @pytest.fixture(scope="module")
 def server(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
-    port = free_port()
     data = tmp_path_factory.mktemp("gunicorn-data")
-    env = child_env(
+    with frontend_server(
+        broker_url,
+        data,
+        logs_dir / "gunicorn.log",
+        *("--workers", "2"),
+        ready_workers=2,
+        stop_grace=40,
         MOLE_BOOTSTRAP_ADMIN="admin:admin-password",
-        MOLE_ARGON2_PROFILE="cheap",
         REQUEST_TIMEOUT_SECONDS="10",
-    )
-    env.pop("JWT_SECRET_KEY", None)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = logs_dir / "gunicorn.log"
-    out = open(log, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mole.frontend",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--broker",
-            broker_url,
-            "--workers",
-            "2",
-            "--data-dir",
-            str(data),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, log.read_text()
-        # both worker processes have loaded gating (a probe reaches only one of them)
-        return (
-            log.read_text(errors="replace").count("gating loaded in") >= 2
-            and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
-        )
-
-    try:
-        wait_for(ready, 120, "the frontend to be ready", interval=0.3)
+    ) as running:
         yield {
-            "base": base,
-            "proc": proc,
+            "base": running.base,
+            "proc": running.process,
             "data": data / "frontend",
-            "log": log,
+            "log": running.log,
             "broker_port": int(broker_url.rsplit(":", 1)[1]),
+            "broker_url": broker_url,
         }
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(40)
-        out.close()
 
 
 def token(base: str, username: str, password: str) -> dict[str, str]:
@@ -254,12 +217,15 @@ def test_back_to_back_connections_do_not_starve_later_ones(server):
         response.read()
         return response.status
 
-    def hog() -> None:
+    busy: set[int] = set()
+
+    def hog(n: int) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         deadline = time.monotonic() + 20
         try:
             while not stop.is_set() and time.monotonic() < deadline:
                 assert one(conn) == 200
+                busy.add(n)
         finally:
             conn.close()
 
@@ -275,10 +241,10 @@ def test_back_to_back_connections_do_not_starve_later_ones(server):
             conn.close()
         late[n] = took
 
-    hogs = [threading.Thread(target=hog) for _ in range(12)]
+    hogs = [threading.Thread(target=hog, args=(n,)) for n in range(12)]
     for t in hogs:
         t.start()
-    time.sleep(1.0)  # every hog busy
+    wait_for(lambda: len(busy) == 12, 30, "every hog to be answered at least once")
     newcomers = [threading.Thread(target=newcomer, args=(n,)) for n in range(4)]
     started = time.monotonic()
     for t in newcomers:
@@ -333,7 +299,12 @@ def test_graceful_shutdown_finishes_the_request_in_flight(server):
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.5)
+    with Client(server["broker_url"], timeout=5) as broker:
+        wait_for(
+            lambda: sum(w["in_flight"] for w in broker.status()["workers"]) == 1,
+            30,
+            "the request to be with the worker",
+        )
     server["proc"].send_signal(signal.SIGTERM)
     thread.join(30)
     assert outcome["reply"][0] == 200, outcome

@@ -5,18 +5,17 @@ log on, DEBUG)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.frontend.frontend_support import REPO, call, child_env, wait_for
-from tests.support.procs import free_port
+from tests.frontend.frontend_support import call, frontend_server, wait_for
+from tests.support.procs import must_wait
 
 pytestmark = pytest.mark.slow
 
@@ -26,74 +25,34 @@ DESCRIPTION = "Rate the sentiment of this financial statement"
 PASSWORD = f"pw-{SECRET}-long"
 
 
+@contextlib.contextmanager
 def _serve(tmp_path_factory, logs_dir, broker_url, name, **env_extra):
-    port = free_port()
+    """Two worker processes with debug logs and the access log; no rate-limit setting is
+    inherited from the environment, only those in ``env_extra``."""
     data = tmp_path_factory.mktemp(name)
-    env = child_env()
-    for key in list(env):
-        if key in ("JWT_SECRET_KEY", "PROMETHEUS_MULTIPROC_DIR") or key.startswith(
-            "MOLE_RATE_LIMIT"
-        ):
-            del env[key]
-    env.update(
-        MOLE_ARGON2_PROFILE="cheap",
+    with frontend_server(
+        broker_url,
+        data,
+        logs_dir / f"{name}.log",
+        *("--workers", "2", "--access-log"),
+        ready_workers=2,
+        drop_env=("MOLE_RATE_LIMIT",),
+        stop_grace=40,
         REQUEST_TIMEOUT_SECONDS="10",
         MOLE_FRONTEND_LOG_LEVEL="debug",
         **env_extra,
-    )
-    log = logs_dir / f"{name}.log"
-    out = open(log, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mole.frontend",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--broker",
-            broker_url,
-            "--workers",
-            "2",
-            "--data-dir",
-            str(data),
-            "--access-log",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, log.read_text()
-        # both worker processes have loaded gating (a probe reaches only one of them)
-        return (
-            log.read_text(errors="replace").count("gating loaded in") >= 2
-            and call("GET", f"{base}/api/v1/health/ready", timeout=5)[0] == 200
-        )
-
-    wait_for(ready, 120, "the frontend to be ready", interval=0.3)
-    return {
-        "base": base,
-        "proc": proc,
-        "log": log,
-        "out": out,
-        "db": data / "frontend" / "ratelimit.sqlite3",
-    }
-
-
-def _stop(server):
-    proc = server["proc"]
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(40)
-    server["out"].close()
+    ) as running:
+        yield {
+            "base": running.base,
+            "proc": running.process,
+            "log": running.log,
+            "db": data / "frontend" / "ratelimit.sqlite3",
+        }
 
 
 @pytest.fixture(scope="module")
 def limited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
-    server = _serve(
+    with _serve(
         tmp_path_factory,
         logs_dir,
         broker_url,
@@ -105,22 +64,16 @@ def limited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_d
         MOLE_LOGIN_FAILURE_COST="5",
         MOLE_MAX_BODY_BYTES="4096",
         MOLE_MAX_TEXT_CHARS="500",
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        _stop(server)
 
 
 @pytest.fixture(scope="module")
 def unlimited(broker_url, fixed_workers, gating_pipeline, tmp_path_factory, logs_dir):
-    server = _serve(
+    with _serve(
         tmp_path_factory, logs_dir, broker_url, "gunicorn-unlimited", MOLE_RATE_LIMITS="off"
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        _stop(server)
 
 
 def register_and_login(base, username):
@@ -190,13 +143,14 @@ def test_failed_login_locks_out_then_wears_off(limited):
     retry_after = int(headers["Retry-After"])
     assert 1 <= retry_after <= 10
     # the right password is refused until the failure's cost has drained, then works
-    while True:
-        status = call("POST", f"{base}/api/v1/auth/token", good, form=True)[0]
-        if status == 200:
-            break
-        assert status == 429
-        assert time.monotonic() - locked_at < 30, "the lockout never wore off"
-        time.sleep(0.25)
+    statuses: list[int] = []
+
+    def logged_in() -> bool:
+        statuses.append(call("POST", f"{base}/api/v1/auth/token", good, form=True)[0])
+        return statuses[-1] == 200
+
+    must_wait(logged_in, "the lockout to wear off", timeout=30, interval=0.25)
+    assert set(statuses[:-1]) <= {429}, statuses
     assert time.monotonic() - locked_at >= retry_after - 1.5
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 
 import numpy as np
@@ -137,18 +136,6 @@ def test_several_domains_are_separate_routers(train_data):
         router.route("Rate it")  # several domains: must name one
     with pytest.raises(UnknownTask):
         router.train([Example("x", "legal", "pii")])
-
-
-def test_routing_is_fast(shipped):
-    text = "Rate the sentiment of this financial statement from 1 to 5."
-    shipped.route(text)
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        shipped.route(text)
-    per_call = (time.perf_counter() - t0) / n
-    print(f"route: {per_call * 1e6:.1f} us per call")
-    assert per_call < 0.5e-3  # target is < 0.1 ms; generous on a loaded 2-core machine
 
 
 def test_features_are_stable_and_cover_cjk():

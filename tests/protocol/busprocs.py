@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,15 +108,3 @@ class Procs:
 def kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(5)
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if predicate():
-                return True
-        except Exception:  # the broker may not be up yet
-            pass
-        time.sleep(interval)
-    return False

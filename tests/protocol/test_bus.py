@@ -19,9 +19,8 @@ from tests.protocol.busprocs import (
     LIVENESS,
     Procs,
     kill,
-    wait_until,
 )
-from tests.support.procs import free_port
+from tests.support.procs import free_port, must_wait, wait_until
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -193,7 +192,11 @@ def test_broker_restart_while_requests_are_pending(bus):
     threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # the requests are with the worker now
+    must_wait(
+        lambda: sum(w["in_flight"] for w in b.workers("echo")) == 6,
+        "the six requests to be with the worker",
+        interval=0.05,
+    )
     b.restart_broker()
     for t in threads:
         t.join(30)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 import zmq
@@ -20,6 +19,7 @@ from mole.protocol.errors import (
     WorkerLost,
 )
 from tests.protocol.fakebroker import FakeBroker, echo, error, final, partial
+from tests.support.procs import must_wait, must_wait_async
 
 
 @pytest.fixture
@@ -27,15 +27,6 @@ def broker():
     fake = FakeBroker()
     yield fake
     fake.stop()
-
-
-def _wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_request_frames_and_reply(broker):
@@ -172,7 +163,7 @@ def test_late_duplicate_and_junk_replies_are_dropped(broker):
     broker.behaviour = noisy
     with Client(broker.url, timeout=5) as client:
         assert client.request("svc", "first") == "first"
-        assert _wait_for(lambda: client._core.dropped >= 3)
+        must_wait(lambda: client._core.dropped >= 3, "three dropped replies")
         broker.behaviour = echo
         assert client.request("svc", "still works") == "still works"
 
@@ -185,10 +176,10 @@ def test_resend_after_broker_restart_keeps_deadline():
         result = {}
         caller = threading.Thread(target=lambda: result.update(r=client.request("svc", "x")))
         caller.start()
-        assert _wait_for(lambda: len(broker.seen) == 1)
-        assert _wait_for(lambda: client.connected)
+        must_wait(lambda: len(broker.seen) == 1, "the broker to hold the request")
+        must_wait(lambda: client.connected, "the client to be connected")
         broker.stop()
-        time.sleep(0.3)
+        must_wait(lambda: not client.connected, "the client to see the broker gone")
         restarted = FakeBroker(echo, port=port)
         try:
             caller.join(10)
@@ -220,7 +211,7 @@ def test_close_fails_pending_requests():
 
         caller = threading.Thread(target=call)
         caller.start()
-        assert _wait_for(lambda: len(broker.seen) == 1)
+        must_wait(lambda: len(broker.seen) == 1, "the broker to see the request")
         client.close()
         caller.join(5)
         assert isinstance(outcome["err"], ClientClosed)
@@ -299,7 +290,7 @@ def test_async_error_codes_stream_and_deadline():
                     pass
             # a cancelled caller's request is forgotten, the client keeps working
             task = asyncio.create_task(client.request("silent", 1))
-            await asyncio.sleep(0.05)
+            await must_wait_async(lambda: client.pending == 1, "the request to be pending")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -322,10 +313,11 @@ def test_async_resend_after_broker_restart():
             broker.url, timeout=10, heartbeat_interval=0.2, heartbeat_timeout=0.6
         ) as client:
             task = asyncio.create_task(client.request("svc", "again"))
-            while not broker.seen or not client.connected:
-                await asyncio.sleep(0.01)
+            await must_wait_async(
+                lambda: broker.seen and client.connected, "the broker to hold the request"
+            )
             broker.stop()
-            await asyncio.sleep(0.3)
+            await must_wait_async(lambda: not client.connected, "the client to see it gone")
             restarted = FakeBroker(echo, port=port)
             try:
                 assert await asyncio.wait_for(task, 10) == "again"
@@ -342,8 +334,7 @@ def test_async_close_fails_pending():
     async def main():
         client = AsyncClient(broker.url, timeout=10)
         task = asyncio.create_task(client.request("svc", 1))
-        while not broker.seen:
-            await asyncio.sleep(0.01)
+        await must_wait_async(lambda: broker.seen, "the broker to see the request")
         await client.close()
         with pytest.raises(ClientClosed):
             await task

@@ -8,7 +8,6 @@ remaining ttl after the broker comes back, and (for PerThreadClient) one socket 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import zmq
@@ -17,9 +16,9 @@ from mole.protocol import ClientClosed
 from mole.protocol.envelope import pack
 from mole.protocol.errors import DeadlineExceeded, Overloaded, UnknownService
 from mole.protocol.threaded import PerThreadClient, SerialClient
-from tests.protocol.busprocs import Procs, wait_until
+from tests.protocol.busprocs import Procs
 from tests.protocol.fakebroker import FakeBroker, echo, error, final
-from tests.support.procs import free_port
+from tests.support.procs import free_port, must_wait, wait_until
 from tests.support.procs import free_port as fake_port
 
 
@@ -99,6 +98,7 @@ def test_serial_resend_after_broker_restart_keeps_deadline():
 
     def call():
         client = SerialClient(broker.url, timeout=10, heartbeat_interval=0.2, heartbeat_timeout=0.6)
+        result["client"] = client
         try:
             result["r"] = client.request("svc", "x")
             result["stats"] = client.stats()
@@ -107,9 +107,9 @@ def test_serial_resend_after_broker_restart_keeps_deadline():
 
     caller = threading.Thread(target=call)
     caller.start()
-    assert wait_until(lambda: len(broker.seen) == 1, 10)
+    must_wait(lambda: len(broker.seen) == 1, "the broker to hold the request")
     broker.stop()
-    time.sleep(0.3)
+    must_wait(lambda: not result["client"].connected, "the client to see the broker gone")
     restarted = FakeBroker(echo, port=port)
     try:
         caller.join(10)

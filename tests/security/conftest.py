@@ -185,16 +185,6 @@ def status(sock: zmq.Socket, timeout: float = 3.0) -> dict | None:
     return unpack(frames[4]) if frames else None
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 @pytest.fixture
 def secure(tmp_path):
     if not zmq.has("curve"):

@@ -17,10 +17,16 @@ from typing import Any
 
 import pytest
 
-from tests.security.conftest import HEARTBEAT, reply, request, status, wait_for
+from tests.security.conftest import reply, request, status
 from tests.support.peers import ROOT, child_env, pack, unpack
+from tests.support.procs import must_wait
 
 pytestmark = pytest.mark.timeout(90)
+
+
+def _log_of(secure, key: str) -> str:
+    """What the worker processes started with ``key`` have logged so far."""
+    return "".join(p.read_text(errors="replace") for p in secure.tmp.glob(f"worker-{key}-*.log"))
 
 
 def _workers(secure, service: str | None = None) -> list[dict]:
@@ -32,10 +38,20 @@ def _workers(secure, service: str | None = None) -> list[dict]:
 def test_unknown_key_cannot_register_or_receive(secure):
     secure.allow_keys("worker-a", "client-a")
     secure.start()
-    secure.worker("intruder", "svc")  # a real worker process with an unknown key
+    intruder = secure.worker("intruder", "svc")  # a real worker process with an unknown key
     secure.worker("worker-a", "other")
-    wait_for(lambda: _workers(secure, "other"))
-    time.sleep(3 * HEARTBEAT)  # the intruder had time to try (and retry)
+    must_wait(lambda: _workers(secure, "other"), "the worker of 'other' to register")
+    # The intruder had time to try: it sent READY and its connection came to an end, by
+    # its liveness window running out (it retries) or by the process exiting (today its
+    # first heartbeat on the refused socket raises zmq.Again and ends it).
+    must_wait(
+        lambda: (
+            "READY for 'svc' sent" in _log_of(secure, "intruder")
+            and ("broker silent" in _log_of(secure, "intruder") or intruder.poll() is not None)
+        ),
+        "the intruder's connection to end",
+        timeout=30,
+    )
     assert _workers(secure, "svc") == []
     # a client request for its service is never handed to it
     client = secure.socket("client-a")
@@ -54,7 +70,7 @@ def test_client_without_a_key_is_refused_and_others_are_served(secure):
     secure.allow_keys("worker-a", "client-a")
     secure.start()
     secure.worker("worker-a", "svc")
-    wait_for(lambda: _workers(secure, "svc"))
+    must_wait(lambda: _workers(secure, "svc"), "the worker to register")
     plain = secure.socket(None)
     request(plain, "svc", "no key", "p1")
     assert status(plain, 1.0) is None
@@ -73,7 +89,7 @@ def test_key_b_cannot_answer_or_take_over_a_workers_requests(secure):
     worker_a.send_multipart([b"MDPW02", b"\x01", b"svc"])
     worker_b = secure.socket("worker-b", identity=b"WB")
     worker_b.send_multipart([b"MDPW02", b"\x01", b"busy"])
-    wait_for(lambda: len(_workers(secure)) == 2)
+    must_wait(lambda: len(_workers(secure)) == 2, "both workers to register")
     # B also tries A's routing id: refused while A is connected (no ROUTER_HANDOVER)
     thief = secure.socket("worker-b", identity=b"WA")
     thief.send_multipart([b"MDPW02", b"\x05"])
@@ -114,10 +130,10 @@ def test_key_b_cannot_receive_client_a_replies(secure):
     secure.allow_keys("worker-a", "client-a", "client-b")
     secure.start()
     secure.worker("worker-a", "svc", delay=0.8)
-    wait_for(lambda: _workers(secure, "svc"))
+    must_wait(lambda: _workers(secure, "svc"), "the worker to register")
     client_a = secure.socket("client-a", identity=b"CLIENT-A")
     request(client_a, "svc", "private to A", "a1")
-    time.sleep(0.2)
+    must_wait(lambda: _workers(secure, "svc")[0]["in_flight"] == 1, "the worker to hold a1")
     # B takes A's routing id without sending anything (the ROUTER_HANDOVER attack) ...
     silent = secure.socket("client-b", identity=b"CLIENT-A")
     # ... and another B connection with it sends a request too
@@ -161,7 +177,9 @@ def test_acl_limits_which_key_registers_which_service(secure):
     for _key, identity, _service in denied:
         assert socks[identity].poll(5000), f"{identity} got no DISCONNECT"
         assert socks[identity].recv_multipart() == [b"MDPW02", b"\x06"]
-    registered = wait_for(lambda: (ws := _workers(secure)) and len(ws) == 3 and ws)
+    registered = must_wait(
+        lambda: (ws := _workers(secure)) and len(ws) == 3 and ws, "the three workers to register"
+    )
     assert sorted(w["service"] for w in registered) == ["gpu/qwen", "shared", "svc"]
     log = secure.broker.log()
     assert "worker-a.key may not register 'other'" in log
@@ -181,7 +199,7 @@ def test_revoked_key_is_cut_off_within_one_heartbeat(secure):
     secure.start(heartbeat=interval)
     secure.worker("worker-a", "svc", heartbeat=interval)
     secure.worker("worker-b", "svc", heartbeat=interval)
-    wait_for(lambda: len(_workers(secure, "svc")) == 2)
+    must_wait(lambda: len(_workers(secure, "svc")) == 2, "both workers of svc to register")
     client_a = secure.socket("client-a")
     client_b = secure.socket("client-b")
     request(client_b, "svc", "before", "b0")
@@ -190,8 +208,9 @@ def test_revoked_key_is_cut_off_within_one_heartbeat(secure):
     (secure.allow / "worker-a.key").unlink()
     (secure.allow / "client-b.key").unlink()
     revoked_at = time.monotonic()
-    wait_for(
+    must_wait(
         lambda: [w["curve_key"] for w in _workers(secure, "svc")] == [secure.public("worker-b")],
+        "only worker B to stay registered",
         timeout=10,
         interval=0.02,
     )
@@ -216,12 +235,12 @@ def test_revoked_workers_request_is_redispatched(secure):
     secure.allow_keys("worker-a", "worker-b", "client-a")
     secure.start(heartbeat=interval)
     secure.worker("worker-a", "svc", delay=4.0, heartbeat=interval)
-    wait_for(lambda: _workers(secure, "svc"))
+    must_wait(lambda: _workers(secure, "svc"), "worker A to register")
     client = secure.socket("client-a")
     request(client, "svc", "held by A", "r1")
-    wait_for(lambda: _workers(secure, "svc")[0]["in_flight"] == 1)
+    must_wait(lambda: _workers(secure, "svc")[0]["in_flight"] == 1, "worker A to hold the request")
     secure.worker("worker-b", "svc", heartbeat=interval)
-    wait_for(lambda: len(_workers(secure, "svc")) == 2)
+    must_wait(lambda: len(_workers(secure, "svc")) == 2, "worker B to register")
     (secure.allow / "worker-a.key").unlink()
     frames = reply(client, 3.5)  # well before A's 4 s would have answered
     assert frames is not None
@@ -242,12 +261,20 @@ def test_acl_change_cuts_off_a_worker_within_one_heartbeat(secure):
     secure.start("--curve-acl", str(acl), heartbeat=interval)
     secure.worker("worker-a", "svc", heartbeat=interval)
     secure.worker("worker-a", "gpu/x", heartbeat=interval)
-    wait_for(lambda: len(_workers(secure)) == 2)
+    must_wait(lambda: len(_workers(secure)) == 2, "both workers to register")
     acl.write_text(json.dumps({"worker-a": ["svc"]}))
     changed_at = time.monotonic()
-    wait_for(lambda: [w["service"] for w in _workers(secure)] == ["svc"], timeout=10, interval=0.02)
+    must_wait(
+        lambda: [w["service"] for w in _workers(secure)] == ["svc"],
+        "the worker of the service taken away to be purged",
+        timeout=10,
+        interval=0.02,
+    )
     assert time.monotonic() - changed_at <= interval + 0.75
-    time.sleep(3 * interval)  # it reconnects and is refused again
+    must_wait(  # it reconnects and is refused again
+        lambda: status(secure.socket("client-a"))["counters"]["curve_refused"] >= 1,
+        "the cut-off worker's new READY to be refused",
+    )
     assert [w["service"] for w in _workers(secure)] == ["svc"]
     assert "may no longer register 'gpu/x' (ACL)" in secure.broker.log()
 
@@ -257,10 +284,10 @@ def test_revoked_client_gets_no_pending_reply(secure):
     secure.allow_keys("worker-a", "client-a", "client-b")
     secure.start(heartbeat=interval)
     secure.worker("worker-a", "svc", delay=2.0, heartbeat=interval)
-    wait_for(lambda: _workers(secure, "svc"))
+    must_wait(lambda: _workers(secure, "svc"), "the worker to register")
     client_b = secure.socket("client-b")
     request(client_b, "svc", "slow", "b1")
-    time.sleep(0.3)
+    must_wait(lambda: _workers(secure, "svc")[0]["in_flight"] == 1, "the worker to hold b1")
     (secure.allow / "client-b.key").unlink()
     assert reply(client_b, 4.0) is None  # the worker answered after ~2 s: dropped
     client_a = secure.socket("client-a")
@@ -278,7 +305,11 @@ def test_empty_allow_list_lets_nobody_in(secure):
         assert status(secure.socket(key), 1.0) is None
     # adding a key later admits that key (and only it), within a heartbeat interval
     secure.allow_keys("client-a")
-    st = wait_for(lambda: status(secure.socket("client-a"), 0.5), timeout=10)
+    st = must_wait(
+        lambda: status(secure.socket("client-a"), 0.5),
+        "the broker to answer a status request",
+        timeout=10,
+    )
     assert st["workers"] == []
 
 
@@ -443,7 +474,7 @@ def test_frontend_dispatcher_uses_curve_keys_from_env(secure, monkeypatch):
     secure.allow_keys("worker-a", "client-a")
     secure.start()
     secure.worker("worker-a", "svc")
-    wait_for(lambda: _workers(secure, "svc"))
+    must_wait(lambda: _workers(secure, "svc"), "the worker to register")
     monkeypatch.setenv("MOLE_CURVE_SERVER_KEY", str(secure.keys / "broker.key"))
     monkeypatch.setenv("MOLE_CURVE_SECRET_KEY", str(secure.keys / "client-a.key_secret"))
     dispatcher = BrokerDispatcher(secure.url, default_timeout=10)

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from tests.security.conftest import reply, request, status, wait_for
+from tests.security.conftest import reply, request, status
 from tests.support.peers import ROOT, child_env, unpack
+from tests.support.procs import must_wait
 
 pytestmark = pytest.mark.timeout(180)
 SERVICE = "llama-2-7b-hf"
@@ -63,7 +64,7 @@ def test_model_worker_registers_with_its_key_and_serves(secure, tiny_models):
         st = status(client)
         return st and [w for w in st["workers"] if w["service"] == SERVICE]
 
-    workers = wait_for(registered, timeout=120)
+    workers = must_wait(registered, "the model worker to register", timeout=120)
     assert workers, (secure.tmp / "model-worker.log").read_text()[-2000:]
     assert workers[0]["curve_key"]  # the registration is bound to the worker's key
     payload = {

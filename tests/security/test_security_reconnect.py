@@ -16,7 +16,7 @@ import pytest
 
 from mole.protocol.client import Client
 from mole.protocol.curve import CurveKeys
-from tests.security.conftest import wait_for
+from tests.support.procs import must_wait
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -94,7 +94,10 @@ def test_client_reconnects_under_its_routing_id_after_a_dead_connection(secure):
         routing_id=b"CLIENT-A",
     )
     try:
-        wait_for(lambda: any(w["service"] == "svc" for w in client.status(timeout=5)["workers"]))
+        must_wait(
+            lambda: any(w["service"] == "svc" for w in client.status(timeout=5)["workers"]),
+            "the worker to register",
+        )
         assert client.request("svc", "before")["echo"] == "before"
         proxy.freeze()  # the partition: both ends keep the TCP connection open
         started = time.monotonic()

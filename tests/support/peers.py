@@ -278,14 +278,12 @@ class BrokerProcess:
             match = _LISTENING.search(text)
             return match.group(1) if match else None
 
-        endpoint = None
-        end = time.monotonic() + timeout
-        while endpoint is None:
-            endpoint = bound()
-            if endpoint is None:
-                if time.monotonic() > end:
-                    raise TimeoutError(f"broker did not start:\n{self.log()}")
-                time.sleep(0.02)
+        # imported here: run as a script (a peer process), this module has no tests package
+        from tests.support.procs import wait_until
+
+        endpoint = wait_until(bound, timeout, interval=0.02)
+        if endpoint is None:
+            raise TimeoutError(f"broker did not start:\n{self.log()}")
         self.endpoint = endpoint
         if self.probe:
             with RawClient(endpoint, context=zmq.Context.instance()) as client:

@@ -7,6 +7,7 @@ Benchmarks run as scripts put the repository root on ``sys.path`` before importi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -30,22 +31,65 @@ def free_port() -> int:
         return port
 
 
+def _poll(
+    predicate: Callable[[], T], timeout: float, interval: float
+) -> tuple[T | None, BaseException | None]:
+    """Poll ``predicate`` until it returns something true or ``timeout`` seconds pass:
+    (that value or None, the last exception it raised). Exceptions count as "not yet" (the
+    peer may still be starting)."""
+    end = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value, None
+        except Exception as err:  # the peer may not be up yet
+            last_error = err
+        if time.monotonic() >= end:
+            return None, last_error
+        time.sleep(interval)
+
+
 def wait_until(
     predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05
 ) -> T | None:
     """Poll ``predicate`` until it returns something true and return that; None when
-    ``timeout`` seconds pass first. Exceptions count as "not yet" (the peer may be starting)."""
+    ``timeout`` seconds pass first (for a caller that asserts, or reports, itself)."""
+    return _poll(predicate, timeout, interval)[0]
+
+
+def must_wait(
+    predicate: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.02
+) -> T:
+    """Like :func:`wait_until`, but a timeout fails the test: AssertionError naming
+    ``what`` was awaited and the last exception the predicate raised. The timeout is a
+    generous bound on a wait for a condition, never a measurement."""
+    value, last_error = _poll(predicate, timeout, interval)
+    if not value:
+        detail = f" (last error: {last_error!r})" if last_error is not None else ""
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+    return value
+
+
+async def must_wait_async(
+    predicate: Callable[[], T], what: str, timeout: float = 20.0, interval: float = 0.01
+) -> T:
+    """:func:`must_wait` for a coroutine: polls ``predicate`` between ``asyncio.sleep``
+    calls, so the event loop (and the client under test on it) keeps running."""
     end = time.monotonic() + timeout
+    last_error: BaseException | None = None
     while True:
         try:
             value = predicate()
             if value:
                 return value
-        except Exception:  # the peer may not be up yet
-            pass
+        except Exception as err:  # not ready yet
+            last_error = err
         if time.monotonic() >= end:
-            return None
-        time.sleep(interval)
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+        await asyncio.sleep(interval)
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -60,14 +104,11 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
     """Wait until ``url`` answers 200, or fail naming ``log`` when the process that should
     serve it exits or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
-        if http_ok(url):
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s; see {log}")
+    wait_until(lambda: process.poll() is not None or http_ok(url), timeout, interval=0.3)
+    if process.poll() is not None:
+        raise RuntimeError(f"{url}: process exited ({process.returncode}); see {log}")
+    if not http_ok(url):
+        raise RuntimeError(f"{url} not ready after {timeout:.0f} s; see {log}")
 
 
 def spawn(

@@ -11,16 +11,23 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 
 from mole.protocol import mdp
 from mole.protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
-from tests.support.procs import free_port
+from tests.support.procs import free_port, must_wait
 
 
 class RawBroker:
-    def __init__(self, port: int | None = None, heartbeat_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        heartbeat_interval: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
         self.port = port or free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.heartbeat_interval = heartbeat_interval
@@ -39,32 +46,26 @@ class RawBroker:
         sock = zmq.Context.instance().socket(zmq.ROUTER)
         sock.linger = 0
         # a broker "restarted" on the same port may find the previous socket still closing
-        # (its thread is slow to stop on a loaded machine): retry the bind for a while
-        give_up = time.monotonic() + 10
-        while True:
-            try:
-                sock.bind(self.url)
-                break
-            except zmq.ZMQError as err:
-                if err.errno != zmq.EADDRINUSE or time.monotonic() > give_up:
-                    raise
-                time.sleep(0.05)
+        # (its thread is slow to stop on a loaded machine): wait for the port to be free
+        must_wait(lambda: self._bind(sock), f"{self.url} to be free to bind", timeout=10)
         self._ready.set()
-        next_beat = time.monotonic()
+        # the first heartbeat is due an interval after start, not at once: on a fake clock
+        # the test decides when it goes, and a worker that registers fast hears nothing first
+        next_beat = self.clock() + self.heartbeat_interval
         try:
             while not self._stop.is_set():
                 if sock.poll(5):
                     ident, *frames = sock.recv_multipart()
                     message = mdp.decode_worker(frames)
                     if message.command == mdp.WorkerCommand.HEARTBEAT:
-                        self.heartbeats[ident].append(time.monotonic())
+                        self.heartbeats[ident].append(self.clock())
                     else:
                         if message.command == mdp.WorkerCommand.READY:
                             self.workers.append(ident)
                         self.inbox.put((ident, message))
                 while self._out:
                     sock.send_multipart(self._out.popleft())
-                now = time.monotonic()
+                now = self.clock()
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_interval
                     if not self.silent:
@@ -72,6 +73,15 @@ class RawBroker:
                             sock.send_multipart([ident, mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
         finally:
             sock.close(0)
+
+    def _bind(self, sock: zmq.Socket) -> bool:
+        try:
+            sock.bind(self.url)
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EADDRINUSE:
+                raise
+            return False
+        return True
 
     def expect(self, *commands: mdp.WorkerCommand, timeout: float = 10.0):
         """Next non-heartbeat message (ident, WorkerMessage); asserts its command."""
