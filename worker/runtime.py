@@ -271,6 +271,7 @@ class WorkerRuntime:
         self._generation = 0
         self._in_flight: dict[bytes, _Responder] = {}
         self._last_sent = 0.0
+        self._refused_generation = -1  # the connection a refused send was last logged for
         # Counters, read by tests and by whoever embeds the runtime.
         self.registrations = 0
         self.served = 0
@@ -599,7 +600,21 @@ class WorkerRuntime:
         # from the instant the message went out, even when whoever moves an injected clock
         # does so as soon as it sees the message arrive.
         sent_at = self._clock()
-        send_frames(sock, frames)
+        try:
+            send_frames(sock, frames)
+        except zmq.Again:
+            # No connection can take it: the broker is unreachable or refused this worker
+            # (a CURVE key it does not allow). The message is dropped -- a reply's request
+            # is re-dispatched by the broker once it purges this worker -- and the liveness
+            # check reconnects. Said once per connection, not once per heartbeat.
+            if self._refused_generation != self._generation:
+                self._refused_generation = self._generation
+                log.warning(
+                    "cannot send to the broker at %s (not connected, or it refused this "
+                    "worker's key): messages are dropped until it answers",
+                    self.broker_url,
+                )
+            return
         self._last_sent = sent_at
 
     def _flush(self, sock: zmq.Socket[bytes]) -> None:
