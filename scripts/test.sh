@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the tests. Installs first when .venv is missing.
 #   scripts/test.sh           ruff, mypy --strict, then the whole suite (unit, process-level,
-#                             end-to-end)
+#                             end-to-end) on three xdist workers (MOLE_TEST_WORKERS=N to change)
 #   scripts/test.sh --fast    ruff, then the unit tests that load no transformers model
 #                             (-m "unit and not slow"): in-process, under a minute
 # Further arguments go to pytest (e.g. scripts/test.sh --fast -k envelope).
@@ -27,5 +27,14 @@ if [ "$fast" = 1 ]; then
 fi
 echo "==> mypy --strict over the mole package (scripts/typecheck.sh)"
 bash scripts/typecheck.sh
-echo "==> the whole suite"
-exec .venv/bin/python -m pytest -q "$@"
+# Three pytest-xdist workers, a test file each at a time (--dist loadfile keeps a module's
+# fixtures, such as a running `mole up`, in one process). Most process-level tests wait on
+# child processes, sockets and heartbeats with the CPU idle, so three share two cores well;
+# the models every worker needs are built once (tests/support/once.py).
+# MOLE_TEST_WORKERS=0 runs the suite in this one process.
+workers="${MOLE_TEST_WORKERS:-3}"
+echo "==> the whole suite (${workers} xdist workers)"
+if [ "$workers" = 0 ]; then
+    exec .venv/bin/python -m pytest -q "$@"
+fi
+exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"
