@@ -99,9 +99,13 @@ class _Attachment:
 class AsyncClient:
     """An asyncio Majordomo client. Use it from one event loop; share it among tasks.
 
-    Arguments are those of :class:`protocol.client.Client`. The socket is created on first
-    use (or in ``async with``), on the running loop. ``context`` is a plain
+    Arguments are those of :class:`protocol.client.Client`. ``context`` is a plain
     ``zmq.Context`` (a ``zmq.asyncio.Context`` is accepted and shadowed).
+
+    Life cycle: :meth:`start` connects on the running loop (a long-lived owner, such as a
+    server process at start-up, calls it once and :meth:`close` at shut-down); ``async
+    with`` does the same pair for a block; a first request starts an unstarted client
+    by itself. The loop that starts it owns it from then on.
     """
 
     def __init__(
@@ -206,8 +210,21 @@ class AsyncClient:
         """``{pending, resent, dropped_replies, connected, connects}`` for metrics."""
         return self._core.stats()
 
+    async def start(self) -> None:
+        """Connect now, on the running loop, which then owns the client.
+
+        Starting early means the connection (and, with CURVE, its handshake) is under way
+        before the first request, and a bad address fails here rather than in a request.
+        Calling it again on the same loop does nothing.
+
+        Raises:
+            ClientClosed: the client was closed (a closed client cannot be restarted).
+            RuntimeError: the client was started on another event loop.
+        """
+        self._start()
+
     async def close(self) -> None:
-        """Close the socket; pending requests raise :class:`ClientClosed`."""
+        """Close the socket; pending requests raise :class:`ClientClosed`. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -226,7 +243,7 @@ class AsyncClient:
             io.socket.close(0)
 
     async def __aenter__(self) -> AsyncClient:
-        self._start()
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
