@@ -19,8 +19,9 @@ and httptools' parser callbacks, each calling uvicorn's own):
   before the parser sees the rest of it;
 * it counts this process's open connections for the connection cap
   (``frontend.guard``);
-* it gives uvicorn a :class:`~frontend.coalesce.CoalescingTransport`, so a response's
-  head and body leave in one ``send`` (``MOLE_COALESCE_WRITES``, on by default).
+* with ``MOLE_COALESCE_WRITES`` on (off by default) it gives uvicorn a
+  :class:`~frontend.coalesce.CoalescingTransport`, so a response's head and body leave
+  in one ``send``.
 
 Body timeouts and sizes are the app's (``frontend.media``): by then a request exists to
 answer. Each connection costs a protocol object and a socket, not a thread, so a
@@ -62,7 +63,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 32 * 1024
     gauge: ConnectionGauge = PROCESS_CONNECTIONS
-    coalesce_writes: bool = True
+    coalesce_writes: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.gauge.open += 1
