@@ -114,7 +114,7 @@ class BrokerDispatcher:
             owner[1].call_soon_threadsafe(lambda: owner[1].create_task(old.close()))
 
     async def start(self) -> None:
-        await self.client().__aenter__()
+        await self.client().start()
 
     async def dispatch(self, expert: ExpertSpec, payload: dict[str, Any], timeout: float) -> Any:
         return await self.client().request(expert.base_model_key, payload, timeout=timeout)

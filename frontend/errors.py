@@ -10,7 +10,12 @@ Batch items that fail carry the same fields (``error``, ``detail``, ``field``,
 ``request_id``) beside their ``index`` and ``ok``. Errors the HTTP server refuses before
 the app sees a request (a head too large or too slow, the connection cap) are written in
 the same shape by ``frontend.server`` and ``frontend.guard``; only a request line the
-parser cannot read at all is answered by uvicorn itself, as plain text.
+parser cannot read at all is answered by uvicorn itself, as plain text (400, then the
+connection is closed). NOTE: uvicorn catches httptools' ``HttpParserError`` inside its own
+``data_received`` and writes that answer through a method its documentation does not
+name; neither uvicorn's settings nor httptools' documented interface (the parser, its
+callbacks and exceptions) offers a way to choose the body, so it is left as it is rather
+than patched (checked for uvicorn 0.55 and httptools 0.9).
 The handlers that turn exceptions into responses are in ``frontend.error_handlers``.
 
 Codes come from three places: ``protocol.errors.ErrorCode`` (the bus), gating's error

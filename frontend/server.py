@@ -18,7 +18,10 @@ and httptools' parser callbacks, each calling uvicorn's own):
 * a head of more than ``max_header_bytes`` is refused with ``431 headers_too_large``
   before the parser sees the rest of it;
 * it counts this process's open connections for the connection cap
-  (``frontend.guard``).
+  (``frontend.guard``);
+* with ``MOLE_COALESCE_WRITES`` on (off by default) it gives uvicorn a
+  :class:`~frontend.coalesce.CoalescingTransport`, so a response's head and body leave
+  in one ``send``.
 
 Body timeouts and sizes are the app's (``frontend.media``): by then a request exists to
 answer. Each connection costs a protocol object and a socket, not a thread, so a
@@ -33,6 +36,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from mole.frontend.coalesce import CoalescingTransport
 from mole.frontend.errors import error_json, status_line
 from mole.frontend.guard import PROCESS_CONNECTIONS, ConnectionGauge
 from mole.frontend.settings import Settings, settings_from_env
@@ -59,9 +63,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 32 * 1024
     gauge: ConnectionGauge = PROCESS_CONNECTIONS
+    coalesce_writes: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.gauge.open += 1
+        if self.coalesce_writes:
+            transport = CoalescingTransport(transport, asyncio.get_running_loop())
+        # the same transport as uvicorn's, so a refusal leaves after what uvicorn wrote
         self._mole_transport = transport
         self._mole_head_bytes = 0
         self._mole_tail = b""
@@ -161,6 +169,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
         {
             "header_timeout_s": settings.header_timeout_s,
             "max_header_bytes": settings.max_header_bytes,
+            "coalesce_writes": settings.coalesce_writes,
         },
     )
 
@@ -168,7 +177,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn ``Config`` arguments for the frontend (``CONFIG_KWARGS``)."""
     return {
-        "loop": "auto",  # uvloop when installed
+        "loop": settings.event_loop,  # "auto": uvloop when installed
         "http": guarded_protocol(settings),
         "timeout_keep_alive": settings.keepalive_s,
         "proxy_headers": False,

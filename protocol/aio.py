@@ -3,7 +3,8 @@
 The same design as :mod:`protocol.client`, with the event loop in place of the I/O thread:
 the socket's file descriptor is watched with ``loop.add_reader``; a reader callback
 dispatches replies to futures by request id, a monitor callback resends pending requests
-after a reconnection, and each request's own timer enforces its deadline. All of it runs
+after a reconnection, and one timer for the earliest deadline enforces every request's
+(``protocol._deadlines``). All of it runs
 on the loop that first used the client, so the socket is only ever touched from one
 thread.
 
@@ -11,7 +12,8 @@ NOTE: this drives a plain pyzmq socket from the loop rather than a ``zmq.asyncio
 sends never block here (unbounded high-water mark), so a request costs one non-blocking
 send and one callback, where ``zmq.asyncio`` adds a future per send and per receive;
 that measured about 1.5x the throughput on this machine. ZeroMQ's descriptor is
-edge-triggered, so after every send the reader is scheduled once to check ``EVENTS``.
+edge-triggered, so after the sends of one turn of the loop a callback checks ``EVENTS``
+once (and reads only if a reply is waiting, rather than raising ``zmq.Again``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from mole.protocol import mdp
+from mole.protocol._deadlines import DeadlineHeap
 from mole.protocol._frames import pending_events, recv_frames, send_frames
 from mole.protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
@@ -59,28 +62,21 @@ _RECV_BURST = 256  # replies dispatched per callback before other callbacks get 
 class _FutureSink:
     """Sink of one awaited request: completes its future (on the loop's thread)."""
 
-    __slots__ = ("future", "timer")
+    __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[list[bytes]]) -> None:
         self.future = future
-        self.timer: asyncio.TimerHandle | None = None
 
     def on_partial(self, body: list[bytes]) -> None:
         pass
 
     def on_final(self, body: list[bytes]) -> None:
-        self._done()
         if not self.future.done():
             self.future.set_result(body)
 
     def on_error(self, error: BaseException) -> None:
-        self._done()
         if not self.future.done():
             self.future.set_exception(error)
-
-    def _done(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
 
 
 @dataclass(slots=True)
@@ -94,14 +90,19 @@ class _Attachment:
     loop: asyncio.AbstractEventLoop
     socket: zmq.Socket[bytes]
     monitor: zmq.Socket[bytes]
+    deadlines: DeadlineHeap
 
 
 class AsyncClient:
     """An asyncio Majordomo client. Use it from one event loop; share it among tasks.
 
-    Arguments are those of :class:`protocol.client.Client`. The socket is created on first
-    use (or in ``async with``), on the running loop. ``context`` is a plain
+    Arguments are those of :class:`protocol.client.Client`. ``context`` is a plain
     ``zmq.Context`` (a ``zmq.asyncio.Context`` is accepted and shadowed).
+
+    Life cycle: :meth:`start` connects on the running loop (a long-lived owner, such as a
+    server process at start-up, calls it once and :meth:`close` at shut-down); ``async
+    with`` does the same pair for a block; a first request starts an unstarted client
+    by itself. The loop that starts it owns it from then on.
     """
 
     def __init__(
@@ -206,8 +207,21 @@ class AsyncClient:
         """``{pending, resent, dropped_replies, connected, connects}`` for metrics."""
         return self._core.stats()
 
+    async def start(self) -> None:
+        """Connect now, on the running loop, which then owns the client.
+
+        Starting early means the connection (and, with CURVE, its handshake) is under way
+        before the first request, and a bad address fails here rather than in a request.
+        Calling it again on the same loop does nothing.
+
+        Raises:
+            ClientClosed: the client was closed (a closed client cannot be restarted).
+            RuntimeError: the client was started on another event loop.
+        """
+        self._start()
+
     async def close(self) -> None:
-        """Close the socket; pending requests raise :class:`ClientClosed`."""
+        """Close the socket; pending requests raise :class:`ClientClosed`. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -218,6 +232,7 @@ class AsyncClient:
         )
         io = self._io
         if io is not None:
+            io.deadlines.close()
             io.loop.remove_reader(io.socket.FD)
             io.loop.remove_reader(io.monitor.FD)
             with contextlib.suppress(zmq.ZMQError):
@@ -226,7 +241,7 @@ class AsyncClient:
             io.socket.close(0)
 
     async def __aenter__(self) -> AsyncClient:
-        self._start()
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -253,7 +268,8 @@ class AsyncClient:
             self._curve.apply(socket)
         monitor = socket.get_monitor_socket(MONITOR_EVENTS)
         socket.connect(self.url)
-        self._io = io = _Attachment(loop, socket, monitor)
+        deadlines = DeadlineHeap(loop, self._expire, self._is_pending, self._core.__len__)
+        self._io = io = _Attachment(loop, socket, monitor, deadlines)
         loop.add_reader(socket.FD, self._on_readable)
         loop.add_reader(monitor.FD, self._on_monitor)
         loop.call_soon(self._on_monitor)
@@ -271,17 +287,16 @@ class AsyncClient:
         io = self._start()
         loop = io.loop
         future: asyncio.Future[list[bytes]] = loop.create_future()
-        sink = _FutureSink(future)
-        pending = self._submit(io, service, body, timeout, sink)
-        sink.timer = loop.call_at(
-            loop.time() + (pending.expires - time.monotonic()), self._expire, pending
-        )
+        pending = self._submit(io, service, body, timeout, _FutureSink(future))
+        io.deadlines.watch(pending, loop.time() + (pending.expires - time.monotonic()))
         try:
             return await future
         except asyncio.CancelledError:
             self._core.take(pending.request_id)  # forget it: a late answer is dropped
-            sink._done()
             raise
+
+    def _is_pending(self, pending: Pending) -> bool:
+        return self._core.get(pending.request_id) is pending
 
     def _expire(self, pending: Pending) -> None:
         if self._core.take(pending.request_id) is not None:
@@ -294,7 +309,16 @@ class AsyncClient:
             log.warning("send queue full; a request will be retried or time out")
         if not self._check_scheduled:  # a send may have consumed the descriptor's edge
             self._check_scheduled = True
-            io.loop.call_soon(self._on_readable)
+            io.loop.call_soon(self._after_sends)
+
+    def _after_sends(self) -> None:
+        """Read if a reply is waiting (a send may have taken the descriptor's signal)."""
+        self._check_scheduled = False
+        io = self._io
+        if io is None or io.socket.closed:
+            return
+        if pending_events(io.socket) & zmq.POLLIN:
+            self._on_readable()
 
     def _on_readable(self) -> None:
         self._check_scheduled = False

@@ -3,8 +3,10 @@
 Starts a broker (``python -m broker``) and echo workers (``python -m worker.echo``) on
 loopback, or uses ``--broker URL`` if one is running, then for each K keeps K requests of
 1 KiB in flight for ``--duration`` seconds: K caller threads sharing one ``Client``, and
-K asyncio tasks sharing one ``AsyncClient``. Prints req/s, p50 and p99 latency, the
-median over ``--repeat`` runs. ``--target raw`` replaces broker and workers with one bare
+K asyncio tasks sharing one ``AsyncClient`` (on ``--loop`` asyncio or uvloop). Prints
+req/s, p50 and p99 latency and the client process's CPU per request (every thread of it,
+libzmq's I/O thread included, from ``time.process_time``), the median over ``--repeat``
+runs. ``--target raw`` replaces broker and workers with one bare
 Python ROUTER echo process, which measures the client library's own ceiling.
 
     .venv/bin/python tests/benchmarks/bench_client.py --k 1,16,64 --workers 4
@@ -52,7 +54,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_sync(url: str, service: str, k: int, duration: float, payload: bytes) -> tuple:
+def run_sync(url: str, service: str, k: int, duration: float, payload: bytes, loop: str) -> tuple:
     latencies: list[float] = []
     with Client(url, timeout=30) as client:
         client.request(service, payload)  # warm-up and connection
@@ -66,17 +68,17 @@ def run_sync(url: str, service: str, k: int, duration: float, payload: bytes) ->
                 mine.append(time.perf_counter() - t0)
             latencies.extend(mine)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         threads = [threading.Thread(target=caller) for _ in range(k)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, latencies
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return len(latencies) / elapsed, latencies, cpu / max(1, len(latencies))
 
 
-def run_async(url: str, service: str, k: int, duration: float, payload: bytes) -> tuple:
+def run_async(url: str, service: str, k: int, duration: float, payload: bytes, loop: str) -> tuple:
     async def main():
         latencies: list[float] = []
         async with AsyncClient(url, timeout=30) as client:
@@ -89,10 +91,15 @@ def run_async(url: str, service: str, k: int, duration: float, payload: bytes) -
                     await client.request(service, payload)
                     latencies.append(time.perf_counter() - t0)
 
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*[caller() for _ in range(k)])
-            return len(latencies) / (time.perf_counter() - start), latencies
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+            return len(latencies) / elapsed, latencies, cpu / max(1, len(latencies))
 
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main())
     return asyncio.run(main())
 
 
@@ -123,6 +130,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--payload", type=int, default=1024, help="payload bytes")
     parser.add_argument("--clients", default="sync,async")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
 
     procs: list[subprocess.Popen] = []
@@ -182,19 +190,23 @@ def main() -> int:
         )
         print(
             f"# {target}; {args.payload} B payloads; {args.duration:g} s per run; "
-            f"median of {args.repeat}; {os.cpu_count()} CPUs"
+            f"median of {args.repeat}; {os.cpu_count()} CPUs; {args.loop} loop"
         )
-        print(f"{'client':>6} {'K':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'client':>6} {'K':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
         for name in args.clients.split(","):
             for k in [int(x) for x in args.k.split(",")]:
                 runs = [
-                    runners[name](url, args.service, k, args.duration, payload)
+                    runners[name](url, args.service, k, args.duration, payload, args.loop)
                     for _ in range(args.repeat)
                 ]
-                rate = statistics.median(r for r, _ in runs)
-                p50 = statistics.median(percentile(lat, 0.50) for _, lat in runs) * 1000
-                p99 = statistics.median(percentile(lat, 0.99) for _, lat in runs) * 1000
-                print(f"{name:>6} {k:>4} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f}", flush=True)
+                rate = statistics.median(r for r, _, _ in runs)
+                p50 = statistics.median(percentile(lat, 0.50) for _, lat, _ in runs) * 1000
+                p99 = statistics.median(percentile(lat, 0.99) for _, lat, _ in runs) * 1000
+                cpu = statistics.median(c for _, _, c in runs) * 1e6
+                print(
+                    f"{name:>6} {k:>4} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>11.1f}",
+                    flush=True,
+                )
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)

@@ -18,12 +18,15 @@ each wrk run, divided by the requests answered.
 
     .venv/bin/python tests/benchmarks/bench_http.py [--duration 8] [--delays 0,0.02]
         [--connections 1,8,32] [--frontend-workers 2] [--repeats 3]
+        [--variant NAME:VAR=VALUE[,VAR=VALUE]]...
 
 All stacks of one service time run side by side; wrk runs are interleaved across designs
 and repeated (``--repeats``), and the table shows medians, so load from neighbours on a
 shared machine falls on every design alike. Needs wrk (`apt-get install -y wrk`). Prints
 one table and the ratios the issue asks for (throughput >= 4x, p99 <= half, frontend CPU
-<= 250 us per classify at 8 connections, 0 ms).
+<= 250 us per classify at 8 connections, 0 ms). A ``--variant`` is one more MoLE stack
+with some frontend settings changed (a lever switched off, say), interleaved like the
+rest and compared with MoLE as configured by default.
 """
 
 from __future__ import annotations
@@ -185,9 +188,12 @@ def check_one(url: str, token: str) -> dict:
         return json.loads(r.read())
 
 
-def start_mole(args, delay: float, work: Path, stack: ExitStack) -> dict:
+def start_mole(
+    args, delay: float, work: Path, stack: ExitStack, name: str = "mole", extra_env=None
+) -> dict:
     """Broker, worker process and `python -m mole.frontend`: classify URL, wrk script and
-    the pids whose CPU is counted (``frontend``: the gunicorn master, with its workers)."""
+    the pids whose CPU is counted (``frontend``: the gunicorn master, with its workers).
+    ``extra_env`` goes to the frontend only (a ``--variant``'s settings)."""
     broker = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -206,7 +212,7 @@ def start_mole(args, delay: float, work: Path, stack: ExitStack) -> dict:
     ]
     for s in services:
         worker_args += ["--service", s]
-    tag = f"{delay * 1000:.0f}ms"
+    tag = f"{name}-{delay * 1000:.0f}ms"
     broker_proc = stack.enter_context(
         proc([*shlex.split(args.broker_cmd), "--bind", broker], work / f"broker-{tag}.log", env())
     )
@@ -233,6 +239,7 @@ def start_mole(args, delay: float, work: Path, stack: ExitStack) -> dict:
                 MOLE_BOOTSTRAP_ADMIN="bench:bench-password",
                 REQUEST_TIMEOUT_SECONDS="60",
                 MOLE_RATE_LIMIT_CLASSIFY="10000000/second",
+                **(extra_env or {}),
             ),
         )
     )
@@ -240,7 +247,7 @@ def start_mole(args, delay: float, work: Path, stack: ExitStack) -> dict:
     token = get_token(base)
     url = f"{base}/api/v1/classify"
     sample = check_one(url, token)
-    print(f"  mole sample: {sample['routing_path']} -> {sample['result']}", flush=True)
+    print(f"  {name} sample: {sample['routing_path']} -> {sample['result']}", flush=True)
     return {
         "url": url,
         "script": lua_script(work / f"mole-{tag}.lua", token),
@@ -312,6 +319,14 @@ def main() -> int:
         help="command that runs a broker (gets --bind URL appended)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="one more MoLE stack whose frontend gets these environment settings, run "
+        "interleaved with the others (e.g. mole-asyncio:MOLE_EVENT_LOOP=asyncio); repeatable",
+    )
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     if shutil.which("wrk") is None:
@@ -333,6 +348,10 @@ def main() -> int:
             targets: dict[str, dict] = {}
             if "mole" in designs:
                 targets["mole"] = start_mole(args, delay, work, stack)
+            for spec in args.variant:
+                name, _, settings = spec.partition(":")
+                extra = dict(pair.split("=", 1) for pair in settings.split(",") if pair)
+                targets[name] = start_mole(args, delay, work, stack, name, extra)
             if "legacy" in designs:
                 targets[LEGACY] = start_legacy(args, delay, work, stack, token)
             # Interleave designs and repeat, so a neighbour's load on this shared machine
@@ -407,6 +426,20 @@ def main() -> int:
                     f"frontend CPU {mole['cpu_us']['frontend']:.0f} vs "
                     f"{base['cpu_us']['frontend']:.0f} us/req"
                 )
+    for spec in args.variant:  # each variant against MoLE as configured by default
+        name = spec.partition(":")[0]
+        for delay in sorted({r["delay_ms"] for r in results}):
+            for c in args.connections:
+                var, mole = by.get((name, delay, c)), by.get(("mole", delay, c))
+                if var and mole and var["rps"]:
+                    print(
+                        f"delay {delay:>3.0f} ms c={c:<3} mole / {name}: throughput "
+                        f"x{mole['rps'] / var['rps']:.2f}, p99 {mole['p99_ms']:.2f} vs "
+                        f"{var['p99_ms']:.2f} ms, frontend CPU "
+                        f"{mole['cpu_us']['frontend']:.0f} vs "
+                        f"{var['cpu_us']['frontend']:.0f} us/req "
+                        f"(x{mole['cpu_us']['frontend'] / var['cpu_us']['frontend']:.2f})"
+                    )
     mole, base = by.get(("mole", 0.0, 8)), by.get((LEGACY, 0.0, 8))
     if mole and base and base["rps"]:
         checks = {

@@ -9,7 +9,10 @@ first label of the task's label set, with made-up probabilities: it classifies n
 Test hooks, read from the payload's ``text``:
 
 * ``"__error:<code>"`` anywhere in the text: answer with that bus error code;
-* ``"__sleep:<seconds>"``: wait that long first (deadline tests).
+* ``"__sleep:<seconds>"``: wait that long first (deadline tests);
+* ``"__rendezvous:<n>"``: answer only once ``n`` requests with this hook are being served
+  at the same time, else ``internal`` after 10 s: a test that sends ``n`` of them in one
+  call learns whether the caller really had them in flight together, without timing it.
 
 Run as a process (one runtime per ``--service``)::
 
@@ -37,6 +40,23 @@ from mole.worker.handler import Handler, Responder, WorkRequest
 
 _ERROR_HOOK = re.compile(r"__error:([a-z_]+)")
 _SLEEP_HOOK = re.compile(r"__sleep:([0-9.]+)")
+_RENDEZVOUS_HOOK = re.compile(r"__rendezvous:([0-9]+)")
+_RENDEZVOUS_WAIT_S = 10.0
+_rendezvous: dict[int, threading.Barrier] = {}
+_rendezvous_lock = threading.Lock()
+
+
+def _meet(parties: int) -> bool:
+    """Wait until ``parties`` requests meet here; False if they did not within the wait."""
+    with _rendezvous_lock:
+        barrier = _rendezvous.setdefault(parties, threading.Barrier(parties))
+    try:
+        barrier.wait(_RENDEZVOUS_WAIT_S)
+    except threading.BrokenBarrierError:
+        with _rendezvous_lock:
+            _rendezvous.pop(parties, None)  # the next test starts with a fresh one
+        return False
+    return True
 
 
 class FixedAnswerHandler(Handler):
@@ -80,7 +100,8 @@ class FixedAnswerHandler(Handler):
         assert self._pool is not None
         p = request.payload
         text = p.get("text") if isinstance(p, dict) else None
-        if self.delay_s <= 0 and not (isinstance(text, str) and "__sleep:" in text):
+        waits = isinstance(text, str) and ("__sleep:" in text or "__rendezvous:" in text)
+        if self.delay_s <= 0 and not waits:
             self._answer(request, responder)
         else:
             self._pool.submit(self._answer, request, responder)
@@ -110,6 +131,12 @@ class FixedAnswerHandler(Handler):
         delay = float(hook.group(1)) if hook else self.delay_s
         if delay > 0:
             time.sleep(delay)
+        hook = _RENDEZVOUS_HOOK.search(p["text"])
+        if hook and not _meet(int(hook.group(1))):
+            responder.error(
+                "internal", f"rendezvous of {hook.group(1)} requests not reached: not concurrent"
+            )
+            return
         hook = _ERROR_HOOK.search(p["text"])
         if hook:
             responder.error(hook.group(1), f"test double asked to fail with {hook.group(1)}")

@@ -29,7 +29,9 @@ def roomy(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def strict(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
-    """One process with tight limits, so each can be crossed quickly."""
+    """One process with tight limits, so each can be crossed quickly; it also sends each
+    response in one write (MOLE_COALESCE_WRITES, off by default), so its refusals and
+    closes are checked through CoalescingTransport too."""
     data = tmp_path_factory.mktemp("strict")
     with frontend_process(
         broker_url,
@@ -41,6 +43,7 @@ def strict(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
         MOLE_MAX_HEADER_BYTES="8192",
         MOLE_KEEPALIVE_SECONDS="1",
         MOLE_MAX_BODY_BYTES="1000",
+        MOLE_COALESCE_WRITES="on",
     ) as base:
         yield base
 

@@ -75,6 +75,23 @@ def test_settings_from_env():
         settings_from_env({"SERVICE_MODE": "cluster"})
 
 
+def test_event_loop_and_write_coalescing_reach_uvicorns_options():
+    from mole.frontend.server import uvicorn_options
+
+    default = uvicorn_options(settings_from_env({}))
+    assert default["loop"] == "auto"
+    assert default["http"].coalesce_writes is False
+    chosen = uvicorn_options(
+        settings_from_env({"MOLE_EVENT_LOOP": "AsyncIO", "MOLE_COALESCE_WRITES": "on"})
+    )
+    assert chosen["loop"] == "asyncio"
+    assert chosen["http"].coalesce_writes is True
+    with pytest.raises(SettingsError, match="MOLE_EVENT_LOOP='trio': expected one of auto"):
+        settings_from_env({"MOLE_EVENT_LOOP": "trio"})
+    with pytest.raises(SettingsError, match="MOLE_COALESCE_WRITES"):
+        settings_from_env({"MOLE_COALESCE_WRITES": "sometimes"})
+
+
 def _args(tmp_path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     cli.configure(parser)

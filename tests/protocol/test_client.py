@@ -369,3 +369,37 @@ def test_oversized_payload_is_refused_before_sending(broker):
                 await aclient.request("svc", b"x" * 2000)
 
     asyncio.run(main())
+
+
+def test_async_start_connects_before_any_request_and_close_ends_it(broker):
+    client = AsyncClient(broker.url, timeout=5)
+
+    async def until_connected() -> None:
+        while not client.connected:
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        assert not client.connected  # nothing made yet: no socket before start()
+        await client.start()
+        await asyncio.wait_for(until_connected(), 5)  # the handshake ran, with no request
+        assert broker.seen == []
+        await client.start()  # a second start on the same loop changes nothing
+        assert client.stats()["connects"] == 1
+        assert await client.request("svc", "hello") == "hello"
+        assert broker.seen[0].routing_id == client.routing_id
+        await client.close()
+        await client.close()  # idempotent
+        with pytest.raises(ClientClosed):
+            await client.start()
+        with pytest.raises(ClientClosed):
+            await client.request("svc", "again")
+
+    asyncio.run(main())
+    assert len(broker.seen) == 1
+
+
+def test_async_start_belongs_to_one_loop(broker):
+    client = AsyncClient(broker.url, timeout=5)
+    asyncio.run(client.start())
+    with pytest.raises(RuntimeError, match="event loop"):
+        asyncio.run(client.start())
