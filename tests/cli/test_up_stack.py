@@ -374,7 +374,10 @@ def test_mole_down_under_load_answers_what_it_accepted_and_stops_every_process(s
         thread.join(60)
     assert result.returncode == 0, result.stderr
     assert 200 in outcomes
-    assert set(outcomes) <= {200, "ConnectionRefusedError", "ConnectionResetError"}, outcomes
+    # refused, reset or a broken pipe while sending: the frontend had closed its listener
+    # and never read that request (nothing taken, safe to retry); anything else is a loss
+    safe = {200, "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError"}
+    assert set(outcomes) <= safe, outcomes
     assert stack.process.wait(30) == 0
     assert not (stack.data_dir / "stack.json").exists()
     for pid in pids:
