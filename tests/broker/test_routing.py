@@ -32,6 +32,7 @@ def _service() -> str:
     return f"svc-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.mark.timing
 def test_registration_then_routing(shared):
     bus, url = shared
     service = f"unsloth/{_service()}-bnb-4bit"  # keys may contain '/'

@@ -151,6 +151,7 @@ def test_bus_errors_become_http_statuses(api, code, status):
         assert int(r.headers["Retry-After"]) > 0
 
 
+@pytest.mark.timing
 def test_one_deadline_for_the_whole_request_gives_504(
     tmp_path, hasher, registry, gating_pipeline, broker_url, fixed_workers
 ):

@@ -99,6 +99,7 @@ def assert_error_shape(body: bytes, code: str) -> dict:
     return document
 
 
+@pytest.mark.timing
 def test_a_thousand_dribbling_clients_do_not_delay_the_health_check(roomy):
     """500 connections send half a head and 500 send a head and half a body, a byte
     at a time; meanwhile every health check on a new connection answers within 1 s, and

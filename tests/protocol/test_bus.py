@@ -143,6 +143,7 @@ def test_stream_partials_through_the_broker(bus):
     assert len(parts) == 4
 
 
+@pytest.mark.timing
 def test_error_codes_surface_as_exceptions(bus):
     b = bus(MOLE_BROKER_QUEUE_LIMIT="1")
     b.echo("slow", delay=3.0)
@@ -205,6 +206,7 @@ def test_broker_restart_while_requests_are_pending(bus):
     assert min(attempts) >= 1  # every answer came from a resend to the new broker
 
 
+@pytest.mark.timing
 def test_broker_gone_for_good_gives_deadline_exceeded_not_a_hang(bus):
     b = bus()
     b.echo("echo")

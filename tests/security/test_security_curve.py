@@ -194,6 +194,7 @@ def test_acl_limits_which_key_registers_which_service(secure):
     assert frames[1] == b"\x02"
 
 
+@pytest.mark.timing
 def test_revoked_key_is_cut_off_within_one_heartbeat(secure):
     interval = 1.0
     secure.allow_keys("worker-a", "worker-b", "client-a", "client-b")
@@ -254,6 +255,7 @@ def test_revoked_workers_request_is_redispatched(secure):
     assert st["counters"]["redispatched"] == 1
 
 
+@pytest.mark.timing
 def test_acl_change_cuts_off_a_worker_within_one_heartbeat(secure):
     interval = 0.5
     secure.allow_keys("worker-a", "client-a")
