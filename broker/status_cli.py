@@ -182,6 +182,7 @@ def render_table(status: dict[str, Any]) -> str:
             [
                 str(w.get("id", "?")),
                 str(w.get("service", "?")),
+                worker_state(w),
                 str(w.get("address") or "-"),
                 str(w.get("slots", 0)),
                 str(w.get("in_flight", 0)),
@@ -192,12 +193,34 @@ def render_table(status: dict[str, Any]) -> str:
             for w in sorted(workers, key=lambda w: (str(w.get("service")), str(w.get("id"))))
         ]
         lines += _table(
-            ["WORKER", "SERVICE", "ADDRESS", "SLOTS", "IN FLIGHT", "SERVED", "HEARD", "METADATA"],
+            [
+                "WORKER",
+                "SERVICE",
+                "STATE",
+                "ADDRESS",
+                "SLOTS",
+                "IN FLIGHT",
+                "SERVED",
+                "HEARD",
+                "METADATA",
+            ],
             rows,
         )
     else:
         lines.append("no workers")
+    away = [d for d in status.get("drained", []) if not d.get("registered")]
+    if away:
+        names = ", ".join(f"{d.get('worker')} ({d.get('service')})" for d in away)
+        lines.append(f"drained, not connected (until `mole drain --resume ID`): {names}")
     return "\n".join(lines)
+
+
+def worker_state(worker: dict[str, Any]) -> str:
+    """A worker row's state: ``serving``, ``suspect``, ``draining`` (drained by the
+    operator, requests still in flight) or ``drained`` (drained and idle)."""
+    if worker.get("draining"):
+        return "draining" if worker.get("in_flight") else "drained"
+    return "suspect" if worker.get("suspect") else "serving"
 
 
 # --------------------------------------------------------------------------- command

@@ -12,8 +12,10 @@ import time
 import pytest
 
 from mole.broker import status_cli
-from tests.broker.brokerfix import wait_workers
+from tests.broker.brokerfix import wait_workers, workers_of
+from tests.broker.rfc_peers import RfcWorker
 from tests.support.peers import ROOT, child_env
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 MOLE = [sys.executable, "-m", "mole"]
@@ -57,10 +59,59 @@ def test_table_shows_services_and_workers(running):
     assert row.split() == ["llama-2-7b-hf", "1", "4", "0", "0", "1", "0"]
     worker = next(line for line in lines if line.startswith("w-llama"))
     cells = worker.split()
-    assert cells[:6] == ["w-llama", "llama-2-7b-hf", "127.0.0.1", "4", "0", "1"]
-    assert cells[6].endswith("s")
-    assert cells[7] == "ago"
+    assert cells[:7] == ["w-llama", "llama-2-7b-hf", "serving", "127.0.0.1", "4", "0", "1"]
+    assert cells[7].endswith("s")
+    assert cells[8] == "ago"
     assert "pid=" in worker
+    assert err.getvalue() == ""
+
+
+def test_table_shows_drained_workers():
+    row = {"service": "svc", "slots": 1, "served": 0, "last_heartbeat_s": 0.1}
+    status = {
+        "workers": [
+            {**row, "id": "busy", "draining": True, "in_flight": 1},
+            {**row, "id": "idle", "draining": True, "in_flight": 0},
+            {**row, "id": "hung", "suspect": True, "in_flight": 1},
+        ],
+        "drained": [
+            {"worker": "idle", "service": "svc", "registered": 1},
+            {"worker": "gone", "service": "svc", "registered": 0},
+        ],
+    }
+    lines = status_cli.render_table(status).splitlines()
+    cells = [line.split() for line in lines]
+    states = {c[0]: c[2] for c in cells if c and c[0] in ("busy", "idle", "hung")}
+    assert states == {"busy": "draining", "idle": "drained", "hung": "suspect"}
+    assert lines[-1] == "drained, not connected (until `mole drain --resume ID`): gone (svc)"
+
+
+def test_table_shows_the_state_a_real_broker_gives_its_workers(bus):
+    # attempts time out after 0.3 s and one timeout makes a worker suspect: a worker that
+    # heartbeats but never answers (an RFC 18 peer written from the RFC) turns suspect,
+    # one that answers stays serving
+    broker = bus.broker("--attempt-timeout", "0.3", "--suspect-after", "1")
+    hung = RfcWorker(broker.endpoint, "hung-svc", answers=False, heartbeat=0.1).start()
+    fine = RfcWorker(broker.endpoint, "fine-svc", heartbeat=0.1).start()
+    try:
+        client = bus.client(broker.endpoint)
+        wait_workers(client, "hung-svc", 1)
+        wait_workers(client, "fine-svc", 1)
+        client.send("hung-svc", "never answered", ttl_ms=20_000)
+        assert wait_until(lambda: hung.requests == 1, 10)
+        assert wait_until(lambda: workers_of(client, "hung-svc")[0]["suspect"], 10)
+        out, err = io.StringIO(), io.StringIO()
+        assert status_cli.run(_args("--broker", broker.endpoint), out, err) == 0
+    finally:
+        hung.stop()
+        fine.stop()
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if line.startswith("WORKER"))
+    assert header.split()[:3] == ["WORKER", "SERVICE", "STATE"]
+    # a plain RFC 18 worker has no worker_id: its row starts with its routing id in hex
+    states = {cells[1]: cells[2] for cells in (line.split() for line in lines) if len(cells) > 2}
+    assert states["hung-svc"] == "suspect"
+    assert states["fine-svc"] == "serving"
     assert err.getvalue() == ""
 
 
