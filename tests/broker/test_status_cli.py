@@ -12,10 +12,9 @@ import time
 import pytest
 
 from mole.broker import status_cli
-from tests.broker.brokerfix import wait_workers, workers_of
+from tests.broker.brokerfix import wait_until, wait_workers, workers_of
 from tests.broker.rfc_peers import RfcWorker
 from tests.support.peers import ROOT, child_env
-from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 MOLE = [sys.executable, "-m", "mole"]
