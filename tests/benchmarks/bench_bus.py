@@ -620,9 +620,15 @@ DISPATCH_POINTS = ((1, 1), (1000, 1), (1000, 1000), (10_000, 10_000))
 DISPATCH_STEP_S = 1e-5
 
 
-def role_dispatch(workers: int, services: int, cycles: int, payload_size: int) -> None:
-    """Time ``cycles`` request + reply cycles through the ``mole`` package on the path and
-    print the CPU microseconds per cycle (see :func:`bench_dispatch`)."""
+def role_dispatch(
+    workers: int, services: int, cycles: int, payload_size: int, tree: str | None
+) -> None:
+    """Time ``cycles`` request + reply cycles through the ``mole`` package of ``tree`` (a
+    :func:`baseline_tree`; today's when None) and print the CPU microseconds per cycle and
+    the engine's file (see :func:`bench_dispatch`)."""
+    if tree is not None:  # ahead of ROOT, which this module put first on the path
+        sys.path.insert(0, tree)
+    import mole.broker.engine as engine_module
     from mole.broker.engine import BrokerEngine
     from mole.broker.settings import BrokerSettings
     from mole.protocol.envelope import ReplyHeader, RequestHeader
@@ -660,7 +666,7 @@ def role_dispatch(workers: int, services: int, cycles: int, payload_size: int) -
             outbox.clear()
     elapsed = time.process_time() - t0
     assert engine.counters["replies"] == cycles
-    print(json.dumps({"us_per_cycle": 1e6 * elapsed / cycles}))
+    print(json.dumps({"us_per_cycle": 1e6 * elapsed / cycles, "engine": engine_module.__file__}))
 
 
 def bench_dispatch(args) -> None:
@@ -678,7 +684,10 @@ def bench_dispatch(args) -> None:
     print("\n== dispatch cost in-process (no sockets): request + reply handling per cycle")
     tree = baseline_tree(args.baseline) if args.baseline else None
 
+    engines: dict[str, str] = {}
+
     def run(workers: int, services: int, on: Path | None) -> float:
+        flags = ["--tree", str(on)] if on is not None else []
         proc = _spawn(
             str(HERE),
             "_dispatch",
@@ -690,13 +699,19 @@ def bench_dispatch(args) -> None:
             str(args.dispatch_cycles),
             "--payload",
             str(args.payload),
+            *flags,
             stdout=subprocess.PIPE,
             tree=on,
         )
         out, _ = proc.communicate(timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"dispatch run failed (exit {proc.returncode})")
-        return float(json.loads(out)["us_per_cycle"])
+        result = json.loads(out)
+        engine = str(Path(result["engine"]).resolve())
+        # each side must run its own engine (the baseline's lies under its tree)
+        assert (on is not None) == engine.startswith(str(on or "/nonexistent")), engine
+        engines["baseline" if on is not None else "today"] = engine
+        return float(result["us_per_cycle"])
 
     for workers, services in DISPATCH_POINTS:
         mine, theirs = [], []
@@ -715,6 +730,8 @@ def bench_dispatch(args) -> None:
                 f"{statistics.median(mine) / statistics.median(theirs):.2f}"
             )
         print(line, flush=True)
+    for side, engine in sorted(engines.items()):
+        print(f"  {side}'s engine: {engine}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -743,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--services", type=int, default=1)
     d.add_argument("--cycles", type=int, default=30_000)
     d.add_argument("--payload", type=int, default=1024)
+    d.add_argument("--tree", default=None, help="a baseline tree to import mole from")
     i = sub.add_parser("_idle")
     i.add_argument("--endpoint", required=True)
     i.add_argument("--count", type=int, default=1000)
@@ -780,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         role_peers(args)
         return 0
     if args.role == "_dispatch":
-        role_dispatch(args.workers, args.services, args.cycles, args.payload)
+        role_dispatch(args.workers, args.services, args.cycles, args.payload, args.tree)
         return 0
     if args.role == "_idle":
         role_idle(args.endpoint, args.count, args.heartbeat)
