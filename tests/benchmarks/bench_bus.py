@@ -615,88 +615,123 @@ def bench_idle(args) -> None:
         target.close()
 
 
+DISPATCH_POINTS = ((1, 1), (1000, 1), (1000, 1000), (10_000, 10_000))
+#: Simulated time between two request + reply cycles (100,000 requests/s).
+DISPATCH_STEP_S = 1e-5
+
+
+def role_dispatch(
+    workers: int, services: int, cycles: int, payload_size: int, tree: str | None
+) -> None:
+    """Time ``cycles`` request + reply cycles through the ``mole`` package of ``tree`` (a
+    :func:`baseline_tree`; today's when None) and print the CPU microseconds per cycle and
+    the engine's file (see :func:`bench_dispatch`)."""
+    if tree is not None:  # ahead of ROOT, which this module put first on the path
+        sys.path.insert(0, tree)
+    import mole.broker.engine as engine_module
+    from mole.broker.engine import BrokerEngine
+    from mole.broker.settings import BrokerSettings
+    from mole.protocol.envelope import ReplyHeader, RequestHeader
+    from mole.protocol.mdp import ClientRequest, decode_inbound
+
+    payload = b"x" * payload_size
+    now = time.monotonic()
+    engine = BrokerEngine(BrokerSettings(bind="inproc://unused"), now)
+    for i in range(workers):
+        frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
+        engine.on_worker(f"w{i}".encode(), decode_inbound(frames), now)
+    service = b"svc-0"
+    client = b"client"
+    # the headers our client library and worker runtime write (string ids, as theirs)
+    ids = [f"4d2a1f03c9-{n:x}" for n in range(cycles)]
+    headers = [RequestHeader(request_id, 30_000).encode() for request_id in ids]
+    replies = [ReplyHeader(request_id).encode() for request_id in ids]
+    outbox: list = []
+    t0 = time.process_time()
+    for n in range(cycles):
+        now += DISPATCH_STEP_S
+        header = headers[n]
+        # as broker.shell._drain: decode, the engine's handler, the messages to the outbox
+        msg = decode_inbound([C_HDR, C_REQUEST, service, header, payload])
+        assert isinstance(msg, ClientRequest)
+        outbox.extend(engine.on_client(client, msg, now, None))
+        [(worker, sent, _req)] = outbox
+        final = decode_inbound([W_HDR, W_FINAL, sent[2], b"", replies[n], payload])
+        assert not isinstance(final, ClientRequest)
+        outbox.extend(engine.on_worker(worker, final, now, None, None))
+        assert len(outbox) == 2, outbox  # the REQUEST to the worker, the FINAL to the client
+        outbox.clear()
+        if n % 100 == 0:
+            outbox.extend(engine.on_tick(now))
+            outbox.clear()
+    elapsed = time.process_time() - t0
+    assert engine.counters["replies"] == cycles
+    print(json.dumps({"us_per_cycle": 1e6 * elapsed / cycles, "engine": engine_module.__file__}))
+
+
 def bench_dispatch(args) -> None:
     """The broker core's own per-request Python work, in-process, no sockets.
 
     Registers N workers (spread over services, or all on one service), then times request
     + reply cycles as the shell runs them: ``mdp.decode_inbound`` of the client's frames,
     ``BrokerEngine.on_client``, decoding the worker's FINAL, ``BrokerEngine.on_worker``,
-    with the timers run every 100 cycles. Flat numbers across N show that dispatch is
-    O(1) in the number of workers and services.
+    on a simulated clock that advances 10 us per cycle, with the timers run every 100
+    cycles. Each run is a fresh process (``_dispatch`` role); with ``--baseline`` the same
+    role runs on that revision's ``mole`` package, interleaved run by run with today's.
+    Flat numbers across N show that dispatch is O(1) in the number of workers and
+    services. Prints the median and the best run of each.
     """
-    sys.path.insert(0, str(ROOT))
-    from mole.broker.engine import BrokerEngine
-    from mole.broker.settings import BrokerSettings
-    from mole.protocol.mdp import decode_inbound
-
     print("\n== dispatch cost in-process (no sockets): request + reply handling per cycle")
-    payload = b"x" * args.payload
-    cycles = 30_000
+    tree = baseline_tree(args.baseline) if args.baseline else None
 
-    def one(workers: int, services: int) -> float:
-        now = time.monotonic()
-        engine = BrokerEngine(BrokerSettings(bind="inproc://unused"), now)
-        for i in range(workers):
-            frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
-            engine.on_worker(f"w{i}".encode(), decode_inbound(frames), now)
-        service = b"svc-0"
-        client = b"client"
-        headers = [msgpack.packb({"v": 1, "id": n, "ttl": 30_000}) for n in range(cycles)]
-        t0 = time.process_time()
-        for n in range(cycles):
-            header = headers[n]
-            [(worker, sent, _req)] = engine.on_client(
-                client, decode_inbound([C_HDR, C_REQUEST, service, header, payload]), now
-            )
-            final = decode_inbound([W_HDR, W_FINAL, sent[2], b"", header, payload])
-            engine.on_worker(worker, final, now)
-            if n % 100 == 0:
-                engine.on_tick(time.monotonic())
-        elapsed = time.process_time() - t0
-        return 1e6 * elapsed / cycles
+    engines: dict[str, str] = {}
 
-    old_core = None
-    if args.baseline:  # the old core's handlers (its private API), on today's state records
-        import importlib.util
+    def run(workers: int, services: int, on: Path | None) -> float:
+        flags = ["--tree", str(on)] if on is not None else []
+        proc = _spawn(
+            str(HERE),
+            "_dispatch",
+            "--workers",
+            str(workers),
+            "--services",
+            str(services),
+            "--cycles",
+            str(args.dispatch_cycles),
+            "--payload",
+            str(args.payload),
+            *flags,
+            stdout=subprocess.PIPE,
+            tree=on,
+        )
+        out, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"dispatch run failed (exit {proc.returncode})")
+        result = json.loads(out)
+        engine = str(Path(result["engine"]).resolve())
+        # each side must run its own engine (the baseline's lies under its tree)
+        assert (on is not None) == engine.startswith(str(on or "/nonexistent")), engine
+        engines["baseline" if on is not None else "today"] = engine
+        return float(result["us_per_cycle"])
 
-        path = baseline_tree(args.baseline) / "src" / "broker" / "core.py"
-        spec = importlib.util.spec_from_file_location("bench_baseline_core", path)
-        assert spec is not None
-        assert spec.loader is not None
-        old_core = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(old_core)
-
-    def old(workers: int, services: int) -> float:
-        broker = old_core.Broker(BrokerSettings(bind="inproc://unused"))
-        broker._sendf = lambda data, flags=0: None
-        for i in range(workers):
-            frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
-            broker._on_worker(f"w{i}".encode(), frames, None)
-        headers = [msgpack.packb({"v": 1, "id": n, "ttl": 30_000}) for n in range(cycles)]
-        t0 = time.process_time()
-        for n in range(cycles):
-            header = headers[n]
-            broker._on_client(b"client", [C_HDR, C_REQUEST, b"svc-0", header, payload])
-            ticket = broker._ticket_prefix + broker._ticket_seq.to_bytes(8, "big")
-            worker = broker.requests[ticket].worker
-            broker._on_worker(worker.identity, [W_HDR, W_FINAL, ticket, b"", header, payload], None)
-            broker._flush()
-            if n % 100 == 0:
-                broker._run_timers(time.monotonic())
-        elapsed = time.process_time() - t0
-        broker._ctx.term()
-        return 1e6 * elapsed / cycles
-
-    for workers, services in ((1, 1), (1000, 1), (1000, 1000), (10_000, 10_000)):
+    for workers, services in DISPATCH_POINTS:
         mine, theirs = [], []
-        for _ in range(args.dispatch_repeat):  # interleaved, best of each
-            mine.append(one(workers, services))
-            if old_core is not None:
-                theirs.append(old(workers, services))
-        line = f"  {workers:>6} workers on {services:>6} service(s): {min(mine):5.2f} us per cycle"
+        for _ in range(args.dispatch_repeat):  # interleaved run by run
+            mine.append(run(workers, services, None))
+            if tree is not None:
+                theirs.append(run(workers, services, tree))
+        line = (
+            f"  {workers:>6} workers on {services:>6} service(s): median "
+            f"{statistics.median(mine):5.2f} us per cycle (best {min(mine):5.2f})"
+        )
         if theirs:
-            line += f"   (baseline {args.baseline[:10]}: {min(theirs):5.2f} us)"
+            line += (
+                f"   baseline {args.baseline[:10]}: median {statistics.median(theirs):5.2f} "
+                f"(best {min(theirs):5.2f}); ratio of medians "
+                f"{statistics.median(mine) / statistics.median(theirs):.2f}"
+            )
         print(line, flush=True)
+    for side, engine in sorted(engines.items()):
+        print(f"  {side}'s engine: {engine}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -721,11 +756,17 @@ def main(argv: list[str] | None = None) -> int:
             action="store_true",
             help="workers send a plain RFC 18 READY (no metadata: one slot each)",
         )
+    d = sub.add_parser("_dispatch")
+    d.add_argument("--services", type=int, default=1)
+    d.add_argument("--cycles", type=int, default=30_000)
+    d.add_argument("--payload", type=int, default=1024)
+    d.add_argument("--tree", default=None, help="a baseline tree to import mole from")
     i = sub.add_parser("_idle")
     i.add_argument("--endpoint", required=True)
     i.add_argument("--count", type=int, default=1000)
     i.add_argument("--heartbeat", type=float, default=2.5)
-    parser.add_argument("--workers", type=int, default=4)
+    for p in (d, parser):
+        p.add_argument("--workers", type=int, default=4)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument(
         "--layout",
@@ -736,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--dispatch-repeat", type=int, default=5, help="runs per point of the dispatch bench"
+    )
+    parser.add_argument(
+        "--dispatch-cycles", type=int, default=30_000, help="cycles per dispatch run"
     )
     parser.add_argument(
         "--baseline",
@@ -752,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "_peers":
         role_peers(args)
+        return 0
+    if args.role == "_dispatch":
+        role_dispatch(args.workers, args.services, args.cycles, args.payload, args.tree)
         return 0
     if args.role == "_idle":
         role_idle(args.endpoint, args.count, args.heartbeat)

@@ -159,6 +159,27 @@ def test_a_reply_with_our_header_is_forwarded_untouched_and_worker_errors_counte
     assert h.status()["services"][SVC]["errors"] == 1
 
 
+def test_only_a_reply_header_saying_ok_false_counts_as_a_worker_error():
+    # the engine decodes a reply header only when it holds msgpack's false byte (0xc2):
+    # a successful reply whose id or extra field holds that byte is still a success
+    h = Harness()
+    h.ready(b"w", SVC, slots=3)
+    tickets = [ticket for _, ticket, _ in dispatched(h.request(b"c", SVC, "r1"))]
+    tickets += [ticket for _, ticket, _ in dispatched(h.request(b"c", SVC, "r\u00a2"))]
+    tickets += [ticket for _, ticket, _ in dispatched(h.request(b"c", SVC, "r3"))]
+    ok_with_false = pack({"v": 1, "id": "r1", "ok": True, "cached": False})
+    ok_cent = pack({"v": 1, "id": "r\u00a2", "ok": True})  # UTF-8 of U+00A2 is c2 a2
+    failed = pack({"v": 1, "id": "r3", "ok": False, "code": "internal", "retry": False})
+    assert b"\xc2" in ok_with_false  # the cases this test is about
+    assert b"\xc2" in ok_cent
+    for ticket, reply in zip(tickets, [ok_with_false, ok_cent, failed], strict=True):
+        _, frames = only(h.send(b"w", [W02, W_FINAL, ticket, b"", reply]))
+        assert frames[3] == reply  # forwarded untouched
+    assert h.status()["counters"]["errors_by_code"] == {"internal": 1}
+    assert h.status()["services"][SVC]["errors"] == 1
+    assert h.status()["services"][SVC]["served"] == 3
+
+
 # --------------------------------------------------------------------------- bad input
 
 

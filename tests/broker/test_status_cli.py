@@ -13,7 +13,8 @@ import time
 import pytest
 
 from mole.broker import status_cli
-from tests.broker.brokerfix import wait_workers
+from tests.broker.brokerfix import wait_until, wait_workers, workers_of
+from tests.broker.rfc_peers import RfcWorker
 from tests.support.peers import ROOT, child_env
 from tests.support.procs import must_wait
 
@@ -160,3 +161,32 @@ def test_bad_interval_is_refused():
     err = io.StringIO()
     assert status_cli.run(_args("--timeout", "0"), io.StringIO(), err) == 2
     assert "--timeout" in err.getvalue()
+
+
+def test_table_shows_the_state_a_real_broker_gives_its_workers(bus):
+    # attempts time out after 0.3 s and one timeout makes a worker suspect: a worker that
+    # heartbeats but never answers (an RFC 18 peer written from the RFC) turns suspect,
+    # one that answers stays serving
+    broker = bus.broker("--attempt-timeout", "0.3", "--suspect-after", "1")
+    hung = RfcWorker(broker.endpoint, "hung-svc", answers=False, heartbeat=0.1).start()
+    fine = RfcWorker(broker.endpoint, "fine-svc", heartbeat=0.1).start()
+    try:
+        client = bus.client(broker.endpoint)
+        wait_workers(client, "hung-svc", 1)
+        wait_workers(client, "fine-svc", 1)
+        client.send("hung-svc", "never answered", ttl_ms=20_000)
+        assert wait_until(lambda: hung.requests == 1, 10)
+        assert wait_until(lambda: workers_of(client, "hung-svc")[0]["suspect"], 10)
+        out, err = io.StringIO(), io.StringIO()
+        assert status_cli.run(_args("--broker", broker.endpoint), out, err) == 0
+    finally:
+        hung.stop()
+        fine.stop()
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if line.startswith("WORKER"))
+    assert header.split()[:3] == ["WORKER", "SERVICE", "STATE"]
+    # a plain RFC 18 worker has no worker_id: its row starts with its routing id in hex
+    states = {cells[1]: cells[2] for cells in (line.split() for line in lines) if len(cells) > 2}
+    assert states["hung-svc"] == "suspect"
+    assert states["fine-svc"] == "serving"
+    assert err.getvalue() == ""
