@@ -55,6 +55,9 @@ class ShortTextModel:
                 raise ValueError(f"language {code!r} is not one Lingua can identify")
             languages.append(Language.from_iso_code_639_1(iso))
         self._languages = languages
+        # Lingua's Language -> our code, once: reading it back through
+        # ``language.iso_code_639_1.name`` costs three native calls per value per text
+        self._codes: dict[Any, str] = dict(zip(languages, self.served, strict=True))
         self._detector: Any = None
         self._lock = threading.Lock()
         self._deferred = False
@@ -106,7 +109,9 @@ class ShortTextModel:
                 self._load_in_background()
                 return {}
             detector = self._built()
-        values = detector.compute_language_confidence_values(text)
+        codes = self._codes
         return {
-            v.language.iso_code_639_1.name.lower(): float(v.value) for v in values if v.value > 0
+            codes[v.language]: v.value
+            for v in detector.compute_language_confidence_values(text)
+            if v.value > 0
         }
