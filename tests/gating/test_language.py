@@ -177,6 +177,24 @@ class _FullRankingDetector(LanguageDetector):
         return [] if k == 1 else super()._predict(text, k)
 
 
+class EveryShortTextAsksLingua(LanguageDetector):
+    """The short-text method before Lingua was skipped where fastText is sure: every
+    short text asks Lingua, and fastText lists all 176 labels (for the side by side)."""
+
+    @staticmethod
+    def _sure_without_lingua(
+        raw_label: str, raw_p: float, desc_top: str, served: frozenset[str]
+    ) -> bool:
+        return False
+
+    def _predict_short(
+        self, sample: str, served: frozenset[str]
+    ) -> tuple[dict[str, float], str, float]:
+        ranked = self._predict(sample, -1)
+        dist = {code: p for code, p in ranked if code in served}
+        return dist, *(ranked[0] if ranked else ("unknown", 0.0))
+
+
 def _outcome(detector, text):
     try:
         d = detector.detect(text)
@@ -304,14 +322,24 @@ def test_description_language_settles_a_short_text_fasttext_misreads():
 
 
 def test_lingua_weighs_in_on_short_texts_only_and_loads_once():
-    """Long texts never load Lingua's models (a few hundred MB); the first short text
-    loads them, once, restricted to the served languages."""
+    """Long texts never load Lingua's models (a few hundred MB), nor do short texts
+    fastText is already sure of; the first other short text loads them, once, restricted
+    to the served languages."""
     det = LanguageDetector(SERVED)
     model = det.second_opinion
     assert model is not None
     assert model.served == tuple(sorted(SERVED))
     assert det.detect("Die Bank hat ihre Gebühren für Girokonten deutlich erhöht.").code == "de"
     assert not model.loaded
+    # fastText: German 0.997, sure enough alone; German 0.92 with a German description
+    assert det.detect("Benutzername vergessen").code == "de"
+    german = "Bewerte die Stimmung dieses Textes von 1 bis 5."
+    assert det.detect("Passwort zurücksetzen", german).code == "de"
+    assert not model.loaded
+    # fastText: German 0.85 under a Dutch description: not sure, so Lingua is asked
+    dutch = "Geef de stemming van deze recensie een cijfer van 1 tot 5."
+    assert det.detect("Statische bestanden", dutch).code == "nl"
+    assert model.loaded
     # Danish that fastText alone reads as Norwegian (and so refuses as unserved)
     text = "forenklet kinesisk"  # "simplified Chinese"; fastText: Norwegian
     with pytest.raises(UnsupportedLanguage):
