@@ -292,7 +292,8 @@ class LanguageDetector:
         )
 
     def _description_languages(self, description: str) -> dict[str, float]:
-        """fastText's distribution over languages for a description (remembered)."""
+        """fastText's distribution over languages for a description (remembered), most
+        likely first."""
         with self._lock:
             known = self._descriptions.get(description)
             if known is not None:
@@ -312,7 +313,10 @@ class LanguageDetector:
         served = self.served if self.served is not None else frozenset(LANGUAGE_NAMES)
         text_dist, raw_label, raw_p = self._predict_short(sample, served)
         desc_dist = self._description_languages(description) if description else {}
-        desc_top = max(desc_dist.items(), key=lambda kv: kv[1], default=("unknown", 0.0))[0]
+        # the first key is the description's top reading: fastText ranks its labels, and
+        # a dict keeps their order (a max() over its 176 entries cost more than Lingua's
+        # dict and the scoring together)
+        desc_top = next(iter(desc_dist), "unknown")
         w, n = self.description_weight, len(served)
         lingua = (
             self.second_opinion.distribution(sample)
