@@ -16,7 +16,9 @@ Decisions, in order:
    0.5: as likely as not, a caller writes both in one language) lets a same-language
    description settle what the text leaves open, while a text both models are sure of
    keeps its language under an English description. Without a description the prior is
-   uniform; without Lingua, fastText alone (``a`` = 1) meets the description. Longer
+   uniform; without Lingua, fastText alone (``a`` = 1) meets the description. Lingua is
+   not asked where fastText is already sure of a served reading (``_SKIP_LINGUA_*``):
+   there it would not change the answer, and it costs twice what fastText does. Longer
    texts are decided by fastText and the text alone: they never pay for Lingua.
 2. Take the best of the top-k labels among the languages the registry serves (a Danish
    sentence that fastText half-reads as Norwegian is still Danish to us).
