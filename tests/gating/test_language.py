@@ -340,6 +340,10 @@ def test_lingua_weighs_in_on_short_texts_only_and_loads_once():
     dutch = "Geef de stemming van deze recensie een cijfer van 1 tot 5."
     assert det.detect("Statische bestanden", dutch).code == "nl"
     assert model.loaded
+    # ... about fastText's 4 best served readings and the description's language only
+    (asked,) = model._subsets
+    assert {"de", "nl"} <= asked
+    assert len(asked) <= 5
     # Danish that fastText alone reads as Norwegian (and so refuses as unserved)
     text = "forenklet kinesisk"  # "simplified Chinese"; fastText: Norwegian
     with pytest.raises(UnsupportedLanguage):
@@ -354,6 +358,23 @@ def test_lingua_weighs_in_on_short_texts_only_and_loads_once():
     assert set(dist) <= set(SERVED)
     assert abs(sum(dist.values()) - 1.0) < 1e-6
     assert LanguageDetector(None).second_opinion is None  # no served set: fastText only
+
+
+def test_lingua_over_fewer_languages_is_its_full_opinion_renormalised():
+    """Asked about a few served languages, Lingua keeps its full opinion's proportions
+    among them (checked against the 12-language distribution, renormalised here)."""
+    from mole.gating.short_text import ShortTextModel
+
+    model = ShortTextModel(SERVED)
+    for text in ("Nulstil adgangskode", "Statische bestanden", "Ogiltig sida ( ):"):
+        full = model.distribution(text)
+        among = ["da", "sv", "de", "nl"]
+        few = model.distribution(text, [*among, "nb"])  # an unserved code is ignored
+        assert set(few) <= set(among)
+        total = sum(full.get(c, 0.0) for c in among)
+        for code in among:
+            assert few.get(code, 0.0) == pytest.approx(full.get(code, 0.0) / total, rel=1e-6)
+    assert model.distribution("Nulstil adgangskode", ["da"]) == {}  # nothing to tell apart
 
 
 def test_deferred_loading_answers_without_lingua_until_its_models_are_loaded():
