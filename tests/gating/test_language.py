@@ -179,13 +179,20 @@ class _FullRankingDetector(LanguageDetector):
 
 class EveryShortTextAsksLingua(LanguageDetector):
     """The short-text method before Lingua was skipped where fastText is sure: every
-    short text asks Lingua, and fastText lists all 176 labels (for the side by side)."""
+    short text asks Lingua about all 12 languages, and fastText lists all 176 labels
+    (for the side by side)."""
 
     @staticmethod
     def _sure_without_lingua(
         raw_label: str, raw_p: float, desc_top: str, served: frozenset[str]
     ) -> bool:
         return False
+
+    @staticmethod
+    def _lingua_candidates(
+        text_dist: dict[str, float], raw_label: str, desc_top: str, served: frozenset[str]
+    ) -> list[str] | None:
+        return None
 
     def _predict_short(
         self, sample: str, served: frozenset[str]
