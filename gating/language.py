@@ -188,6 +188,10 @@ class LanguageDetector:
             frozenset(language(x).code for x in served) if served is not None else None
         )
         self._served_names = tuple(sorted(_display(c) for c in (self.served or LANGUAGE_NAMES)))
+        # fastText's label for each served language, for the short-text path (per text,
+        # stripping "__label__" off every label it lists cost more than the lookups)
+        self._short_served = self.served if self.served is not None else frozenset(LANGUAGE_NAMES)
+        self._short_labels = {f"__label__{c}": c for c in self._short_served}
         self.second_opinion: ShortTextModel | None = (
             ShortTextModel(self.served)
             if second_opinion and self.served is not None and lingua_available()
@@ -322,8 +326,8 @@ class LanguageDetector:
     def _detect_short(self, sample: str, description: str | None) -> Detection:
         """A short text's language: fastText, Lingua (when there) and the description's
         language (when given) as a prior."""
-        served = self.served if self.served is not None else frozenset(LANGUAGE_NAMES)
-        text_dist, raw_label, raw_p = self._predict_short(sample, served)
+        served = self._short_served
+        text_dist, raw_label, raw_p = self._predict_short(sample)
         desc_dist = self._description_languages(description) if description else {}
         # the first key is the description's top reading: fastText ranks its labels, and
         # a dict keeps their order (a max() over its 176 entries cost more than Lingua's
@@ -396,22 +400,21 @@ class LanguageDetector:
         decided = bool(desc_dist) and (best != alone or alone_share < self.floor)
         return Detection(language(best), confidence, raw_label, raw_p, decided)
 
-    def _predict_short(
-        self, sample: str, served: frozenset[str]
-    ) -> tuple[dict[str, float], str, float]:
+    def _predict_short(self, sample: str) -> tuple[dict[str, float], str, float]:
         """fastText on a short text: the served languages' probabilities (those it lists
         from ``_SHORT_LABEL_FLOOR``) and its top label with its probability."""
         with self._lock:
             labels, probs = self._model.predict(sample, k=-1, threshold=_SHORT_LABEL_FLOOR)
         if not labels:
             return {}, "unknown", 0.0
-        dist = {}
-        for label, p in zip(labels, probs, strict=True):
-            code = label[9:]  # "__label__xx"
-            if code in served:
-                # probabilities can exceed 1 by rounding (1.00005): clamp
-                dist[code] = min(1.0, float(p))
-        return dist, labels[0][9:], min(1.0, float(probs[0]))
+        codes = self._short_labels
+        # probabilities can exceed 1 by rounding (1.00005): clamp
+        dist = {
+            codes[label]: min(1.0, p)
+            for label, p in zip(labels, probs, strict=True)
+            if label in codes
+        }
+        return dist, labels[0].removeprefix("__label__"), min(1.0, float(probs[0]))
 
     @staticmethod
     def _lingua_candidates(

@@ -194,11 +194,9 @@ class EveryShortTextAsksLingua(LanguageDetector):
     ) -> list[str] | None:
         return None
 
-    def _predict_short(
-        self, sample: str, served: frozenset[str]
-    ) -> tuple[dict[str, float], str, float]:
+    def _predict_short(self, sample: str) -> tuple[dict[str, float], str, float]:
         ranked = self._predict(sample, -1)
-        dist = {code: p for code, p in ranked if code in served}
+        dist = {code: p for code, p in ranked if code in self._short_served}
         return dist, *(ranked[0] if ranked else ("unknown", 0.0))
 
 
