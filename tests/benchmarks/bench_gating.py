@@ -40,6 +40,7 @@ import contextlib
 from mole.gating import GatingError, GatingPipeline, TaskNotServed
 from mole.gating.language import LanguageDetector
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
+from tests.gating.test_language import EveryShortTextAsksLingua
 
 #: descriptions of tasks nobody serves (the refusal path)
 UNSERVED = (
@@ -56,9 +57,11 @@ def pct(values: list[float], q: float) -> float:
 
 def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
     pipeline = GatingPipeline.load()
-    # the same pipeline with fastText alone on short texts (no Lingua), for the side by side
+    # the same pipeline with fastText alone on short texts (no Lingua), and with Lingua
+    # asked on every short text (the method before), for the side by side
     served = [lang.code for lang in pipeline.registry.languages]
     plain = GatingPipeline.load(detector=LanguageDetector(served, second_opinion=False))
+    always = GatingPipeline.load(detector=EveryShortTextAsksLingua(served))
     jobs = []
     for desc in DESCRIPTIONS.values():
         for text in SENTENCES.values():
@@ -71,6 +74,7 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
     for text, desc in jobs:
         try:
             pipeline.route(text[:25], desc)
+            always.route(text[:25], desc)  # loads its Lingua models (shared with pipeline's)
             short.append((text[:25], desc))
         except GatingError:
             pass  # cut to 25 characters, a few read as a language the task does not serve
@@ -89,6 +93,7 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
         "route_cpu": [],
         "short": [],
         "short_ft": [],
+        "short_all": [],
         "refused": [],
         "task_new": [],
     }
@@ -119,8 +124,12 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
             t1 = time.perf_counter()
             with contextlib.suppress(GatingError):
                 plain.route(text, desc)
+            t2 = time.perf_counter()
+            with contextlib.suppress(GatingError):
+                always.route(text, desc)
             stages["short"].append(t1 - t0)
-            stages["short_ft"].append(time.perf_counter() - t1)
+            stages["short_ft"].append(t2 - t1)
+            stages["short_all"].append(time.perf_counter() - t2)
         for text, desc in refused:
             t0 = time.perf_counter()
             with contextlib.suppress(TaskNotServed):
@@ -230,6 +239,7 @@ def main() -> int:
         "route_cpu",
         "short",
         "short_ft",
+        "short_all",
         "refused",
         "task_new",
     ):
@@ -245,8 +255,9 @@ def main() -> int:
     print(
         "  (route_cpu: this thread's CPU time per route, which a loaded machine's "
         "preemption does not inflate; short: route of a 25-character text, the "
-        "description's language and Lingua weighed in; short_ft: the same without Lingua "
-        "(fastText alone), interleaved with it; refused: route ending in TaskNotServed; "
+        "description's language weighed in and Lingua where fastText is not sure; short_ft: "
+        "the same without Lingua (fastText alone); short_all: Lingua asked on every short "
+        "text (the method before), the three interleaved; refused: route ending in TaskNotServed; "
         "task_new: the task router alone on a description it has not seen)"
     )
 

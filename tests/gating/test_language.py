@@ -177,6 +177,29 @@ class _FullRankingDetector(LanguageDetector):
         return [] if k == 1 else super()._predict(text, k)
 
 
+class EveryShortTextAsksLingua(LanguageDetector):
+    """The short-text method before Lingua was skipped where fastText is sure: every
+    short text asks Lingua about all 12 languages, and fastText lists all 176 labels
+    (for the side by side)."""
+
+    @staticmethod
+    def _sure_without_lingua(
+        raw_label: str, raw_p: float, desc_top: str, served: frozenset[str]
+    ) -> bool:
+        return False
+
+    @staticmethod
+    def _lingua_candidates(
+        text_dist: dict[str, float], raw_label: str, desc_top: str, served: frozenset[str]
+    ) -> list[str] | None:
+        return None
+
+    def _predict_short(self, sample: str) -> tuple[dict[str, float], str, float]:
+        ranked = self._predict(sample, -1)
+        dist = {code: p for code, p in ranked if code in self._short_served}
+        return dist, *(ranked[0] if ranked else ("unknown", 0.0))
+
+
 def _outcome(detector, text):
     try:
         d = detector.detect(text)
@@ -304,14 +327,28 @@ def test_description_language_settles_a_short_text_fasttext_misreads():
 
 
 def test_lingua_weighs_in_on_short_texts_only_and_loads_once():
-    """Long texts never load Lingua's models (a few hundred MB); the first short text
-    loads them, once, restricted to the served languages."""
+    """Long texts never load Lingua's models (a few hundred MB), nor do short texts
+    fastText is already sure of; the first other short text loads them, once, restricted
+    to the served languages."""
     det = LanguageDetector(SERVED)
     model = det.second_opinion
     assert model is not None
     assert model.served == tuple(sorted(SERVED))
     assert det.detect("Die Bank hat ihre Gebühren für Girokonten deutlich erhöht.").code == "de"
     assert not model.loaded
+    # fastText: German 0.997, sure enough alone; German 0.92 with a German description
+    assert det.detect("Benutzername vergessen").code == "de"
+    german = "Bewerte die Stimmung dieses Textes von 1 bis 5."
+    assert det.detect("Passwort zurücksetzen", german).code == "de"
+    assert not model.loaded
+    # fastText: German 0.85 under a Dutch description: not sure, so Lingua is asked
+    dutch = "Geef de stemming van deze recensie een cijfer van 1 tot 5."
+    assert det.detect("Statische bestanden", dutch).code == "nl"
+    assert model.loaded
+    # ... about fastText's 4 best served readings and the description's language only
+    (asked,) = model._subsets
+    assert {"de", "nl"} <= asked
+    assert len(asked) <= 5
     # Danish that fastText alone reads as Norwegian (and so refuses as unserved)
     text = "forenklet kinesisk"  # "simplified Chinese"; fastText: Norwegian
     with pytest.raises(UnsupportedLanguage):
@@ -326,6 +363,23 @@ def test_lingua_weighs_in_on_short_texts_only_and_loads_once():
     assert set(dist) <= set(SERVED)
     assert abs(sum(dist.values()) - 1.0) < 1e-6
     assert LanguageDetector(None).second_opinion is None  # no served set: fastText only
+
+
+def test_lingua_over_fewer_languages_is_its_full_opinion_renormalised():
+    """Asked about a few served languages, Lingua keeps its full opinion's proportions
+    among them (checked against the 12-language distribution, renormalised here)."""
+    from mole.gating.short_text import ShortTextModel
+
+    model = ShortTextModel(SERVED)
+    for text in ("Nulstil adgangskode", "Statische bestanden", "Ogiltig sida ( ):"):
+        full = model.distribution(text)
+        among = ["da", "sv", "de", "nl"]
+        few = model.distribution(text, [*among, "nb"])  # an unserved code is ignored
+        assert set(few) <= set(among)
+        total = sum(full.get(c, 0.0) for c in among)
+        for code in among:
+            assert few.get(code, 0.0) == pytest.approx(full.get(code, 0.0) / total, rel=1e-6)
+    assert model.distribution("Nulstil adgangskode", ["da"]) == {}  # nothing to tell apart
 
 
 def test_deferred_loading_answers_without_lingua_until_its_models_are_loaded():
