@@ -135,15 +135,16 @@ class BrokerEngine:
     # Slots for the attributes the event methods read: CPython 3.11 keeps at most 30
     # attributes of an instance in its fast inline layout and turns a larger instance's
     # attributes into a dict, which made every ``self.x`` on the hot path slower (about 4%
-    # of a request + reply cycle, measured). ``__dict__`` keeps the class open to new
-    # attributes; the ones a hot path reads belong in this list.
+    # of a request + reply cycle, measured). Every attribute is listed here (a new one
+    # must be added, or assigning it raises AttributeError).
     __slots__ = (
-        "__dict__",
         "_activity",
         "_attempts",
         "_attempts_from",
         "_deadlines",
         "_default_deadline",
+        "_disconnect_when_idle",
+        "_drained",
         "_draining_since",
         "_heartbeats",
         "_keys",
