@@ -137,7 +137,7 @@ def test_watch_refreshes_until_interrupted(running):
     proc = subprocess.Popen(
         [*MOLE, "status", "--broker", running.endpoint, "--watch", "--interval", "0.2"],
         cwd=ROOT,
-        env=child_env(),
+        env={**child_env(), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -153,7 +153,15 @@ def test_watch_refreshes_until_interrupted(running):
     # refreshed at least once: the table's header twice
     must_wait(lambda: sum("SERVICE" in line for line in lines) >= 2, "a second refresh")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:  # say what it was doing rather than only that it hung
+        proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack to stderr
+        code = proc.wait(10)
+        raise AssertionError(
+            f"--watch did not stop on SIGINT; stderr: {proc.stderr.read() if proc.stderr else ''}"
+        ) from None
+    assert code == 0, proc.stderr.read() if proc.stderr else ""
     reader.join(10)
 
 
