@@ -14,7 +14,7 @@ import zmq
 
 from mole.protocol import mdp
 from mole.protocol.envelope import ReplyHeader, decode_request_header, error_reply
-from tests.support.procs import free_port, must_wait
+from tests.support.procs import bind_when_free, free_port
 
 
 @dataclass
@@ -86,7 +86,7 @@ class FakeBroker:
             sock.curve_secretkey = self.curve_secret
         # a broker "restarted" on the port of one just stopped may find libzmq still
         # closing the old listener (it does so in its I/O thread, after close returns)
-        must_wait(lambda: self._bind(sock), f"{self.url} to be free to bind", timeout=4)
+        bind_when_free(sock, self.url, timeout=4)
         self._ready.set()
         try:
             while not self._stop.is_set():
@@ -109,15 +109,6 @@ class FakeBroker:
                     sock.send_multipart([ident, *reply])
         finally:
             sock.close(0)
-
-    def _bind(self, sock: zmq.Socket) -> bool:
-        try:
-            sock.bind(self.url)
-        except zmq.ZMQError as err:
-            if err.errno != zmq.EADDRINUSE:
-                raise
-            return False
-        return True
 
     def stop(self) -> None:
         self._stop.set()

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import zmq
+
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -167,3 +169,20 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def bind_when_free(sock: zmq.Socket[bytes], url: str, timeout: float) -> None:
+    """Bind ``sock`` to ``url``, retrying while the address is still in use: a test broker
+    restarted on the port it had (libzmq closes the old listener asynchronously). Fails the
+    test after ``timeout`` seconds."""
+
+    def bound() -> bool:
+        try:
+            sock.bind(url)
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EADDRINUSE:
+                raise
+            return False
+        return True
+
+    must_wait(bound, f"{url} to be free to bind", timeout=timeout)

@@ -17,7 +17,7 @@ import zmq
 
 from mole.protocol import mdp
 from mole.protocol.envelope import RequestHeader, decode_reply_header, pack, unpack
-from tests.support.procs import free_port, must_wait
+from tests.support.procs import bind_when_free, free_port
 
 
 class RawBroker:
@@ -47,7 +47,7 @@ class RawBroker:
         sock.linger = 0
         # a broker "restarted" on the same port may find the previous socket still closing
         # (its thread is slow to stop on a loaded machine): wait for the port to be free
-        must_wait(lambda: self._bind(sock), f"{self.url} to be free to bind", timeout=10)
+        bind_when_free(sock, self.url, timeout=10)
         self._ready.set()
         # the first heartbeat is due an interval after start, not at once: on a fake clock
         # the test decides when it goes, and a worker that registers fast hears nothing first
@@ -73,15 +73,6 @@ class RawBroker:
                             sock.send_multipart([ident, mdp.WORKER_HEADER, mdp.W_HEARTBEAT])
         finally:
             sock.close(0)
-
-    def _bind(self, sock: zmq.Socket) -> bool:
-        try:
-            sock.bind(self.url)
-        except zmq.ZMQError as err:
-            if err.errno != zmq.EADDRINUSE:
-                raise
-            return False
-        return True
 
     def expect(self, *commands: mdp.WorkerCommand, timeout: float = 10.0):
         """Next non-heartbeat message (ident, WorkerMessage); asserts its command."""
