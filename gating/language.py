@@ -80,7 +80,7 @@ _LINGUA_MIN_CHARS = 10
 #: is read as the same language (two sources agree), from 0.95 otherwise.
 _SKIP_LINGUA_AGREED = 0.5
 _SKIP_LINGUA_SURE = 0.95
-#: Lingua's cost grows with the languages it weighs (over 4 or 5, about half of over 12).
+#: Lingua's cost grows with the languages it weighs (over 5, about 0.65 of over 12).
 #: Where a short text has a description and fastText reads a served language at
 #: ``_FEWER_LINGUA_LANGUAGES_FROM`` or more (unsure, but not lost), Lingua weighs only
 #: fastText's ``_LINGUA_CANDIDATES`` best served readings and the description's language.
