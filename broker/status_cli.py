@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from typing import Any, TextIO
@@ -299,6 +301,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         _show(status, args.json, out)
         return 0
     clear = "\x1b[H\x1b[2J" if out.isatty() and not args.json else ""
+    if threading.current_thread() is threading.main_thread():
+        # A watch ends with Ctrl-C even when this process was started with SIGINT ignored
+        # (Python then installs no KeyboardInterrupt handler): a background job of a
+        # non-interactive shell, or a test runner's worker process.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             started = time.monotonic()

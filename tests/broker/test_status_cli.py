@@ -133,9 +133,21 @@ def test_no_broker_gives_a_clear_message_and_exit_1():
     assert time.monotonic() - started < 20
 
 
+#: Starts the command with SIGINT ignored, as a background job of a non-interactive shell or
+#: a pytest-xdist worker's child has it (then Python installs no KeyboardInterrupt handler).
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def test_watch_refreshes_until_interrupted(running):
+    """Ctrl-C ends a watch, even one started with SIGINT ignored."""
+    watch = [*MOLE, "status", "--broker", running.endpoint, "--watch", "--interval", "0.2"]
     proc = subprocess.Popen(
-        [*MOLE, "status", "--broker", running.endpoint, "--watch", "--interval", "0.2"],
+        [*IGNORING_SIGINT, *watch],
         cwd=ROOT,
         env={**child_env(), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
