@@ -81,8 +81,12 @@ def test_stop_drains_in_flight_work_then_disconnects_workers(running):
     broker, thread, dealer = running
     worker, client = dealer(), dealer()
     worker.send_multipart([b"MDPW02", b"\x01", b"slow"])
-    client.send_multipart([b"MDPC02", b"\x01", b"mmi.service", b"slow"])
-    assert _recv(client)[3] == b"200"
+
+    def registered() -> bool:  # the READY and this question come on two connections: ask again
+        client.send_multipart([b"MDPC02", b"\x01", b"mmi.service", b"slow"])
+        return _recv(client)[3] == b"200"
+
+    assert wait_until(registered, 5, interval=0.01), "the worker never registered"
     client.send_multipart([b"MDPC02", b"\x01", b"slow", b"work"])
     request = _recv(worker)
     while request[1] != b"\x02":  # skip heartbeats
