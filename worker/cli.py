@@ -162,11 +162,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> EngineSettings:
-    """EngineSettings from the environment, overridden by the flags that were given."""
-    from mole.worker.engine.settings import EngineSettings
-
-    settings = EngineSettings()
+def apply_model_flags(settings: EngineSettings, args: argparse.Namespace) -> None:
+    """The flags `mole worker` and `mole models check` share: where the models and adapters
+    are, the device, and forced 4-bit loading; each overrides the environment when given."""
     if args.models_dir:
         settings.models_dir = Path(args.models_dir).expanduser()
     if args.adapters_dir:
@@ -175,6 +173,14 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         settings.device = args.device
     if args.load_in_4bit:
         settings.force_4bit = True
+
+
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
+    """EngineSettings from the environment, overridden by the flags that were given."""
+    from mole.worker.engine.settings import EngineSettings
+
+    settings = EngineSettings()
+    apply_model_flags(settings, args)
     if args.keep_dtype:
         settings.keep_dtype = True
     for name in ("max_batch", "batch_wait_ms", "max_input_tokens"):

@@ -101,6 +101,7 @@ def run_check(args: argparse.Namespace) -> int:
     """Print the check table; exit 0 when every adapter answered, 1 otherwise."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
     from mole.protocol.registry import RegistryError, load_registry
+    from mole.worker.cli import apply_model_flags
     from mole.worker.engine.settings import EngineSettings
     from mole.worker.models_check import CheckRow, check_models, format_table
 
@@ -118,14 +119,7 @@ def run_check(args: argparse.Namespace) -> int:
         )
         return 2
     settings = EngineSettings(warmup=False)
-    if args.models_dir:
-        settings.models_dir = Path(args.models_dir).expanduser()
-    if args.adapters_dir:
-        settings.adapters_dir = Path(args.adapters_dir).expanduser()
-    if args.device:
-        settings.device = args.device
-    if args.load_in_4bit:
-        settings.force_4bit = True
+    apply_model_flags(settings, args)
     keys = list(args.keys) or list(registry.base_models)
 
     def progress(key: str, rows: list[CheckRow]) -> None:

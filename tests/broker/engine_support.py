@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
-
 from mole.broker.admission import Admission
 from mole.broker.engine import BrokerEngine
 from mole.broker.settings import BrokerSettings
 from mole.protocol import mdp
+from tests.support.peers import pack
+from tests.support.peers import unpack as unpack  # re-exported for the engine tests
 
 HEARTBEAT = 1.0
 LIVENESS = 3
@@ -41,14 +41,6 @@ W01_READY, W01_REQUEST, W01_REPLY, W01_HEARTBEAT, W01_DISCONNECT = (
     b"\x04",
     b"\x05",
 )
-
-
-def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False)
 
 
 def header(rid: str, ttl_ms: int | None = 10_000, attempt: int = 0) -> bytes:
