@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import uuid
 from typing import Any, TextIO
@@ -20,6 +18,7 @@ from typing import Any, TextIO
 import msgpack
 import zmq
 
+from mole.cli.interrupt import let_ctrl_c_interrupt
 from mole.protocol import mdp
 from mole.protocol.curve import ENV_SECRET_KEY, ENV_SERVER_KEY, CurveKeyError, CurveKeys
 from mole.protocol.envelope import pack
@@ -301,11 +300,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         _show(status, args.json, out)
         return 0
     clear = "\x1b[H\x1b[2J" if out.isatty() and not args.json else ""
-    if threading.current_thread() is threading.main_thread():
-        # A watch ends with Ctrl-C even when this process was started with SIGINT ignored
-        # (Python then installs no KeyboardInterrupt handler): a background job of a
-        # non-interactive shell, or a test runner's worker process.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    let_ctrl_c_interrupt()  # even when started with SIGINT ignored
     try:
         while True:
             started = time.monotonic()

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from mole.cli.interrupt import let_ctrl_c_interrupt
 from mole.cli.stack_state import default_data_dir, read_state
 
 
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.follow:
         return 0
     offsets = {path: path.stat().st_size for path in paths}
+    let_ctrl_c_interrupt()  # even when started with SIGINT ignored
     try:
         while True:
             for path in paths:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from mole.broker import status_cli
 from tests.broker.brokerfix import wait_until, wait_workers, workers_of
 from tests.broker.rfc_peers import RfcWorker
 from tests.support.peers import ROOT, child_env
-from tests.support.procs import must_wait
+from tests.support.procs import IGNORING_SIGINT, interrupt, must_wait
 
 pytestmark = pytest.mark.timeout(120)
 MOLE = [sys.executable, "-m", "mole"]
@@ -133,16 +132,6 @@ def test_no_broker_gives_a_clear_message_and_exit_1():
     assert time.monotonic() - started < 20
 
 
-#: Starts the command with SIGINT ignored, as a background job of a non-interactive shell or
-#: a pytest-xdist worker's child has it (then Python installs no KeyboardInterrupt handler).
-IGNORING_SIGINT = [
-    sys.executable,
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "os.execv(sys.argv[1], sys.argv[1:])",
-]
-
-
 def test_watch_refreshes_until_interrupted(running):
     """Ctrl-C ends a watch, even one started with SIGINT ignored."""
     watch = [*MOLE, "status", "--broker", running.endpoint, "--watch", "--interval", "0.2"]
@@ -164,15 +153,7 @@ def test_watch_refreshes_until_interrupted(running):
     reader.start()
     # refreshed at least once: the table's header twice
     must_wait(lambda: sum("SERVICE" in line for line in lines) >= 2, "a second refresh")
-    proc.send_signal(signal.SIGINT)
-    try:
-        code = proc.wait(30)
-    except subprocess.TimeoutExpired:  # say what it was doing rather than only that it hung
-        proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack to stderr
-        code = proc.wait(10)
-        raise AssertionError(
-            f"--watch did not stop on SIGINT; stderr: {proc.stderr.read() if proc.stderr else ''}"
-        ) from None
+    code = interrupt(proc, "--watch")
     assert code == 0, proc.stderr.read() if proc.stderr else ""
     reader.join(10)
 

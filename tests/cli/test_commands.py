@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -31,7 +32,7 @@ from mole.cli.stack_state import (
 )
 from mole.cli.supervisor import Supervisor
 from tests.cli.rawpeers import mole
-from tests.support.procs import free_port, must_wait
+from tests.support.procs import IGNORING_SIGINT, free_port, interrupt, must_wait
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -405,3 +406,25 @@ def test_mole_up_gives_each_bus_process_more_grace_than_its_drain_timeout(tmp_pa
     for spec in specs:
         drain_timeout = float(spec.argv[spec.argv.index("--drain-timeout") + 1])
         assert spec.grace > drain_timeout, spec.name  # SIGKILL never cuts a drain short
+
+
+def test_mole_logs_follow_prints_appended_lines_until_ctrl_c(tmp_path):
+    """--follow shows lines written after it started, and Ctrl-C ends it even when it was
+    started with SIGINT ignored (a background job)."""
+    _write_logs(tmp_path / "logs")
+    proc = subprocess.Popen(
+        [*IGNORING_SIGINT, sys.executable, "-m", "mole", "logs", "frontend", "--follow"],
+        env={**_env(tmp_path), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    must_wait(lambda: "frontend line\n" in lines, "the existing line")
+    with open(tmp_path / "logs" / "frontend.log", "a") as log:
+        log.write("appended later\n")
+    must_wait(lambda: "appended later\n" in lines, "the appended line")
+    assert interrupt(proc, "mole logs --follow") == 0
+    reader.join(10)

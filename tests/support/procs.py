@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -186,3 +188,27 @@ def bind_when_free(sock: zmq.Socket[bytes], url: str, timeout: float) -> None:
         return True
 
     must_wait(bound, f"{url} to be free to bind", timeout=timeout)
+
+
+#: Prefix that starts a command with SIGINT ignored, as a background job of a
+#: non-interactive shell or a pytest-xdist worker's child has it (Python then installs no
+#: KeyboardInterrupt handler).
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
+def interrupt(process: subprocess.Popen[str], what: str, timeout: float = 30.0) -> int:
+    """Send Ctrl-C's signal and return the exit code; raise with every thread's stack if
+    the process keeps running (start it with ``PYTHONFAULTHANDLER=1`` for the stacks)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler dumps every thread to stderr
+        process.wait(10)
+        stderr = process.stderr.read() if process.stderr else ""
+        raise AssertionError(f"{what} did not stop on SIGINT; stderr: {stderr}") from None
