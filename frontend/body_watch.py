@@ -84,12 +84,19 @@ _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, BodyW
 )
 
 
+#: the last loop asked about and its watches: a serving process has one loop, and a
+#: WeakKeyDictionary lookup makes a weak reference every time
+_last: tuple[asyncio.AbstractEventLoop | None, dict[float, BodyWatch]] = (None, {})
+
+
 def body_watch(timeout_s: float) -> BodyWatch:
     """The running loop's watch for reads of ``timeout_s`` (made on first use)."""
+    global _last
     loop = asyncio.get_running_loop()
-    watches = _WATCHES.get(loop)
-    if watches is None:
-        watches = _WATCHES[loop] = {}
+    last_loop, watches = _last
+    if last_loop is not loop:
+        watches = _WATCHES.get(loop) or _WATCHES.setdefault(loop, {})
+        _last = (loop, watches)
     watch = watches.get(timeout_s)
     if watch is None:
         watch = watches[timeout_s] = BodyWatch(loop, timeout_s)
