@@ -471,13 +471,22 @@ def main() -> int:
             for c in args.connections:
                 var, mole = by.get((name, delay, c)), by.get(("mole", delay, c))
                 if var and mole and var["rps"]:
+                    # the repeats ran side by side: a neighbour's burst falls on both runs
+                    # of one repeat alike, so the repeat's own ratio is the steadier figure
+                    pairs = list(zip(mole["runs"], var["runs"], strict=True))
+                    cpu_pairs = median(
+                        [m["cpu_us"]["frontend"] / v["cpu_us"]["frontend"] for m, v in pairs]
+                    )
+                    rps_pairs = median([m["rps"] / v["rps"] for m, v in pairs])
                     print(
                         f"delay {delay:>3.0f} ms c={c:<3} mole / {name}: throughput "
                         f"x{mole['rps'] / var['rps']:.2f}, p99 {mole['p99_ms']:.2f} vs "
                         f"{var['p99_ms']:.2f} ms, frontend CPU "
                         f"{mole['cpu_us']['frontend']:.0f} vs "
                         f"{var['cpu_us']['frontend']:.0f} us/req "
-                        f"(x{mole['cpu_us']['frontend'] / var['cpu_us']['frontend']:.2f})"
+                        f"(x{mole['cpu_us']['frontend'] / var['cpu_us']['frontend']:.2f}); "
+                        f"median of the repeats' own ratios: CPU x{cpu_pairs:.2f}, "
+                        f"throughput x{rps_pairs:.2f}"
                     )
     mole, base = by.get(("mole", 0.0, 8)), by.get((LEGACY, 0.0, 8))
     if mole and base and base["rps"]:
