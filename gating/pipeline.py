@@ -343,8 +343,7 @@ class GatingPipeline:
 
     def classify_domain(self, description: str, text: str) -> DomainPrediction:
         if self._single_domain is not None:  # a one-domain registry: no model to ask
-            single = self._single_domain
-            return DomainPrediction(single.domain, single.confidence, dict(single.probabilities))
+            return self._single_domain  # frozen; ``route`` copies its probabilities
         pred = self.domain_classifier.predict(description, text)
         check_domain(pred, self._served_domains)
         return pred
@@ -442,7 +441,7 @@ class GatingPipeline:
                 "select_ms": (t4 - t3) * 1e3,
                 "total_ms": (t4 - t0) * 1e3,
             },
-            domain_probabilities=dom.probabilities,
+            domain_probabilities=dict(dom.probabilities),
             task_scores=dict(route.q_values) if route is not None else {},
             given=tuple(given),
             scope_score=route.scope if route is not None else None,
