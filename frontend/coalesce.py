@@ -20,10 +20,13 @@ where order matters (``close``, ``write_eof``).
 An earlier version held every write until the next turn; measured side by side it halved
 the kernel's TCP send work but the deferred write cost as much, so it was off by default.
 This one sends in the same turn, and is on by default (``MOLE_COALESCE_WRITES=off``
-turns it off): with ``tests/benchmarks/bench_http.py --variant`` (8 connections, 2
-processes, rotating bodies, a shared 2-core machine at load 5-19), two runs of 5
-interleaved repeats each gave the frontend 4 % and 6 % less CPU per classify (medians of
-the repeats' own ratios) and equal or higher throughput.
+turns it off): it makes one system call where uvicorn makes two and costs one no-op
+callback. With ``tests/benchmarks/bench_http.py --variant`` (8 connections, 2 processes,
+rotating bodies, a shared 2-core machine at load 5-19), three runs of 5 interleaved
+repeats gave the frontend's CPU per classify with it x0.96, x0.94 and x1.06 of without
+it (medians of the repeats' own ratios): within that machine's noise, never the
+several-percent loss the deferred version showed. Measure on a quiet machine before
+relying on a figure.
 """
 
 from __future__ import annotations
