@@ -24,9 +24,8 @@ turns it off): it makes one system call where uvicorn makes two and costs one no
 callback. With ``tests/benchmarks/bench_http.py --variant`` (8 connections, 2 processes,
 rotating bodies, a shared 2-core machine at load 5-19), three runs of 5 interleaved
 repeats gave the frontend's CPU per classify with it x0.96, x0.94 and x1.06 of without
-it (medians of the repeats' own ratios): within that machine's noise, never the
-several-percent loss the deferred version showed. Measure on a quiet machine before
-relying on a figure.
+it (medians of the repeats' own ratios): within that machine's noise. Measure on a
+quiet machine before relying on a figure.
 """
 
 from __future__ import annotations
