@@ -65,8 +65,14 @@ from mole.protocol.registry import (
 )
 from mole.protocol.registry import language as registry_language
 
-#: texts longer than this are cut for language detection only (bounded latency)
-MAX_DETECT_CHARS = 4000
+#: language detection reads a text's first this many characters (the expert still gets
+#: the whole text). fastText's cost grows with the text: measured with
+#: tests/benchmarks/bench_detect_length.py (360 texts of 1,500-6,000 characters in the 12
+#: served languages), 400 us a text at 1,000 characters against 1,300 us at 4,000, and
+#: every cut from 300 up read all 360 as their own language and as the uncut text did;
+#: 1,000 (a paragraph or two) keeps a margin over that for texts that open with a
+#: heading, a name or a number
+MAX_DETECT_CHARS = 1000
 #: distinct (description, domain) pairs whose route is remembered: a client sends a
 #: handful of descriptions, a deployment some hundreds; beyond that the oldest go
 DESCRIPTION_CACHE_SIZE = 4096
