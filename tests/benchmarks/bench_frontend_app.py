@@ -15,7 +15,7 @@ by part of the request path). The same script runs under another checkout's inte
 to compare a change with the code before it, interleaved in one run (``--baseline``):
 
     .venv/bin/python tests/benchmarks/bench_frontend_app.py [--requests 3000]
-        [--repeats 5] [--baseline /tmp/base] [--profile] [--bodies rotating|single]
+        [--repeats 5] [--baseline /tmp/base] [--profile] [--bodies rotating|long|single]
 """
 
 from __future__ import annotations
@@ -149,10 +149,9 @@ async def run_round(app: Any, token: str, bodies: list[bytes], n: int) -> float:
 
 
 def load_bodies(kind: str) -> list[bytes]:
-    from tests.benchmarks.classify_bodies import rotating_bodies, single_body
+    from tests.benchmarks.classify_bodies import bodies_of_kind
 
-    chosen = rotating_bodies() if kind == "rotating" else [single_body()]
-    return [json.dumps(b, ensure_ascii=False).encode() for b in chosen]
+    return [json.dumps(b, ensure_ascii=False).encode() for b in bodies_of_kind(kind)]
 
 
 def child(args: argparse.Namespace, bodies_file: Path) -> int:
@@ -190,7 +189,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="classifies per round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
-    parser.add_argument("--bodies", choices=("rotating", "single"), default="rotating")
+    parser.add_argument("--bodies", choices=("rotating", "long", "single"), default="rotating")
     parser.add_argument(
         "--baseline",
         type=Path,

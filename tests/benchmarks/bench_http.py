@@ -19,7 +19,7 @@ each wrk run, divided by the requests answered.
     .venv/bin/python tests/benchmarks/bench_http.py [--duration 8] [--delays 0,0.02]
         [--connections 1,8,32] [--frontend-workers 2] [--repeats 3]
         [--variant NAME:VAR=VALUE[,VAR=VALUE]]... [--baseline NAME=CHECKOUT]...
-        [--bodies rotating|single]
+        [--bodies rotating|long|single]
 
 Requests carry a few hundred distinct texts in the twelve served languages under a
 handful of task descriptions, cycled by the wrk script (``classify_bodies.py``), so no
@@ -61,7 +61,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.benchmarks.classify_bodies import rotating_bodies, single_body, wrk_script
+from tests.benchmarks.classify_bodies import BODY_KINDS, bodies_of_kind, wrk_script
 from tests.support.procs import free_port, wait_http
 
 PY = sys.executable
@@ -352,13 +352,14 @@ def main() -> int:
     )
     parser.add_argument(
         "--bodies",
-        choices=("rotating", "single"),
+        choices=BODY_KINDS,
         default="rotating",
         help="rotating: a few hundred distinct texts under a handful of descriptions, as "
-        "clients send (default); single: one fixed body (every per-text cache hits)",
+        "clients send (default); long: article-length texts (1,500-6,000 characters); "
+        "single: one fixed body (every per-text cache hits)",
     )
     args = parser.parse_args()
-    args.bodies = rotating_bodies() if args.bodies == "rotating" else [single_body()]
+    args.bodies = bodies_of_kind(args.bodies)
     print(f"{len(args.bodies)} distinct request bodies", flush=True)
     args.connections = [int(c) for c in args.connections.split(",")]
     if shutil.which("wrk") is None:

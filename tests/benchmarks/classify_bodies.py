@@ -73,6 +73,54 @@ def rotating_bodies(per_language: int = 30, min_chars: int = 40) -> list[dict[st
     return bodies
 
 
+def long_bodies(per_language: int = 10, seed: int = 11) -> list[dict[str, str]]:
+    """Article-length texts (1,500-6,000 characters: sentences of one served language
+    joined), ``per_language`` per language, paired with descriptions as in
+    ``rotating_bodies``: what a client classifying news articles sends."""
+    import random
+
+    from mole.gating import GatingError, GatingPipeline
+    from tests.gating.po_samples import sentences
+
+    pipeline = GatingPipeline.load()
+    rng = random.Random(seed)
+    texts: list[str] = []
+    for code in LANGUAGES:
+        pool = sentences(code, min_chars=20, limit=10**6)
+        for _ in range(per_language):
+            target = rng.randint(1500, 6000)
+            parts: list[str] = []
+            while sum(len(p) + 1 for p in parts) < target:
+                parts.append(rng.choice(pool))
+            texts.append(" ".join(parts))
+    bodies: list[dict[str, str]] = []
+    for i, text in enumerate(texts):
+        for n in range(len(DESCRIPTIONS)):
+            description = DESCRIPTIONS[(i + n) % len(DESCRIPTIONS)]
+            try:
+                routed = pipeline.route(text, description)
+            except GatingError:
+                continue
+            if routed.task in TASKS:
+                bodies.append({"text": text, "description": description})
+                break
+    return bodies
+
+
+def bodies_of_kind(kind: str) -> list[dict[str, str]]:
+    """``rotating`` (default), ``long`` (article-length texts) or ``single``."""
+    if kind == "rotating":
+        return rotating_bodies()
+    if kind == "long":
+        return long_bodies()
+    if kind == "single":
+        return [single_body()]
+    raise ValueError(f"unknown body set {kind!r}: rotating, long or single")
+
+
+BODY_KINDS = ("rotating", "long", "single")
+
+
 def _lua_long_string(text: str) -> str:
     """``text`` as a Lua long-bracket literal (raw bytes, no escapes to get wrong)."""
     level = 0
