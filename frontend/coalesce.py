@@ -18,14 +18,15 @@ of the loop's next turn (``loop.call_soon``). It is written against asyncio's pu
 where order matters (``close``, ``write_eof``).
 
 An earlier version held every write until the next turn; measured side by side it halved
-the kernel's TCP send work but the deferred write cost as much, so it was off by default.
-This one sends in the same turn, and is on by default (``MOLE_COALESCE_WRITES=off``
-turns it off): it makes one system call where uvicorn makes two and costs one no-op
-callback. With ``tests/benchmarks/bench_http.py --variant`` (8 connections, 2 processes,
-rotating bodies, a shared 2-core machine at load 5-19), three runs of 5 interleaved
-repeats gave the frontend's CPU per classify with it x0.96, x0.94 and x1.06 of without
-it (medians of the repeats' own ratios): within that machine's noise. Measure on a
-quiet machine before relying on a figure.
+the kernel's TCP send work but the deferred write cost as much. This one sends in the
+same turn: one system call where uvicorn makes two, for one no-op callback. py-spy on a
+frontend process under load puts the response's send at 17 % of the loop thread's time
+with it against 33 % without (two runs at different load: a hint, not a measurement).
+With ``tests/benchmarks/bench_http.py --variant`` (8 connections, 2 processes, rotating
+bodies, a shared 2-core machine at load 5-19), four runs of 5 interleaved repeats gave
+the frontend's CPU per classify with it x0.96, x0.94, x1.06 and x1.05 of without it
+(medians of the repeats' own ratios): no gain shown, so it stays off by default
+(``MOLE_COALESCE_WRITES=on``). Measure on a quiet machine before switching it on.
 """
 
 from __future__ import annotations

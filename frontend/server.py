@@ -19,7 +19,7 @@ and httptools' parser callbacks, each calling uvicorn's own):
   before the parser sees the rest of it;
 * it counts this process's open connections for the connection cap
   (``frontend.guard``);
-* with ``MOLE_COALESCE_WRITES`` on (the default) it gives uvicorn a
+* with ``MOLE_COALESCE_WRITES`` on (off by default) it gives uvicorn a
   :class:`~frontend.coalesce.CoalescingTransport`, so a response's head and body leave
   in one ``send``.
 

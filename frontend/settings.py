@@ -66,11 +66,10 @@ class Settings:
     access_log: bool = False  # one line per request (no query, body or headers)
     # Serving process (frontend.server): uvicorn's event loop ("auto": uvloop when
     # installed, "uvloop", "asyncio") and whether a response's head and body leave in one
-    # send (on: one system call where uvicorn makes two, at no extra loop turn; measured
-    # side by side the CPU difference was within this machine's noise, see
-    # frontend.coalesce)
+    # send (off: measured side by side in four runs it did not lower the CPU per request
+    # beyond this machine's noise; see frontend.coalesce)
     event_loop: str = "auto"
-    coalesce_writes: bool = True
+    coalesce_writes: bool = False
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests use it)."""

@@ -30,8 +30,8 @@ def roomy(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def strict(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
     """One process with tight limits, so each can be crossed quickly; it sends each
-    response in one write (MOLE_COALESCE_WRITES, named here though on by default), so its
-    refusals and closes are checked through CoalescingTransport too."""
+    response in one write (MOLE_COALESCE_WRITES, off by default), so its refusals and
+    closes are checked through CoalescingTransport too."""
     data = tmp_path_factory.mktemp("strict")
     with frontend_process(
         broker_url,

@@ -80,12 +80,12 @@ def test_event_loop_and_write_coalescing_reach_uvicorns_options():
 
     default = uvicorn_options(settings_from_env({}))
     assert default["loop"] == "auto"
-    assert default["http"].coalesce_writes is True
+    assert default["http"].coalesce_writes is False
     chosen = uvicorn_options(
-        settings_from_env({"MOLE_EVENT_LOOP": "AsyncIO", "MOLE_COALESCE_WRITES": "off"})
+        settings_from_env({"MOLE_EVENT_LOOP": "AsyncIO", "MOLE_COALESCE_WRITES": "on"})
     )
     assert chosen["loop"] == "asyncio"
-    assert chosen["http"].coalesce_writes is False
+    assert chosen["http"].coalesce_writes is True
     with pytest.raises(SettingsError, match="MOLE_EVENT_LOOP='trio': expected one of auto"):
         settings_from_env({"MOLE_EVENT_LOOP": "trio"})
     with pytest.raises(SettingsError, match="MOLE_COALESCE_WRITES"):
