@@ -1,4 +1,4 @@
-"""One ``send`` per HTTP response instead of two: writes gathered until the loop's next turn.
+"""One ``send`` per HTTP response instead of two: a response's head waits for its body.
 
 An ASGI response is two messages, ``http.response.start`` (status and headers) and
 ``http.response.body``, and uvicorn writes each to the socket as it comes: two system
@@ -7,20 +7,26 @@ load (8 connections, 2 processes), those two writes were the largest single item
 frontend's CPU (about a fifth of the time the event loop held the GIL); on loopback a
 send also pays for the receiving side's TCP processing.
 
-:class:`CoalescingTransport` stands between uvicorn's protocol and the real transport and
-keeps what is written during one callback of the event loop, handing it to the real
-transport in one piece at the start of the next turn (``loop.call_soon``). Falcon sends
-a response's head and body in the same task step, so they leave in one ``send``. It is
-written against asyncio's public ``Transport`` interface only: every other call is passed
-through, after the gathered bytes where order matters (``close``, ``write_eof``).
+:class:`CoalescingTransport` stands between uvicorn's protocol and the real transport.
+It holds a write that finds nothing held (a response's head) and sends it together with
+the next write (its body) in one call of the real transport, at once: Falcon sends a
+response's head and body in the same task step, so they leave in one ``send`` with no
+extra turn of the loop. A write that no second one follows in the same callback (a
+``100 Continue``, the head of a response whose body is still coming) is sent at the start
+of the loop's next turn (``loop.call_soon``). It is written against asyncio's public
+``Transport`` interface only: every other call is passed through, after the held bytes
+where order matters (``close``, ``write_eof``).
 
-Off by default (``MOLE_COALESCE_WRITES``): measured side by side with
-``tests/benchmarks/bench_http.py --variant`` (8 connections, 2 processes, on a shared
-2-core machine), the kernel's TCP send work in the frontend halved, but the extra turn of
-the loop cost about as much, and the frontend's CPU per request did not go down (within
-the run-to-run spread of about 15 %, several runs slightly up). It stays for deployments
-whose clients sit across a real network, where one segment instead of two may be worth
-it: measure there before switching it on.
+An earlier version held every write until the next turn; measured side by side it halved
+the kernel's TCP send work but the deferred write cost as much. This one sends in the
+same turn: one system call where uvicorn makes two, for one no-op callback. py-spy on a
+frontend process under load puts the response's send at 17 % of the loop thread's time
+with it against 33 % without (two runs at different load: a hint, not a measurement).
+With ``tests/benchmarks/bench_http.py --variant`` (8 connections, 2 processes, rotating
+bodies, a shared 2-core machine at load 5-19), four runs of 5 interleaved repeats gave
+the frontend's CPU per classify with it x0.96, x0.94, x1.06 and x1.05 of without it
+(medians of the repeats' own ratios): no gain shown, so it stays off by default
+(``MOLE_COALESCE_WRITES=on``). Measure on a quiet machine before switching it on.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 
 class CoalescingTransport(asyncio.Transport):
-    """A transport that writes what it is given in one piece, one loop turn later."""
+    """A transport that sends a held write together with the one after it."""
 
     __slots__ = ("_loop", "_parts", "_real")
 
@@ -38,16 +44,22 @@ class CoalescingTransport(asyncio.Transport):
         super().__init__()
         self._real = real
         self._loop = loop
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray | memoryview] = []
 
     # writing ------------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not self._parts:
-            self._loop.call_soon(self.flush)
-        self._parts.append(bytes(data))
+        parts = self._parts
+        if parts:  # a head is held: it leaves now, with this
+            self._parts = []
+            parts.append(data)
+            if not self._real.is_closing():
+                self._real.write(b"".join(parts))
+            return
+        self._loop.call_soon(self.flush)  # nothing follows in this callback: sent then
+        parts.append(bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:

@@ -65,8 +65,9 @@ class Settings:
     keepalive_s: int = 5  # an idle kept-alive connection is closed after this
     access_log: bool = False  # one line per request (no query, body or headers)
     # Serving process (frontend.server): uvicorn's event loop ("auto": uvloop when
-    # installed, "uvloop", "asyncio") and whether a response's writes leave in one send
-    # (off: measured here, it did not lower the CPU per request; see frontend.coalesce)
+    # installed, "uvloop", "asyncio") and whether a response's head and body leave in one
+    # send (off: measured side by side in four runs it did not lower the CPU per request
+    # beyond this machine's noise; see frontend.coalesce)
     event_loop: str = "auto"
     coalesce_writes: bool = False
 

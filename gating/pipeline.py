@@ -9,6 +9,17 @@ failure is a :class:`gating.errors.GatingError` with a ``code``; nothing falls b
 silently. ``route`` is thread-safe: the components guard their own state, and the
 pipeline keeps none per request.
 
+Clients send one task description with many texts, so what depends on the description
+alone is worked out once per description, not once per request: the router's answer
+(task, Q-values, scope) is remembered per ``(description, domain)`` in a bounded LRU
+(:class:`DescriptionRoutes`) that a router update made through the pipeline
+(``feedback``, ``feedback_out_of_scope``, a new ``router``) empties, and a registry
+reload builds a new pipeline with an empty one. What depends on the registry alone (the
+expert and routing path of a language, domain and task; a one-domain registry's domain
+prediction) is worked out once per pipeline. Nothing is remembered per text: the text's
+language is detected on every request (the detector remembers only descriptions'
+languages, which short texts lean on).
+
 Usage as a library::
 
     from mole.gating import GatingPipeline
@@ -23,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,8 +65,17 @@ from mole.protocol.registry import (
 )
 from mole.protocol.registry import language as registry_language
 
-#: texts longer than this are cut for language detection only (bounded latency)
-MAX_DETECT_CHARS = 4000
+#: language detection reads a text's first this many characters (the expert still gets
+#: the whole text). fastText's cost grows with the text: measured with
+#: tests/benchmarks/bench_detect_length.py (360 texts of 1,500-6,000 characters in the 12
+#: served languages), 400 us a text at 1,000 characters against 1,300 us at 4,000, and
+#: every cut from 300 up read all 360 as their own language and as the uncut text did;
+#: 1,000 (a paragraph or two) keeps a margin over that for texts that open with a
+#: heading, a name or a number
+MAX_DETECT_CHARS = 1000
+#: distinct (description, domain) pairs whose route is remembered: a client sends a
+#: handful of descriptions, a deployment some hundreds; beyond that the oldest go
+DESCRIPTION_CACHE_SIZE = 4096
 
 
 class TaskRouter(Protocol):
@@ -126,6 +148,52 @@ class GatingResult:
         }
 
 
+class DescriptionRoutes:
+    """The router's answer per ``(description, domain)``: a bounded LRU, thread-safe.
+
+    Why: the router's answer depends on the description alone, and clients send the same
+    description with every text. ``clear`` forgets everything; a route worked out while
+    a ``clear`` happened is not stored (it may be the old router's answer), so after
+    ``clear`` returns no answer of the router before it is ever served.
+    """
+
+    def __init__(self, size: int = DESCRIPTION_CACHE_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        self.size = size
+        self._routes: OrderedDict[tuple[str, str], Route] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def get(self, key: tuple[str, str]) -> Route | None:
+        with self._lock:
+            route = self._routes.get(key)
+            if route is not None:
+                self._routes.move_to_end(key)
+            return route
+
+    @property
+    def generation(self) -> int:
+        """Read before asking the router; pass to :meth:`put` with its answer."""
+        return self._generation
+
+    def put(self, key: tuple[str, str], route: Route, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:  # cleared meanwhile: maybe a stale answer
+                return
+            self._routes[key] = route
+            if len(self._routes) > self.size:
+                self._routes.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._routes.clear()
+
+
 def _check_text(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
@@ -147,8 +215,19 @@ class GatingPipeline:
         self.registry = registry
         self.detector = detector
         self.domain_classifier = domain_classifier
-        self.router = router
+        self.routes = DescriptionRoutes()
+        self._router = router
         self.selector = ExpertSelector(registry)
+        # worked out once per registry (a reload builds a new pipeline)
+        self._served_domains = list(registry.domains)
+        self._served_tasks = list(registry.tasks)
+        #: (language code, domain, task, given steps) -> (expert, routing path)
+        self._selections: dict[tuple[str, str, str, tuple[str, ...]], tuple[ExpertSpec, str]] = {}
+        #: a one-domain registry's (constant) domain prediction; None: ask the classifier
+        self._single_domain: DomainPrediction | None = None
+        if isinstance(domain_classifier, SingleDomain):
+            self._single_domain = domain_classifier.predict("", "")
+            check_domain(self._single_domain, self._served_domains)
         self._check_router()
         unknown = [d for d in registry.domains if d not in domain_classifier.domains]
         if unknown:
@@ -157,6 +236,16 @@ class GatingPipeline:
                 f"{', '.join(domain_classifier.domains)}), so those tasks would be "
                 "unreachable; retrain it with `mole gating train-domain`"
             )
+
+    @property
+    def router(self) -> TaskRouter:
+        return self._router
+
+    @router.setter
+    def router(self, router: TaskRouter) -> None:
+        """A new router: the remembered routes were the old one's."""
+        self._router = router
+        self.routes.clear()
 
     def _check_router(self) -> None:
         """The router's actions must be each domain's tasks in registry order."""
@@ -259,9 +348,23 @@ class GatingPipeline:
         return self.detector.detect(text[:MAX_DETECT_CHARS], description)
 
     def classify_domain(self, description: str, text: str) -> DomainPrediction:
+        if self._single_domain is not None:  # a one-domain registry: no model to ask
+            return self._single_domain  # frozen; ``route`` copies its probabilities
         pred = self.domain_classifier.predict(description, text)
-        check_domain(pred, self.registry.domains)
+        check_domain(pred, self._served_domains)
         return pred
+
+    def _route_description(self, description: str, domain: str) -> Route:
+        """The router's answer for ``description`` in ``domain``, remembered (see
+        :class:`DescriptionRoutes`). Shared between requests: never change its
+        ``q_values`` (``route`` hands callers a copy)."""
+        key = (description, domain)
+        route = self.routes.get(key)
+        if route is None:
+            generation = self.routes.generation
+            route = self._router.route(description, domain)
+            self.routes.put(key, route, generation)
+        return route
 
     def route(
         self,
@@ -321,25 +424,13 @@ class GatingPipeline:
             assert description is not None  # checked above
             dom = self.classify_domain(description, text)
             t2 = time.perf_counter()
-            route = self.router.route(description, dom.domain)
+            route = self._route_description(description, dom.domain)
             t3 = time.perf_counter()
             if route.refused:
                 raise self._refusal(route, candidates)
             domain, task_name = dom.domain, route.task
-        expert = self.selector.select(lang, domain, task_name)
+        expert, path = self._selection(lang, domain, task_name, tuple(given))
         t4 = time.perf_counter()
-
-        def step(name: str, kind: str) -> str:
-            return f"{name}(given)" if kind in given else name
-
-        path = " -> ".join(
-            (
-                step(lang.name, "language"),
-                step(domain, "domain"),
-                step(task_name, "task"),
-                expert.base_model_key,
-            )
-        )
         return GatingResult(
             language=lang,
             language_confidence=lang_confidence,
@@ -356,15 +447,40 @@ class GatingPipeline:
                 "select_ms": (t4 - t3) * 1e3,
                 "total_ms": (t4 - t0) * 1e3,
             },
-            domain_probabilities=dom.probabilities,
-            task_scores=route.q_values if route is not None else {},
+            domain_probabilities=dict(dom.probabilities),
+            task_scores=dict(route.q_values) if route is not None else {},
             given=tuple(given),
             scope_score=route.scope if route is not None else None,
         )
 
+    def _selection(
+        self, lang: Language, domain: str, task: str, given: tuple[str, ...]
+    ) -> tuple[ExpertSpec, str]:
+        """The expert and routing path of a (language, domain, task), once per registry:
+        the registry does not change under a pipeline. Errors are not remembered."""
+        key = (lang.code, domain, task, given)
+        known = self._selections.get(key)
+        if known is not None:
+            return known
+        expert = self.selector.select(lang, domain, task)
+
+        def step(name: str, kind: str) -> str:
+            return f"{name}(given)" if kind in given else name
+
+        path = " -> ".join(
+            (
+                step(lang.name, "language"),
+                step(domain, "domain"),
+                step(task, "task"),
+                expert.base_model_key,
+            )
+        )
+        self._selections[key] = (expert, path)  # one dict store: atomic, no lock needed
+        return expert, path
+
     def served_tasks(self) -> list[str]:
         """The registry's task keys (``finance/rating``), in registry order."""
-        return list(self.registry.tasks)
+        return list(self._served_tasks)
 
     def _given_language(self, value: str) -> Language:
         served = [lang.name for lang in self.registry.languages]
@@ -442,14 +558,23 @@ class GatingPipeline:
     def feedback(
         self, description: str, task: str, reward: float, domain: str | None = None
     ) -> float:
-        """Reward the router for routing ``description`` to ``task`` (1 right, 0 wrong)."""
+        """Reward the router for routing ``description`` to ``task`` (1 right, 0 wrong).
+
+        Router updates go through here (not ``pipeline.router.feedback``): the pipeline
+        then forgets the routes it remembered."""
         _check_text("description", description)
         if "/" in task:
             domain, task = task.split("/", 1)
-        return self.router.feedback(description, task, reward, domain)
+        try:
+            return self._router.feedback(description, task, reward, domain)
+        finally:
+            self.routes.clear()
 
     def feedback_out_of_scope(self, description: str) -> ThresholdChoice | None:
         """Teach the router that no served task fits ``description``; returns the refusal
         threshold chosen again with it (None: the router keeps no threshold data)."""
         _check_text("description", description)
-        return self.router.feedback_out_of_scope(description)
+        try:
+            return self._router.feedback_out_of_scope(description)
+        finally:
+            self.routes.clear()

@@ -18,7 +18,13 @@ each wrk run, divided by the requests answered.
 
     .venv/bin/python tests/benchmarks/bench_http.py [--duration 8] [--delays 0,0.02]
         [--connections 1,8,32] [--frontend-workers 2] [--repeats 3]
-        [--variant NAME:VAR=VALUE[,VAR=VALUE]]...
+        [--variant NAME:VAR=VALUE[,VAR=VALUE]]... [--baseline NAME=CHECKOUT]...
+        [--bodies rotating|long|single]
+
+Requests carry a few hundred distinct texts in the twelve served languages under a
+handful of task descriptions, cycled by the wrk script (``classify_bodies.py``), so no
+per-text cache makes a design look cheaper than it is; ``--bodies single`` sends one
+fixed body as earlier rounds did.
 
 All stacks of one service time run side by side; wrk runs are interleaved across designs
 and repeated (``--repeats``), and the table shows medians, so load from neighbours on a
@@ -26,7 +32,13 @@ shared machine falls on every design alike. Needs wrk (`apt-get install -y wrk`)
 one table and the ratios the issue asks for (throughput >= 4x, p99 <= half, frontend CPU
 <= 250 us per classify at 8 connections, 0 ms). A ``--variant`` is one more MoLE stack
 with some frontend settings changed (a lever switched off, say), interleaved like the
-rest and compared with MoLE as configured by default.
+rest and compared with MoLE as configured by default. A ``--baseline`` is one more MoLE
+stack whose frontend is another checkout's code (the commit before a change, say), so a
+change's effect on the frontend's CPU is measured side by side in one run:
+
+    git archive BASE | tar -x -C /tmp/base && python -m venv /tmp/base/.venv && \
+      /tmp/base/.venv/bin/pip install --no-deps --no-build-isolation -e /tmp/base
+    (with the third-party packages reachable from that venv, e.g. through a .pth)
 """
 
 from __future__ import annotations
@@ -49,12 +61,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.benchmarks.classify_bodies import BODY_KINDS, bodies_of_kind, wrk_script
 from tests.support.procs import free_port, wait_http
 
 PY = sys.executable
 SECRET = "bench-secret-" + "s" * 40
-TEXT = "The quarterly revenue rose 12 percent and the company raised its full-year outlook."
-DESCRIPTION = "Rate the sentiment of this financial statement"
 LEGACY = "legacy (fixed)"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,9 +104,9 @@ def env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def proc(args: list[str], log: Path, environment: dict[str, str]):
+def proc(args: list[str], log: Path, environment: dict[str, str], cwd: Path = REPO):
     with open(log, "wb") as out:
-        p = subprocess.Popen(args, cwd=REPO, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(args, cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield p
     finally:
@@ -117,17 +128,6 @@ def get_token(base: str) -> str:
     )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())["access_token"]
-
-
-def lua_script(path: Path, token: str) -> Path:
-    body = json.dumps({"text": TEXT, "description": DESCRIPTION})
-    path.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(body)}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-    )
-    return path
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -178,10 +178,10 @@ def run_wrk(url: str, script: Path, connections: int, duration: float) -> dict:
     }
 
 
-def check_one(url: str, token: str) -> dict:
+def check_one(url: str, token: str, body: dict) -> dict:
     req = urllib.request.Request(
         url,
-        data=json.dumps({"text": TEXT, "description": DESCRIPTION}).encode(),
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(req, timeout=30) as r:
@@ -189,11 +189,19 @@ def check_one(url: str, token: str) -> dict:
 
 
 def start_mole(
-    args, delay: float, work: Path, stack: ExitStack, name: str = "mole", extra_env=None
+    args,
+    delay: float,
+    work: Path,
+    stack: ExitStack,
+    name: str = "mole",
+    extra_env=None,
+    checkout: Path | None = None,
 ) -> dict:
     """Broker, worker process and `python -m mole.frontend`: classify URL, wrk script and
     the pids whose CPU is counted (``frontend``: the gunicorn master, with its workers).
-    ``extra_env`` goes to the frontend only (a ``--variant``'s settings)."""
+    ``extra_env`` goes to the frontend only (a ``--variant``'s settings); ``checkout``
+    runs the frontend of another checkout (a ``--baseline``) with that checkout's
+    ``.venv/bin/python``, from its own directory; broker and worker are this tree's."""
     broker = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -218,10 +226,14 @@ def start_mole(
     )
     worker_proc = stack.enter_context(proc(worker_args, work / f"fixed_worker-{tag}.log", env()))
     log = work / f"frontend-{tag}.log"
+    fe_python, fe_env = PY, env()
+    if checkout is not None:
+        fe_python = str(checkout / ".venv" / "bin" / "python")
+        fe_env["PYTHONPATH"] = str(checkout)
     fe = stack.enter_context(
         proc(
             [
-                PY,
+                fe_python,
                 "-m",
                 "mole.frontend",
                 "--bind",
@@ -235,22 +247,24 @@ def start_mole(
             ],
             log,
             # rate limits stay checked (their cost is part of MoLE's) but far above the load
-            env(
-                MOLE_BOOTSTRAP_ADMIN="bench:bench-password",
-                REQUEST_TIMEOUT_SECONDS="60",
-                MOLE_RATE_LIMIT_CLASSIFY="10000000/second",
+            {
+                **fe_env,
+                "MOLE_BOOTSTRAP_ADMIN": "bench:bench-password",
+                "REQUEST_TIMEOUT_SECONDS": "60",
+                "MOLE_RATE_LIMIT_CLASSIFY": "10000000/second",
                 **(extra_env or {}),
-            ),
+            },
+            cwd=checkout or REPO,
         )
     )
     wait_http(f"{base}/api/v1/health/ready", 120, fe, log)
     token = get_token(base)
     url = f"{base}/api/v1/classify"
-    sample = check_one(url, token)
+    sample = check_one(url, token, args.bodies[0])
     print(f"  {name} sample: {sample['routing_path']} -> {sample['result']}", flush=True)
     return {
         "url": url,
-        "script": lua_script(work / f"mole-{tag}.lua", token),
+        "script": wrk_script(work / f"{name}-{tag}.lua", token, args.bodies),
         "frontend": [fe.pid],
         "others": {"broker": [broker_proc.pid], "worker": [worker_proc.pid]},
     }
@@ -289,10 +303,10 @@ def start_legacy(args, delay: float, work: Path, stack: ExitStack, token: str) -
     base = f"http://127.0.0.1:{cport}"
     wait_http(f"{base}/api/v1/health", 120, c, clog)
     url = f"{base}/api/v1/classify"
-    check_one(url, token)
+    check_one(url, token, args.bodies[0])
     return {
         "url": url,
-        "script": lua_script(work / f"legacy-{tag}.lua", token),
+        "script": wrk_script(work / f"legacy-{tag}.lua", token, args.bodies),
         "frontend": [c.pid],
         "others": {"worker": [w.pid]},
     }
@@ -327,7 +341,26 @@ def main() -> int:
         help="one more MoLE stack whose frontend gets these environment settings, run "
         "interleaved with the others (e.g. mole-asyncio:MOLE_EVENT_LOOP=asyncio); repeatable",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKOUT",
+        help="one more MoLE stack whose frontend is another checkout's (e.g. main's code "
+        "exported with `git archive` and installed into CHECKOUT/.venv), interleaved "
+        "with the others and compared with this tree's frontend; repeatable",
+    )
+    parser.add_argument(
+        "--bodies",
+        choices=BODY_KINDS,
+        default="rotating",
+        help="rotating: a few hundred distinct texts under a handful of descriptions, as "
+        "clients send (default); long: article-length texts (1,500-6,000 characters); "
+        "single: one fixed body (every per-text cache hits)",
+    )
     args = parser.parse_args()
+    args.bodies = bodies_of_kind(args.bodies)
+    print(f"{len(args.bodies)} distinct request bodies", flush=True)
     args.connections = [int(c) for c in args.connections.split(",")]
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -352,6 +385,11 @@ def main() -> int:
                 name, _, settings = spec.partition(":")
                 extra = dict(pair.split("=", 1) for pair in settings.split(",") if pair)
                 targets[name] = start_mole(args, delay, work, stack, name, extra)
+            for spec in args.baseline:
+                name, _, checkout = spec.partition("=")
+                targets[name] = start_mole(
+                    args, delay, work, stack, name, checkout=Path(checkout).resolve()
+                )
             if "legacy" in designs:
                 targets[LEGACY] = start_legacy(args, delay, work, stack, token)
             # Interleave designs and repeat, so a neighbour's load on this shared machine
@@ -426,19 +464,30 @@ def main() -> int:
                     f"frontend CPU {mole['cpu_us']['frontend']:.0f} vs "
                     f"{base['cpu_us']['frontend']:.0f} us/req"
                 )
-    for spec in args.variant:  # each variant against MoLE as configured by default
-        name = spec.partition(":")[0]
+    # each variant and baseline against MoLE as configured by default
+    others = [spec.partition(":")[0] for spec in args.variant]
+    others += [spec.partition("=")[0] for spec in args.baseline]
+    for name in others:
         for delay in sorted({r["delay_ms"] for r in results}):
             for c in args.connections:
                 var, mole = by.get((name, delay, c)), by.get(("mole", delay, c))
                 if var and mole and var["rps"]:
+                    # the repeats ran side by side: a neighbour's burst falls on both runs
+                    # of one repeat alike, so the repeat's own ratio is the steadier figure
+                    pairs = list(zip(mole["runs"], var["runs"], strict=True))
+                    cpu_pairs = median(
+                        [m["cpu_us"]["frontend"] / v["cpu_us"]["frontend"] for m, v in pairs]
+                    )
+                    rps_pairs = median([m["rps"] / v["rps"] for m, v in pairs])
                     print(
                         f"delay {delay:>3.0f} ms c={c:<3} mole / {name}: throughput "
                         f"x{mole['rps'] / var['rps']:.2f}, p99 {mole['p99_ms']:.2f} vs "
                         f"{var['p99_ms']:.2f} ms, frontend CPU "
                         f"{mole['cpu_us']['frontend']:.0f} vs "
                         f"{var['cpu_us']['frontend']:.0f} us/req "
-                        f"(x{mole['cpu_us']['frontend'] / var['cpu_us']['frontend']:.2f})"
+                        f"(x{mole['cpu_us']['frontend'] / var['cpu_us']['frontend']:.2f}); "
+                        f"median of the repeats' own ratios: CPU x{cpu_pairs:.2f}, "
+                        f"throughput x{rps_pairs:.2f}"
                     )
     mole, base = by.get(("mole", 0.0, 8)), by.get((LEGACY, 0.0, 8))
     if mole and base and base["rps"]:

@@ -1,6 +1,6 @@
-"""CoalescingTransport on a real event loop and a real connected socket pair: writes made
-in one callback reach the peer in one piece on the loop's next turn, in order, and
-nothing written is lost to ``close``."""
+"""CoalescingTransport on a real event loop and a real connected socket pair: a held write
+reaches the peer together with the next one, at once, or alone on the loop's next turn,
+in order, and nothing written is lost to ``close``."""
 
 from __future__ import annotations
 
@@ -44,20 +44,35 @@ async def read_until_eof(peer: socket.socket) -> bytes:
     return data
 
 
-def test_writes_of_one_callback_leave_together_on_the_next_turn() -> None:
+def test_a_head_waits_for_its_body_and_both_leave_in_the_same_turn() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
     async def main() -> None:
         async with connected() as (transport, peer):
-            transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            transport.write(head)
+            assert received_now(peer) == b""  # held for its body
+            assert transport.get_write_buffer_size() == len(head)
             transport.write(memoryview(b"{}"))
-            assert received_now(peer) == b""  # held for now
-            assert transport.get_write_buffer_size() == 40
-            await asyncio.sleep(0)  # the loop's next turn
-            await asyncio.sleep(0.05)  # let the kernel deliver it
-            assert received_now(peer) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+            # no await in between: the pair went to the socket within this callback
+            assert received_now(peer) == head + b"{}"
             assert transport.get_write_buffer_size() == 0
             transport.writelines([b"a", b"", b"b"])
-            await asyncio.sleep(0.05)
             assert received_now(peer) == b"ab"
+
+    asyncio.run(main())
+
+
+def test_a_write_with_nothing_after_it_leaves_on_the_next_turn() -> None:
+    async def main() -> None:
+        async with connected() as (transport, peer):
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            assert received_now(peer) == b""
+            await asyncio.sleep(0)  # the loop's next turn
+            await asyncio.sleep(0.05)  # let the kernel deliver it
+            assert received_now(peer) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            transport.write(b"x")  # a new head: held again, then sent alone
+            transport.flush()
+            assert received_now(peer) == b"x"
 
     asyncio.run(main())
 

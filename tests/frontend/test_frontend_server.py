@@ -29,7 +29,7 @@ def roomy(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def strict(broker_url, tmp_path_factory, logs_dir) -> Iterator[str]:
-    """One process with tight limits, so each can be crossed quickly; it also sends each
+    """One process with tight limits, so each can be crossed quickly; it sends each
     response in one write (MOLE_COALESCE_WRITES, off by default), so its refusals and
     closes are checked through CoalescingTransport too."""
     data = tmp_path_factory.mktemp("strict")
