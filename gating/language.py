@@ -132,6 +132,22 @@ class Detection:
         return self.language.code
 
 
+@dataclass(frozen=True, slots=True)
+class _DescriptionEvidence:
+    """What a description tells a short text's decision, worked out once per description:
+    clients send one description with many texts, and building the prior per text was a
+    tenth of the short path's Python time.
+
+    ``languages``: fastText's distribution over all its labels, most likely first;
+    ``top``: the first of them; ``priors``: ``w · p(L) + (1 - w) / n`` per served language,
+    in the detector's ``_short_codes`` order.
+    """
+
+    languages: dict[str, float]
+    top: str
+    priors: tuple[float, ...]
+
+
 def _display(code: str) -> str:
     return LANGUAGE_NAMES.get(code, code)
 
@@ -183,7 +199,7 @@ class LanguageDetector:
         self.top_k = top_k
         self.short_chars = short_chars
         self.description_weight = description_weight
-        self._descriptions: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._descriptions: OrderedDict[str, _DescriptionEvidence] = OrderedDict()
         self.served: frozenset[str] | None = (
             frozenset(language(x).code for x in served) if served is not None else None
         )
@@ -191,7 +207,13 @@ class LanguageDetector:
         # fastText's label for each served language, for the short-text path (per text,
         # stripping "__label__" off every label it lists cost more than the lookups)
         self._short_served = self.served if self.served is not None else frozenset(LANGUAGE_NAMES)
-        self._short_labels = {f"__label__{c}": c for c in self._short_served}
+        # the short path scores the served languages as parallel tuples in this order (the
+        # ties of a max go to the first code, as a max over sorted codes did)
+        self._short_codes = tuple(sorted(self._short_served))
+        self._short_label_pairs = tuple((f"__label__{c}", c) for c in self._short_codes)
+        self._uniform_priors = (1.0 / len(self._short_codes),) * len(self._short_codes)
+        # Language objects by code: looked up once, not per detection
+        self._languages = {c: language(c) for c in self._short_codes}
         self.second_opinion: ShortTextModel | None = (
             ShortTextModel(self.served)
             if second_opinion and self.served is not None and lingua_available()
@@ -310,6 +332,11 @@ class LanguageDetector:
     def _description_languages(self, description: str) -> dict[str, float]:
         """fastText's distribution over languages for a description (remembered), most
         likely first."""
+        return self._description_evidence(description).languages
+
+    def _description_evidence(self, description: str) -> _DescriptionEvidence:
+        """A description's languages and the prior they give each served language,
+        worked out on its first short text and remembered (LRU)."""
         with self._lock:
             known = self._descriptions.get(description)
             if known is not None:
@@ -317,23 +344,36 @@ class LanguageDetector:
                 return known
         cleaned = _SPACE.sub(" ", description.encode("utf-8", "replace").decode("utf-8"))
         dist = dict(self._predict(cleaned.strip()[:MAX_DESCRIPTION_CHARS], -1))
+        w, n = self.description_weight, len(self._short_codes)
+        evidence = _DescriptionEvidence(
+            languages=dist,
+            # fastText ranks its labels and a dict keeps their order (a max() over its 176
+            # entries cost more than Lingua's dict and the scoring together)
+            top=next(iter(dist), "unknown"),
+            priors=tuple(w * dist.get(c, 0.0) + (1.0 - w) / n for c in self._short_codes),
+        )
         with self._lock:
-            self._descriptions[description] = dist
+            self._descriptions[description] = evidence
             if len(self._descriptions) > _DESCRIPTION_CACHE_SIZE:
                 self._descriptions.popitem(last=False)
-        return dist
+        return evidence
 
     def _detect_short(self, sample: str, description: str | None) -> Detection:
         """A short text's language: fastText, Lingua (when there) and the description's
-        language (when given) as a prior."""
-        served = self._short_served
+        language (when given) as a prior.
+
+        The served languages are scored as lists in one fixed order (``_short_codes``),
+        with the description's prior read from its cache: per text, this path's Python
+        work is a few list passes over the served languages, next to fastText's and
+        Lingua's own calls.
+        """
+        served, codes = self._short_served, self._short_codes
         text_dist, raw_label, raw_p = self._predict_short(sample)
-        desc_dist = self._description_languages(description) if description else {}
-        # the first key is the description's top reading: fastText ranks its labels, and
-        # a dict keeps their order (a max() over its 176 entries cost more than Lingua's
-        # dict and the scoring together)
-        desc_top = next(iter(desc_dist), "unknown")
-        w, n = self.description_weight, len(served)
+        evidence = self._description_evidence(description) if description else None
+        if evidence is not None and not evidence.languages:
+            evidence = None  # fastText listed nothing for it: no evidence
+        desc_top = evidence.top if evidence is not None else "unknown"
+        priors = evidence.priors if evidence is not None else self._uniform_priors
         lingua = (
             self.second_opinion.distribution(
                 sample, self._lingua_candidates(text_dist, raw_label, desc_top, served)
@@ -343,20 +383,19 @@ class LanguageDetector:
             and not self._sure_without_lingua(raw_label, raw_p, desc_top, served)
             else {}
         )
-
-        def prior(code: str) -> float:
-            return w * desc_dist.get(code, 0.0) + (1.0 - w) / n if desc_dist else 1.0 / n
-
+        get = text_dist.get
         if lingua:
             a = _FASTTEXT_EXPONENT_SHORT
-            text_score = {
-                c: (text_dist.get(c, 0.0) + _UNLISTED) ** a * (lingua.get(c, 0.0) + _UNLISTED)
-                for c in served
-            }
+            opinion = lingua.get
+            text_score = [
+                (get(c, 0.0) + _UNLISTED) ** a * (opinion(c, 0.0) + _UNLISTED) for c in codes
+            ]
         else:
             a = 1.0
-            text_score = {c: text_dist.get(c, 0.0) + _UNLISTED for c in served}
-        scores = {c: text_score[c] * prior(c) for c in served}
+            text_score = [get(c, 0.0) + _UNLISTED for c in codes]
+        scores = [t * p for t, p in zip(text_score, priors, strict=True)]
+        top_score = max(scores)
+        best = codes[scores.index(top_score)]
         # a short text fastText is sure is in an unserved language competes as "other";
         # the description vouches for it only when it is itself mostly unserved (a Danish
         # description reads partly as Norwegian, which must not pull its texts away).
@@ -366,15 +405,20 @@ class LanguageDetector:
         other = 0.0
         # without a description, an unserved reading counts from the floor, as it does
         # for a longer text (0.5 lost a tenth of the short unserved texts it refused)
-        sure = _SURE_UNSERVED if desc_dist else self.floor
+        sure = _SURE_UNSERVED if evidence is not None else self.floor
         if raw_label not in served and raw_p >= sure:
-            vouched = prior(raw_label) if desc_top not in served else (1.0 - w) / n
-            share = _UNSERVED_SHARE_DESCRIBED if desc_dist else _UNSERVED_SHARE
+            w, n = self.description_weight, len(codes)
+            if evidence is None:
+                vouched = 1.0 / n
+            elif desc_top not in served:
+                vouched = w * evidence.languages.get(raw_label, 0.0) + (1.0 - w) / n
+            else:
+                vouched = (1.0 - w) / n
+            share = _UNSERVED_SHARE_DESCRIBED if evidence is not None else _UNSERVED_SHARE
             other = raw_p**a * (share if lingua else 1.0) * vouched
-        best = max(sorted(scores), key=lambda c: scores[c])
-        confidence = scores[best] / (sum(scores.values()) + other)
+        confidence = top_score / (sum(scores) + other)
         names = self.served_names
-        if other > scores[best]:
+        if other > top_score:
             raise UnsupportedLanguage(
                 f"the text is in {_display(raw_label)} (confidence {raw_p:.2f}), which is not "
                 f"served; served languages: {', '.join(names)}",
@@ -395,24 +439,29 @@ class LanguageDetector:
             )
         # the description decided if the text alone would have said another language, or
         # been too unsure to say one
-        alone = max(sorted(served), key=lambda c: text_score[c])
-        alone_share = text_score[alone] / sum(text_score.values())
-        decided = bool(desc_dist) and (best != alone or alone_share < self.floor)
-        return Detection(language(best), confidence, raw_label, raw_p, decided)
+        decided = False
+        if evidence is not None:
+            alone_score = max(text_score)
+            alone = codes[text_score.index(alone_score)]
+            decided = best != alone or alone_score / sum(text_score) < self.floor
+        return Detection(self._languages[best], confidence, raw_label, raw_p, decided)
 
     def _predict_short(self, sample: str) -> tuple[dict[str, float], str, float]:
         """fastText on a short text: the served languages' probabilities (those it lists
-        from ``_SHORT_LABEL_FLOOR``) and its top label with its probability."""
+        from ``_SHORT_LABEL_FLOOR``, in ``_short_codes`` order) and its top label with
+        its probability."""
         with self._lock:
             labels, probs = self._model.predict(sample, k=-1, threshold=_SHORT_LABEL_FLOOR)
         if not labels:
             return {}, "unknown", 0.0
-        codes = self._short_labels
+        # a dict of what fastText listed, read for the served labels only: a pass over
+        # its ~100 labels in C, then a dozen lookups, not a Python test per label
+        listed = dict(zip(labels, probs, strict=True))
         # probabilities can exceed 1 by rounding (1.00005): clamp
         dist = {
-            codes[label]: min(1.0, p)
-            for label, p in zip(labels, probs, strict=True)
-            if label in codes
+            code: min(1.0, listed[label])
+            for label, code in self._short_label_pairs
+            if label in listed
         }
         return dist, labels[0].removeprefix("__label__"), min(1.0, float(probs[0]))
 

@@ -326,10 +326,21 @@ class QRouter:
         with self._lock:
             return self._scope_score(idx, val, domain)
 
-    def _scope_score(self, idx: Indices, val: Floats, domain: str | None) -> float:
+    def scope_parts(self, description: str, domain: str | None = None) -> tuple[float, float]:
+        """The two Q-values a scope score is the difference of: the best task's (in
+        ``domain``, or over all domains) and the refuse head's. For analyses that weigh
+        them otherwise (tests/benchmarks/bench_refusal_cv.py)."""
+        idx, val = self.featurize(description)
+        with self._lock:
+            return self._scope_parts(idx, val, domain)
+
+    def _scope_parts(self, idx: Indices, val: Floats, domain: str | None) -> tuple[float, float]:
         qs = [self._domain(domain)[1]] if domain is not None else list(self._q.values())
-        best = max(float(np.max(q.q(idx, val))) for q in qs)
-        return best - self._refuse.q(idx, val)
+        return max(float(np.max(q.q(idx, val))) for q in qs), self._refuse.q(idx, val)
+
+    def _scope_score(self, idx: Indices, val: Floats, domain: str | None) -> float:
+        best, refuse = self._scope_parts(idx, val, domain)
+        return best - refuse
 
     def calibrate(
         self,

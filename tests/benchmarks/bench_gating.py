@@ -40,6 +40,7 @@ import contextlib
 from mole.gating import GatingError, GatingPipeline, TaskNotServed
 from mole.gating.language import LanguageDetector
 from tests.gating.gating_samples import DESCRIPTIONS, SENTENCES
+from tests.gating.previous_short_path import PreviousShortPath
 from tests.gating.test_language import EveryShortTextAsksLingua
 
 #: descriptions of tasks nobody serves (the refusal path)
@@ -62,6 +63,9 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
     served = [lang.code for lang in pipeline.registry.languages]
     plain = GatingPipeline.load(detector=LanguageDetector(served, second_opinion=False))
     always = GatingPipeline.load(detector=EveryShortTextAsksLingua(served))
+    # the same decisions by the short path's previous scoring (its Python work before it
+    # was cut): the before/after of that change, in the same run
+    before = GatingPipeline.load(detector=PreviousShortPath(served))
     jobs = []
     for desc in DESCRIPTIONS.values():
         for text in SENTENCES.values():
@@ -92,6 +96,7 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
         "route": [],
         "route_cpu": [],
         "short": [],
+        "short_before": [],
         "short_ft": [],
         "short_all": [],
         "refused": [],
@@ -100,7 +105,7 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
     lang = pipeline.detector
     router = pipeline.router
     reg = pipeline.registry
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for text, desc in jobs:
             t0 = time.perf_counter()
             d = lang.detect(text, desc)
@@ -119,15 +124,17 @@ def bench_cpu(rounds: int) -> dict[str, dict[str, float]]:
             stages["select"].append(t3 - t2)
             stages["route"].append(t4 - t3)
         for text, desc in short:
-            t0 = time.perf_counter()
-            pipeline.route(text, desc)
+            # shipped and previous scoring take turns going first, round by round
+            for variant in (("short", "short_before"), ("short_before", "short"))[round_ % 2]:
+                t0 = time.perf_counter()
+                (pipeline if variant == "short" else before).route(text, desc)
+                stages[variant].append(time.perf_counter() - t0)
             t1 = time.perf_counter()
             with contextlib.suppress(GatingError):
                 plain.route(text, desc)
             t2 = time.perf_counter()
             with contextlib.suppress(GatingError):
                 always.route(text, desc)
-            stages["short"].append(t1 - t0)
             stages["short_ft"].append(t2 - t1)
             stages["short_all"].append(time.perf_counter() - t2)
         for text, desc in refused:
@@ -238,6 +245,7 @@ def main() -> int:
         "route",
         "route_cpu",
         "short",
+        "short_before",
         "short_ft",
         "short_all",
         "refused",
@@ -255,7 +263,9 @@ def main() -> int:
     print(
         "  (route_cpu: this thread's CPU time per route, which a loaded machine's "
         "preemption does not inflate; short: route of a 25-character text, the "
-        "description's language weighed in and Lingua where fastText is not sure; short_ft: "
+        "description's language weighed in and Lingua where fastText is not sure; short_before: "
+        "the same decisions by the short path's previous scoring (Python work before it was "
+        "cut), the two taking turns going first; short_ft: "
         "the same without Lingua (fastText alone); short_all: Lingua asked on every short "
         "text (the method before), the three interleaved; refused: route ending in TaskNotServed; "
         "task_new: the task router alone on a description it has not seen)"

@@ -9,6 +9,7 @@ dev extra).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from pathlib import Path
@@ -73,8 +74,10 @@ def _clean(text: str) -> str:
     return " ".join(_PLACEHOLDER.sub(" ", text).split())
 
 
-def sentences(code: str, *, min_chars: int = 30, limit: int = 100, seed: int = 7) -> list[str]:
-    """Up to ``limit`` distinct sentences of ``min_chars``+ characters in language ``code``."""
+@functools.cache
+def _catalog_texts(code: str, min_chars: int) -> tuple[str, ...]:
+    """Every distinct text of ``min_chars``+ characters in language ``code``, sorted
+    (parsed once per process: a short-text sample reads all 18 catalogs)."""
     import django
 
     root = Path(django.__file__).parent
@@ -90,7 +93,12 @@ def sentences(code: str, *, min_chars: int = 30, limit: int = 100, seed: int = 7
             text = _clean(msgid if code == "en" else msgstr)
             if len(text) >= min_chars and (code == "en" or text != _clean(msgid)):
                 found.add(text)
-    ordered = sorted(found)
+    return tuple(sorted(found))
+
+
+def sentences(code: str, *, min_chars: int = 30, limit: int = 100, seed: int = 7) -> list[str]:
+    """Up to ``limit`` distinct sentences of ``min_chars``+ characters in language ``code``."""
+    ordered = list(_catalog_texts(code, min_chars))
     random.Random(seed).shuffle(ordered)
     return ordered[:limit]
 
@@ -105,7 +113,7 @@ def short_texts(code: str, *, limit: int = 150, max_chars: int = 30) -> list[str
     others: set[str] = set()
     for other in LOCALES:
         if other != code:
-            others.update(sentences(other, min_chars=10, limit=10**6))
+            others.update(_catalog_texts(other, 10))
     found = [
         t
         for t in sentences(code, min_chars=10, limit=10**6)

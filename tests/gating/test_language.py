@@ -222,6 +222,53 @@ def test_the_one_label_first_look_decides_as_the_full_ranking_does():
     assert differ == []
 
 
+def _short_reading(detector, text, description):
+    try:
+        d = detector.detect(text, description)
+        return d.code, d.confidence, d.raw_label, d.raw_confidence, d.used_description
+    except (LanguageUncertain, UnsupportedLanguage) as err:
+        return type(err).__name__, str(err)
+
+
+def test_the_short_path_decides_as_its_previous_scoring_did():
+    """The short path scores the served languages as lists with the description's prior
+    remembered; the previous scoring (dicts built per text, tests/gating/
+    previous_short_path.py) must read every short text the same: language, confidence
+    (to the last bits a different summation order changes), fastText's label and whether
+    the description decided; or the same refusal with the same message. Texts of 10-30
+    characters and cut sentences, in served and unserved languages, alone, under a
+    same-language description and under an English one."""
+    from tests.gating.previous_short_path import PreviousShortPath
+
+    shipped, previous = LanguageDetector(SERVED), PreviousShortPath(SERVED)
+    descriptions = _served_descriptions()
+    cases = []
+    for code in (*SERVED, "pt", "nb", "ca", "ru"):
+        texts = po_samples.short_texts(code, limit=15)
+        texts += [t[:25] for t in po_samples.sentences(code, min_chars=30, limit=8)]
+        for i, text in enumerate(texts):
+            own = descriptions.get(code, descriptions["en"])
+            cases += [
+                (text, None),
+                (text, own[i % len(own)]),
+                (text, descriptions["en"][i % len(descriptions["en"])]),
+            ]
+    cases += [("Hej med dig", "Rate it"), ("ok", "x"), ("Statische bestanden", None)]
+    assert len(cases) > 1000
+    differ = []
+    for text, description in cases:
+        got = _short_reading(shipped, text, description)
+        want = _short_reading(previous, text, description)
+        same = len(got) == len(want) == 2 and got == want
+        if len(got) == len(want) == 5:
+            same = (got[0], got[2:]) == (want[0], want[2:]) and got[1] == pytest.approx(
+                want[1], rel=1e-12
+            )
+        if not same:
+            differ.append((text, description, got, want))
+    assert differ == []
+
+
 def _served_descriptions() -> dict[str, list[str]]:
     """The held-out task descriptions written as sentences for this project, by language
     (not heldout_short.jsonl's task names of a word or two)."""

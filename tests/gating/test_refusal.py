@@ -185,6 +185,26 @@ def test_the_threshold_saved_is_the_one_its_saved_data_chooses(shipped):
 
 
 # -- choosing a threshold ----------------------------------------------------------------
+def test_scope_parts_are_the_best_task_and_the_refuse_head(shipped):
+    """``scope_parts`` gives the two Q-values whose difference is the scope score: the
+    best task's (as ``route`` reports the tasks' Q-values) and the refuse head's, which is
+    higher for a description of an unserved task than for a served one."""
+    refuse = {}
+    for description in (
+        "Rate the sentiment of this review from 1 to 5.",
+        "Translate this text into French.",
+    ):
+        route = shipped.route(description, "finance")
+        best, refuse[description] = shipped.scope_parts(description, "finance")
+        assert best == max(route.q_values.values())
+        assert best - refuse[description] == pytest.approx(route.scope, abs=1e-12)
+        assert shipped.scope_parts(description) == (best, refuse[description])  # one domain
+    assert (
+        refuse["Translate this text into French."]
+        > refuse["Rate the sentiment of this review from 1 to 5."] + 0.5
+    )
+
+
 def _reference_choice(ins, outs, ceiling):
     """Brute force over a fine grid: the best (out refused - in refused) under the ceiling."""
     best = None
