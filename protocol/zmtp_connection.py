@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 from mole.protocol.errors import HandshakeRefused, MoleError, ProtocolMismatch, TransportError
 from mole.protocol.zmtp_codec import FLAG_MORE, FrameDecoder, split_command
@@ -85,8 +85,8 @@ class ZmtpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # cast: uvloop's transports implement asyncio.Transport without subclassing it
+        self._transport = transport = cast(asyncio.Transport, transport)
         self.stage = "greeting"
         # Greeting and the mechanism's first command in one write: the peer reads its
         # 64 octets of greeting first and the command after, so nothing waits for a

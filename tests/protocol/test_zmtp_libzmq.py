@@ -120,7 +120,17 @@ MESSAGES = [
 ]
 
 
-def test_multipart_and_long_frames_reach_libzmq_exactly_and_come_back():
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Run a coroutine on asyncio's loop or on uvloop's (the frontend's)."""
+    if request.param == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
+def test_multipart_and_long_frames_reach_libzmq_exactly_and_come_back(run):
     router = EchoRouter()
 
     async def main():
@@ -134,7 +144,7 @@ def test_multipart_and_long_frames_reach_libzmq_exactly_and_come_back():
         return events
 
     try:
-        events = asyncio.run(main())
+        events = run(main())
     finally:
         router.stop()
     assert router.received == [[b"c-native-test", *m] for m in MESSAGES]
@@ -222,7 +232,7 @@ def test_native_needs_a_tcp_url_and_a_known_transport_name():
 # --------------------------------------------------------------------------- raw peers
 
 
-def test_silent_peer_is_dropped_after_the_heartbeat_timeout_and_dialled_again():
+def test_silent_peer_is_dropped_after_the_heartbeat_timeout_and_dialled_again(run):
     """A peer that finishes the handshake and then never answers: PINGs go out at the
     heartbeat interval (spec 37's PING, TTL zero), and past the timeout the connection
     is taken as lost and dialled again."""
@@ -246,7 +256,7 @@ def test_silent_peer_is_dropped_after_the_heartbeat_timeout_and_dialled_again():
         server.close()
         return events
 
-    events = asyncio.run(main())
+    events = run(main())
     assert events.log[:3] == ["connected", "disconnected", "connected"]
     assert "heartbeat timeout 0.35 s" in (events.reasons[0] or "")
     ping = bytes([0x04, 7, 4]) + b"PING" + b"\x00\x00"  # command, size 7, [4]"PING", ttl 0
@@ -284,8 +294,9 @@ def test_peer_pings_are_answered_with_their_context():
         (b"\xff" + bytes(8) + b"\x7f\x01\x05", r"speaks ZMTP 1\.x.*transport=\"zmq\""),
         (ROUTER_GREETING.replace(b"NULL", b"PLAIN"), "wants the b'PLAIN' mechanism"),
     ],
+    ids=["http", "zmtp-1", "plain-mechanism"],
 )
-def test_a_peer_that_speaks_something_else_is_a_clear_error(greeting, match):
+def test_a_peer_that_speaks_something_else_is_a_clear_error(greeting, match, run):
     async def impostor(reader, writer):
         writer.write(greeting)
         await reader.read(100)
@@ -302,7 +313,7 @@ def test_a_peer_that_speaks_something_else_is_a_clear_error(greeting, match):
         finally:
             server.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_peer_that_accepts_and_says_nothing_does_not_hold_the_handshake():
