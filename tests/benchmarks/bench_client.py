@@ -233,7 +233,9 @@ def main() -> int:
                     )
                 first = kinds[0]
                 for other in kinds[1:]:
-                    rate, p99, cpu = (a / b for a, b in zip(medians[first], medians[other], strict=True))
+                    rate, p99, cpu = (
+                        a / b for a, b in zip(medians[first], medians[other], strict=True)
+                    )
                     print(
                         f"# K={k} {first} / {other}: throughput x{rate:.2f}, p99 x{p99:.2f}, "
                         f"CPU per request x{cpu:.2f}; load {os.getloadavg()[0]:.1f}",
