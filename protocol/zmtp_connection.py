@@ -135,8 +135,9 @@ class ZmtpConnection(asyncio.Protocol):
         self.stage = "closed"
         self._decoder.halt()
         self._cancel_timer()
-        if self._transport is not None:
-            self._transport.abort()
+        transport, self._transport = self._transport, None  # nothing more is written
+        if transport is not None:
+            transport.abort()
 
     def fail(self, reason: BaseException) -> None:
         """Drop the connection for ``reason``; the owner hears of it once it is gone."""
@@ -144,8 +145,9 @@ class ZmtpConnection(asyncio.Protocol):
             self._reason = reason
         self._decoder.halt()
         self._cancel_timer()
-        if self._transport is not None:
-            self._transport.abort()
+        transport, self._transport = self._transport, None  # nothing more is written
+        if transport is not None:
+            transport.abort()
 
     # ------------------------------------------------------------------ handshake
 
