@@ -25,7 +25,7 @@ from zmq.utils import z85
 
 from mole.protocol.curve import CurveKeys
 from mole.protocol.zmtp_dealer import ZmtpDealer
-from tests.protocol.test_zmtp_libzmq import Events, raw_peer
+from tests.protocol.zmtp_peers import Events, raw_peer
 from tests.support.procs import must_wait_async
 
 pytestmark = pytest.mark.timeout(30)

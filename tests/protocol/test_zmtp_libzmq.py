@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 
 import pytest
 import zmq
@@ -18,6 +17,7 @@ import zmq
 from mole.protocol import AsyncClient
 from mole.protocol.errors import DeadlineExceeded
 from mole.protocol.zmtp_dealer import ZmtpDealer, tcp_address
+from tests.protocol.zmtp_peers import Events, raw_peer
 from tests.support.procs import free_port, must_wait_async
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,33 +25,11 @@ pytestmark = pytest.mark.timeout(60)
 # --------------------------------------------------------------------------- helpers
 
 
-class Events:
-    """A TransportEvents that records everything, for driving ZmtpDealer directly."""
-
-    def __init__(self) -> None:
-        self.messages: list[list[bytes]] = []
-        self.log: list[str] = []
-        self.reasons: list[str | None] = []
-
-    def frames_arrived(self, frames: list[bytes]) -> None:
-        self.messages.append(frames)
-
-    def connected(self) -> None:
-        self.log.append("connected")
-
-    def disconnected(self, reason: str | None) -> None:
-        self.log.append("disconnected")
-        self.reasons.append(reason)
-
-    def refused(self, reason: Exception) -> None:
-        self.log.append(f"refused: {reason}")
-
-
 class EchoRouter:
     """A libzmq ROUTER on loopback that records each message and echoes it reversed."""
 
-    def __init__(self, **options: int) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None, **options: int) -> None:
+        self.port = port or free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.received: list[list[bytes]] = []
         self._stop = threading.Event()
@@ -80,13 +58,6 @@ class EchoRouter:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
-
-async def raw_peer(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]):
-    """A TCP server on loopback running ``handler`` per connection; returns (server, url)."""
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"tcp://127.0.0.1:{port}"
 
 
 # Spec 37, byte by byte: a ROUTER's NULL greeting and READY (the worked example's reply).
@@ -199,11 +170,7 @@ def test_reconnection_backs_off_and_starts_over_after_a_handshake():
         await must_wait_async(lambda: len(delays) >= 7, "seven failed attempts")
         refused = list(delays)
         delays.clear()
-        router = EchoRouter.__new__(EchoRouter)  # bind the ROUTER on the port being dialled
-        router.port, router.url, router.received = port, url, []
-        router._stop, router._ready, router._options = threading.Event(), threading.Event(), {}
-        router._thread = threading.Thread(target=router._run, daemon=True)
-        router._thread.start()
+        router = EchoRouter(port)  # a ROUTER appears on the port being dialled
         try:
             await must_wait_async(lambda: "connected" in events.log, "the connection")
             router.stop()
