@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +91,7 @@ class _LinkEvents:
 
     __slots__ = ("_core", "_resend", "_url", "frames_arrived")
 
-    def __init__(self, core: Correlator, url: str, resend: Any) -> None:
+    def __init__(self, core: Correlator, url: str, resend: Callable[[], None]) -> None:
         self._core = core
         self._url = url
         self._resend = resend
