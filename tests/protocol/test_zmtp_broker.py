@@ -89,12 +89,22 @@ def test_native_curve_client_of_the_real_broker(secure):
     )
 
     async def served():
-        async with AsyncClient(secure.url, timeout=20, curve=allowed, transport="native") as c:
+        # no PINGs of its own (10 s): only its PONGs to the broker's PINGs keep it alive
+        async with AsyncClient(
+            secure.url,
+            timeout=20,
+            curve=allowed,
+            transport="native",
+            heartbeat_interval=10,
+            heartbeat_timeout=30,
+        ) as c:
             while not await c.service_available("echo", timeout=5):
                 await asyncio.sleep(0.1)
             replies = await asyncio.gather(*[c.request("echo", {"n": i}) for i in range(50)])
             assert [r["echo"] for r in replies] == [{"n": i} for i in range(50)]
-            await asyncio.sleep(1.6)  # the broker's ZMTP PINGs (0.5 s) answered inside CURVE
+            # the broker PINGs every 0.5 s and drops a peer silent for 1.5 s: our PONGs,
+            # inside CURVE, keep the connection
+            await asyncio.sleep(2.0)
             assert (await c.request("echo", "still"))["echo"] == "still"
             return c.stats()
 

@@ -124,16 +124,16 @@ def test_multipart_and_long_frames_reach_libzmq_exactly_and_come_back(run):
 
 
 def test_libzmq_heartbeats_are_answered():
-    """A ROUTER that PINGs every 50 ms and drops a peer silent for 200 ms keeps us: the
+    """A ROUTER that PINGs every 100 ms and drops a peer silent for 500 ms keeps us: the
     client sends nothing of its own (10 s interval), so only its PONGs keep it alive."""
-    router = EchoRouter(HEARTBEAT_IVL=50, HEARTBEAT_TIMEOUT=200)
+    router = EchoRouter(HEARTBEAT_IVL=100, HEARTBEAT_TIMEOUT=500)
 
     async def main():
         events = Events()
         dealer = ZmtpDealer(router.url, b"c-pong", heartbeat_interval=10, heartbeat_timeout=30)
         dealer.open(asyncio.get_running_loop(), events)
         await must_wait_async(lambda: events.log == ["connected"], "the connection")
-        await asyncio.sleep(1.0)  # twenty PINGs, five timeouts' worth
+        await asyncio.sleep(1.5)  # fifteen PINGs, three timeouts' worth
         dealer.send([b"still here"])
         await must_wait_async(lambda: events.messages, "the echo")
         dealer.close()
