@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from mole.protocol.aio import AsyncClient
+from mole.protocol.bus_transport import choose_transport
 from mole.protocol.curve import CurveKeys
 from mole.protocol.errors import InternalError, RequestError, UnknownWorker
 from mole.protocol.registry import ExpertSpec
@@ -83,11 +84,19 @@ class BrokerDispatcher:
         # CURVE keys from MOLE_CURVE_SERVER_KEY / MOLE_CURVE_SECRET_KEY (None: CURVE off),
         # read here so a bad key file fails at start-up rather than on the first request
         self._curve = CurveKeys.from_env() if client_factory is None else None
+        # the bus transport (MOLE_BUS_TRANSPORT: native or zmq; protocol.bus_transport),
+        # chosen here so a bad name fails at start-up too
+        self._transport = choose_transport(None, broker_url, curve=self._curve is not None)
 
     def _make(self) -> AsyncClient:
         if self._factory is not None:
             return self._factory(self.broker_url)
-        return AsyncClient(self.broker_url, timeout=self._default_timeout, curve=self._curve)
+        return AsyncClient(
+            self.broker_url,
+            timeout=self._default_timeout,
+            curve=self._curve,
+            transport=self._transport,
+        )
 
     def client(self) -> AsyncClient:
         """This process's client on the running loop, made on first use.

@@ -104,7 +104,7 @@ def new_routing_id() -> bytes:
 class LinkState:
     """Whether the client's connection to the broker is up, as the socket monitor says."""
 
-    __slots__ = ("changed_at", "connected", "connects", "ever_connected", "url")
+    __slots__ = ("changed_at", "connected", "connects", "ever_connected", "problem", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -112,6 +112,9 @@ class LinkState:
         self.ever_connected = False
         self.changed_at = time.monotonic()
         self.connects = 0
+        #: Why the last connection or attempt failed, when the transport knows (the native
+        #: one does: a peer that is not ZMTP, a refused CURVE key); said in deadline errors.
+        self.problem: str | None = None
 
     def up(self) -> bool:
         """Record a completed handshake; True when it is a *re*connection (resend then)."""
@@ -120,9 +123,12 @@ class LinkState:
         self.ever_connected = True
         self.changed_at = time.monotonic()
         self.connects += 1
+        self.problem = None
         return again
 
-    def down(self) -> None:
+    def down(self, problem: str | None = None) -> None:
+        if problem is not None:
+            self.problem = problem
         if self.connected:
             self.connected = False
             self.changed_at = time.monotonic()
@@ -132,14 +138,15 @@ class LinkState:
         since = now - self.changed_at
         if self.connected:
             return f"the broker at {self.url} is reachable (connected for {since:.1f} s)"
+        why = f"; last failure: {self.problem}" if self.problem else ""
         if self.ever_connected:
             return (
                 f"the broker at {self.url} is unreachable (connection lost {since:.1f} s ago, "
-                "still reconnecting)"
+                f"still reconnecting{why})"
             )
         return (
             f"the broker at {self.url} is unreachable (never connected in {since:.1f} s; "
-            "is it running and is the address right?)"
+            f"is it running and is the address right?{why})"
         )
 
 

@@ -1,38 +1,28 @@
-"""asyncio Majordomo client: many requests in flight on one DEALER socket.
+"""asyncio Majordomo client: many requests in flight on one connection to the broker.
 
 The same design as :mod:`protocol.client`, with the event loop in place of the I/O thread:
-the socket's file descriptor is watched with ``loop.add_reader``; a reader callback
-dispatches replies to futures by request id, a monitor callback resends pending requests
-after a reconnection, and one timer for the earliest deadline enforces every request's
-(``protocol._deadlines``). All of it runs
-on the loop that first used the client, so the socket is only ever touched from one
-thread.
+a correlator matches replies to futures by request id, pending requests are resent after
+a reconnection, and one timer for the earliest deadline enforces every request's
+(``protocol._deadlines``). All of it runs on the loop that first used the client.
 
-NOTE: this drives a plain pyzmq socket from the loop rather than a ``zmq.asyncio`` one:
-sends never block here (unbounded high-water mark), so a request costs one non-blocking
-send and one callback, where ``zmq.asyncio`` adds a future per send and per receive;
-that measured about 1.5x the throughput on this machine. ZeroMQ's descriptor is
-edge-triggered, so after the sends of one turn of the loop a callback checks ``EVENTS``
-once (and reads only if a reply is waiting, rather than raising ``zmq.Again``).
+What carries the frames is a transport behind one seam (:mod:`protocol.bus_transport`):
+the native ZMTP one written on asyncio (:mod:`protocol.zmtp_dealer`, ``tcp://``), or a
+pyzmq DEALER socket driven from the loop (:mod:`protocol.zmq_transport`, any ZeroMQ
+address). The transport only sends messages and reports arrivals and the link's state;
+requests, deadlines and resends stay here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
-
-import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
+from typing import TYPE_CHECKING, Any
 
 from mole.protocol import mdp
 from mole.protocol._deadlines import DeadlineHeap
-from mole.protocol._frames import pending_events, recv_frames, send_frames
 from mole.protocol._pending import (
     DEFAULT_DEADLINE_GRACE_S,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -50,13 +40,16 @@ from mole.protocol._pending import (
 from mole.protocol._pending import (
     RawReply as RawReply,  # re-exported: what request() returns for a plain worker
 )
-from mole.protocol.client import MONITOR_EVENTS, configure_socket
+from mole.protocol.bus_transport import BusTransport, choose_transport
 from mole.protocol.curve import CurveKeys
 from mole.protocol.envelope import pack
+from mole.protocol.errors import Forbidden
+
+if TYPE_CHECKING:
+    import zmq
+    import zmq.asyncio
 
 log = logging.getLogger("mole.client")
-
-_RECV_BURST = 256  # replies dispatched per callback before other callbacks get a turn
 
 
 class _FutureSink:
@@ -81,23 +74,53 @@ class _FutureSink:
 
 @dataclass(slots=True)
 class _Attachment:
-    """The loop the client is used on and the sockets made on it, set together once.
+    """The loop the client is used on and what runs on it, set together once.
 
-    Holding the three in one optional attribute lets every callback see a fully started
+    Holding them in one optional attribute lets every callback see a fully started
     client or none at all.
     """
 
     loop: asyncio.AbstractEventLoop
-    socket: zmq.Socket[bytes]
-    monitor: zmq.Socket[bytes]
+    transport: BusTransport
     deadlines: DeadlineHeap
+
+
+class _LinkEvents:
+    """What the transport reports, applied to the client's correlator (the seam's other
+    side): replies to their requests, link state, resends after a reconnection."""
+
+    __slots__ = ("_core", "_resend", "_url", "frames_arrived")
+
+    def __init__(self, core: Correlator, url: str, resend: Callable[[], None]) -> None:
+        self._core = core
+        self._url = url
+        self._resend = resend
+        self.frames_arrived = core.dispatch  # called per reply: no hop in between
+
+    def connected(self) -> None:
+        if self._core.link.up():
+            self._resend()
+
+    def disconnected(self, reason: str | None) -> None:
+        if self._core.link.connected:
+            log.info("lost the connection to the broker at %s", self._url)
+        self._core.link.down(reason)
+
+    def refused(self, reason: Exception) -> None:
+        self._core.link.down(str(reason))
+        failed = self._core.fail_all(lambda p: Forbidden(str(reason), request_id=p.request_id))
+        log.error("%s (%d pending request(s) failed)", reason, failed)
 
 
 class AsyncClient:
     """An asyncio Majordomo client. Use it from one event loop; share it among tasks.
 
-    Arguments are those of :class:`protocol.client.Client`. ``context`` is a plain
-    ``zmq.Context`` (a ``zmq.asyncio.Context`` is accepted and shadowed).
+    Arguments are those of :class:`protocol.client.Client`, and ``transport``: what
+    carries the frames, ``"native"`` (ZMTP on asyncio, ``tcp://`` only) or ``"zmq"``
+    (a pyzmq socket, any ZeroMQ address); None reads ``MOLE_BUS_TRANSPORT``, else takes
+    the default where it can serve (:func:`protocol.bus_transport.choose_transport`).
+    ``context`` is for the pyzmq transport: a plain ``zmq.Context`` (a
+    ``zmq.asyncio.Context`` is accepted and shadowed).
 
     Life cycle: :meth:`start` connects on the running loop (a long-lived owner, such as a
     server process at start-up, calls it once and :meth:`close` at shut-down); ``async
@@ -119,23 +142,29 @@ class AsyncClient:
         routing_id: bytes | None = None,
         curve: CurveKeys | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        transport: str | None = None,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout, 30.0)
         self.routing_id = routing_id or new_routing_id()
-        self._context = context
-        self._options = (
-            heartbeat_interval,
-            heartbeat_timeout,
-            reconnect_interval,
-            reconnect_interval_max,
-        )
-        self._curve = curve
         self._core = Correlator(
             url, deadline_grace=deadline_grace, max_body_bytes=max_request_bytes
         )
+        self._transport = _make_transport(
+            choose_transport(transport, url, curve=curve is not None),
+            url,
+            self.routing_id,
+            curve=curve,
+            context=context,
+            options=(
+                heartbeat_interval,
+                heartbeat_timeout,
+                reconnect_interval,
+                reconnect_interval_max,
+            ),
+            max_frame_bytes=max(max_request_bytes, DEFAULT_MAX_REQUEST_BYTES) * 4,
+        )
         self._io: _Attachment | None = None
-        self._check_scheduled = False
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -200,6 +229,11 @@ class AsyncClient:
         return self._core.link.connected
 
     @property
+    def transport(self) -> str:
+        """Which transport carries the frames: ``"native"`` or ``"zmq"``."""
+        return self._transport.name
+
+    @property
     def pending(self) -> int:
         return len(self._core)
 
@@ -233,12 +267,7 @@ class AsyncClient:
         io = self._io
         if io is not None:
             io.deadlines.close()
-            io.loop.remove_reader(io.socket.FD)
-            io.loop.remove_reader(io.monitor.FD)
-            with contextlib.suppress(zmq.ZMQError):
-                io.socket.disable_monitor()
-            io.monitor.close(0)
-            io.socket.close(0)
+            io.transport.close()
 
     async def __aenter__(self) -> AsyncClient:
         await self.start()
@@ -261,18 +290,9 @@ class AsyncClient:
                 )
             return self._io
         loop = asyncio.get_running_loop()
-        context = _sync_context(self._context)
-        socket = context.socket(zmq.DEALER)
-        configure_socket(socket, self.routing_id, *self._options)
-        if self._curve is not None:
-            self._curve.apply(socket)
-        monitor = socket.get_monitor_socket(MONITOR_EVENTS)
-        socket.connect(self.url)
         deadlines = DeadlineHeap(loop, self._expire, self._is_pending, self._core.__len__)
-        self._io = io = _Attachment(loop, socket, monitor, deadlines)
-        loop.add_reader(socket.FD, self._on_readable)
-        loop.add_reader(monitor.FD, self._on_monitor)
-        loop.call_soon(self._on_monitor)
+        self._transport.open(loop, _LinkEvents(self._core, self.url, self._resend_pending))
+        self._io = io = _Attachment(loop, self._transport, deadlines)
         return io
 
     def _submit(
@@ -303,74 +323,56 @@ class AsyncClient:
             pending.sink.on_error(self._core.deadline_error(pending))
 
     def _send(self, io: _Attachment, frames: list[bytes]) -> None:
-        try:
-            send_frames(io.socket, frames)
-        except zmq.Again:  # cannot happen with SNDHWM=0; the request is resent or expires
-            log.warning("send queue full; a request will be retried or time out")
-        if not self._check_scheduled:  # a send may have consumed the descriptor's edge
-            self._check_scheduled = True
-            io.loop.call_soon(self._after_sends)
+        io.transport.send(frames)
 
-    def _after_sends(self) -> None:
-        """Read if a reply is waiting (a send may have taken the descriptor's signal)."""
-        self._check_scheduled = False
+    def _resend_pending(self) -> None:
+        """After a reconnection: every pending request again, with the time it has left."""
         io = self._io
-        if io is None or io.socket.closed:
+        if io is None:
             return
-        if pending_events(io.socket) & zmq.POLLIN:
-            self._on_readable()
-
-    def _on_readable(self) -> None:
-        self._check_scheduled = False
-        io = self._io
-        if io is None or io.socket.closed:
-            return
-        socket = io.socket
-        dispatch = self._core.dispatch
-        for _ in range(_RECV_BURST):
-            frames = recv_frames(socket)
-            if frames is None:
-                break
-            try:
-                dispatch(frames)
-            except Exception:  # a sink must never kill the reader
-                log.exception("error while dispatching a reply")
-        else:  # more may be waiting: let other callbacks run, then continue
-            self._check_scheduled = True
-            io.loop.call_soon(self._on_readable)
-            return
-        if pending_events(socket) & zmq.POLLIN and not self._check_scheduled:
-            self._check_scheduled = True
-            io.loop.call_soon(self._on_readable)
-
-    def _on_monitor(self) -> None:
-        io = self._io
-        if io is None or io.monitor.closed:
-            return
-        monitor = io.monitor
-        while pending_events(monitor) & zmq.POLLIN:
-            event = parse_monitor_message(monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                log.info("lost the connection to the broker at %s", self.url)
-                self._core.link.down()
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._core.link.up():
-                resend = self._core.resend_frames()
-                log.info(
-                    "reconnected to the broker at %s; resending %d pending request(s)",
-                    self.url,
-                    len(resend),
-                )
-                for frames in resend:
-                    self._send(io, frames)
+        resend = self._core.resend_frames()
+        log.info(
+            "reconnected to the broker at %s; resending %d pending request(s)",
+            self.url,
+            len(resend),
+        )
+        for frames in resend:
+            io.transport.send(frames)
 
 
-def _sync_context(
+def _make_transport(
+    name: str,
+    url: str,
+    routing_id: bytes,
+    *,
+    curve: CurveKeys | None,
     context: zmq.Context[zmq.Socket[bytes]] | zmq.asyncio.Context | None,
-) -> zmq.Context[zmq.Socket[bytes]]:
-    """A plain context for the client's sockets: the one given (an asyncio one shadowed,
-    as the loop drives plain sockets here), else the process-wide instance."""
-    if context is None:
-        return zmq.Context.instance()
-    if isinstance(context, zmq.asyncio.Context):
-        return zmq.Context.shadow(context.underlying)
-    return context
+    options: tuple[float, float, float, float],
+    max_frame_bytes: int,
+) -> BusTransport:
+    interval, timeout, reconnect, reconnect_max = options
+    if name == "native":
+        from mole.protocol.zmtp_dealer import ZmtpDealer
+
+        return ZmtpDealer(
+            url,
+            routing_id,
+            curve=curve,
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            reconnect_interval=reconnect,
+            reconnect_interval_max=reconnect_max,
+            max_frame_bytes=max_frame_bytes,
+        )
+    from mole.protocol.zmq_transport import ZmqTransport
+
+    return ZmqTransport(
+        url,
+        routing_id,
+        context=context,
+        curve=curve,
+        heartbeat_interval=interval,
+        heartbeat_timeout=timeout,
+        reconnect_interval=reconnect,
+        reconnect_interval_max=reconnect_max,
+    )

@@ -10,6 +10,9 @@ Hierarchy (grouped by who gave up, as httpx groups by cause)::
 
     MoleError
     ├── MalformedMessage            frames that break RFC 18 (never sent as a reply)
+    ├── TransportError              the connection below Majordomo failed (native transport)
+    │   ├── ProtocolMismatch        the peer does not speak ZMTP 3, or broke its framing
+    │   └── HandshakeRefused        the peer refused the security handshake
     └── RequestError                a request's final outcome was an error
         ├── BadRequest              bad_request
         ├── UnknownService          unknown_service
@@ -46,6 +49,24 @@ class MoleError(Exception):
 
 class MalformedMessage(MoleError):
     """A multipart message that does not follow RFC 18 or our envelope."""
+
+
+class TransportError(MoleError):
+    """The ZeroMQ connection itself failed (``protocol.zmtp_*``, the native transport).
+
+    Never a request's outcome: the connection is dropped and dialled again, and the text
+    is kept so a request that then runs out of time says why the broker was unreachable.
+    """
+
+
+class ProtocolMismatch(TransportError):
+    """The peer does not speak ZMTP 3 (wrong greeting), or broke ZMTP framing."""
+
+
+class HandshakeRefused(TransportError):
+    """The peer refused the handshake in words: a ZMTP ERROR command (a CURVE broker's
+    authenticator refusing this client's key). A peer that just hangs up is a plain
+    ``TransportError`` whose text says what to check."""
 
 
 class RequestError(MoleError):

@@ -8,6 +8,8 @@ req/s, p50 and p99 latency and the client process's CPU per request (every threa
 libzmq's I/O thread included, from ``time.process_time``), the median over ``--repeat``
 runs. ``--target raw`` replaces broker and workers with one bare
 Python ROUTER echo process, which measures the client library's own ceiling.
+``--transports native,zmq`` runs the AsyncClient on each of its transports, interleaved
+run by run, and prints each one's median and the ratios of the first to the others.
 
     .venv/bin/python tests/benchmarks/bench_client.py --k 1,16,64 --workers 4
 """
@@ -54,7 +56,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_sync(url: str, service: str, k: int, duration: float, payload: bytes, loop: str) -> tuple:
+def run_sync(
+    url: str, service: str, k: int, duration: float, payload: bytes, loop: str, transport: str
+) -> tuple:
     latencies: list[float] = []
     with Client(url, timeout=30) as client:
         client.request(service, payload)  # warm-up and connection
@@ -78,10 +82,12 @@ def run_sync(url: str, service: str, k: int, duration: float, payload: bytes, lo
     return len(latencies) / elapsed, latencies, cpu / max(1, len(latencies))
 
 
-def run_async(url: str, service: str, k: int, duration: float, payload: bytes, loop: str) -> tuple:
+def run_async(
+    url: str, service: str, k: int, duration: float, payload: bytes, loop: str, transport: str
+) -> tuple:
     async def main():
         latencies: list[float] = []
-        async with AsyncClient(url, timeout=30) as client:
+        async with AsyncClient(url, timeout=30, transport=transport) as client:
             await client.request(service, payload)
             stop = time.perf_counter() + duration
 
@@ -131,6 +137,11 @@ def main() -> int:
     parser.add_argument("--payload", type=int, default=1024, help="payload bytes")
     parser.add_argument("--clients", default="sync,async")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument(
+        "--transports",
+        default="zmq",
+        help="AsyncClient transports, comma-separated (native,zmq), interleaved run by run",
+    )
     args = parser.parse_args()
 
     procs: list[subprocess.Popen] = []
@@ -192,21 +203,44 @@ def main() -> int:
             f"# {target}; {args.payload} B payloads; {args.duration:g} s per run; "
             f"median of {args.repeat}; {os.cpu_count()} CPUs; {args.loop} loop"
         )
-        print(f"{'client':>6} {'K':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
+        print(
+            f"{'client':>6} {'transport':>9} {'K':>4} {'req/s':>9} {'p50 ms':>8} "
+            f"{'p99 ms':>8} {'CPU us/req':>11}"
+        )
+        transports = args.transports.split(",")
         for name in args.clients.split(","):
+            kinds = transports if name == "async" else ["-"]
             for k in [int(x) for x in args.k.split(",")]:
-                runs = [
-                    runners[name](url, args.service, k, args.duration, payload, args.loop)
-                    for _ in range(args.repeat)
-                ]
-                rate = statistics.median(r for r, _, _ in runs)
-                p50 = statistics.median(percentile(lat, 0.50) for _, lat, _ in runs) * 1000
-                p99 = statistics.median(percentile(lat, 0.99) for _, lat, _ in runs) * 1000
-                cpu = statistics.median(c for _, _, c in runs) * 1e6
-                print(
-                    f"{name:>6} {k:>4} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>11.1f}",
-                    flush=True,
-                )
+                runs: dict[str, list[tuple]] = {kind: [] for kind in kinds}
+                for _ in range(args.repeat):  # interleaved: each repeat runs every kind
+                    for kind in kinds:
+                        runs[kind].append(
+                            runners[name](
+                                url, args.service, k, args.duration, payload, args.loop, kind
+                            )
+                        )
+                medians = {}
+                for kind in kinds:
+                    rate = statistics.median(r for r, _, _ in runs[kind])
+                    p50 = statistics.median(percentile(lat, 0.50) for _, lat, _ in runs[kind])
+                    p99 = statistics.median(percentile(lat, 0.99) for _, lat, _ in runs[kind])
+                    cpu = statistics.median(c for _, _, c in runs[kind]) * 1e6
+                    medians[kind] = (rate, p99, cpu)
+                    print(
+                        f"{name:>6} {kind:>9} {k:>4} {rate:>9.0f} {p50 * 1000:>8.2f} "
+                        f"{p99 * 1000:>8.2f} {cpu:>11.1f}",
+                        flush=True,
+                    )
+                first = kinds[0]
+                for other in kinds[1:]:
+                    rate, p99, cpu = (
+                        a / b for a, b in zip(medians[first], medians[other], strict=True)
+                    )
+                    print(
+                        f"# K={k} {first} / {other}: throughput x{rate:.2f}, p99 x{p99:.2f}, "
+                        f"CPU per request x{cpu:.2f}; load {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)

@@ -118,12 +118,14 @@ def test_many_requests_in_flight_from_many_threads(bus):
     assert set(answered_by) == {"a", "b"}
 
 
-def test_many_requests_in_flight_from_asyncio_tasks(bus):
+@pytest.mark.parametrize("transport", ["native", "zmq"])
+def test_many_requests_in_flight_from_asyncio_tasks(bus, transport):
     b = bus()
     b.echo("echo", slots=8)
 
     async def main():
-        async with AsyncClient(b.url, timeout=20) as client:
+        async with AsyncClient(b.url, timeout=20, transport=transport) as client:
+            assert client.transport == transport
             replies = await asyncio.gather(*[client.request("echo", i) for i in range(300)])
             assert [r["echo"] for r in replies] == list(range(300))
             parts = [p async for p in client.stream("echo", {"_echo": {"partials": 2}})]

@@ -22,6 +22,12 @@ from tests.protocol.fakebroker import FakeBroker, echo, error, final, partial
 from tests.support.procs import must_wait, must_wait_async
 
 
+@pytest.fixture(params=["zmq", "native"])
+def transport(request):
+    """The asyncio client's two transports: every AsyncClient test runs on both."""
+    return request.param
+
+
 @pytest.fixture
 def broker():
     fake = FakeBroker()
@@ -253,9 +259,9 @@ def test_bad_arguments():
 # ----------------------------------------------------------------------------- asyncio
 
 
-def test_async_request_gather_and_errors():
+def test_async_request_gather_and_errors(transport):
     async def main(url):
-        async with AsyncClient(url, timeout=10) as client:
+        async with AsyncClient(url, timeout=10, transport=transport) as client:
             results = await asyncio.gather(*[client.request("svc", i) for i in range(200)])
             assert results == list(range(200))
             assert client.pending == 0
@@ -268,7 +274,7 @@ def test_async_request_gather_and_errors():
 
 
 @pytest.mark.timeout(30)  # a hang fails here, not a clock check
-def test_async_error_codes_stream_and_deadline():
+def test_async_error_codes_stream_and_deadline(transport):
     def behave(seen):
         if seen.service == "busy":
             return [error(seen, "overloaded", "queue full")]
@@ -279,7 +285,7 @@ def test_async_error_codes_stream_and_deadline():
         return echo(seen)
 
     async def main(url):
-        async with AsyncClient(url, timeout=5, deadline_grace=0.05) as client:
+        async with AsyncClient(url, timeout=5, deadline_grace=0.05, transport=transport) as client:
             with pytest.raises(Overloaded, match="queue full"):
                 await client.request("busy", 1)
             assert [p async for p in client.stream("stream", 1)] == ["a", "b", "z"]
@@ -304,13 +310,17 @@ def test_async_error_codes_stream_and_deadline():
         broker.stop()
 
 
-def test_async_resend_after_broker_restart():
+def test_async_resend_after_broker_restart(transport):
     broker = FakeBroker(lambda seen: [])
     port = broker.port
 
     async def main():
         async with AsyncClient(
-            broker.url, timeout=10, heartbeat_interval=0.2, heartbeat_timeout=0.6
+            broker.url,
+            timeout=10,
+            heartbeat_interval=0.2,
+            heartbeat_timeout=0.6,
+            transport=transport,
         ) as client:
             task = asyncio.create_task(client.request("svc", "again"))
             await must_wait_async(
@@ -328,11 +338,11 @@ def test_async_resend_after_broker_restart():
     asyncio.run(main())
 
 
-def test_async_close_fails_pending():
+def test_async_close_fails_pending(transport):
     broker = FakeBroker(lambda seen: [])
 
     async def main():
-        client = AsyncClient(broker.url, timeout=10)
+        client = AsyncClient(broker.url, timeout=10, transport=transport)
         task = asyncio.create_task(client.request("svc", 1))
         await must_wait_async(lambda: broker.seen, "the broker to see the request")
         await client.close()
@@ -345,8 +355,8 @@ def test_async_close_fails_pending():
         broker.stop()
 
 
-def test_async_client_refuses_a_second_event_loop(broker):
-    client = AsyncClient(broker.url, timeout=5)
+def test_async_client_refuses_a_second_event_loop(broker, transport):
+    client = AsyncClient(broker.url, timeout=5, transport=transport)
 
     async def use():
         return await client.request("svc", "x")
@@ -356,7 +366,7 @@ def test_async_client_refuses_a_second_event_loop(broker):
         asyncio.run(use())
 
 
-def test_oversized_payload_is_refused_before_sending(broker):
+def test_oversized_payload_is_refused_before_sending(broker, transport):
     with Client(broker.url, timeout=5, max_request_bytes=1000) as client:
         with pytest.raises(BadRequest, match="limit is 1000"):
             client.request("svc", b"x" * 2000)
@@ -364,15 +374,17 @@ def test_oversized_payload_is_refused_before_sending(broker):
     assert len(broker.seen) == 1
 
     async def main():
-        async with AsyncClient(broker.url, timeout=5, max_request_bytes=1000) as aclient:
+        async with AsyncClient(
+            broker.url, timeout=5, max_request_bytes=1000, transport=transport
+        ) as aclient:
             with pytest.raises(BadRequest):
                 await aclient.request("svc", b"x" * 2000)
 
     asyncio.run(main())
 
 
-def test_async_start_connects_before_any_request_and_close_ends_it(broker):
-    client = AsyncClient(broker.url, timeout=5)
+def test_async_start_connects_before_any_request_and_close_ends_it(broker, transport):
+    client = AsyncClient(broker.url, timeout=5, transport=transport)
 
     async def until_connected() -> None:
         while not client.connected:
@@ -398,8 +410,8 @@ def test_async_start_connects_before_any_request_and_close_ends_it(broker):
     assert len(broker.seen) == 1
 
 
-def test_async_start_belongs_to_one_loop(broker):
-    client = AsyncClient(broker.url, timeout=5)
+def test_async_start_belongs_to_one_loop(broker, transport):
+    client = AsyncClient(broker.url, timeout=5, transport=transport)
     asyncio.run(client.start())
     with pytest.raises(RuntimeError, match="event loop"):
         asyncio.run(client.start())
