@@ -39,6 +39,27 @@ SINGLE_TEXT = "The quarterly revenue rose 12 percent and the company raised its 
 SINGLE_DESCRIPTION = DESCRIPTIONS[0]
 
 
+def paired_with_descriptions(texts: list[str]) -> list[dict[str, str]]:
+    """Each text with one of ``DESCRIPTIONS`` in turn: the next one where the real gating
+    pipeline refuses the pair (a task not served in that language) or routes it to a task
+    outside ``TASKS``; a text no description fits is dropped."""
+    from mole.gating import GatingError, GatingPipeline
+
+    pipeline = GatingPipeline.load()
+    bodies: list[dict[str, str]] = []
+    for i, text in enumerate(texts):
+        for n in range(len(DESCRIPTIONS)):
+            description = DESCRIPTIONS[(i + n) % len(DESCRIPTIONS)]
+            try:
+                routed = pipeline.route(text, description)
+            except GatingError:
+                continue
+            if routed.task in TASKS:
+                bodies.append({"text": text, "description": description})
+                break
+    return bodies
+
+
 def single_body() -> dict[str, str]:
     """The one fixed body of the benchmark's ``--bodies single`` mode."""
     return {"text": SINGLE_TEXT, "description": SINGLE_DESCRIPTION}
@@ -49,28 +70,14 @@ def rotating_bodies(per_language: int = 30, min_chars: int = 40) -> list[dict[st
     that many), each paired with one of ``DESCRIPTIONS`` in turn (the next one where the
     real gating pipeline refuses the pair: a task not served in that language); a text
     no description fits is dropped."""
-    from mole.gating import GatingError, GatingPipeline
     from tests.gating.po_samples import sentences
 
-    pipeline = GatingPipeline.load()
     texts = [
         text
         for code in LANGUAGES
         for text in sentences(code, min_chars=min_chars, limit=per_language)
     ]
-    bodies: list[dict[str, str]] = []
-    for i, text in enumerate(texts):
-        # descriptions in turn; a task not served in the text's language tries the next
-        for n in range(len(DESCRIPTIONS)):
-            description = DESCRIPTIONS[(i + n) % len(DESCRIPTIONS)]
-            try:
-                routed = pipeline.route(text, description)
-            except GatingError:
-                continue
-            if routed.task in TASKS:
-                bodies.append({"text": text, "description": description})
-                break
-    return bodies
+    return paired_with_descriptions(texts)
 
 
 def long_bodies(per_language: int = 10, seed: int = 11) -> list[dict[str, str]]:
@@ -79,10 +86,8 @@ def long_bodies(per_language: int = 10, seed: int = 11) -> list[dict[str, str]]:
     ``rotating_bodies``: what a client classifying news articles sends."""
     import random
 
-    from mole.gating import GatingError, GatingPipeline
     from tests.gating.po_samples import sentences
 
-    pipeline = GatingPipeline.load()
     rng = random.Random(seed)
     texts: list[str] = []
     for code in LANGUAGES:
@@ -93,18 +98,7 @@ def long_bodies(per_language: int = 10, seed: int = 11) -> list[dict[str, str]]:
             while sum(len(p) + 1 for p in parts) < target:
                 parts.append(rng.choice(pool))
             texts.append(" ".join(parts))
-    bodies: list[dict[str, str]] = []
-    for i, text in enumerate(texts):
-        for n in range(len(DESCRIPTIONS)):
-            description = DESCRIPTIONS[(i + n) % len(DESCRIPTIONS)]
-            try:
-                routed = pipeline.route(text, description)
-            except GatingError:
-                continue
-            if routed.task in TASKS:
-                bodies.append({"text": text, "description": description})
-                break
-    return bodies
+    return paired_with_descriptions(texts)
 
 
 def bodies_of_kind(kind: str) -> list[dict[str, str]]:
