@@ -19,12 +19,15 @@ each wrk run, divided by the requests answered.
     .venv/bin/python tests/benchmarks/bench_http.py [--duration 8] [--delays 0,0.02]
         [--connections 1,8,32] [--frontend-workers 2] [--repeats 3]
         [--variant NAME:VAR=VALUE[,VAR=VALUE]]... [--baseline NAME=CHECKOUT]...
-        [--bodies rotating|long|single]
+        [--bodies rotating|long|single] [--floor]
 
 Requests carry a few hundred distinct texts in the twelve served languages under a
 handful of task descriptions, cycled by the wrk script (``classify_bodies.py``), so no
 per-text cache makes a design look cheaper than it is; ``--bodies single`` sends one
-fixed body as earlier rounds did.
+fixed body as earlier rounds did. ``--floor`` also runs ``GET /api/v1/health/live``
+against MoLE's own frontend, interleaved with the rest (``mole-live``): what the server,
+Falcon and the middleware cost per request before any classify work, on the same
+processes and the same load.
 
 All stacks of one service time run side by side; wrk runs are interleaved across designs
 and repeated (``--repeats``), and the table shows medians, so load from neighbours on a
@@ -358,6 +361,12 @@ def main() -> int:
         "clients send (default); long: article-length texts (1,500-6,000 characters); "
         "single: one fixed body (every per-text cache hits)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time GET /api/v1/health/live on MoLE's frontend (mole-live): the "
+        "server's and Falcon's own cost per request",
+    )
     args = parser.parse_args()
     args.bodies = bodies_of_kind(args.bodies)
     print(f"{len(args.bodies)} distinct request bodies", flush=True)
@@ -381,6 +390,14 @@ def main() -> int:
             targets: dict[str, dict] = {}
             if "mole" in designs:
                 targets["mole"] = start_mole(args, delay, work, stack)
+                if args.floor:  # the same processes, a request that does no classify work
+                    live = work / f"live-{delay * 1000:.0f}ms.lua"
+                    live.write_text('wrk.method = "GET"\n')
+                    targets["mole-live"] = {
+                        **targets["mole"],
+                        "url": targets["mole"]["url"].replace("/classify", "/health/live"),
+                        "script": live,
+                    }
             for spec in args.variant:
                 name, _, settings = spec.partition(":")
                 extra = dict(pair.split("=", 1) for pair in settings.split(",") if pair)
