@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import Protocol, cast
 
-from mole.protocol.errors import HandshakeRefused, MoleError, ProtocolMismatch, TransportError
+from mole.protocol.errors import MoleError, ProtocolMismatch, TransportError
 from mole.protocol.zmtp_codec import FLAG_MORE, FrameDecoder, split_command
 from mole.protocol.zmtp_greeting import (
     GREETING_SIZE,
@@ -31,7 +31,7 @@ from mole.protocol.zmtp_greeting import (
     greeting,
     parse_greeting,
 )
-from mole.protocol.zmtp_mechanism import PAYLOAD_COMMAND, ClientMechanism
+from mole.protocol.zmtp_mechanism import PAYLOAD_COMMAND, ClientMechanism, error_after_handshake
 
 log = logging.getLogger("mole.client")
 
@@ -273,10 +273,7 @@ class ZmtpConnection(asyncio.Protocol):
             # echo the ping context (up to 16 octets after the 2-octet ttl)
             self._write(self._mechanism.seal_command(b"PONG", data[2:18]))
         elif name == b"ERROR":
-            raise HandshakeRefused(
-                f"the broker at {self._peer} sent ERROR: "
-                f"{data[1 : 1 + data[0]].decode('ascii', 'replace') if data else ''}"
-            )
+            raise error_after_handshake(data, self._peer, self._mechanism.name.decode())
         # PONG: its arrival already counted as traffic. Other commands (SUBSCRIBE, ...)
         # mean nothing to a DEALER and are ignored, as ZMTP lets a peer do.
 

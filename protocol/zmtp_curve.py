@@ -48,6 +48,7 @@ from mole.protocol.zmtp_greeting import PeerGreeting, decode_metadata
 from mole.protocol.zmtp_mechanism import (
     PAYLOAD_COMMAND,
     check_peer_properties,
+    error_after_handshake,
     metadata,
     refused,
 )
@@ -219,11 +220,9 @@ class CurveClientMechanism:
 
     def open_frame(self, body: bytes) -> tuple[int, bytes]:
         if not body.startswith(_MESSAGE):
-            name, _ = split_command(body)
+            name, data = split_command(body)
             if name == b"ERROR":
-                raise HandshakeRefused(
-                    f"the broker at {self._peer} sent ERROR after the CURVE handshake"
-                )
+                raise error_after_handshake(data, self._peer, "CURVE")
             raise ProtocolMismatch(
                 f"the peer at {self._peer} sent a {name!r} command where CURVE carries only MESSAGE"
             )

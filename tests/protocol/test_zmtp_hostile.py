@@ -1,0 +1,203 @@
+"""The native ZMTP transport against hostile or broken peers (security review of #17).
+
+Each peer here is a raw asyncio server written in the test from the specs (ZMTP 3.1 =
+spec 37, ZMTP-CURVE = spec 25, CurveZMQ = spec 26), byte by byte, doing what a real
+broker never does: an ERROR after the handshake, a refusal with control codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from nacl.bindings import (
+    crypto_box_beforenm,
+    crypto_box_easy,
+    crypto_box_easy_afternm,
+    crypto_box_keypair,
+)
+from zmq.utils import z85
+
+from mole.protocol.curve import CurveKeys
+from mole.protocol.zmtp_dealer import ZmtpDealer
+from tests.protocol.zmtp_peers import Events, raw_peer
+from tests.support.procs import must_wait_async
+
+pytestmark = pytest.mark.timeout(30)
+
+# Spec 37: a NULL ROUTER's greeting and its READY (Socket-Type ROUTER).
+NULL_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL" + bytes(16) + b"\x00" + bytes(31)
+CURVE_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"CURVE" + bytes(15) + b"\x00" + bytes(31)
+ROUTER_PROPERTIES = b"\x0bSocket-Type" + struct.pack("!I", 6) + b"ROUTER"
+
+
+def frame(body: bytes, *, more: bool = False, command: bool = False) -> bytes:
+    """Spec 37 "Framing": flags (bit 0 MORE, bit 1 LONG, bit 2 COMMAND), size, body."""
+    flags = (0x01 if more else 0) | (0x04 if command else 0)
+    if len(body) > 255:
+        return bytes([flags | 0x02]) + struct.pack("!Q", len(body)) + body
+    return bytes([flags, len(body)]) + body
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    flags = (await reader.readexactly(1))[0]
+    if flags & 0x02:
+        size = struct.unpack("!Q", await reader.readexactly(8))[0]
+    else:
+        size = (await reader.readexactly(1))[0]
+    return await reader.readexactly(size)
+
+
+async def null_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(NULL_GREETING)
+    await reader.readexactly(64)
+    assert (await read_frame(reader))[:6] == b"\x05READY"
+    writer.write(frame(b"\x05READY" + ROUTER_PROPERTIES, command=True))
+
+
+class CurveServer:
+    """The server side of spec 26's handshake, then MESSAGE boxes with short nonces 2, 3..."""
+
+    def __init__(self) -> None:
+        self.public, self.secret = crypto_box_keypair()
+        client_public, client_secret = crypto_box_keypair()
+        self.keys = CurveKeys(
+            z85.encode(self.public), z85.encode(client_public), z85.encode(client_secret)
+        )
+
+    async def handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CURVE_GREETING)
+        await reader.readexactly(64)
+        hello = await read_frame(reader)
+        assert hello[:6] == b"\x05HELLO"
+        self.client_transient = client_t = hello[80:112]
+        server_t, server_t_secret = crypto_box_keypair()
+        cookie = bytes(96)
+        welcome_nonce = b"W" * 16
+        box = crypto_box_easy(server_t + cookie, b"WELCOME-" + welcome_nonce, client_t, self.secret)
+        writer.write(frame(b"\x07WELCOME" + welcome_nonce + box, command=True))
+        initiate = await read_frame(reader)
+        assert initiate[:9] == b"\x08INITIATE"
+        self.session = crypto_box_beforenm(client_t, server_t_secret)
+        ready = crypto_box_easy_afternm(
+            ROUTER_PROPERTIES, b"CurveZMQREADY---" + struct.pack("!Q", 1), self.session
+        )
+        writer.write(frame(b"\x05READY" + struct.pack("!Q", 1) + ready, command=True))
+        self.nonce = 2
+
+    def message(self, flags: int, payload: bytes) -> bytes:
+        """One MESSAGE (spec 26): short nonce, Box[flags + frame](S'->C')."""
+        short = struct.pack("!Q", self.nonce)
+        self.nonce += 1
+        box = crypto_box_easy_afternm(
+            bytes([flags]) + payload, b"CurveZMQMESSAGES" + short, self.session
+        )
+        return frame(b"\x07MESSAGE" + short + box)
+
+
+# --------------------------------------------------------------------- ERROR after READY
+
+
+def test_an_error_after_the_curve_handshake_is_not_a_refusal():
+    """Spec 26's grammar has ERROR only in place of WELCOME or READY; after READY every
+    command is a MESSAGE box. An ERROR there is plaintext nobody authenticated (anyone on
+    the path can inject it), so it must not fail the client's requests as a refusal of
+    its key: the connection is dropped and dialled again like any other loss."""
+    curve = CurveServer()
+    connections: list[int] = []
+
+    async def injected(reader, writer):
+        connections.append(1)
+        await curve.handshake(reader, writer)
+        if len(connections) == 1:
+            writer.write(frame(b"\x05ERROR\x0bbad key (!)", command=True))
+        else:
+            writer.write(curve.message(0, b"answer"))
+        await reader.read(100)
+
+    async def main():
+        server, url = await raw_peer(injected)
+        events = Events()
+        dealer = ZmtpDealer(url, b"c-inject", curve=curve.keys, reconnect_interval=0.05)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: events.messages, "the answer after redialling")
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    events = asyncio.run(main())
+    assert [e for e in events.log if e.startswith("refused")] == []
+    assert events.log[:3] == ["connected", "disconnected", "connected"]
+    assert "ERROR after the CURVE handshake" in (events.reasons[0] or "")
+    assert events.messages == [[b"answer"]]
+
+
+def test_an_error_after_the_null_handshake_is_not_a_refusal():
+    """Spec 37: ERROR is "an explicit fatal error response during the mechanism
+    handshake" (null = ready *message | error). After READY it is a broken peer, not a
+    refusal of this client."""
+    connections: list[int] = []
+
+    async def late_error(reader, writer):
+        connections.append(1)
+        await null_handshake(reader, writer)
+        if len(connections) == 1:
+            writer.write(frame(b"\x05ERROR\x04nope", command=True))
+        else:
+            writer.write(frame(b"answer"))
+        await reader.read(100)
+
+    async def main():
+        server, url = await raw_peer(late_error)
+        events = Events()
+        dealer = ZmtpDealer(url, b"c-late", reconnect_interval=0.05)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: events.messages, "the answer after redialling")
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    events = asyncio.run(main())
+    assert [e for e in events.log if e.startswith("refused")] == []
+    assert events.log[:3] == ["connected", "disconnected", "connected"]
+    assert "ERROR after the NULL handshake" in (events.reasons[0] or "")
+    assert events.messages == [[b"answer"]]
+
+
+def test_a_refusal_reason_cannot_forge_log_lines():
+    """The reason in a handshake ERROR is the peer's text, logged and handed to callers:
+    spec 37 allows printable ASCII only, so a newline or an escape code shows escaped."""
+
+    async def refuser(reader, writer):
+        writer.write(NULL_GREETING)
+        await reader.readexactly(64)
+        await read_frame(reader)
+        reason = b"no\nCRITICAL forged line\x1b[2J"
+        writer.write(frame(b"\x05ERROR" + bytes([len(reason)]) + reason, command=True))
+        await reader.read(100)
+
+    async def main():
+        server, url = await raw_peer(refuser)
+        events = Events()
+        dealer = ZmtpDealer(url, b"c-refused", reconnect_interval=5)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: len(events.log) >= 2, "the refusal", timeout=5)
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    events = asyncio.run(main())
+    refusal = events.log[0]
+    assert refusal.endswith("refused the NULL handshake: no\\x0aCRITICAL forged line\\x1b[2J"), (
+        refusal
+    )
+    assert "\n" not in refusal
+    assert "\x1b" not in refusal
+    assert "\n" not in (events.reasons[0] or "")
