@@ -35,6 +35,9 @@ from mole.protocol.zmtp_mechanism import PAYLOAD_COMMAND, ClientMechanism, error
 
 log = logging.getLogger("mole.client")
 
+#: What a CURVE MESSAGE adds around one frame: its name, the short nonce, the box's MAC
+#: and the flags octet inside the box.
+_MESSAGE_OVERHEAD = 8 + 8 + 16 + 1
 #: A PING's time-to-live field: zero, "no hint", as a libzmq socket sends by default.
 _PING = b"\x00\x00"
 
@@ -62,7 +65,7 @@ class ZmtpConnection(asyncio.Protocol):
         *,
         heartbeat_interval: float,
         heartbeat_timeout: float,
-        max_frame_bytes: int,
+        max_message_bytes: int,
     ) -> None:
         self._owner = owner
         self._mechanism = mechanism
@@ -72,8 +75,15 @@ class ZmtpConnection(asyncio.Protocol):
         self._timeout = heartbeat_timeout
         self._transport: asyncio.Transport | None = None
         self._greeting = bytearray()
-        self._decoder = FrameDecoder(self._early_message, self._on_command, max_frame_bytes)
-        self._parts: list[bytes] = []  # encrypted frames of an unfinished message
+        self._max_message_bytes = max_message_bytes
+        # Under CURVE each frame comes boxed on its own (MESSAGE name, nonce, MAC, flags
+        # octet around it): the decoder bounds a box, and _on_encrypted the message.
+        boxed = _MESSAGE_OVERHEAD if mechanism.encrypted else 0
+        self._decoder = FrameDecoder(
+            self._early_message, self._on_command, max_message_bytes + boxed
+        )
+        self._parts: list[bytes] = []  # decrypted frames of an unfinished message
+        self._parts_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._heard = False  # traffic since the last heartbeat tick
         self._last_heard = loop.time()
@@ -262,9 +272,17 @@ class ZmtpConnection(asyncio.Protocol):
         if flags & PAYLOAD_COMMAND:
             self._traffic_command(frame)
             return
+        self._parts_bytes += len(frame)
+        if self._parts_bytes > self._max_message_bytes:
+            raise ProtocolMismatch(
+                f"CURVE message of {len(self._parts) + 1} frames and at least "
+                f"{self._parts_bytes} bytes from the peer at {self._peer} is over this "
+                f"connection's limit of {self._max_message_bytes} bytes"
+            )
         self._parts.append(frame)
         if not flags & FLAG_MORE:
             parts, self._parts = self._parts, []
+            self._parts_bytes = 0
             self._owner.message_received(parts)
 
     def _traffic_command(self, body: bytes) -> None:

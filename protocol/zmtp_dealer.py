@@ -13,6 +13,10 @@ the client resends every pending request itself once the connection is back (wit
 time it has left and ``attempt + 1``), and a queued copy would only reach the broker as a
 duplicate.
 
+``max_message_bytes`` bounds one message from the peer, all its frames together; one
+over it drops the connection (as libzmq's ``ZMQ_MAXMSGSIZE`` does for a frame), so a
+peer cannot make the client buffer without limit.
+
 Only ``tcp://`` is spoken; ``ipc://``, ``inproc://`` and the rest are the pyzmq
 transport's (``transport="zmq"``).
 """
@@ -67,7 +71,7 @@ class ZmtpDealer:
         heartbeat_timeout: float = 3.0,
         reconnect_interval: float = 0.1,
         reconnect_interval_max: float = 1.0,
-        max_frame_bytes: int = 64 * 1024 * 1024,
+        max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.url = url
         self.host, self.port = tcp_address(url)
@@ -82,7 +86,7 @@ class ZmtpDealer:
         self._first_delay = reconnect_interval
         self._max_delay = max(reconnect_interval, reconnect_interval_max)
         self._delay = reconnect_interval
-        self._max_frame_bytes = max_frame_bytes
+        self._max_message_bytes = max_message_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: TransportEvents | None = None
         self._connection: ZmtpConnection | None = None  # the one ready for messages
@@ -148,7 +152,7 @@ class ZmtpDealer:
             loop,
             heartbeat_interval=interval,
             heartbeat_timeout=timeout,
-            max_frame_bytes=self._max_frame_bytes,
+            max_message_bytes=self._max_message_bytes,
         )
         self._dialling = connection
         self._attempt = loop.create_task(

@@ -2,7 +2,7 @@
 
 Each peer here is a raw asyncio server written in the test from the specs (ZMTP 3.1 =
 spec 37, ZMTP-CURVE = spec 25, CurveZMQ = spec 26), byte by byte, doing what a real
-broker never does: an ERROR after the handshake, a refusal with control codes.
+broker never does: a multipart message that never ends, an ERROR after the handshake.
 """
 
 from __future__ import annotations
@@ -94,6 +94,117 @@ class CurveServer:
             bytes([flags]) + payload, b"CurveZMQMESSAGES" + short, self.session
         )
         return frame(b"\x07MESSAGE" + short + box)
+
+
+# --------------------------------------------------------------------- unending messages
+
+
+def test_a_multipart_message_past_the_limit_drops_the_connection_null():
+    """The per-frame limit alone let a peer grow one message without end: 1,000-byte
+    frames with MORE set, each under the limit, never a last one."""
+    sent: list[int] = []
+
+    async def endless(reader, writer):
+        await null_handshake(reader, writer)
+        for i in range(200):
+            writer.write(frame(bytes(1000), more=True))
+            sent.append(i)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return
+            await asyncio.sleep(0)
+        await reader.read(100)
+
+    async def main():
+        server, url = await raw_peer(endless)
+        events = Events()
+        dealer = ZmtpDealer(url, b"c-endless", max_message_bytes=8000, reconnect_interval=5)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: "disconnected" in events.log, "the drop", timeout=5)
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    events = asyncio.run(main())
+    assert events.log[:2] == ["connected", "disconnected"]
+    assert "over this connection's limit of 8000 bytes" in (events.reasons[0] or "")
+    assert events.messages == []
+
+
+def test_a_multipart_message_past_the_limit_drops_the_connection_curve():
+    """Under CURVE the frames arrive one per MESSAGE box; the client gathers them, and
+    the same limit applies to what it gathers."""
+    curve = CurveServer()
+
+    async def endless(reader, writer):
+        await curve.handshake(reader, writer)
+        for _ in range(200):
+            writer.write(curve.message(0x01, bytes(1000)))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return
+            await asyncio.sleep(0)
+        await reader.read(100)
+
+    async def main():
+        server, url = await raw_peer(endless)
+        events = Events()
+        dealer = ZmtpDealer(
+            url, b"c-endless", curve=curve.keys, max_message_bytes=8000, reconnect_interval=5
+        )
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: "disconnected" in events.log, "the drop", timeout=5)
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    events = asyncio.run(main())
+    assert events.log[:2] == ["connected", "disconnected"]
+    assert "over this connection's limit of 8000 bytes" in (events.reasons[0] or "")
+    assert events.messages == []
+
+
+def test_a_message_of_exactly_the_limit_arrives():
+    """The bound refuses only what is over it: 8 frames of 1,000 bytes, then one frame of
+    8,000, under a limit of 8,000 come through whole, under NULL and under CURVE."""
+    curve = CurveServer()
+
+    async def null_peer(reader, writer):
+        await null_handshake(reader, writer)
+        writer.write(b"".join(frame(bytes(1000), more=i < 7) for i in range(8)))
+        writer.write(frame(bytes(8000)))
+        await reader.read(100)
+
+    async def curve_peer(reader, writer):
+        await curve.handshake(reader, writer)
+        writer.write(b"".join(curve.message(int(i < 7), bytes(1000)) for i in range(8)))
+        writer.write(curve.message(0, bytes(8000)))
+        await reader.read(100)
+
+    async def main():
+        got = []
+        for peer, keys in ((null_peer, None), (curve_peer, curve.keys)):
+            server, url = await raw_peer(peer)
+            events = Events()
+            dealer = ZmtpDealer(url, b"c-exact", curve=keys, max_message_bytes=8000)
+            dealer.open(asyncio.get_running_loop(), events)
+            try:
+                await must_wait_async(lambda: len(events.messages) == 2, "both", timeout=5)  # noqa: B023
+            finally:
+                dealer.close()
+                server.close()
+            got.append(events)
+        return got
+
+    for events in asyncio.run(main()):
+        assert events.messages == [[bytes(1000)] * 8, [bytes(8000)]]
+        assert "disconnected" not in events.log
 
 
 # --------------------------------------------------------------------- ERROR after READY
