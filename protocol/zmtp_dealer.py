@@ -80,6 +80,10 @@ class ZmtpDealer:
                 "the native transport's CURVE needs PyNaCl (pip install "
                 "'mole-framework[curve]'); without it use transport=\"zmq\""
             )
+        if curve is not None:
+            from mole.protocol.zmtp_curve import check_keys  # PyNaCl: only with CURVE
+
+            check_keys(curve)
         self.routing_id = routing_id
         self._curve = curve
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)

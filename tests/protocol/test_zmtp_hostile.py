@@ -312,3 +312,29 @@ def test_a_refusal_reason_cannot_forge_log_lines():
     assert "\n" not in refusal
     assert "\x1b" not in refusal
     assert "\n" not in (events.reasons[0] or "")
+
+
+# --------------------------------------------------------------------- operator's keys
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "~" + "x" * 39,  # a character outside Z85's alphabet
+        "#" * 40,  # Z85's alphabet, but each group decodes past 32 bits
+        "x" * 41,  # not a multiple of 5
+        "x" * 35,  # decodes to 28 octets
+    ],
+)
+def test_a_bad_secret_key_is_refused_when_made_and_never_shown(bad):
+    """A key that is not 40 characters of Z85 (RFC 32) is a clear ValueError when the
+    transport is made, naming which key, and the message carries no part of it."""
+    public, _ = crypto_box_keypair()
+    secret = bad.encode()
+    keys = CurveKeys(z85.encode(public), z85.encode(public), secret)
+    with pytest.raises(ValueError, match="the client's secret key") as caught:
+        ZmtpDealer("tcp://127.0.0.1:1", b"c-keys", curve=keys)
+    message = str(caught.value)
+    assert bad not in message
+    assert bad[:5] not in message
+    assert "126" not in message  # the code of "~", which KeyError would show
