@@ -8,10 +8,11 @@ the routing id as ZMTP's ``Identity`` property so the broker sees the same peer 
 reconnection.
 
 Messages sent before the first handshake wait in a queue, as they would in a libzmq
-socket's pipe. Messages sent while a lost connection is being dialled again are dropped:
-the client resends every pending request itself once the connection is back (with the
-time it has left and ``attempt + 1``), and a queued copy would only reach the broker as a
-duplicate.
+socket's pipe, until a handshake is refused (the client then fails every pending
+request, so their copies are dropped too). Messages sent while a lost connection is
+being dialled again are dropped: the client resends every pending request itself once
+the connection is back (with the time it has left and ``attempt + 1``), and a queued copy
+would only reach the broker as a duplicate.
 
 ``max_message_bytes`` bounds one message from the peer, all its frames together; one
 over it drops the connection (as libzmq's ``ZMQ_MAXMSGSIZE`` does for a frame), so a
@@ -220,6 +221,10 @@ class ZmtpDealer:
         if reason is not None:
             log.info("connection to the broker at %s ended: %s", self.url, reason)
         if isinstance(reason, HandshakeRefused) and self._events is not None:
+            # the client fails every pending request on a refusal: their queued copies
+            # must not reach the broker if a later handshake is admitted
+            if self._queue is not None:
+                self._queue.clear()
             self._events.refused(reason)
         self._after_failure(
             reason or TransportError(f"the broker at {self.url} closed the connection")

@@ -19,7 +19,9 @@ from nacl.bindings import (
 )
 from zmq.utils import z85
 
+from mole.protocol import AsyncClient
 from mole.protocol.curve import CurveKeys
+from mole.protocol.errors import Forbidden
 from mole.protocol.zmtp_dealer import ZmtpDealer
 from tests.protocol.zmtp_peers import Events, raw_peer
 from tests.support.procs import must_wait_async
@@ -312,6 +314,51 @@ def test_a_refusal_reason_cannot_forge_log_lines():
     assert "\n" not in refusal
     assert "\x1b" not in refusal
     assert "\n" not in (events.reasons[0] or "")
+
+
+def test_requests_failed_by_a_refusal_are_not_sent_on_a_later_connection():
+    """A refused handshake fails every pending request (``Forbidden``); those requests
+    must then not reach the broker when a later handshake succeeds (the key admitted
+    meanwhile): their callers were told they failed, so nothing may run them."""
+    received: list[bytes] = []  # frames, in order, on the admitted connection
+    connections: list[int] = []
+
+    async def refuse_then_admit(reader, writer):
+        connections.append(1)
+        if len(connections) == 1:
+            writer.write(NULL_GREETING)
+            await reader.readexactly(64)
+            await read_frame(reader)
+            writer.write(frame(b"\x05ERROR\x0bnot allowed", command=True))
+            await reader.read(100)
+            return
+        await null_handshake(reader, writer)
+        try:
+            while True:
+                received.append(await read_frame(reader))
+        except asyncio.IncompleteReadError:
+            return  # the client closed
+
+    async def main():
+        server, url = await raw_peer(refuse_then_admit)
+        client = AsyncClient(
+            url, timeout=5, reconnect_interval=0.05, heartbeat_timeout=5, transport="native"
+        )
+        try:
+            with pytest.raises(Forbidden, match="not allowed"):
+                await client.request("svc-refused", 1)
+            await must_wait_async(lambda: client.connected, "the admitted connection")
+            later = asyncio.ensure_future(client.request("svc-later", 2, timeout=2))
+            await must_wait_async(lambda: received, "a request on the admitted connection")
+            later.cancel()
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(main())
+    seen = b"".join(received)
+    assert b"svc-later" in seen
+    assert b"svc-refused" not in seen
 
 
 # --------------------------------------------------------------------- operator's keys
