@@ -90,6 +90,7 @@ class ZmtpConnection(asyncio.Protocol):
         self._reason: BaseException | None = None
         self._ended = False
         self._due = 0.0  # when the next heartbeat tick should run
+        self._writing_paused = False  # the transport's buffer is over its high-water mark
         self.ready = False
         self.stage = "connecting"  # connecting, greeting, handshake, ready, closed
 
@@ -118,6 +119,12 @@ class ZmtpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._decoder.halt()
@@ -288,8 +295,13 @@ class ZmtpConnection(asyncio.Protocol):
     def _traffic_command(self, body: bytes) -> None:
         name, data = split_command(body)
         if name == b"PING":
-            # echo the ping context (up to 16 octets after the 2-octet ttl)
-            self._write(self._mechanism.seal_command(b"PONG", data[2:18]))
+            # NOTE: not while the peer leaves what we wrote unread (the transport's buffer
+            # is over its high-water mark): a peer flooding PINGs would otherwise grow that
+            # buffer without bound, a PONG each. What waits unread tells it we live anyway
+            # (libzmq likewise keeps at most one PONG due).
+            if not self._writing_paused:
+                # echo the ping context (up to 16 octets after the 2-octet ttl)
+                self._write(self._mechanism.seal_command(b"PONG", data[2:18]))
         elif name == b"ERROR":
             raise error_after_handshake(data, self._peer, self._mechanism.name.decode())
         # PONG: its arrival already counted as traffic. Other commands (SUBSCRIBE, ...)

@@ -8,6 +8,7 @@ broker never does: a multipart message that never ends, an ERROR after the hands
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 
 import pytest
@@ -314,6 +315,62 @@ def test_a_refusal_reason_cannot_forge_log_lines():
     assert "\n" not in refusal
     assert "\x1b" not in refusal
     assert "\n" not in (events.reasons[0] or "")
+
+
+def test_a_peer_that_floods_pings_and_reads_nothing_cannot_grow_our_buffer():
+    """Each PING asks for a PONG; a peer that sends PINGs and never reads would make the
+    client buffer a PONG each without bound. Sized past what the kernel's buffers hold
+    (twice this machine's largest TCP send buffer), the flood must get PONGs for well
+    under all its PINGs."""
+    context = b"c" * 16
+    ping = frame(b"\x04PING\x00\x00" + context, command=True)  # 25 octets
+    pong = frame(b"\x04PONG" + context, command=True)  # 23 octets
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        send_buffer_max = int(f.read().split()[2])
+    count = 2 * send_buffer_max // len(pong)
+    flooded, got = asyncio.Event(), []
+
+    async def flood(reader, writer):
+        await null_handshake(reader, writer)
+        for start in range(0, count, 10_000):
+            writer.write(ping * min(10_000, count - start))
+            await writer.drain()
+        writer.write(frame(b"done"))
+        await flooded.wait()
+        total = 0
+        while data := await _read_until_quiet(reader):
+            total += len(data)
+        got.append(total)
+
+    async def main():
+        listening = socket.socket()
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no room here
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        server = await asyncio.start_server(flood, sock=listening)
+        url = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+        events = Events()
+        dealer = ZmtpDealer(url, b"c-flood", heartbeat_interval=30, heartbeat_timeout=60)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: events.messages, "the flood's end")
+            flooded.set()
+            await must_wait_async(lambda: got, "the peer's count of PONGs")
+        finally:
+            dealer.close()
+            server.close()
+
+    asyncio.run(main())
+    assert got[0] % len(pong) == 0
+    pongs = got[0] // len(pong)
+    assert 0 < pongs < count * 3 // 4, (pongs, count)
+
+
+async def _read_until_quiet(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.read(1 << 20), 0.5)
+    except TimeoutError:
+        return b""
 
 
 def test_requests_failed_by_a_refusal_are_not_sent_on_a_later_connection():
