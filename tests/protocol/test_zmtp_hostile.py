@@ -418,6 +418,68 @@ def test_requests_failed_by_a_refusal_are_not_sent_on_a_later_connection():
     assert b"svc-refused" not in seen
 
 
+def test_a_stalled_loop_does_not_fail_a_handshake_that_arrived_meanwhile():
+    """The frontend runs on uvloop, which runs due timers before it reads. A CPU step
+    that stalls the loop past the handshake's deadline while the broker's answer arrives
+    must not drop that connection as a peer that "did not finish the ZMTP handshake"."""
+    import threading
+    import time
+
+    import uvloop
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    url = f"tcp://127.0.0.1:{listening.getsockname()[1]}"
+    heard, stalling = threading.Event(), threading.Event()
+
+    def broker() -> None:  # a thread, so it answers while the loop is stalled
+        connection, _ = listening.accept()
+        with connection:
+            received = b""
+            while len(received) < 64 + 2:  # the client's greeting and READY's head
+                received += connection.recv(4096)
+            heard.set()
+            stalling.wait(5)
+            connection.sendall(
+                NULL_GREETING + frame(b"\x05READY" + ROUTER_PROPERTIES, command=True)
+            )
+            connection.recv(4096)
+
+    peer = threading.Thread(target=broker, daemon=True)
+    peer.start()
+
+    async def main():
+        events = Events()
+        dealer = ZmtpDealer(
+            url, b"c-stall", heartbeat_interval=0.1, heartbeat_timeout=0.2, reconnect_interval=5
+        )
+        loop = asyncio.get_running_loop()
+        dealer.open(loop, events)
+        await must_wait_async(heard.is_set, "the client's greeting")
+        wake, waker = socket.socketpair()
+
+        def cpu_step() -> None:  # an I/O callback: the timers come next, then the reads
+            loop.remove_reader(wake.fileno())
+            stalling.set()
+            time.sleep(0.6)
+
+        loop.add_reader(wake.fileno(), cpu_step)
+        waker.send(b"x")
+        try:
+            await must_wait_async(lambda: events.log, "the handshake's outcome", timeout=5)
+        finally:
+            dealer.close()
+            wake.close()
+            waker.close()
+        return events
+
+    events = uvloop.run(main())
+    peer.join(5)
+    listening.close()
+    assert events.log == ["connected"], events.reasons
+
+
 # --------------------------------------------------------------------- operator's keys
 
 
