@@ -289,6 +289,12 @@ class ZmtpConnection(asyncio.Protocol):
     def _on_encrypted(self, body: bytes) -> None:
         flags, frame = self._mechanism.open_frame(body)
         if flags & PAYLOAD_COMMAND:
+            if not frame or len(frame) < 1 + frame[0] or frame[0] == 0:
+                # NOTE: split_command's error quotes the body; this one travelled
+                # encrypted, so it stays out of the message (and the logs)
+                raise ProtocolMismatch(
+                    f"malformed command inside a CURVE MESSAGE from the peer at {self._peer}"
+                )
             self._traffic_command(frame)
             return
         self._parts_bytes += len(frame)

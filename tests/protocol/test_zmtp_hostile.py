@@ -249,6 +249,35 @@ def test_an_error_after_the_curve_handshake_is_not_a_refusal():
     assert events.messages == [[b"answer"]]
 
 
+def test_a_malformed_command_inside_curve_is_not_quoted_in_the_error():
+    """What a CURVE box held is plaintext that travelled encrypted: a malformed command
+    inside one drops the connection with an error that does not quote it (errors go to
+    logs and to callers)."""
+    curve = CurveServer()
+
+    async def peer(reader, writer):
+        await curve.handshake(reader, writer)
+        writer.write(curve.message(0x02, b"\xffsecret plaintext of the box"))
+        await reader.read(100)
+
+    async def main():
+        server, url = await raw_peer(peer)
+        events = Events()
+        dealer = ZmtpDealer(url, b"c-quote", curve=curve.keys, reconnect_interval=5)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: "disconnected" in events.log, "the drop", timeout=5)
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    events = asyncio.run(main())
+    reason = events.reasons[0] or ""
+    assert "malformed command inside a CURVE MESSAGE" in reason
+    assert "secret" not in reason
+
+
 def test_an_error_after_the_null_handshake_is_not_a_refusal():
     """Spec 37: ERROR is "an explicit fatal error response during the mechanism
     handshake" (null = ready *message | error). After READY it is a broken peer, not a
