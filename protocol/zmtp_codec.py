@@ -151,6 +151,8 @@ class FrameDecoder:
         end = len(view)
         pos = 0
         parts = self._parts
+        limit = self.max_message_bytes
+        taken = self._message_bytes  # bodies of the unfinished message's frames
         while end - pos >= 2 and not self._halted:
             flags = view[pos]
             if flags & FLAG_LONG:
@@ -163,8 +165,8 @@ class FrameDecoder:
                 start = pos + 2
             if flags & _RESERVED:
                 raise ProtocolMismatch(f"ZMTP frame with reserved flag bits set: {flags:#04x}")
-            if size > self.max_message_bytes - self._message_bytes:
-                raise ProtocolMismatch(self._over_limit(size))
+            if size > limit - taken:
+                raise ProtocolMismatch(self._over_limit(size, taken))
             stop = start + size
             if stop > end:
                 break
@@ -176,25 +178,26 @@ class FrameDecoder:
                 self.on_command(body)
             elif flags & FLAG_MORE:
                 parts.append(body)
-                self._message_bytes += size
+                taken += size
             else:
                 parts.append(body)
                 self._parts = []
-                self._message_bytes = 0
+                taken = 0
                 self.on_message(parts)
                 parts = self._parts
         if self._halted:
             return
+        self._message_bytes = taken
         if view is buffer:
             del buffer[:pos]
         elif pos < end:
             self._buffer = bytearray(view[pos:])
 
-    def _over_limit(self, size: int) -> str:
+    def _over_limit(self, size: int, taken: int) -> str:
         limit = f"over this connection's limit of {self.max_message_bytes} bytes"
-        if not self._message_bytes:
+        if not taken:
             return f"ZMTP frame of {size} bytes is {limit}"
         return (
             f"ZMTP message of {len(self._parts) + 1} frames and at least "
-            f"{self._message_bytes + size} bytes is {limit}"
+            f"{taken + size} bytes is {limit}"
         )
