@@ -52,8 +52,8 @@ def tcp_address(url: str) -> tuple[str, int]:
         )
     host, colon, port = rest.rpartition(":")
     host = host.strip("[]")  # tcp://[::1]:5555
-    if not colon or not host or not port.isdigit() or host == "*":
-        raise ValueError(f"{url!r} is not tcp://HOST:PORT")
+    if not colon or not host or not port.isdigit() or host == "*" or not 0 < int(port) < 65536:
+        raise ValueError(f"{url!r} is not tcp://HOST:PORT (a port is 1 to 65535)")
     return host, int(port)
 
 

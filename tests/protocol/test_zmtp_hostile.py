@@ -533,3 +533,11 @@ def test_a_bad_secret_key_is_refused_when_made_and_never_shown(bad):
     assert bad not in message
     assert bad[:5] not in message
     assert "126" not in message  # the code of "~", which KeyError would show
+
+
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:70000", "tcp://127.0.0.1:0"])
+def test_a_port_outside_tcp_s_range_is_refused_when_made(url):
+    """A typo in the port must fail when the client is made, not become a connection
+    that fails and is dialled again for as long as the process lives."""
+    with pytest.raises(ValueError, match="is not tcp://HOST:PORT"):
+        ZmtpDealer(url, b"c-port")
