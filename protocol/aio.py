@@ -162,7 +162,7 @@ class AsyncClient:
                 reconnect_interval,
                 reconnect_interval_max,
             ),
-            max_frame_bytes=max(max_request_bytes, DEFAULT_MAX_REQUEST_BYTES) * 4,
+            max_message_bytes=max(max_request_bytes, DEFAULT_MAX_REQUEST_BYTES) * 4,
         )
         self._io: _Attachment | None = None
         self._closed = False
@@ -348,7 +348,7 @@ def _make_transport(
     curve: CurveKeys | None,
     context: zmq.Context[zmq.Socket[bytes]] | zmq.asyncio.Context | None,
     options: tuple[float, float, float, float],
-    max_frame_bytes: int,
+    max_message_bytes: int,
 ) -> BusTransport:
     interval, timeout, reconnect, reconnect_max = options
     if name == "native":
@@ -362,7 +362,7 @@ def _make_transport(
             heartbeat_timeout=timeout,
             reconnect_interval=reconnect,
             reconnect_interval_max=reconnect_max,
-            max_frame_bytes=max_frame_bytes,
+            max_message_bytes=max_message_bytes,
         )
     from mole.protocol.zmq_transport import ZmqTransport
 

@@ -89,26 +89,38 @@ class FrameDecoder:
 
     ``feed`` parses every complete frame in what has arrived and calls ``on_message``
     with the frames of each complete message, ``on_command`` with the body of each
-    command; a partial frame waits in a buffer for the next read. ``max_frame_bytes``
-    bounds one frame's body, so a peer cannot make the process buffer without limit.
+    command; a partial frame waits in a buffer for the next read. ``max_message_bytes``
+    bounds one message, all its frames together (so one frame too), and is checked on
+    each frame's size field before its body is buffered: a peer can make the process
+    hold no more than that, whether in one huge frame or in frames with MORE set that
+    never end.
 
     A callback may call :meth:`halt` (its connection is closing): nothing more is
     parsed or delivered after it.
     """
 
-    __slots__ = ("_buffer", "_halted", "_parts", "max_frame_bytes", "on_command", "on_message")
+    __slots__ = (
+        "_buffer",
+        "_halted",
+        "_message_bytes",
+        "_parts",
+        "max_message_bytes",
+        "on_command",
+        "on_message",
+    )
 
     def __init__(
         self,
         on_message: Callable[[list[bytes]], None],
         on_command: Callable[[bytes], None],
-        max_frame_bytes: int,
+        max_message_bytes: int,
     ) -> None:
         self.on_message = on_message
         self.on_command = on_command
-        self.max_frame_bytes = max_frame_bytes
+        self.max_message_bytes = max_message_bytes
         self._buffer = bytearray()
         self._parts: list[bytes] = []
+        self._message_bytes = 0  # bodies of the unfinished message's frames so far
         self._halted = False
 
     def halt(self) -> None:
@@ -116,6 +128,7 @@ class FrameDecoder:
         self._halted = True
         self._buffer = bytearray()
         self._parts = []
+        self._message_bytes = 0
 
     @property
     def buffered(self) -> int:
@@ -127,7 +140,7 @@ class FrameDecoder:
 
         Raises:
             ProtocolMismatch: reserved flag bits set, a command inside a message or with
-                MORE set, a frame over ``max_frame_bytes``.
+                MORE set, a frame or a message over ``max_message_bytes``.
         """
         buffer = self._buffer
         if buffer:
@@ -138,6 +151,8 @@ class FrameDecoder:
         end = len(view)
         pos = 0
         parts = self._parts
+        limit = self.max_message_bytes
+        taken = self._message_bytes  # bodies of the unfinished message's frames
         while end - pos >= 2 and not self._halted:
             flags = view[pos]
             if flags & FLAG_LONG:
@@ -150,11 +165,8 @@ class FrameDecoder:
                 start = pos + 2
             if flags & _RESERVED:
                 raise ProtocolMismatch(f"ZMTP frame with reserved flag bits set: {flags:#04x}")
-            if size > self.max_frame_bytes:
-                raise ProtocolMismatch(
-                    f"ZMTP frame of {size} bytes is over this connection's limit of "
-                    f"{self.max_frame_bytes} bytes"
-                )
+            if size > limit - taken:
+                raise ProtocolMismatch(self._over_limit(size, taken))
             stop = start + size
             if stop > end:
                 break
@@ -166,14 +178,26 @@ class FrameDecoder:
                 self.on_command(body)
             elif flags & FLAG_MORE:
                 parts.append(body)
+                taken += size
             else:
                 parts.append(body)
                 self._parts = []
+                taken = 0
                 self.on_message(parts)
                 parts = self._parts
         if self._halted:
             return
+        self._message_bytes = taken
         if view is buffer:
             del buffer[:pos]
         elif pos < end:
             self._buffer = bytearray(view[pos:])
+
+    def _over_limit(self, size: int, taken: int) -> str:
+        limit = f"over this connection's limit of {self.max_message_bytes} bytes"
+        if not taken:
+            return f"ZMTP frame of {size} bytes is {limit}"
+        return (
+            f"ZMTP message of {len(self._parts) + 1} frames and at least "
+            f"{taken + size} bytes is {limit}"
+        )

@@ -48,6 +48,7 @@ from mole.protocol.zmtp_greeting import PeerGreeting, decode_metadata
 from mole.protocol.zmtp_mechanism import (
     PAYLOAD_COMMAND,
     check_peer_properties,
+    error_after_handshake,
     metadata,
     refused,
 )
@@ -63,13 +64,31 @@ _nonce = struct.Struct("!Q").pack
 
 
 def _key(z85_key: bytes, what: str) -> bytes:
+    """The 32 octets of a Z85-encoded key.
+
+    Raises:
+        ValueError: not 40 characters of Z85 that decode to 32 octets. The message names
+            the key but shows nothing of it (the decoder's own errors quote a character,
+            and a secret key's characters stay out of logs), and nothing is chained.
+    """
     try:
         raw = z85.decode(z85_key)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{what} is not a Z85-encoded CURVE key: {err}") from err
+    except (ValueError, KeyError, TypeError, struct.error):
+        raw = b""  # outside the alphabet, a group past 32 bits, a length not of 5s
     if len(raw) != 32:
-        raise ValueError(f"{what} decodes to {len(raw)} octets; a CURVE key has 32")
+        raise ValueError(
+            f"{what} is not a CURVE key: a key is 40 characters of the Z85 alphabet, as "
+            "`mole keys generate` writes them"
+        )
     return bytes(raw)
+
+
+def check_keys(keys: CurveKeys) -> None:
+    """Refuse keys that are not CURVE keys when a transport is made, not at its first
+    dial (raises ``ValueError`` naming which key)."""
+    _key(keys.server_public, "the broker's public key")
+    _key(keys.public, "the client's public key")
+    _key(keys.secret, "the client's secret key")
 
 
 class CurveClientMechanism:
@@ -219,11 +238,9 @@ class CurveClientMechanism:
 
     def open_frame(self, body: bytes) -> tuple[int, bytes]:
         if not body.startswith(_MESSAGE):
-            name, _ = split_command(body)
+            name, data = split_command(body)
             if name == b"ERROR":
-                raise HandshakeRefused(
-                    f"the broker at {self._peer} sent ERROR after the CURVE handshake"
-                )
+                raise error_after_handshake(data, self._peer, "CURVE")
             raise ProtocolMismatch(
                 f"the peer at {self._peer} sent a {name!r} command where CURVE carries only MESSAGE"
             )

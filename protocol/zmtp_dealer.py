@@ -8,10 +8,15 @@ the routing id as ZMTP's ``Identity`` property so the broker sees the same peer 
 reconnection.
 
 Messages sent before the first handshake wait in a queue, as they would in a libzmq
-socket's pipe. Messages sent while a lost connection is being dialled again are dropped:
-the client resends every pending request itself once the connection is back (with the
-time it has left and ``attempt + 1``), and a queued copy would only reach the broker as a
-duplicate.
+socket's pipe, until a handshake is refused (the client then fails every pending
+request, so their copies are dropped too). Messages sent while a lost connection is
+being dialled again are dropped: the client resends every pending request itself once
+the connection is back (with the time it has left and ``attempt + 1``), and a queued copy
+would only reach the broker as a duplicate.
+
+``max_message_bytes`` bounds one message from the peer, all its frames together; one
+over it drops the connection (as libzmq's ``ZMQ_MAXMSGSIZE`` does for a frame), so a
+peer cannot make the client buffer without limit.
 
 Only ``tcp://`` is spoken; ``ipc://``, ``inproc://`` and the rest are the pyzmq
 transport's (``transport="zmq"``).
@@ -47,8 +52,8 @@ def tcp_address(url: str) -> tuple[str, int]:
         )
     host, colon, port = rest.rpartition(":")
     host = host.strip("[]")  # tcp://[::1]:5555
-    if not colon or not host or not port.isdigit() or host == "*":
-        raise ValueError(f"{url!r} is not tcp://HOST:PORT")
+    if not colon or not host or not port.isdigit() or host == "*" or not 0 < int(port) < 65536:
+        raise ValueError(f"{url!r} is not tcp://HOST:PORT (a port is 1 to 65535)")
     return host, int(port)
 
 
@@ -67,7 +72,7 @@ class ZmtpDealer:
         heartbeat_timeout: float = 3.0,
         reconnect_interval: float = 0.1,
         reconnect_interval_max: float = 1.0,
-        max_frame_bytes: int = 64 * 1024 * 1024,
+        max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.url = url
         self.host, self.port = tcp_address(url)
@@ -76,13 +81,17 @@ class ZmtpDealer:
                 "the native transport's CURVE needs PyNaCl (pip install "
                 "'mole-framework[curve]'); without it use transport=\"zmq\""
             )
+        if curve is not None:
+            from mole.protocol.zmtp_curve import check_keys  # PyNaCl: only with CURVE
+
+            check_keys(curve)
         self.routing_id = routing_id
         self._curve = curve
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)
         self._first_delay = reconnect_interval
         self._max_delay = max(reconnect_interval, reconnect_interval_max)
         self._delay = reconnect_interval
-        self._max_frame_bytes = max_frame_bytes
+        self._max_message_bytes = max_message_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: TransportEvents | None = None
         self._connection: ZmtpConnection | None = None  # the one ready for messages
@@ -148,7 +157,7 @@ class ZmtpDealer:
             loop,
             heartbeat_interval=interval,
             heartbeat_timeout=timeout,
-            max_frame_bytes=self._max_frame_bytes,
+            max_message_bytes=self._max_message_bytes,
         )
         self._dialling = connection
         self._attempt = loop.create_task(
@@ -212,6 +221,10 @@ class ZmtpDealer:
         if reason is not None:
             log.info("connection to the broker at %s ended: %s", self.url, reason)
         if isinstance(reason, HandshakeRefused) and self._events is not None:
+            # the client fails every pending request on a refusal: their queued copies
+            # must not reach the broker if a later handshake is admitted
+            if self._queue is not None:
+                self._queue.clear()
             self._events.refused(reason)
         self._after_failure(
             reason or TransportError(f"the broker at {self.url} closed the connection")

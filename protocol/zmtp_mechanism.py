@@ -71,11 +71,39 @@ def check_peer_properties(properties: dict[str, bytes], peer: str) -> None:
         )
 
 
+def error_reason(data: bytes) -> str:
+    """The reason an ERROR command carries (a length octet, then the text), safe to log.
+
+    Spec 37 allows printable ASCII only; the peer is not trusted to keep to it, so any
+    other octet (a newline that would forge a log line, a terminal escape) is shown as
+    ``\\xNN``.
+    """
+    raw = data[1 : 1 + data[0]] if data else b""
+    return "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in raw)
+
+
 def refused(data: bytes, peer: str, mechanism: str) -> HandshakeRefused:
-    """The exception for an ERROR command (its data: the reason, length-prefixed)."""
-    reason = data[1 : 1 + data[0]].decode("ascii", "replace") if data else ""
+    """The exception for an ERROR command during the handshake (its data: the reason)."""
+    reason = error_reason(data)
     return HandshakeRefused(
         f"the broker at {peer} refused the {mechanism} handshake: {reason or 'no reason given'}"
+    )
+
+
+def error_after_handshake(data: bytes, peer: str, mechanism: str) -> ProtocolMismatch:
+    """The exception for an ERROR command once the handshake is done.
+
+    Specs 37 and 26 have ERROR only in place of the handshake's answer; after it, ERROR
+    is not a refusal of this client's credentials (and under CURVE it is plaintext that
+    nobody authenticated: anyone on the path could inject it). So it drops the connection
+    like any broken framing, and the client dials again and resends, rather than failing
+    every pending request as refused.
+    """
+    reason = error_reason(data)
+    return ProtocolMismatch(
+        f"the peer at {peer} sent ERROR after the {mechanism} handshake "
+        f"({reason or 'no reason given'}), which the protocol does not allow; dropping "
+        "the connection and dialling again"
     )
 
 

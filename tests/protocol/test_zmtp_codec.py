@@ -39,10 +39,10 @@ def reference_frame(body: bytes, *, more: bool = False, command: bool = False) -
 
 
 class Collector:
-    def __init__(self, max_frame_bytes: int = 1 << 30) -> None:
+    def __init__(self, max_message_bytes: int = 1 << 30) -> None:
         self.messages: list[list[bytes]] = []
         self.commands: list[bytes] = []
-        self.decoder = FrameDecoder(self.messages.append, self.commands.append, max_frame_bytes)
+        self.decoder = FrameDecoder(self.messages.append, self.commands.append, max_message_bytes)
 
 
 SIZES = [0, 1, 254, 255, 256, 257, 70_000]
@@ -98,10 +98,12 @@ def test_commands_by_name():
         (b"\x01\x01a" + reference_frame(b"\x04PING", command=True), "inside a multipart"),
         (b"\x05\x05\x04PING", "inside a multipart"),  # command with MORE set
         (reference_frame(b"x" * 300), "over this connection's limit"),
+        # frames each under the limit, a message over it (seen before the body is read)
+        (reference_frame(b"x" * 200, more=True) + b"\x00\x64", "message of 2 frames"),
     ],
 )
 def test_decoder_refuses_broken_framing(wire, match):
-    got = Collector(max_frame_bytes=256)
+    got = Collector(max_message_bytes=256)
     with pytest.raises(ProtocolMismatch, match=match):
         got.decoder.feed(wire)
 

@@ -99,7 +99,7 @@ def connected(interval: float = 1.0, timeout: float = 3.0):
         loop,  # type: ignore[arg-type]
         heartbeat_interval=interval,
         heartbeat_timeout=timeout,
-        max_frame_bytes=1 << 20,
+        max_message_bytes=1 << 20,
     )
     connection.connection_made(wire)  # type: ignore[arg-type]
     connection.data_received(GREETING + READY)
