@@ -1,15 +1,19 @@
 """The broker's core as a state machine: parsed events and the time in, messages out.
 
 :class:`BrokerEngine` knows no sockets and reads no clock. The shell (``broker.shell``)
-reads a message, parses it with :func:`mole.protocol.mdp.decode_inbound`, hands the result
-to one of the engine's ``on_*`` methods with the current time, and sends the messages the
-method returns, in order. Tests drive the same methods with a fake clock.
+reads a message and hands its frames, the sender's routing id and the time to
+:func:`mole.protocol.mdp.read_inbound`, which parses them and calls the engine's method
+for that message with the parsed fields (no event object in between); the shell sends the
+messages the method returns, in order. Tests drive the same methods with a fake clock.
 
 Its public methods are the whole broker:
 
-* :meth:`BrokerEngine.on_client` -- a client REQUEST (any framing): route it to a free
+* :meth:`BrokerEngine.on_request` -- a client REQUEST (any framing): route it to a free
   worker, queue it, answer it from MMI, or refuse it with an error reply;
-* :meth:`BrokerEngine.on_worker` -- READY, PARTIAL, FINAL, HEARTBEAT or DISCONNECT;
+* :meth:`BrokerEngine.on_reply` -- a worker's PARTIAL or FINAL;
+  :meth:`BrokerEngine.on_ready`, :meth:`BrokerEngine.on_heartbeat`,
+  :meth:`BrokerEngine.on_disconnect` -- its other messages
+  (together :class:`mole.protocol.mdp.InboundHandler`);
 * :meth:`BrokerEngine.on_unreadable` / :meth:`BrokerEngine.on_oversized` -- what the
   decoder could not read: a logged reason, and an error reply or DISCONNECT in the
   sender's protocol where it has one;
@@ -41,6 +45,7 @@ import math
 import os
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -54,7 +59,7 @@ from mole.broker.state import Request, Service, Worker, service_status, worker_s
 from mole.protocol import mdp
 from mole.protocol.envelope import MAX_HEADER_BYTES, VERSION, ReplyHeader, pack
 from mole.protocol.errors import ErrorCode
-from mole.protocol.mdp import ClientCommand, ClientRequest, Framing, WorkerCommand, WorkerEvent
+from mole.protocol.mdp import ClientCommand, ClientRequest, Framing, WorkerCommand
 
 log = logging.getLogger("mole.broker")
 
@@ -121,6 +126,11 @@ COUNTERS = (
 MIN_DERIVED_ATTEMPT_TIMEOUT = 1.0
 
 
+def _no_address(identity: bytes) -> str | None:
+    """The default ``peer_address`` of :class:`BrokerEngine`: no address known."""
+    return None
+
+
 class BrokerEngine:
     """The sans-I/O Majordomo broker core (see the module docstring).
 
@@ -151,6 +161,7 @@ class BrokerEngine:
         "_max_deadline",
         "_out",
         "_pack_ticket",
+        "_peer_address",
         "_releases",
         "_service_timeouts",
         "_tick",
@@ -179,8 +190,10 @@ class BrokerEngine:
         admission: Admission | None = None,
         endpoint: str | None = None,
         broker_id: str | None = None,
+        peer_address: Callable[[bytes], str | None] = _no_address,
     ) -> None:
         self.settings = settings
+        self._peer_address = peer_address
         self.admission: Admission = admission or OpenAdmission()
         self._keys = self.admission.checks_keys
         self.endpoint = endpoint
@@ -220,58 +233,223 @@ class BrokerEngine:
         #: registered drained workers to send DISCONNECT once they are idle
         self._disconnect_when_idle: dict[bytes, Worker] = {}
 
-    def attach(self, admission: Admission, endpoint: str | None) -> None:
-        """Use ``admission`` from now on, and show ``endpoint`` in ``mmi.status``.
+    def attach(
+        self,
+        admission: Admission,
+        endpoint: str | None,
+        peer_address: Callable[[bytes], str | None] = _no_address,
+    ) -> None:
+        """Use ``admission`` from now on, show ``endpoint`` in ``mmi.status``, and ask
+        ``peer_address`` for the network address of a worker that registers.
 
         The shell calls this once its socket is bound (the CURVE key ring is loaded then).
         """
         self.admission = admission
         self._keys = admission.checks_keys
         self.endpoint = endpoint
+        self._peer_address = peer_address
 
     # ================================================================== events
 
-    def on_client(
-        self, client: bytes, msg: ClientRequest, now: float, key: str | None = None
+    def on_request(
+        self,
+        client: bytes,
+        service: str,
+        service_frame: bytes,
+        body: list[Any],
+        framing: Framing,
+        now: float,
+        key: str | None = None,
     ) -> list[Outgoing]:
-        """A client REQUEST: dispatch, queue, answer (MMI) or refuse it."""
+        """A client REQUEST arrived (any framing): dispatch it to a free worker, queue it,
+        answer it (MMI) or refuse it with an error reply."""
         out = self._out = []
         if self._keys and not self.admission.client_message(client, key):
             self._refuse_client_key(client, key)
             return out
-        self._client_request(client, msg, now, key)
+        header = None
+        deadline_s = self._default_deadline
+        if len(body) >= 2:
+            header = _request_header(body[0])
+            if header is not None:
+                if header is _BAD_HEADER:
+                    self._bad_header(client, ClientRequest(service, service_frame, body, framing))
+                    return out
+                ttl = header.get("ttl")
+                if ttl is not None:
+                    deadline_s = ttl / 1000.0
+                    if deadline_s > self._max_deadline:
+                        deadline_s = self._max_deadline
+        entry = self.services.get(service)
+        if entry is None:
+            msg = ClientRequest(service, service_frame, body, framing)
+            if service.startswith(MMI_PREFIX):
+                self._mmi(client, msg, header, now, key)
+                return out
+            problem = mdp.check_service_name(service)
+            if problem is not None:
+                self._refuse_service_name(client, msg, header, problem)
+                return out
+            entry = self.services[service] = self._new_service(bytes(service_frame))
+        if self._draining_since is not None:
+            self.counters["refused_while_draining"] += 1
+            self._reply_direct(
+                client,
+                framing,
+                entry.name_bytes,
+                header,
+                ErrorCode.NO_WORKER,
+                "the broker is shutting down and takes no new requests; retry shortly",
+            )
+            self._forget_if_idle(entry)
+            return out
+        self.counters["requests"] += 1
+        request_id = None
+        by_key: tuple[bytes, str] = (client, "")
+        if header is not None:
+            request_id = header["id"]
+            if type(request_id) is not str:
+                request_id = str(request_id)
+            by_key = (client, request_id)
+            if by_key in self.by_key:
+                self.counters["duplicates"] += 1  # the first copy is still live: it answers
+                return out
+        self._ticket_seq += 1
+        ticket = self._pack_ticket(self._ticket_prefix, self._ticket_seq)
+        req = Request(
+            ticket, client, entry, request_id, header, body, now + deadline_s, now, framing
+        )
+        if request_id is not None:
+            self.by_key[by_key] = req
+        if self._keys:
+            req.client_key = key
+        if deadline_s <= 0:
+            self._answer_error(
+                req, ErrorCode.DEADLINE_EXCEEDED, "request arrived with no time left (ttl <= 0)"
+            )
+            self._forget_if_idle(entry)
+            return out
+        self.requests[ticket] = req
+        heapq.heappush(self._deadlines, (req.deadline, ticket))
+        if req.deadline < self.wake_hint:
+            self.wake_hint = req.deadline
+        available = entry.available
+        if available and not entry.queue:  # the first free worker (see broker.state)
+            self._assign(available[next(iter(available))], req, now)
+        elif self._enqueue(req, front=False):
+            self._dispatch(entry, now)
+        else:
+            self._forget_if_idle(entry)
         return out
 
-    def on_worker(
+    def on_reply(
         self,
         identity: bytes,
-        msg: WorkerEvent,
+        command: WorkerCommand,
+        ticket: bytes,
+        body: list[Any],
+        framing: Framing,
         now: float,
         key: str | None = None,
-        address: str | None = None,
     ) -> list[Outgoing]:
-        """A worker message; ``address`` (the peer's IP) is only needed for READY."""
+        """A worker replied to ``ticket``: a PARTIAL or the FINAL (``command``)."""
         out = self._out = []
         worker = self.workers.get(identity)
-        if self._keys and not self._worker_key_ok(identity, worker, msg.framing, key, now):
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
             return out
-        command = msg.command
         if worker is None:
-            if command is READY:
-                self._ready(identity, msg, now, key, address)
-            elif command is not _DISCONNECT:
-                self._unknown_worker(identity, msg)
+            self._unknown_worker(identity, command, framing)
             return out
         worker.last_seen = now  # any message counts as a heartbeat
         self._activity.move_to_end(identity)
-        if command is FINAL or command is PARTIAL:
-            self._reply(worker, msg, now)
-        elif command is READY:
-            self._violation(identity, msg.framing, "READY from an already registered worker", now)
-        elif command is _DISCONNECT:
+        if worker.timeouts:  # it answers (even late): not hung after all
+            self._answered_again(worker, now)
+        req = worker.in_flight.get(ticket)
+        if req is None:
+            self.counters["late_replies"] += 1  # not (or no longer) this worker's request
+            return out
+        if not body:
+            self.counters["bodyless_replies"] += 1
+        if command is not FINAL:
+            self._partial(worker, req, body)
+            return out
+        service = worker.service
+        self._release(worker, req)
+        if req.done:
+            self.counters["late_replies"] += 1
+            if req.dispatches > 1:  # another attempt's final came first
+                self.counters["duplicate_finals_dropped"] += 1
+        else:
+            self._finish(req)
+            if req.holders:  # another attempt is still out: keep its slot a while
+                self._hold_other_slots(req, worker, now + self.settings.release_grace)
+            worker.served += 1
+            service.served += 1
+            if req.header is not None:
+                first = body[0] if body else b""
+                # our reply header as is (a fixmap starting {"v": 1, "id": ...}), else raw
+                if not (first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F):
+                    body = self._raw_reply(req, body)
+                elif _MSGPACK_FALSE in first and len(first) <= MAX_HEADER_BYTES:
+                    self._count_worker_error(service, first)
+            if req.client_key is None or self._deliverable(req):
+                if req.framing is MDP02 and body:  # the common case, without a call
+                    frames = [C_HDR, C_FINAL, service.name_bytes, *body]
+                    self._out.append((req.client, frames, None))
+                else:
+                    self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
+        if service.queue:
+            self._dispatch(service, now)
+        return out
+
+    def on_ready(
+        self,
+        identity: bytes,
+        service: str,
+        metadata: bytes | None,
+        framing: Framing,
+        now: float,
+        key: str | None = None,
+    ) -> list[Outgoing]:
+        """A worker sent READY: register it for ``service`` (refused when already
+        registered, for an ``mmi.*`` or bad name, or when its key may not)."""
+        out = self._out = []
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return out
+        if worker is None:
+            self._ready(identity, service, metadata, framing, now, key)
+        else:
+            self._heard_from(worker, now)
+            self._violation(identity, framing, "READY from an already registered worker", now)
+        return out
+
+    def on_heartbeat(
+        self, identity: bytes, framing: Framing, now: float, key: str | None = None
+    ) -> list[Outgoing]:
+        """A worker's HEARTBEAT: it is alive (an unregistered one is told DISCONNECT)."""
+        out = self._out = []
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return out
+        if worker is None:
+            self._unknown_worker(identity, HEARTBEAT, framing)
+        else:
+            self._heard_from(worker, now)
+        return out
+
+    def on_disconnect(
+        self, identity: bytes, framing: Framing, now: float, key: str | None = None
+    ) -> list[Outgoing]:
+        """A worker's DISCONNECT: forget it (its requests go to other workers)."""
+        out = self._out = []
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return out
+        if worker is not None:
+            self._heard_from(worker, now)
             log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
             self._purge(worker, "it sent DISCONNECT", now, disconnect=False)
-        # HEARTBEAT: nothing more (the decoder refuses a worker REQUEST)
         return out
 
     def on_unreadable(
@@ -624,81 +802,6 @@ class BrokerEngine:
 
     # ================================================================== clients
 
-    def _client_request(
-        self, client: bytes, msg: ClientRequest, now: float, key: str | None
-    ) -> None:
-        body = msg.body
-        header = None
-        deadline_s = self._default_deadline
-        if len(body) >= 2:
-            header = _request_header(body[0])
-            if header is not None:
-                if header is _BAD_HEADER:
-                    return self._bad_header(client, msg)
-                ttl = header.get("ttl")
-                if ttl is not None:
-                    deadline_s = ttl / 1000.0
-                    if deadline_s > self._max_deadline:
-                        deadline_s = self._max_deadline
-        name = msg.service
-        service = self.services.get(name)
-        if service is None:
-            if name.startswith(MMI_PREFIX):
-                return self._mmi(client, msg, header, now, key)
-            problem = mdp.check_service_name(name)
-            if problem is not None:
-                return self._refuse_service_name(client, msg, header, problem)
-            service = self.services[name] = self._new_service(bytes(msg.service_frame))
-        if self._draining_since is not None:
-            self.counters["refused_while_draining"] += 1
-            self._reply_direct(
-                client,
-                msg.framing,
-                service.name_bytes,
-                header,
-                ErrorCode.NO_WORKER,
-                "the broker is shutting down and takes no new requests; retry shortly",
-            )
-            return self._forget_if_idle(service)
-        self.counters["requests"] += 1
-        request_id = None
-        by_key: tuple[bytes, str] = (client, "")
-        if header is not None:
-            request_id = header["id"]
-            if type(request_id) is not str:
-                request_id = str(request_id)
-            by_key = (client, request_id)
-            if by_key in self.by_key:
-                self.counters["duplicates"] += 1  # the first copy is still live: it answers
-                return None
-        self._ticket_seq += 1
-        ticket = self._pack_ticket(self._ticket_prefix, self._ticket_seq)
-        req = Request(
-            ticket, client, service, request_id, header, body, now + deadline_s, now, msg.framing
-        )
-        if request_id is not None:
-            self.by_key[by_key] = req
-        if self._keys:
-            req.client_key = key
-        if deadline_s <= 0:
-            self._answer_error(
-                req, ErrorCode.DEADLINE_EXCEEDED, "request arrived with no time left (ttl <= 0)"
-            )
-            return self._forget_if_idle(service)
-        self.requests[ticket] = req
-        heapq.heappush(self._deadlines, (req.deadline, ticket))
-        if req.deadline < self.wake_hint:
-            self.wake_hint = req.deadline
-        available = service.available
-        if available and not service.queue:  # the first free worker (see broker.state)
-            self._assign(available[next(iter(available))], req, now)
-            return None
-        if self._enqueue(req, front=False):
-            self._dispatch(service, now)
-        else:
-            self._forget_if_idle(service)
-        return None
-
     def _mmi(
         self,
         client: bytes,
@@ -847,62 +950,27 @@ class BrokerEngine:
             return False
         return True
 
-    def _reply(self, worker: Worker, msg: WorkerEvent, now: float) -> None:
-        """A worker's PARTIAL or FINAL for one of its tickets."""
-        final = msg.command is FINAL
-        if worker.timeouts:  # it answers (even late): not hung after all
-            self._answered_again(worker, now)
-        req = worker.in_flight.get(msg.client)
-        if req is None:
-            self.counters["late_replies"] += 1  # not (or no longer) this worker's request
-            return None
-        body = msg.body
-        if not body:
-            self.counters["bodyless_replies"] += 1
-        if final:
-            service = worker.service
-            self._release(worker, req)
-            if req.done:
-                self.counters["late_replies"] += 1
-                if req.dispatches > 1:  # another attempt's final came first
-                    self.counters["duplicate_finals_dropped"] += 1
-            else:
-                self._finish(req)
-                if req.holders:  # another attempt is still out: keep its slot a while
-                    self._hold_other_slots(req, worker, now + self.settings.release_grace)
-                worker.served += 1
-                service.served += 1
-                if req.header is not None:
-                    body = self._reply_body(req, body)
-                if req.client_key is None or self._deliverable(req):
-                    if req.framing is MDP02 and body:  # the common case, without a call
-                        frames = [C_HDR, C_FINAL, service.name_bytes, *body]
-                        self._out.append((req.client, frames, None))
-                    else:
-                        self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
-            if service.queue:
-                self._dispatch(service, now)
-        elif (
-            not req.done
-            and req.worker is worker  # partials of the latest attempt only: no interleaving
-            and (req.client_key is None or self._deliverable(req))
-        ):
-            if req.header is not None:
-                body = self._reply_body(req, body)
-            self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
-        return None
+    def _heard_from(self, worker: Worker, now: float) -> None:
+        """Any message from a registered worker counts as a heartbeat."""
+        worker.last_seen = now
+        self._activity.move_to_end(worker.identity)
 
-    def _reply_body(self, req: Request, body: list[Any]) -> list[Any]:
-        """The body a client of ours gets: the worker's when it carries our reply header,
-        else the worker's frames behind a header marking them raw (a plain RFC 18 worker).
+    def _partial(self, worker: Worker, req: Request, body: list[Any]) -> None:
+        """A worker's PARTIAL for ``req``: passed on to the client unless the request is
+        answered already or was given to another worker since (no interleaving)."""
+        if req.done or req.worker is not worker:
+            return
+        if req.client_key is not None and not self._deliverable(req):
+            return
+        if req.header is not None:
+            first = body[0] if body else b""
+            if not (first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F):
+                body = self._raw_reply(req, body)
+        self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
 
-        Worker errors in our header are counted per service and code.
-        """
-        first = body[0] if body else b""
-        if first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F:
-            if _MSGPACK_FALSE in first and len(first) <= MAX_HEADER_BYTES:
-                self._count_worker_error(req.service, first)
-            return body
+    def _raw_reply(self, req: Request, body: list[Any]) -> list[Any]:
+        """A reply to a request of ours from a worker that does not write our reply header
+        (a plain RFC 18 worker): its frames behind a header that marks them raw."""
         self.counters["raw_replies"] += 1
         return [mdp.raw_reply_header(req.request_id or ""), *body]
 
@@ -918,16 +986,17 @@ class BrokerEngine:
     def _ready(
         self,
         identity: bytes,
-        msg: WorkerEvent,
+        name: str,
+        raw_metadata: bytes | None,
+        framing: Framing,
         now: float,
         key: str | None,
-        address: str | None,
     ) -> None:
-        name = msg.service
+        """Register a worker that sent READY, unless its service or key forbid it."""
         if name.startswith(MMI_PREFIX):
             return self._violation(
                 identity,
-                msg.framing,
+                framing,
                 f"a worker may not register {name!r}: mmi.* services belong to the broker",
                 now,
             )
@@ -936,7 +1005,7 @@ class BrokerEngine:
             self.counters["bad_service_names"] += 1
             return self._violation(
                 identity,
-                msg.framing,
+                framing,
                 f"READY refused: {problem} (a service name must be {mdp.SERVICE_NAME_RULE})",
                 now,
             )
@@ -950,18 +1019,18 @@ class BrokerEngine:
                 name,
                 self.admission.describe_acl(),
             )
-            self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+            self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
             return None
         metadata: Any = {}
         slots = 1
-        if msg.metadata is not None:
+        if raw_metadata is not None:
             try:
-                metadata = msgpack.unpackb(msg.metadata, raw=False, strict_map_key=False)
+                metadata = msgpack.unpackb(raw_metadata, raw=False, strict_map_key=False)
             except Exception:
                 metadata = None
             if not isinstance(metadata, dict):
                 return self._violation(
-                    identity, msg.framing, "READY metadata frame is not a msgpack map", now
+                    identity, framing, "READY metadata frame is not a msgpack map", now
                 )
             raw_slots = metadata.get("slots", 1)
             if (
@@ -971,7 +1040,7 @@ class BrokerEngine:
             ):
                 return self._violation(
                     identity,
-                    msg.framing,
+                    framing,
                     f"READY metadata 'slots' must be an integer from 1 to "
                     f"{self.settings.max_slots}",
                     now,
@@ -980,7 +1049,8 @@ class BrokerEngine:
         service = self.services.get(name)
         if service is None:
             service = self.services[name] = self._new_service(name.encode("utf-8"))
-        worker = Worker(identity, service, slots, metadata, address, now, msg.framing)
+        address = self._peer_address(identity)
+        worker = Worker(identity, service, slots, metadata, address, now, framing)
         worker.key = key
         record = self._drained.get(worker.worker_id)
         if record is not None and record.disconnect:
@@ -992,7 +1062,7 @@ class BrokerEngine:
                 worker.worker_id,
                 worker.worker_id,
             )
-            self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+            self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
             return self._forget_if_idle(service)
         self.workers[identity] = worker
         self._activity[identity] = worker
@@ -1010,12 +1080,12 @@ class BrokerEngine:
             service.name,
             slots,
             address or "unknown address",
-            msg.framing.name,
+            framing.name,
         )
         self._dispatch(service, now)
         return None
 
-    def _unknown_worker(self, identity: bytes, msg: WorkerEvent) -> None:
+    def _unknown_worker(self, identity: bytes, command: WorkerCommand, framing: Framing) -> None:
         """RFC 18: anything but READY from an unregistered worker gets DISCONNECT.
 
         This is also how workers learn that the broker restarted: they reconnect and
@@ -1025,10 +1095,10 @@ class BrokerEngine:
         self._warn.log(
             logging.DEBUG,
             "%s from unregistered worker %s: sent DISCONNECT",
-            msg.command.name,
+            command.name,
             identity.hex(),
         )
-        self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+        self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     def _refuse_worker_key(
         self,

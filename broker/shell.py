@@ -2,8 +2,8 @@
 
 It owns the one ROUTER socket (clients and workers share it), CURVE's authenticator, and
 the clock. Per wake-up it receives what is waiting, parses each message with
-:func:`mole.protocol.mdp.decode_inbound`, hands it to the engine with the time, and sends
-the messages the engine returns; it runs the engine's timers when they are due. All
+:func:`mole.protocol.mdp.read_inbound`, which calls the engine's method for it with the
+time, and sends the messages the engine returns; it runs the engine's timers when they are due. All
 decisions are the engine's.
 
 Hot-path habits taken from the field notes: the loop waits in a blocking ``recv`` bounded
@@ -99,6 +99,9 @@ class Broker:
         self._stop_requested = False
         self._outbox: list[Outgoing] = []
         self._snapshot = status_snapshot
+        #: the first frame of the message being handled: it carries the connection's
+        #: properties (CURVE key, peer address)
+        self._first: Any = None
 
     # ------------------------------------------------------------------ socket
 
@@ -135,7 +138,7 @@ class Broker:
         self.socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         engine = self.engine
-        engine.attach(admission, self.endpoint)
+        engine.attach(admission, self.endpoint, self._current_peer_address)
         # the backend's methods directly: pyzmq's Python wrappers cost ~0.2 us per frame
         base = getattr(zmq.backend, "Socket", None)
         if base is not None and isinstance(sock, base):
@@ -152,6 +155,11 @@ class Broker:
             s.queue_limit,
         )
         return self.endpoint
+
+    def _current_peer_address(self, identity: bytes) -> str | None:
+        """The network address of the peer whose message is being handled (the engine
+        asks when a worker registers)."""
+        return _peer_address(self._first) if self._first is not None else None
 
     def stop(self) -> None:
         """Ask the loop to drain and shut down (safe from a signal handler)."""
@@ -231,8 +239,7 @@ class Broker:
         recv = self._recv
         engine = self.engine
         clock = self._clock
-        decode = mdp.decode_inbound
-        client_type = mdp.ClientRequest
+        read = mdp.read_inbound
         limit = self.settings.max_message_bytes
         checks_keys = engine.admission.checks_keys
         for _ in range(DRAIN_BATCH):
@@ -241,7 +248,7 @@ class Broker:
                     identity = recv(NOBLOCK)
                 except zmq.Again:
                     break
-            first = frame = recv(0, False)
+            self._first = first = frame = recv(0, False)
             frames: list[Any] = [frame]
             size = len(frame)
             while frame.more:
@@ -257,23 +264,12 @@ class Broker:
                         engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now)
                     )
                 else:
-                    try:
-                        msg = decode(frames)
+                    key = peer_key(first) if checks_keys else None
+                    try:  # the engine's method for this message, called by the parser
+                        out = read(frames, engine, identity, now, key)
                     except mdp.UnreadableMessage as err:
-                        self._outbox.extend(
-                            engine.on_unreadable(identity, err, describe_frames(frames), now)
-                        )
-                    else:
-                        key = peer_key(first) if checks_keys else None
-                        if isinstance(msg, client_type):
-                            self._outbox.extend(engine.on_client(identity, msg, now, key))
-                        else:
-                            address = (
-                                _peer_address(first)
-                                if msg.command is mdp.WorkerCommand.READY
-                                else None
-                            )
-                            self._outbox.extend(engine.on_worker(identity, msg, now, key, address))
+                        out = engine.on_unreadable(identity, err, describe_frames(frames), now)
+                    self._outbox.extend(out)
             except Exception:  # a bug must not take the broker down; count and go on
                 engine.counters["internal_errors"] += 1
                 log.exception("internal error handling a message from %s", identity.hex())

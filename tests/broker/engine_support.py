@@ -1,8 +1,8 @@
 """Driving :class:`mole.broker.engine.BrokerEngine` in-process with a fake clock.
 
-Messages are written here as the raw frames the RFCs give (bytes literals), run through
-the real decoder (``mdp.decode_inbound``) and handed to the engine with a time the test
-chooses; what the engine returns is checked as frames again. No sockets, no sleeps.
+Messages are written here as the raw frames the RFCs give (bytes literals) and handed to
+the real decoder (``mdp.read_inbound``), which calls the engine's method for each with a
+time the test chooses; what the engine returns is checked as frames again. No sockets, no sleeps.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ class Harness:
         overrides.setdefault("default_deadline", 30.0)
         self.settings = BrokerSettings(bind="inproc://unused", **overrides).validated()
         self.now = 1000.0
-        self.engine = BrokerEngine(self.settings, self.now, admission=admission)
+        self.engine = BrokerEngine(
+            self.settings, self.now, admission=admission, peer_address=lambda _id: "127.0.0.1"
+        )
         self.sent: list[tuple[bytes, list[bytes]]] = []
 
     # ------------------------------------------------------------------ time
@@ -83,13 +85,10 @@ class Harness:
     ) -> list[tuple[bytes, list[bytes]]]:
         """Hand one message (frames after the routing id) to the engine, as the shell does."""
         try:
-            msg = mdp.decode_inbound(frames)
+            out = mdp.read_inbound(frames, self.engine, identity, self.now, key)
         except mdp.UnreadableMessage as err:
-            return self._record(self.engine.on_unreadable(identity, err, "test", self.now))
-        if isinstance(msg, mdp.ClientRequest):
-            return self._record(self.engine.on_client(identity, msg, self.now, key))
-        address = "127.0.0.1" if msg.command is mdp.WorkerCommand.READY else None
-        return self._record(self.engine.on_worker(identity, msg, self.now, key, address))
+            out = self.engine.on_unreadable(identity, err, "test", self.now)
+        return self._record(out)
 
     def ready(self, identity: bytes, service: str, slots: int | None = None, **meta: Any) -> None:
         frames = [W02, READY, service.encode()]

@@ -320,8 +320,8 @@ def test_unreachable_worker_gives_its_request_to_another_without_an_attempt():
     h.ready(b"gone", SVC)
     h.ready(b"there", SVC)
     # the shell reports a failed send of a dispatch back with the request it carried
-    msg = mdp.decode_inbound([C02, REQUEST, SVC.encode(), header("r1"), pack(1)])
-    [(identity, _frames, req)] = h.engine.on_client(b"c", msg, h.now)
+    frames = [C02, REQUEST, SVC.encode(), header("r1"), pack(1)]
+    [(identity, _frames, req)] = mdp.read_inbound(frames, h.engine, b"c", h.now, None)
     assert identity == b"gone"
     out = h._record(h.engine.on_unreachable(b"gone", req, h.now))
     [(worker, _, body)] = dispatched(out)
