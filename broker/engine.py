@@ -3,8 +3,9 @@
 :class:`BrokerEngine` knows no sockets and reads no clock. The shell (``broker.shell``)
 reads a message and hands its frames, the sender's routing id and the time to
 :func:`mole.protocol.mdp.read_inbound`, which parses them and calls the engine's method
-for that message with the parsed fields (no event object in between); the shell sends the
-messages the method returns, in order. Tests drive the same methods with a fake clock.
+for that message with the parsed fields (no event object in between). The engine's
+methods queue the messages to send; the shell takes them (:meth:`BrokerEngine.take_outgoing`)
+and sends them in order, a batch at a time. Tests drive the same methods with a fake clock.
 
 Its public methods are the whole broker:
 
@@ -82,10 +83,10 @@ PARTIAL = WorkerCommand.PARTIAL
 HEARTBEAT = WorkerCommand.HEARTBEAT
 READY = WorkerCommand.READY
 
-#: The first bytes of every reply header this project writes (``ReplyHeader.encode``:
-#: ``{"v": 1, "id": ...}`` first, as a msgpack map of 3 to 5 keys). A worker reply to a
-#: request of ours that does not start this way came from a plain RFC 18 worker.
-_HEADER_AFTER_MAP = b"\xa1v\x01\xa2id"
+#: How every reply header this project writes starts (``ReplyHeader.encode``: a msgpack
+#: fixmap, ``{"v": 1, "id": ...}`` first). A worker reply to a request of ours that does
+#: not start this way came from a plain RFC 18 worker.
+_REPLY_HEADER_STARTS = tuple(bytes([0x80 | keys]) + b"\xa1v\x01\xa2id" for keys in range(16))
 #: msgpack's ``false``: a reply header without this byte cannot say ``"ok": false``, so
 #: only headers holding it are decoded to count worker errors. Looked up as an int (a
 #: memchr): testing a bytes needle costs a failed int conversion first, four times more.
@@ -159,7 +160,6 @@ class BrokerEngine:
         "_heartbeats",
         "_keys",
         "_max_deadline",
-        "_out",
         "_pack_ticket",
         "_peer_address",
         "_releases",
@@ -173,6 +173,7 @@ class BrokerEngine:
         "by_key",
         "counters",
         "endpoint",
+        "outgoing",
         "queued_total",
         "requests",
         "services",
@@ -222,7 +223,8 @@ class BrokerEngine:
         self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
         self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
         self._warn = RateLimitedLog(log)
-        self._out: list[Outgoing] = []
+        #: messages queued to send, in order; the shell takes them with take_outgoing()
+        self.outgoing: list[Outgoing] = []
         #: the earliest timer set since the last :meth:`take_wake_hint` (see there)
         self.wake_hint = math.inf
         self._draining_since: float | None = None
@@ -232,6 +234,18 @@ class BrokerEngine:
         self._drained: dict[str, DrainRecord] = {}
         #: registered drained workers to send DISCONNECT once they are idle
         self._disconnect_when_idle: dict[bytes, Worker] = {}
+
+    def take_outgoing(self) -> list[Outgoing]:
+        """The messages to send that the engine's methods queued since the last call, in
+        order (and forget them).
+
+        Why a queue rather than a list returned per call: the shell sends in batches, and a
+        list per message (built, returned, copied into the batch) was 2-3% of the broker's
+        cost per request.
+        """
+        out = self.outgoing
+        self.outgoing = []
+        return out
 
     def attach(
         self,
@@ -260,13 +274,12 @@ class BrokerEngine:
         framing: Framing,
         now: float,
         key: str | None = None,
-    ) -> list[Outgoing]:
+    ) -> None:
         """A client REQUEST arrived (any framing): dispatch it to a free worker, queue it,
         answer it (MMI) or refuse it with an error reply."""
-        out = self._out = []
         if self._keys and not self.admission.client_message(client, key):
             self._refuse_client_key(client, key)
-            return out
+            return
         header = None
         deadline_s = self._default_deadline
         if len(body) >= 2:
@@ -274,7 +287,7 @@ class BrokerEngine:
             if header is not None:
                 if header is _BAD_HEADER:
                     self._bad_header(client, ClientRequest(service, service_frame, body, framing))
-                    return out
+                    return
                 ttl = header.get("ttl")
                 if ttl is not None:
                     deadline_s = ttl / 1000.0
@@ -285,11 +298,11 @@ class BrokerEngine:
             msg = ClientRequest(service, service_frame, body, framing)
             if service.startswith(MMI_PREFIX):
                 self._mmi(client, msg, header, now, key)
-                return out
+                return
             problem = mdp.check_service_name(service)
             if problem is not None:
                 self._refuse_service_name(client, msg, header, problem)
-                return out
+                return
             entry = self.services[service] = self._new_service(bytes(service_frame))
         if self._draining_since is not None:
             self.counters["refused_while_draining"] += 1
@@ -302,7 +315,7 @@ class BrokerEngine:
                 "the broker is shutting down and takes no new requests; retry shortly",
             )
             self._forget_if_idle(entry)
-            return out
+            return
         self.counters["requests"] += 1
         request_id = None
         by_key: tuple[bytes, str] = (client, "")
@@ -313,7 +326,7 @@ class BrokerEngine:
             by_key = (client, request_id)
             if by_key in self.by_key:
                 self.counters["duplicates"] += 1  # the first copy is still live: it answers
-                return out
+                return
         self._ticket_seq += 1
         ticket = self._pack_ticket(self._ticket_prefix, self._ticket_seq)
         req = Request(
@@ -328,7 +341,7 @@ class BrokerEngine:
                 req, ErrorCode.DEADLINE_EXCEEDED, "request arrived with no time left (ttl <= 0)"
             )
             self._forget_if_idle(entry)
-            return out
+            return
         self.requests[ticket] = req
         heapq.heappush(self._deadlines, (req.deadline, ticket))
         if req.deadline < self.wake_hint:
@@ -340,7 +353,6 @@ class BrokerEngine:
             self._dispatch(entry, now)
         else:
             self._forget_if_idle(entry)
-        return out
 
     def on_reply(
         self,
@@ -351,15 +363,14 @@ class BrokerEngine:
         framing: Framing,
         now: float,
         key: str | None = None,
-    ) -> list[Outgoing]:
+    ) -> None:
         """A worker replied to ``ticket``: a PARTIAL or the FINAL (``command``)."""
-        out = self._out = []
         worker = self.workers.get(identity)
         if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
-            return out
+            return
         if worker is None:
             self._unknown_worker(identity, command, framing)
-            return out
+            return
         worker.last_seen = now  # any message counts as a heartbeat
         self._activity.move_to_end(identity)
         if worker.timeouts:  # it answers (even late): not hung after all
@@ -367,12 +378,12 @@ class BrokerEngine:
         req = worker.in_flight.get(ticket)
         if req is None:
             self.counters["late_replies"] += 1  # not (or no longer) this worker's request
-            return out
+            return
         if not body:
             self.counters["bodyless_replies"] += 1
         if command is not FINAL:
             self._partial(worker, req, body)
-            return out
+            return
         service = worker.service
         self._release(worker, req)
         if req.done:
@@ -385,22 +396,18 @@ class BrokerEngine:
                 self._hold_other_slots(req, worker, now + self.settings.release_grace)
             worker.served += 1
             service.served += 1
-            if req.header is not None:
+            if req.header is not None:  # the common case without a call: ours, not an error
                 first = body[0] if body else b""
-                # our reply header as is (a fixmap starting {"v": 1, "id": ...}), else raw
-                if not (first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F):
-                    body = self._raw_reply(req, body)
-                elif _MSGPACK_FALSE in first and len(first) <= MAX_HEADER_BYTES:
-                    self._count_worker_error(service, first)
+                if _MSGPACK_FALSE in first or not first.startswith(_REPLY_HEADER_STARTS):
+                    body = self._reply_body(req, body)
             if req.client_key is None or self._deliverable(req):
                 if req.framing is MDP02 and body:  # the common case, without a call
                     frames = [C_HDR, C_FINAL, service.name_bytes, *body]
-                    self._out.append((req.client, frames, None))
+                    self.outgoing.append((req.client, frames, None))
                 else:
                     self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
         if service.queue:
             self._dispatch(service, now)
-        return out
 
     def on_ready(
         self,
@@ -410,58 +417,51 @@ class BrokerEngine:
         framing: Framing,
         now: float,
         key: str | None = None,
-    ) -> list[Outgoing]:
+    ) -> None:
         """A worker sent READY: register it for ``service`` (refused when already
         registered, for an ``mmi.*`` or bad name, or when its key may not)."""
-        out = self._out = []
         worker = self.workers.get(identity)
         if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
-            return out
+            return
         if worker is None:
             self._ready(identity, service, metadata, framing, now, key)
         else:
             self._heard_from(worker, now)
             self._violation(identity, framing, "READY from an already registered worker", now)
-        return out
 
     def on_heartbeat(
         self, identity: bytes, framing: Framing, now: float, key: str | None = None
-    ) -> list[Outgoing]:
+    ) -> None:
         """A worker's HEARTBEAT: it is alive (an unregistered one is told DISCONNECT)."""
-        out = self._out = []
         worker = self.workers.get(identity)
         if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
-            return out
+            return
         if worker is None:
             self._unknown_worker(identity, HEARTBEAT, framing)
         else:
             self._heard_from(worker, now)
-        return out
 
     def on_disconnect(
         self, identity: bytes, framing: Framing, now: float, key: str | None = None
-    ) -> list[Outgoing]:
+    ) -> None:
         """A worker's DISCONNECT: forget it (its requests go to other workers)."""
-        out = self._out = []
         worker = self.workers.get(identity)
         if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
-            return out
+            return
         if worker is not None:
             self._heard_from(worker, now)
             log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
             self._purge(worker, "it sent DISCONNECT", now, disconnect=False)
-        return out
 
     def on_unreadable(
         self, identity: bytes, error: mdp.UnreadableMessage, description: str, now: float
-    ) -> list[Outgoing]:
+    ) -> None:
         """A message the decoder refused: log, count, and answer where the protocol can.
 
         A worker-protocol message gets DISCONNECT (and a registered worker that sent it is
         purged); a client message with a readable service frame gets an error reply in
         its framing; anything else has no protocol to answer in and is only logged.
         """
-        out = self._out = []
         self.counters["malformed"] += 1
         self.counters["unreadable"] += 1
         worker = self.workers.get(identity)
@@ -477,7 +477,7 @@ class BrokerEngine:
             if worker is not None:
                 self._purge(worker, f"protocol violation: {error.reason}", now, disconnect=True)
             else:
-                self._out.append((identity, mdp.to_worker(error.framing, _DISCONNECT), None))
+                self.outgoing.append((identity, mdp.to_worker(error.framing, _DISCONNECT), None))
         elif error.role == "client" and error.service:
             self._warn.log(
                 logging.WARNING,
@@ -502,24 +502,21 @@ class BrokerEngine:
                 error.reason,
                 description,
             )
-        return out
 
-    def on_oversized(
-        self, identity: bytes, head: list[bytes], size: int, now: float
-    ) -> list[Outgoing]:
+    def on_oversized(self, identity: bytes, head: list[bytes], size: int, now: float) -> None:
         """A message over ``max_message_bytes``; ``head`` is its first few frames.
 
         A client request gets a ``bad_request`` error reply naming the limit; a worker
         message is a protocol violation (DISCONNECT, purge).
         """
-        out = self._out = []
         limit = self.settings.max_message_bytes
         reason = f"message of {size} bytes exceeds the limit of {limit}"
         self.counters["oversized"] += 1
         try:
             msg = mdp.decode_inbound(head)
         except mdp.UnreadableMessage as err:
-            return self.on_unreadable(identity, err, f"{reason}; {_describe(head)}", now)
+            self.on_unreadable(identity, err, f"{reason}; {_describe(head)}", now)
+            return
         self.counters["malformed"] += 1
         self._warn.log(logging.WARNING, "from %s: %s", identity.hex(), reason)
         if isinstance(msg, ClientRequest):
@@ -535,17 +532,15 @@ class BrokerEngine:
             )
         else:
             self._violation(identity, msg.framing, reason, now)
-        return out
 
-    def on_unreachable(self, identity: bytes, req: Request, now: float) -> list[Outgoing]:
+    def on_unreachable(self, identity: bytes, req: Request, now: float) -> None:
         """Sending ``req`` to worker ``identity`` failed: re-queue it first, purge the worker.
 
         The failed send does not count as an attempt.
         """
-        out = self._out = []
         worker = self.workers.get(identity)
         if worker is None or req.worker is not worker or req.done:
-            return out
+            return
         self._release(worker, req)
         req.dispatches -= 1
         if req.holders:  # an earlier attempt is still out: that one goes on
@@ -554,11 +549,9 @@ class BrokerEngine:
             req.worker = None
             self._enqueue(req, front=True)
         self._purge(worker, "it is unreachable", now, disconnect=False)
-        return out
 
-    def on_tick(self, now: float) -> list[Outgoing]:
+    def on_tick(self, now: float) -> None:
         """Run the timers that are due: key re-reads, heartbeats, expiry, deadlines."""
-        out = self._out = []
         if self.admission.refresh(now):
             self._apply_key_changes(now)
         self._send_heartbeats(now)
@@ -568,7 +561,6 @@ class BrokerEngine:
         self._release_held_slots(now)
         if self._disconnect_when_idle:
             self._disconnect_idle_drained(now)
-        return out
 
     def next_timer(self, now: float, longest: float) -> float:
         """When :meth:`on_tick` is next due (at most ``now + longest``).
@@ -616,12 +608,11 @@ class BrokerEngine:
         """True when draining and every request has had its answer."""
         return self._draining_since is not None and not self.requests
 
-    def shutdown(self, now: float) -> list[Outgoing]:
+    def shutdown(self, now: float) -> None:
         """DISCONNECT every worker and answer every unanswered request with an error."""
-        out = self._out = []
         workers = list(self.workers.values())
         for worker in workers:
-            self._out.append(_to_worker(worker, _DISCONNECT))
+            self.outgoing.append(_to_worker(worker, _DISCONNECT))
         answered = 0
         for req in list(self.requests.values()):
             if req.done:
@@ -642,7 +633,6 @@ class BrokerEngine:
             len(workers),
             answered,
         )
-        return out
 
     def status(self, now: float) -> dict[str, Any]:
         """The ``mmi.status`` document (format in docs/interfaces.md)."""
@@ -963,14 +953,21 @@ class BrokerEngine:
         if req.client_key is not None and not self._deliverable(req):
             return
         if req.header is not None:
-            first = body[0] if body else b""
-            if not (first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F):
-                body = self._raw_reply(req, body)
+            body = self._reply_body(req, body)
         self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
 
-    def _raw_reply(self, req: Request, body: list[Any]) -> list[Any]:
-        """A reply to a request of ours from a worker that does not write our reply header
-        (a plain RFC 18 worker): its frames behind a header that marks them raw."""
+    def _reply_body(self, req: Request, body: list[Any]) -> list[Any]:
+        """The body a client of ours gets: the worker's when it carries our reply header,
+        else the worker's frames behind a header marking them raw (a plain RFC 18 worker).
+
+        Worker errors in our header are counted per service and code. The header frame is
+        ``bytes`` (the shell copies a message's first frames).
+        """
+        first = body[0] if body else b""
+        if first.startswith(_REPLY_HEADER_STARTS):
+            if _MSGPACK_FALSE in first and len(first) <= MAX_HEADER_BYTES:
+                self._count_worker_error(req.service, first)
+            return body
         self.counters["raw_replies"] += 1
         return [mdp.raw_reply_header(req.request_id or ""), *body]
 
@@ -1019,7 +1016,7 @@ class BrokerEngine:
                 name,
                 self.admission.describe_acl(),
             )
-            self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+            self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
             return None
         metadata: Any = {}
         slots = 1
@@ -1062,7 +1059,7 @@ class BrokerEngine:
                 worker.worker_id,
                 worker.worker_id,
             )
-            self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+            self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
             return self._forget_if_idle(service)
         self.workers[identity] = worker
         self._activity[identity] = worker
@@ -1098,7 +1095,7 @@ class BrokerEngine:
             command.name,
             identity.hex(),
         )
-        self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+        self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     def _refuse_worker_key(
         self,
@@ -1118,7 +1115,7 @@ class BrokerEngine:
         )
         if worker is not None:
             self._purge(worker, "its CURVE key was revoked", now, disconnect=False)
-        self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+        self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     def _violation(self, identity: bytes, framing: Framing, reason: str, now: float) -> None:
         """A worker broke the protocol: count, log, purge it, and send DISCONNECT."""
@@ -1133,7 +1130,7 @@ class BrokerEngine:
         worker = self.workers.get(identity)
         if worker is not None:
             self._purge(worker, f"protocol violation: {reason}", now, disconnect=False)
-        self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+        self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     # ================================================================== counters
     # The only methods that change queue depth, slots and in-flight counts.
@@ -1145,7 +1142,7 @@ class BrokerEngine:
         left, and its attempt number.
         """
         body = req.body
-        if req.header is not None and (req.dispatches or req.received_at != now):
+        if (req.dispatches or req.received_at != now) and req.header is not None:
             body = [self._fresh_header(req, now), *body[1:]]
         req.dispatches += 1
         req.worker = worker
@@ -1172,7 +1169,7 @@ class BrokerEngine:
             frames = [W_HDR, W_REQUEST, req.ticket, EMPTY, *body]
         else:
             frames = mdp.to_worker(worker.framing, WorkerCommand.REQUEST, req.ticket, body)
-        self._out.append((worker.identity, frames, req))
+        self.outgoing.append((worker.identity, frames, req))
 
     def _release(self, worker: Worker, req: Request) -> None:
         """``worker`` no longer holds ``req``: free its slot."""
@@ -1252,8 +1249,9 @@ class BrokerEngine:
         self.requests.pop(req.ticket, None)
         if req.request_id is not None:
             key = (req.client, req.request_id)
-            if self.by_key.get(key) is req:
-                del self.by_key[key]
+            owner = self.by_key.pop(key, None)
+            if owner is not req and owner is not None:  # a later request with its key: kept
+                self.by_key[key] = owner
         self.counters["replies"] += 1
 
     def _answer_error(self, req: Request, code: ErrorCode, message: str) -> None:
@@ -1299,7 +1297,7 @@ class BrokerEngine:
         if frames is None:  # MDP/0.1 has no PARTIAL
             self.counters["partials_dropped"] += 1
             return
-        self._out.append((client, frames, None))
+        self.outgoing.append((client, frames, None))
 
     def _deliverable(self, req: Request) -> bool:
         """Under an allow-list: may the reply go to the routing id that asked?"""
@@ -1376,7 +1374,7 @@ class BrokerEngine:
             lost,
         )
         if disconnect:
-            self._out.append(_to_worker(worker, _DISCONNECT))
+            self.outgoing.append(_to_worker(worker, _DISCONNECT))
         self._dispatch(service, now)
         self._forget_if_idle(service)
 
@@ -1389,7 +1387,7 @@ class BrokerEngine:
         while beats and beats[0][0] <= now:
             _, worker = beats.popleft()
             if worker.alive:
-                self._out.append(_to_worker(worker, HEARTBEAT))
+                self.outgoing.append(_to_worker(worker, HEARTBEAT))
                 beats.append((now + interval, worker))
 
     def _expire_silent_workers(self, now: float) -> None:
@@ -1613,13 +1611,15 @@ def _to_worker(worker: Worker, command: WorkerCommand) -> Outgoing:
     return (worker.identity, mdp.to_worker(worker.framing, command), None)
 
 
-def _request_header(frame: Any) -> dict[str, Any] | None:
-    """Our request header as a dict, None for an opaque body, _BAD_HEADER when invalid."""
-    data = frame if isinstance(frame, bytes) else frame.bytes
-    if not data or len(data) > MAX_HEADER_BYTES or data[0] & 0xF0 != 0x80:
+def _request_header(frame: bytes) -> dict[str, Any] | None:
+    """Our request header as a dict, None for an opaque body, _BAD_HEADER when invalid.
+
+    ``frame`` is ``bytes``: the shell copies a message's first frames, the header among them.
+    """
+    if not frame or frame[0] & 0xF0 != 0x80 or len(frame) > MAX_HEADER_BYTES:
         return None  # not a msgpack fixmap: an opaque RFC 18 body
     try:  # msgpack's defaults: str for strings, str or bytes map keys only
-        header: dict[str, Any] = msgpack.unpackb(data)
+        header: dict[str, Any] = msgpack.unpackb(frame)
     except Exception:
         return None
     if header.get("v") != VERSION or "id" not in header:  # a fixmap decodes to a dict

@@ -30,7 +30,7 @@ import zmq
 
 from mole.broker.admission import Admission, KeyAdmission, OpenAdmission
 from mole.broker.curve import enable_curve, peer_key
-from mole.broker.engine import BrokerEngine, Outgoing, describe_frames
+from mole.broker.engine import BrokerEngine, describe_frames
 from mole.broker.metrics import StatusSnapshot
 from mole.broker.settings import BrokerSettings
 from mole.protocol import mdp
@@ -97,7 +97,6 @@ class Broker:
         self.engine = BrokerEngine(self.settings, clock())
         self._authenticator: Any = None
         self._stop_requested = False
-        self._outbox: list[Outgoing] = []
         self._snapshot = status_snapshot
         #: the first frame of the message being handled: it carries the connection's
         #: properties (CURVE key, peer address)
@@ -204,7 +203,7 @@ class Broker:
                 if engine.draining and (engine.drained() or now >= drain_until):
                     break
                 if now >= wake_at:
-                    self._outbox.extend(engine.on_tick(now))
+                    engine.on_tick(now)
                     if self._snapshot is not None and self._snapshot.due():
                         self._snapshot.publish(engine.status(now))
                     self._flush()
@@ -260,28 +259,25 @@ class Broker:
             now = clock()
             try:
                 if size > limit:
-                    self._outbox.extend(
-                        engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now)
-                    )
+                    engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now)
                 else:
                     key = peer_key(first) if checks_keys else None
                     try:  # the engine's method for this message, called by the parser
-                        out = read(frames, engine, identity, now, key)
+                        read(frames, engine, identity, now, key)
                     except mdp.UnreadableMessage as err:
-                        out = engine.on_unreadable(identity, err, describe_frames(frames), now)
-                    self._outbox.extend(out)
+                        engine.on_unreadable(identity, err, describe_frames(frames), now)
             except Exception:  # a bug must not take the broker down; count and go on
                 engine.counters["internal_errors"] += 1
                 log.exception("internal error handling a message from %s", identity.hex())
             identity = None
-            if len(self._outbox) >= SEND_BATCH:
+            if len(engine.outgoing) >= SEND_BATCH:
                 self._flush()
         self._flush()
 
     # ------------------------------------------------------------------ sending
 
     def _flush(self) -> None:
-        """Send the messages the engine produced, in order.
+        """Send the messages the engine queued, in order.
 
         A peer that is gone (EHOSTUNREACH) or whose queue is full (EAGAIN) loses the
         message, counted; when that message was a request for a worker, the engine takes
@@ -289,10 +285,8 @@ class Broker:
         """
         send = self._sendf
         engine = self.engine
-        while self._outbox:
-            box = self._outbox
-            self._outbox = []
-            for identity, frames, req in box:
+        while engine.outgoing:  # a failed dispatch may queue more (on_unreachable)
+            for identity, frames, req in engine.take_outgoing():
                 try:
                     try:
                         send(identity, FIRST)
@@ -301,7 +295,7 @@ class Broker:
                             raise
                         engine.counters["dropped_sends"] += 1
                         if req is not None:
-                            self._outbox.extend(engine.on_unreachable(identity, req, self._clock()))
+                            engine.on_unreachable(identity, req, self._clock())
                         continue
                     last = len(frames) - 1
                     for i in range(last):
@@ -315,7 +309,7 @@ class Broker:
         """Tell workers DISCONNECT, answer what is left with an error, close the socket."""
         if self.socket is None:
             return
-        self._outbox.extend(self.engine.shutdown(self._clock()))
+        self.engine.shutdown(self._clock())
         self._flush()
         self.close()
 

@@ -652,7 +652,6 @@ def role_dispatch(
     ids = [f"4d2a1f03c9-{n:x}" for n in range(cycles)]
     headers = [RequestHeader(request_id, 30_000).encode() for request_id in ids]
     replies = [ReplyHeader(request_id).encode() for request_id in ids]
-    outbox: list = []
     t0 = time.process_time()
     if old_api:
         _old_api_cycles(mdp, engine, now, cycles, service, client, headers, replies, payload)
@@ -661,17 +660,18 @@ def role_dispatch(
         for n in range(cycles):
             now += DISPATCH_STEP_S
             # as broker.shell._drain: the frames to the parser, which calls the engine's
-            # handler for the message; what it returns to the outbox
+            # handler for the message; the messages it queued taken (the shell takes them
+            # once per batch of up to 32, here once per cycle)
             request = [C_HDR, C_REQUEST, service, headers[n], payload]
-            outbox.extend(read(request, engine, client, now, None))
-            [(worker, sent, _req)] = outbox
+            read(request, engine, client, now, None)
+            worker, sent, _req = engine.outgoing[-1]
             final = [W_HDR, W_FINAL, sent[2], b"", replies[n], payload]
-            outbox.extend(read(final, engine, worker, now, None))
+            read(final, engine, worker, now, None)
+            outbox = engine.take_outgoing()
             assert len(outbox) == 2, outbox  # the REQUEST to the worker, the FINAL to the client
-            outbox.clear()
             if n % 100 == 0:
-                outbox.extend(engine.on_tick(now))
-                outbox.clear()
+                engine.on_tick(now)
+                engine.take_outgoing()
     elapsed = time.process_time() - t0
     assert engine.counters["replies"] == cycles
     print(json.dumps({"us_per_cycle": 1e6 * elapsed / cycles, "engine": engine_module.__file__}))
@@ -702,10 +702,11 @@ def bench_dispatch(args) -> None:
 
     Registers N workers (spread over services, or all on one service), then times request
     + reply cycles as the shell runs them: ``mdp.read_inbound`` of the client's frames,
-    which calls ``BrokerEngine.on_request``, then of the worker's FINAL (``on_reply``),
-    on a simulated clock that advances 10 us per cycle, with the timers run every 100
-    cycles. Each run is a fresh process (``_dispatch`` role); with ``--baseline`` the same
-    role runs on that revision's ``mole`` package, interleaved run by run with today's.
+    which calls ``BrokerEngine.on_request``, then of the worker's FINAL (``on_reply``), and
+    ``BrokerEngine.take_outgoing`` for the two messages they queued, on a simulated clock
+    that advances 10 us per cycle, with the timers run every 100 cycles. Each run is a
+    fresh process (``_dispatch`` role); with ``--baseline`` the same role runs on that
+    revision's ``mole`` package (its own API), interleaved run by run with today's.
     Flat numbers across N show that dispatch is O(1) in the number of workers and
     services. Prints the median and the best run of each.
     """

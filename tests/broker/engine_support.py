@@ -77,7 +77,8 @@ class Harness:
     def advance(self, seconds: float) -> list[tuple[bytes, list[bytes]]]:
         """Move the clock and run the timers; return what they sent."""
         self.now += seconds
-        return self._record(self.engine.on_tick(self.now))
+        self.engine.on_tick(self.now)
+        return self._record()
 
     # ------------------------------------------------------------------ peers
     def send(
@@ -85,10 +86,10 @@ class Harness:
     ) -> list[tuple[bytes, list[bytes]]]:
         """Hand one message (frames after the routing id) to the engine, as the shell does."""
         try:
-            out = mdp.read_inbound(frames, self.engine, identity, self.now, key)
+            mdp.read_inbound(frames, self.engine, identity, self.now, key)
         except mdp.UnreadableMessage as err:
-            out = self.engine.on_unreadable(identity, err, "test", self.now)
-        return self._record(out)
+            self.engine.on_unreadable(identity, err, "test", self.now)
+        return self._record()
 
     def ready(self, identity: bytes, service: str, slots: int | None = None, **meta: Any) -> None:
         frames = [W02, READY, service.encode()]
@@ -106,7 +107,9 @@ class Harness:
     def status(self) -> dict[str, Any]:
         return self.engine.status(self.now)
 
-    def _record(self, out: list) -> list[tuple[bytes, list[bytes]]]:
+    def _record(self) -> list[tuple[bytes, list[bytes]]]:
+        """The messages the engine queued since the last call, as (routing id, frames)."""
+        out = self.engine.take_outgoing()
         messages = [(identity, [bytes(f) for f in frames]) for identity, frames, _req in out]
         self.sent.extend(messages)
         return messages
