@@ -375,11 +375,9 @@ def read_inbound(
             is not called then).
     """
     count = len(frames)
-    if count == 0:
-        raise UnreadableMessage("empty message")
-    head = frames[0]
     # fast paths for the two messages of every request: RFC 18 REQUEST and FINAL
     if count >= 4:
+        head = frames[0]
         if head == CLIENT_HEADER:
             if frames[1] == CLIENT_REQUEST:
                 name = _known_names.get(frames[2])
@@ -387,6 +385,9 @@ def read_inbound(
                     return handler.on_request(peer, name, frames[2], frames[3:], _MDP02, now, key)
         elif head == WORKER_HEADER and frames[1] == W_FINAL and frames[2] and not frames[3]:
             return handler.on_reply(peer, _FINAL, frames[2], frames[4:], _MDP02, now, key)
+    elif count == 0:
+        raise UnreadableMessage("empty message")
+    head = frames[0]
     start = 0
     framing = _MDP02
     if not head:
