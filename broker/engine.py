@@ -1160,7 +1160,6 @@ class BrokerEngine:
         else:
             entries.append((req.ticket, req.dispatches, True))
         worker.in_flight[req.ticket] = req
-        worker.service.in_flight += 1
         if len(worker.in_flight) >= worker.slots:
             worker.service.available.pop(worker.identity, None)
         else:  # round robin weighted by slots: to the back of the line
@@ -1177,7 +1176,6 @@ class BrokerEngine:
             return
         req.holders.remove(worker)  # a worker holding the ticket is always among them
         service = worker.service
-        service.in_flight -= 1
         if (
             worker.alive
             and not worker.suspect

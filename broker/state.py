@@ -141,7 +141,6 @@ class Service:
         "attempt_timeout",
         "available",
         "errors",
-        "in_flight",
         "name",
         "name_bytes",
         "queue",
@@ -155,7 +154,6 @@ class Service:
         self.workers: dict[bytes, Worker] = {}
         self.available: OrderedDict[bytes, Worker] = OrderedDict()
         self.queue: OrderedDict[bytes, Request] = OrderedDict()
-        self.in_flight = 0
         self.served = 0
         self.errors = 0
         #: seconds an attempt may take before the request also goes to another worker;
@@ -168,10 +166,14 @@ class Service:
         Such entries are dropped, so clients asking for names nobody serves cannot grow
         the broker's tables without bound; their errors stay in the global counters.
         """
-        return not self.workers and not self.queue and self.in_flight == 0 and self.served == 0
+        return not self.workers and not self.queue and self.served == 0
 
     def slots(self) -> int:
         return sum(w.slots for w in self.workers.values())
+
+    def in_flight(self) -> int:
+        """Requests its workers hold now (counted when asked: status only needs it)."""
+        return sum(len(w.in_flight) for w in self.workers.values())
 
 
 def worker_status(worker: Worker, now: float) -> dict[str, Any]:
@@ -200,7 +202,7 @@ def service_status(service: Service) -> dict[str, Any]:
     return {
         "workers": len(service.workers),
         "slots": service.slots(),
-        "in_flight": service.in_flight,
+        "in_flight": service.in_flight(),
         "queue_depth": len(service.queue),
         "served": service.served,
         "errors": service.errors,
