@@ -75,7 +75,6 @@ C_HDR = mdp.CLIENT_HEADER
 W_HDR = mdp.WORKER_HEADER
 C_PARTIAL = mdp.CLIENT_PARTIAL
 C_FINAL = mdp.CLIENT_FINAL
-W_REQUEST = mdp.W_REQUEST
 EMPTY = mdp.EMPTY
 MMI_PREFIX = mdp.MMI_PREFIX
 MDP02 = Framing.MDP02
@@ -1164,10 +1163,7 @@ class BrokerEngine:
             worker.service.available.pop(worker.identity, None)
         else:  # round robin weighted by slots: to the back of the line
             worker.service.available.move_to_end(worker.identity)
-        if worker.framing is MDP02:
-            frames = [W_HDR, W_REQUEST, req.ticket, EMPTY, *body]
-        else:
-            frames = mdp.to_worker(worker.framing, WorkerCommand.REQUEST, req.ticket, body)
+        frames = [*worker.request_head, req.ticket, EMPTY, *body]  # in the worker's framing
         self.outgoing.append((worker.identity, frames, req))
 
     def _release(self, worker: Worker, req: Request) -> None:

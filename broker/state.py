@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from mole.protocol.mdp import Framing
+from mole.protocol.mdp import Framing, request_head
 
 
 class Request:
@@ -94,6 +94,7 @@ class Worker:
         "last_seen",
         "metadata",
         "registered_at",
+        "request_head",
         "served",
         "service",
         "slots",
@@ -114,6 +115,8 @@ class Worker:
     ) -> None:
         self.identity = identity
         self.framing = framing  # how the worker frames messages; what it is sent matches
+        #: the frames before the ticket of each REQUEST it is sent (mdp.request_head)
+        self.request_head = request_head(framing)
         self.service = service
         self.slots = slots
         self.in_flight: dict[bytes, Request] = {}

@@ -608,6 +608,12 @@ def to_worker(
     return head
 
 
+def request_head(framing: Framing) -> tuple[bytes, ...]:
+    """The frames before the client address of a broker -> worker REQUEST in ``framing``
+    (the broker keeps one per worker: ``[*head, client, b"", *body]`` is the REQUEST)."""
+    return tuple(to_worker(framing, WorkerCommand.REQUEST)[:-2])
+
+
 _CLIENT_BYTES = {c: bytes([c]) for c in ClientCommand}
 _WORKER_BYTES = {c: bytes([c]) for c in WorkerCommand}
 
