@@ -141,6 +141,9 @@ class BrokerEngine:
         admission: the key policy; :class:`~broker.admission.OpenAdmission` by default.
         endpoint: shown in ``mmi.status``.
         broker_id: 8 hex digits; random by default. Tickets start with it.
+        peer_address: the network address of a routing id whose message is being
+            handled (asked when a worker registers; shown in ``mmi.status``); the shell
+            reads it from the message, tests give a fixed one.
     """
 
     # Slots for the attributes the event methods read: CPython 3.11 keeps at most 30

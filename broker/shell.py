@@ -3,8 +3,8 @@
 It owns the one ROUTER socket (clients and workers share it), CURVE's authenticator, and
 the clock. Per wake-up it receives what is waiting, parses each message with
 :func:`mole.protocol.mdp.read_inbound`, which calls the engine's method for it with the
-time, and sends the messages the engine returns; it runs the engine's timers when they are due. All
-decisions are the engine's.
+time, and sends the messages the engine queued (a batch at a time); it runs the engine's
+timers when they are due. All decisions are the engine's.
 
 Hot-path habits taken from the field notes: the loop waits in a blocking ``recv`` bounded
 by ``RCVTIMEO`` (with one socket ``zmq.Poller`` only adds work), drains with ``NOBLOCK``
