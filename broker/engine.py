@@ -50,10 +50,10 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import msgspec
 
 from mole.broker import management
 from mole.broker.admission import Admission, OpenAdmission
+from mole.broker.header import BAD_HEADER, RequestFields, read_request_header
 from mole.broker.management import DrainRecord, ManagementError
 from mole.broker.ratelog import RateLimitedLog
 from mole.broker.settings import BrokerSettings, parse_service_timeouts
@@ -286,12 +286,12 @@ class BrokerEngine:
         header = None
         deadline_s = self._default_deadline
         if len(body) >= 2:
-            header = _request_header(body[0])
+            header = read_request_header(body[0])
             if header is not None:
-                if header is _BAD_HEADER:
+                if header is BAD_HEADER:
                     self._bad_header(client, ClientRequest(service, service_frame, body, framing))
                     return
-                ttl = header.get("ttl")
+                ttl = header.ttl
                 if ttl is not None:
                     deadline_s = ttl / 1000.0
                     if deadline_s > self._max_deadline:
@@ -322,9 +322,7 @@ class BrokerEngine:
         self.counters["requests"] += 1
         request_id = None
         if header is not None:
-            request_id = header["id"]
-            if type(request_id) is not str:
-                request_id = str(request_id)
+            request_id = header.id
             by_key = (client, request_id)
             if by_key in self.by_key:
                 self.counters["duplicates"] += 1  # the first copy is still live: it answers
@@ -522,12 +520,12 @@ class BrokerEngine:
         self.counters["malformed"] += 1
         self._warn.log(logging.WARNING, "from %s: %s", identity.hex(), reason)
         if isinstance(msg, ClientRequest):
-            header = _request_header(msg.body[0]) if len(msg.body) >= 2 else None
+            header = read_request_header(msg.body[0]) if len(msg.body) >= 2 else None
             self._reply_direct(
                 identity,
                 msg.framing,
                 bytes(msg.service_frame),
-                None if header is _BAD_HEADER else header,
+                None if header is BAD_HEADER else header,
                 ErrorCode.BAD_REQUEST,
                 f"request of {size} bytes exceeds the broker's limit of "
                 f"{limit} bytes (MOLE_BROKER_MAX_MESSAGE_BYTES)",
@@ -798,7 +796,7 @@ class BrokerEngine:
         self,
         client: bytes,
         msg: ClientRequest,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         now: float,
         key: str | None,
     ) -> None:
@@ -818,14 +816,14 @@ class BrokerEngine:
             answer = pack(self.status(now))
         else:
             answer = b"501"
-        body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
+        body = [answer] if header is None else [ReplyHeader(header.id).encode(), answer]
         self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
 
     def _mmi_manage(
         self,
         client: bytes,
         msg: ClientRequest,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         now: float,
         key: str | None,
     ) -> None:
@@ -865,7 +863,7 @@ class BrokerEngine:
             )
             return
         answer = pack(doc)
-        body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
+        body = [answer] if header is None else [ReplyHeader(header.id).encode(), answer]
         self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
 
     def _bad_header(self, client: bytes, msg: ClientRequest) -> None:
@@ -873,8 +871,9 @@ class BrokerEngine:
         self._warn.log(
             logging.WARNING, "request header from client %s has bad field types", client.hex()
         )
-        try:
-            header = msgpack.unpackb(bytes(msg.body[0]), raw=False, strict_map_key=False)
+        try:  # read_request_header found its "id": the answer carries it
+            raw = msgpack.unpackb(bytes(msg.body[0]), raw=False, strict_map_key=False)
+            header: RequestFields | None = RequestFields(VERSION, str(raw["id"]))
         except Exception:
             header = None
         self._reply_direct(
@@ -887,7 +886,7 @@ class BrokerEngine:
         )
 
     def _refuse_service_name(
-        self, client: bytes, msg: ClientRequest, header: dict[str, Any] | None, problem: str
+        self, client: bytes, msg: ClientRequest, header: RequestFields | None, problem: str
     ) -> None:
         self.counters["bad_service_names"] += 1
         self.counters["malformed"] += 1
@@ -1233,8 +1232,9 @@ class BrokerEngine:
             self._assign(available[next(iter(available))], req, now)
 
     def _fresh_header(self, req: Request, now: float) -> bytes:
-        """Our header with the time left and the attempt number as of this dispatch."""
-        header = dict(req.header or {})
+        """Our header with the time left and the attempt number as of this dispatch (the
+        client's header frame, the first of the body, read again: every key it has is kept)."""
+        header = msgpack.unpackb(bytes(req.body[0]), raw=False, strict_map_key=False)
         header["ttl"] = max(1, int((req.deadline - now) * 1000))
         header["attempt"] = int(header.get("attempt", 0)) + req.dispatches
         packed: bytes = pack(header)
@@ -1268,13 +1268,13 @@ class BrokerEngine:
         client: bytes,
         framing: Framing,
         service: bytes,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         code: ErrorCode,
         message: str,
     ) -> None:
         """Error answer to a message that never became a tracked request."""
-        if header is not None and "id" in header:
-            body = ReplyHeader(str(header["id"]), False, code.value, message).encode()
+        if header is not None:
+            body = ReplyHeader(header.id, False, code.value, message).encode()
         else:
             body = pack({"error": code.value, "message": message})
         self._count_error(code)
@@ -1600,37 +1600,10 @@ class BrokerEngine:
 _DISCONNECT = WorkerCommand.DISCONNECT
 #: a plain function call, cheaper than int()'s type call on the dispatch path
 _floor = math.floor
-#: The decoder of request headers: msgspec's msgpack decoder gives what ``msgpack.unpackb``
-#: gives for every header of ours (maps with str keys, str, int, bool, nil values), at
-#: about half the cost (it need not intern each key string anew); it is the largest part
-#: of the broker's work per request.
-_decode_msgpack = msgspec.msgpack.Decoder().decode
-#: Marker: the frame is our header but a field has the wrong type.
-_BAD_HEADER: dict[str, Any] = {}
 
 
 def _to_worker(worker: Worker, command: WorkerCommand) -> Outgoing:
     return (worker.identity, mdp.to_worker(worker.framing, command), None)
-
-
-def _request_header(frame: bytes) -> dict[str, Any] | None:
-    """Our request header as a dict, None for an opaque body, _BAD_HEADER when invalid.
-
-    ``frame`` is ``bytes``: the shell copies a message's first frames, the header among them.
-    """
-    if not frame or frame[0] & 0xF0 != 0x80 or len(frame) > MAX_HEADER_BYTES:
-        return None  # not a msgpack fixmap: an opaque RFC 18 body
-    try:
-        header: dict[str, Any] = _decode_msgpack(frame)
-    except msgspec.DecodeError:
-        return None
-    if header.get("v") != VERSION or "id" not in header:  # a fixmap decodes to a dict
-        return None
-    ttl = header.get("ttl")
-    # type() rather than isinstance(): a bool is an int to isinstance, and ``true`` is junk
-    if (ttl is not None and type(ttl) is not int) or type(header.get("attempt", 0)) is not int:
-        return _BAD_HEADER
-    return header
 
 
 def _describe(frames: list[Any]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from mole.broker.header import RequestFields
 from mole.protocol.mdp import Framing, request_head
 
 
@@ -26,9 +27,10 @@ class Request:
     """One client request, from its arrival until its one final answer.
 
     ``body`` holds the frames after the service frame, as received (the payload frames
-    stay ``zmq.Frame`` objects, forwarded without copying). ``header`` is our decoded
-    request header, or None for an opaque RFC 18 body. ``framing`` is how the client
-    framed it (MDP/0.1, 0.2, 0.2 behind a delimiter): its answers go out the same way.
+    stay ``zmq.Frame`` objects, forwarded without copying). ``header`` holds the fields
+    of our request header (``broker.header``), or None for an opaque RFC 18 body.
+    ``framing`` is how the client framed it (MDP/0.1, 0.2, 0.2 behind a delimiter): its
+    answers go out the same way.
     """
 
     __slots__ = (
@@ -55,7 +57,7 @@ class Request:
         client: bytes,
         service: Service,
         request_id: str | None,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         body: list[Any],
         deadline: float,
         now: float,

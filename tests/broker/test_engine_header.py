@@ -1,11 +1,11 @@
-"""The broker's reading of a request header (msgspec's decoder) against msgpack's.
+"""The broker's reading of a request header (``broker.header``) against msgpack's.
 
-The engine decodes every request's header with msgspec (half the cost of
-``msgpack.unpackb``); the reference here is the rule as docs/interfaces.md gives it,
-applied to what ``msgpack.unpackb`` reads: a msgpack map (at most MAX_HEADER_BYTES) with
-``"v": 1`` and an ``"id"`` is ours; it is bad when ``ttl`` (if given and not nil) or
-``attempt`` (if given) is not an integer (``true`` is not one); anything else is an opaque
-RFC 18 body.
+The broker decodes every request's header with msgspec straight into its fields (a third
+of the cost of ``msgpack.unpackb`` and checks in Python); the reference here is the rule
+as docs/interfaces.md gives it, applied to what ``msgpack.unpackb`` reads: a msgpack map
+(at most MAX_HEADER_BYTES) with ``"v": 1`` and an ``"id"`` is ours; it is bad when
+``ttl`` (if given and not nil) or ``attempt`` (if given) is not an integer (``true`` is
+not one); anything else is an opaque RFC 18 body.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mole.broker import engine
+from mole.broker.header import BAD_HEADER, read_request_header
 from mole.protocol.envelope import MAX_HEADER_BYTES
 
 OPAQUE = "opaque"
@@ -25,7 +25,7 @@ BAD = "bad"
 
 
 def reference(frame: bytes) -> Any:
-    """What the header means, read with msgpack."""
+    """What the header means, read with msgpack: opaque, bad, or (id, ttl, attempt)."""
     if not frame or frame[0] & 0xF0 != 0x80 or len(frame) > MAX_HEADER_BYTES:
         return OPAQUE
     try:
@@ -38,16 +38,16 @@ def reference(frame: bytes) -> Any:
     attempt = header.get("attempt", 0)
     if (ttl is not None and type(ttl) is not int) or type(attempt) is not int:
         return BAD
-    return header
+    return (str(header["id"]), ttl, attempt)
 
 
 def engine_reading(frame: bytes) -> Any:
-    header = engine._request_header(frame)
-    if header is None:
+    fields = read_request_header(frame)
+    if fields is None:
         return OPAQUE
-    if header is engine._BAD_HEADER:
+    if fields is BAD_HEADER:
         return BAD
-    return header
+    return (fields.id, fields.ttl, fields.attempt)
 
 
 values = st.one_of(
