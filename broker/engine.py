@@ -1,15 +1,20 @@
 """The broker's core as a state machine: parsed events and the time in, messages out.
 
 :class:`BrokerEngine` knows no sockets and reads no clock. The shell (``broker.shell``)
-reads a message, parses it with :func:`mole.protocol.mdp.decode_inbound`, hands the result
-to one of the engine's ``on_*`` methods with the current time, and sends the messages the
-method returns, in order. Tests drive the same methods with a fake clock.
+reads a message and hands its frames, the sender's routing id and the time to
+:func:`mole.protocol.mdp.read_inbound`, which parses them and calls the engine's method
+for that message with the parsed fields (no event object in between). The engine's
+methods queue the messages to send; the shell takes them (:meth:`BrokerEngine.take_outgoing`)
+and sends them in order, a batch at a time. Tests drive the same methods with a fake clock.
 
 Its public methods are the whole broker:
 
-* :meth:`BrokerEngine.on_client` -- a client REQUEST (any framing): route it to a free
+* :meth:`BrokerEngine.on_request` -- a client REQUEST (any framing): route it to a free
   worker, queue it, answer it from MMI, or refuse it with an error reply;
-* :meth:`BrokerEngine.on_worker` -- READY, PARTIAL, FINAL, HEARTBEAT or DISCONNECT;
+* :meth:`BrokerEngine.on_reply` -- a worker's PARTIAL or FINAL;
+  :meth:`BrokerEngine.on_ready`, :meth:`BrokerEngine.on_heartbeat`,
+  :meth:`BrokerEngine.on_disconnect` -- its other messages
+  (together :class:`mole.protocol.mdp.InboundHandler`);
 * :meth:`BrokerEngine.on_unreadable` / :meth:`BrokerEngine.on_oversized` -- what the
   decoder could not read: a logged reason, and an error reply or DISCONNECT in the
   sender's protocol where it has one;
@@ -41,12 +46,14 @@ import math
 import os
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from mole.broker import management
 from mole.broker.admission import Admission, OpenAdmission
+from mole.broker.header import BAD_HEADER, RequestFields, read_request_header
 from mole.broker.management import DrainRecord, ManagementError
 from mole.broker.ratelog import RateLimitedLog
 from mole.broker.settings import BrokerSettings, parse_service_timeouts
@@ -54,7 +61,7 @@ from mole.broker.state import Request, Service, Worker, service_status, worker_s
 from mole.protocol import mdp
 from mole.protocol.envelope import MAX_HEADER_BYTES, VERSION, ReplyHeader, pack
 from mole.protocol.errors import ErrorCode
-from mole.protocol.mdp import ClientCommand, ClientRequest, Framing, WorkerCommand, WorkerEvent
+from mole.protocol.mdp import ClientCommand, ClientRequest, Framing, WorkerCommand
 
 log = logging.getLogger("mole.broker")
 
@@ -68,7 +75,6 @@ C_HDR = mdp.CLIENT_HEADER
 W_HDR = mdp.WORKER_HEADER
 C_PARTIAL = mdp.CLIENT_PARTIAL
 C_FINAL = mdp.CLIENT_FINAL
-W_REQUEST = mdp.W_REQUEST
 EMPTY = mdp.EMPTY
 MMI_PREFIX = mdp.MMI_PREFIX
 MDP02 = Framing.MDP02
@@ -77,10 +83,10 @@ PARTIAL = WorkerCommand.PARTIAL
 HEARTBEAT = WorkerCommand.HEARTBEAT
 READY = WorkerCommand.READY
 
-#: The first bytes of every reply header this project writes (``ReplyHeader.encode``:
-#: ``{"v": 1, "id": ...}`` first, as a msgpack map of 3 to 5 keys). A worker reply to a
-#: request of ours that does not start this way came from a plain RFC 18 worker.
-_HEADER_AFTER_MAP = b"\xa1v\x01\xa2id"
+#: How every reply header this project writes starts (``ReplyHeader.encode``: a msgpack
+#: fixmap, ``{"v": 1, "id": ...}`` first). A worker reply to a request of ours that does
+#: not start this way came from a plain RFC 18 worker.
+_REPLY_HEADER_STARTS = frozenset(bytes([0x80 | keys]) + b"\xa1v\x01\xa2id" for keys in range(16))
 #: msgpack's ``false``: a reply header without this byte cannot say ``"ok": false``, so
 #: only headers holding it are decoded to count worker errors. Looked up as an int (a
 #: memchr): testing a bytes needle costs a failed int conversion first, four times more.
@@ -121,6 +127,11 @@ COUNTERS = (
 MIN_DERIVED_ATTEMPT_TIMEOUT = 1.0
 
 
+def _no_address(identity: bytes) -> str | None:
+    """The default ``peer_address`` of :class:`BrokerEngine`: no address known."""
+    return None
+
+
 class BrokerEngine:
     """The sans-I/O Majordomo broker core (see the module docstring).
 
@@ -130,6 +141,9 @@ class BrokerEngine:
         admission: the key policy; :class:`~broker.admission.OpenAdmission` by default.
         endpoint: shown in ``mmi.status``.
         broker_id: 8 hex digits; random by default. Tickets start with it.
+        peer_address: the network address of a routing id whose message is being
+            handled (asked when a worker registers; shown in ``mmi.status``); the shell
+            reads it from the message, tests give a fixed one.
     """
 
     # Slots for the attributes the event methods read: CPython 3.11 keeps at most 30
@@ -149,8 +163,8 @@ class BrokerEngine:
         "_heartbeats",
         "_keys",
         "_max_deadline",
-        "_out",
         "_pack_ticket",
+        "_peer_address",
         "_releases",
         "_service_timeouts",
         "_tick",
@@ -162,6 +176,7 @@ class BrokerEngine:
         "by_key",
         "counters",
         "endpoint",
+        "outgoing",
         "queued_total",
         "requests",
         "services",
@@ -179,8 +194,10 @@ class BrokerEngine:
         admission: Admission | None = None,
         endpoint: str | None = None,
         broker_id: str | None = None,
+        peer_address: Callable[[bytes], str | None] = _no_address,
     ) -> None:
         self.settings = settings
+        self._peer_address = peer_address
         self.admission: Admission = admission or OpenAdmission()
         self._keys = self.admission.checks_keys
         self.endpoint = endpoint
@@ -209,7 +226,8 @@ class BrokerEngine:
         self._heartbeats: deque[tuple[float, Worker]] = deque()  # sorted by due time
         self._activity: OrderedDict[bytes, Worker] = OrderedDict()  # by last message
         self._warn = RateLimitedLog(log)
-        self._out: list[Outgoing] = []
+        #: messages queued to send, in order; the shell takes them with take_outgoing()
+        self.outgoing: list[Outgoing] = []
         #: the earliest timer set since the last :meth:`take_wake_hint` (see there)
         self.wake_hint = math.inf
         self._draining_since: float | None = None
@@ -220,70 +238,230 @@ class BrokerEngine:
         #: registered drained workers to send DISCONNECT once they are idle
         self._disconnect_when_idle: dict[bytes, Worker] = {}
 
-    def attach(self, admission: Admission, endpoint: str | None) -> None:
-        """Use ``admission`` from now on, and show ``endpoint`` in ``mmi.status``.
+    def take_outgoing(self) -> list[Outgoing]:
+        """The messages to send that the engine's methods queued since the last call, in
+        order (and forget them).
+
+        Why a queue rather than a list returned per call: the shell sends in batches, and a
+        list per message (built, returned, copied into the batch) was 2-3% of the broker's
+        cost per request.
+        """
+        out = self.outgoing
+        self.outgoing = []
+        return out
+
+    def attach(
+        self,
+        admission: Admission,
+        endpoint: str | None,
+        peer_address: Callable[[bytes], str | None] = _no_address,
+    ) -> None:
+        """Use ``admission`` from now on, show ``endpoint`` in ``mmi.status``, and ask
+        ``peer_address`` for the network address of a worker that registers.
 
         The shell calls this once its socket is bound (the CURVE key ring is loaded then).
         """
         self.admission = admission
         self._keys = admission.checks_keys
         self.endpoint = endpoint
+        self._peer_address = peer_address
 
     # ================================================================== events
 
-    def on_client(
-        self, client: bytes, msg: ClientRequest, now: float, key: str | None = None
-    ) -> list[Outgoing]:
-        """A client REQUEST: dispatch, queue, answer (MMI) or refuse it."""
-        out = self._out = []
-        if self._keys and not self.admission.client_message(client, key):
-            self._refuse_client_key(client, key)
-            return out
-        self._client_request(client, msg, now, key)
-        return out
-
-    def on_worker(
+    def on_request(
         self,
-        identity: bytes,
-        msg: WorkerEvent,
+        client: bytes,
+        service: str,
+        service_frame: bytes,
+        body: list[Any],
+        framing: Framing,
         now: float,
         key: str | None = None,
-        address: str | None = None,
-    ) -> list[Outgoing]:
-        """A worker message; ``address`` (the peer's IP) is only needed for READY."""
-        out = self._out = []
+    ) -> None:
+        """A client REQUEST arrived (any framing): dispatch it to a free worker, queue it,
+        answer it (MMI) or refuse it with an error reply."""
+        if self._keys and not self.admission.client_message(client, key):
+            self._refuse_client_key(client, key)
+            return
+        header = None
+        deadline_s = self._default_deadline
+        if len(body) >= 2:
+            header = read_request_header(body[0])
+            if header is not None:
+                if header is BAD_HEADER:
+                    self._bad_header(client, ClientRequest(service, service_frame, body, framing))
+                    return
+                ttl = header.ttl
+                if ttl is not None:
+                    deadline_s = ttl / 1000.0
+                    if deadline_s > self._max_deadline:
+                        deadline_s = self._max_deadline
+        entry = self.services.get(service)
+        if entry is None:
+            msg = ClientRequest(service, service_frame, body, framing)
+            if service.startswith(MMI_PREFIX):
+                self._mmi(client, msg, header, now, key)
+                return
+            problem = mdp.check_service_name(service)
+            if problem is not None:
+                self._refuse_service_name(client, msg, header, problem)
+                return
+            entry = self.services[service] = self._new_service(bytes(service_frame))
+        if self._draining_since is not None:
+            self.counters["refused_while_draining"] += 1
+            self._reply_direct(
+                client,
+                framing,
+                entry.name_bytes,
+                header,
+                ErrorCode.NO_WORKER,
+                "the broker is shutting down and takes no new requests; retry shortly",
+            )
+            self._forget_if_idle(entry)
+            return
+        self.counters["requests"] += 1
+        request_id = None
+        if header is not None:
+            request_id = header.id
+            by_key = (client, request_id)
+            if by_key in self.by_key:
+                self.counters["duplicates"] += 1  # the first copy is still live: it answers
+                return
+        self._ticket_seq += 1
+        ticket = self._pack_ticket(self._ticket_prefix, self._ticket_seq)
+        req = Request(
+            ticket, client, entry, request_id, header, body, now + deadline_s, now, framing
+        )
+        if request_id is not None:
+            self.by_key[(client, request_id)] = req
+        if self._keys:
+            req.client_key = key
+        if deadline_s <= 0:
+            self._answer_error(
+                req, ErrorCode.DEADLINE_EXCEEDED, "request arrived with no time left (ttl <= 0)"
+            )
+            self._forget_if_idle(entry)
+            return
+        self.requests[ticket] = req
+        heapq.heappush(self._deadlines, (req.deadline, ticket))
+        if req.deadline < self.wake_hint:
+            self.wake_hint = req.deadline
+        available = entry.available
+        if available and not entry.queue:  # the first free worker (see broker.state)
+            self._assign(available[next(iter(available))], req, now)
+        elif self._enqueue(req, front=False):
+            self._dispatch(entry, now)
+        else:
+            self._forget_if_idle(entry)
+
+    def on_reply(
+        self,
+        identity: bytes,
+        command: WorkerCommand,
+        ticket: bytes,
+        body: list[Any],
+        framing: Framing,
+        now: float,
+        key: str | None = None,
+    ) -> None:
+        """A worker replied to ``ticket``: a PARTIAL or the FINAL (``command``)."""
         worker = self.workers.get(identity)
-        if self._keys and not self._worker_key_ok(identity, worker, msg.framing, key, now):
-            return out
-        command = msg.command
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return
         if worker is None:
-            if command is READY:
-                self._ready(identity, msg, now, key, address)
-            elif command is not _DISCONNECT:
-                self._unknown_worker(identity, msg)
-            return out
+            self._unknown_worker(identity, command, framing)
+            return
         worker.last_seen = now  # any message counts as a heartbeat
         self._activity.move_to_end(identity)
-        if command is FINAL or command is PARTIAL:
-            self._reply(worker, msg, now)
-        elif command is READY:
-            self._violation(identity, msg.framing, "READY from an already registered worker", now)
-        elif command is _DISCONNECT:
+        if worker.timeouts:  # it answers (even late): not hung after all
+            self._answered_again(worker, now)
+        req = worker.in_flight.get(ticket)
+        if req is None:
+            self.counters["late_replies"] += 1  # not (or no longer) this worker's request
+            return
+        if not body:
+            self.counters["bodyless_replies"] += 1
+        if command is not FINAL:
+            self._partial(worker, req, body)
+            return
+        service = worker.service
+        self._release(worker, req)
+        if req.done:
+            self.counters["late_replies"] += 1
+            if req.dispatches > 1:  # another attempt's final came first
+                self.counters["duplicate_finals_dropped"] += 1
+        else:
+            self._finish(req)
+            if req.holders:  # another attempt is still out: keep its slot a while
+                self._hold_other_slots(req, worker, now + self.settings.release_grace)
+            worker.served += 1
+            service.served += 1
+            if req.header is not None:  # the common case without a call: ours, not an error
+                first = body[0] if body else b""
+                if first[:7] not in _REPLY_HEADER_STARTS or _MSGPACK_FALSE in first:
+                    body = self._reply_body(req, body)
+            if req.client_key is None or self._deliverable(req):
+                if req.framing is MDP02 and body:  # the common case, without a call
+                    frames = [C_HDR, C_FINAL, service.name_bytes, *body]
+                    self.outgoing.append((req.client, frames, None))
+                else:
+                    self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
+        if service.queue:
+            self._dispatch(service, now)
+
+    def on_ready(
+        self,
+        identity: bytes,
+        service: str,
+        metadata: bytes | None,
+        framing: Framing,
+        now: float,
+        key: str | None = None,
+    ) -> None:
+        """A worker sent READY: register it for ``service`` (refused when already
+        registered, for an ``mmi.*`` or bad name, or when its key may not)."""
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return
+        if worker is None:
+            self._ready(identity, service, metadata, framing, now, key)
+        else:
+            self._heard_from(worker, now)
+            self._violation(identity, framing, "READY from an already registered worker", now)
+
+    def on_heartbeat(
+        self, identity: bytes, framing: Framing, now: float, key: str | None = None
+    ) -> None:
+        """A worker's HEARTBEAT: it is alive (an unregistered one is told DISCONNECT)."""
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return
+        if worker is None:
+            self._unknown_worker(identity, HEARTBEAT, framing)
+        else:
+            self._heard_from(worker, now)
+
+    def on_disconnect(
+        self, identity: bytes, framing: Framing, now: float, key: str | None = None
+    ) -> None:
+        """A worker's DISCONNECT: forget it (its requests go to other workers)."""
+        worker = self.workers.get(identity)
+        if self._keys and not self._worker_key_ok(identity, worker, framing, key, now):
+            return
+        if worker is not None:
+            self._heard_from(worker, now)
             log.info("worker %s (%s) disconnected", worker.worker_id, worker.service.name)
             self._purge(worker, "it sent DISCONNECT", now, disconnect=False)
-        # HEARTBEAT: nothing more (the decoder refuses a worker REQUEST)
-        return out
 
     def on_unreadable(
         self, identity: bytes, error: mdp.UnreadableMessage, description: str, now: float
-    ) -> list[Outgoing]:
+    ) -> None:
         """A message the decoder refused: log, count, and answer where the protocol can.
 
         A worker-protocol message gets DISCONNECT (and a registered worker that sent it is
         purged); a client message with a readable service frame gets an error reply in
         its framing; anything else has no protocol to answer in and is only logged.
         """
-        out = self._out = []
         self.counters["malformed"] += 1
         self.counters["unreadable"] += 1
         worker = self.workers.get(identity)
@@ -299,7 +477,7 @@ class BrokerEngine:
             if worker is not None:
                 self._purge(worker, f"protocol violation: {error.reason}", now, disconnect=True)
             else:
-                self._out.append((identity, mdp.to_worker(error.framing, _DISCONNECT), None))
+                self.outgoing.append((identity, mdp.to_worker(error.framing, _DISCONNECT), None))
         elif error.role == "client" and error.service:
             self._warn.log(
                 logging.WARNING,
@@ -324,50 +502,45 @@ class BrokerEngine:
                 error.reason,
                 description,
             )
-        return out
 
-    def on_oversized(
-        self, identity: bytes, head: list[bytes], size: int, now: float
-    ) -> list[Outgoing]:
+    def on_oversized(self, identity: bytes, head: list[bytes], size: int, now: float) -> None:
         """A message over ``max_message_bytes``; ``head`` is its first few frames.
 
         A client request gets a ``bad_request`` error reply naming the limit; a worker
         message is a protocol violation (DISCONNECT, purge).
         """
-        out = self._out = []
         limit = self.settings.max_message_bytes
         reason = f"message of {size} bytes exceeds the limit of {limit}"
         self.counters["oversized"] += 1
         try:
             msg = mdp.decode_inbound(head)
         except mdp.UnreadableMessage as err:
-            return self.on_unreadable(identity, err, f"{reason}; {_describe(head)}", now)
+            self.on_unreadable(identity, err, f"{reason}; {_describe(head)}", now)
+            return
         self.counters["malformed"] += 1
         self._warn.log(logging.WARNING, "from %s: %s", identity.hex(), reason)
         if isinstance(msg, ClientRequest):
-            header = _request_header(msg.body[0]) if len(msg.body) >= 2 else None
+            header = read_request_header(msg.body[0]) if len(msg.body) >= 2 else None
             self._reply_direct(
                 identity,
                 msg.framing,
                 bytes(msg.service_frame),
-                None if header is _BAD_HEADER else header,
+                None if header is BAD_HEADER else header,
                 ErrorCode.BAD_REQUEST,
                 f"request of {size} bytes exceeds the broker's limit of "
                 f"{limit} bytes (MOLE_BROKER_MAX_MESSAGE_BYTES)",
             )
         else:
             self._violation(identity, msg.framing, reason, now)
-        return out
 
-    def on_unreachable(self, identity: bytes, req: Request, now: float) -> list[Outgoing]:
+    def on_unreachable(self, identity: bytes, req: Request, now: float) -> None:
         """Sending ``req`` to worker ``identity`` failed: re-queue it first, purge the worker.
 
         The failed send does not count as an attempt.
         """
-        out = self._out = []
         worker = self.workers.get(identity)
         if worker is None or req.worker is not worker or req.done:
-            return out
+            return
         self._release(worker, req)
         req.dispatches -= 1
         if req.holders:  # an earlier attempt is still out: that one goes on
@@ -376,11 +549,9 @@ class BrokerEngine:
             req.worker = None
             self._enqueue(req, front=True)
         self._purge(worker, "it is unreachable", now, disconnect=False)
-        return out
 
-    def on_tick(self, now: float) -> list[Outgoing]:
+    def on_tick(self, now: float) -> None:
         """Run the timers that are due: key re-reads, heartbeats, expiry, deadlines."""
-        out = self._out = []
         if self.admission.refresh(now):
             self._apply_key_changes(now)
         self._send_heartbeats(now)
@@ -390,7 +561,6 @@ class BrokerEngine:
         self._release_held_slots(now)
         if self._disconnect_when_idle:
             self._disconnect_idle_drained(now)
-        return out
 
     def next_timer(self, now: float, longest: float) -> float:
         """When :meth:`on_tick` is next due (at most ``now + longest``).
@@ -438,12 +608,11 @@ class BrokerEngine:
         """True when draining and every request has had its answer."""
         return self._draining_since is not None and not self.requests
 
-    def shutdown(self, now: float) -> list[Outgoing]:
+    def shutdown(self, now: float) -> None:
         """DISCONNECT every worker and answer every unanswered request with an error."""
-        out = self._out = []
         workers = list(self.workers.values())
         for worker in workers:
-            self._out.append(_to_worker(worker, _DISCONNECT))
+            self.outgoing.append(_to_worker(worker, _DISCONNECT))
         answered = 0
         for req in list(self.requests.values()):
             if req.done:
@@ -464,7 +633,6 @@ class BrokerEngine:
             len(workers),
             answered,
         )
-        return out
 
     def status(self, now: float) -> dict[str, Any]:
         """The ``mmi.status`` document (format in docs/interfaces.md)."""
@@ -624,86 +792,11 @@ class BrokerEngine:
 
     # ================================================================== clients
 
-    def _client_request(
-        self, client: bytes, msg: ClientRequest, now: float, key: str | None
-    ) -> None:
-        body = msg.body
-        header = None
-        deadline_s = self._default_deadline
-        if len(body) >= 2:
-            header = _request_header(body[0])
-            if header is not None:
-                if header is _BAD_HEADER:
-                    return self._bad_header(client, msg)
-                ttl = header.get("ttl")
-                if ttl is not None:
-                    deadline_s = ttl / 1000.0
-                    if deadline_s > self._max_deadline:
-                        deadline_s = self._max_deadline
-        name = msg.service
-        service = self.services.get(name)
-        if service is None:
-            if name.startswith(MMI_PREFIX):
-                return self._mmi(client, msg, header, now, key)
-            problem = mdp.check_service_name(name)
-            if problem is not None:
-                return self._refuse_service_name(client, msg, header, problem)
-            service = self.services[name] = self._new_service(bytes(msg.service_frame))
-        if self._draining_since is not None:
-            self.counters["refused_while_draining"] += 1
-            self._reply_direct(
-                client,
-                msg.framing,
-                service.name_bytes,
-                header,
-                ErrorCode.NO_WORKER,
-                "the broker is shutting down and takes no new requests; retry shortly",
-            )
-            return self._forget_if_idle(service)
-        self.counters["requests"] += 1
-        request_id = None
-        by_key: tuple[bytes, str] = (client, "")
-        if header is not None:
-            request_id = header["id"]
-            if type(request_id) is not str:
-                request_id = str(request_id)
-            by_key = (client, request_id)
-            if by_key in self.by_key:
-                self.counters["duplicates"] += 1  # the first copy is still live: it answers
-                return None
-        self._ticket_seq += 1
-        ticket = self._pack_ticket(self._ticket_prefix, self._ticket_seq)
-        req = Request(
-            ticket, client, service, request_id, header, body, now + deadline_s, now, msg.framing
-        )
-        if request_id is not None:
-            self.by_key[by_key] = req
-        if self._keys:
-            req.client_key = key
-        if deadline_s <= 0:
-            self._answer_error(
-                req, ErrorCode.DEADLINE_EXCEEDED, "request arrived with no time left (ttl <= 0)"
-            )
-            return self._forget_if_idle(service)
-        self.requests[ticket] = req
-        heapq.heappush(self._deadlines, (req.deadline, ticket))
-        if req.deadline < self.wake_hint:
-            self.wake_hint = req.deadline
-        available = service.available
-        if available and not service.queue:  # the first free worker (see broker.state)
-            self._assign(available[next(iter(available))], req, now)
-            return None
-        if self._enqueue(req, front=False):
-            self._dispatch(service, now)
-        else:
-            self._forget_if_idle(service)
-        return None
-
     def _mmi(
         self,
         client: bytes,
         msg: ClientRequest,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         now: float,
         key: str | None,
     ) -> None:
@@ -723,14 +816,14 @@ class BrokerEngine:
             answer = pack(self.status(now))
         else:
             answer = b"501"
-        body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
+        body = [answer] if header is None else [ReplyHeader(header.id).encode(), answer]
         self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
 
     def _mmi_manage(
         self,
         client: bytes,
         msg: ClientRequest,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         now: float,
         key: str | None,
     ) -> None:
@@ -770,7 +863,7 @@ class BrokerEngine:
             )
             return
         answer = pack(doc)
-        body = [answer] if header is None else [ReplyHeader(str(header["id"])).encode(), answer]
+        body = [answer] if header is None else [ReplyHeader(header.id).encode(), answer]
         self._to_client(client, msg.framing, C_FINAL, bytes(msg.service_frame), body)
 
     def _bad_header(self, client: bytes, msg: ClientRequest) -> None:
@@ -778,8 +871,9 @@ class BrokerEngine:
         self._warn.log(
             logging.WARNING, "request header from client %s has bad field types", client.hex()
         )
-        try:
-            header = msgpack.unpackb(bytes(msg.body[0]), raw=False, strict_map_key=False)
+        try:  # read_request_header found its "id": the answer carries it
+            raw = msgpack.unpackb(bytes(msg.body[0]), raw=False, strict_map_key=False)
+            header: RequestFields | None = RequestFields(VERSION, str(raw["id"]))
         except Exception:
             header = None
         self._reply_direct(
@@ -792,7 +886,7 @@ class BrokerEngine:
         )
 
     def _refuse_service_name(
-        self, client: bytes, msg: ClientRequest, header: dict[str, Any] | None, problem: str
+        self, client: bytes, msg: ClientRequest, header: RequestFields | None, problem: str
     ) -> None:
         self.counters["bad_service_names"] += 1
         self.counters["malformed"] += 1
@@ -847,59 +941,31 @@ class BrokerEngine:
             return False
         return True
 
-    def _reply(self, worker: Worker, msg: WorkerEvent, now: float) -> None:
-        """A worker's PARTIAL or FINAL for one of its tickets."""
-        final = msg.command is FINAL
-        if worker.timeouts:  # it answers (even late): not hung after all
-            self._answered_again(worker, now)
-        req = worker.in_flight.get(msg.client)
-        if req is None:
-            self.counters["late_replies"] += 1  # not (or no longer) this worker's request
-            return None
-        body = msg.body
-        if not body:
-            self.counters["bodyless_replies"] += 1
-        if final:
-            service = worker.service
-            self._release(worker, req)
-            if req.done:
-                self.counters["late_replies"] += 1
-                if req.dispatches > 1:  # another attempt's final came first
-                    self.counters["duplicate_finals_dropped"] += 1
-            else:
-                self._finish(req)
-                if req.holders:  # another attempt is still out: keep its slot a while
-                    self._hold_other_slots(req, worker, now + self.settings.release_grace)
-                worker.served += 1
-                service.served += 1
-                if req.header is not None:
-                    body = self._reply_body(req, body)
-                if req.client_key is None or self._deliverable(req):
-                    if req.framing is MDP02 and body:  # the common case, without a call
-                        frames = [C_HDR, C_FINAL, service.name_bytes, *body]
-                        self._out.append((req.client, frames, None))
-                    else:
-                        self._to_client(req.client, req.framing, C_FINAL, service.name_bytes, body)
-            if service.queue:
-                self._dispatch(service, now)
-        elif (
-            not req.done
-            and req.worker is worker  # partials of the latest attempt only: no interleaving
-            and (req.client_key is None or self._deliverable(req))
-        ):
-            if req.header is not None:
-                body = self._reply_body(req, body)
-            self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
-        return None
+    def _heard_from(self, worker: Worker, now: float) -> None:
+        """Any message from a registered worker counts as a heartbeat."""
+        worker.last_seen = now
+        self._activity.move_to_end(worker.identity)
+
+    def _partial(self, worker: Worker, req: Request, body: list[Any]) -> None:
+        """A worker's PARTIAL for ``req``: passed on to the client unless the request is
+        answered already or was given to another worker since (no interleaving)."""
+        if req.done or req.worker is not worker:
+            return
+        if req.client_key is not None and not self._deliverable(req):
+            return
+        if req.header is not None:
+            body = self._reply_body(req, body)
+        self._to_client(req.client, req.framing, C_PARTIAL, req.service.name_bytes, body)
 
     def _reply_body(self, req: Request, body: list[Any]) -> list[Any]:
         """The body a client of ours gets: the worker's when it carries our reply header,
         else the worker's frames behind a header marking them raw (a plain RFC 18 worker).
 
-        Worker errors in our header are counted per service and code.
+        Worker errors in our header are counted per service and code. The header frame is
+        ``bytes`` (the shell copies a message's first frames).
         """
         first = body[0] if body else b""
-        if first.startswith(_HEADER_AFTER_MAP, 1) and 0x80 <= first[0] <= 0x8F:
+        if first[:7] in _REPLY_HEADER_STARTS:
             if _MSGPACK_FALSE in first and len(first) <= MAX_HEADER_BYTES:
                 self._count_worker_error(req.service, first)
             return body
@@ -918,16 +984,17 @@ class BrokerEngine:
     def _ready(
         self,
         identity: bytes,
-        msg: WorkerEvent,
+        name: str,
+        raw_metadata: bytes | None,
+        framing: Framing,
         now: float,
         key: str | None,
-        address: str | None,
     ) -> None:
-        name = msg.service
+        """Register a worker that sent READY, unless its service or key forbid it."""
         if name.startswith(MMI_PREFIX):
             return self._violation(
                 identity,
-                msg.framing,
+                framing,
                 f"a worker may not register {name!r}: mmi.* services belong to the broker",
                 now,
             )
@@ -936,7 +1003,7 @@ class BrokerEngine:
             self.counters["bad_service_names"] += 1
             return self._violation(
                 identity,
-                msg.framing,
+                framing,
                 f"READY refused: {problem} (a service name must be {mdp.SERVICE_NAME_RULE})",
                 now,
             )
@@ -950,18 +1017,18 @@ class BrokerEngine:
                 name,
                 self.admission.describe_acl(),
             )
-            self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+            self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
             return None
         metadata: Any = {}
         slots = 1
-        if msg.metadata is not None:
+        if raw_metadata is not None:
             try:
-                metadata = msgpack.unpackb(msg.metadata, raw=False, strict_map_key=False)
+                metadata = msgpack.unpackb(raw_metadata, raw=False, strict_map_key=False)
             except Exception:
                 metadata = None
             if not isinstance(metadata, dict):
                 return self._violation(
-                    identity, msg.framing, "READY metadata frame is not a msgpack map", now
+                    identity, framing, "READY metadata frame is not a msgpack map", now
                 )
             raw_slots = metadata.get("slots", 1)
             if (
@@ -971,7 +1038,7 @@ class BrokerEngine:
             ):
                 return self._violation(
                     identity,
-                    msg.framing,
+                    framing,
                     f"READY metadata 'slots' must be an integer from 1 to "
                     f"{self.settings.max_slots}",
                     now,
@@ -980,7 +1047,8 @@ class BrokerEngine:
         service = self.services.get(name)
         if service is None:
             service = self.services[name] = self._new_service(name.encode("utf-8"))
-        worker = Worker(identity, service, slots, metadata, address, now, msg.framing)
+        address = self._peer_address(identity)
+        worker = Worker(identity, service, slots, metadata, address, now, framing)
         worker.key = key
         record = self._drained.get(worker.worker_id)
         if record is not None and record.disconnect:
@@ -992,7 +1060,7 @@ class BrokerEngine:
                 worker.worker_id,
                 worker.worker_id,
             )
-            self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+            self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
             return self._forget_if_idle(service)
         self.workers[identity] = worker
         self._activity[identity] = worker
@@ -1010,12 +1078,12 @@ class BrokerEngine:
             service.name,
             slots,
             address or "unknown address",
-            msg.framing.name,
+            framing.name,
         )
         self._dispatch(service, now)
         return None
 
-    def _unknown_worker(self, identity: bytes, msg: WorkerEvent) -> None:
+    def _unknown_worker(self, identity: bytes, command: WorkerCommand, framing: Framing) -> None:
         """RFC 18: anything but READY from an unregistered worker gets DISCONNECT.
 
         This is also how workers learn that the broker restarted: they reconnect and
@@ -1025,10 +1093,10 @@ class BrokerEngine:
         self._warn.log(
             logging.DEBUG,
             "%s from unregistered worker %s: sent DISCONNECT",
-            msg.command.name,
+            command.name,
             identity.hex(),
         )
-        self._out.append((identity, mdp.to_worker(msg.framing, _DISCONNECT), None))
+        self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     def _refuse_worker_key(
         self,
@@ -1048,7 +1116,7 @@ class BrokerEngine:
         )
         if worker is not None:
             self._purge(worker, "its CURVE key was revoked", now, disconnect=False)
-        self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+        self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     def _violation(self, identity: bytes, framing: Framing, reason: str, now: float) -> None:
         """A worker broke the protocol: count, log, purge it, and send DISCONNECT."""
@@ -1063,7 +1131,7 @@ class BrokerEngine:
         worker = self.workers.get(identity)
         if worker is not None:
             self._purge(worker, f"protocol violation: {reason}", now, disconnect=False)
-        self._out.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
+        self.outgoing.append((identity, mdp.to_worker(framing, _DISCONNECT), None))
 
     # ================================================================== counters
     # The only methods that change queue depth, slots and in-flight counts.
@@ -1075,7 +1143,7 @@ class BrokerEngine:
         left, and its attempt number.
         """
         body = req.body
-        if req.header is not None and (req.dispatches or req.received_at != now):
+        if (req.dispatches or req.received_at != now) and req.header is not None:
             body = [self._fresh_header(req, now), *body[1:]]
         req.dispatches += 1
         req.worker = worker
@@ -1093,16 +1161,12 @@ class BrokerEngine:
         else:
             entries.append((req.ticket, req.dispatches, True))
         worker.in_flight[req.ticket] = req
-        worker.service.in_flight += 1
         if len(worker.in_flight) >= worker.slots:
             worker.service.available.pop(worker.identity, None)
         else:  # round robin weighted by slots: to the back of the line
             worker.service.available.move_to_end(worker.identity)
-        if worker.framing is MDP02:
-            frames = [W_HDR, W_REQUEST, req.ticket, EMPTY, *body]
-        else:
-            frames = mdp.to_worker(worker.framing, WorkerCommand.REQUEST, req.ticket, body)
-        self._out.append((worker.identity, frames, req))
+        frames = [*worker.request_head, req.ticket, EMPTY, *body]  # in the worker's framing
+        self.outgoing.append((worker.identity, frames, req))
 
     def _release(self, worker: Worker, req: Request) -> None:
         """``worker`` no longer holds ``req``: free its slot."""
@@ -1110,7 +1174,6 @@ class BrokerEngine:
             return
         req.holders.remove(worker)  # a worker holding the ticket is always among them
         service = worker.service
-        service.in_flight -= 1
         if (
             worker.alive
             and not worker.suspect
@@ -1169,8 +1232,9 @@ class BrokerEngine:
             self._assign(available[next(iter(available))], req, now)
 
     def _fresh_header(self, req: Request, now: float) -> bytes:
-        """Our header with the time left and the attempt number as of this dispatch."""
-        header = dict(req.header or {})
+        """Our header with the time left and the attempt number as of this dispatch (the
+        client's header frame, the first of the body, read again: every key it has is kept)."""
+        header = msgpack.unpackb(bytes(req.body[0]), raw=False, strict_map_key=False)
         header["ttl"] = max(1, int((req.deadline - now) * 1000))
         header["attempt"] = int(header.get("attempt", 0)) + req.dispatches
         packed: bytes = pack(header)
@@ -1182,8 +1246,9 @@ class BrokerEngine:
         self.requests.pop(req.ticket, None)
         if req.request_id is not None:
             key = (req.client, req.request_id)
-            if self.by_key.get(key) is req:
-                del self.by_key[key]
+            owner = self.by_key.pop(key, None)
+            if owner is not req and owner is not None:  # a later request with its key: kept
+                self.by_key[key] = owner
         self.counters["replies"] += 1
 
     def _answer_error(self, req: Request, code: ErrorCode, message: str) -> None:
@@ -1203,13 +1268,13 @@ class BrokerEngine:
         client: bytes,
         framing: Framing,
         service: bytes,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         code: ErrorCode,
         message: str,
     ) -> None:
         """Error answer to a message that never became a tracked request."""
-        if header is not None and "id" in header:
-            body = ReplyHeader(str(header["id"]), False, code.value, message).encode()
+        if header is not None:
+            body = ReplyHeader(header.id, False, code.value, message).encode()
         else:
             body = pack({"error": code.value, "message": message})
         self._count_error(code)
@@ -1229,7 +1294,7 @@ class BrokerEngine:
         if frames is None:  # MDP/0.1 has no PARTIAL
             self.counters["partials_dropped"] += 1
             return
-        self._out.append((client, frames, None))
+        self.outgoing.append((client, frames, None))
 
     def _deliverable(self, req: Request) -> bool:
         """Under an allow-list: may the reply go to the routing id that asked?"""
@@ -1306,7 +1371,7 @@ class BrokerEngine:
             lost,
         )
         if disconnect:
-            self._out.append(_to_worker(worker, _DISCONNECT))
+            self.outgoing.append(_to_worker(worker, _DISCONNECT))
         self._dispatch(service, now)
         self._forget_if_idle(service)
 
@@ -1319,7 +1384,7 @@ class BrokerEngine:
         while beats and beats[0][0] <= now:
             _, worker = beats.popleft()
             if worker.alive:
-                self._out.append(_to_worker(worker, HEARTBEAT))
+                self.outgoing.append(_to_worker(worker, HEARTBEAT))
                 beats.append((now + interval, worker))
 
     def _expire_silent_workers(self, now: float) -> None:
@@ -1535,30 +1600,10 @@ class BrokerEngine:
 _DISCONNECT = WorkerCommand.DISCONNECT
 #: a plain function call, cheaper than int()'s type call on the dispatch path
 _floor = math.floor
-#: Marker: the frame is our header but a field has the wrong type.
-_BAD_HEADER: dict[str, Any] = {}
 
 
 def _to_worker(worker: Worker, command: WorkerCommand) -> Outgoing:
     return (worker.identity, mdp.to_worker(worker.framing, command), None)
-
-
-def _request_header(frame: Any) -> dict[str, Any] | None:
-    """Our request header as a dict, None for an opaque body, _BAD_HEADER when invalid."""
-    data = frame if isinstance(frame, bytes) else frame.bytes
-    if not data or len(data) > MAX_HEADER_BYTES or data[0] & 0xF0 != 0x80:
-        return None  # not a msgpack fixmap: an opaque RFC 18 body
-    try:  # msgpack's defaults: str for strings, str or bytes map keys only
-        header: dict[str, Any] = msgpack.unpackb(data)
-    except Exception:
-        return None
-    if header.get("v") != VERSION or "id" not in header:  # a fixmap decodes to a dict
-        return None
-    ttl = header.get("ttl")
-    # type() rather than isinstance(): a bool is an int to isinstance, and ``true`` is junk
-    if (ttl is not None and type(ttl) is not int) or type(header.get("attempt", 0)) is not int:
-        return _BAD_HEADER
-    return header
 
 
 def _describe(frames: list[Any]) -> str:

@@ -2,9 +2,9 @@
 
 It owns the one ROUTER socket (clients and workers share it), CURVE's authenticator, and
 the clock. Per wake-up it receives what is waiting, parses each message with
-:func:`mole.protocol.mdp.decode_inbound`, hands it to the engine with the time, and sends
-the messages the engine returns; it runs the engine's timers when they are due. All
-decisions are the engine's.
+:func:`mole.protocol.mdp.read_inbound`, which calls the engine's method for it with the
+time, and sends the messages the engine queued (a batch at a time); it runs the engine's
+timers when they are due. All decisions are the engine's.
 
 Hot-path habits taken from the field notes: the loop waits in a blocking ``recv`` bounded
 by ``RCVTIMEO`` (with one socket ``zmq.Poller`` only adds work), drains with ``NOBLOCK``
@@ -30,7 +30,7 @@ import zmq
 
 from mole.broker.admission import Admission, KeyAdmission, OpenAdmission
 from mole.broker.curve import enable_curve, peer_key
-from mole.broker.engine import BrokerEngine, Outgoing, describe_frames
+from mole.broker.engine import BrokerEngine, describe_frames
 from mole.broker.metrics import StatusSnapshot
 from mole.broker.settings import BrokerSettings
 from mole.protocol import mdp
@@ -97,8 +97,10 @@ class Broker:
         self.engine = BrokerEngine(self.settings, clock())
         self._authenticator: Any = None
         self._stop_requested = False
-        self._outbox: list[Outgoing] = []
         self._snapshot = status_snapshot
+        #: the first frame of the message being handled: it carries the connection's
+        #: properties (CURVE key, peer address)
+        self._first: Any = None
 
     # ------------------------------------------------------------------ socket
 
@@ -135,7 +137,7 @@ class Broker:
         self.socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         engine = self.engine
-        engine.attach(admission, self.endpoint)
+        engine.attach(admission, self.endpoint, self._current_peer_address)
         # the backend's methods directly: pyzmq's Python wrappers cost ~0.2 us per frame
         base = getattr(zmq.backend, "Socket", None)
         if base is not None and isinstance(sock, base):
@@ -152,6 +154,11 @@ class Broker:
             s.queue_limit,
         )
         return self.endpoint
+
+    def _current_peer_address(self, identity: bytes) -> str | None:
+        """The network address of the peer whose message is being handled (the engine
+        asks when a worker registers)."""
+        return _peer_address(self._first) if self._first is not None else None
 
     def stop(self) -> None:
         """Ask the loop to drain and shut down (safe from a signal handler)."""
@@ -196,7 +203,7 @@ class Broker:
                 if engine.draining and (engine.drained() or now >= drain_until):
                     break
                 if now >= wake_at:
-                    self._outbox.extend(engine.on_tick(now))
+                    engine.on_tick(now)
                     if self._snapshot is not None and self._snapshot.due():
                         self._snapshot.publish(engine.status(now))
                     self._flush()
@@ -231,8 +238,7 @@ class Broker:
         recv = self._recv
         engine = self.engine
         clock = self._clock
-        decode = mdp.decode_inbound
-        client_type = mdp.ClientRequest
+        read = mdp.read_inbound
         limit = self.settings.max_message_bytes
         checks_keys = engine.admission.checks_keys
         for _ in range(DRAIN_BATCH):
@@ -241,7 +247,7 @@ class Broker:
                     identity = recv(NOBLOCK)
                 except zmq.Again:
                     break
-            first = frame = recv(0, False)
+            self._first = first = frame = recv(0, False)
             frames: list[Any] = [frame]
             size = len(frame)
             while frame.more:
@@ -253,39 +259,25 @@ class Broker:
             now = clock()
             try:
                 if size > limit:
-                    self._outbox.extend(
-                        engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now)
-                    )
+                    engine.on_oversized(identity, frames[:COPIED_FRAMES], size, now)
                 else:
-                    try:
-                        msg = decode(frames)
+                    key = peer_key(first) if checks_keys else None
+                    try:  # the engine's method for this message, called by the parser
+                        read(frames, engine, identity, now, key)
                     except mdp.UnreadableMessage as err:
-                        self._outbox.extend(
-                            engine.on_unreadable(identity, err, describe_frames(frames), now)
-                        )
-                    else:
-                        key = peer_key(first) if checks_keys else None
-                        if isinstance(msg, client_type):
-                            self._outbox.extend(engine.on_client(identity, msg, now, key))
-                        else:
-                            address = (
-                                _peer_address(first)
-                                if msg.command is mdp.WorkerCommand.READY
-                                else None
-                            )
-                            self._outbox.extend(engine.on_worker(identity, msg, now, key, address))
+                        engine.on_unreadable(identity, err, describe_frames(frames), now)
             except Exception:  # a bug must not take the broker down; count and go on
                 engine.counters["internal_errors"] += 1
                 log.exception("internal error handling a message from %s", identity.hex())
             identity = None
-            if len(self._outbox) >= SEND_BATCH:
+            if len(engine.outgoing) >= SEND_BATCH:
                 self._flush()
         self._flush()
 
     # ------------------------------------------------------------------ sending
 
     def _flush(self) -> None:
-        """Send the messages the engine produced, in order.
+        """Send the messages the engine queued, in order.
 
         A peer that is gone (EHOSTUNREACH) or whose queue is full (EAGAIN) loses the
         message, counted; when that message was a request for a worker, the engine takes
@@ -293,10 +285,8 @@ class Broker:
         """
         send = self._sendf
         engine = self.engine
-        while self._outbox:
-            box = self._outbox
-            self._outbox = []
-            for identity, frames, req in box:
+        while engine.outgoing:  # a failed dispatch may queue more (on_unreachable)
+            for identity, frames, req in engine.take_outgoing():
                 try:
                     try:
                         send(identity, FIRST)
@@ -305,7 +295,7 @@ class Broker:
                             raise
                         engine.counters["dropped_sends"] += 1
                         if req is not None:
-                            self._outbox.extend(engine.on_unreachable(identity, req, self._clock()))
+                            engine.on_unreachable(identity, req, self._clock())
                         continue
                     last = len(frames) - 1
                     for i in range(last):
@@ -319,7 +309,7 @@ class Broker:
         """Tell workers DISCONNECT, answer what is left with an error, close the socket."""
         if self.socket is None:
             return
-        self._outbox.extend(self.engine.shutdown(self._clock()))
+        self.engine.shutdown(self._clock())
         self._flush()
         self.close()
 

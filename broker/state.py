@@ -19,16 +19,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from mole.protocol.mdp import Framing
+from mole.broker.header import RequestFields
+from mole.protocol.mdp import Framing, request_head
 
 
 class Request:
     """One client request, from its arrival until its one final answer.
 
     ``body`` holds the frames after the service frame, as received (the payload frames
-    stay ``zmq.Frame`` objects, forwarded without copying). ``header`` is our decoded
-    request header, or None for an opaque RFC 18 body. ``framing`` is how the client
-    framed it (MDP/0.1, 0.2, 0.2 behind a delimiter): its answers go out the same way.
+    stay ``zmq.Frame`` objects, forwarded without copying). ``header`` holds the fields
+    of our request header (``broker.header``), or None for an opaque RFC 18 body.
+    ``framing`` is how the client framed it (MDP/0.1, 0.2, 0.2 behind a delimiter): its
+    answers go out the same way.
     """
 
     __slots__ = (
@@ -55,7 +57,7 @@ class Request:
         client: bytes,
         service: Service,
         request_id: str | None,
-        header: dict[str, Any] | None,
+        header: RequestFields | None,
         body: list[Any],
         deadline: float,
         now: float,
@@ -94,6 +96,7 @@ class Worker:
         "last_seen",
         "metadata",
         "registered_at",
+        "request_head",
         "served",
         "service",
         "slots",
@@ -114,6 +117,8 @@ class Worker:
     ) -> None:
         self.identity = identity
         self.framing = framing  # how the worker frames messages; what it is sent matches
+        #: the frames before the ticket of each REQUEST it is sent (mdp.request_head)
+        self.request_head = request_head(framing)
         self.service = service
         self.slots = slots
         self.in_flight: dict[bytes, Request] = {}
@@ -141,7 +146,6 @@ class Service:
         "attempt_timeout",
         "available",
         "errors",
-        "in_flight",
         "name",
         "name_bytes",
         "queue",
@@ -155,7 +159,6 @@ class Service:
         self.workers: dict[bytes, Worker] = {}
         self.available: OrderedDict[bytes, Worker] = OrderedDict()
         self.queue: OrderedDict[bytes, Request] = OrderedDict()
-        self.in_flight = 0
         self.served = 0
         self.errors = 0
         #: seconds an attempt may take before the request also goes to another worker;
@@ -168,10 +171,14 @@ class Service:
         Such entries are dropped, so clients asking for names nobody serves cannot grow
         the broker's tables without bound; their errors stay in the global counters.
         """
-        return not self.workers and not self.queue and self.in_flight == 0 and self.served == 0
+        return not self.workers and not self.queue and self.served == 0
 
     def slots(self) -> int:
         return sum(w.slots for w in self.workers.values())
+
+    def in_flight(self) -> int:
+        """Requests its workers hold now (counted when asked: status only needs it)."""
+        return sum(len(w.in_flight) for w in self.workers.values())
 
 
 def worker_status(worker: Worker, now: float) -> dict[str, Any]:
@@ -200,7 +207,7 @@ def service_status(service: Service) -> dict[str, Any]:
     return {
         "workers": len(service.workers),
         "slots": service.slots(),
-        "in_flight": service.in_flight,
+        "in_flight": service.in_flight(),
         "queue_depth": len(service.queue),
         "served": service.served,
         "errors": service.errors,

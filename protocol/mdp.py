@@ -39,7 +39,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mole.protocol.envelope import VERSION, pack
 from mole.protocol.errors import MalformedMessage
@@ -283,6 +283,7 @@ class WorkerEvent:
     metadata: bytes | None = None
 
 
+R_co = TypeVar("R_co", covariant=True)
 _MDP02 = Framing.MDP02
 _MDP02_DELIMITED = Framing.MDP02_DELIMITED
 _MDP01 = Framing.MDP01
@@ -302,8 +303,67 @@ def _inbound_service_name(frame: bytes) -> str:
     return name
 
 
-def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
-    """Read one message that reached the broker's ROUTER (routing id removed).
+class InboundHandler(Protocol[R_co]):
+    """What the broker does with each message it can read (``broker.engine`` implements it).
+
+    :func:`read_inbound` parses a message and calls one of these methods with the parsed
+    fields, so no event object is built between the parser and the broker. ``peer`` is the
+    sender's routing id; ``now`` and ``key`` (the sender's CURVE key, or None) are passed
+    through from the caller of :func:`read_inbound` untouched.
+    """
+
+    def on_request(
+        self,
+        client: bytes,
+        service: str,
+        service_frame: bytes,
+        body: list[Any],
+        framing: Framing,
+        now: float,
+        key: str | None,
+    ) -> R_co:
+        """A client REQUEST for ``service`` (``service_frame`` as received)."""
+        ...
+
+    def on_reply(
+        self,
+        worker: bytes,
+        command: WorkerCommand,
+        ticket: bytes,
+        body: list[Any],
+        framing: Framing,
+        now: float,
+        key: str | None,
+    ) -> R_co:
+        """A worker's PARTIAL or FINAL (``command``) for the client address ``ticket``."""
+        ...
+
+    def on_ready(
+        self,
+        worker: bytes,
+        service: str,
+        metadata: bytes | None,
+        framing: Framing,
+        now: float,
+        key: str | None,
+    ) -> R_co:
+        """A worker's READY for ``service``, with this project's metadata frame if any."""
+        ...
+
+    def on_heartbeat(self, worker: bytes, framing: Framing, now: float, key: str | None) -> R_co:
+        """A worker's HEARTBEAT."""
+        ...
+
+    def on_disconnect(self, worker: bytes, framing: Framing, now: float, key: str | None) -> R_co:
+        """A worker's DISCONNECT."""
+        ...
+
+
+def read_inbound(
+    frames: list[Any], handler: InboundHandler[R_co], peer: bytes, now: float, key: str | None
+) -> R_co:
+    """Read one message that reached the broker's ROUTER (routing id removed) and hand its
+    fields to the ``handler`` method for it; return what that method returns.
 
     Accepts MDP/0.2 with or without a leading empty delimiter and MDP/0.1. The first few
     frames must be ``bytes`` (header, command, service or address, empty frame); later
@@ -311,20 +371,23 @@ def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
 
     Raises:
         UnreadableMessage: anything none of these grammars allows, with the reason and,
-            when the header was recognisable, the sender's role and framing.
+            when the header was recognisable, the sender's role and framing (the handler
+            is not called then).
     """
     count = len(frames)
-    if count == 0:
-        raise UnreadableMessage("empty message")
-    head = frames[0]
     # fast paths for the two messages of every request: RFC 18 REQUEST and FINAL
     if count >= 4:
-        if head == CLIENT_HEADER and frames[1] == CLIENT_REQUEST:
-            name = _known_names.get(frames[2])
-            if name is not None:
-                return ClientRequest(name, frames[2], frames[3:], _MDP02)
+        head = frames[0]
+        if head == CLIENT_HEADER:
+            if frames[1] == CLIENT_REQUEST:
+                name = _known_names.get(frames[2])
+                if name is not None:
+                    return handler.on_request(peer, name, frames[2], frames[3:], _MDP02, now, key)
         elif head == WORKER_HEADER and frames[1] == W_FINAL and frames[2] and not frames[3]:
-            return WorkerEvent(_FINAL, _MDP02, "", frames[2], frames[4:])
+            return handler.on_reply(peer, _FINAL, frames[2], frames[4:], _MDP02, now, key)
+    elif count == 0:
+        raise UnreadableMessage("empty message")
+    head = frames[0]
     start = 0
     framing = _MDP02
     if not head:
@@ -333,14 +396,11 @@ def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
         head = frames[1]
         start = 1
         framing = _MDP01 if head in (CLIENT_HEADER_01, WORKER_HEADER_01) else _MDP02_DELIMITED
-    if head in (CLIENT_HEADER, WORKER_HEADER):
-        if head == CLIENT_HEADER:
-            return _inbound_client(frames, start, framing)
-        return _inbound_worker(frames, start, framing)
-    if framing is _MDP01:
-        if head == CLIENT_HEADER_01:
-            return _inbound_client(frames, start, framing)
-        return _inbound_worker(frames, start, framing)
+    if head == CLIENT_HEADER or (head == CLIENT_HEADER_01 and framing is _MDP01):
+        service, service_frame, body = _inbound_client(frames, start, framing)
+        return handler.on_request(peer, service, service_frame, body, framing, now, key)
+    if head == WORKER_HEADER or (head == WORKER_HEADER_01 and framing is _MDP01):
+        return _inbound_worker(frames, start, framing, handler, peer, now, key)
     if head in (CLIENT_HEADER_01, WORKER_HEADER_01):
         raise UnreadableMessage(f"MDP/0.1 (RFC 7) needs an empty frame before {head!r}")
     shown = bytes(head[:16]) if isinstance(head, bytes) else bytes(head.buffer[:16])
@@ -349,7 +409,10 @@ def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
     )
 
 
-def _inbound_client(frames: list[Any], start: int, framing: Framing) -> ClientRequest:
+def _inbound_client(
+    frames: list[Any], start: int, framing: Framing
+) -> tuple[str, bytes, list[Any]]:
+    """(service name, service frame, body) of a client REQUEST in ``framing``."""
     if framing is _MDP01:  # "" MDPC01 service body...
         if len(frames) < start + 3:
             service = frames[start + 1] if len(frames) > start + 1 else None
@@ -387,10 +450,18 @@ def _inbound_client(frames: list[Any], start: int, framing: Framing) -> ClientRe
         raise UnreadableMessage(
             str(err), role="client", framing=framing, service=service_frame
         ) from None
-    return ClientRequest(name, service_frame, body, framing)
+    return name, service_frame, body
 
 
-def _inbound_worker(frames: list[Any], start: int, framing: Framing) -> WorkerEvent:
+def _inbound_worker(
+    frames: list[Any],
+    start: int,
+    framing: Framing,
+    handler: InboundHandler[R_co],
+    peer: bytes,
+    now: float,
+    key: str | None,
+) -> R_co:
     count = len(frames) - start
     if count < 2:
         raise UnreadableMessage("worker message without a command", role="worker", framing=framing)
@@ -411,13 +482,17 @@ def _inbound_worker(frames: list[Any], start: int, framing: Framing) -> WorkerEv
                 role="worker",
                 framing=framing,
             )
-        return WorkerEvent(command, framing, "", frames[first], frames[first + 2 :])
+        return handler.on_reply(
+            peer, command, frames[first], frames[first + 2 :], framing, now, key
+        )
     if command is WorkerCommand.HEARTBEAT or command is WorkerCommand.DISCONNECT:
         if rest:
             raise UnreadableMessage(
                 f"{command.name} carries {rest} unexpected frame(s)", role="worker", framing=framing
             )
-        return WorkerEvent(command, framing)
+        if command is WorkerCommand.HEARTBEAT:
+            return handler.on_heartbeat(peer, framing, now, key)
+        return handler.on_disconnect(peer, framing, now, key)
     if command is WorkerCommand.READY:
         most = 1 if framing is _MDP01 else 2  # the metadata frame is ours, 0.2 only
         if not 1 <= rest <= most:
@@ -432,8 +507,71 @@ def _inbound_worker(frames: list[Any], start: int, framing: Framing) -> WorkerEv
         except MalformedMessage as err:
             raise UnreadableMessage(str(err), role="worker", framing=framing) from None
         metadata = bytes(frames[first + 1]) if rest == 2 else None
-        return WorkerEvent(command, framing, service=name, metadata=metadata)
+        return handler.on_ready(peer, name, metadata, framing, now, key)
     raise UnreadableMessage("a worker may not send REQUEST", role="worker", framing=framing)
+
+
+class _EventBuilder:
+    """An :class:`InboundHandler` that returns the message as a :class:`ClientRequest` or
+    :class:`WorkerEvent` (for :func:`decode_inbound`)."""
+
+    def on_request(
+        self,
+        client: bytes,
+        service: str,
+        service_frame: bytes,
+        body: list[Any],
+        framing: Framing,
+        now: float,
+        key: str | None,
+    ) -> ClientRequest | WorkerEvent:
+        return ClientRequest(service, service_frame, body, framing)
+
+    def on_reply(
+        self,
+        worker: bytes,
+        command: WorkerCommand,
+        ticket: bytes,
+        body: list[Any],
+        framing: Framing,
+        now: float,
+        key: str | None,
+    ) -> ClientRequest | WorkerEvent:
+        return WorkerEvent(command, framing, "", ticket, body)
+
+    def on_ready(
+        self,
+        worker: bytes,
+        service: str,
+        metadata: bytes | None,
+        framing: Framing,
+        now: float,
+        key: str | None,
+    ) -> ClientRequest | WorkerEvent:
+        return WorkerEvent(WorkerCommand.READY, framing, service=service, metadata=metadata)
+
+    def on_heartbeat(
+        self, worker: bytes, framing: Framing, now: float, key: str | None
+    ) -> ClientRequest | WorkerEvent:
+        return WorkerEvent(WorkerCommand.HEARTBEAT, framing)
+
+    def on_disconnect(
+        self, worker: bytes, framing: Framing, now: float, key: str | None
+    ) -> ClientRequest | WorkerEvent:
+        return WorkerEvent(WorkerCommand.DISCONNECT, framing)
+
+
+_EVENTS = _EventBuilder()
+
+
+def decode_inbound(frames: list[Any]) -> ClientRequest | WorkerEvent:
+    """:func:`read_inbound`'s reading of ``frames`` as one object: for tools, tests and the
+    broker's rare paths (an oversized message); the broker's loop uses :func:`read_inbound`.
+
+    Raises:
+        UnreadableMessage: as :func:`read_inbound`.
+    """
+    return read_inbound(frames, _EVENTS, b"", 0.0, None)
 
 
 def to_client(
@@ -468,6 +606,12 @@ def to_worker(
     if command == WorkerCommand.REQUEST:
         return [*head, client, EMPTY, *(body or ())]
     return head
+
+
+def request_head(framing: Framing) -> tuple[bytes, ...]:
+    """The frames before the client address of a broker -> worker REQUEST in ``framing``
+    (the broker keeps one per worker: ``[*head, client, b"", *body]`` is the REQUEST)."""
+    return tuple(to_worker(framing, WorkerCommand.REQUEST)[:-2])
 
 
 _CLIENT_BYTES = {c: bytes([c]) for c in ClientCommand}

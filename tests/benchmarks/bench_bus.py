@@ -629,55 +629,100 @@ def role_dispatch(
     if tree is not None:  # ahead of ROOT, which this module put first on the path
         sys.path.insert(0, tree)
     import mole.broker.engine as engine_module
+    import mole.protocol.mdp as mdp
     from mole.broker.engine import BrokerEngine
     from mole.broker.settings import BrokerSettings
     from mole.protocol.envelope import ReplyHeader, RequestHeader
-    from mole.protocol.mdp import ClientRequest, decode_inbound
 
     payload = b"x" * payload_size
     now = time.monotonic()
     engine = BrokerEngine(BrokerSettings(bind="inproc://unused"), now)
+    # a baseline from before mdp.read_inbound: its shell decoded each message into an
+    # object (mdp.decode_inbound) and called on_client or on_worker with it
+    old_api = not hasattr(mdp, "read_inbound")
     for i in range(workers):
         frames = [W_HDR, W_READY, f"svc-{i % services}".encode(), msgpack.packb({"slots": 4})]
-        engine.on_worker(f"w{i}".encode(), decode_inbound(frames), now)
-    service = b"svc-0"
-    client = b"client"
+        if old_api:
+            engine.on_worker(f"w{i}".encode(), mdp.decode_inbound(frames), now)
+        else:
+            mdp.read_inbound(frames, engine, f"w{i}".encode(), now, None)
+    # Every frame and routing id the shell hands over is a new bytes object (Frame.bytes),
+    # whose hash is not computed yet and which equals the engine's keys without being
+    # them: so are these (made before the clock starts; in the loop for the ticket and the
+    # worker's routing id, which the engine makes: those copies are timed apart and their
+    # time is taken off).
+    services = [_fresh(b"svc-0") for _ in range(cycles)]
+    clients = [_fresh(b"client") for _ in range(cycles)]
     # the headers our client library and worker runtime write (string ids, as theirs)
     ids = [f"4d2a1f03c9-{n:x}" for n in range(cycles)]
     headers = [RequestHeader(request_id, 30_000).encode() for request_id in ids]
     replies = [ReplyHeader(request_id).encode() for request_id in ids]
-    outbox: list = []
     t0 = time.process_time()
+    if old_api:
+        _old_api_cycles(mdp, engine, now, cycles, services, clients, headers, replies, payload)
+    else:
+        read = mdp.read_inbound
+        for n in range(cycles):
+            now += DISPATCH_STEP_S
+            # as broker.shell._drain: the frames to the parser, which calls the engine's
+            # handler for the message; the messages it queued taken (the shell takes them
+            # once per batch of up to 32, here once per cycle)
+            request = [C_HDR, C_REQUEST, services[n], headers[n], payload]
+            read(request, engine, clients[n], now, None)
+            worker, sent, _req = engine.outgoing[-1]
+            final = [W_HDR, W_FINAL, bytes(bytearray(sent[2])), b"", replies[n], payload]
+            read(final, engine, bytes(bytearray(worker)), now, None)
+            outbox = engine.take_outgoing()
+            assert len(outbox) == 2, outbox  # the REQUEST to the worker, the FINAL to the client
+            if n % 100 == 0:
+                engine.on_tick(now)
+                engine.take_outgoing()
+    elapsed = time.process_time() - t0
+    assert engine.counters["replies"] == cycles
+    ticket, worker = bytes(12), b"w0"  # a ticket's size, a worker's routing id
+    t0 = time.process_time()
+    for _ in range(cycles):  # the two copies of each cycle, alone
+        bytes(bytearray(ticket)), bytes(bytearray(worker))
+    elapsed -= time.process_time() - t0
+    print(json.dumps({"us_per_cycle": 1e6 * elapsed / cycles, "engine": engine_module.__file__}))
+
+
+def _fresh(data: bytes) -> bytes:
+    """A new bytes object equal to ``data``, as ``zmq.Frame.bytes`` gives the shell."""
+    return bytes(bytearray(data))
+
+
+def _old_api_cycles(mdp, engine, now, cycles, services, clients, headers, replies, payload):
+    """:func:`role_dispatch`'s loop for a baseline from before ``mdp.read_inbound``, as its
+    shell ran: decode into an object, then ``on_client`` or ``on_worker`` with it."""
+    outbox: list = []
     for n in range(cycles):
         now += DISPATCH_STEP_S
-        header = headers[n]
-        # as broker.shell._drain: decode, the engine's handler, the messages to the outbox
-        msg = decode_inbound([C_HDR, C_REQUEST, service, header, payload])
-        assert isinstance(msg, ClientRequest)
-        outbox.extend(engine.on_client(client, msg, now, None))
+        msg = mdp.decode_inbound([C_HDR, C_REQUEST, services[n], headers[n], payload])
+        assert isinstance(msg, mdp.ClientRequest)
+        outbox.extend(engine.on_client(clients[n], msg, now, None))
         [(worker, sent, _req)] = outbox
-        final = decode_inbound([W_HDR, W_FINAL, sent[2], b"", replies[n], payload])
-        assert not isinstance(final, ClientRequest)
-        outbox.extend(engine.on_worker(worker, final, now, None, None))
-        assert len(outbox) == 2, outbox  # the REQUEST to the worker, the FINAL to the client
+        frames = [W_HDR, W_FINAL, bytes(bytearray(sent[2])), b"", replies[n], payload]
+        final = mdp.decode_inbound(frames)
+        assert not isinstance(final, mdp.ClientRequest)
+        outbox.extend(engine.on_worker(bytes(bytearray(worker)), final, now, None, None))
+        assert len(outbox) == 2, outbox
         outbox.clear()
         if n % 100 == 0:
             outbox.extend(engine.on_tick(now))
             outbox.clear()
-    elapsed = time.process_time() - t0
-    assert engine.counters["replies"] == cycles
-    print(json.dumps({"us_per_cycle": 1e6 * elapsed / cycles, "engine": engine_module.__file__}))
 
 
 def bench_dispatch(args) -> None:
     """The broker core's own per-request Python work, in-process, no sockets.
 
     Registers N workers (spread over services, or all on one service), then times request
-    + reply cycles as the shell runs them: ``mdp.decode_inbound`` of the client's frames,
-    ``BrokerEngine.on_client``, decoding the worker's FINAL, ``BrokerEngine.on_worker``,
-    on a simulated clock that advances 10 us per cycle, with the timers run every 100
-    cycles. Each run is a fresh process (``_dispatch`` role); with ``--baseline`` the same
-    role runs on that revision's ``mole`` package, interleaved run by run with today's.
+    + reply cycles as the shell runs them: ``mdp.read_inbound`` of the client's frames,
+    which calls ``BrokerEngine.on_request``, then of the worker's FINAL (``on_reply``), and
+    ``BrokerEngine.take_outgoing`` for the two messages they queued, on a simulated clock
+    that advances 10 us per cycle, with the timers run every 100 cycles. Each run is a
+    fresh process (``_dispatch`` role); with ``--baseline`` the same role runs on that
+    revision's ``mole`` package (its own API), interleaved run by run with today's.
     Flat numbers across N show that dispatch is O(1) in the number of workers and
     services. Prints the median and the best run of each.
     """

@@ -1,8 +1,8 @@
 """Driving :class:`mole.broker.engine.BrokerEngine` in-process with a fake clock.
 
-Messages are written here as the raw frames the RFCs give (bytes literals), run through
-the real decoder (``mdp.decode_inbound``) and handed to the engine with a time the test
-chooses; what the engine returns is checked as frames again. No sockets, no sleeps.
+Messages are written here as the raw frames the RFCs give (bytes literals) and handed to
+the real decoder (``mdp.read_inbound``), which calls the engine's method for each with a
+time the test chooses; what the engine returns is checked as frames again. No sockets, no sleeps.
 """
 
 from __future__ import annotations
@@ -68,14 +68,17 @@ class Harness:
         overrides.setdefault("default_deadline", 30.0)
         self.settings = BrokerSettings(bind="inproc://unused", **overrides).validated()
         self.now = 1000.0
-        self.engine = BrokerEngine(self.settings, self.now, admission=admission)
+        self.engine = BrokerEngine(
+            self.settings, self.now, admission=admission, peer_address=lambda _id: "127.0.0.1"
+        )
         self.sent: list[tuple[bytes, list[bytes]]] = []
 
     # ------------------------------------------------------------------ time
     def advance(self, seconds: float) -> list[tuple[bytes, list[bytes]]]:
         """Move the clock and run the timers; return what they sent."""
         self.now += seconds
-        return self._record(self.engine.on_tick(self.now))
+        self.engine.on_tick(self.now)
+        return self._record()
 
     # ------------------------------------------------------------------ peers
     def send(
@@ -83,13 +86,10 @@ class Harness:
     ) -> list[tuple[bytes, list[bytes]]]:
         """Hand one message (frames after the routing id) to the engine, as the shell does."""
         try:
-            msg = mdp.decode_inbound(frames)
+            mdp.read_inbound(frames, self.engine, identity, self.now, key)
         except mdp.UnreadableMessage as err:
-            return self._record(self.engine.on_unreadable(identity, err, "test", self.now))
-        if isinstance(msg, mdp.ClientRequest):
-            return self._record(self.engine.on_client(identity, msg, self.now, key))
-        address = "127.0.0.1" if msg.command is mdp.WorkerCommand.READY else None
-        return self._record(self.engine.on_worker(identity, msg, self.now, key, address))
+            self.engine.on_unreadable(identity, err, "test", self.now)
+        return self._record()
 
     def ready(self, identity: bytes, service: str, slots: int | None = None, **meta: Any) -> None:
         frames = [W02, READY, service.encode()]
@@ -107,7 +107,9 @@ class Harness:
     def status(self) -> dict[str, Any]:
         return self.engine.status(self.now)
 
-    def _record(self, out: list) -> list[tuple[bytes, list[bytes]]]:
+    def _record(self) -> list[tuple[bytes, list[bytes]]]:
+        """The messages the engine queued since the last call, as (routing id, frames)."""
+        out = self.engine.take_outgoing()
         messages = [(identity, [bytes(f) for f in frames]) for identity, frames, _req in out]
         self.sent.extend(messages)
         return messages

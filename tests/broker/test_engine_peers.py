@@ -299,7 +299,8 @@ def test_bad_header_field_types_get_bad_request():
 def test_oversized_client_request_gets_bad_request_naming_the_limit():
     h = Harness(max_message_bytes=1000)
     head = [C02, REQUEST, SVC.encode(), reply_header("big"), b"x" * 100]
-    out = h._record(h.engine.on_oversized(b"c", head, 5000, h.now))
+    h.engine.on_oversized(b"c", head, 5000, h.now)
+    out = h._record()
     _, frames = only(out)
     reply = unpack(frames[3])
     assert (reply["id"], reply["code"]) == ("big", "bad_request")
@@ -310,7 +311,8 @@ def test_oversized_client_request_gets_bad_request_naming_the_limit():
 def test_oversized_worker_message_is_a_violation():
     h = Harness(max_message_bytes=1000)
     h.ready(b"w", SVC)
-    out = h._record(h.engine.on_oversized(b"w", [W02, W_FINAL, b"t", b""], 5000, h.now))
+    h.engine.on_oversized(b"w", [W02, W_FINAL, b"t", b""], 5000, h.now)
+    out = h._record()
     assert out == [(b"w", [W02, W_DISCONNECT])]
     assert h.status()["workers"] == []
 
@@ -320,10 +322,12 @@ def test_unreachable_worker_gives_its_request_to_another_without_an_attempt():
     h.ready(b"gone", SVC)
     h.ready(b"there", SVC)
     # the shell reports a failed send of a dispatch back with the request it carried
-    msg = mdp.decode_inbound([C02, REQUEST, SVC.encode(), header("r1"), pack(1)])
-    [(identity, _frames, req)] = h.engine.on_client(b"c", msg, h.now)
+    frames = [C02, REQUEST, SVC.encode(), header("r1"), pack(1)]
+    mdp.read_inbound(frames, h.engine, b"c", h.now, None)
+    [(identity, _frames, req)] = h.engine.take_outgoing()
     assert identity == b"gone"
-    out = h._record(h.engine.on_unreachable(b"gone", req, h.now))
+    h.engine.on_unreachable(b"gone", req, h.now)
+    out = h._record()
     [(worker, _, body)] = dispatched(out)
     assert worker == b"there"
     assert unpack(body[0])["attempt"] == 0  # the failed send was not an attempt

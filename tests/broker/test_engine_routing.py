@@ -179,6 +179,25 @@ def test_a_purged_workers_request_is_redispatched_with_the_next_attempt_number()
     assert unpack(frames[4]) == "from w2"
 
 
+def test_a_redispatched_header_keeps_every_key_the_client_wrote():
+    h = Harness()
+    h.ready(b"w1", SVC)
+    own = pack({"v": 1, "id": "r1", "ttl": 60_000, "attempt": 0, "trace": "t-9", "n": 7})
+    h.send(b"c", [C02, REQUEST, SVC.encode(), own, pack("p")])
+    h.ready(b"w2", SVC)
+    h.send(b"w1", [W02, W_DISCONNECT])  # w1 leaves holding r1: it goes to w2
+    [(worker, _ticket, body)] = dispatched(h.sent)[1:]
+    assert worker == b"w2"
+    assert unpack(body[0]) == {
+        "v": 1,
+        "id": "r1",
+        "ttl": 60_000,
+        "attempt": 1,
+        "trace": "t-9",
+        "n": 7,
+    }
+
+
 def test_max_attempts_turns_a_lost_request_into_worker_lost():
     h = Harness(max_attempts=1)
     h.ready(b"w1", SVC)
@@ -248,7 +267,8 @@ def test_shutdown_disconnects_workers_and_answers_what_is_left():
     h.ready(b"w1", SVC)
     h.request(b"c", SVC, "r1")
     h.request(b"c", SVC, "r2")
-    out = h._record(h.engine.shutdown(h.now))
+    h.engine.shutdown(h.now)
+    out = h._record()
     assert (b"w1", [W02, W_DISCONNECT]) in out
     codes = sorted(unpack(f[3])["code"] for who, f in out if who == b"c")
     assert codes == ["no_worker", "worker_lost"]
