@@ -16,7 +16,7 @@ from tests.packaging.wheelhouse import (
 from tests.support.once import built_once
 
 # the core install's third-party dependencies, as pyproject.toml's `dependencies` name them
-CORE_DEPENDENCIES = ["pyzmq", "msgpack"]
+CORE_DEPENDENCIES = ["pyzmq", "msgpack", "msgspec"]
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def core_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding the wheel and pyzmq and msgpack, nothing else."""
+    """A fresh venv holding the wheel and the core dependencies, nothing else."""
     python = new_venv(tmp_path_factory.mktemp("core") / "venv")
     install_wheel(python, wheel)
     link_distributions(python, CORE_DEPENDENCIES)

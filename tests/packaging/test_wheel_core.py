@@ -1,5 +1,5 @@
 """The built wheel alone: one import name, the package data inside it, and a core install
-(pyzmq and msgpack, no torch) that is a working client library and broker."""
+(pyzmq, msgpack and msgspec, no torch) that is a working client library and broker."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_wheel_installs_only_the_mole_package_and_carries_its_data(wheel: Path) 
     )
 
 
-def test_wheel_core_requirements_are_pyzmq_and_msgpack_only(wheel: Path) -> None:
+def test_wheel_core_requirements_are_pyzmq_msgpack_and_msgspec_only(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         (metadata_name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = Parser().parsestr(archive.read(metadata_name).decode())

@@ -3,7 +3,7 @@
 A copy, so the build's ``build/`` and ``*.egg-info`` never land in the checkout and two
 builds never share them. The venvs get the wheel through pip; their third-party
 dependencies are either a chosen few linked from the test interpreter's installation (the
-core venv: pyzmq and msgpack only) or every site-packages folder of the test interpreter
+core venv: the core dependencies only) or every site-packages folder of the test interpreter
 (the full venv), added through a ``.pth`` so the test needs no network and no downloads.
 Either way ``mole`` itself comes from the wheel, never from the repository.
 """
