@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from nacl.bindings import (
@@ -57,6 +59,33 @@ async def null_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     await reader.readexactly(64)
     assert (await read_frame(reader))[:6] == b"\x05READY"
     writer.write(frame(b"\x05READY" + ROUTER_PROPERTIES, command=True))
+
+
+def dial_until(
+    peer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    until: Callable[[Events], object],
+    what: str,
+    timeout: float = 20.0,
+    *,
+    routing_id: bytes,
+    **dealer_options: Any,
+) -> Events:
+    """Dial a raw peer (``peer`` serves each connection) with a :class:`ZmtpDealer` until
+    ``until(events)`` holds; return what the dealer reported."""
+
+    async def main() -> Events:
+        server, url = await raw_peer(peer)
+        events = Events()
+        dealer = ZmtpDealer(url, routing_id, **dealer_options)
+        dealer.open(asyncio.get_running_loop(), events)
+        try:
+            await must_wait_async(lambda: until(events), what, timeout=timeout)
+        finally:
+            dealer.close()
+            server.close()
+        return events
+
+    return asyncio.run(main())
 
 
 class CurveServer:
@@ -119,19 +148,15 @@ def test_a_multipart_message_past_the_limit_drops_the_connection_null():
             await asyncio.sleep(0)
         await reader.read(100)
 
-    async def main():
-        server, url = await raw_peer(endless)
-        events = Events()
-        dealer = ZmtpDealer(url, b"c-endless", max_message_bytes=8000, reconnect_interval=5)
-        dealer.open(asyncio.get_running_loop(), events)
-        try:
-            await must_wait_async(lambda: "disconnected" in events.log, "the drop", timeout=5)
-        finally:
-            dealer.close()
-            server.close()
-        return events
-
-    events = asyncio.run(main())
+    events = dial_until(
+        endless,
+        lambda e: "disconnected" in e.log,
+        "the drop",
+        timeout=5,
+        routing_id=b"c-endless",
+        max_message_bytes=8000,
+        reconnect_interval=5,
+    )
     assert events.log[:2] == ["connected", "disconnected"]
     assert "over this connection's limit of 8000 bytes" in (events.reasons[0] or "")
     assert events.messages == []
@@ -153,21 +178,16 @@ def test_a_multipart_message_past_the_limit_drops_the_connection_curve():
             await asyncio.sleep(0)
         await reader.read(100)
 
-    async def main():
-        server, url = await raw_peer(endless)
-        events = Events()
-        dealer = ZmtpDealer(
-            url, b"c-endless", curve=curve.keys, max_message_bytes=8000, reconnect_interval=5
-        )
-        dealer.open(asyncio.get_running_loop(), events)
-        try:
-            await must_wait_async(lambda: "disconnected" in events.log, "the drop", timeout=5)
-        finally:
-            dealer.close()
-            server.close()
-        return events
-
-    events = asyncio.run(main())
+    events = dial_until(
+        endless,
+        lambda e: "disconnected" in e.log,
+        "the drop",
+        timeout=5,
+        routing_id=b"c-endless",
+        curve=curve.keys,
+        max_message_bytes=8000,
+        reconnect_interval=5,
+    )
     assert events.log[:2] == ["connected", "disconnected"]
     assert "over this connection's limit of 8000 bytes" in (events.reasons[0] or "")
     assert events.messages == []
@@ -230,19 +250,14 @@ def test_an_error_after_the_curve_handshake_is_not_a_refusal():
             writer.write(curve.message(0, b"answer"))
         await reader.read(100)
 
-    async def main():
-        server, url = await raw_peer(injected)
-        events = Events()
-        dealer = ZmtpDealer(url, b"c-inject", curve=curve.keys, reconnect_interval=0.05)
-        dealer.open(asyncio.get_running_loop(), events)
-        try:
-            await must_wait_async(lambda: events.messages, "the answer after redialling")
-        finally:
-            dealer.close()
-            server.close()
-        return events
-
-    events = asyncio.run(main())
+    events = dial_until(
+        injected,
+        lambda e: e.messages,
+        "the answer after redialling",
+        routing_id=b"c-inject",
+        curve=curve.keys,
+        reconnect_interval=0.05,
+    )
     assert [e for e in events.log if e.startswith("refused")] == []
     assert events.log[:3] == ["connected", "disconnected", "connected"]
     assert "ERROR after the CURVE handshake" in (events.reasons[0] or "")
@@ -260,19 +275,15 @@ def test_a_malformed_command_inside_curve_is_not_quoted_in_the_error():
         writer.write(curve.message(0x02, b"\xffsecret plaintext of the box"))
         await reader.read(100)
 
-    async def main():
-        server, url = await raw_peer(peer)
-        events = Events()
-        dealer = ZmtpDealer(url, b"c-quote", curve=curve.keys, reconnect_interval=5)
-        dealer.open(asyncio.get_running_loop(), events)
-        try:
-            await must_wait_async(lambda: "disconnected" in events.log, "the drop", timeout=5)
-        finally:
-            dealer.close()
-            server.close()
-        return events
-
-    events = asyncio.run(main())
+    events = dial_until(
+        peer,
+        lambda e: "disconnected" in e.log,
+        "the drop",
+        timeout=5,
+        routing_id=b"c-quote",
+        curve=curve.keys,
+        reconnect_interval=5,
+    )
     reason = events.reasons[0] or ""
     assert "malformed command inside a CURVE MESSAGE" in reason
     assert "secret" not in reason
@@ -293,19 +304,13 @@ def test_an_error_after_the_null_handshake_is_not_a_refusal():
             writer.write(frame(b"answer"))
         await reader.read(100)
 
-    async def main():
-        server, url = await raw_peer(late_error)
-        events = Events()
-        dealer = ZmtpDealer(url, b"c-late", reconnect_interval=0.05)
-        dealer.open(asyncio.get_running_loop(), events)
-        try:
-            await must_wait_async(lambda: events.messages, "the answer after redialling")
-        finally:
-            dealer.close()
-            server.close()
-        return events
-
-    events = asyncio.run(main())
+    events = dial_until(
+        late_error,
+        lambda e: e.messages,
+        "the answer after redialling",
+        routing_id=b"c-late",
+        reconnect_interval=0.05,
+    )
     assert [e for e in events.log if e.startswith("refused")] == []
     assert events.log[:3] == ["connected", "disconnected", "connected"]
     assert "ERROR after the NULL handshake" in (events.reasons[0] or "")
@@ -324,19 +329,14 @@ def test_a_refusal_reason_cannot_forge_log_lines():
         writer.write(frame(b"\x05ERROR" + bytes([len(reason)]) + reason, command=True))
         await reader.read(100)
 
-    async def main():
-        server, url = await raw_peer(refuser)
-        events = Events()
-        dealer = ZmtpDealer(url, b"c-refused", reconnect_interval=5)
-        dealer.open(asyncio.get_running_loop(), events)
-        try:
-            await must_wait_async(lambda: len(events.log) >= 2, "the refusal", timeout=5)
-        finally:
-            dealer.close()
-            server.close()
-        return events
-
-    events = asyncio.run(main())
+    events = dial_until(
+        refuser,
+        lambda e: len(e.log) >= 2,
+        "the refusal",
+        timeout=5,
+        routing_id=b"c-refused",
+        reconnect_interval=5,
+    )
     refusal = events.log[0]
     assert refusal.endswith("refused the NULL handshake: no\\x0aCRITICAL forged line\\x1b[2J"), (
         refusal
