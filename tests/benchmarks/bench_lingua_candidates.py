@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tests.gating.po_samples as po_samples
-from mole.gating.errors import LanguageUncertain, UnsupportedLanguage
 from mole.gating.language import _LINGUA_CANDIDATES, LanguageDetector
+from tests.benchmarks.bench_short_language import timed_reading
 from tests.gating.test_language import SERVED, _served_descriptions
 
 UNSERVED = ("pt", "nb", "ca", "ro", "ru", "id")
@@ -69,15 +69,6 @@ def _detector_with(count: int) -> LanguageDetector:
     """A detector whose Lingua weighs ``count`` of fastText's best served readings (the
     shipped one for 4)."""
     return LanguageDetector(SERVED) if count == 4 else FewerCandidates(count)
-
-
-def _read(det: LanguageDetector, text: str, description: str | None) -> tuple[str | None, float]:
-    t0 = time.perf_counter()
-    try:
-        code: str | None = det.detect(text, description).code
-    except (LanguageUncertain, UnsupportedLanguage):
-        code = None
-    return code, time.perf_counter() - t0
 
 
 def _takes_fewer_path(det: LanguageDetector, text: str, description: str | None) -> bool:
@@ -126,7 +117,7 @@ def answers_and_latency(rounds: int) -> None:
                 order = COUNTS[turn:] + COUNTS[:turn]
                 for _ in range(rounds):
                     for k in order:
-                        got, seconds = _read(detectors[k], text, description)
+                        got, seconds = timed_reading(detectors[k], text, description)
                         answers[k][key] = got
                         latency_all[k].append(seconds)
                         if fewer:
@@ -182,7 +173,7 @@ def answers_and_latency(rounds: int) -> None:
     for k, det in detectors.items():
         shown = []
         for code in UNSERVED:
-            refused = [_read(det, t, None)[0] is None for t in texts[code]]
+            refused = [timed_reading(det, t, None)[0] is None for t in texts[code]]
             a, b = refused[0::2], refused[1::2]
             shown.append(f"{code}:{sum(a) / len(a):.2f}/{sum(b) / len(b):.2f}")
         print(f"k={k}: " + " ".join(shown))

@@ -37,7 +37,10 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _read(det: LanguageDetector, text: str, description: str | None) -> tuple[str | None, float]:
+def timed_reading(
+    det: LanguageDetector, text: str, description: str | None
+) -> tuple[str | None, float]:
+    """The language ``det`` reads (None where it refuses) and the seconds it took."""
     t0 = time.perf_counter()
     try:
         code: str | None = det.detect(text, description).code
@@ -74,7 +77,7 @@ def main() -> None:
             for i, text in enumerate(texts[code]):
                 description = pool[i % len(pool)] if pool else None
                 for name, det in detectors.items():
-                    got, seconds = _read(det, text, description)
+                    got, seconds = timed_reading(det, text, description)
                     hits[name].append(got == code)
                     latency[name].append(seconds)
             for name in detectors:
@@ -93,7 +96,7 @@ def main() -> None:
     for name, det in detectors.items():
         shares = {}
         for code in UNSERVED:
-            refused = [_read(det, t, None)[0] is None for t in texts[code]]
+            refused = [timed_reading(det, t, None)[0] is None for t in texts[code]]
             shares[code] = sum(refused) / len(refused)
         shown = " ".join(f"{c}:{v:.2f}" for c, v in shares.items())
         print(f"{name:16} {shown}  mean {statistics.mean(shares.values()):.3f}")
